@@ -1,0 +1,49 @@
+# The commands a newcomer needs: `make demo` and `make test`. Both install
+# what they need first (scripts/setup).
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+
+CACHE ?= $(HOME)/.cache/pglogship
+STATICCHECK_VERSION ?= v0.8.2
+STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
+export PGLOGSHIP_CACHE := $(CACHE)
+export STATICCHECK_VERSION
+
+.PHONY: all setup test check fmt vet staticcheck unit demo fuzz
+
+all: test
+
+setup:
+	@scripts/setup
+
+## test: everything CI runs: setup, formatting, vet, staticcheck, all tests with -race.
+test: setup check
+	go test -race -count=1 -timeout 25m ./...
+
+check: fmt vet staticcheck
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	go vet ./...
+
+staticcheck: setup
+	$(STATICCHECK) ./...
+
+## unit: the quick local loop; skips the tests that start real servers.
+unit:
+	go test -short -count=1 ./...
+
+## demo: runs the main job end to end on the embedded default.
+demo: setup
+	go run ./examples/quickstart
+
+## fuzz: a short run of every fuzz target.
+fuzz:
+	@for pkg in $$(go list ./...); do \
+	  for f in $$(go test -list 'Fuzz.*' $$pkg | grep '^Fuzz'); do \
+	    go test -run XXX -fuzz "^$$f$$" -fuzztime 20s $$pkg || exit 1; \
+	  done; \
+	done

@@ -1,0 +1,156 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Errors for requirements PostgreSQL must meet before WAL can be shipped.
+// Runtime.PrepareArchive returns one of them (wrapped, with the detail an
+// operator needs) instead of changing a setting it must not change.
+var (
+	ErrPostgresTooOld      = errors.New("postgresql 13 or later is required")
+	ErrWALLevel            = errors.New("wal_level must be replica or logical")
+	ErrArchiveModeOff      = errors.New("archive_mode must be on (changing it needs a restart)")
+	ErrArchiveCommandTaken = errors.New("archive_command or archive_library is already set by something else")
+	ErrTempFolder          = errors.New("temporary wal folder is not usable")
+)
+
+// Other errors of this package.
+var (
+	// ErrClosed: the runtime was closed.
+	ErrClosed = errors.New("runtime closed")
+	// ErrNoRuntime: no runtime binary exists for the guest's architecture.
+	ErrNoRuntime = errors.New("no runtime binary for this guest")
+)
+
+// Target says which guest to deploy into. Credentials belong to the
+// Deployer's configuration, never here, so a Target can be logged.
+type Target struct {
+	Machine string // machine id, for logs and records
+	Address string // host:port of the guest's SSH server; unused by local deployers
+}
+
+// Deployer installs the runtime component into guests.
+type Deployer interface {
+	// Deploy installs the runtime into the target guest, checks its
+	// integrity, starts it and returns a handle. On error nothing is left
+	// installed. Safe for concurrent use on different targets; each call
+	// deploys a new, independent runtime.
+	Deploy(ctx context.Context, t Target) (Runtime, error)
+}
+
+// Runtime is a deployed, running runtime component. Its methods may be called
+// from one goroutine at a time; after Close they return ErrClosed.
+type Runtime interface {
+	// Scan reports the PostgreSQL instance as it is now. Read-only.
+	Scan(ctx context.Context) (Instance, error)
+
+	// PrepareArchive checks the requirements and makes archive_command copy
+	// completed WAL into the temporary folder, reloading PostgreSQL's
+	// configuration if it changed anything. Idempotent. A requirement not
+	// met gives one of the Err* requirement errors and changes nothing.
+	PrepareArchive(ctx context.Context, cfg ArchiveConfig) error
+
+	// Ready lists the WAL files waiting in the temporary folder, oldest
+	// first (by name: segments, then the .history, .backup and .partial
+	// files in WAL order). Read-only.
+	Ready(ctx context.Context) ([]File, error)
+
+	// Read streams the named files to fn, one Frame each, in the given
+	// order. Each is compressed in the guest and its checksum is taken over
+	// the raw bytes as read. An error from fn stops the stream and is
+	// returned as is. Read-only.
+	Read(ctx context.Context, names []string, fn func(Frame) error) error
+
+	// Remove deletes the named files from the temporary folder. Call it only
+	// after the repository durably holds them and they were read back.
+	// Idempotent: files already gone are not an error.
+	Remove(ctx context.Context, names []string) error
+
+	// Close stops the runtime and uninstalls it from the guest, leaving
+	// archiving configured. Idempotent.
+	Close(ctx context.Context) error
+}
+
+// ArchiveConfig is what PrepareArchive sets up.
+type ArchiveConfig struct {
+	// Dir is the temporary folder in the guest that archive_command fills.
+	Dir string
+	// MinFreeBytes is the free space Dir must have; 0 means one WAL
+	// segment.
+	MinFreeBytes int64
+}
+
+// Instance describes a PostgreSQL instance found by Scan.
+type Instance struct {
+	Version        int    // server_version_num, e.g. 150018
+	SystemID       uint64 // the cluster's system identifier; keys the repository
+	DataDir        string
+	Tablespaces    []Tablespace
+	Databases      []string
+	Running        bool
+	InRecovery     bool
+	Timeline       uint32
+	WALSegmentSize int64
+	WALLevel       string
+	ArchiveMode    string
+	ArchiveCommand string
+	ArchiveLibrary string
+}
+
+// Tablespace is a tablespace outside the data directory.
+type Tablespace struct {
+	OID      uint32
+	Name     string
+	Location string
+}
+
+// File is a WAL file waiting in the temporary folder.
+type File struct {
+	Name string // as PostgreSQL named it: segment, .history, .backup or .partial
+	Size int64
+}
+
+// Codec names how Frame data is encoded.
+type Codec string
+
+const (
+	CodecNone Codec = "none"
+	CodecZstd Codec = "zstd"
+)
+
+// Frame is one WAL file as Runtime.Read streams it.
+type Frame struct {
+	Name    string
+	RawSize int64
+	SHA256  [32]byte // of the raw file content
+	Codec   Codec
+	// Data yields the encoded content. It is valid only until the callback
+	// returns.
+	Data io.Reader
+}
+
+// MinVersion is the oldest PostgreSQL (server_version_num) supported.
+const MinVersion = 130000
+
+// CheckRequirements tells whether WAL of inst can be shipped, given a test
+// for whether an archive_command is already ours. It returns the first unmet
+// requirement, wrapped with what was found, or nil.
+func CheckRequirements(inst Instance, ours func(archiveCommand string) bool) error {
+	switch {
+	case inst.Version < MinVersion:
+		return fmt.Errorf("%w: found server_version_num %d", ErrPostgresTooOld, inst.Version)
+	case inst.WALLevel != "replica" && inst.WALLevel != "logical":
+		return fmt.Errorf("%w: found %q", ErrWALLevel, inst.WALLevel)
+	case inst.ArchiveMode != "on" && inst.ArchiveMode != "always":
+		return fmt.Errorf("%w: found %q", ErrArchiveModeOff, inst.ArchiveMode)
+	case inst.ArchiveLibrary != "":
+		return fmt.Errorf("%w: archive_library is %q", ErrArchiveCommandTaken, inst.ArchiveLibrary)
+	case inst.ArchiveCommand != "" && !ours(inst.ArchiveCommand):
+		return fmt.Errorf("%w: archive_command is %q", ErrArchiveCommandTaken, inst.ArchiveCommand)
+	}
+	return nil
+}

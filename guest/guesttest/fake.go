@@ -1,0 +1,245 @@
+// Package guesttest has a fake guest.Deployer for unit tests of the code
+// that drives one: guests held in memory, with WAL files a test adds, a
+// count of runtimes deployed and still installed, and fault injection.
+//
+// Frames are not compressed (guest.CodecNone). The shipping path is proven on
+// the real runtime with real PostgreSQL; this fake is for orchestration and
+// failures only.
+package guesttest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/pglogship/pglogship/guest"
+)
+
+var (
+	_ guest.Deployer = (*Deployer)(nil)
+	_ guest.Runtime  = (*runtime)(nil)
+)
+
+// Op names an operation for fault injection.
+type Op string
+
+const (
+	OpDeploy  Op = "deploy"
+	OpScan    Op = "scan"
+	OpPrepare Op = "prepare"
+	OpReady   Op = "ready"
+	OpRead    Op = "read"
+	OpRemove  Op = "remove"
+	OpClose   Op = "close"
+)
+
+// ArchiveCommand is what the fake's PrepareArchive sets archive_command to.
+const ArchiveCommand = "guesttest-archive %p %f"
+
+// Guest is one fake guest OS with a PostgreSQL instance.
+type Guest struct {
+	mu        sync.Mutex
+	inst      guest.Instance
+	wal       map[string][]byte
+	installed int
+	deploys   int
+	archive   guest.ArchiveConfig
+	fault     func(op Op, name string) error
+}
+
+// NewGuest returns a guest whose PostgreSQL is inst.
+func NewGuest(inst guest.Instance) *Guest {
+	return &Guest{inst: inst, wal: map[string][]byte{}}
+}
+
+// AddWAL puts a file into the temporary folder, as archive_command would.
+func (g *Guest) AddWAL(name string, data []byte) {
+	g.mu.Lock()
+	g.wal[name] = bytes.Clone(data)
+	g.mu.Unlock()
+}
+
+// Waiting returns the names of the files in the temporary folder, sorted.
+func (g *Guest) Waiting() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	names := make([]string, 0, len(g.wal))
+	for n := range g.wal {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Installed returns how many runtimes are deployed and not yet closed.
+func (g *Guest) Installed() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.installed
+}
+
+// Deploys returns how many runtimes were ever deployed.
+func (g *Guest) Deploys() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.deploys
+}
+
+// Instance returns the instance as PrepareArchive left it.
+func (g *Guest) Instance() guest.Instance {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.inst
+}
+
+// SetFault installs fn, called before each operation with the operation and
+// the file name (or machine id for deploy); a non-nil result makes it fail.
+// nil removes the hook.
+func (g *Guest) SetFault(fn func(op Op, name string) error) {
+	g.mu.Lock()
+	g.fault = fn
+	g.mu.Unlock()
+}
+
+func (g *Guest) inject(ctx context.Context, op Op, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	fn := g.fault
+	g.mu.Unlock()
+	if fn != nil {
+		return fn(op, name)
+	}
+	return nil
+}
+
+// Deployer deploys into fake guests, found by machine id.
+type Deployer struct {
+	guests map[string]*Guest
+}
+
+// NewDeployer returns a deployer for the given guests, keyed by machine id.
+func NewDeployer(guests map[string]*Guest) *Deployer {
+	return &Deployer{guests: guests}
+}
+
+// Deploy implements guest.Deployer.
+func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, error) {
+	g, ok := d.guests[t.Machine]
+	if !ok {
+		return nil, fmt.Errorf("deploy to %s: no such fake guest", t.Machine)
+	}
+	if err := g.inject(ctx, OpDeploy, t.Machine); err != nil {
+		return nil, fmt.Errorf("deploy to %s: %w", t.Machine, err)
+	}
+	g.mu.Lock()
+	g.installed++
+	g.deploys++
+	g.mu.Unlock()
+	return &runtime{g: g}, nil
+}
+
+type runtime struct {
+	g      *Guest
+	mu     sync.Mutex
+	closed bool
+}
+
+func (r *runtime) enter(ctx context.Context, op Op, name string) error {
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		return guest.ErrClosed
+	}
+	return r.g.inject(ctx, op, name)
+}
+
+func (r *runtime) Scan(ctx context.Context) (guest.Instance, error) {
+	if err := r.enter(ctx, OpScan, ""); err != nil {
+		return guest.Instance{}, err
+	}
+	return r.g.Instance(), nil
+}
+
+func (r *runtime) PrepareArchive(ctx context.Context, cfg guest.ArchiveConfig) error {
+	if err := r.enter(ctx, OpPrepare, cfg.Dir); err != nil {
+		return err
+	}
+	r.g.mu.Lock()
+	defer r.g.mu.Unlock()
+	err := guest.CheckRequirements(r.g.inst, func(cmd string) bool { return cmd == ArchiveCommand })
+	if err != nil {
+		return err
+	}
+	r.g.inst.ArchiveCommand = ArchiveCommand
+	r.g.archive = cfg
+	return nil
+}
+
+func (r *runtime) Ready(ctx context.Context) ([]guest.File, error) {
+	if err := r.enter(ctx, OpReady, ""); err != nil {
+		return nil, err
+	}
+	r.g.mu.Lock()
+	defer r.g.mu.Unlock()
+	files := make([]guest.File, 0, len(r.g.wal))
+	for n, d := range r.g.wal {
+		files = append(files, guest.File{Name: n, Size: int64(len(d))})
+	}
+	slices.SortFunc(files, func(a, b guest.File) int { return strings.Compare(a.Name, b.Name) })
+	return files, nil
+}
+
+func (r *runtime) Read(ctx context.Context, names []string, fn func(guest.Frame) error) error {
+	for _, n := range names {
+		if err := r.enter(ctx, OpRead, n); err != nil {
+			return err
+		}
+		r.g.mu.Lock()
+		data, ok := r.g.wal[n]
+		r.g.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("read %s: not in the temporary folder", n)
+		}
+		f := guest.Frame{Name: n, RawSize: int64(len(data)), SHA256: sha256.Sum256(data), Codec: guest.CodecNone, Data: bytes.NewReader(data)}
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *runtime) Remove(ctx context.Context, names []string) error {
+	for _, n := range names {
+		if err := r.enter(ctx, OpRemove, n); err != nil {
+			return err
+		}
+		r.g.mu.Lock()
+		delete(r.g.wal, n)
+		r.g.mu.Unlock()
+	}
+	return nil
+}
+
+func (r *runtime) Close(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	if err := r.g.inject(ctx, OpClose, ""); err != nil {
+		return err
+	}
+	r.closed = true
+	r.g.mu.Lock()
+	r.g.installed--
+	r.g.mu.Unlock()
+	return nil
+}

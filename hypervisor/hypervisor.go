@@ -1,0 +1,115 @@
+package hypervisor
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// Errors returned (possibly wrapped) by every Hypervisor.
+var (
+	// ErrNotFound: no machine (or image object) with that id.
+	ErrNotFound = errors.New("machine not found")
+	// ErrUnsupported: the hypervisor cannot do what was asked, such as
+	// quiescing a guest without an agent or exporting changes without a
+	// base it recognises. Callers fall back (no quiesce, a full image).
+	ErrUnsupported = errors.New("not supported by this hypervisor")
+	// ErrBusy: another snapshot of the machine is being held.
+	ErrBusy = errors.New("machine busy")
+)
+
+// Machine is a computer whose PostgreSQL a job protects.
+type Machine struct {
+	ID        string // stable id in this hypervisor's inventory
+	Name      string // for people
+	GuestAddr string // host:port where the guest OS answers SSH; empty when unknown
+}
+
+// ObjectPutter is the part of a repository an export writes to;
+// repository.Repository satisfies it.
+type ObjectPutter interface {
+	Put(ctx context.Context, name string, r io.Reader) error
+}
+
+// ObjectGetter is the part of a repository a restore reads from;
+// repository.Repository satisfies it.
+type ObjectGetter interface {
+	Get(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error)
+}
+
+// ImageObject is one repository object of an image, with the SHA-256 of its
+// content (hex) so a restore can verify what it reads.
+type ImageObject struct {
+	Name   string
+	Size   int64
+	SHA256 string
+}
+
+// Image describes an exported image. Incremental images name the image they
+// build on; a restore applies a chain from its full image onwards.
+type Image struct {
+	Machine string
+	Taken   time.Time // the snapshot's point in time
+	Full    bool
+	Base    string // Prefix of the image this one builds on; empty when Full
+	Prefix  string // where its objects live in the repository
+	Objects []ImageObject
+	// Meta holds what the hypervisor needs to take the next incremental
+	// image or to restore, e.g. a dirty bitmap name. Never secrets.
+	Meta map[string]string
+}
+
+// Progress reports an export or restore under way.
+type Progress struct {
+	Done, Total int64 // bytes; Total may be 0 when unknown
+}
+
+// SnapshotOptions tune Snapshot.
+type SnapshotOptions struct {
+	// Quiesce freezes the guest's file systems around the snapshot when the
+	// hypervisor can; ErrUnsupported when it cannot.
+	Quiesce bool
+	// Base asks for an image of only what changed since Base; nil, or a
+	// base the hypervisor no longer tracks, gives a full image (Image.Full
+	// says which was taken).
+	Base *Image
+}
+
+// Hypervisor takes and restores machine images. Methods are safe for
+// concurrent use on different machines.
+type Hypervisor interface {
+	// Machines lists the machines this hypervisor can back up. It reads the
+	// inventory and changes nothing, so it is safe to repeat.
+	Machines(ctx context.Context) ([]Machine, error)
+
+	// Snapshot fixes a consistent point-in-time image of the machine's
+	// disks and returns once that point is fixed, before the image is
+	// copied. Unknown machine: ErrNotFound; a snapshot of it still held:
+	// ErrBusy. The caller must Release the snapshot. Not idempotent: each
+	// call takes a new one.
+	Snapshot(ctx context.Context, machineID string, opts SnapshotOptions) (Snapshot, error)
+
+	// Restore writes the image chain (full image first, then each
+	// incremental in order) read from src to target, a hypervisor-specific
+	// place (a directory, a new disk image). It verifies every object's
+	// checksum and fails rather than write a corrupt image. An existing
+	// target is never overwritten: that gives an error.
+	Restore(ctx context.Context, chain []Image, src ObjectGetter, target string, progress func(Progress)) error
+}
+
+// Snapshot is a point-in-time image held by the hypervisor.
+type Snapshot interface {
+	// Taken is the snapshot's point in time.
+	Taken() time.Time
+
+	// Export copies the image into dst under prefix and describes it. It
+	// may be called once; progress may be nil. A failed export leaves no
+	// Image to refer to (objects already put are garbage the caller may
+	// delete).
+	Export(ctx context.Context, dst ObjectPutter, prefix string, progress func(Progress)) (Image, error)
+
+	// Release frees what the snapshot holds. Idempotent; safe after a
+	// failed Export.
+	Release(ctx context.Context) error
+}

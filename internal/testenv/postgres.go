@@ -1,0 +1,323 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// PostgresConfig configures StartPostgres.
+type PostgresConfig struct {
+	// Settings are extra postgresql.conf settings. They override the
+	// defaults (wal_level=replica, archive_mode=on, archive_command='',
+	// fsync=off, max_wal_senders=4), except listen_addresses, port and
+	// unix_socket_directories, which testenv owns so that the server never
+	// listens beyond loopback.
+	Settings map[string]string
+}
+
+// Postgres is a running throw-away PostgreSQL cluster.
+type Postgres struct {
+	Host      string // always "127.0.0.1"
+	Port      int
+	SocketDir string // unix socket directory (peer authentication)
+	DataDir   string
+	BinDir    string
+	User      string // superuser role, named after the OS user that ran initdb
+	Password  string // superuser password for TCP (scram-sha-256)
+	OSUser    string // OS user the server runs as
+	LogFile   string // server log
+
+	account osAccount
+	baseDir string
+
+	mu      sync.Mutex
+	stopped bool
+}
+
+// reservedSettings are set by testenv and cannot be overridden.
+var reservedSettings = map[string]bool{
+	"listen_addresses":        true,
+	"port":                    true,
+	"unix_socket_directories": true,
+}
+
+var settingName = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
+
+// StartPostgres initialises a cluster in a fresh directory, starts it on a
+// free port of 127.0.0.1 and on a private unix socket, and stops and
+// removes it in t.Cleanup.
+func StartPostgres(t testing.TB, cfg PostgresConfig) *Postgres {
+	t.Helper()
+	settings := map[string]string{
+		"wal_level":       "replica",
+		"archive_mode":    "on",
+		"archive_command": "",
+		"fsync":           "off",
+		"max_wal_senders": "4",
+	}
+	for k, v := range cfg.Settings {
+		k = strings.ToLower(k)
+		if !settingName.MatchString(k) {
+			t.Fatalf("testenv: invalid PostgreSQL setting name %q", k)
+		}
+		if reservedSettings[k] {
+			t.Fatalf("testenv: PostgreSQL setting %s is managed by testenv", k)
+		}
+		settings[k] = v
+	}
+
+	binDir := PostgresBinDir(t)
+	acct := serverAccount(t)
+	base := privateDir(t, "pglogship-pg-")
+	p := &Postgres{
+		Host:      "127.0.0.1",
+		SocketDir: filepath.Join(base, "socket"),
+		DataDir:   filepath.Join(base, "data"),
+		BinDir:    binDir,
+		User:      acct.Name,
+		Password:  randomHex(t, 16),
+		OSUser:    acct.Name,
+		LogFile:   filepath.Join(base, "postgres.log"),
+		account:   acct,
+		baseDir:   base,
+	}
+	mustMkdir(t, p.DataDir, 0o700)
+	mustMkdir(t, p.SocketDir, 0o755)
+	mustWriteFile(t, p.LogFile, nil, 0o600)
+	// The server writes its log into base, so the whole tree is its own.
+	chown(t, acct, base, p.DataDir, p.SocketDir, p.LogFile)
+
+	p.initdb(t)
+
+	hba := "# testenv: loopback and unix socket only\n" +
+		"local all all peer\n" +
+		"host  all all 127.0.0.1/32 scram-sha-256\n"
+	p.writeDataFile(t, "pg_hba.conf", hba)
+	f, err := os.OpenFile(filepath.Join(p.DataDir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	_, err = f.WriteString("\ninclude 'pglogship_testenv.conf'\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+
+	// Registered before start so that a server left running by a failed or
+	// timed-out start is stopped too.
+	t.Cleanup(func() { p.Stop(t) })
+
+	// The free port can be taken between freePort and bind; try a few.
+	const attempts = 3
+	for i := 1; ; i++ {
+		p.Port = freePort(t)
+		p.writeDataFile(t, "pglogship_testenv.conf", p.confFile(settings))
+		out, err := p.pgCtl("start", "-w", "-t", "60", "-l", p.LogFile)
+		if err == nil {
+			return p
+		}
+		tail := logTail(p.LogFile)
+		if i < attempts && strings.Contains(tail, "already in use") {
+			t.Logf("testenv: PostgreSQL port %d taken, retrying", p.Port)
+			continue
+		}
+		t.Fatalf("testenv: start PostgreSQL: %v\n%s\n%s", err, out, tail)
+	}
+}
+
+func (p *Postgres) initdb(t testing.TB) {
+	t.Helper()
+	pwfile := filepath.Join(p.baseDir, "pwfile")
+	mustWriteFile(t, pwfile, []byte(p.Password+"\n"), 0o600)
+	chown(t, p.account, pwfile)
+	defer os.Remove(pwfile)
+	cmd := commandAs(p.account, filepath.Join(p.BinDir, "initdb"),
+		"-D", p.DataDir,
+		"--auth-local=peer", "--auth-host=scram-sha-256",
+		"--pwfile="+pwfile, "-U", p.User,
+		"--no-sync", "-E", "UTF8", "--locale=C")
+	cmd.Dir = p.baseDir // the server user may not be able to enter our cwd
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("testenv: initdb as %s: %v\n%s", p.OSUser, err, out)
+	}
+}
+
+// confFile renders the settings testenv owns plus the defaults and the
+// caller's settings, sorted so the file is stable.
+func (p *Postgres) confFile(settings map[string]string) string {
+	all := map[string]string{
+		"listen_addresses":        "127.0.0.1",
+		"port":                    strconv.Itoa(p.Port),
+		"unix_socket_directories": p.SocketDir,
+		"logging_collector":       "off", // pg_ctl -l writes the log file
+	}
+	for k, v := range settings {
+		all[k] = v
+	}
+	keys := make([]string, 0, len(all))
+	for k := range all {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString("# written by internal/testenv\n")
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s = %s\n", k, quoteConfValue(all[k]))
+	}
+	return b.String()
+}
+
+// quoteConfValue quotes a postgresql.conf value; every parameter type
+// accepts a quoted value.
+func quoteConfValue(v string) string {
+	v = strings.ReplaceAll(v, `\`, `\\`)
+	v = strings.ReplaceAll(v, "'", "''")
+	return "'" + v + "'"
+}
+
+func (p *Postgres) writeDataFile(t testing.TB, name, content string) {
+	t.Helper()
+	path := filepath.Join(p.DataDir, name)
+	mustWriteFile(t, path, []byte(content), 0o600)
+	chown(t, p.account, path)
+}
+
+func (p *Postgres) pgCtl(args ...string) ([]byte, error) {
+	cmd := commandAs(p.account, filepath.Join(p.BinDir, "pg_ctl"), append([]string{"-D", p.DataDir}, args...)...)
+	cmd.Dir = p.baseDir
+	return cmd.CombinedOutput()
+}
+
+// ConnString returns a URL connecting to database over TCP on loopback
+// as the superuser.
+func (p *Postgres) ConnString(database string) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.UserPassword(p.User, p.Password),
+		Host:     net.JoinHostPort(p.Host, strconv.Itoa(p.Port)),
+		Path:     "/" + database,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// Connect opens a connection to database, closed in t.Cleanup.
+func (p *Postgres) Connect(t testing.TB, database string) *pgx.Conn {
+	t.Helper()
+	conn := p.connect(t, database)
+	t.Cleanup(func() { closeConn(conn) })
+	return conn
+}
+
+func (p *Postgres) connect(t testing.TB, database string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, p.ConnString(database))
+	if err != nil {
+		t.Fatalf("testenv: connect to PostgreSQL database %q: %v\n%s", database, err, logTail(p.LogFile))
+	}
+	return conn
+}
+
+func closeConn(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = conn.Close(ctx)
+}
+
+// CreateDatabase creates database name.
+func (p *Postgres) CreateDatabase(t testing.TB, name string) {
+	t.Helper()
+	p.Exec(t, "postgres", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+}
+
+// Exec runs one statement in database on a short-lived connection.
+func (p *Postgres) Exec(t testing.TB, database, sql string, args ...any) {
+	t.Helper()
+	conn := p.connect(t, database)
+	defer closeConn(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("testenv: exec %q in %q: %v", sql, database, err)
+	}
+}
+
+// Psql runs sql with psql as the server's OS user over the unix socket
+// (peer authentication) and returns its unaligned, tuples-only output
+// without the trailing newline.
+func (p *Postgres) Psql(t testing.TB, database, sql string) string {
+	t.Helper()
+	cmd := commandAs(p.account, filepath.Join(p.BinDir, "psql"),
+		"-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+		"-h", p.SocketDir, "-p", strconv.Itoa(p.Port), "-d", database, "-c", sql)
+	cmd.Dir = p.baseDir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("testenv: psql %q in %q as %s: %v\n%s", sql, database, p.OSUser, err, out)
+	}
+	return strings.TrimRight(string(out), "\n")
+}
+
+// Stop shuts the server down (fast, then immediate). It is idempotent and
+// also runs in t.Cleanup.
+func (p *Postgres) Stop(t testing.TB) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		return
+	}
+	p.stopped = true
+	// No pid file: never started, or already shut down.
+	if _, err := os.Stat(filepath.Join(p.DataDir, "postmaster.pid")); errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	out, err := p.pgCtl("stop", "-m", "fast", "-w", "-t", "60")
+	if err == nil {
+		return
+	}
+	out2, err2 := p.pgCtl("stop", "-m", "immediate", "-w", "-t", "30")
+	if err2 != nil {
+		t.Errorf("testenv: stop PostgreSQL: fast: %v\n%s\nimmediate: %v\n%s\n%s", err, out, err2, out2, logTail(p.LogFile))
+	}
+}
+
+func mustMkdir(t testing.TB, path string, perm os.FileMode) {
+	t.Helper()
+	if err := os.Mkdir(path, perm); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	// Mkdir applies the umask; the servers need exactly perm.
+	if err := os.Chmod(path, perm); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+}
+
+func mustWriteFile(t testing.TB, path string, data []byte, perm os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, data, perm); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	if err := os.Chmod(path, perm); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+}

@@ -1,0 +1,13 @@
+// Package postgres is a session.Store kept in a PostgreSQL database through
+// a pgx connection pool.
+//
+// Open creates its schema (default "pglogship") and applies any missing
+// migrations in order, under an advisory lock, so several processes may open
+// the same database at once. All of them may then read and write sessions
+// concurrently: state changes are checked and written in one transaction
+// with the row locked, and log sequence numbers come from one atomic
+// statement, so no entry is lost or numbered twice.
+//
+// The connection string may hold a password; it is never logged nor placed
+// in an error.
+package postgres
