@@ -12,6 +12,7 @@ import (
 
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/memory"
+	"github.com/pglogship/pglogship/repository/repositorytest"
 )
 
 func read(t *testing.T, r *memory.Repo, name string, off, n int64) string {
@@ -73,4 +74,8 @@ func TestFault(t *testing.T) {
 	require.ErrorIs(t, err, repository.ErrNotFound, "a failed put leaves nothing")
 	r.SetFault(nil)
 	require.NoError(t, r.Put(ctx, "x", strings.NewReader("1")))
+}
+
+func TestConformance(t *testing.T) {
+	repositorytest.Run(t, func(testing.TB) repository.Repository { return memory.New() })
 }
