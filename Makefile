@@ -38,7 +38,7 @@ unit:
 
 ## demo: runs the main job end to end on the embedded default.
 demo: setup
-	go run ./examples/quickstart
+	scripts/demo-postgres go run ./examples/quickstart
 
 ## fuzz: a short run of every fuzz target.
 fuzz:
