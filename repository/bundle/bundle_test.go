@@ -1,0 +1,258 @@
+package bundle_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/memory"
+)
+
+// walLike returns n bytes that compress somewhat, like WAL: runs of
+// repeated page-ish content mixed with noise.
+func walLike(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, n)
+	for i := 0; i < n; i += 64 {
+		end := min(i+64, n)
+		if r.IntN(3) == 0 {
+			for j := i; j < end; j++ {
+				b[j] = byte(r.Uint32())
+			}
+		} else {
+			for j := i; j < end; j++ {
+				b[j] = byte(j / 512)
+			}
+		}
+	}
+	return b
+}
+
+func segName(i int) string { return fmt.Sprintf("0000000100000000%08X", i) }
+
+type file struct {
+	name string
+	data []byte
+}
+
+func key(t testing.TB, b byte) *bundle.Key {
+	t.Helper()
+	k, err := bundle.NewKey(bytes.Repeat([]byte{b}, bundle.KeySize))
+	require.NoError(t, err)
+	return k
+}
+
+func write(t testing.TB, files []file, k *bundle.Key, codec bundle.Codec) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w, err := bundle.NewWriter(&buf, k)
+	require.NoError(t, err)
+	for _, f := range files {
+		in := io.Reader(bytes.NewReader(f.data))
+		if codec == bundle.Zstd {
+			enc, err := zstd.NewWriter(nil)
+			require.NoError(t, err)
+			in = bytes.NewReader(enc.EncodeAll(f.data, nil))
+		}
+		e, err := w.Add(f.name, codec, in)
+		require.NoError(t, err)
+		assert.Equal(t, int64(len(f.data)), e.RawSize)
+		assert.Equal(t, sha256.Sum256(f.data), e.SHA256)
+	}
+	_, err = w.Close()
+	require.NoError(t, err)
+	return buf.Bytes()
+}
+
+func store(t testing.TB, data []byte) *memory.Repo {
+	t.Helper()
+	repo := memory.New()
+	require.NoError(t, repo.Put(context.Background(), "b", bytes.NewReader(data)))
+	return repo
+}
+
+func readAll(t testing.TB, repo bundle.Getter, size int64, k *bundle.Key, names []string) (map[string][]byte, error) {
+	t.Helper()
+	r, err := bundle.Open(context.Background(), repo, "b", size, k)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, n := range names {
+		var buf bytes.Buffer
+		if _, err := r.WriteFile(context.Background(), n, &buf); err != nil {
+			return nil, err
+		}
+		out[n] = buf.Bytes()
+	}
+	return out, nil
+}
+
+func TestRoundTrip(t *testing.T) {
+	files := []file{
+		{segName(1), walLike(1, 16<<20)},
+		{segName(2), nil},
+		{segName(3), walLike(3, bundle.ChunkSize)},
+		{"00000002.history", []byte("1\t0/3000000\tno recovery target specified\n")},
+		{segName(4) + ".partial", walLike(4, bundle.ChunkSize+1)},
+	}
+	for _, tc := range []struct {
+		name  string
+		key   *bundle.Key
+		codec bundle.Codec
+	}{
+		{"plain/raw", nil, bundle.Raw},
+		{"plain/zstd", nil, bundle.Zstd},
+		{"encrypted/raw", key(t, 7), bundle.Raw},
+		{"encrypted/zstd", key(t, 7), bundle.Zstd},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := write(t, files, tc.key, tc.codec)
+			assert.Less(t, len(data), 20<<20, "WAL-like data is compressed")
+			names := make([]string, len(files))
+			for i, f := range files {
+				names[i] = f.name
+			}
+			got, err := readAll(t, store(t, data), int64(len(data)), tc.key, names)
+			require.NoError(t, err)
+			for _, f := range files {
+				assert.True(t, bytes.Equal(f.data, got[f.name]), "%s is byte-identical", f.name)
+			}
+		})
+	}
+}
+
+// Every single flipped bit is caught, and inside a frame the error names
+// the file.
+func TestBitFlipDetected(t *testing.T) {
+	files := []file{{segName(1), walLike(1, 3000)}, {segName(2), walLike(2, 5000)}, {segName(3), walLike(3, 100)}}
+	names := []string{segName(1), segName(2), segName(3)}
+	for _, k := range []*bundle.Key{nil, key(t, 9)} {
+		t.Run(fmt.Sprintf("encrypted=%v", k != nil), func(t *testing.T) {
+			orig := write(t, files, k, bundle.Raw)
+			r, err := bundle.Open(context.Background(), store(t, orig), "b", int64(len(orig)), k)
+			require.NoError(t, err)
+			entries := r.Entries()
+			for pos := 0; pos < len(orig); pos++ {
+				for _, bit := range []byte{0x01, 0x80} {
+					data := bytes.Clone(orig)
+					data[pos] ^= bit
+					_, err := readAll(t, store(t, data), int64(len(data)), k, names)
+					require.Error(t, err, "flip at byte %d bit %#x went unnoticed", pos, bit)
+					require.ErrorIs(t, err, bundle.ErrCorrupt, "byte %d", pos)
+					for _, e := range entries {
+						if int64(pos) >= e.Offset && int64(pos) < e.Offset+e.Length {
+							var ce *bundle.CorruptError
+							require.ErrorAs(t, err, &ce, "byte %d", pos)
+							assert.Equal(t, e.Name, ce.File, "flip at byte %d names its file", pos)
+							assert.Contains(t, err.Error(), e.Name)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestKeys(t *testing.T) {
+	files := []file{{segName(1), walLike(1, 1000)}}
+	data := write(t, files, key(t, 1), bundle.Raw)
+	repo := store(t, data)
+	_, err := readAll(t, repo, int64(len(data)), nil, []string{segName(1)})
+	require.ErrorIs(t, err, bundle.ErrKeyRequired)
+	_, err = readAll(t, repo, int64(len(data)), key(t, 2), []string{segName(1)})
+	require.ErrorIs(t, err, bundle.ErrWrongKey)
+	_, err = bundle.NewKey([]byte("short"))
+	require.ErrorContains(t, err, "32 bytes")
+	assert.NotContains(t, key(t, 0x41).String(), strings.Repeat("41", 8), "no key bytes in String")
+	assert.False(t, bytes.Contains(data, bytes.Repeat([]byte{1}, bundle.KeySize)), "the key is not stored")
+}
+
+// countingGetter counts the bytes a reader pulls.
+type countingGetter struct {
+	bundle.Getter
+	n atomic.Int64
+}
+
+func (c *countingGetter) Get(ctx context.Context, name string, off, n int64) (io.ReadCloser, error) {
+	rc, err := c.Getter.Get(ctx, name, off, n)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.TeeReader(rc, writerFunc(func(p []byte) { c.n.Add(int64(len(p))) })), rc}, nil
+}
+
+type writerFunc func([]byte)
+
+func (f writerFunc) Write(p []byte) (int, error) { f(p); return len(p), nil }
+
+func TestOneSegmentReadsOnlyItsFrame(t *testing.T) {
+	var files []file
+	for i := 1; i <= 64; i++ {
+		files = append(files, file{segName(i), walLike(uint64(i), 256<<10)})
+	}
+	data := write(t, files, key(t, 3), bundle.Raw)
+	cg := &countingGetter{Getter: store(t, data)}
+	ctx := context.Background()
+	r, err := bundle.Open(ctx, cg, "b", int64(len(data)), key(t, 3))
+	require.NoError(t, err)
+	opened := cg.n.Load()
+	var total int64
+	for _, e := range r.Entries() {
+		total += e.Length
+	}
+	indexLen := int64(len(data)) - total - 32 - 56
+	assert.Equal(t, 32+56+indexLen, opened, "open reads header, trailer and index only")
+
+	e, ok := r.Entry(segName(40))
+	require.True(t, ok)
+	var buf bytes.Buffer
+	_, err = r.WriteFile(ctx, segName(40), &buf)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(files[39].data, buf.Bytes()))
+	assert.Equal(t, e.Length, cg.n.Load()-opened, "one segment costs exactly its frame")
+	assert.Less(t, e.Length*10, int64(len(data)), "and that is a small part of the bundle")
+
+	_, err = r.WriteFile(ctx, segName(99), &buf)
+	require.ErrorIs(t, err, bundle.ErrNoSuchFile)
+}
+
+func TestWriterRefusesBadInput(t *testing.T) {
+	w, err := bundle.NewWriter(io.Discard, nil)
+	require.NoError(t, err)
+	_, err = w.Add("", bundle.Raw, strings.NewReader("x"))
+	require.Error(t, err)
+	_, err = w.Add("a", bundle.Raw, strings.NewReader("x"))
+	require.NoError(t, err)
+	_, err = w.Add("a", bundle.Raw, strings.NewReader("x"))
+	require.ErrorContains(t, err, "repeated")
+
+	w, err = bundle.NewWriter(io.Discard, nil)
+	require.NoError(t, err)
+	_, err = w.Add("b", bundle.Zstd, strings.NewReader("not zstd at all"))
+	require.Error(t, err, "compressed input that does not decompress is refused")
+	_, err = w.Close()
+	require.Error(t, err, "a failed Add poisons the bundle")
+}
+
+func TestTruncatedBundle(t *testing.T) {
+	data := write(t, []file{{segName(1), walLike(1, 5000)}}, nil, bundle.Raw)
+	for _, n := range []int{0, 10, 40, len(data) / 2, len(data) - 1} {
+		_, err := readAll(t, store(t, data[:n]), int64(n), nil, []string{segName(1)})
+		require.ErrorIs(t, err, bundle.ErrCorrupt, "truncated to %d", n)
+	}
+}

@@ -1,0 +1,195 @@
+package bundle
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+)
+
+// Layout constants; docs/repository-format.md is the normative description.
+const (
+	headerMagic  = "PGLSBNDL"
+	trailerMagic = "PGLSEND1"
+	frameMagic   = "FRM1"
+	version      = 1
+
+	flagEncrypted = 1
+
+	headerSize  = 32 // magic 8, version 1, flags 1, reserved 2, key check 8, bundle id 12
+	trailerSize = 56 // index offset 8, index length 8, sha256 32, magic 8
+
+	// ChunkSize is the most payload one chunk carries; it bounds the memory
+	// a writer or reader needs whatever the WAL segment size.
+	ChunkSize = 1 << 20
+
+	// finalBit marks the last chunk of a frame in its length word.
+	finalBit = 1 << 31
+
+	codecZstd = 1
+	maxName   = 1024
+	// footerSize is raw size 8 + sha256 32, before sealing.
+	footerSize = 40
+	// footerChunk is the chunk number used for the footer's nonce.
+	footerChunk = ^uint32(0)
+	// maxIndex bounds the index a reader accepts (about 4 million files).
+	maxIndex = 1 << 30
+)
+
+// Entry describes one file in a bundle.
+type Entry struct {
+	Name    string   // WAL file name
+	RawSize int64    // size of the file as PostgreSQL wrote it
+	SHA256  [32]byte // of the raw content
+	Offset  int64    // where its frame starts in the bundle
+	Length  int64    // the frame's length in bytes
+}
+
+type indexJSON struct {
+	Version int         `json:"version"`
+	Files   []entryJSON `json:"files"`
+}
+
+type entryJSON struct {
+	Name    string `json:"name"`
+	RawSize int64  `json:"raw_size"`
+	SHA256  string `json:"sha256"`
+	Offset  int64  `json:"offset"`
+	Length  int64  `json:"length"`
+}
+
+func encodeIndex(entries []Entry) ([]byte, error) {
+	idx := indexJSON{Version: version, Files: make([]entryJSON, len(entries))}
+	for i, e := range entries {
+		idx.Files[i] = entryJSON{e.Name, e.RawSize, hex.EncodeToString(e.SHA256[:]), e.Offset, e.Length}
+	}
+	return json.Marshal(idx)
+}
+
+// decodeIndex parses and checks an index against the bundle's size: frames
+// must lie between the header and the index, in order, without overlap.
+func decodeIndex(b []byte, indexOffset int64) ([]Entry, error) {
+	var idx indexJSON
+	if err := json.Unmarshal(b, &idx); err != nil {
+		return nil, fmt.Errorf("index: %v", err)
+	}
+	if idx.Version != version {
+		return nil, fmt.Errorf("index version %d, want %d", idx.Version, version)
+	}
+	entries := make([]Entry, len(idx.Files))
+	next := int64(headerSize)
+	seen := make(map[string]bool, len(idx.Files))
+	for i, f := range idx.Files {
+		e := Entry{Name: f.Name, RawSize: f.RawSize, Offset: f.Offset, Length: f.Length}
+		sum, err := hex.DecodeString(f.SHA256)
+		switch {
+		case err != nil || len(sum) != 32:
+			return nil, fmt.Errorf("index entry %d: bad sha256", i)
+		case f.Name == "" || len(f.Name) > maxName || seen[f.Name]:
+			return nil, fmt.Errorf("index entry %d: bad or repeated name %q", i, f.Name)
+		case f.RawSize < 0 || f.Offset != next || f.Length <= 0 || f.Length > indexOffset-f.Offset:
+			return nil, fmt.Errorf("index entry %d (%s): frame outside the bundle", i, f.Name)
+		}
+		seen[f.Name] = true
+		copy(e.SHA256[:], sum)
+		entries[i] = e
+		next = f.Offset + f.Length
+	}
+	if next != indexOffset {
+		return nil, fmt.Errorf("index does not account for bytes %d to %d", next, indexOffset)
+	}
+	return entries, nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+type header struct {
+	encrypted bool
+	keyCheck  [8]byte
+	id        [12]byte
+}
+
+func (h header) marshal() []byte {
+	b := make([]byte, headerSize)
+	copy(b, headerMagic)
+	b[8] = version
+	if h.encrypted {
+		b[9] = flagEncrypted
+	}
+	copy(b[12:20], h.keyCheck[:])
+	copy(b[20:32], h.id[:])
+	return b
+}
+
+func parseHeader(b []byte) (header, error) {
+	var h header
+	if len(b) != headerSize || string(b[:8]) != headerMagic {
+		return h, fmt.Errorf("not a pglogship bundle")
+	}
+	if b[8] != version {
+		return h, fmt.Errorf("bundle version %d, want %d", b[8], version)
+	}
+	if b[9]&^flagEncrypted != 0 || b[10] != 0 || b[11] != 0 {
+		return h, fmt.Errorf("unknown header flags")
+	}
+	h.encrypted = b[9]&flagEncrypted != 0
+	copy(h.keyCheck[:], b[12:20])
+	copy(h.id[:], b[20:32])
+	if !h.encrypted && h.keyCheck != [8]byte{} {
+		return h, fmt.Errorf("key check set on a plain bundle")
+	}
+	return h, nil
+}
+
+type trailer struct {
+	indexOffset, indexLength int64
+	sum                      [32]byte
+}
+
+func (t trailer) marshal() []byte {
+	b := make([]byte, trailerSize)
+	binary.BigEndian.PutUint64(b[0:], uint64(t.indexOffset))
+	binary.BigEndian.PutUint64(b[8:], uint64(t.indexLength))
+	copy(b[16:48], t.sum[:])
+	copy(b[48:], trailerMagic)
+	return b
+}
+
+func parseTrailer(b []byte, size int64) (trailer, error) {
+	var t trailer
+	if len(b) != trailerSize || string(b[48:]) != trailerMagic {
+		return t, fmt.Errorf("no bundle trailer (incomplete or not a bundle)")
+	}
+	off, n := binary.BigEndian.Uint64(b[0:]), binary.BigEndian.Uint64(b[8:])
+	if off < headerSize || n == 0 || n > maxIndex || off > uint64(size) || off+n != uint64(size-trailerSize) {
+		return t, fmt.Errorf("trailer points outside the bundle")
+	}
+	t.indexOffset, t.indexLength = int64(off), int64(n)
+	copy(t.sum[:], b[16:48])
+	return t, nil
+}
+
+// frameHeader is magic 4, codec 1, name length 2, name, nonce 12. It is the
+// additional data of every sealed chunk of the frame.
+func frameHeader(name string, nonce [12]byte) []byte {
+	b := make([]byte, 0, 4+1+2+len(name)+12)
+	b = append(b, frameMagic...)
+	b = append(b, codecZstd)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(name)))
+	b = append(b, name...)
+	return append(b, nonce[:]...)
+}
+
+// chunkAAD binds a sealed chunk to its bundle, frame, position and finality,
+// so chunks cannot be moved, reordered, dropped or truncated unnoticed.
+func chunkAAD(id [12]byte, fh []byte, i uint32, final bool) []byte {
+	aad := make([]byte, 0, len(id)+len(fh)+5)
+	aad = append(aad, id[:]...)
+	aad = append(aad, fh...)
+	aad = binary.BigEndian.AppendUint32(aad, i)
+	if final {
+		return append(aad, 1)
+	}
+	return append(aad, 0)
+}

@@ -1,0 +1,261 @@
+package bundle
+
+import (
+	"bufio"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Codec says how the bytes given to Writer.Add are encoded.
+type Codec int
+
+const (
+	Raw  Codec = iota // the file as PostgreSQL wrote it: Add compresses it
+	Zstd              // already zstd-compressed (by the guest): Add stores it as is
+)
+
+// Writer writes one bundle to an io.Writer, a frame per file, streaming
+// through fixed-size buffers: memory does not grow with file or bundle
+// size. It is not safe for concurrent use.
+type Writer struct {
+	out     *countWriter
+	key     *Key
+	hdr     header
+	entries []Entry
+	names   map[string]bool
+	enc     *zstd.Encoder
+	dec     *zstd.Decoder
+	chunk   []byte // pending chunk payload
+	sealed  []byte // scratch for sealing
+	err     error  // sticky: a failed Add leaves the bundle unusable
+	closed  bool
+}
+
+type countWriter struct {
+	w *bufio.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// NewWriter starts a bundle on w and writes its header. key may be nil for
+// a bundle that is not encrypted.
+func NewWriter(w io.Writer, key *Key) (*Writer, error) {
+	bw := &Writer{out: &countWriter{w: bufio.NewWriterSize(w, 256<<10)}, key: key, names: map[string]bool{},
+		chunk: make([]byte, 0, ChunkSize)}
+	if _, err := rand.Read(bw.hdr.id[:]); err != nil {
+		return nil, err
+	}
+	if key != nil {
+		bw.hdr.encrypted, bw.hdr.keyCheck = true, key.check
+		bw.sealed = make([]byte, 0, ChunkSize+key.aead.Overhead())
+	}
+	var err error
+	if bw.enc, err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest)); err != nil {
+		return nil, err
+	}
+	if bw.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true)); err != nil {
+		return nil, err
+	}
+	if _, err := bw.out.Write(bw.hdr.marshal()); err != nil {
+		return nil, fmt.Errorf("write bundle header: %w", err)
+	}
+	return bw, nil
+}
+
+// Add appends the file name, reading its content from r encoded as codec. It
+// returns the file's entry: raw size and SHA-256 are computed here from the
+// raw bytes (for Zstd input, by decompressing), so the caller can compare
+// them with what the sender claimed. Names must be unique in a bundle.
+func (w *Writer) Add(name string, codec Codec, r io.Reader) (Entry, error) {
+	if w.err != nil {
+		return Entry{}, w.err
+	}
+	if w.closed {
+		return Entry{}, errors.New("bundle writer closed")
+	}
+	if name == "" || len(name) > maxName || w.names[name] {
+		return Entry{}, fmt.Errorf("add %q to bundle: empty, too long or repeated name", name)
+	}
+	e, err := w.add(name, codec, r)
+	if err != nil {
+		w.err = fmt.Errorf("add %s to bundle: %w", name, err)
+		return Entry{}, w.err
+	}
+	w.names[name] = true
+	w.entries = append(w.entries, e)
+	return e, nil
+}
+
+func (w *Writer) add(name string, codec Codec, r io.Reader) (Entry, error) {
+	e := Entry{Name: name, Offset: w.out.n}
+	var nonce [12]byte
+	if w.key != nil {
+		if _, err := rand.Read(nonce[:]); err != nil {
+			return e, err
+		}
+	}
+	fh := frameHeader(name, nonce)
+	if _, err := w.out.Write(fh); err != nil {
+		return e, err
+	}
+	cw := &chunkWriter{w: w, fh: fh, nonce: nonce}
+	sum := sha256.New()
+	var raw int64
+	switch codec {
+	case Raw:
+		w.enc.Reset(cw)
+		n, err := io.Copy(io.MultiWriter(w.enc, sum), r)
+		if err != nil {
+			return e, err
+		}
+		if err := w.enc.Close(); err != nil {
+			return e, err
+		}
+		raw = n
+	case Zstd:
+		// Store the compressed bytes as they come, and decompress them on
+		// the way to learn the raw size and checksum.
+		if err := w.dec.Reset(io.TeeReader(r, cw)); err != nil {
+			return e, err
+		}
+		n, err := io.Copy(sum, w.dec)
+		if err != nil {
+			return e, fmt.Errorf("decompress: %w", err)
+		}
+		raw = n
+	default:
+		return e, fmt.Errorf("unknown codec %d", codec)
+	}
+	if err := cw.finish(); err != nil {
+		return e, err
+	}
+	e.RawSize = raw
+	copy(e.SHA256[:], sum.Sum(nil))
+	footer := make([]byte, 0, footerSize)
+	footer = binary.BigEndian.AppendUint64(footer, uint64(raw))
+	footer = append(footer, e.SHA256[:]...)
+	if w.key != nil {
+		footer = w.key.aead.Seal(nil, chunkNonce(nonce, footerChunk), footer, chunkAAD(w.hdr.id, fh, footerChunk, true))
+	}
+	if _, err := w.out.Write(footer); err != nil {
+		return e, err
+	}
+	e.Length = w.out.n - e.Offset
+	return e, nil
+}
+
+// chunkWriter cuts a frame's payload into length-prefixed chunks, sealing
+// each when the bundle is encrypted. It holds one chunk back so the last one
+// can be marked final.
+type chunkWriter struct {
+	w     *Writer
+	fh    []byte
+	nonce [12]byte
+	n     uint32 // chunks emitted
+}
+
+func (c *chunkWriter) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		if len(c.w.chunk) == ChunkSize {
+			if err := c.emit(false); err != nil {
+				return 0, err
+			}
+		}
+		k := copy(c.w.chunk[len(c.w.chunk):ChunkSize], p)
+		c.w.chunk = c.w.chunk[:len(c.w.chunk)+k]
+		p = p[k:]
+	}
+	return total, nil
+}
+
+func (c *chunkWriter) emit(final bool) error {
+	data := c.w.chunk
+	if c.w.key != nil {
+		data = c.w.key.aead.Seal(c.w.sealed[:0], chunkNonce(c.nonce, c.n), data, chunkAAD(c.w.hdr.id, c.fh, c.n, final))
+	}
+	word := uint32(len(data))
+	if final {
+		word |= finalBit
+	}
+	var l [4]byte
+	binary.BigEndian.PutUint32(l[:], word)
+	if _, err := c.w.out.Write(l[:]); err != nil {
+		return err
+	}
+	if _, err := c.w.out.Write(data); err != nil {
+		return err
+	}
+	if c.w.key == nil {
+		// Without GCM, a CRC guards the stored bytes: a flip in a part of
+		// the zstd stream that decodes the same would pass the SHA-256.
+		crc := crc32.Update(crc32.Checksum(l[:], castagnoli), castagnoli, data)
+		if _, err := c.w.out.Write(binary.BigEndian.AppendUint32(nil, crc)); err != nil {
+			return err
+		}
+	}
+	c.w.chunk = c.w.chunk[:0]
+	c.n++
+	return nil
+}
+
+// finish emits the last chunk, marked final even when empty so a reader can
+// tell a whole frame from a cut one, and the zero-length terminator.
+func (c *chunkWriter) finish() error {
+	if err := c.emit(true); err != nil {
+		return err
+	}
+	_, err := c.w.out.Write([]byte{0, 0, 0, 0})
+	return err
+}
+
+// Close writes the index and the trailer and flushes. It returns the
+// entries in bundle order. The bundle is complete only once Close returns
+// nil; the underlying writer is not closed.
+func (w *Writer) Close() ([]Entry, error) {
+	if w.err != nil {
+		return nil, w.err
+	}
+	if w.closed {
+		return nil, errors.New("bundle writer closed")
+	}
+	w.closed = true
+	idx, err := encodeIndex(w.entries)
+	if err != nil {
+		return nil, err
+	}
+	if w.key != nil {
+		var nonce [12]byte
+		if _, err := rand.Read(nonce[:]); err != nil {
+			return nil, err
+		}
+		idx = w.key.aead.Seal(nonce[:], nonce[:], idx, append(w.hdr.id[:], "index"...))
+	}
+	t := trailer{indexOffset: w.out.n, indexLength: int64(len(idx))}
+	sum := sha256.New()
+	sum.Write(w.hdr.marshal())
+	sum.Write(idx)
+	copy(t.sum[:], sum.Sum(nil))
+	if _, err := w.out.Write(idx); err != nil {
+		return nil, err
+	}
+	if _, err := w.out.Write(t.marshal()); err != nil {
+		return nil, err
+	}
+	if err := w.out.w.Flush(); err != nil {
+		return nil, err
+	}
+	return w.entries, nil
+}
