@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -68,11 +69,15 @@ func (i Instance) WALFolder(timeline uint32) string {
 // HistoryName is where a timeline history file is stored, as its own object.
 func (i Instance) HistoryName(name string) string { return i.Prefix() + "/wal/history/" + name }
 
-// BundleName names a bundle holding WAL files first..last (by name order)
-// of one timeline. The suffix is derived from the bundle's content index, so
-// a retried batch gets the same name and a different batch a new one.
-func (i Instance) BundleName(timeline uint32, first, last string, indexSum [32]byte) string {
-	return i.WALFolder(timeline) + first + "_" + last + "_" + hex.EncodeToString(indexSum[:4]) + ".bundle"
+// NewBundleName names a new bundle holding WAL files first..last (by name
+// order) of one timeline. The suffix is random: the name must be known
+// before the bundle is streamed, and bundle bytes are never the same twice
+// (random ids and nonces), so a retried batch needs a name of its own; the
+// copies then overlap, which readers accept (docs/repository-format.md 4.1).
+func (i Instance) NewBundleName(timeline uint32, first, last string) string {
+	var id [4]byte
+	_, _ = rand.Read(id[:]) // never fails on supported platforms
+	return i.WALFolder(timeline) + first + "_" + last + "_" + hex.EncodeToString(id[:]) + ".bundle"
 }
 
 // BundleRef is a bundle found by listing: its object and the range of WAL
@@ -82,7 +87,7 @@ type BundleRef struct {
 	First, Last string
 }
 
-// ParseBundleName reads a bundle object name made by BundleName.
+// ParseBundleName reads a bundle object name made by NewBundleName.
 func ParseBundleName(name string) (BundleRef, bool) {
 	base := name[strings.LastIndex(name, "/")+1:]
 	stem, ok := strings.CutSuffix(base, ".bundle")

@@ -37,12 +37,14 @@ func TestBundleNamesAndLookup(t *testing.T) {
 		require.NoError(t, repo.Put(ctx, name, strings.NewReader(name)))
 	}
 	seg := func(n string) string { return "00000001000000000000000" + n }
-	put(inst.BundleName(1, seg("1"), seg("4"), [32]byte{1}))
-	put(inst.BundleName(1, seg("5"), seg("8"), [32]byte{2}))
-	put(inst.BundleName(1, seg("4"), seg("6"), [32]byte{3})) // a retried batch overlaps
-	put(inst.BundleName(2, "000000020000000000000008", "000000020000000000000009", [32]byte{4}))
+	put(inst.NewBundleName(1, seg("1"), seg("4")))
+	put(inst.NewBundleName(1, seg("5"), seg("8")))
+	put(inst.NewBundleName(1, seg("4"), seg("6"))) // a retried batch overlaps
+	put(inst.NewBundleName(2, "000000020000000000000008", "000000020000000000000009"))
 	put(inst.WALFolder(1) + "README")
-	put(other.BundleName(1, seg("1"), seg("9"), [32]byte{5}))
+	a, b := inst.NewBundleName(1, seg("1"), seg("2")), inst.NewBundleName(1, seg("1"), seg("2"))
+	assert.NotEqual(t, a, b, "each attempt gets its own name")
+	put(other.NewBundleName(1, seg("1"), seg("9")))
 
 	refs, err := repository.Bundles(ctx, repo, inst, 1)
 	require.NoError(t, err)

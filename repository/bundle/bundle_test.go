@@ -256,3 +256,26 @@ func TestTruncatedBundle(t *testing.T) {
 		require.ErrorIs(t, err, bundle.ErrCorrupt, "truncated to %d", n)
 	}
 }
+
+func TestVerify(t *testing.T) {
+	files := []file{{segName(1), walLike(1, 5000)}, {segName(2), walLike(2, 7000)}}
+	data := write(t, files, nil, bundle.Raw)
+	repo := store(t, data)
+	want := map[string][32]byte{segName(1): sha256.Sum256(files[0].data), segName(2): sha256.Sum256(files[1].data)}
+	ctx := context.Background()
+	require.NoError(t, bundle.Verify(ctx, repo, "b", int64(len(data)), nil, want))
+
+	wrong := map[string][32]byte{segName(1): want[segName(1)], segName(2): {1}}
+	err := bundle.Verify(ctx, repo, "b", int64(len(data)), nil, wrong)
+	require.ErrorIs(t, err, bundle.ErrCorrupt)
+	require.ErrorContains(t, err, segName(2), "the mismatching segment is named")
+
+	delete(want, segName(2))
+	require.ErrorContains(t, bundle.Verify(ctx, repo, "b", int64(len(data)), nil, want), "holds 2 files")
+
+	flipped := bytes.Clone(data)
+	flipped[100] ^= 1
+	repo2 := store(t, flipped)
+	want[segName(2)] = sha256.Sum256(files[1].data)
+	require.ErrorIs(t, bundle.Verify(ctx, repo2, "b", int64(len(flipped)), nil, want), bundle.ErrCorrupt)
+}
