@@ -9,7 +9,7 @@ STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 export PGLOGSHIP_CACHE := $(CACHE)
 export STATICCHECK_VERSION
 
-.PHONY: all setup test check fmt vet staticcheck unit demo fuzz
+.PHONY: all setup test check fmt vet staticcheck unit demo fuzz bench
 
 all: test
 
@@ -47,3 +47,9 @@ fuzz:
 	    go test -run XXX -fuzz "^$$f$$" -fuzztime 20s $$pkg || exit 1; \
 	  done; \
 	done
+
+## bench: repository bundle throughput, compression and peak memory on 1 GiB
+## of real pgbench WAL (generated once, cached under $(CACHE)). The peer
+## comparison (pgBackRest, cp+sync) comes with the benchmarks issue.
+bench: setup
+	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./repository/bundle/
