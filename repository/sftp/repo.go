@@ -1,0 +1,448 @@
+// Package sftp is a repository.Repository on an SFTP server (OpenSSH's
+// sftp-server or internal-sftp, or any server with the same extensions),
+// reached with golang.org/x/crypto/ssh and github.com/pkg/sftp.
+//
+// Host keys are always verified: Config.HostKeyCallback is required (build
+// one from a known_hosts file with golang.org/x/crypto/ssh/knownhosts).
+//
+// Writes follow the fs backend: a dot-prefixed temporary file next to the
+// destination, fsync@openssh.com when the server offers it, then a commit
+// that never replaces an existing object (see commit), then an fsync of the
+// directory where the server allows opening it. Files are 0600 and
+// directories 0700.
+package sftp
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/pglogship/pglogship/repository"
+)
+
+var _ repository.Repository = (*Repo)(nil)
+
+// DefaultTimeout bounds connecting and the SSH handshake.
+const DefaultTimeout = 30 * time.Second
+
+// Config configures New. Auth is never logged nor put into errors.
+type Config struct {
+	Addr            string              // host:port of the SSH server; required
+	User            string              // required
+	Auth            []ssh.AuthMethod    // key or password; required
+	HostKeyCallback ssh.HostKeyCallback // required: there is no insecure default
+	Root            string              // absolute directory on the server; created 0700 when missing
+	Timeout         time.Duration       // connect and handshake; 0 means DefaultTimeout
+}
+
+// Repo is a repository on an SFTP server. Safe for concurrent use.
+type Repo struct {
+	ssh       *ssh.Client
+	c         *sftp.Client
+	root      string
+	fsync     bool
+	hardlink  bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New connects, opens the SFTP subsystem and creates Root. The host key is
+// checked before anything else happens on the connection.
+func New(ctx context.Context, cfg Config) (*Repo, error) {
+	switch {
+	case cfg.Addr == "" || cfg.User == "":
+		return nil, errors.New("open sftp repository: address and user are required")
+	case len(cfg.Auth) == 0:
+		return nil, errors.New("open sftp repository: an authentication method is required")
+	case cfg.HostKeyCallback == nil:
+		return nil, errors.New("open sftp repository: HostKeyCallback is required (host keys are always verified)")
+	case !path.IsAbs(cfg.Root) || path.Clean(cfg.Root) != cfg.Root:
+		return nil, fmt.Errorf("open sftp repository: root %q must be a clean absolute path", cfg.Root)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	client, err := dial(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open sftp repository %s: %w", cfg.Addr, err)
+	}
+	c, err := sftp.NewClient(client, sftp.UseConcurrentWrites(true))
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("open sftp repository %s: start sftp: %w", cfg.Addr, err)
+	}
+	r := &Repo{ssh: client, c: c, root: cfg.Root}
+	if v, ok := c.HasExtension("fsync@openssh.com"); ok && v == "1" {
+		r.fsync = true
+	}
+	if _, ok := c.HasExtension("hardlink@openssh.com"); ok {
+		r.hardlink = true
+	}
+	if err := r.mkdirAll(cfg.Root); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("open sftp repository %s: create %s: %w", cfg.Addr, cfg.Root, err)
+	}
+	return r, nil
+}
+
+// dial connects with ctx honoured during TCP connect and the handshake.
+func dial(ctx context.Context, cfg Config) (*ssh.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	sc, chans, reqs, err := ssh.NewClientConn(conn, cfg.Addr, &ssh.ClientConfig{
+		User: cfg.User, Auth: cfg.Auth, HostKeyCallback: cfg.HostKeyCallback, Timeout: cfg.Timeout,
+	})
+	if err != nil {
+		conn.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+// Close ends the SFTP session and the connection. Idempotent.
+func (r *Repo) Close() error {
+	r.closeOnce.Do(func() {
+		err := r.c.Close()
+		if cerr := r.ssh.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
+			err = cerr
+		}
+		r.closeErr = err
+	})
+	return r.closeErr
+}
+
+func (r *Repo) path(name string) (string, error) {
+	if err := repository.ValidName(name); err != nil {
+		return "", err
+	}
+	return path.Join(r.root, name), nil
+}
+
+// mkdirAll creates dir and missing parents with mode 0700.
+func (r *Repo) mkdirAll(dir string) error {
+	st, err := r.c.Stat(dir)
+	if err == nil {
+		if !st.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	}
+	if !isNotExist(err) {
+		return err
+	}
+	if parent := path.Dir(dir); parent != dir {
+		if err := r.mkdirAll(parent); err != nil {
+			return err
+		}
+	}
+	if err := r.c.Mkdir(dir); err != nil {
+		if st, serr := r.c.Stat(dir); serr == nil && st.IsDir() {
+			return nil // made concurrently
+		}
+		return err
+	}
+	return r.c.Chmod(dir, 0o700)
+}
+
+func isNotExist(err error) bool {
+	var se *sftp.StatusError
+	return errors.Is(err, os.ErrNotExist) || errors.As(err, &se) && se.FxCode() == sftp.ErrSSHFxNoSuchFile
+}
+
+// Put implements repository.Repository.
+func (r *Repo) Put(ctx context.Context, name string, rd io.Reader) error {
+	p, err := r.path(name)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dir := path.Dir(p)
+	if err := r.mkdirAll(dir); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	tmp, size, sum, err := r.writeTemp(ctx, dir, rd)
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	defer r.c.Remove(tmp) // after a successful rename the name is gone already
+	if err := r.commit(tmp, p); err != nil {
+		if _, serr := r.c.Stat(p); serr != nil {
+			return fmt.Errorf("put %s: %w", name, err)
+		}
+		same, cerr := r.sameContent(p, size, sum)
+		switch {
+		case cerr != nil:
+			return fmt.Errorf("put %s: compare with existing: %w", name, cerr)
+		case !same:
+			return fmt.Errorf("put %s: %w", name, repository.ErrConflict)
+		}
+		return nil
+	}
+	r.syncDir(dir)
+	return nil
+}
+
+// commit moves tmp to final unless final exists. posix-rename@openssh.com is
+// not used: it has rename(2) semantics and would replace an existing object.
+// hardlink@openssh.com (link(2)) and OpenSSH's plain SSH_FXP_RENAME (link(2)
+// then unlink(2)) both fail when the target exists.
+func (r *Repo) commit(tmp, final string) error {
+	if r.hardlink {
+		if err := r.c.Link(tmp, final); err != nil {
+			return err
+		}
+		return r.c.Remove(tmp)
+	}
+	return r.c.Rename(tmp, final)
+}
+
+func (r *Repo) writeTemp(ctx context.Context, dir string, rd io.Reader) (tmp string, size int64, sum [32]byte, err error) {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	tmp = path.Join(dir, ".tmp-"+hex.EncodeToString(rnd[:]))
+	f, err := r.c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return "", 0, sum, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			r.c.Remove(tmp)
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		return "", 0, sum, err
+	}
+	h := sha256.New()
+	size, err = io.Copy(f, io.TeeReader(ctxReader{ctx, rd}, h))
+	if err != nil {
+		return "", 0, sum, err
+	}
+	if r.fsync {
+		if err = f.Sync(); err != nil {
+			return "", 0, sum, fmt.Errorf("fsync: %w", err)
+		}
+	}
+	if err = f.Close(); err != nil {
+		return "", 0, sum, err
+	}
+	copy(sum[:], h.Sum(nil))
+	return tmp, size, sum, nil
+}
+
+// syncDir makes the new directory entry durable where the server lets a
+// directory be opened and fsynced (OpenSSH does); elsewhere it is best
+// effort, as SFTP has no directory sync of its own.
+func (r *Repo) syncDir(dir string) {
+	if !r.fsync {
+		return
+	}
+	if d, err := r.c.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func (r *Repo) sameContent(p string, size int64, sum [32]byte) (bool, error) {
+	f, err := r.c.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() != size {
+		return false, err
+	}
+	h := sha256.New()
+	if _, err := f.WriteTo(h); err != nil {
+		return false, err
+	}
+	return [32]byte(h.Sum(nil)) == sum, nil
+}
+
+// Get implements repository.Repository.
+func (r *Repo) Get(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	p, err := r.path(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := r.c.Open(p)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, mapNotFound(err))
+	}
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = repository.ErrNotFound
+	}
+	if err == nil && (offset < 0 || offset > st.Size()) {
+		err = fmt.Errorf("offset %d of %d: %w", offset, st.Size(), repository.ErrInvalidRange)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	n := st.Size() - offset
+	if length >= 0 && length < n {
+		n = length
+	}
+	return &section{io.NewSectionReader(f, offset, n), f}, nil
+}
+
+type section struct {
+	*io.SectionReader
+	f *sftp.File
+}
+
+func (s *section) Close() error { return s.f.Close() }
+
+func mapNotFound(err error) error {
+	if isNotExist(err) {
+		return fmt.Errorf("%w: %v", repository.ErrNotFound, err)
+	}
+	return err
+}
+
+// Stat implements repository.Repository.
+func (r *Repo) Stat(ctx context.Context, name string) (repository.Object, error) {
+	p, err := r.path(name)
+	if err != nil {
+		return repository.Object{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return repository.Object{}, err
+	}
+	st, err := r.c.Stat(p)
+	if err == nil && !st.Mode().IsRegular() {
+		err = repository.ErrNotFound
+	}
+	if err != nil {
+		return repository.Object{}, fmt.Errorf("stat %s: %w", name, mapNotFound(err))
+	}
+	return repository.Object{Name: name, Size: st.Size()}, nil
+}
+
+// List implements repository.Repository, walking only the directory the
+// prefix names, in the byte order of full object names.
+func (r *Repo) List(ctx context.Context, prefix string, fn func(repository.Object) error) error {
+	dir := ""
+	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		dir = prefix[:i]
+		if repository.ValidName(dir) != nil {
+			return nil // no object can have this prefix
+		}
+	}
+	return r.walk(ctx, dir, prefix, fn)
+}
+
+func (r *Repo) walk(ctx context.Context, dir, prefix string, fn func(repository.Object) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	infos, err := r.c.ReadDir(path.Join(r.root, dir))
+	if isNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", prefix, err)
+	}
+	type item struct {
+		key, name string
+		info      os.FileInfo
+	}
+	items := make([]item, 0, len(infos))
+	for _, fi := range infos {
+		if strings.HasPrefix(fi.Name(), ".") {
+			continue // temporary files
+		}
+		full := fi.Name()
+		if dir != "" {
+			full = dir + "/" + fi.Name()
+		}
+		key := full
+		if fi.IsDir() {
+			key += "/" // so "b-x" sorts before "b/c", as in byte order of names
+		}
+		if !strings.HasPrefix(key, prefix) && !strings.HasPrefix(prefix, key) {
+			continue
+		}
+		items = append(items, item{key, full, fi})
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].key < items[j].key })
+	for _, it := range items {
+		switch {
+		case it.info.IsDir():
+			if err := r.walk(ctx, it.name, prefix, fn); err != nil {
+				return err
+			}
+		case it.info.Mode().IsRegular() && strings.HasPrefix(it.name, prefix):
+			if err := fn(repository.Object{Name: it.name, Size: it.info.Size()}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete implements repository.Repository.
+func (r *Repo) Delete(ctx context.Context, name string) error {
+	p, err := r.path(name)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := r.c.Remove(p); err != nil && !isNotExist(err) {
+		if _, serr := r.c.Stat(p); isNotExist(serr) {
+			return nil // a missing parent directory reports otherwise
+		}
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	r.syncDir(path.Dir(p))
+	return nil
+}
