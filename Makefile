@@ -52,4 +52,4 @@ fuzz:
 ## of real pgbench WAL (generated once, cached under $(CACHE)). The peer
 ## comparison (pgBackRest, cp+sync) comes with the benchmarks issue.
 bench: setup
-	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./repository/bundle/
+	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./repository/bundle/ ./repository/sftp/

@@ -1,19 +1,16 @@
 package bundle_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/pglogship/pglogship/internal/walcorpus"
-	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/fs"
 )
@@ -35,44 +32,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// shipBundle streams the files into one bundle object, as the child job will.
-func shipBundle(ctx context.Context, repo repository.Repository, name string, paths []string, key *bundle.Key) error {
-	pr, pw := io.Pipe()
-	go func() {
-		w, err := bundle.NewWriter(pw, key)
-		if err != nil {
-			pw.CloseWithError(err)
-			return
-		}
-		for _, p := range paths {
-			f, err := os.Open(p)
-			if err != nil {
-				pw.CloseWithError(err)
-				return
-			}
-			_, err = w.Add(filepath.Base(p), bundle.Raw, bufio.NewReaderSize(f, 256<<10))
-			f.Close()
-			if err != nil {
-				pw.CloseWithError(err)
-				return
-			}
-		}
-		_, err = w.Close()
-		pw.CloseWithError(err)
-	}()
-	err := repo.Put(ctx, name, pr)
-	pr.CloseWithError(err)
-	return err
-}
-
 func rawSize(tb testing.TB, paths []string) int64 {
-	var n int64
-	for _, p := range paths {
-		st, err := os.Stat(p)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		n += st.Size()
+	n, err := walcorpus.RawSize(paths)
+	if err != nil {
+		tb.Fatal(err)
 	}
 	return n
 }
@@ -90,7 +53,7 @@ func BenchmarkWriteFS(b *testing.B) {
 	var stored int64
 	for i := 0; i < b.N; i++ {
 		name := fmt.Sprintf("wal/%d.bundle", i)
-		if err := shipBundle(ctx, repo, name, paths, nil); err != nil {
+		if err := walcorpus.PutBundle(ctx, repo, name, paths, nil); err != nil {
 			b.Fatal(err)
 		}
 		o, err := repo.Stat(ctx, name)
@@ -110,7 +73,7 @@ func BenchmarkReadFS(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := shipBundle(ctx, repo, "wal/x.bundle", paths, nil); err != nil {
+	if err := walcorpus.PutBundle(ctx, repo, "wal/x.bundle", paths, nil); err != nil {
 		b.Fatal(err)
 	}
 	o, err := repo.Stat(ctx, "wal/x.bundle")
@@ -164,7 +127,7 @@ func shipChild(spec string) error {
 	}
 	paths := strings.Split(parts[2], ",")
 	for i := 0; i < gib; i++ {
-		if err := shipBundle(context.Background(), repo, fmt.Sprintf("wal/%d.bundle", i), paths, nil); err != nil {
+		if err := walcorpus.PutBundle(context.Background(), repo, fmt.Sprintf("wal/%d.bundle", i), paths, nil); err != nil {
 			return err
 		}
 	}
