@@ -1,0 +1,20 @@
+package bundle
+
+import (
+	"crypto/sha256"
+)
+
+// Assemble builds a plain bundle around one frame given as raw bytes, with
+// a correct index and trailer, for fuzzing the frame parser.
+func Assemble(frame []byte, name string, rawSize int64, sum [32]byte) []byte {
+	h := header{}
+	hb := h.marshal()
+	idx, _ := encodeIndex([]Entry{{Name: name, RawSize: rawSize, SHA256: sum, Offset: headerSize, Length: int64(len(frame))}})
+	t := trailer{indexOffset: int64(headerSize + len(frame)), indexLength: int64(len(idx))}
+	s := sha256.New()
+	s.Write(hb)
+	s.Write(idx)
+	copy(t.sum[:], s.Sum(nil))
+	out := append(append(append(hb, frame...), idx...), t.marshal()...)
+	return out
+}
