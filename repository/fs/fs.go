@@ -21,8 +21,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -123,7 +121,7 @@ func writeTemp(ctx context.Context, dir string, rd io.Reader) (path string, sum 
 		}
 	}()
 	h := sha256.New()
-	size, err = io.Copy(io.MultiWriter(f, h), ctxReader{ctx, rd})
+	size, err = io.Copy(io.MultiWriter(f, h), repository.ContextReader(ctx, rd))
 	if err != nil {
 		return "", sum, 0, err
 	}
@@ -135,19 +133,6 @@ func writeTemp(ctx context.Context, dir string, rd io.Reader) (path string, sum 
 	}
 	copy(sum[:], h.Sum(nil))
 	return path, sum, size, nil
-}
-
-// ctxReader stops a copy as soon as its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func renameNoReplace(from, to string) error {
@@ -236,26 +221,16 @@ func (r *Repo) Get(ctx context.Context, name string, offset, length int64) (io.R
 	if err == nil && st.IsDir() {
 		err = repository.ErrNotFound
 	}
-	if err == nil && (offset < 0 || offset > st.Size()) {
-		err = fmt.Errorf("offset %d of %d: %w", offset, st.Size(), repository.ErrInvalidRange)
-	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("get %s: %w", name, err)
 	}
-	n := st.Size() - offset
-	if length >= 0 && length < n {
-		n = length
+	rc, err := repository.Section(f, st.Size(), offset, length)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, err)
 	}
-	return &section{io.NewSectionReader(f, offset, n), f}, nil
+	return rc, nil
 }
-
-type section struct {
-	*io.SectionReader
-	f *os.File
-}
-
-func (s *section) Close() error { return s.f.Close() }
 
 func mapNotFound(err error) error {
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
@@ -283,81 +258,29 @@ func (r *Repo) Stat(ctx context.Context, name string) (repository.Object, error)
 	return repository.Object{Name: name, Size: st.Size()}, nil
 }
 
-// List implements repository.Repository. It walks only the directory the
-// prefix names, in the lexical order of full object names.
+// List implements repository.Repository.
 func (r *Repo) List(ctx context.Context, prefix string, fn func(repository.Object) error) error {
-	dir := ""
-	if i := strings.LastIndex(prefix, "/"); i >= 0 {
-		dir = prefix[:i]
-		if err := repository.ValidName(dir); err != nil {
-			return nil // no object can have this prefix
-		}
-	}
-	return r.walk(ctx, dir, prefix, fn)
-}
-
-// walk visits dir (relative, slash-separated) in name order. A directory
-// "b" sorts as "b/", so "b-x" comes before "b/c" as in byte order.
-func (r *Repo) walk(ctx context.Context, dir, prefix string, fn func(repository.Object) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	entries, err := os.ReadDir(filepath.Join(r.root, filepath.FromSlash(dir)))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("list %s: %w", prefix, err)
-	}
-	type item struct {
-		key, name string
-		dir       bool
-	}
-	items := make([]item, 0, len(entries))
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") {
-			continue // temporary files
-		}
-		full := e.Name()
-		if dir != "" {
-			full = dir + "/" + e.Name()
-		}
-		key := full
-		if e.IsDir() {
-			key += "/"
-		}
-		// Skip what cannot match: neither under the prefix nor leading to it.
-		if !strings.HasPrefix(key, prefix) && !strings.HasPrefix(prefix, key) {
-			continue
-		}
-		items = append(items, item{key, full, e.IsDir()})
-	}
-	sort.Slice(items, func(i, j int) bool { return items[i].key < items[j].key })
-	for _, it := range items {
-		if it.dir {
-			if err := r.walk(ctx, it.name, prefix, fn); err != nil {
-				return err
-			}
-			continue
-		}
-		if !strings.HasPrefix(it.name, prefix) {
-			continue
-		}
-		st, err := os.Stat(filepath.Join(r.root, filepath.FromSlash(it.name)))
+	return repository.WalkTree(ctx, prefix, func(dir string) ([]repository.TreeEntry, error) {
+		entries, err := os.ReadDir(filepath.Join(r.root, filepath.FromSlash(dir)))
 		if errors.Is(err, os.ErrNotExist) {
-			continue // deleted while listing
+			return nil, nil
 		}
 		if err != nil {
-			return fmt.Errorf("list %s: %w", prefix, err)
+			return nil, err
 		}
-		if !st.Mode().IsRegular() {
-			continue
+		out := make([]repository.TreeEntry, 0, len(entries))
+		for _, e := range entries {
+			info, err := e.Info()
+			if errors.Is(err, os.ErrNotExist) {
+				continue // deleted while listing
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, repository.TreeEntry{Name: e.Name(), Dir: e.IsDir(), Regular: info.Mode().IsRegular(), Size: info.Size()})
 		}
-		if err := fn(repository.Object{Name: it.name, Size: st.Size()}); err != nil {
-			return err
-		}
-	}
-	return nil
+		return out, nil
+	}, fn)
 }
 
 // Delete implements repository.Repository.

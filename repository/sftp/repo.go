@@ -23,8 +23,6 @@ import (
 	"net"
 	"os"
 	"path"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -244,7 +242,7 @@ func (r *Repo) writeTemp(ctx context.Context, dir string, rd io.Reader) (tmp str
 		return "", 0, sum, err
 	}
 	h := sha256.New()
-	size, err = io.Copy(f, io.TeeReader(ctxReader{ctx, rd}, h))
+	size, err = io.Copy(f, io.TeeReader(repository.ContextReader(ctx, rd), h))
 	if err != nil {
 		return "", 0, sum, err
 	}
@@ -271,18 +269,6 @@ func (r *Repo) syncDir(dir string) {
 		_ = d.Sync()
 		d.Close()
 	}
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func (r *Repo) sameContent(p string, size int64, sum [32]byte) (bool, error) {
@@ -319,26 +305,16 @@ func (r *Repo) Get(ctx context.Context, name string, offset, length int64) (io.R
 	if err == nil && !st.Mode().IsRegular() {
 		err = repository.ErrNotFound
 	}
-	if err == nil && (offset < 0 || offset > st.Size()) {
-		err = fmt.Errorf("offset %d of %d: %w", offset, st.Size(), repository.ErrInvalidRange)
-	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("get %s: %w", name, err)
 	}
-	n := st.Size() - offset
-	if length >= 0 && length < n {
-		n = length
+	rc, err := repository.Section(f, st.Size(), offset, length)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, err)
 	}
-	return &section{io.NewSectionReader(f, offset, n), f}, nil
+	return rc, nil
 }
-
-type section struct {
-	*io.SectionReader
-	f *sftp.File
-}
-
-func (s *section) Close() error { return s.f.Close() }
 
 func mapNotFound(err error) error {
 	if isNotExist(err) {
@@ -366,66 +342,22 @@ func (r *Repo) Stat(ctx context.Context, name string) (repository.Object, error)
 	return repository.Object{Name: name, Size: st.Size()}, nil
 }
 
-// List implements repository.Repository, walking only the directory the
-// prefix names, in the byte order of full object names.
+// List implements repository.Repository.
 func (r *Repo) List(ctx context.Context, prefix string, fn func(repository.Object) error) error {
-	dir := ""
-	if i := strings.LastIndex(prefix, "/"); i >= 0 {
-		dir = prefix[:i]
-		if repository.ValidName(dir) != nil {
-			return nil // no object can have this prefix
+	return repository.WalkTree(ctx, prefix, func(dir string) ([]repository.TreeEntry, error) {
+		infos, err := r.c.ReadDir(path.Join(r.root, dir))
+		if isNotExist(err) {
+			return nil, nil
 		}
-	}
-	return r.walk(ctx, dir, prefix, fn)
-}
-
-func (r *Repo) walk(ctx context.Context, dir, prefix string, fn func(repository.Object) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	infos, err := r.c.ReadDir(path.Join(r.root, dir))
-	if isNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("list %s: %w", prefix, err)
-	}
-	type item struct {
-		key, name string
-		info      os.FileInfo
-	}
-	items := make([]item, 0, len(infos))
-	for _, fi := range infos {
-		if strings.HasPrefix(fi.Name(), ".") {
-			continue // temporary files
+		if err != nil {
+			return nil, err
 		}
-		full := fi.Name()
-		if dir != "" {
-			full = dir + "/" + fi.Name()
+		out := make([]repository.TreeEntry, len(infos))
+		for i, fi := range infos {
+			out[i] = repository.TreeEntry{Name: fi.Name(), Dir: fi.IsDir(), Regular: fi.Mode().IsRegular(), Size: fi.Size()}
 		}
-		key := full
-		if fi.IsDir() {
-			key += "/" // so "b-x" sorts before "b/c", as in byte order of names
-		}
-		if !strings.HasPrefix(key, prefix) && !strings.HasPrefix(prefix, key) {
-			continue
-		}
-		items = append(items, item{key, full, fi})
-	}
-	sort.Slice(items, func(i, j int) bool { return items[i].key < items[j].key })
-	for _, it := range items {
-		switch {
-		case it.info.IsDir():
-			if err := r.walk(ctx, it.name, prefix, fn); err != nil {
-				return err
-			}
-		case it.info.Mode().IsRegular() && strings.HasPrefix(it.name, prefix):
-			if err := fn(repository.Object{Name: it.name, Size: it.info.Size()}); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+		return out, nil
+	}, fn)
 }
 
 // Delete implements repository.Repository.
