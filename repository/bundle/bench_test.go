@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pglogship/pglogship/internal/walcorpus"
+	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/fs"
 )
@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 }
 
 func rawSize(tb testing.TB, paths []string) int64 {
-	n, err := walcorpus.RawSize(paths)
+	n, err := testenv.RawSize(paths)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func rawSize(tb testing.TB, paths []string) int64 {
 }
 
 func BenchmarkWriteFS(b *testing.B) {
-	paths := walcorpus.Segments(b, corpusSegments)
+	paths := testenv.WALCorpus(b, corpusSegments)
 	raw := rawSize(b, paths)
 	repo, err := fs.New(fs.Config{Root: b.TempDir()})
 	if err != nil {
@@ -53,7 +53,7 @@ func BenchmarkWriteFS(b *testing.B) {
 	var stored int64
 	for i := 0; i < b.N; i++ {
 		name := fmt.Sprintf("wal/%d.bundle", i)
-		if err := walcorpus.PutBundle(ctx, repo, name, paths, nil); err != nil {
+		if err := testenv.PutBundle(ctx, repo, name, paths, nil); err != nil {
 			b.Fatal(err)
 		}
 		o, err := repo.Stat(ctx, name)
@@ -66,14 +66,14 @@ func BenchmarkWriteFS(b *testing.B) {
 }
 
 func BenchmarkReadFS(b *testing.B) {
-	paths := walcorpus.Segments(b, corpusSegments)
+	paths := testenv.WALCorpus(b, corpusSegments)
 	raw := rawSize(b, paths)
 	repo, err := fs.New(fs.Config{Root: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := walcorpus.PutBundle(ctx, repo, "wal/x.bundle", paths, nil); err != nil {
+	if err := testenv.PutBundle(ctx, repo, "wal/x.bundle", paths, nil); err != nil {
 		b.Fatal(err)
 	}
 	o, err := repo.Stat(ctx, "wal/x.bundle")
@@ -98,7 +98,7 @@ func BenchmarkReadFS(b *testing.B) {
 // BenchmarkPeakRSS ships 1 GiB and 4 GiB in fresh processes and reports
 // each one's peak resident memory: it must not grow with volume.
 func BenchmarkPeakRSS(b *testing.B) {
-	paths := walcorpus.Segments(b, corpusSegments)
+	paths := testenv.WALCorpus(b, corpusSegments)
 	for _, gib := range []int{1, 4} {
 		root := b.TempDir()
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -127,7 +127,7 @@ func shipChild(spec string) error {
 	}
 	paths := strings.Split(parts[2], ",")
 	for i := 0; i < gib; i++ {
-		if err := walcorpus.PutBundle(context.Background(), repo, fmt.Sprintf("wal/%d.bundle", i), paths, nil); err != nil {
+		if err := testenv.PutBundle(context.Background(), repo, fmt.Sprintf("wal/%d.bundle", i), paths, nil); err != nil {
 			return err
 		}
 	}

@@ -7,15 +7,14 @@ import (
 	"testing"
 
 	"github.com/pglogship/pglogship/internal/testenv"
-	"github.com/pglogship/pglogship/internal/walcorpus"
 	"github.com/pglogship/pglogship/repository/bundle"
 )
 
 // BenchmarkWriteReadSFTP ships 1 GiB of real WAL as one bundle through the
 // real sshd on loopback, then reads every segment back.
 func BenchmarkWriteReadSFTP(b *testing.B) {
-	paths := walcorpus.Segments(b, 64)
-	raw, err := walcorpus.RawSize(paths)
+	paths := testenv.WALCorpus(b, 64)
+	raw, err := testenv.RawSize(paths)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -25,7 +24,7 @@ func BenchmarkWriteReadSFTP(b *testing.B) {
 	b.Run("write", func(b *testing.B) {
 		b.SetBytes(raw)
 		for i := 0; i < b.N; i++ {
-			if err := walcorpus.PutBundle(ctx, r, fmt.Sprintf("wal/w%d.bundle", i), paths, nil); err != nil {
+			if err := testenv.PutBundle(ctx, r, fmt.Sprintf("wal/w%d.bundle", i), paths, nil); err != nil {
 				b.Fatal(err)
 			}
 		}

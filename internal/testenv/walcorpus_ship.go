@@ -1,4 +1,4 @@
-package walcorpus
+package testenv
 
 import (
 	"bufio"

@@ -1,8 +1,8 @@
-// Package walcorpus provides real PostgreSQL WAL for benchmarks: segments
-// produced by pgbench on a test server from internal/testenv, generated once
-// and cached outside the repository (PGLOGSHIP_CACHE, default
-// ~/.cache/pglogship), keyed on the recipe below.
-package walcorpus
+package testenv
+
+// The WAL corpus: real PostgreSQL WAL for benchmarks, produced by pgbench on
+// a test server, generated once and cached outside the repository
+// (PGLOGSHIP_CACHE, default ~/.cache/pglogship), keyed on the recipe.
 
 import (
 	"fmt"
@@ -15,16 +15,14 @@ import (
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/pglogship/pglogship/internal/testenv"
 )
 
-// recipe names the generation method; change it when the method changes so
+// corpusRecipe names the generation method; change it when the method changes so
 // old caches are not reused.
-const recipe = "v1-pgbench-s40-c4-j2"
+const corpusRecipe = "v1-pgbench-s40-c4-j2"
 
-// SegmentSize is the WAL segment size of the corpus (PostgreSQL's default).
-const SegmentSize = 16 << 20
+// CorpusSegmentSize is the WAL segment size of the corpus (PostgreSQL's default).
+const CorpusSegmentSize = 16 << 20
 
 var segmentName = regexp.MustCompile(`^[0-9A-F]{24}$`)
 
@@ -40,13 +38,13 @@ func CacheDir() string {
 	return filepath.Join(home, ".cache", "pglogship")
 }
 
-// Segments returns the paths of at least n real 16 MiB WAL segments, in WAL
+// WALCorpus returns the paths of at least n real 16 MiB WAL segments, in WAL
 // order, generating and caching them on first use.
-func Segments(tb testing.TB, n int) []string {
+func WALCorpus(tb testing.TB, n int) []string {
 	tb.Helper()
-	dir := filepath.Join(CacheDir(), fmt.Sprintf("walcorpus-%s-%d", recipe, n))
+	dir := filepath.Join(CacheDir(), fmt.Sprintf("walcorpus-%s-%d", corpusRecipe, n))
 	if _, err := os.Stat(filepath.Join(dir, "DONE")); err != nil {
-		generate(tb, dir, n)
+		generateCorpus(tb, dir, n)
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -65,7 +63,7 @@ func Segments(tb testing.TB, n int) []string {
 	return paths[:n]
 }
 
-func generate(tb testing.TB, dir string, n int) {
+func generateCorpus(tb testing.TB, dir string, n int) {
 	tb.Helper()
 	tb.Logf("walcorpus: generating %d WAL segments with pgbench (once; cached in %s)", n, dir)
 	// The server's OS user must write the archive, so it lives in a
@@ -78,7 +76,7 @@ func generate(tb testing.TB, dir string, n int) {
 	if err := os.Chmod(archive, 0o777); err != nil {
 		tb.Fatalf("walcorpus: %v", err)
 	}
-	pg := testenv.StartPostgres(tb, testenv.PostgresConfig{Settings: map[string]string{
+	pg := StartPostgres(tb, PostgresConfig{Settings: map[string]string{
 		"archive_command":    fmt.Sprintf("test ! -f %s/%%f && cp %%p %s/%%f", archive, archive),
 		"max_wal_size":       "1GB",
 		"shared_buffers":     "256MB",
@@ -124,12 +122,12 @@ func generate(tb testing.TB, dir string, n int) {
 		if copied == n || !segmentName.MatchString(e.Name()) {
 			continue
 		}
-		if err := copyFile(filepath.Join(archive, e.Name()), filepath.Join(tmp, e.Name())); err != nil {
+		if err := copyNewFile(filepath.Join(archive, e.Name()), filepath.Join(tmp, e.Name())); err != nil {
 			tb.Fatalf("walcorpus: %v", err)
 		}
 		copied++
 	}
-	if err := os.WriteFile(filepath.Join(tmp, "DONE"), []byte(recipe+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(tmp, "DONE"), []byte(corpusRecipe+"\n"), 0o600); err != nil {
 		tb.Fatalf("walcorpus: %v", err)
 	}
 	os.RemoveAll(dir)
@@ -138,7 +136,7 @@ func generate(tb testing.TB, dir string, n int) {
 	}
 }
 
-func copyFile(from, to string) error {
+func copyNewFile(from, to string) error {
 	in, err := os.Open(from)
 	if err != nil {
 		return err
