@@ -1,0 +1,212 @@
+// Package proto is the wire protocol between the host (a guest.Deployer's
+// handle) and the runtime component in the guest, carried over the SSH
+// session's stdin and stdout or a child process's pipes.
+//
+// Every message is one frame: a 4-byte big-endian length of what follows,
+// a 1-byte type, and the payload. Control messages carry JSON; file data
+// travels as raw Data frames of at most MaxData bytes between a FileStart
+// and a FileEnd, so neither side ever holds a whole WAL file. The first
+// exchange is Hello both ways: each side states the protocol version it
+// speaks and refuses a version it does not know.
+package proto
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// Limits that bound what a peer can make the other allocate.
+const (
+	MaxData    = 1 << 20         // payload of a Data frame
+	MaxControl = 1 << 20         // JSON payload of a control frame
+	maxFrame   = MaxData + 1 + 4 // type byte plus slack
+)
+
+// Type is a frame's type.
+type Type uint8
+
+const (
+	TypeHello     Type = 1 // JSON Hello
+	TypeRequest   Type = 2 // JSON Request
+	TypeResponse  Type = 3 // JSON Response
+	TypeFileStart Type = 4 // JSON FileStart
+	TypeData      Type = 5 // raw bytes
+	TypeFileEnd   Type = 6 // JSON FileEnd
+)
+
+func (t Type) valid() bool { return t >= TypeHello && t <= TypeFileEnd }
+
+// ErrProtocol is returned (wrapped) for any frame that breaks the protocol.
+var ErrProtocol = errors.New("runtime protocol error")
+
+// Hello opens a session in each direction.
+type Hello struct {
+	Version int    `json:"version"`
+	Role    string `json:"role"`           // "host" or "runtime"
+	Arch    string `json:"arch,omitempty"` // runtime: GOOS/GOARCH it runs on
+}
+
+// Request asks the runtime to do one thing. Op names it; Args are its
+// JSON-encoded arguments.
+type Request struct {
+	ID   uint64          `json:"id"`
+	Op   string          `json:"op"`
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// Response answers the Request with the same ID: a result or an error.
+// Code carries a sentinel the host maps back to a Go error (see guest).
+type Response struct {
+	ID     uint64          `json:"id"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  string          `json:"error,omitempty"`
+	Code   string          `json:"code,omitempty"`
+}
+
+// FileStart begins a streamed file.
+type FileStart struct {
+	Name  string `json:"name"`
+	Codec string `json:"codec"` // "zstd" or "none"
+}
+
+// FileEnd ends a streamed file with what the runtime computed over the raw
+// bytes it read.
+type FileEnd struct {
+	Name    string `json:"name"`
+	RawSize int64  `json:"raw_size"`
+	SHA256  string `json:"sha256"`
+}
+
+// Writer writes frames. It is not safe for concurrent use.
+type Writer struct {
+	w   io.Writer
+	hdr [5]byte
+}
+
+// NewWriter returns a Writer on w.
+func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
+
+// Write sends one frame.
+func (w *Writer) Write(t Type, payload []byte) error {
+	if !t.valid() {
+		return fmt.Errorf("%w: unknown frame type %d", ErrProtocol, t)
+	}
+	if limit(t) < len(payload) {
+		return fmt.Errorf("%w: %d-byte payload over the %d-byte limit of type %d", ErrProtocol, len(payload), limit(t), t)
+	}
+	binary.BigEndian.PutUint32(w.hdr[:4], uint32(len(payload)+1))
+	w.hdr[4] = byte(t)
+	if _, err := w.w.Write(w.hdr[:]); err != nil {
+		return err
+	}
+	_, err := w.w.Write(payload)
+	return err
+}
+
+// WriteJSON sends v as a control frame.
+func (w *Writer) WriteJSON(t Type, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return w.Write(t, b)
+}
+
+func limit(t Type) int {
+	if t == TypeData {
+		return MaxData
+	}
+	return MaxControl
+}
+
+// Reader reads frames, reusing one buffer: a payload is valid until the
+// next Read. It is not safe for concurrent use.
+type Reader struct {
+	r   io.Reader
+	buf []byte
+}
+
+// NewReader returns a Reader on r.
+func NewReader(r io.Reader) *Reader { return &Reader{r: r} }
+
+// Read returns the next frame. io.EOF means the peer closed cleanly
+// between frames; a frame cut short is io.ErrUnexpectedEOF.
+func (r *Reader) Read() (Type, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r.r, hdr[:4]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:4])
+	if n == 0 || n > maxFrame {
+		return 0, nil, fmt.Errorf("%w: frame length %d", ErrProtocol, n)
+	}
+	if _, err := io.ReadFull(r.r, hdr[4:]); err != nil {
+		return 0, nil, unexpected(err)
+	}
+	t := Type(hdr[4])
+	if !t.valid() {
+		return 0, nil, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, t)
+	}
+	size := int(n) - 1
+	if size > limit(t) {
+		return 0, nil, fmt.Errorf("%w: %d-byte payload over the limit of type %d", ErrProtocol, size, t)
+	}
+	if cap(r.buf) < size {
+		r.buf = make([]byte, size)
+	}
+	r.buf = r.buf[:size]
+	if _, err := io.ReadFull(r.r, r.buf); err != nil {
+		return 0, nil, unexpected(err)
+	}
+	return t, r.buf, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// ReadJSON reads the next frame, which must be of type want, into v.
+// Unknown fields are allowed, so a newer peer may add some.
+func (r *Reader) ReadJSON(want Type, v any) error {
+	t, p, err := r.Read()
+	if err != nil {
+		return err
+	}
+	if t != want {
+		return fmt.Errorf("%w: got frame type %d, want %d", ErrProtocol, t, want)
+	}
+	if err := json.Unmarshal(p, v); err != nil {
+		return fmt.Errorf("%w: type %d: %v", ErrProtocol, t, err)
+	}
+	return nil
+}
+
+// Handshake sends our Hello and reads the peer's, checking its version and
+// role. The writes and reads are on different streams, so sending first
+// cannot deadlock.
+func Handshake(w *Writer, r *Reader, me Hello, peerRole string) (Hello, error) {
+	me.Version = Version
+	if err := w.WriteJSON(TypeHello, me); err != nil {
+		return Hello{}, fmt.Errorf("send hello: %w", err)
+	}
+	var peer Hello
+	if err := r.ReadJSON(TypeHello, &peer); err != nil {
+		return Hello{}, fmt.Errorf("read hello: %w", err)
+	}
+	switch {
+	case peer.Version != Version:
+		return peer, fmt.Errorf("%w: peer speaks version %d, this side %d", ErrProtocol, peer.Version, Version)
+	case peer.Role != peerRole:
+		return peer, fmt.Errorf("%w: peer says it is %q, want %q", ErrProtocol, peer.Role, peerRole)
+	}
+	return peer, nil
+}
