@@ -190,6 +190,14 @@ func (r *Reader) ReadJSON(want Type, v any) error {
 	return nil
 }
 
+// DecodeJSON decodes a control payload already read with Reader.Read.
+func DecodeJSON(payload []byte, v any) error {
+	if err := json.Unmarshal(payload, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrProtocol, err)
+	}
+	return nil
+}
+
 // Handshake sends our Hello and reads the peer's, checking its version and
 // role. The writes and reads are on different streams, so sending first
 // cannot deadlock.

@@ -2,7 +2,7 @@ package runtime
 
 import (
 	"bytes"
-	"encoding/binary"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/wal"
 )
 
 func TestArchiveCommandRefusesUnsafeDirs(t *testing.T) {
@@ -124,6 +125,10 @@ func TestArchiveCommandOnPostgres(t *testing.T) {
 	require.GreaterOrEqual(t, archived, 20, "segments archived")
 	assert.Zero(t, failed, "pg_stat_archiver.failed_count")
 
+	var sysid uint64
+	require.NoError(t, pg.Connect(t, "postgres").QueryRow(context.Background(), "SELECT system_identifier FROM pg_control_system()").Scan(&sysid))
+	version, err := strconv.Atoi(pg.Psql(t, "postgres", "SHOW server_version_num"))
+	require.NoError(t, err)
 	entries, err := os.ReadDir(archive)
 	require.NoError(t, err)
 	segs := 0
@@ -136,22 +141,9 @@ func TestArchiveCommandOnPostgres(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join(archive, e.Name()))
 		require.NoError(t, err)
 		require.Len(t, b, 16<<20, e.Name())
-		checkPageHeader(t, e.Name(), b)
+		require.NoError(t, wal.CheckSegmentHeader(e.Name(), b[:wal.LongHeaderSize], 16<<20, sysid, version))
 	}
 	assert.GreaterOrEqual(t, segs, 20)
-}
-
-// checkPageHeader reads the first page header of a segment: magic, timeline
-// and page address must match the file name.
-func checkPageHeader(t *testing.T, name string, b []byte) {
-	t.Helper()
-	tli, _ := strconv.ParseUint(name[:8], 16, 32)
-	log, _ := strconv.ParseUint(name[8:16], 16, 32)
-	seg, _ := strconv.ParseUint(name[16:], 16, 32)
-	assert.Equal(t, uint16(0xD110), binary.LittleEndian.Uint16(b[0:]), "%s: PostgreSQL 15 page magic", name)
-	assert.Equal(t, uint32(tli), binary.LittleEndian.Uint32(b[4:]), "%s: timeline", name)
-	want := (log*0x100 + seg) * (16 << 20)
-	assert.Equal(t, want, binary.LittleEndian.Uint64(b[8:]), "%s: page address", name)
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

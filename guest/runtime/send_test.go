@@ -1,0 +1,103 @@
+package runtime
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/proto"
+	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/wal"
+)
+
+// receive reads one streamed file the way the host will.
+func receive(t *testing.T, r *proto.Reader) (proto.FileStart, []byte, proto.FileEnd) {
+	t.Helper()
+	var start proto.FileStart
+	require.NoError(t, r.ReadJSON(proto.TypeFileStart, &start))
+	var compressed bytes.Buffer
+	for {
+		typ, p, err := r.Read()
+		require.NoError(t, err)
+		if typ == proto.TypeFileEnd {
+			var end proto.FileEnd
+			require.NoError(t, proto.DecodeJSON(p, &end))
+			dec, err := zstd.NewReader(nil)
+			require.NoError(t, err)
+			raw, err := dec.DecodeAll(compressed.Bytes(), nil)
+			require.NoError(t, err)
+			return start, raw, end
+		}
+		require.Equal(t, proto.TypeData, typ)
+		require.LessOrEqual(t, len(p), proto.MaxData)
+		compressed.Write(p)
+	}
+}
+
+func TestSendRealSegments(t *testing.T) {
+	testenv.SkipIfShort(t)
+	segs := testenv.WALCorpus(t, 64)[:4]
+	dir := filepath.Dir(segs[0])
+	// The corpus came from another cluster: read its identity off a header.
+	head, err := os.ReadFile(segs[0])
+	require.NoError(t, err)
+	inst := guest.Instance{Version: 150018, WALSegmentSize: 16 << 20, SystemID: binary.LittleEndian.Uint64(head[24:])}
+
+	var wire bytes.Buffer
+	s, err := NewSender(proto.NewWriter(&wire), inst)
+	require.NoError(t, err)
+	for _, p := range segs {
+		require.NoError(t, s.Send(dir, filepath.Base(p)))
+	}
+	assert.Less(t, wire.Len(), 4*16<<20, "compressed on the wire")
+	r := proto.NewReader(&wire)
+	for _, p := range segs {
+		start, raw, end := receive(t, r)
+		want, err := os.ReadFile(p)
+		require.NoError(t, err)
+		assert.Equal(t, filepath.Base(p), start.Name)
+		assert.Equal(t, "zstd", start.Codec)
+		assert.True(t, bytes.Equal(want, raw), "%s byte-identical", start.Name)
+		sum := sha256.Sum256(want)
+		assert.Equal(t, hex.EncodeToString(sum[:]), end.SHA256)
+		assert.Equal(t, int64(len(want)), end.RawSize)
+	}
+}
+
+func TestSendRefusesBadSegment(t *testing.T) {
+	testenv.SkipIfShort(t)
+	src := testenv.WALCorpus(t, 64)[0]
+	data, err := os.ReadFile(src)
+	require.NoError(t, err)
+	inst := guest.Instance{Version: 150018, WALSegmentSize: 16 << 20, SystemID: binary.LittleEndian.Uint64(data[24:])}
+	dir := t.TempDir()
+	name := filepath.Base(src)
+	for what, mutate := range map[string]func([]byte) []byte{
+		"flipped page address": func(b []byte) []byte { b[9] ^= 0x40; return b },
+		"other cluster":        func(b []byte) []byte { b[24] ^= 1; return b },
+		"truncated":            func(b []byte) []byte { return b[:len(b)/2] },
+	} {
+		t.Run(what, func(t *testing.T) {
+			path := filepath.Join(dir, name)
+			require.NoError(t, os.WriteFile(path, mutate(bytes.Clone(data)), 0o600))
+			var wire bytes.Buffer
+			s, err := NewSender(proto.NewWriter(&wire), inst)
+			require.NoError(t, err)
+			err = s.Send(dir, name)
+			require.ErrorIs(t, err, wal.ErrBadSegment)
+			assert.Contains(t, err.Error(), name, "the error names the segment")
+			assert.Zero(t, wire.Len(), "nothing was sent")
+			_, err = os.Stat(path)
+			assert.NoError(t, err, "the file stays in the folder")
+		})
+	}
+}
