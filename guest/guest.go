@@ -124,13 +124,15 @@ const (
 
 // Frame is one WAL file as Runtime.Read streams it.
 type Frame struct {
-	Name    string
-	RawSize int64
-	SHA256  [32]byte // of the raw file content
-	Codec   Codec
+	Name  string
+	Codec Codec
 	// Data yields the encoded content. It is valid only until the callback
 	// returns.
 	Data io.Reader
+	// Checksum returns the raw size and the SHA-256 of the raw content as
+	// the guest read it. The guest knows them only at the end of the file,
+	// so they are valid once Data has returned io.EOF.
+	Checksum func() (rawSize int64, sha256 [32]byte)
 }
 
 // MinVersion is the oldest PostgreSQL (server_version_num) supported.

@@ -208,7 +208,9 @@ func (r *runtime) Read(ctx context.Context, names []string, fn func(guest.Frame)
 		if !ok {
 			return fmt.Errorf("read %s: not in the temporary folder", n)
 		}
-		f := guest.Frame{Name: n, RawSize: int64(len(data)), SHA256: sha256.Sum256(data), Codec: guest.CodecNone, Data: bytes.NewReader(data)}
+		size, sum := int64(len(data)), sha256.Sum256(data)
+		f := guest.Frame{Name: n, Codec: guest.CodecNone, Data: bytes.NewReader(data),
+			Checksum: func() (int64, [32]byte) { return size, sum }}
 		if err := fn(f); err != nil {
 			return err
 		}

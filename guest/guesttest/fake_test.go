@@ -39,7 +39,9 @@ func TestDeployShipRemoveClose(t *testing.T) {
 	err = rt.Read(ctx, []string{files[0].Name, files[1].Name}, func(f guest.Frame) error {
 		data, err := io.ReadAll(f.Data)
 		require.NoError(t, err)
-		assert.Equal(t, sha256.Sum256(data), f.SHA256)
+		size, sum := f.Checksum()
+		assert.Equal(t, sha256.Sum256(data), sum)
+		assert.Equal(t, int64(len(data)), size)
 		got = append(got, string(data))
 		return nil
 	})

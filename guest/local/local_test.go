@@ -1,0 +1,146 @@
+package local_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/local"
+	"github.com/pglogship/pglogship/guest/runtime"
+	"github.com/pglogship/pglogship/internal/testenv"
+)
+
+// buildRuntime compiles the runtime component once per test binary.
+func buildRuntime(t testing.TB) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "pglogship-runtime")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/pglogship/pglogship/cmd/pglogship-runtime")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	b, err := cmd.CombinedOutput()
+	require.NoError(t, err, "build runtime: %s", b)
+	return out
+}
+
+// archiveBase is a folder whose parent the server's OS user can enter.
+func archiveBase(t testing.TB, osUser string) string {
+	t.Helper()
+	base, err := os.MkdirTemp("", "pglogship-local-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(base) })
+	require.NoError(t, os.Chmod(base, 0o755))
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup(osUser)
+		require.NoError(t, err)
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		require.NoError(t, os.Chown(base, uid, gid))
+	}
+	return base
+}
+
+func TestDeployShipRemoveClose(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	d, err := local.New(local.Config{
+		Binary: buildRuntime(t),
+		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
+	})
+	require.NoError(t, err)
+	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
+	require.NoError(t, err)
+
+	inst, err := rt.Scan(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, pg.DataDir, inst.DataDir)
+	dir := filepath.Join(archiveBase(t, pg.OSUser), "wal")
+	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: dir}))
+
+	pg.Exec(t, "postgres", "CREATE TABLE t (x int)")
+	for i := 0; i < 20; i++ {
+		pg.Exec(t, "postgres", fmt.Sprintf("INSERT INTO t SELECT generate_series(1, %d)", 500*(i+1)))
+		pg.Exec(t, "postgres", "SELECT pg_switch_wal()")
+	}
+	var files []guest.File
+	require.Eventually(t, func() bool {
+		files, err = rt.Ready(ctx)
+		return err == nil && len(files) >= 21 // 20 switches plus the verification one
+	}, time.Minute, 200*time.Millisecond)
+
+	names := make([]string, len(files))
+	for i, f := range files {
+		names[i] = f.Name
+	}
+	dec, err := zstd.NewReader(nil)
+	require.NoError(t, err)
+	got := 0
+	err = rt.Read(ctx, names, func(f guest.Frame) error {
+		assert.Equal(t, guest.CodecZstd, f.Codec)
+		require.NoError(t, dec.Reset(f.Data))
+		var raw bytes.Buffer
+		_, err := io.Copy(&raw, dec)
+		require.NoError(t, err)
+		size, sum := f.Checksum()
+		want, err := os.ReadFile(filepath.Join(dir, f.Name))
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(want, raw.Bytes()), "%s byte-identical to the archived file", f.Name)
+		assert.Equal(t, int64(len(want)), size)
+		assert.Equal(t, sha256.Sum256(want), sum)
+		got++
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, len(names), got)
+
+	require.NoError(t, rt.Remove(ctx, names))
+	require.NoError(t, rt.Remove(ctx, names), "removing again is fine")
+	left, err := rt.Ready(ctx)
+	require.NoError(t, err)
+	for _, f := range left {
+		assert.NotContains(t, names, f.Name)
+	}
+
+	require.NoError(t, rt.Close(ctx))
+	require.NoError(t, rt.Close(ctx), "close is idempotent")
+	_, err = rt.Scan(ctx)
+	require.ErrorIs(t, err, guest.ErrClosed)
+	assert.Equal(t, "0", pg.Psql(t, "postgres", "SELECT failed_count FROM pg_stat_archiver"))
+}
+
+func TestRequirementErrorsCrossTheWire(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{Settings: map[string]string{"archive_mode": "off"}})
+	d, err := local.New(local.Config{
+		Binary: buildRuntime(t),
+		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
+	})
+	require.NoError(t, err)
+	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
+	require.NoError(t, err)
+	defer rt.Close(ctx)
+	err = rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: filepath.Join(archiveBase(t, pg.OSUser), "wal")})
+	require.ErrorIs(t, err, guest.ErrArchiveModeOff)
+	assert.Contains(t, err.Error(), "restart")
+}
+
+func TestNewRefusesMissingBinary(t *testing.T) {
+	_, err := local.New(local.Config{})
+	require.ErrorContains(t, err, "binary is required")
+	_, err = local.New(local.Config{Binary: "/nonexistent/pglogship-runtime"})
+	require.ErrorContains(t, err, "not an executable")
+}

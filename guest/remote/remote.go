@@ -1,0 +1,314 @@
+// Package remote is the host's side of the runtime protocol: a
+// guest.Runtime that talks to a runtime component over any pair of streams
+// (an SSH session's stdin and stdout, a child process's pipes). The
+// deployers in guest/ssh and guest/local start the component and hand its
+// streams here.
+package remote
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/proto"
+	"github.com/pglogship/pglogship/guest/runtime"
+)
+
+var _ guest.Runtime = (*Runtime)(nil)
+
+// Runtime is a connected runtime component.
+type Runtime struct {
+	w      *proto.Writer
+	r      *proto.Reader
+	stop   func(context.Context) error // ends the transport and waits for it
+	arch   string
+	mu     sync.Mutex // one call at a time on the streams
+	nextID uint64
+	closed bool
+	broken error // set when the stream can no longer be trusted
+}
+
+// Open shakes hands with the component on the streams, tells it how to
+// reach PostgreSQL, and returns the Runtime. stop must end the transport
+// (kill the process, close the session) and wait for it; it is called by
+// Close, and also to unblock a call whose context ends. On error, stop has
+// been called.
+func Open(ctx context.Context, in io.Reader, out io.Writer, stop func(context.Context) error, conn runtime.ConnConfig) (*Runtime, error) {
+	rt := &Runtime{w: proto.NewWriter(out), r: proto.NewReader(in), stop: stop}
+	err := rt.guard(ctx, func() error {
+		hello, err := proto.Handshake(rt.w, rt.r, proto.Hello{Role: "host"}, "runtime")
+		rt.arch = hello.Arch
+		return err
+	})
+	if err == nil {
+		err = rt.call(ctx, runtime.OpInit, runtime.InitArgs{Conn: conn}, nil)
+	}
+	if err != nil {
+		stop(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("start runtime: %w", err)
+	}
+	return rt, nil
+}
+
+// Arch is the GOOS/GOARCH the component reported.
+func (rt *Runtime) Arch() string { return rt.arch }
+
+// guard runs fn, ending the transport if ctx ends first so blocked reads
+// and writes return.
+func (rt *Runtime) guard(ctx context.Context, fn func() error) error {
+	stopped := make(chan struct{})
+	cancel := context.AfterFunc(ctx, func() {
+		defer close(stopped)
+		rt.stop(context.WithoutCancel(ctx))
+	})
+	err := fn()
+	if !cancel() {
+		<-stopped
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return err
+}
+
+func (rt *Runtime) lock() error {
+	rt.mu.Lock()
+	switch {
+	case rt.closed:
+		rt.mu.Unlock()
+		return guest.ErrClosed
+	case rt.broken != nil:
+		err := rt.broken
+		rt.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// call sends one request and reads its response into result. onFrame, if
+// set, gets frames that arrive before the response.
+func (rt *Runtime) call(ctx context.Context, op string, args, result any) error {
+	return rt.callFrames(ctx, op, args, result, nil)
+}
+
+func (rt *Runtime) callFrames(ctx context.Context, op string, args, result any, onFrame func(proto.Type, []byte) error) error {
+	return rt.guard(ctx, func() error {
+		rt.nextID++
+		req := proto.Request{ID: rt.nextID, Op: op}
+		if args != nil {
+			b, err := json.Marshal(args)
+			if err != nil {
+				return err
+			}
+			req.Args = b
+		}
+		if err := rt.w.WriteJSON(proto.TypeRequest, req); err != nil {
+			return rt.fail(err)
+		}
+		for {
+			typ, p, err := rt.r.Read()
+			if err != nil {
+				return rt.fail(err)
+			}
+			if typ != proto.TypeResponse {
+				if onFrame == nil {
+					return rt.fail(fmt.Errorf("%w: unexpected frame type %d", proto.ErrProtocol, typ))
+				}
+				if err := onFrame(typ, p); err != nil {
+					return err
+				}
+				continue
+			}
+			var resp proto.Response
+			if err := proto.DecodeJSON(p, &resp); err != nil {
+				return rt.fail(err)
+			}
+			if resp.ID != req.ID {
+				return rt.fail(fmt.Errorf("%w: response %d to request %d", proto.ErrProtocol, resp.ID, req.ID))
+			}
+			if resp.Error != "" {
+				if sentinel := runtime.CodeError(resp.Code); sentinel != nil {
+					return &remoteError{msg: resp.Error, sentinel: sentinel}
+				}
+				return errors.New(resp.Error)
+			}
+			if result != nil && resp.Result != nil {
+				return json.Unmarshal(resp.Result, result)
+			}
+			return nil
+		}
+	})
+}
+
+// fail marks the stream broken: after a transport or protocol error the
+// next frame cannot be trusted to belong to the next request.
+func (rt *Runtime) fail(err error) error {
+	rt.broken = fmt.Errorf("runtime connection broken: %w", err)
+	return rt.broken
+}
+
+// remoteError is an error from the guest that matches a sentinel.
+type remoteError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *remoteError) Error() string        { return e.msg }
+func (e *remoteError) Is(target error) bool { return target == e.sentinel }
+
+// Scan implements guest.Runtime.
+func (rt *Runtime) Scan(ctx context.Context) (guest.Instance, error) {
+	if err := rt.lock(); err != nil {
+		return guest.Instance{}, err
+	}
+	defer rt.mu.Unlock()
+	var inst guest.Instance
+	err := rt.call(ctx, runtime.OpScan, nil, &inst)
+	return inst, err
+}
+
+// PrepareArchive implements guest.Runtime.
+func (rt *Runtime) PrepareArchive(ctx context.Context, cfg guest.ArchiveConfig) error {
+	if err := rt.lock(); err != nil {
+		return err
+	}
+	defer rt.mu.Unlock()
+	return rt.call(ctx, runtime.OpPrepare, cfg, nil)
+}
+
+// Ready implements guest.Runtime.
+func (rt *Runtime) Ready(ctx context.Context) ([]guest.File, error) {
+	if err := rt.lock(); err != nil {
+		return nil, err
+	}
+	defer rt.mu.Unlock()
+	var files []guest.File
+	err := rt.call(ctx, runtime.OpReady, nil, &files)
+	return files, err
+}
+
+// Remove implements guest.Runtime.
+func (rt *Runtime) Remove(ctx context.Context, names []string) error {
+	if err := rt.lock(); err != nil {
+		return err
+	}
+	defer rt.mu.Unlock()
+	return rt.call(ctx, runtime.OpRemove, runtime.NamesArgs{Names: names}, nil)
+}
+
+// Read implements guest.Runtime.
+func (rt *Runtime) Read(ctx context.Context, names []string, fn func(guest.Frame) error) error {
+	if err := rt.lock(); err != nil {
+		return err
+	}
+	defer rt.mu.Unlock()
+	var cur *fileReader
+	var fnErr error
+	err := rt.callFrames(ctx, runtime.OpRead, runtime.NamesArgs{Names: names}, nil, func(typ proto.Type, p []byte) error {
+		switch typ {
+		case proto.TypeFileStart:
+			var start proto.FileStart
+			if err := proto.DecodeJSON(p, &start); err != nil || cur != nil {
+				return rt.fail(fmt.Errorf("%w: bad file start", proto.ErrProtocol))
+			}
+			cur = &fileReader{rt: rt, name: start.Name}
+			if fnErr == nil {
+				fnErr = fn(guest.Frame{Name: start.Name, Codec: guest.Codec(start.Codec), Data: cur, Checksum: cur.checksum})
+			}
+			// Whatever the callback left unread is drained to stay in step.
+			if err := cur.drain(); err != nil {
+				return err
+			}
+			cur = nil
+			return nil
+		default:
+			return rt.fail(fmt.Errorf("%w: frame type %d outside a file", proto.ErrProtocol, typ))
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return fnErr
+}
+
+// fileReader yields a streamed file's Data frames up to its FileEnd.
+type fileReader struct {
+	rt   *Runtime
+	name string
+	buf  []byte
+	end  *proto.FileEnd
+	sum  [32]byte
+	err  error
+}
+
+func (f *fileReader) Read(p []byte) (int, error) {
+	for len(f.buf) == 0 {
+		if f.end != nil {
+			return 0, io.EOF
+		}
+		if f.err != nil {
+			return 0, f.err
+		}
+		typ, data, err := f.rt.r.Read()
+		switch {
+		case err != nil:
+			f.err = f.rt.fail(err)
+		case typ == proto.TypeData:
+			f.buf = append(f.buf[:0], data...)
+		case typ == proto.TypeFileEnd:
+			var end proto.FileEnd
+			sum, herr := []byte(nil), proto.DecodeJSON(data, &end)
+			if herr == nil {
+				sum, herr = hex.DecodeString(end.SHA256)
+			}
+			if herr != nil || len(sum) != 32 || end.Name != f.name {
+				f.err = f.rt.fail(fmt.Errorf("%w: bad file end for %s", proto.ErrProtocol, f.name))
+				continue
+			}
+			copy(f.sum[:], sum)
+			f.end = &end
+		case typ == proto.TypeResponse:
+			// The guest gave up on the file midway and said why.
+			var resp proto.Response
+			_ = proto.DecodeJSON(data, &resp)
+			f.err = f.rt.fail(fmt.Errorf("guest stopped sending %s: %s", f.name, resp.Error))
+		default:
+			f.err = f.rt.fail(fmt.Errorf("%w: %s cut short by a frame of type %d", proto.ErrProtocol, f.name, typ))
+		}
+	}
+	n := copy(p, f.buf)
+	f.buf = f.buf[n:]
+	return n, nil
+}
+
+func (f *fileReader) drain() error {
+	_, err := io.Copy(io.Discard, f)
+	return err
+}
+
+func (f *fileReader) checksum() (int64, [32]byte) {
+	if f.end == nil {
+		return -1, [32]byte{}
+	}
+	return f.end.RawSize, f.sum
+}
+
+// Close implements guest.Runtime: it asks the component to end, then stops
+// the transport and waits. Idempotent.
+func (rt *Runtime) Close(ctx context.Context) error {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.closed {
+		return nil
+	}
+	rt.closed = true
+	if rt.broken == nil {
+		_ = rt.call(ctx, runtime.OpClose, nil, nil) // best effort: stop ends it anyway
+	}
+	return rt.stop(ctx)
+}

@@ -1,0 +1,200 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/proto"
+	"github.com/pglogship/pglogship/wal"
+)
+
+// Operations of the protocol; their arguments and results are the JSON of
+// the types below.
+const (
+	OpInit    = "init"    // InitArgs
+	OpScan    = "scan"    // -> guest.Instance
+	OpPrepare = "prepare" // guest.ArchiveConfig
+	OpReady   = "ready"   // -> []guest.File
+	OpRead    = "read"    // NamesArgs; file frames precede the response
+	OpRemove  = "remove"  // NamesArgs
+	OpClose   = "close"
+)
+
+// InitArgs is the first request: how to reach PostgreSQL. It travels over
+// the session's pipe, never on a command line or in the environment, where
+// other users of the guest could read the password.
+type InitArgs struct {
+	Conn ConnConfig `json:"conn"`
+}
+
+// NamesArgs names files in the temporary folder.
+type NamesArgs struct {
+	Names []string `json:"names"`
+}
+
+// Error codes carry the guest package's sentinels across the wire.
+var errorCodes = map[string]error{
+	"postgres_too_old":      guest.ErrPostgresTooOld,
+	"wal_level":             guest.ErrWALLevel,
+	"archive_mode_off":      guest.ErrArchiveModeOff,
+	"archive_command_taken": guest.ErrArchiveCommandTaken,
+	"temp_folder":           guest.ErrTempFolder,
+	"bad_segment":           wal.ErrBadSegment,
+}
+
+// ErrorCode returns the wire code for err, or "".
+func ErrorCode(err error) string {
+	for code, sentinel := range errorCodes {
+		if errors.Is(err, sentinel) {
+			return code
+		}
+	}
+	return ""
+}
+
+// CodeError returns the sentinel for a wire code, or nil.
+func CodeError(code string) error { return errorCodes[code] }
+
+// Serve speaks the runtime's side of the protocol on in and out until the
+// host sends close or hangs up (io.EOF). newRuntime builds the Runtime once
+// the host has said how to reach PostgreSQL.
+func Serve(ctx context.Context, in io.Reader, out io.Writer, newRuntime func(ConnConfig) *Runtime) error {
+	w, r := proto.NewWriter(out), proto.NewReader(in)
+	if _, err := proto.Handshake(w, r, proto.Hello{Role: "runtime", Arch: goruntime.GOOS + "/" + goruntime.GOARCH}, "host"); err != nil {
+		return err
+	}
+	s := &server{w: w, newRuntime: newRuntime}
+	for {
+		var req proto.Request
+		if err := r.ReadJSON(proto.TypeRequest, &req); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		result, err := s.handle(ctx, req)
+		resp := proto.Response{ID: req.ID}
+		if err != nil {
+			resp.Error, resp.Code = err.Error(), ErrorCode(err)
+		} else if result != nil {
+			if resp.Result, err = json.Marshal(result); err != nil {
+				return err
+			}
+		}
+		if err := w.WriteJSON(proto.TypeResponse, resp); err != nil {
+			return err
+		}
+		if req.Op == OpClose {
+			return nil
+		}
+	}
+}
+
+type server struct {
+	w          *proto.Writer
+	newRuntime func(ConnConfig) *Runtime
+	rt         *Runtime
+	dir        string
+	inst       guest.Instance
+}
+
+func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
+	if req.Op != OpInit && req.Op != OpClose && s.rt == nil {
+		return nil, errors.New("runtime not initialised")
+	}
+	switch req.Op {
+	case OpInit:
+		var a InitArgs
+		if err := json.Unmarshal(req.Args, &a); err != nil {
+			return nil, err
+		}
+		s.rt = s.newRuntime(a.Conn)
+		return nil, nil
+	case OpScan:
+		conn, err := s.rt.connect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close(context.WithoutCancel(ctx))
+		return Scan(ctx, conn)
+	case OpPrepare:
+		var cfg guest.ArchiveConfig
+		if err := json.Unmarshal(req.Args, &cfg); err != nil {
+			return nil, err
+		}
+		if err := s.rt.PrepareArchive(ctx, cfg); err != nil {
+			return nil, err
+		}
+		conn, err := s.rt.connect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close(context.WithoutCancel(ctx))
+		if s.inst, err = Scan(ctx, conn); err != nil {
+			return nil, err
+		}
+		s.dir = cfg.Dir
+		return nil, nil
+	case OpReady:
+		if s.dir == "" {
+			return nil, errors.New("archiving not prepared in this session")
+		}
+		return Ready(s.dir)
+	case OpRead, OpRemove:
+		if s.dir == "" {
+			return nil, errors.New("archiving not prepared in this session")
+		}
+		var a NamesArgs
+		if err := json.Unmarshal(req.Args, &a); err != nil {
+			return nil, err
+		}
+		for _, n := range a.Names {
+			if _, err := wal.ParseFileName(n); err != nil {
+				return nil, err // also keeps names from leaving the folder
+			}
+		}
+		if req.Op == OpRead {
+			return nil, s.read(a.Names)
+		}
+		return nil, remove(s.dir, a.Names)
+	case OpClose:
+		return nil, nil
+	}
+	return nil, fmt.Errorf("unknown operation %q", req.Op)
+}
+
+func (s *server) read(names []string) error {
+	snd, err := NewSender(s.w, s.inst)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := snd.Send(s.dir, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// remove deletes shipped files and fsyncs the folder. Files already gone
+// are fine: a retry after a lost response must succeed.
+func remove(dir string, names []string) error {
+	for _, n := range names {
+		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
