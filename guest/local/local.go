@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -75,7 +74,7 @@ func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, e
 	logDone := make(chan struct{})
 	go func() {
 		defer close(logDone)
-		logLines(stderr, d.cfg.Logger.With("machine", t.Machine, "component", "runtime"))
+		remote.LogLines(stderr, d.cfg.Logger.With("machine", t.Machine, "component", "runtime"))
 	}()
 	var once sync.Once
 	var stopErr error
@@ -102,28 +101,4 @@ func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, e
 		return nil, fmt.Errorf("deploy runtime on %s: %w", t.Machine, err)
 	}
 	return rt, nil
-}
-
-func logLines(r io.Reader, logger *slog.Logger) {
-	buf := make([]byte, 4096)
-	var line []byte
-	for {
-		n, err := r.Read(buf)
-		for _, c := range buf[:n] {
-			if c == '\n' {
-				logger.Info(string(line))
-				line = line[:0]
-				continue
-			}
-			if len(line) < 4096 {
-				line = append(line, c)
-			}
-		}
-		if err != nil {
-			if len(line) > 0 {
-				logger.Info(string(line))
-			}
-			return
-		}
-	}
 }

@@ -7,10 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -24,40 +21,12 @@ import (
 	"github.com/pglogship/pglogship/internal/testenv"
 )
 
-// buildRuntime compiles the runtime component once per test binary.
-func buildRuntime(t testing.TB) string {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "pglogship-runtime")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/pglogship/pglogship/cmd/pglogship-runtime")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	b, err := cmd.CombinedOutput()
-	require.NoError(t, err, "build runtime: %s", b)
-	return out
-}
-
-// archiveBase is a folder whose parent the server's OS user can enter.
-func archiveBase(t testing.TB, osUser string) string {
-	t.Helper()
-	base, err := os.MkdirTemp("", "pglogship-local-")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(base) })
-	require.NoError(t, os.Chmod(base, 0o755))
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup(osUser)
-		require.NoError(t, err)
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		require.NoError(t, os.Chown(base, uid, gid))
-	}
-	return base
-}
-
 func TestDeployShipRemoveClose(t *testing.T) {
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
 	d, err := local.New(local.Config{
-		Binary: buildRuntime(t),
+		Binary: testenv.BuildRuntime(t),
 		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
 	})
 	require.NoError(t, err)
@@ -67,7 +36,7 @@ func TestDeployShipRemoveClose(t *testing.T) {
 	inst, err := rt.Scan(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, pg.DataDir, inst.DataDir)
-	dir := filepath.Join(archiveBase(t, pg.OSUser), "wal")
+	dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
 	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: dir}))
 
 	pg.Exec(t, "postgres", "CREATE TABLE t (x int)")
@@ -126,14 +95,14 @@ func TestRequirementErrorsCrossTheWire(t *testing.T) {
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{Settings: map[string]string{"archive_mode": "off"}})
 	d, err := local.New(local.Config{
-		Binary: buildRuntime(t),
+		Binary: testenv.BuildRuntime(t),
 		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
 	})
 	require.NoError(t, err)
 	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
 	require.NoError(t, err)
 	defer rt.Close(ctx)
-	err = rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: filepath.Join(archiveBase(t, pg.OSUser), "wal")})
+	err = rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")})
 	require.ErrorIs(t, err, guest.ErrArchiveModeOff)
 	assert.Contains(t, err.Error(), "restart")
 }

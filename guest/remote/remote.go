@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 
 	"github.com/pglogship/pglogship/guest"
@@ -311,4 +312,28 @@ func (rt *Runtime) Close(ctx context.Context) error {
 		_ = rt.call(ctx, runtime.OpClose, nil, nil) // best effort: stop ends it anyway
 	}
 	return rt.stop(ctx)
+}
+
+// LogLines logs each line the component writes to stderr, until r ends.
+// Deployers run it on the component's stderr.
+func LogLines(r io.Reader, logger *slog.Logger) {
+	buf := make([]byte, 4096)
+	var line []byte
+	for {
+		n, err := r.Read(buf)
+		for _, c := range buf[:n] {
+			if c == '\n' {
+				logger.Info(string(line))
+				line = line[:0]
+			} else if len(line) < 4096 {
+				line = append(line, c)
+			}
+		}
+		if err != nil {
+			if len(line) > 0 {
+				logger.Info(string(line))
+			}
+			return
+		}
+	}
 }

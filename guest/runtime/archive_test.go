@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -152,18 +151,7 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 // runtime will.
 func postgresOwnedDir(t *testing.T, osUser string) string {
 	t.Helper()
-	base, err := os.MkdirTemp("", "pglogship-archive-")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(base) })
-	require.NoError(t, os.Chmod(base, 0o755))
-	dir := filepath.Join(base, "wal")
-	require.NoError(t, os.Mkdir(dir, 0o700))
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup(osUser)
-		require.NoError(t, err)
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		require.NoError(t, os.Chown(dir, uid, gid))
-	}
+	dir := testenv.UserDir(t, osUser)
+	require.NoError(t, os.Chmod(dir, 0o700))
 	return dir
 }

@@ -19,7 +19,7 @@ func BenchmarkWriteReadSFTP(b *testing.B) {
 		b.Fatal(err)
 	}
 	s := testenv.StartSSHD(b, testenv.SSHDConfig{})
-	r := open(b, config(s, loginDir(b, s.User)+"/repo"))
+	r := open(b, config(s, testenv.UserDir(b, s.User)+"/repo"))
 	ctx := context.Background()
 	b.Run("write", func(b *testing.B) {
 		b.SetBytes(raw)

@@ -29,6 +29,7 @@ import (
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/pglogship/pglogship/internal/sshutil"
 	"github.com/pglogship/pglogship/repository"
 )
 
@@ -74,7 +75,7 @@ func New(ctx context.Context, cfg Config) (*Repo, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	client, err := dial(ctx, cfg)
+	client, err := sshutil.Dial(ctx, cfg.Addr, &ssh.ClientConfig{User: cfg.User, Auth: cfg.Auth, HostKeyCallback: cfg.HostKeyCallback}, cfg.Timeout)
 	if err != nil {
 		return nil, fmt.Errorf("open sftp repository %s: %w", cfg.Addr, err)
 	}
@@ -95,34 +96,6 @@ func New(ctx context.Context, cfg Config) (*Repo, error) {
 		return nil, fmt.Errorf("open sftp repository %s: create %s: %w", cfg.Addr, cfg.Root, err)
 	}
 	return r, nil
-}
-
-// dial connects with ctx honoured during TCP connect and the handshake.
-func dial(ctx context.Context, cfg Config) (*ssh.Client, error) {
-	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
-	if err != nil {
-		return nil, err
-	}
-	if deadline, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(deadline)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	sc, chans, reqs, err := ssh.NewClientConn(conn, cfg.Addr, &ssh.ClientConfig{
-		User: cfg.User, Auth: cfg.Auth, HostKeyCallback: cfg.HostKeyCallback, Timeout: cfg.Timeout,
-	})
-	if err != nil {
-		conn.Close()
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w (%v)", ctx.Err(), err)
-		}
-		return nil, err
-	}
-	_ = conn.SetDeadline(time.Time{})
-	return ssh.NewClient(sc, chans, reqs), nil
 }
 
 // Close ends the SFTP session and the connection. Idempotent.

@@ -6,9 +6,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -24,24 +22,6 @@ import (
 	"github.com/pglogship/pglogship/repository/repositorytest"
 	"github.com/pglogship/pglogship/repository/sftp"
 )
-
-// loginDir makes a directory the sshd login user owns, outside t.TempDir
-// (whose parents the login user cannot enter when the tests run as root).
-func loginDir(t testing.TB, login string) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "pglogship-sftp-")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	require.NoError(t, os.Chmod(dir, 0o755))
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup(login)
-		require.NoError(t, err)
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		require.NoError(t, os.Chown(dir, uid, gid))
-	}
-	return dir
-}
 
 func config(s *testenv.SSHD, root string) sftp.Config {
 	cb, _ := knownhosts.New(s.KnownHostsFile)
@@ -61,7 +41,7 @@ func open(t testing.TB, cfg sftp.Config) *sftp.Repo {
 func TestConformance(t *testing.T) {
 	testenv.SkipIfShort(t)
 	s := testenv.StartSSHD(t, testenv.SSHDConfig{})
-	base := loginDir(t, s.User)
+	base := testenv.UserDir(t, s.User)
 	var n atomic.Int64
 	repositorytest.Run(t, func(t testing.TB) repository.Repository {
 		return open(t, config(s, fmt.Sprintf("%s/repo-%d", base, n.Add(1))))
@@ -71,7 +51,7 @@ func TestConformance(t *testing.T) {
 func TestPermissions(t *testing.T) {
 	testenv.SkipIfShort(t)
 	s := testenv.StartSSHD(t, testenv.SSHDConfig{})
-	root := loginDir(t, s.User) + "/repo"
+	root := testenv.UserDir(t, s.User) + "/repo"
 	r := open(t, config(s, root))
 	require.NoError(t, r.Put(context.Background(), "job/vm/obj", strings.NewReader("wal")))
 	st, err := os.Stat(filepath.Join(root, "job", "vm", "obj"))
@@ -87,7 +67,7 @@ func TestPermissions(t *testing.T) {
 func TestHostKeyRequiredAndVerified(t *testing.T) {
 	testenv.SkipIfShort(t)
 	s := testenv.StartSSHD(t, testenv.SSHDConfig{})
-	root := loginDir(t, s.User) + "/repo"
+	root := testenv.UserDir(t, s.User) + "/repo"
 	cfg := config(s, root)
 	cfg.HostKeyCallback = nil
 	_, err := sftp.New(context.Background(), cfg)
@@ -114,7 +94,7 @@ func TestHostKeyRequiredAndVerified(t *testing.T) {
 func TestDeadConnection(t *testing.T) {
 	testenv.SkipIfShort(t)
 	s := testenv.StartSSHD(t, testenv.SSHDConfig{})
-	r := open(t, config(s, loginDir(t, s.User)+"/repo"))
+	r := open(t, config(s, testenv.UserDir(t, s.User)+"/repo"))
 	require.NoError(t, r.Close())
 	require.NoError(t, r.Close(), "close is idempotent")
 	done := make(chan error, 1)

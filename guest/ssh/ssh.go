@@ -1,0 +1,259 @@
+// Package ssh is a guest.Deployer for guests reached over OpenSSH. Each
+// Deploy uploads the runtime binary for the guest's architecture with SFTP
+// into a fresh 0700 folder under a base folder, checks its SHA-256 in the
+// guest, and starts it in an SSH session whose stdin and stdout carry the
+// protocol. Closing the runtime ends it and removes its folder; folders left
+// by a host that crashed are removed by the next runtime that starts.
+//
+// Host keys are always verified: Config.HostKeyCallback is required.
+package ssh
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/remote"
+	"github.com/pglogship/pglogship/guest/runtime"
+	"github.com/pglogship/pglogship/internal/sshutil"
+)
+
+var _ guest.Deployer = (*Deployer)(nil)
+
+// Defaults for Config.
+const (
+	DefaultTimeout = 30 * time.Second
+	DefaultBaseDir = ".pglogship" // relative to the login user's home
+)
+
+// Config configures a Deployer. Auth and Conn.Password are never logged.
+type Config struct {
+	User            string
+	Auth            []ssh.AuthMethod
+	HostKeyCallback ssh.HostKeyCallback // required
+	// Binaries maps a GOARCH ("amd64", "arm64") to the local path of the
+	// runtime built for it (CGO_ENABLED=0 go build ./cmd/pglogship-runtime).
+	Binaries map[string]string
+	// BaseDir is the guest folder that holds runtime folders: absolute, or
+	// relative to the login user's home; letters, digits and /._- only.
+	BaseDir string
+	Conn    runtime.ConnConfig // how the runtime reaches PostgreSQL
+	Timeout time.Duration      // connect and handshake; 0 means DefaultTimeout
+	Logger  *slog.Logger
+}
+
+// Deployer deploys runtimes over SSH.
+type Deployer struct{ cfg Config }
+
+// New checks cfg and returns a Deployer.
+func New(cfg Config) (*Deployer, error) {
+	switch {
+	case cfg.User == "" || len(cfg.Auth) == 0:
+		return nil, errors.New("ssh deployer: user and an authentication method are required")
+	case cfg.HostKeyCallback == nil:
+		return nil, errors.New("ssh deployer: HostKeyCallback is required (host keys are always verified)")
+	case len(cfg.Binaries) == 0:
+		return nil, errors.New("ssh deployer: at least one runtime binary is required")
+	}
+	if cfg.BaseDir == "" {
+		cfg.BaseDir = DefaultBaseDir
+	}
+	if !safePath(cfg.BaseDir) {
+		return nil, fmt.Errorf("ssh deployer: base folder %q: only letters, digits and /._- are allowed", cfg.BaseDir)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Deployer{cfg: cfg}, nil
+}
+
+func safePath(p string) bool {
+	if p == "" || path.Clean(p) != p || strings.Contains(p, "..") {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("/._-", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+var unameToGOARCH = map[string]string{"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+// Deploy implements guest.Deployer.
+func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, error) {
+	client, err := sshutil.Dial(ctx, t.Address, &ssh.ClientConfig{User: d.cfg.User, Auth: d.cfg.Auth, HostKeyCallback: d.cfg.HostKeyCallback}, d.cfg.Timeout)
+	if err != nil {
+		return nil, fmt.Errorf("deploy to %s: %w", t.Machine, err)
+	}
+	rt, err := d.deploy(ctx, client, t)
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("deploy to %s: %w", t.Machine, err)
+	}
+	return rt, nil
+}
+
+func (d *Deployer) deploy(ctx context.Context, client *ssh.Client, t guest.Target) (guest.Runtime, error) {
+	uname, err := output(client, "uname -m")
+	if err != nil {
+		return nil, fmt.Errorf("guest architecture: %w", err)
+	}
+	arch := unameToGOARCH[uname]
+	binary, ok := d.cfg.Binaries[arch]
+	if !ok {
+		return nil, fmt.Errorf("%w: guest is %s (GOARCH %q)", guest.ErrNoRuntime, uname, arch)
+	}
+	sc, err := sftp.NewClient(client)
+	if err != nil {
+		return nil, fmt.Errorf("start sftp: %w", err)
+	}
+	defer sc.Close()
+	base := d.cfg.BaseDir
+	if !path.IsAbs(base) {
+		home, err := sc.Getwd()
+		if err != nil {
+			return nil, err
+		}
+		base = path.Join(home, base)
+	}
+	if err := sc.MkdirAll(base); err != nil {
+		return nil, fmt.Errorf("create %s: %w", base, err)
+	}
+	_ = sc.Chmod(base, 0o700)
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	dir := path.Join(base, runtime.RuntimeDirPrefix+hex.EncodeToString(rnd[:]))
+	if err := sc.Mkdir(dir); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	removeDir := func() { _ = run(client, "rm -rf "+sshutil.Quote(dir)) }
+	if err := sc.Chmod(dir, 0o700); err != nil {
+		removeDir()
+		return nil, err
+	}
+	exe := path.Join(dir, "pglogship-runtime")
+	sum, err := upload(sc, binary, exe)
+	if err != nil {
+		removeDir()
+		return nil, fmt.Errorf("upload runtime: %w", err)
+	}
+	// Check what landed, in the guest, before running it.
+	got, err := output(client, "sha256sum "+sshutil.Quote(exe))
+	if err != nil || !strings.HasPrefix(got, sum+" ") {
+		removeDir()
+		return nil, fmt.Errorf("runtime checksum in the guest is %q, uploaded %s (%v)", got, sum, err)
+	}
+
+	sess, err := client.NewSession()
+	if err != nil {
+		removeDir()
+		return nil, err
+	}
+	stdin, err1 := sess.StdinPipe()
+	stdout, err2 := sess.StdoutPipe()
+	stderr, err3 := sess.StderrPipe()
+	if err := errors.Join(err1, err2, err3); err != nil {
+		sess.Close()
+		removeDir()
+		return nil, err
+	}
+	cmd := "exec " + sshutil.Quote(exe) + " -lock " + sshutil.Quote(path.Join(dir, runtime.LockFile)) + " -clean " + sshutil.Quote(base)
+	if err := sess.Start(cmd); err != nil {
+		sess.Close()
+		removeDir()
+		return nil, fmt.Errorf("start runtime: %w", err)
+	}
+	logger := d.cfg.Logger.With("machine", t.Machine, "component", "runtime")
+	logDone := make(chan struct{})
+	go func() { defer close(logDone); remote.LogLines(stderr, logger) }()
+
+	var once sync.Once
+	var stopErr error
+	stop := func(ctx context.Context) error {
+		once.Do(func() {
+			stdin.Close() // the runtime ends at EOF
+			exited := make(chan error, 1)
+			go func() { <-logDone; exited <- sess.Wait() }()
+			select {
+			case stopErr = <-exited:
+			case <-ctx.Done():
+				_ = sess.Signal(ssh.SIGKILL)
+				sess.Close()
+				stopErr = ctx.Err()
+			}
+			// Uninstall: the folder, binary and lock go; the WAL folder
+			// and archive_command stay.
+			if err := run(client, "rm -rf "+sshutil.Quote(dir)); err != nil && stopErr == nil {
+				stopErr = fmt.Errorf("uninstall runtime from %s: %w", dir, err)
+			}
+			client.Close()
+			var ee *ssh.ExitError
+			if errors.As(stopErr, &ee) {
+				stopErr = fmt.Errorf("runtime exited with status %d", ee.ExitStatus())
+			}
+		})
+		return stopErr
+	}
+	return remote.Open(ctx, stdout, stdin, stop, d.cfg.Conn)
+}
+
+// upload copies the local file to the guest (0700) and returns its SHA-256.
+func upload(sc *sftp.Client, local, remotePath string) (string, error) {
+	in, err := os.Open(local)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := sc.OpenFile(remotePath, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return "", err
+	}
+	if err := out.Chmod(0o700); err != nil {
+		out.Close()
+		return "", err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(out, io.TeeReader(in, h)); err != nil {
+		out.Close()
+		return "", err
+	}
+	if err := out.Close(); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func output(c *ssh.Client, cmd string) (string, error) {
+	s, err := c.NewSession()
+	if err != nil {
+		return "", err
+	}
+	defer s.Close()
+	out, err := s.Output(cmd)
+	return strings.TrimSpace(string(out)), err
+}
+
+func run(c *ssh.Client, cmd string) error {
+	_, err := output(c, cmd)
+	return err
+}
