@@ -201,3 +201,54 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	require.ErrorContains(t, err, "only letters")
 	assert.False(t, strings.Contains(fmt.Sprint(err), "p\""))
 }
+
+// The host side dies in the middle of a stream: every file stays in the
+// guest, and the next deployment ships them all.
+func TestHostDiesMidStream(t *testing.T) {
+	e := setup(t)
+	walDir := filepath.Join(testenv.UserDir(t, e.pg.OSUser), "wal")
+	ctx := context.Background()
+	rt, err := e.deployer(t, nil).Deploy(ctx, guest.Target{Machine: "db1", Address: e.sshd.Addr})
+	require.NoError(t, err)
+	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: walDir}))
+	e.pg.Exec(t, "postgres", "CREATE TABLE t (x int)")
+	for i := 0; i < 5; i++ {
+		e.pg.Exec(t, "postgres", "INSERT INTO t SELECT generate_series(1, 1000)")
+		e.pg.Exec(t, "postgres", "SELECT pg_switch_wal()")
+	}
+	var files []guest.File
+	require.Eventually(t, func() bool {
+		files, err = rt.Ready(ctx)
+		return err == nil && len(files) >= 6
+	}, time.Minute, 200*time.Millisecond)
+	names := make([]string, len(files))
+	for i, f := range files {
+		names[i] = f.Name
+	}
+
+	dying, die := context.WithCancel(ctx)
+	err = rt.Read(dying, names, func(f guest.Frame) error {
+		_, _ = io.CopyN(io.Discard, f.Data, 1000)
+		die() // the host goes away with the stream half read
+		_, err := io.Copy(io.Discard, f.Data)
+		return err
+	})
+	require.Error(t, err)
+	for _, n := range names {
+		_, err := os.Stat(filepath.Join(walDir, n))
+		require.NoError(t, err, "%s is still in the guest", n)
+	}
+
+	rt2, err := e.deployer(t, nil).Deploy(ctx, guest.Target{Machine: "db1", Address: e.sshd.Addr})
+	require.NoError(t, err)
+	defer rt2.Close(ctx)
+	require.NoError(t, rt2.PrepareArchive(ctx, guest.ArchiveConfig{Dir: walDir}))
+	shipped := 0
+	require.NoError(t, rt2.Read(ctx, names, func(f guest.Frame) error {
+		_, err := io.Copy(io.Discard, f.Data)
+		shipped++
+		return err
+	}))
+	assert.Equal(t, len(names), shipped, "the next session resumes with every file")
+	require.NoError(t, rt2.Remove(ctx, names))
+}
