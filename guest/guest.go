@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/pglogship/pglogship/wal"
 )
 
 // Errors for requirements PostgreSQL must meet before WAL can be shipped.
@@ -73,6 +75,33 @@ type Runtime interface {
 	// Close stops the runtime and uninstalls it from the guest, leaving
 	// archiving configured. Idempotent.
 	Close(ctx context.Context) error
+}
+
+// BackupMode is implemented by runtimes that can hold PostgreSQL in backup
+// mode for the parent job's image (check with a type assertion).
+type BackupMode interface {
+	// StartBackup calls pg_backup_start (a fast checkpoint) on a connection
+	// the runtime keeps open until StopBackup, as PostgreSQL requires, and
+	// returns the backup's start. A second StartBackup before StopBackup is
+	// an error.
+	StartBackup(ctx context.Context, label string) (BackupStart, error)
+	// StopBackup calls pg_backup_stop on that connection, waiting until the
+	// WAL the backup needs is archived, and returns what the restore point
+	// must keep.
+	StopBackup(ctx context.Context) (BackupStop, error)
+}
+
+// BackupStart is where a base backup begins.
+type BackupStart struct {
+	LSN      wal.LSN
+	Timeline uint32
+}
+
+// BackupStop is what pg_backup_stop returned.
+type BackupStop struct {
+	LSN           wal.LSN
+	BackupLabel   string
+	TablespaceMap string
 }
 
 // ArchiveConfig is what PrepareArchive sets up.

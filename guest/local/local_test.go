@@ -113,3 +113,38 @@ func TestNewRefusesMissingBinary(t *testing.T) {
 	_, err = local.New(local.Config{Binary: "/nonexistent/pglogship-runtime"})
 	require.ErrorContains(t, err, "not an executable")
 }
+
+func TestBackupMode(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	d, err := local.New(local.Config{
+		Binary: testenv.BuildRuntime(t),
+		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
+	})
+	require.NoError(t, err)
+	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
+	require.NoError(t, err)
+	defer rt.Close(ctx)
+	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")}))
+
+	bm, ok := rt.(guest.BackupMode)
+	require.True(t, ok, "the runtime offers backup mode")
+	start, err := bm.StartBackup(ctx, "pglogship test")
+	require.NoError(t, err)
+	assert.NotZero(t, start.LSN)
+	assert.Equal(t, uint32(1), start.Timeline)
+	_, err = bm.StartBackup(ctx, "again")
+	require.Error(t, err, "one backup at a time")
+	assert.Equal(t, "1", pg.Psql(t, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name = 'pglogship-runtime'"),
+		"backup mode is held on one open connection")
+
+	pg.Exec(t, "postgres", "CREATE TABLE during_backup AS SELECT generate_series(1, 10000) x")
+	stop, err := bm.StopBackup(ctx)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, stop.LSN, start.LSN)
+	assert.Contains(t, stop.BackupLabel, "START WAL LOCATION: "+start.LSN.String())
+	assert.Contains(t, stop.BackupLabel, "LABEL: pglogship test")
+	_, err = bm.StopBackup(ctx)
+	require.Error(t, err, "no backup running any more")
+}

@@ -20,7 +20,10 @@ import (
 	"github.com/pglogship/pglogship/guest/runtime"
 )
 
-var _ guest.Runtime = (*Runtime)(nil)
+var (
+	_ guest.Runtime    = (*Runtime)(nil)
+	_ guest.BackupMode = (*Runtime)(nil)
+)
 
 // Runtime is a connected runtime component.
 type Runtime struct {
@@ -200,6 +203,28 @@ func (rt *Runtime) Remove(ctx context.Context, names []string) error {
 	}
 	defer rt.mu.Unlock()
 	return rt.call(ctx, runtime.OpRemove, runtime.NamesArgs{Names: names}, nil)
+}
+
+// StartBackup implements guest.BackupMode.
+func (rt *Runtime) StartBackup(ctx context.Context, label string) (guest.BackupStart, error) {
+	if err := rt.lock(); err != nil {
+		return guest.BackupStart{}, err
+	}
+	defer rt.mu.Unlock()
+	var out guest.BackupStart
+	err := rt.call(ctx, runtime.OpBackupStart, runtime.BackupArgs{Label: label}, &out)
+	return out, err
+}
+
+// StopBackup implements guest.BackupMode.
+func (rt *Runtime) StopBackup(ctx context.Context) (guest.BackupStop, error) {
+	if err := rt.lock(); err != nil {
+		return guest.BackupStop{}, err
+	}
+	defer rt.mu.Unlock()
+	var out guest.BackupStop
+	err := rt.call(ctx, runtime.OpBackupStop, nil, &out)
+	return out, err
 }
 
 // Read implements guest.Runtime.

@@ -37,7 +37,8 @@ type Config struct {
 // Runtime does the guest-side work. Its methods are called by the protocol
 // server, one at a time.
 type Runtime struct {
-	cfg Config
+	cfg    Config
+	backup *backup // set between StartBackup and StopBackup
 }
 
 // New returns a Runtime.

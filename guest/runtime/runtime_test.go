@@ -63,6 +63,7 @@ func TestPrepareArchiveRequirements(t *testing.T) {
 	}{
 		{"archive_mode off", map[string]string{"archive_mode": "off"}, guest.ErrArchiveModeOff},
 		{"wal_level minimal", map[string]string{"archive_mode": "off", "wal_level": "minimal", "max_wal_senders": "0"}, guest.ErrWALLevel},
+		{"archive_library set", map[string]string{"archive_library": "basic_archive"}, guest.ErrArchiveCommandTaken},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -25,7 +25,15 @@ const (
 	OpRead    = "read"    // NamesArgs; file frames precede the response
 	OpRemove  = "remove"  // NamesArgs
 	OpClose   = "close"
+
+	OpBackupStart = "backup_start" // BackupArgs -> guest.BackupStart
+	OpBackupStop  = "backup_stop"  // -> guest.BackupStop
 )
+
+// BackupArgs starts backup mode.
+type BackupArgs struct {
+	Label string `json:"label"`
+}
 
 // InitArgs is the first request: how to reach PostgreSQL. It travels over
 // the session's pipe, never on a command line or in the environment, where
@@ -164,6 +172,14 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 			return nil, s.read(a.Names)
 		}
 		return nil, remove(s.dir, a.Names)
+	case OpBackupStart:
+		var a BackupArgs
+		if err := json.Unmarshal(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return s.rt.StartBackup(ctx, a.Label)
+	case OpBackupStop:
+		return s.rt.StopBackup(ctx)
 	case OpClose:
 		return nil, nil
 	}
