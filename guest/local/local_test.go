@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/pglogship/pglogship/guest/local"
 	"github.com/pglogship/pglogship/guest/runtime"
 	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/wal"
 )
 
 func TestDeployShipRemoveClose(t *testing.T) {
@@ -147,4 +149,55 @@ func TestBackupMode(t *testing.T) {
 	assert.Contains(t, stop.BackupLabel, "LABEL: pglogship test")
 	_, err = bm.StopBackup(ctx)
 	require.Error(t, err, "no backup running any more")
+}
+
+// A corrupted segment in the folder is refused over the wire with the named
+// error and stays where it is; the runtime's logs never hold the password.
+func TestCorruptSegmentAndLogHygiene(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	var logs bytes.Buffer
+	d, err := local.New(local.Config{
+		Binary: testenv.BuildRuntime(t),
+		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	require.NoError(t, err)
+	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
+	require.NoError(t, err)
+	dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
+	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: dir}))
+	files, err := rt.Ready(ctx)
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	victim := filepath.Join(dir, files[0].Name)
+	b, err := os.ReadFile(victim)
+	require.NoError(t, err)
+	b[8] ^= 0x10 // the page address no longer matches the name
+	require.NoError(t, os.WriteFile(victim, b, 0o600))
+
+	err = rt.Read(ctx, []string{files[0].Name}, func(guest.Frame) error { return nil })
+	require.ErrorIs(t, err, wal.ErrBadSegment)
+	assert.Contains(t, err.Error(), files[0].Name)
+	_, err = os.Stat(victim)
+	require.NoError(t, err, "not deleted")
+	_, err = rt.Scan(ctx)
+	require.NoError(t, err, "a refused file does not break the session")
+
+	// A wrong password fails, and neither the error nor any log shows it.
+	bad, err := local.New(local.Config{
+		Binary: testenv.BuildRuntime(t),
+		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: "not-" + pg.Password},
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	require.NoError(t, err)
+	rt2, err := bad.Deploy(ctx, guest.Target{Machine: "localhost"})
+	require.NoError(t, err)
+	_, err = rt2.Scan(ctx)
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), pg.Password)
+	require.NoError(t, rt2.Close(ctx))
+	require.NoError(t, rt.Close(ctx))
+	assert.NotContains(t, logs.String(), pg.Password, "no password in the logs")
 }

@@ -252,3 +252,20 @@ func TestHostDiesMidStream(t *testing.T) {
 	assert.Equal(t, len(names), shipped, "the next session resumes with every file")
 	require.NoError(t, rt2.Remove(ctx, names))
 }
+
+func TestTempFolderNotWritable(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	rt, err := e.deployer(t, nil).Deploy(ctx, guest.Target{Machine: "db1", Address: e.sshd.Addr})
+	require.NoError(t, err)
+	defer rt.Close(ctx)
+	locked := t.TempDir() // 0700 and not the login user's
+	if os.Geteuid() != 0 {
+		require.NoError(t, os.Chmod(locked, 0o500))
+		t.Cleanup(func() { os.Chmod(locked, 0o700) })
+	}
+	err = rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: filepath.Join(locked, "wal")})
+	require.ErrorIs(t, err, guest.ErrTempFolder)
+	assert.Empty(t, e.pg.Psql(t, "postgres", "SELECT setting FROM pg_file_settings WHERE name = 'archive_command' AND sourcefile LIKE '%auto.conf'"),
+		"archive_command was not changed")
+}
