@@ -48,8 +48,9 @@ fuzz:
 	  done; \
 	done
 
-## bench: repository bundle throughput, compression and peak memory on 1 GiB
+## bench: archive_command cost against cp+sync, repository bundle throughput,
+## compression and peak memory on 1 GiB
 ## of real pgbench WAL (generated once, cached under $(CACHE)). The peer
 ## comparison (pgBackRest, cp+sync) comes with the benchmarks issue.
 bench: setup
-	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./repository/bundle/ ./repository/sftp/
+	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./repository/bundle/ ./repository/sftp/ ./guest/runtime/
