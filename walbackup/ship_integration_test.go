@@ -1,0 +1,92 @@
+package walbackup_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/local"
+	"github.com/pglogship/pglogship/guest/runtime"
+	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/fs"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+// Real PostgreSQL, the real runtime, a real file-system repository: every
+// archived segment ends up in the repository exactly once, byte-identical,
+// and gone from the guest.
+func TestShipOnceRealWAL(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	d, err := local.New(local.Config{
+		Binary: testenv.BuildRuntime(t),
+		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
+	})
+	require.NoError(t, err)
+	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
+	require.NoError(t, err)
+	defer rt.Close(ctx)
+	dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
+	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: dir}))
+	scan, err := rt.Scan(ctx)
+	require.NoError(t, err)
+	inst := repository.Instance{Job: "Daily DB Job", Machine: "localhost", SystemID: scan.SystemID}
+	repo, err := fs.New(fs.Config{Root: t.TempDir()})
+	require.NoError(t, err)
+
+	pg.Exec(t, "postgres", "CREATE TABLE t (x int)")
+	originals := map[string][]byte{}
+	for round := 0; round < 3; round++ {
+		var last string
+		for i := 0; i < 4; i++ {
+			pg.Exec(t, "postgres", fmt.Sprintf("INSERT INTO t SELECT generate_series(1, %d)", 2000*(i+1)))
+			last = pg.Psql(t, "postgres", "SELECT pg_walfile_name(pg_switch_wal())")
+		}
+		// Once the last switched segment is archived, the folder holds still.
+		require.Eventually(t, func() bool {
+			return pg.Psql(t, "postgres", "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= last
+		}, time.Minute, 100*time.Millisecond)
+		files, err := rt.Ready(ctx)
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, len(files), 4)
+		for _, f := range files {
+			b, err := os.ReadFile(filepath.Join(dir, f.Name))
+			require.NoError(t, err)
+			originals[f.Name] = b
+		}
+		got, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+		require.NoError(t, err)
+		assert.Equal(t, len(files), got.Files)
+		assert.Less(t, got.StoredBytes, got.RawBytes, "compressed in the guest")
+	}
+	in := stored(t, repo, inst, 1)
+	require.Len(t, in, len(originals), "every archived segment is in the repository")
+	for n, b := range originals {
+		assert.Equal(t, b, in[n], "%s byte-identical", n)
+		_, err := os.Stat(filepath.Join(dir, n))
+		assert.True(t, os.IsNotExist(err), "%s is gone from the guest", n)
+	}
+	refs, err := repository.Bundles(ctx, repo, inst, 1)
+	require.NoError(t, err)
+	assert.Len(t, refs, 3, "one bundle per interval")
+	count := map[string]int{}
+	for _, ref := range refs {
+		r, err := bundleOpen(ctx, repo, ref)
+		require.NoError(t, err)
+		for _, e := range r {
+			count[e]++
+		}
+	}
+	for n, c := range count {
+		assert.Equal(t, 1, c, "%s stored exactly once", n)
+	}
+}

@@ -1,0 +1,178 @@
+package walbackup_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/guesttest"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/memory"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+var inst = repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: 7}
+
+func seg(tli, n int) string { return fmt.Sprintf("%08X%016X", tli, n) }
+
+func fakeGuest(t *testing.T, files map[string][]byte) (*guesttest.Guest, guest.Runtime) {
+	t.Helper()
+	g := guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 7})
+	for n, d := range files {
+		g.AddWAL(n, d)
+	}
+	rt, err := guesttest.NewDeployer(map[string]*guesttest.Guest{"vm1": g}).Deploy(context.Background(), guest.Target{Machine: "vm1"})
+	require.NoError(t, err)
+	return g, rt
+}
+
+// stored returns every WAL file in the repository with its content.
+func stored(t *testing.T, repo repository.Repository, inst repository.Instance, tlis ...uint32) map[string][]byte {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string][]byte{}
+	for _, tli := range tlis {
+		refs, err := repository.Bundles(ctx, repo, inst, tli)
+		require.NoError(t, err)
+		for _, ref := range refs {
+			r, err := bundle.Open(ctx, repo, ref.Object.Name, ref.Object.Size, nil)
+			require.NoError(t, err)
+			for _, e := range r.Entries() {
+				var buf bytes.Buffer
+				_, err := r.WriteFile(ctx, e.Name, &buf)
+				require.NoError(t, err)
+				if prev, ok := out[e.Name]; ok {
+					require.Equal(t, prev, buf.Bytes(), "%s stored twice with different content", e.Name)
+				}
+				out[e.Name] = buf.Bytes()
+			}
+		}
+	}
+	return out
+}
+
+func TestShipOnce(t *testing.T) {
+	ctx := context.Background()
+	files := map[string][]byte{
+		seg(1, 3): bytes.Repeat([]byte("a"), 5000), seg(1, 4): bytes.Repeat([]byte("b"), 7000),
+		seg(1, 5) + ".partial": []byte("partial"), "00000002.history": []byte("1\t0/5000000\tbefore 2026\n"),
+		seg(2, 5): []byte("timeline two"),
+	}
+	g, rt := fakeGuest(t, files)
+	repo := memory.New()
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 5, got.Files)
+	assert.Equal(t, seg(1, 3), got.First)
+	assert.Equal(t, seg(2, 5), got.Last)
+	assert.Len(t, got.Objects, 3, "one bundle per timeline plus the history file")
+	assert.Empty(t, g.Waiting(), "shipped files leave the guest")
+
+	in := stored(t, repo, inst, 1, 2)
+	for n, d := range files {
+		if n == "00000002.history" {
+			continue
+		}
+		assert.Equal(t, d, in[n], n)
+	}
+	rc, err := repo.Get(ctx, inst.HistoryName("00000002.history"), 0, -1)
+	require.NoError(t, err)
+	h, _ := io.ReadAll(rc)
+	rc.Close()
+	assert.Equal(t, files["00000002.history"], h)
+
+	again, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	require.NoError(t, err)
+	assert.Zero(t, again.Files, "nothing waiting, nothing written")
+	assert.Empty(t, again.Objects)
+}
+
+func TestShipOnceRepositoryDown(t *testing.T) {
+	ctx := context.Background()
+	g, rt := fakeGuest(t, map[string][]byte{seg(1, 1): []byte("one"), seg(1, 2): []byte("two")})
+	repo := memory.New()
+	down := errors.New("repository unreachable")
+	repo.SetFault(func(op memory.Op, _ string) error {
+		if op == memory.OpPut {
+			return down
+		}
+		return nil
+	})
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	require.ErrorIs(t, err, down)
+	assert.Len(t, g.Waiting(), 2, "nothing is deleted in the guest")
+
+	repo.SetFault(nil)
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 2, got.Files)
+	assert.Empty(t, g.Waiting())
+}
+
+// The guest fails to delete after the bundle is stored: the files ship
+// again next time, the bundles overlap, and every copy agrees.
+func TestShipOnceRemoveFailsThenRetry(t *testing.T) {
+	ctx := context.Background()
+	g, rt := fakeGuest(t, map[string][]byte{seg(1, 1): []byte("one"), seg(1, 2): []byte("two")})
+	repo := memory.New()
+	g.SetFault(func(op guesttest.Op, _ string) error {
+		if op == guesttest.OpRemove {
+			return errors.New("guest went away")
+		}
+		return nil
+	})
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	require.Error(t, err)
+	assert.Len(t, g.Waiting(), 2)
+	g.SetFault(nil)
+	_, err = walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	require.NoError(t, err)
+	refs, err := repository.Bundles(ctx, repo, inst, 1)
+	require.NoError(t, err)
+	assert.Len(t, refs, 2, "the retry wrote an overlapping bundle")
+	assert.Len(t, stored(t, repo, inst, 1), 2)
+}
+
+func TestShipOnceHistoryConflict(t *testing.T) {
+	ctx := context.Background()
+	repo := memory.New()
+	require.NoError(t, repo.Put(ctx, inst.HistoryName("00000002.history"), bytes.NewReader([]byte("another branch"))))
+	g, rt := fakeGuest(t, map[string][]byte{"00000002.history": []byte("1\t0/5000000\tthis branch\n"), seg(2, 5): []byte("x")})
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	require.ErrorIs(t, err, repository.ErrConflict, "a split brain is refused")
+	assert.Len(t, g.Waiting(), 2, "and nothing is deleted")
+}
+
+func TestShipOnceEncrypted(t *testing.T) {
+	ctx := context.Background()
+	key, err := bundle.NewKey(bytes.Repeat([]byte{9}, bundle.KeySize))
+	require.NoError(t, err)
+	_, rt := fakeGuest(t, map[string][]byte{seg(1, 1): []byte("secret wal")})
+	repo := memory.New()
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, key)
+	require.NoError(t, err)
+	o, err := repo.Stat(ctx, got.Objects[0])
+	require.NoError(t, err)
+	_, err = bundle.Open(ctx, repo, o.Name, o.Size, nil)
+	require.ErrorIs(t, err, bundle.ErrKeyRequired)
+}
+
+func bundleOpen(ctx context.Context, repo repository.Repository, ref repository.BundleRef) ([]string, error) {
+	r, err := bundle.Open(ctx, repo, ref.Object.Name, ref.Object.Size, nil)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range r.Entries() {
+		names = append(names, e.Name)
+	}
+	return names, nil
+}
