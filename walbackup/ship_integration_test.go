@@ -30,6 +30,7 @@ func TestShipOnceRealWAL(t *testing.T) {
 	d, err := local.New(local.Config{
 		Binary: testenv.BuildRuntime(t),
 		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
+		Logger: testenv.Logger(t),
 	})
 	require.NoError(t, err)
 	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})

@@ -30,6 +30,7 @@ func TestDeployShipRemoveClose(t *testing.T) {
 	d, err := local.New(local.Config{
 		Binary: testenv.BuildRuntime(t),
 		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
+		Logger: testenv.Logger(t),
 	})
 	require.NoError(t, err)
 	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
@@ -99,6 +100,7 @@ func TestRequirementErrorsCrossTheWire(t *testing.T) {
 	d, err := local.New(local.Config{
 		Binary: testenv.BuildRuntime(t),
 		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
+		Logger: testenv.Logger(t),
 	})
 	require.NoError(t, err)
 	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
@@ -123,6 +125,7 @@ func TestBackupMode(t *testing.T) {
 	d, err := local.New(local.Config{
 		Binary: testenv.BuildRuntime(t),
 		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
+		Logger: testenv.Logger(t),
 	})
 	require.NoError(t, err)
 	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})

@@ -48,7 +48,8 @@ func (e env) deployer(t *testing.T, mutate func(*gssh.Config)) *gssh.Deployer {
 		User: e.sshd.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(e.sshd.ClientSigner)}, HostKeyCallback: cb,
 		Binaries: map[string]string{"amd64": e.bin}, BaseDir: e.base,
 		// Peer authentication over the socket, as the SSH login user.
-		Conn: runtime.ConnConfig{Host: e.pg.SocketDir, Port: e.pg.Port, User: e.pg.User},
+		Conn:   runtime.ConnConfig{Host: e.pg.SocketDir, Port: e.pg.Port, User: e.pg.User},
+		Logger: testenv.Logger(t),
 	}
 	if mutate != nil {
 		mutate(&cfg)

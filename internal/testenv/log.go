@@ -1,0 +1,21 @@
+package testenv
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+// Logger returns a logger that writes to t.Log, so a test's logs show with
+// its own output and only when it fails or runs verbosely.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
