@@ -1,0 +1,133 @@
+package walbackup
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/session"
+)
+
+// Defaults and limits of Config.
+const (
+	DefaultLogBackupInterval = 15 * time.Minute
+	MaxLogBackupInterval     = 480 * time.Minute
+	DefaultWALDir            = "/var/lib/pglogship/wal"
+)
+
+// ChildJobName is the name of the child job of a parent job.
+func ChildJobName(parent string) string { return parent + " PostgreSQL Log Backup" }
+
+// Machine is a PostgreSQL machine of the job.
+type Machine struct {
+	ID      string // the hypervisor's machine id
+	Address string // where the guest OS answers SSH (host:port); unused by local deployers
+}
+
+// Schedule tells when the parent job runs next.
+type Schedule interface {
+	// Next returns the first run strictly after t.
+	Next(t time.Time) time.Time
+}
+
+// Daily runs the parent every day at hour:minute in the clock's location.
+func Daily(hour, minute int) Schedule { return daily{hour, minute} }
+
+type daily struct{ hour, minute int }
+
+func (d daily) Next(t time.Time) time.Time {
+	n := time.Date(t.Year(), t.Month(), t.Day(), d.hour, d.minute, 0, 0, t.Location())
+	if !n.After(t) {
+		n = n.AddDate(0, 0, 1)
+	}
+	return n
+}
+
+// Config configures a Job. Zero values take the Default... constants, except
+// LogBackupInterval.
+type Config struct {
+	Name              string // the parent job's name; the child is ChildJobName(Name)
+	Machines          []Machine
+	Schedule          Schedule      // nil: the parent runs only when started by hand
+	// LogBackupInterval is how often the child job ships WAL: at least a
+	// minute, at most MaxLogBackupInterval. Unlike other fields it has to be
+	// set (DefaultLogBackupInterval is the usual choice): an interval of 0
+	// is a mistake to report, not a request for the default.
+	LogBackupInterval time.Duration
+	WALDir            string        // temporary WAL folder in each guest
+	Hypervisor        hypervisor.Hypervisor
+	Guests            guest.Deployer
+	Repository        repository.Repository
+	Sessions          session.Store
+	Key               *bundle.Key // encrypts bundles when set; never stored
+	Clock             clock.Clock
+	Logger            *slog.Logger
+	Observer          func(Event) // optional; called from the job's goroutine, must not block
+}
+
+func (c *Config) setDefaults() {
+	if c.WALDir == "" {
+		c.WALDir = DefaultWALDir
+	}
+	if c.Clock == nil {
+		c.Clock = clock.New()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Observer == nil {
+		c.Observer = func(Event) {}
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Name == "":
+		return errors.New("job name is required")
+	case len(c.Machines) == 0:
+		return errors.New("a job needs at least one machine")
+	case c.LogBackupInterval < time.Minute || c.LogBackupInterval > MaxLogBackupInterval:
+		return fmt.Errorf("log backup interval %v: must be from 1 minute to %v (the default is %v)",
+			c.LogBackupInterval, MaxLogBackupInterval, DefaultLogBackupInterval)
+	case c.Hypervisor == nil || c.Guests == nil || c.Repository == nil || c.Sessions == nil:
+		return errors.New("hypervisor, guest deployer, repository and session store are required")
+	}
+	seen := map[string]bool{}
+	for _, m := range c.Machines {
+		if m.ID == "" || seen[m.ID] {
+			return fmt.Errorf("machine id %q: empty or repeated", m.ID)
+		}
+		seen[m.ID] = true
+	}
+	return nil
+}
+
+// EventKind names what an Event reports.
+type EventKind string
+
+const (
+	EventSessionStarted EventKind = "session_started"
+	EventSessionEnded   EventKind = "session_ended"
+	EventBatchShipped   EventKind = "batch_shipped"
+	EventWarning        EventKind = "warning"
+	// EventIdle: the job has done everything due and waits for the next
+	// interval, run or command. Tests step virtual time on it.
+	EventIdle EventKind = "idle"
+)
+
+// Event is what the job tells its observer, for metrics and tests.
+type Event struct {
+	Kind    EventKind
+	Session session.Session // the session concerned, if any
+	Machine string
+	Files   int
+	Bytes   int64         // raw WAL bytes shipped
+	Lag     time.Duration // age of the interval's start when the batch was stored
+	Message string
+}

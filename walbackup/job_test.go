@@ -1,0 +1,220 @@
+package walbackup_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/guesttest"
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/hypervisor/hypervisortest"
+	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository/memory"
+	"github.com/pglogship/pglogship/session"
+	smem "github.com/pglogship/pglogship/session/memory"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+type harness struct {
+	clk    *clock.Mock
+	job    *walbackup.Job
+	guest  *guesttest.Guest
+	hv     *hypervisortest.Fake
+	store  *smem.Store
+	events chan walbackup.Event
+	seq    int
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{clk: clock.NewMock(), store: smem.New(), events: make(chan walbackup.Event, 1024)}
+	h.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
+	h.guest = guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42})
+	h.hv = hypervisortest.New(h.clk, hypervisor.Machine{ID: "vm1"})
+	job, err := walbackup.NewJob(walbackup.Config{
+		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1"}}, Schedule: walbackup.Daily(22, 0),
+		LogBackupInterval: 15 * time.Minute, Hypervisor: h.hv,
+		Guests:     guesttest.NewDeployer(map[string]*guesttest.Guest{"vm1": h.guest}),
+		Repository: memory.New(), Sessions: h.store, Clock: h.clk, Logger: testenv.Logger(t),
+		Observer: func(e walbackup.Event) { h.events <- e },
+	})
+	require.NoError(t, err)
+	h.job = job
+	return h
+}
+
+// idle waits until the job has done all that is due, collecting events.
+func (h *harness) idle(t *testing.T) []walbackup.Event {
+	t.Helper()
+	var got []walbackup.Event
+	for {
+		select {
+		case e := <-h.events:
+			if e.Kind == walbackup.EventIdle {
+				return got
+			}
+			got = append(got, e)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the job never became idle")
+		}
+	}
+}
+
+// step advances virtual time by d and waits for the job to settle.
+func (h *harness) step(t *testing.T, d time.Duration) []walbackup.Event {
+	t.Helper()
+	h.clk.Add(d)
+	return h.idle(t)
+}
+
+func (h *harness) addWAL() {
+	h.seq++
+	h.guest.AddWAL(fmt.Sprintf("00000001%016X", h.seq), []byte(fmt.Sprintf("segment %d", h.seq)))
+}
+
+func (h *harness) sessions(t *testing.T, job string) []session.Session {
+	t.Helper()
+	p, err := h.store.List(context.Background(), session.Query{Job: job})
+	require.NoError(t, err)
+	return p.Sessions // newest first
+}
+
+func TestChildSessionLifecycle(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	assert.Equal(t, "Daily DB Job PostgreSQL Log Backup", h.job.ChildName())
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	children := h.sessions(t, h.job.ChildName())
+	require.Len(t, children, 1, "enabling starts child session 1")
+	assert.Equal(t, session.StateWorking, children[0].State)
+	assert.Equal(t, 1, h.guest.Installed(), "the runtime is deployed")
+
+	// Intervals ship what arrived.
+	for i := 0; i < 4; i++ {
+		h.addWAL()
+		h.addWAL()
+		evs := h.step(t, 15*time.Minute)
+		require.NotEmpty(t, evs)
+		assert.Equal(t, walbackup.EventBatchShipped, evs[0].Kind)
+		assert.Equal(t, 2, evs[0].Files)
+		assert.Empty(t, h.guest.Waiting())
+	}
+	c1 := h.sessions(t, h.job.ChildName())[0]
+	assert.Equal(t, int64(8), c1.Counters.Files)
+	assert.Equal(t, "000000010000000000000001", c1.Counters.FirstSegment)
+	assert.Equal(t, "000000010000000000000008", c1.Counters.LastSegment)
+	log, err := h.store.Log(ctx, c1.ID, 0, 100)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, len(log), 5, "a log entry per interval")
+
+	// Up to 22:00: the parent run ends child 1 first and child 2 follows it.
+	var order []string
+	for h.clk.Now().Before(time.Date(2026, 11, 25, 22, 0, 0, 0, time.UTC)) {
+		for _, e := range h.step(t, 15*time.Minute) {
+			if e.Kind == walbackup.EventSessionStarted || e.Kind == walbackup.EventSessionEnded {
+				order = append(order, fmt.Sprintf("%s %s", e.Session.Kind, e.Kind))
+			}
+		}
+	}
+	assert.Equal(t, []string{"child session_ended", "parent session_started", "parent session_ended", "child session_started"}, order)
+	parents := h.sessions(t, "Daily DB Job")
+	require.Len(t, parents, 1)
+	children = h.sessions(t, h.job.ChildName())
+	require.Len(t, children, 2)
+	c2, c1 := children[0], children[1]
+	assert.True(t, c1.State.Final())
+	assert.False(t, c1.End.After(parents[0].Start), "child 1 ended before the parent started")
+	assert.False(t, c2.Start.Before(parents[0].End), "child 2 started after the parent")
+	assert.Equal(t, parents[0].ID, c2.ParentID)
+	assert.Equal(t, session.StateSuccess, parents[0].State)
+	assert.Equal(t, 1, h.guest.Installed(), "child 1's runtime was uninstalled, child 2's deployed")
+	assert.Equal(t, 2, h.guest.Deploys())
+
+	// Disable ends the session and uninstalls the runtime before returning.
+	h.addWAL()
+	require.NoError(t, h.job.Disable(ctx))
+	assert.Equal(t, 0, h.guest.Installed())
+	assert.Empty(t, h.guest.Waiting(), "one last ship when the session ends")
+	c2 = h.sessions(t, h.job.ChildName())[0]
+	assert.Equal(t, session.StateSuccess, c2.State)
+	assert.Contains(t, c2.Result, "disabled")
+	require.ErrorIs(t, h.job.StartParent(ctx), walbackup.ErrNotEnabled)
+}
+
+func TestParentFailureWarnsNextChild(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	h.hv.SetFault(func(op hypervisortest.Op, _ string) error {
+		if op == hypervisortest.OpSnapshot {
+			return errors.New("snapshot failed")
+		}
+		return nil
+	})
+	require.NoError(t, h.job.StartParent(ctx))
+	h.idle(t)
+	parent := h.sessions(t, "Daily DB Job")[0]
+	assert.Equal(t, session.StateFailed, parent.State)
+	require.NoError(t, h.job.Disable(ctx))
+	var child session.Session
+	for _, c := range h.sessions(t, h.job.ChildName()) {
+		if c.ParentID == parent.ID {
+			child = c // virtual time stood still: pick by parent, not by start
+		}
+	}
+	require.NotEmpty(t, child.ID, "a child session follows the failed parent")
+	assert.Equal(t, session.StateWarning, child.State, "WAL after a failed image has no restore point")
+	log, err := h.store.Log(ctx, child.ID, 0, 100)
+	require.NoError(t, err)
+	var warned bool
+	for _, e := range log {
+		warned = warned || e.Severity == session.SeverityWarning
+	}
+	assert.True(t, warned)
+}
+
+func TestADayOfVirtualTime(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	start := time.Now()
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	for i := 0; i < 96; i++ {
+		h.addWAL()
+		h.step(t, 15*time.Minute)
+	}
+	require.NoError(t, h.job.Disable(ctx))
+	t.Logf("a day of virtual time took %v of real time", time.Since(start))
+	assert.Len(t, h.sessions(t, "Daily DB Job"), 1, "one parent run a day")
+	var shipped int64
+	for _, c := range h.sessions(t, h.job.ChildName()) {
+		shipped += c.Counters.Files
+	}
+	assert.Equal(t, int64(96), shipped, "every segment shipped")
+}
+
+func TestIntervalLimits(t *testing.T) {
+	base := walbackup.Config{Name: "j", Machines: []walbackup.Machine{{ID: "vm1"}}, Hypervisor: hypervisortest.New(clock.NewMock()),
+		Guests: guesttest.NewDeployer(nil), Repository: memory.New(), Sessions: smem.New()}
+	for _, d := range []time.Duration{0, -time.Minute, 30 * time.Second, 481 * time.Minute} {
+		cfg := base
+		cfg.LogBackupInterval = d
+		_, err := walbackup.NewJob(cfg)
+		require.ErrorContains(t, err, "log backup interval", "%v", d)
+	}
+	for _, d := range []time.Duration{time.Minute, walbackup.DefaultLogBackupInterval, walbackup.MaxLogBackupInterval} {
+		cfg := base
+		cfg.LogBackupInterval = d
+		_, err := walbackup.NewJob(cfg)
+		require.NoError(t, err, "%v", d)
+	}
+}
