@@ -52,15 +52,15 @@ func (d daily) Next(t time.Time) time.Time {
 // Config configures a Job. Zero values take the Default... constants, except
 // LogBackupInterval.
 type Config struct {
-	Name              string // the parent job's name; the child is ChildJobName(Name)
-	Machines          []Machine
-	Schedule          Schedule      // nil: the parent runs only when started by hand
+	Name     string // the parent job's name; the child is ChildJobName(Name)
+	Machines []Machine
+	Schedule Schedule // nil: the parent runs only when started by hand
 	// LogBackupInterval is how often the child job ships WAL: at least a
 	// minute, at most MaxLogBackupInterval. Unlike other fields it has to be
 	// set (DefaultLogBackupInterval is the usual choice): an interval of 0
 	// is a mistake to report, not a request for the default.
 	LogBackupInterval time.Duration
-	WALDir            string        // temporary WAL folder in each guest
+	WALDir            string // temporary WAL folder in each guest
 	Hypervisor        hypervisor.Hypervisor
 	Guests            guest.Deployer
 	Repository        repository.Repository
