@@ -1,0 +1,130 @@
+package walbackup_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest/runtime"
+	gssh "github.com/pglogship/pglogship/guest/ssh"
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/hypervisor/hypervisortest"
+	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/fs"
+	"github.com/pglogship/pglogship/session"
+	"github.com/pglogship/pglogship/session/postgres"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+// The child job end to end on real components: PostgreSQL, OpenSSH, the
+// runtime deployed over SSH, a file-system repository and the PostgreSQL
+// session store; only time is virtual (and the parent's hypervisor fake).
+func TestJobShipsRealWALOverSSH(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{User: pg.OSUser})
+	cb, err := knownhosts.New(sshd.KnownHostsFile)
+	require.NoError(t, err)
+	deployer, err := gssh.New(gssh.Config{
+		User: sshd.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(sshd.ClientSigner)}, HostKeyCallback: cb,
+		Binaries: map[string]string{"amd64": testenv.BuildRuntime(t)},
+		BaseDir:  filepath.Join(testenv.UserDir(t, sshd.User), "runtimes"),
+		Conn:     runtime.ConnConfig{Host: pg.SocketDir, Port: pg.Port, User: pg.User},
+		Logger:   testenv.Logger(t),
+	})
+	require.NoError(t, err)
+	store, err := postgres.Open(ctx, postgres.Config{ConnString: pg.ConnString("postgres"), Schema: "jobtest"})
+	require.NoError(t, err)
+	defer store.Close()
+	repo, err := fs.New(fs.Config{Root: t.TempDir()})
+	require.NoError(t, err)
+	walDir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
+
+	clk := clock.NewMock()
+	clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
+	events := make(chan walbackup.Event, 1024)
+	job, err := walbackup.NewJob(walbackup.Config{
+		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "db1", Address: sshd.Addr}},
+		LogBackupInterval: walbackup.DefaultLogBackupInterval, WALDir: walDir,
+		Hypervisor: hypervisortest.New(clk, hypervisor.Machine{ID: "db1"}), Guests: deployer,
+		Repository: repo, Sessions: store, Clock: clk, Logger: testenv.Logger(t),
+		Observer: func(e walbackup.Event) { events <- e },
+	})
+	require.NoError(t, err)
+	h := &harness{clk: clk, events: events}
+	require.NoError(t, job.Enable(ctx))
+	h.idle(t)
+
+	var sysid uint64
+	require.NoError(t, pg.Connect(t, "postgres").QueryRow(ctx, "SELECT system_identifier FROM pg_control_system()").Scan(&sysid))
+	inst := repository.Instance{Job: "Daily DB Job", Machine: "db1", SystemID: sysid}
+	pg.Exec(t, "postgres", "CREATE TABLE t (x int)")
+	originals := map[string][]byte{}
+	for round := 0; round < 3; round++ {
+		var last string
+		for i := 0; i < 3; i++ {
+			pg.Exec(t, "postgres", fmt.Sprintf("INSERT INTO t SELECT generate_series(1, %d)", 3000*(i+1)))
+			last = pg.Psql(t, "postgres", "SELECT pg_walfile_name(pg_switch_wal())")
+		}
+		require.Eventually(t, func() bool {
+			return pg.Psql(t, "postgres", "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= last
+		}, time.Minute, 100*time.Millisecond)
+		entries, err := os.ReadDir(walDir)
+		require.NoError(t, err)
+		for _, e := range entries {
+			b, err := os.ReadFile(filepath.Join(walDir, e.Name()))
+			require.NoError(t, err)
+			originals[e.Name()] = b
+		}
+		h.step(t, walbackup.DefaultLogBackupInterval)
+		left, err := os.ReadDir(walDir)
+		require.NoError(t, err)
+		assert.Empty(t, left, "shipped WAL is gone from the guest")
+	}
+	require.NoError(t, job.Disable(ctx))
+
+	in := stored(t, repo, inst, 1)
+	require.Len(t, in, len(originals))
+	for n, b := range originals {
+		assert.Equal(t, b, in[n], "%s byte-identical", n)
+	}
+	count := map[string]int{}
+	refs, err := repository.Bundles(ctx, repo, inst, 1)
+	require.NoError(t, err)
+	for _, ref := range refs {
+		names, err := bundleOpen(ctx, repo, ref)
+		require.NoError(t, err)
+		for _, n := range names {
+			count[n]++
+		}
+	}
+	for n, c := range count {
+		assert.Equal(t, 1, c, "%s is in the repository exactly once", n)
+	}
+
+	p, err := store.List(ctx, session.Query{Job: job.ChildName()})
+	require.NoError(t, err)
+	require.Len(t, p.Sessions, 1)
+	s := p.Sessions[0]
+	assert.Equal(t, session.StateSuccess, s.State)
+	assert.Equal(t, int64(len(originals)), s.Counters.Files, "the session counts every file")
+	assert.NotEmpty(t, s.Counters.FirstSegment)
+	assert.Positive(t, s.Counters.Bytes)
+	log, err := store.Log(ctx, s.ID, 0, 100)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, len(log), 4)
+	for _, e := range log {
+		assert.NotContains(t, e.Message, pg.Password)
+	}
+}
