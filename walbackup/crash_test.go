@@ -1,0 +1,71 @@
+package walbackup_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/guest/guesttest"
+	"github.com/pglogship/pglogship/repository/memory"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+// Shipping is cut off at 50 random points (the context is canceled in the
+// middle of a guest or repository operation, as when the host dies); after
+// a restart every segment is in the repository or still in the guest, none
+// is lost and none is stored with two contents.
+func TestShipCutOffAtRandomPoints(t *testing.T) {
+	for trial := 0; trial < 50; trial++ {
+		t.Run(fmt.Sprint(trial), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(trial), 7))
+			files := map[string][]byte{}
+			for i := 1; i <= 1+rng.IntN(8); i++ {
+				files[seg(1, i)] = []byte(fmt.Sprintf("segment %d of trial %d", i, trial))
+			}
+			g, rt := fakeGuest(t, files)
+			repo := memory.New()
+
+			ctx, cancel := context.WithCancel(context.Background())
+			var ops atomic.Int64
+			cutAt := int64(1 + rng.IntN(3*len(files)+6))
+			cut := func() {
+				if ops.Add(1) == cutAt {
+					cancel()
+				}
+			}
+			g.SetFault(func(guesttest.Op, string) error { cut(); return nil })
+			repo.SetFault(func(memory.Op, string) error { cut(); return nil })
+			_, _ = walbackup.ShipOnce(ctx, rt, repo, inst, nil) // may or may not finish
+			cancel()
+
+			// Whatever happened, nothing is lost so far.
+			in := stored(t, repo, inst, 1)
+			waiting := map[string]bool{}
+			for _, n := range g.Waiting() {
+				waiting[n] = true
+			}
+			for n, want := range files {
+				got, ok := in[n]
+				require.True(t, ok || waiting[n], "%s is neither stored nor in the guest (cut at op %d)", n, cutAt)
+				if ok {
+					require.Equal(t, want, got, "%s stored with other content", n)
+				}
+			}
+
+			// The restarted host ships the rest.
+			g.SetFault(nil)
+			repo.SetFault(nil)
+			_, err := walbackup.ShipOnce(context.Background(), rt, repo, inst, nil)
+			require.NoError(t, err)
+			require.Empty(t, g.Waiting())
+			in = stored(t, repo, inst, 1) // fails on two contents for a name
+			for n, want := range files {
+				require.Equal(t, want, in[n], "%s after the restart", n)
+			}
+		})
+	}
+}
