@@ -12,6 +12,7 @@ import (
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/session"
+	"github.com/pglogship/pglogship/wal"
 )
 
 // Job is a backup job with PostgreSQL machines: the parent job's image
@@ -167,9 +168,11 @@ type childSession struct {
 }
 
 type machineState struct {
-	m    Machine
-	rt   guest.Runtime
-	inst repository.Instance
+	m       Machine
+	rt      guest.Runtime
+	inst    repository.Instance
+	segSize int64
+	last    map[uint32]wal.FileName // newest segment stored, per timeline
 }
 
 func (j *Job) log(ctx context.Context, cs *childSession, sev session.Severity, msg string) {
@@ -230,6 +233,8 @@ func (j *Job) deployAll(ctx context.Context, cs *childSession) {
 		}
 		ms.rt = rt
 		ms.inst = repository.Instance{Job: j.cfg.Name, Machine: ms.m.ID, SystemID: inst.SystemID}
+		ms.segSize = inst.WALSegmentSize
+		ms.last = j.lastStored(ctx, ms.inst, inst.Timeline)
 		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: runtime deployed, PostgreSQL %d, system identifier %d", ms.m.ID, inst.Version, inst.SystemID))
 	}
 }
@@ -255,6 +260,7 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession) {
 			j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: no new WAL", ms.m.ID))
 			continue
 		}
+		j.checkGaps(ctx, cs, ms, got.Names)
 		c := &cs.rec.Counters
 		c.Files += int64(got.Files)
 		c.Bytes += got.RawBytes
@@ -353,4 +359,49 @@ func (j *Job) image(ctx context.Context, rec session.Session, m Machine) error {
 	prefix := "jobs/" + repository.Component(j.cfg.Name) + "/" + repository.Component(m.ID) + "/images/" + rec.ID
 	_, err = snap.Export(ctx, j.cfg.Repository, prefix, nil)
 	return err
+}
+
+// lastStored finds the newest segment the repository holds for a timeline,
+// so continuity is checked across sessions too.
+func (j *Job) lastStored(ctx context.Context, inst repository.Instance, timeline uint32) map[uint32]wal.FileName {
+	last := map[uint32]wal.FileName{}
+	refs, err := repository.Bundles(ctx, j.cfg.Repository, inst, timeline)
+	if err != nil {
+		return last
+	}
+	for _, r := range refs {
+		if f, err := wal.ParseFileName(r.Last); err == nil && f.Kind == wal.Segment {
+			if cur, ok := last[timeline]; !ok || r.Last > cur.String() {
+				last[timeline] = f
+			}
+		}
+	}
+	return last
+}
+
+// checkGaps warns when shipped segments do not follow the newest stored
+// one of their timeline: WAL in between is missing, and recovery cannot
+// pass the gap.
+func (j *Job) checkGaps(ctx context.Context, cs *childSession, ms *machineState, names []string) {
+	if ms.segSize <= 0 {
+		return
+	}
+	for _, n := range names {
+		f, err := wal.ParseFileName(n)
+		if err != nil || f.Kind != wal.Segment {
+			continue
+		}
+		prev, ok := ms.last[f.Timeline]
+		switch {
+		case !ok:
+		case f.String() <= prev.String():
+			continue // shipped again after a crash: not newer
+		default:
+			if want := prev.Next(ms.segSize); want != f {
+				j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: gap in timeline %d: segments %s up to before %s are missing",
+					ms.m.ID, f.Timeline, want, f))
+			}
+		}
+		ms.last[f.Timeline] = f
+	}
 }

@@ -218,3 +218,43 @@ func TestIntervalLimits(t *testing.T) {
 		require.NoError(t, err, "%v", d)
 	}
 }
+
+func TestGapWarns(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	h.guest = guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42, Timeline: 1, WALSegmentSize: 16 << 20})
+	job, err := walbackup.NewJob(walbackup.Config{
+		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1"}}, LogBackupInterval: 15 * time.Minute, Hypervisor: h.hv,
+		Guests: guesttest.NewDeployer(map[string]*guesttest.Guest{"vm1": h.guest}), Repository: memory.New(),
+		Sessions: h.store, Clock: h.clk, Logger: testenv.Logger(t), Observer: func(e walbackup.Event) { h.events <- e },
+	})
+	require.NoError(t, err)
+	h.job = job
+	require.NoError(t, job.Enable(ctx))
+	h.idle(t)
+	h.guest.AddWAL("000000010000000000000001", []byte("1"))
+	h.guest.AddWAL("000000010000000000000002", []byte("2"))
+	for _, e := range h.step(t, 15*time.Minute) {
+		require.NotEqual(t, walbackup.EventWarning, e.Kind, "no gap yet: %s", e.Message)
+	}
+	h.guest.AddWAL("000000010000000000000005", []byte("5")) // 3 and 4 never arrived
+	var warning string
+	for _, e := range h.step(t, 15*time.Minute) {
+		if e.Kind == walbackup.EventWarning {
+			warning = e.Message
+		}
+	}
+	assert.Contains(t, warning, "gap in timeline 1")
+	assert.Contains(t, warning, "000000010000000000000003")
+	require.NoError(t, job.Disable(ctx))
+	assert.Equal(t, session.StateWarning, h.sessions(t, job.ChildName())[0].State)
+
+	// The next session continues from what the repository holds.
+	h.guest.AddWAL("000000010000000000000006", []byte("6"))
+	require.NoError(t, job.Enable(ctx))
+	h.idle(t)
+	for _, e := range h.step(t, 15*time.Minute) {
+		require.NotEqual(t, walbackup.EventWarning, e.Kind, "6 follows 5: %s", e.Message)
+	}
+	require.NoError(t, job.Disable(ctx))
+}

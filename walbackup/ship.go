@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/repository"
@@ -24,6 +25,7 @@ type Shipped struct {
 	RawBytes    int64    // their size as PostgreSQL wrote them
 	StoredBytes int64    // bundle bytes written
 	First, Last string   // first and last file name shipped, in WAL order
+	Names       []string // every file shipped, in WAL order
 	Objects     []string // repository objects written
 }
 
@@ -86,6 +88,8 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 	if err := rt.Remove(ctx, shipped); err != nil {
 		return out, fmt.Errorf("remove shipped wal from the guest: %w", err)
 	}
+	out.Names = shipped
+	sort.Strings(out.Names)
 	return out, nil
 }
 
