@@ -128,6 +128,6 @@ type Event struct {
 	Machine string
 	Files   int
 	Bytes   int64         // raw WAL bytes shipped
-	Lag     time.Duration // age of the interval's start when the batch was stored
+	Lag     time.Duration // how late the batch was stored after its interval was due
 	Message string
 }

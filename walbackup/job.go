@@ -241,12 +241,15 @@ func (j *Job) deployAll(ctx context.Context, cs *childSession) {
 
 // tick is one interval: retry machines not yet reached, then ship.
 func (j *Job) tick(ctx context.Context, cs *childSession) {
+	due := cs.nextTick
 	cs.nextTick = cs.nextTick.Add(j.cfg.LogBackupInterval)
 	j.deployAll(ctx, cs)
-	j.shipAll(ctx, cs)
+	j.shipAll(ctx, cs, due)
 }
 
-func (j *Job) shipAll(ctx context.Context, cs *childSession) {
+// shipAll ships every machine; due is when this batch was due, for the lag
+// the observer sees.
+func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time) {
 	for _, ms := range cs.machines {
 		if ms.rt == nil {
 			continue
@@ -272,7 +275,8 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession) {
 		}
 		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d files (%d bytes, %d stored) from %s to %s",
 			ms.m.ID, got.Files, got.RawBytes, got.StoredBytes, got.First, got.Last))
-		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.rec, Machine: ms.m.ID, Files: got.Files, Bytes: got.RawBytes})
+		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.rec, Machine: ms.m.ID, Files: got.Files, Bytes: got.RawBytes,
+			Lag: j.cfg.Clock.Now().Sub(due)})
 	}
 	j.update(ctx, cs)
 }
@@ -289,7 +293,7 @@ func (j *Job) update(ctx context.Context, cs *childSession) {
 // endChild ships once more, stops and uninstalls every runtime, and closes
 // the session record with its result.
 func (j *Job) endChild(ctx context.Context, cs *childSession, why string) {
-	j.shipAll(ctx, cs)
+	j.shipAll(ctx, cs, j.cfg.Clock.Now())
 	for _, ms := range cs.machines {
 		if ms.rt == nil {
 			continue
@@ -326,8 +330,11 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	for _, m := range j.cfg.Machines {
 		if err := j.image(ctx, rec, m); err != nil {
 			failed = append(failed, m.ID)
-			j.cfg.Sessions.Append(ctx, rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: session.SeverityError,
+			_, aerr := j.cfg.Sessions.Append(ctx, rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: session.SeverityError,
 				Message: fmt.Sprintf("machine %s: no image: %v", m.ID, err)})
+			if aerr != nil {
+				j.cfg.Logger.Error("append session log", "session", rec.ID, "err", aerr)
+			}
 		}
 	}
 	rec.State, rec.End = session.StateSuccess, j.cfg.Clock.Now()

@@ -105,6 +105,7 @@ func TestChildSessionLifecycle(t *testing.T) {
 		require.NotEmpty(t, evs)
 		assert.Equal(t, walbackup.EventBatchShipped, evs[0].Kind)
 		assert.Equal(t, 2, evs[0].Files)
+		assert.Zero(t, evs[0].Lag, "virtual time stands still while the fakes ship")
 		assert.Empty(t, h.guest.Waiting())
 	}
 	c1 := h.sessions(t, h.job.ChildName())[0]
