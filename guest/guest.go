@@ -91,6 +91,20 @@ type BackupMode interface {
 	StopBackup(ctx context.Context) (BackupStop, error)
 }
 
+// SpaceReporter is implemented by runtimes that can tell how full the
+// temporary folder is (check with a type assertion).
+type SpaceReporter interface {
+	// FolderSpace reports the bytes waiting in the temporary folder and the
+	// bytes still free on its file system. Read-only.
+	FolderSpace(ctx context.Context) (Space, error)
+}
+
+// Space is what FolderSpace reports.
+type Space struct {
+	Waiting int64 `json:"waiting"`
+	Free    int64 `json:"free"`
+}
+
 // BackupStart is where a base backup begins.
 type BackupStart struct {
 	LSN      wal.LSN

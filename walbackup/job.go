@@ -173,6 +173,11 @@ type machineState struct {
 	inst    repository.Instance
 	segSize int64
 	last    map[uint32]wal.FileName // newest segment stored, per timeline
+
+	// While shipping fails: when it started and how much WAL waited then,
+	// to estimate when the guest's temporary folder fills up.
+	stuckSince   time.Time
+	stuckWaiting int64
 }
 
 func (j *Job) log(ctx context.Context, cs *childSession, sev session.Severity, msg string) {
@@ -257,8 +262,10 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time) {
 		got, err := ShipOnce(ctx, ms.rt, j.cfg.Repository, ms.inst, j.cfg.Key)
 		if err != nil {
 			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: WAL not shipped this interval, kept in the guest: %v", ms.m.ID, err))
+			j.warnFilling(ctx, cs, ms)
 			continue
 		}
+		ms.stuckSince = time.Time{}
 		if got.Files == 0 {
 			j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: no new WAL", ms.m.ID))
 			continue
@@ -411,4 +418,30 @@ func (j *Job) checkGaps(ctx context.Context, cs *childSession, ms *machineState,
 		}
 		ms.last[f.Timeline] = f
 	}
+}
+
+// warnFilling estimates, while shipping fails, when the guest's temporary
+// folder will be full at the rate WAL has been piling up; then archiving
+// fails and PostgreSQL keeps WAL in pg_wal instead.
+func (j *Job) warnFilling(ctx context.Context, cs *childSession, ms *machineState) {
+	sr, ok := ms.rt.(guest.SpaceReporter)
+	if !ok {
+		return
+	}
+	sp, err := sr.FolderSpace(ctx)
+	if err != nil {
+		return
+	}
+	now := j.cfg.Clock.Now()
+	if ms.stuckSince.IsZero() {
+		ms.stuckSince, ms.stuckWaiting = now, sp.Waiting
+		return
+	}
+	grown, elapsed := sp.Waiting-ms.stuckWaiting, now.Sub(ms.stuckSince)
+	if grown <= 0 || elapsed <= 0 {
+		return
+	}
+	full := time.Duration(float64(sp.Free) / float64(grown) * float64(elapsed)).Round(time.Minute)
+	j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: WAL is piling up in the temporary folder: %d bytes waiting, %d bytes free; full in about %v at this rate",
+		ms.m.ID, sp.Waiting, sp.Free, full))
 }

@@ -1,6 +1,7 @@
 package walbackup_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,13 +29,14 @@ type harness struct {
 	guest  *guesttest.Guest
 	hv     *hypervisortest.Fake
 	store  *smem.Store
+	repo   *memory.Repo
 	events chan walbackup.Event
 	seq    int
 }
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{clk: clock.NewMock(), store: smem.New(), events: make(chan walbackup.Event, 1024)}
+	h := &harness{clk: clock.NewMock(), store: smem.New(), repo: memory.New(), events: make(chan walbackup.Event, 1024)}
 	h.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
 	h.guest = guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42})
 	h.hv = hypervisortest.New(h.clk, hypervisor.Machine{ID: "vm1"})
@@ -42,7 +44,7 @@ func newHarness(t *testing.T) *harness {
 		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1"}}, Schedule: walbackup.Daily(22, 0),
 		LogBackupInterval: 15 * time.Minute, Hypervisor: h.hv,
 		Guests:     guesttest.NewDeployer(map[string]*guesttest.Guest{"vm1": h.guest}),
-		Repository: memory.New(), Sessions: h.store, Clock: h.clk, Logger: testenv.Logger(t),
+		Repository: h.repo, Sessions: h.store, Clock: h.clk, Logger: testenv.Logger(t),
 		Observer: func(e walbackup.Event) { h.events <- e },
 	})
 	require.NoError(t, err)
@@ -258,4 +260,43 @@ func TestGapWarns(t *testing.T) {
 		require.NotEqual(t, walbackup.EventWarning, e.Kind, "6 follows 5: %s", e.Message)
 	}
 	require.NoError(t, job.Disable(ctx))
+}
+
+// The repository is unreachable for hours: nothing leaves the guest, each
+// interval warns, the estimate of when the folder fills up appears, and
+// everything ships once the repository is back.
+func TestRepositoryDownWarnsUntilFull(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	h.repo.SetFault(func(op memory.Op, _ string) error {
+		if op == memory.OpPut {
+			return errors.New("connection refused")
+		}
+		return nil
+	})
+	h.guest.SetFree(100_000)
+	var last string
+	for i := 0; i < 8; i++ { // two hours
+		h.guest.AddWAL(fmt.Sprintf("00000001%016X", i+1), bytes.Repeat([]byte{byte(i)}, 10_000))
+		for _, e := range h.step(t, 15*time.Minute) {
+			require.NotEqual(t, walbackup.EventBatchShipped, e.Kind)
+			if e.Kind == walbackup.EventWarning {
+				last = e.Message
+			}
+		}
+	}
+	assert.Len(t, h.guest.Waiting(), 8, "nothing is deleted in the guest")
+	// 10 kB per 15 minutes against 100 kB free: about 2h30m.
+	assert.Contains(t, last, "full in about 2h30m0s")
+
+	h.repo.SetFault(nil)
+	evs := h.step(t, 15*time.Minute)
+	require.NotEmpty(t, evs)
+	assert.Equal(t, walbackup.EventBatchShipped, evs[0].Kind)
+	assert.Equal(t, 8, evs[0].Files, "everything ships when it is back")
+	assert.Empty(t, h.guest.Waiting())
+	require.NoError(t, h.job.Disable(ctx))
+	assert.Equal(t, session.StateWarning, h.sessions(t, h.job.ChildName())[0].State)
 }

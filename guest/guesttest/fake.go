@@ -21,8 +21,9 @@ import (
 )
 
 var (
-	_ guest.Deployer = (*Deployer)(nil)
-	_ guest.Runtime  = (*runtime)(nil)
+	_ guest.Deployer      = (*Deployer)(nil)
+	_ guest.Runtime       = (*runtime)(nil)
+	_ guest.SpaceReporter = (*runtime)(nil)
 )
 
 // Op names an operation for fault injection.
@@ -49,12 +50,22 @@ type Guest struct {
 	installed int
 	deploys   int
 	archive   guest.ArchiveConfig
+	free      int64
 	fault     func(op Op, name string) error
 }
 
-// NewGuest returns a guest whose PostgreSQL is inst.
+// NewGuest returns a guest whose PostgreSQL is inst, with 1 GiB free in
+// its temporary folder.
 func NewGuest(inst guest.Instance) *Guest {
-	return &Guest{inst: inst, wal: map[string][]byte{}}
+	return &Guest{inst: inst, wal: map[string][]byte{}, free: 1 << 30}
+}
+
+// SetFree sets the free space FolderSpace reports; waiting WAL does not
+// reduce it, so tests control it exactly.
+func (g *Guest) SetFree(n int64) {
+	g.mu.Lock()
+	g.free = n
+	g.mu.Unlock()
 }
 
 // AddWAL puts a file into the temporary folder, as archive_command would.
@@ -228,6 +239,19 @@ func (r *runtime) Remove(ctx context.Context, names []string) error {
 		r.g.mu.Unlock()
 	}
 	return nil
+}
+
+func (r *runtime) FolderSpace(ctx context.Context) (guest.Space, error) {
+	if err := r.enter(ctx, OpReady, ""); err != nil {
+		return guest.Space{}, err
+	}
+	r.g.mu.Lock()
+	defer r.g.mu.Unlock()
+	sp := guest.Space{Free: r.g.free}
+	for _, d := range r.g.wal {
+		sp.Waiting += int64(len(d))
+	}
+	return sp, nil
 }
 
 func (r *runtime) Close(ctx context.Context) error {

@@ -54,9 +54,15 @@ func TestDeployShipRemoveClose(t *testing.T) {
 	}, time.Minute, 200*time.Millisecond)
 
 	names := make([]string, len(files))
+	var waiting int64
 	for i, f := range files {
 		names[i] = f.Name
+		waiting += f.Size
 	}
+	sp, err := rt.(guest.SpaceReporter).FolderSpace(ctx)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, sp.Waiting, waiting, "the folder's waiting bytes")
+	assert.Positive(t, sp.Free)
 	dec, err := zstd.NewReader(nil)
 	require.NoError(t, err)
 	got := 0

@@ -21,8 +21,9 @@ import (
 )
 
 var (
-	_ guest.Runtime    = (*Runtime)(nil)
-	_ guest.BackupMode = (*Runtime)(nil)
+	_ guest.Runtime       = (*Runtime)(nil)
+	_ guest.BackupMode    = (*Runtime)(nil)
+	_ guest.SpaceReporter = (*Runtime)(nil)
 )
 
 // Runtime is a connected runtime component.
@@ -203,6 +204,17 @@ func (rt *Runtime) Remove(ctx context.Context, names []string) error {
 	}
 	defer rt.mu.Unlock()
 	return rt.call(ctx, runtime.OpRemove, runtime.NamesArgs{Names: names}, nil)
+}
+
+// FolderSpace implements guest.SpaceReporter.
+func (rt *Runtime) FolderSpace(ctx context.Context) (guest.Space, error) {
+	if err := rt.lock(); err != nil {
+		return guest.Space{}, err
+	}
+	defer rt.mu.Unlock()
+	var sp guest.Space
+	err := rt.call(ctx, runtime.OpSpace, nil, &sp)
+	return sp, err
 }
 
 // StartBackup implements guest.BackupMode.

@@ -221,3 +221,22 @@ func Ready(dir string) ([]guest.File, error) {
 	sort.Slice(files, func(i, j int) bool { return files[i].Name < files[j].Name })
 	return files, nil
 }
+
+// FolderSpace reports the bytes of WAL waiting in dir and the bytes free on
+// its file system.
+func FolderSpace(dir string) (guest.Space, error) {
+	files, err := Ready(dir)
+	if err != nil {
+		return guest.Space{}, err
+	}
+	var sp guest.Space
+	for _, f := range files {
+		sp.Waiting += f.Size
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		return guest.Space{}, fmt.Errorf("free space of %s: %w", dir, err)
+	}
+	sp.Free = int64(fs.Bavail) * int64(fs.Bsize)
+	return sp, nil
+}

@@ -26,6 +26,7 @@ const (
 	OpRemove  = "remove"  // NamesArgs
 	OpClose   = "close"
 
+	OpSpace       = "space"        // -> guest.Space
 	OpBackupStart = "backup_start" // BackupArgs -> guest.BackupStart
 	OpBackupStop  = "backup_stop"  // -> guest.BackupStop
 )
@@ -150,9 +151,12 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		}
 		s.dir = cfg.Dir
 		return nil, nil
-	case OpReady:
+	case OpReady, OpSpace:
 		if s.dir == "" {
 			return nil, errors.New("archiving not prepared in this session")
+		}
+		if req.Op == OpSpace {
+			return FolderSpace(s.dir)
 		}
 		return Ready(s.dir)
 	case OpRead, OpRemove:
