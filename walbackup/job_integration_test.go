@@ -2,7 +2,6 @@ package walbackup_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -69,17 +68,9 @@ func TestJobShipsRealWALOverSSH(t *testing.T) {
 	var sysid uint64
 	require.NoError(t, pg.Connect(t, "postgres").QueryRow(ctx, "SELECT system_identifier FROM pg_control_system()").Scan(&sysid))
 	inst := repository.Instance{Job: "Daily DB Job", Machine: "db1", SystemID: sysid}
-	pg.Exec(t, "postgres", "CREATE TABLE t (x int)")
 	originals := map[string][]byte{}
 	for round := 0; round < 3; round++ {
-		var last string
-		for i := 0; i < 3; i++ {
-			pg.Exec(t, "postgres", fmt.Sprintf("INSERT INTO t SELECT generate_series(1, %d)", 3000*(i+1)))
-			last = pg.Psql(t, "postgres", "SELECT pg_walfile_name(pg_switch_wal())")
-		}
-		require.Eventually(t, func() bool {
-			return pg.Psql(t, "postgres", "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= last
-		}, time.Minute, 100*time.Millisecond)
+		pg.SwitchWAL(t, 3)
 		entries, err := os.ReadDir(walDir)
 		require.NoError(t, err)
 		for _, e := range entries {

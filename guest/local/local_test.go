@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
@@ -23,18 +21,27 @@ import (
 	"github.com/pglogship/pglogship/wal"
 )
 
+// deploy starts the runtime next to pg with the local deployer; it is
+// closed in t.Cleanup (closing twice is fine).
+func deploy(t *testing.T, pg *testenv.Postgres, password string, logger *slog.Logger) guest.Runtime {
+	t.Helper()
+	d, err := local.New(local.Config{
+		Binary: testenv.BuildRuntime(t),
+		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: password},
+		Logger: logger,
+	})
+	require.NoError(t, err)
+	rt, err := d.Deploy(context.Background(), guest.Target{Machine: "localhost"})
+	require.NoError(t, err)
+	t.Cleanup(func() { rt.Close(context.Background()) })
+	return rt
+}
+
 func TestDeployShipRemoveClose(t *testing.T) {
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
-	d, err := local.New(local.Config{
-		Binary: testenv.BuildRuntime(t),
-		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
-		Logger: testenv.Logger(t),
-	})
-	require.NoError(t, err)
-	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
-	require.NoError(t, err)
+	rt := deploy(t, pg, pg.Password, testenv.Logger(t))
 
 	inst, err := rt.Scan(ctx)
 	require.NoError(t, err)
@@ -42,16 +49,10 @@ func TestDeployShipRemoveClose(t *testing.T) {
 	dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
 	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: dir}))
 
-	pg.Exec(t, "postgres", "CREATE TABLE t (x int)")
-	for i := 0; i < 20; i++ {
-		pg.Exec(t, "postgres", fmt.Sprintf("INSERT INTO t SELECT generate_series(1, %d)", 500*(i+1)))
-		pg.Exec(t, "postgres", "SELECT pg_switch_wal()")
-	}
-	var files []guest.File
-	require.Eventually(t, func() bool {
-		files, err = rt.Ready(ctx)
-		return err == nil && len(files) >= 21 // 20 switches plus the verification one
-	}, time.Minute, 200*time.Millisecond)
+	pg.SwitchWAL(t, 20)
+	files, err := rt.Ready(ctx)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(files), 21, "20 switches plus the verification one")
 
 	names := make([]string, len(files))
 	var waiting int64
@@ -103,16 +104,8 @@ func TestRequirementErrorsCrossTheWire(t *testing.T) {
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{Settings: map[string]string{"archive_mode": "off"}})
-	d, err := local.New(local.Config{
-		Binary: testenv.BuildRuntime(t),
-		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
-		Logger: testenv.Logger(t),
-	})
-	require.NoError(t, err)
-	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
-	require.NoError(t, err)
-	defer rt.Close(ctx)
-	err = rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")})
+	rt := deploy(t, pg, pg.Password, testenv.Logger(t))
+	err := rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")})
 	require.ErrorIs(t, err, guest.ErrArchiveModeOff)
 	assert.Contains(t, err.Error(), "restart")
 }
@@ -128,14 +121,7 @@ func TestBackupMode(t *testing.T) {
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
-	d, err := local.New(local.Config{
-		Binary: testenv.BuildRuntime(t),
-		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
-		Logger: testenv.Logger(t),
-	})
-	require.NoError(t, err)
-	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
-	require.NoError(t, err)
+	rt := deploy(t, pg, pg.Password, testenv.Logger(t))
 	defer rt.Close(ctx)
 	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")}))
 
@@ -167,14 +153,8 @@ func TestCorruptSegmentAndLogHygiene(t *testing.T) {
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
 	var logs bytes.Buffer
-	d, err := local.New(local.Config{
-		Binary: testenv.BuildRuntime(t),
-		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
-		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	require.NoError(t, err)
-	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
-	require.NoError(t, err)
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rt := deploy(t, pg, pg.Password, logger)
 	dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
 	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: dir}))
 	files, err := rt.Ready(ctx)
@@ -195,14 +175,7 @@ func TestCorruptSegmentAndLogHygiene(t *testing.T) {
 	require.NoError(t, err, "a refused file does not break the session")
 
 	// A wrong password fails, and neither the error nor any log shows it.
-	bad, err := local.New(local.Config{
-		Binary: testenv.BuildRuntime(t),
-		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: "not-" + pg.Password},
-		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	require.NoError(t, err)
-	rt2, err := bad.Deploy(ctx, guest.Target{Machine: "localhost"})
-	require.NoError(t, err)
+	rt2 := deploy(t, pg, "not-"+pg.Password, logger)
 	_, err = rt2.Scan(ctx)
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), pg.Password)
