@@ -9,7 +9,13 @@
 // 15-minute intervals run in milliseconds.
 package clock
 
-import bclock "github.com/benbjohnson/clock"
+import (
+	"context"
+	"sync"
+	"time"
+
+	bclock "github.com/benbjohnson/clock"
+)
 
 // Clock tells the time and makes timers and tickers.
 type Clock = bclock.Clock
@@ -28,3 +34,36 @@ func New() Clock { return bclock.New() }
 
 // NewMock returns a mock clock set to the Unix epoch.
 func NewMock() *Mock { return bclock.NewMock() }
+
+// WithTimeout returns a copy of parent that ends d from now on clk, with
+// context.DeadlineExceeded as its error. Unlike Mock.WithTimeout it reports
+// no Deadline: network code turns a context's deadline into a wall-clock
+// socket deadline, which a virtual time would make wrong.
+func WithTimeout(clk Clock, parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	inner, cancel := context.WithCancel(parent)
+	c := &timeoutCtx{Context: inner}
+	t := clk.AfterFunc(d, func() {
+		c.mu.Lock()
+		c.expired = inner.Err() == nil
+		cancel()
+		c.mu.Unlock()
+	})
+	return c, func() { t.Stop(); cancel() }
+}
+
+type timeoutCtx struct {
+	context.Context
+	mu      sync.Mutex
+	expired bool
+}
+
+func (c *timeoutCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+
+func (c *timeoutCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.expired {
+		return context.DeadlineExceeded
+	}
+	return c.Context.Err()
+}

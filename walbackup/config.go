@@ -19,6 +19,12 @@ const (
 	DefaultLogBackupInterval = 15 * time.Minute
 	MaxLogBackupInterval     = 480 * time.Minute
 	DefaultWALDir            = "/var/lib/pglogship/wal"
+	// DefaultOperationTimeout: a guest, repository or session store call
+	// that makes no progress for this long is abandoned.
+	DefaultOperationTimeout = 5 * time.Minute
+	// DefaultRetryDelay is the first retry after a failed ship; each
+	// further retry within the interval waits twice as long.
+	DefaultRetryDelay = time.Minute
 )
 
 // ChildJobName is the name of the child job of a parent job.
@@ -69,6 +75,15 @@ type Config struct {
 	Clock             clock.Clock
 	Logger            *slog.Logger
 	Observer          func(Event) // optional; called from the job's goroutine, must not block
+	// OperationTimeout bounds each call to a guest, the repository or the
+	// session store by progress, not length: shipping may take as long as
+	// the WAL needs while bytes keep moving, but a call with no progress
+	// for this long is abandoned, so a hung guest cannot block Disable.
+	OperationTimeout time.Duration
+	// RetryDelay is how long after a failed ship (repository or guest
+	// unreachable) the job tries again; the delay doubles with each retry
+	// until the next interval, which always tries.
+	RetryDelay time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -84,6 +99,12 @@ func (c *Config) setDefaults() {
 	if c.Observer == nil {
 		c.Observer = func(Event) {}
 	}
+	if c.OperationTimeout == 0 {
+		c.OperationTimeout = DefaultOperationTimeout
+	}
+	if c.RetryDelay == 0 {
+		c.RetryDelay = DefaultRetryDelay
+	}
 }
 
 func (c *Config) validate() error {
@@ -97,6 +118,8 @@ func (c *Config) validate() error {
 			c.LogBackupInterval, MaxLogBackupInterval, DefaultLogBackupInterval)
 	case c.Hypervisor == nil || c.Guests == nil || c.Repository == nil || c.Sessions == nil:
 		return errors.New("hypervisor, guest deployer, repository and session store are required")
+	case c.OperationTimeout < 0 || c.RetryDelay < 0:
+		return errors.New("operation timeout and retry delay cannot be negative")
 	}
 	seen := map[string]bool{}
 	for _, m := range c.Machines {
@@ -117,7 +140,8 @@ const (
 	EventBatchShipped   EventKind = "batch_shipped"
 	EventWarning        EventKind = "warning"
 	// EventIdle: the job has done everything due and waits for the next
-	// interval, run or command. Tests step virtual time on it.
+	// interval, retry, parent run or command; Event.Next says when it wakes
+	// by itself. Tests step virtual time on it.
 	EventIdle EventKind = "idle"
 )
 
@@ -130,4 +154,5 @@ type Event struct {
 	Bytes   int64         // raw WAL bytes shipped
 	Lag     time.Duration // how late the batch was stored after its interval was due
 	Message string
+	Next    time.Time // EventIdle: when the job wakes next unless a command comes first
 }

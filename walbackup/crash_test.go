@@ -43,18 +43,7 @@ func TestShipCutOffAtRandomPoints(t *testing.T) {
 			cancel()
 
 			// Whatever happened, nothing is lost so far.
-			in := stored(t, repo, inst, 1)
-			waiting := map[string]bool{}
-			for _, n := range g.Waiting() {
-				waiting[n] = true
-			}
-			for n, want := range files {
-				got, ok := in[n]
-				require.True(t, ok || waiting[n], "%s is neither stored nor in the guest (cut at op %d)", n, cutAt)
-				if ok {
-					require.Equal(t, want, got, "%s stored with other content", n)
-				}
-			}
+			requireNothingLost(t, files, stored(t, repo, inst, 1), g.Waiting(), fmt.Sprintf("cut at op %d", cutAt))
 
 			// The restarted host ships the rest.
 			g.SetFault(nil)
@@ -62,10 +51,27 @@ func TestShipCutOffAtRandomPoints(t *testing.T) {
 			_, err := walbackup.ShipOnce(context.Background(), rt, repo, inst, nil)
 			require.NoError(t, err)
 			require.Empty(t, g.Waiting())
-			in = stored(t, repo, inst, 1) // fails on two contents for a name
+			in := stored(t, repo, inst, 1) // fails on two contents for a name
 			for n, want := range files {
 				require.Equal(t, want, in[n], "%s after the restart", n)
 			}
 		})
+	}
+}
+
+// requireNothingLost checks that every file is stored with its own content
+// or still waiting in the guest.
+func requireNothingLost(t *testing.T, files, in map[string][]byte, waiting []string, where string) {
+	t.Helper()
+	left := map[string]bool{}
+	for _, n := range waiting {
+		left[n] = true
+	}
+	for n, want := range files {
+		got, ok := in[n]
+		require.True(t, ok || left[n], "%s is neither stored nor in the guest (%s)", n, where)
+		if ok {
+			require.Equal(t, want, got, "%s stored with other content", n)
+		}
 	}
 }

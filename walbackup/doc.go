@@ -6,18 +6,30 @@
 //
 // A Job runs the lifecycle in one goroutine, on the injected clock:
 //
-//   - Enable starts child session 1 (the runtime is deployed into every
-//     guest and archiving is prepared);
+//   - Enable (or Run, which ties the job to a context) starts child
+//     session 1: the runtime is deployed into every guest and archiving is
+//     prepared; sessions a dead host left running are closed as failed;
 //   - every LogBackupInterval, ShipOnce moves each guest's waiting WAL into
-//     one verified bundle per machine, and the session records the batch;
+//     one verified bundle per machine and timeline, and the session records
+//     the batch (files, bytes, first and last segment, LSN range);
+//   - a failed ship (repository or guest unreachable) keeps the WAL in the
+//     guest, warns once per interval with an estimate of when the guest's
+//     temporary folder fills up, and is retried after RetryDelay, doubling,
+//     until the next interval;
+//   - a gap in a timeline's segments, checked across sessions from what
+//     the repository holds, is a warning;
+//   - every guest, repository and store call is bounded by
+//     OperationTimeout of silence, so a hung guest cannot block the job;
 //   - a parent run (on the Schedule or StartParent) first ends the child
 //     session (a last ship, runtimes stopped and uninstalled), takes the
 //     images, then starts the next child session, which warns when the
 //     parent failed;
 //   - Disable ends the child session the same way and returns when it is
-//     done.
+//     done; when Run's context ends the session stops at once instead.
+//
+// The Observer sees sessions start and end, batches (bytes and lag) and
+// warnings, for metrics.
 //
 // Still to come: application-aware images with restore point manifests
-// (backup mode), gap and folder-filling warnings, and repository outage
-// backoff within an interval.
+// (backup mode), and restore.
 package walbackup

@@ -31,14 +31,18 @@ type harness struct {
 	store  *smem.Store
 	repo   *memory.Repo
 	events chan walbackup.Event
+	list   session.Store // where sessions() looks
+	next   time.Time     // when the job said it wakes next
 	seq    int
 }
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	h := &harness{clk: clock.NewMock(), store: smem.New(), repo: memory.New(), events: make(chan walbackup.Event, 1024)}
+	h.list = h.store
 	h.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
-	h.guest = guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42})
+	h.guest = guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42,
+		Timeline: 1, WALSegmentSize: 16 << 20})
 	h.hv = hypervisortest.New(h.clk, hypervisor.Machine{ID: "vm1"})
 	job, err := walbackup.NewJob(walbackup.Config{
 		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1"}}, Schedule: walbackup.Daily(22, 0),
@@ -60,6 +64,7 @@ func (h *harness) idle(t *testing.T) []walbackup.Event {
 		select {
 		case e := <-h.events:
 			if e.Kind == walbackup.EventIdle {
+				h.next = e.Next
 				return got
 			}
 			got = append(got, e)
@@ -69,11 +74,19 @@ func (h *harness) idle(t *testing.T) []walbackup.Event {
 	}
 }
 
-// step advances virtual time by d and waits for the job to settle.
+// step advances virtual time by d, stopping at each time the job said it
+// would wake (an interval, a retry, a parent run) and waiting for it to
+// settle there, so every wake-up runs at its own virtual time.
 func (h *harness) step(t *testing.T, d time.Duration) []walbackup.Event {
 	t.Helper()
-	h.clk.Add(d)
-	return h.idle(t)
+	target := h.clk.Now().Add(d)
+	var got []walbackup.Event
+	for !h.next.IsZero() && !h.next.After(target) {
+		h.clk.Set(h.next)
+		got = append(got, h.idle(t)...)
+	}
+	h.clk.Set(target)
+	return got
 }
 
 func (h *harness) addWAL() {
@@ -83,7 +96,7 @@ func (h *harness) addWAL() {
 
 func (h *harness) sessions(t *testing.T, job string) []session.Session {
 	t.Helper()
-	p, err := h.store.List(context.Background(), session.Query{Job: job})
+	p, err := h.list.List(context.Background(), session.Query{Job: job})
 	require.NoError(t, err)
 	return p.Sessions // newest first
 }
@@ -114,6 +127,8 @@ func TestChildSessionLifecycle(t *testing.T) {
 	assert.Equal(t, int64(8), c1.Counters.Files)
 	assert.Equal(t, "000000010000000000000001", c1.Counters.FirstSegment)
 	assert.Equal(t, "000000010000000000000008", c1.Counters.LastSegment)
+	assert.Equal(t, "0/1000000", c1.Counters.FirstLSN.String(), "the LSN range starts with segment 1")
+	assert.Equal(t, "0/9000000", c1.Counters.LastLSN.String(), "and ends where segment 8 ends")
 	log, err := h.store.Log(ctx, c1.ID, 0, 100)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, len(log), 5, "a log entry per interval")

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -108,9 +109,13 @@ func (g *Guest) Instance() guest.Instance {
 	return g.inst
 }
 
+// ErrHang, returned by a fault hook, makes the operation hang until its
+// context ends, as a guest that stopped answering does.
+var ErrHang = errors.New("guesttest: hang")
+
 // SetFault installs fn, called before each operation with the operation and
-// the file name (or machine id for deploy); a non-nil result makes it fail.
-// nil removes the hook.
+// the file name (or machine id for deploy); a non-nil result makes it fail,
+// or hang when it is ErrHang. nil removes the hook.
 func (g *Guest) SetFault(fn func(op Op, name string) error) {
 	g.mu.Lock()
 	g.fault = fn
@@ -124,10 +129,15 @@ func (g *Guest) inject(ctx context.Context, op Op, name string) error {
 	g.mu.Lock()
 	fn := g.fault
 	g.mu.Unlock()
-	if fn != nil {
-		return fn(op, name)
+	if fn == nil {
+		return nil
 	}
-	return nil
+	err := fn(op, name)
+	if errors.Is(err, ErrHang) {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return err
 }
 
 // Deployer deploys into fake guests, found by machine id.

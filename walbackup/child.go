@@ -1,0 +1,371 @@
+package walbackup
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/session"
+	"github.com/pglogship/pglogship/wal"
+)
+
+// childSession is the running child session and its runtimes.
+type childSession struct {
+	rec       session.Session
+	due       time.Time // when the current interval's batch was due
+	nextTick  time.Time
+	nextRetry time.Time // zero when no retry is planned
+	retries   int       // retries since the last interval
+	machines  []*machineState
+	warnings  int
+	errors    int
+}
+
+type machineState struct {
+	m       Machine
+	rt      guest.Runtime
+	inst    repository.Instance
+	segSize int64
+	version int                     // server_version_num
+	last    map[uint32]wal.FileName // newest segment stored, per timeline
+	failing bool                    // the last ship failed; retried with backoff
+
+	// While shipping fails: when it started and how much WAL waited then,
+	// to estimate when the guest's temporary folder fills up.
+	stuckSince   time.Time
+	stuckWaiting int64
+}
+
+// log appends to the session's log. quiet entries (failed retries) go to
+// the logger only, so an outage does not flood the session record.
+func (j *Job) log(ctx context.Context, cs *childSession, sev session.Severity, msg string) {
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	if _, err := j.cfg.Sessions.Append(octx, cs.rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: sev, Message: msg}); err != nil {
+		j.cfg.Logger.Error("append session log", "session", cs.rec.ID, "err", err)
+	}
+	switch sev {
+	case session.SeverityWarning:
+		cs.warnings++
+		j.cfg.Observer(Event{Kind: EventWarning, Session: cs.rec, Message: msg})
+	case session.SeverityError:
+		cs.errors++
+		j.cfg.Observer(Event{Kind: EventWarning, Session: cs.rec, Message: msg})
+	}
+}
+
+// report records a machine's failure: in the session log at sev, or, on a
+// retry, in the logger only.
+func (j *Job) report(ctx context.Context, cs *childSession, retry bool, sev session.Severity, msg string) {
+	if retry {
+		j.cfg.Logger.Warn(msg, "job", j.child, "session", cs.rec.ID, "retry", cs.retries)
+		return
+	}
+	j.log(ctx, cs, sev, msg)
+}
+
+// startChild creates a child session and deploys the runtime into every
+// guest. A machine that cannot be reached is logged and retried.
+func (j *Job) startChild(ctx context.Context, parentID string) *childSession {
+	now := j.cfg.Clock.Now()
+	octx, cancel := j.op(ctx)
+	rec, err := j.cfg.Sessions.Create(octx, session.Session{Job: j.child, Kind: session.KindChild, ParentID: parentID, State: session.StateStarting, Start: now})
+	cancel()
+	if err != nil {
+		j.cfg.Logger.Error("create child session", "job", j.child, "err", err)
+	}
+	cs := &childSession{rec: rec, due: now, nextTick: now.Add(j.cfg.LogBackupInterval)}
+	for _, m := range j.cfg.Machines {
+		cs.machines = append(cs.machines, &machineState{m: m})
+	}
+	j.deployAll(ctx, cs, false)
+	cs.rec.State = session.StateWorking
+	j.update(ctx, cs)
+	j.cfg.Observer(Event{Kind: EventSessionStarted, Session: cs.rec})
+	j.planRetry(cs)
+	return cs
+}
+
+func (j *Job) deployAll(ctx context.Context, cs *childSession, retry bool) {
+	for _, ms := range cs.machines {
+		if ms.rt != nil {
+			continue
+		}
+		if err := j.deploy(ctx, ms); err != nil {
+			j.report(ctx, cs, retry, session.SeverityError, fmt.Sprintf("machine %s: cannot start the runtime: %v", ms.m.ID, err))
+			continue
+		}
+		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: runtime deployed, PostgreSQL %d, system identifier %d",
+			ms.m.ID, ms.version, ms.inst.SystemID))
+	}
+}
+
+// deploy starts the runtime in one guest, prepares archiving and scans the
+// instance; on error nothing is left running.
+func (j *Job) deploy(ctx context.Context, ms *machineState) error {
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: ms.m.ID, Address: ms.m.Address})
+	if err != nil {
+		return err
+	}
+	var inst guest.Instance
+	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.cfg.WALDir})
+	if err == nil {
+		inst, err = rt.Scan(octx)
+	}
+	if err != nil {
+		cctx, ccancel := j.op(context.WithoutCancel(ctx))
+		defer ccancel()
+		if cerr := rt.Close(cctx); cerr != nil {
+			j.cfg.Logger.Warn("close runtime after a failed start", "machine", ms.m.ID, "err", cerr)
+		}
+		return err
+	}
+	ms.rt = rt
+	ms.inst = repository.Instance{Job: j.cfg.Name, Machine: ms.m.ID, SystemID: inst.SystemID}
+	ms.segSize, ms.version = inst.WALSegmentSize, inst.Version
+	ms.last = j.lastStored(octx, ms.inst, inst.Timeline)
+	return nil
+}
+
+// tick is one interval: start runtimes not yet running, then ship.
+func (j *Job) tick(ctx context.Context, cs *childSession) {
+	cs.due = cs.nextTick
+	cs.nextTick = cs.nextTick.Add(j.cfg.LogBackupInterval)
+	cs.retries = 0
+	j.deployAll(ctx, cs, false)
+	j.shipAll(ctx, cs, cs.due, false)
+	j.planRetry(cs)
+}
+
+// retry ships the machines whose last ship failed, and starts runtimes
+// that could not start.
+func (j *Job) retry(ctx context.Context, cs *childSession) {
+	cs.retries++
+	j.deployAll(ctx, cs, true)
+	j.shipAll(ctx, cs, cs.due, true)
+	j.planRetry(cs)
+}
+
+// planRetry schedules the next retry while a machine fails: RetryDelay
+// after the interval's first attempt, doubling each time, as long as it
+// comes before the next interval.
+func (j *Job) planRetry(cs *childSession) {
+	cs.nextRetry = time.Time{}
+	for _, ms := range cs.machines {
+		if ms.rt == nil || ms.failing {
+			at := j.cfg.Clock.Now().Add(j.cfg.RetryDelay << min(cs.retries, 20))
+			if at.Before(cs.nextTick) {
+				cs.nextRetry = at
+			}
+			return
+		}
+	}
+}
+
+// shipAll ships every machine (on a retry, only those that failed); due is
+// when this batch was due, for the lag the observer sees.
+func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retry bool) {
+	for _, ms := range cs.machines {
+		if ms.rt == nil || retry && !ms.failing {
+			continue
+		}
+		got, err := j.shipMachine(ctx, ms)
+		if err != nil {
+			ms.failing = true
+			j.report(ctx, cs, retry, session.SeverityWarning,
+				fmt.Sprintf("machine %s: WAL not shipped, kept in the guest (retried with backoff): %v", ms.m.ID, err))
+			if !retry {
+				j.warnFilling(ctx, cs, ms)
+			}
+			continue
+		}
+		ms.failing, ms.stuckSince = false, time.Time{}
+		if got.Files == 0 {
+			if !retry {
+				j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: no new WAL", ms.m.ID))
+			}
+			continue
+		}
+		j.checkGaps(ctx, cs, ms, got.Names)
+		j.count(cs, ms, got)
+		after := ""
+		if retry {
+			after = fmt.Sprintf(" on retry %d", cs.retries)
+		}
+		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d files (%d bytes, %d stored) from %s to %s%s",
+			ms.m.ID, got.Files, got.RawBytes, got.StoredBytes, got.First, got.Last, after))
+		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.rec, Machine: ms.m.ID, Files: got.Files, Bytes: got.RawBytes,
+			Lag: j.cfg.Clock.Now().Sub(due)})
+	}
+	j.update(ctx, cs)
+}
+
+// shipMachine runs ShipOnce under a watchdog: it may take as long as the
+// WAL needs, but is abandoned after OperationTimeout without progress.
+func (j *Job) shipMachine(ctx context.Context, ms *machineState) (Shipped, error) {
+	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
+	defer cancel()
+	got, err := ShipOnce(wctx, watchedRuntime{ms.rt, w}, watchedRepo{j.cfg.Repository, w}, ms.inst, j.cfg.Key)
+	return got, explain(wctx, err)
+}
+
+// count adds a batch to the session's counters.
+func (j *Job) count(cs *childSession, ms *machineState, got Shipped) {
+	c := &cs.rec.Counters
+	c.Files += int64(got.Files)
+	c.Bytes += got.RawBytes
+	if c.FirstSegment == "" || got.First < c.FirstSegment {
+		c.FirstSegment = got.First
+	}
+	if got.Last > c.LastSegment {
+		c.LastSegment = got.Last
+	}
+	if ms.segSize <= 0 {
+		return
+	}
+	for _, n := range got.Names {
+		f, err := wal.ParseFileName(n)
+		if err != nil || f.Kind != wal.Segment {
+			continue
+		}
+		start, end := f.StartLSN(ms.segSize), f.Next(ms.segSize).StartLSN(ms.segSize)
+		if c.FirstLSN == 0 || start < c.FirstLSN {
+			c.FirstLSN = start
+		}
+		if end > c.LastLSN {
+			c.LastLSN = end
+		}
+	}
+}
+
+func (j *Job) update(ctx context.Context, cs *childSession) {
+	if cs.rec.ID == "" {
+		return
+	}
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	if err := j.cfg.Sessions.Update(octx, cs.rec); err != nil {
+		j.cfg.Logger.Error("update session", "session", cs.rec.ID, "err", err)
+	}
+}
+
+// endChild ships once more, stops and uninstalls every runtime, and closes
+// the session record with its result.
+func (j *Job) endChild(ctx context.Context, cs *childSession, why string) {
+	j.shipAll(ctx, cs, j.cfg.Clock.Now(), false)
+	j.closeRuntimes(ctx, cs)
+	state := session.StateSuccess
+	switch {
+	case cs.errors > 0:
+		state = session.StateFailed
+	case cs.warnings > 0:
+		state = session.StateWarning
+	}
+	j.finish(ctx, cs, state, why)
+}
+
+// stopChild ends the session when the job's context has ended: no last
+// ship (the host is going away), the runtimes are stopped within the
+// operation timeout.
+func (j *Job) stopChild(ctx context.Context, cs *childSession) {
+	ctx = context.WithoutCancel(ctx)
+	j.closeRuntimes(ctx, cs)
+	j.finish(ctx, cs, session.StateStopped, "stopped: the host program ended the job")
+}
+
+func (j *Job) closeRuntimes(ctx context.Context, cs *childSession) {
+	for _, ms := range cs.machines {
+		if ms.rt == nil {
+			continue
+		}
+		octx, cancel := j.op(ctx)
+		if err := ms.rt.Close(octx); err != nil {
+			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: uninstall runtime: %v", ms.m.ID, err))
+		}
+		cancel()
+		ms.rt = nil
+	}
+}
+
+func (j *Job) finish(ctx context.Context, cs *childSession, state session.State, why string) {
+	cs.rec.State, cs.rec.End, cs.rec.Result = state, j.cfg.Clock.Now(), why
+	j.update(ctx, cs)
+	j.cfg.Observer(Event{Kind: EventSessionEnded, Session: cs.rec})
+}
+
+// lastStored finds the newest segment the repository holds for a timeline,
+// so continuity is checked across sessions too.
+func (j *Job) lastStored(ctx context.Context, inst repository.Instance, timeline uint32) map[uint32]wal.FileName {
+	last := map[uint32]wal.FileName{}
+	refs, err := repository.Bundles(ctx, j.cfg.Repository, inst, timeline)
+	if err != nil {
+		return last
+	}
+	for _, r := range refs {
+		if f, err := wal.ParseFileName(r.Last); err == nil && f.Kind == wal.Segment {
+			if cur, ok := last[timeline]; !ok || r.Last > cur.String() {
+				last[timeline] = f
+			}
+		}
+	}
+	return last
+}
+
+// checkGaps warns when shipped segments do not follow the newest stored
+// one of their timeline: WAL in between is missing, and recovery cannot
+// pass the gap.
+func (j *Job) checkGaps(ctx context.Context, cs *childSession, ms *machineState, names []string) {
+	if ms.segSize <= 0 {
+		return
+	}
+	for _, n := range names {
+		f, err := wal.ParseFileName(n)
+		if err != nil || f.Kind != wal.Segment {
+			continue
+		}
+		prev, ok := ms.last[f.Timeline]
+		switch {
+		case !ok:
+		case f.String() <= prev.String():
+			continue // shipped again after a crash: not newer
+		default:
+			if want := prev.Next(ms.segSize); want != f {
+				j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: gap in timeline %d: segments %s up to before %s are missing",
+					ms.m.ID, f.Timeline, want, f))
+			}
+		}
+		ms.last[f.Timeline] = f
+	}
+}
+
+// warnFilling estimates, while shipping fails, when the guest's temporary
+// folder will be full at the rate WAL has been piling up; then archiving
+// fails and PostgreSQL keeps WAL in pg_wal instead.
+func (j *Job) warnFilling(ctx context.Context, cs *childSession, ms *machineState) {
+	sr, ok := ms.rt.(guest.SpaceReporter)
+	if !ok {
+		return
+	}
+	octx, cancel := j.op(ctx)
+	sp, err := sr.FolderSpace(octx)
+	cancel()
+	if err != nil {
+		return
+	}
+	now := j.cfg.Clock.Now()
+	if ms.stuckSince.IsZero() {
+		ms.stuckSince, ms.stuckWaiting = now, sp.Waiting
+		return
+	}
+	grown, elapsed := sp.Waiting-ms.stuckWaiting, now.Sub(ms.stuckSince)
+	if grown <= 0 || elapsed <= 0 {
+		return
+	}
+	full := time.Duration(float64(sp.Free) / float64(grown) * float64(elapsed)).Round(time.Minute)
+	j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: WAL is piling up in the temporary folder: %d bytes waiting, %d bytes free; full in about %v at this rate",
+		ms.m.ID, sp.Waiting, sp.Free, full))
+}

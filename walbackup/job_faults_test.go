@@ -1,0 +1,357 @@
+package walbackup_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/guesttest"
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/hypervisor/hypervisortest"
+	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/memory"
+	"github.com/pglogship/pglogship/session"
+	smem "github.com/pglogship/pglogship/session/memory"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+// A repository outage inside an interval is retried after 1, 2 and 4
+// minutes (doubling), and the batch ships on the first retry after it ends,
+// well before the next interval; the session warns once for the interval.
+func TestShipRetriedWithBackoff(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	start := h.clk.Now()
+	back := start.Add(15*time.Minute + 5*time.Minute) // the outage ends at 08:20
+	var mu sync.Mutex
+	var attempts []time.Duration
+	h.repo.SetFault(func(op memory.Op, _ string) error {
+		if op != memory.OpPut {
+			return nil
+		}
+		now := h.clk.Now()
+		mu.Lock()
+		attempts = append(attempts, now.Sub(start))
+		mu.Unlock()
+		if now.Before(back) {
+			return errors.New("connection refused")
+		}
+		return nil
+	})
+	h.addWAL()
+	h.addWAL()
+	evs := h.step(t, 29*time.Minute+59*time.Second) // up to just before the second interval
+	mu.Lock()
+	assert.Equal(t, []time.Duration{15 * time.Minute, 16 * time.Minute, 18 * time.Minute, 22 * time.Minute}, attempts,
+		"the interval tries, then retries after 1, 2 and 4 minutes")
+	mu.Unlock()
+	var warnings, shipped int
+	for _, e := range evs {
+		switch e.Kind {
+		case walbackup.EventWarning:
+			warnings++
+			assert.Contains(t, e.Message, "connection refused")
+		case walbackup.EventBatchShipped:
+			shipped++
+			assert.Equal(t, 2, e.Files)
+			assert.Equal(t, 7*time.Minute, e.Lag, "stored 7 minutes after the interval was due")
+		}
+	}
+	assert.Equal(t, 1, warnings, "one warning for the interval, not one per retry")
+	assert.Equal(t, 1, shipped)
+	assert.Empty(t, h.guest.Waiting())
+	require.NoError(t, h.job.Disable(ctx))
+	c := h.sessions(t, h.job.ChildName())[0]
+	assert.Equal(t, session.StateWarning, c.State)
+	log, err := h.store.Log(ctx, c.ID, 0, 100)
+	require.NoError(t, err)
+	var retried bool
+	for _, e := range log {
+		retried = retried || e.Severity == session.SeverityInfo && strings.Contains(e.Message, "on retry 3")
+	}
+	assert.True(t, retried, "the session log says the batch shipped on the third retry")
+}
+
+// A guest that stops answering mid-ship is abandoned after the operation
+// timeout of silence, the WAL stays in the guest, and Disable still ends
+// the session while the guest hangs.
+func TestHungGuestIsAbandoned(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	hanging := make(chan guesttest.Op, 10)
+	h.guest.SetFault(func(op guesttest.Op, _ string) error {
+		if op == guesttest.OpRead {
+			hanging <- op
+			return guesttest.ErrHang
+		}
+		return nil
+	})
+	h.addWAL()
+	h.clk.Set(h.next) // the interval starts shipping and hangs
+	<-hanging
+	h.clk.Add(walbackup.DefaultOperationTimeout) // five silent minutes
+	evs := h.idle(t)
+	require.NotEmpty(t, evs)
+	assert.Equal(t, walbackup.EventWarning, evs[0].Kind)
+	assert.Contains(t, evs[0].Message, "no progress for 5m0s")
+	assert.Len(t, h.guest.Waiting(), 1, "the WAL stays in the guest")
+
+	// Now the guest hangs on everything, close included.
+	h.guest.SetFault(func(op guesttest.Op, _ string) error { hanging <- op; return guesttest.ErrHang })
+	disabled := make(chan error, 1)
+	go func() { disabled <- h.job.Disable(ctx) }()
+	for op := range hanging {
+		h.clk.Add(walbackup.DefaultOperationTimeout)
+		if op == guesttest.OpClose {
+			break
+		}
+	}
+	select {
+	case err := <-disabled:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Disable blocked on a hung guest")
+	}
+	c := h.sessions(t, h.job.ChildName())[0]
+	assert.True(t, c.State.Final())
+	assert.Len(t, h.guest.Waiting(), 1)
+}
+
+// Run ties the job to a context: when it ends, the child session stops,
+// the runtime is uninstalled, and Run returns the context's error.
+func TestRunStopsWithItsContext(t *testing.T) {
+	h := newHarness(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- h.job.Run(ctx) }()
+	h.idle(t)
+	h.addWAL()
+	h.step(t, 15*time.Minute)
+	require.ErrorIs(t, h.job.Enable(context.Background()), walbackup.ErrEnabled)
+	cancel()
+	require.ErrorIs(t, <-ran, context.Canceled)
+	assert.Equal(t, 0, h.guest.Installed(), "the runtime was uninstalled")
+	c := h.sessions(t, h.job.ChildName())[0]
+	assert.Equal(t, session.StateStopped, c.State)
+	assert.Equal(t, int64(1), c.Counters.Files)
+	require.ErrorIs(t, h.job.StartParent(context.Background()), walbackup.ErrNotEnabled)
+
+	// Disable from elsewhere ends Run with nil.
+	go func() { ran <- h.job.Run(context.Background()) }()
+	h.idle(t)
+	require.NoError(t, h.job.Disable(context.Background()))
+	require.NoError(t, <-ran)
+}
+
+// errHostDied stands for everything a dead host can no longer do.
+var errHostDied = errors.New("host died")
+
+// deadStore is a session store whose host died: after kill, every call
+// fails, so the session record stays as the dying host left it.
+type deadStore struct {
+	session.Store
+	dead *atomic.Bool
+}
+
+func (s deadStore) check() error {
+	if s.dead.Load() {
+		return errHostDied
+	}
+	return nil
+}
+
+func (s deadStore) Create(ctx context.Context, x session.Session) (session.Session, error) {
+	if err := s.check(); err != nil {
+		return session.Session{}, err
+	}
+	return s.Store.Create(ctx, x)
+}
+
+func (s deadStore) Update(ctx context.Context, x session.Session) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	return s.Store.Update(ctx, x)
+}
+
+func (s deadStore) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
+	if err := s.check(); err != nil {
+		return session.Entry{}, err
+	}
+	return s.Store.Append(ctx, id, e)
+}
+
+// The job's host is killed at 50 random points while the child job ships
+// (the context is canceled in the middle of a guest, repository or store
+// call, and from then on nothing the host does reaches anything). After a
+// restart every segment is in the repository or still in the guest, none is
+// lost, none is stored with two contents; the restarted job ships the rest
+// and closes the session the dead host left running.
+func TestJobKilledAtRandomPoints(t *testing.T) {
+	for trial := 0; trial < 50; trial++ {
+		t.Run(fmt.Sprint(trial), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(trial), 11))
+			g := guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42,
+				Timeline: 1, WALSegmentSize: 16 << 20})
+			repo, store := memory.New(), smem.New()
+			inst := repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: 42}
+			files := map[string][]byte{}
+			seq := 0
+			addWAL := func(n int) {
+				for i := 0; i < n; i++ {
+					seq++
+					name := fmt.Sprintf("00000001%016X", seq)
+					files[name] = []byte(fmt.Sprintf("segment %d of trial %d", seq, trial))
+					g.AddWAL(name, files[name])
+				}
+			}
+
+			// Host 1 runs until it is killed at a random call.
+			var dead atomic.Bool
+			ctx, kill := context.WithCancel(context.Background())
+			var calls atomic.Int64
+			cutAt := int64(1 + rng.IntN(40))
+			fault := func() error {
+				if dead.Load() {
+					return errHostDied
+				}
+				if calls.Add(1) == cutAt {
+					dead.Store(true)
+					kill()
+					return errHostDied
+				}
+				return nil
+			}
+			g.SetFault(func(guesttest.Op, string) error { return fault() })
+			repo.SetFault(func(memory.Op, string) error { return fault() })
+			h := newJobHarness(t, g, repo, deadStore{store, &dead})
+			ran := make(chan error, 1)
+			go func() { ran <- h.job.Run(ctx) }()
+			alive := func() bool {
+				select {
+				case <-ran:
+					return false
+				default:
+					return !dead.Load()
+				}
+			}
+			if h.idleOrDead(t, ran) {
+				for i := 0; i < 8 && alive(); i++ {
+					addWAL(1 + rng.IntN(3))
+					if rng.IntN(4) == 0 {
+						_ = h.job.StartParent(ctx)
+					} else {
+						h.clk.Set(h.next)
+					}
+					if !h.idleOrDead(t, ran) {
+						break
+					}
+				}
+			}
+			kill()
+			dead.Store(true)
+			select {
+			case <-ran:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Run did not return after its context ended")
+			}
+
+			// Nothing is lost so far (the repository and guest are fine; only
+			// the host died).
+			g.SetFault(nil)
+			repo.SetFault(nil)
+			// stored fails on two contents for one name.
+			requireNothingLost(t, files, stored(t, repo, inst, 1), g.Waiting(), fmt.Sprintf("killed at call %d", cutAt))
+
+			// Host 2 starts the same job on the same guest, repository and store.
+			h2 := newJobHarness(t, g, repo, store)
+			h2.clk.Set(h.clk.Now().Add(time.Hour))
+			require.NoError(t, h2.job.Enable(context.Background()))
+			h2.idle(t)
+			h2.step(t, 15*time.Minute)
+			require.NoError(t, h2.job.Disable(context.Background()))
+			require.Empty(t, g.Waiting(), "the restarted job shipped everything")
+			in := stored(t, repo, inst, 1)
+			require.Len(t, in, len(files))
+			for n, want := range files {
+				require.Equal(t, want, in[n], "%s after the restart", n)
+			}
+			for _, job := range []string{h.job.Name(), h.job.ChildName()} {
+				for _, s := range h2.sessions(t, job) {
+					require.True(t, s.State.Final(), "session %s of %s left %s", s.ID, job, s.State)
+				}
+			}
+		})
+	}
+}
+
+// newJobHarness builds a job on the given fakes with a fresh mock clock.
+func newJobHarness(t *testing.T, g *guesttest.Guest, repo *memory.Repo, store session.Store) *harness {
+	t.Helper()
+	h := &harness{clk: clock.NewMock(), guest: g, repo: repo, events: make(chan walbackup.Event, 1024)}
+	h.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
+	h.hv = hypervisortest.New(h.clk, hypervisor.Machine{ID: "vm1"})
+	h.list = store
+	job, err := walbackup.NewJob(walbackup.Config{
+		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1"}}, LogBackupInterval: 15 * time.Minute,
+		Hypervisor: h.hv, Guests: guesttest.NewDeployer(map[string]*guesttest.Guest{"vm1": g}),
+		Repository: repo, Sessions: store, Clock: h.clk, Logger: testenv.Logger(t),
+		Observer: func(e walbackup.Event) { h.events <- e },
+	})
+	require.NoError(t, err)
+	h.job = job
+	return h
+}
+
+// idleOrDead waits until the job is idle (true) or Run has returned (false).
+func (h *harness) idleOrDead(t *testing.T, ran chan error) bool {
+	t.Helper()
+	for {
+		select {
+		case e := <-h.events:
+			if e.Kind == walbackup.EventIdle {
+				h.next = e.Next
+				return true
+			}
+		case err := <-ran:
+			ran <- err // leave it for the caller
+			return false
+		case <-time.After(10 * time.Second):
+			t.Fatal("the job neither became idle nor stopped")
+		}
+	}
+}
+
+// A session left running by a host that died is closed as failed when the
+// job starts again.
+func TestStaleSessionClosedAtStart(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	old, err := h.store.Create(ctx, session.Session{Job: h.job.ChildName(), Kind: session.KindChild, State: session.StateWorking,
+		Start: h.clk.Now().Add(-time.Hour)})
+	require.NoError(t, err)
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	got, err := h.store.Get(ctx, old.ID)
+	require.NoError(t, err)
+	assert.Equal(t, session.StateFailed, got.State)
+	assert.Contains(t, got.Result, "host program stopped")
+	assert.Equal(t, h.clk.Now().UTC(), got.End)
+	require.NoError(t, h.job.Disable(ctx))
+}
