@@ -114,3 +114,10 @@ func (f FileName) Next(segSize int64) FileName {
 	}
 	return n
 }
+
+// SegmentAt returns the segment of timeline tli that holds lsn.
+func SegmentAt(tli uint32, lsn LSN, segSize int64) FileName {
+	no := uint64(lsn) / uint64(segSize)
+	per := SegmentsPerLog(segSize)
+	return FileName{Kind: Segment, Timeline: tli, Log: uint32(no / per), Seg: uint32(no % per)}
+}

@@ -58,3 +58,23 @@ func FuzzParseFileName(f *testing.F) {
 		require.Equal(t, s, fn.String(), "parse and format agree")
 	})
 }
+
+func TestSegmentAt(t *testing.T) {
+	const seg16 = 16 << 20
+	for _, c := range []struct {
+		lsn  LSN
+		size int64
+		want string
+	}{
+		{0x1000000, seg16, "000000010000000000000001"},
+		{0x1FFFFFF, seg16, "000000010000000000000001"},
+		{0x1_FF000028, seg16, "0000000100000001000000FF"},
+		{0x2_00000000, seg16, "000000010000000200000000"},
+		{0x3000028, 1 << 30, "000000010000000000000000"},
+	} {
+		f := SegmentAt(1, c.lsn, c.size)
+		require.Equal(t, c.want, f.String(), "%s", c.lsn)
+		require.LessOrEqual(t, f.StartLSN(c.size), c.lsn)
+		require.Greater(t, f.Next(c.size).StartLSN(c.size), c.lsn)
+	}
+}

@@ -99,6 +99,12 @@ func (j *Job) deployAll(ctx context.Context, cs *childSession, retry bool) {
 		}
 		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: runtime deployed, PostgreSQL %d, system identifier %d",
 			ms.m.ID, ms.version, ms.inst.SystemID))
+		octx, cancel := j.op(ctx)
+		ids, err := repository.RestorePointIDs(octx, j.cfg.Repository, ms.inst)
+		cancel()
+		if err == nil && len(ids) == 0 {
+			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: no restore point in the repository yet: the WAL shipped now can be restored only once the parent job has taken an image", ms.m.ID))
+		}
 	}
 }
 

@@ -36,31 +36,18 @@ type Machine struct {
 	Address string // where the guest OS answers SSH (host:port); unused by local deployers
 }
 
-// Schedule tells when the parent job runs next.
-type Schedule interface {
-	// Next returns the first run strictly after t.
-	Next(t time.Time) time.Time
-}
-
-// Daily runs the parent every day at hour:minute in the clock's location.
-func Daily(hour, minute int) Schedule { return daily{hour, minute} }
-
-type daily struct{ hour, minute int }
-
-func (d daily) Next(t time.Time) time.Time {
-	n := time.Date(t.Year(), t.Month(), t.Day(), d.hour, d.minute, 0, 0, t.Location())
-	if !n.After(t) {
-		n = n.AddDate(0, 0, 1)
-	}
-	return n
-}
-
 // Config configures a Job. Zero values take the Default... constants, except
 // LogBackupInterval.
 type Config struct {
 	Name     string // the parent job's name; the child is ChildJobName(Name)
 	Machines []Machine
 	Schedule Schedule // nil: the parent runs only when started by hand
+	// SkipMissedRun: a scheduled parent run missed while the host program
+	// was down is skipped. By default it runs once at start-up.
+	SkipMissedRun bool
+	// Quiesce freezes the guest's file systems around the snapshot where
+	// the hypervisor can (a guest agent); it is skipped where it cannot.
+	Quiesce bool
 	// LogBackupInterval is how often the child job ships WAL: at least a
 	// minute, at most MaxLogBackupInterval. Unlike other fields it has to be
 	// set (DefaultLogBackupInterval is the usual choice): an interval of 0
@@ -120,6 +107,11 @@ func (c *Config) validate() error {
 		return errors.New("hypervisor, guest deployer, repository and session store are required")
 	case c.OperationTimeout < 0 || c.RetryDelay < 0:
 		return errors.New("operation timeout and retry delay cannot be negative")
+	}
+	if v, ok := c.Schedule.(interface{ Validate() error }); ok {
+		if err := v.Validate(); err != nil {
+			return err
+		}
 	}
 	seen := map[string]bool{}
 	for _, m := range c.Machines {

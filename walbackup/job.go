@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pglogship/pglogship/clock"
@@ -22,6 +23,8 @@ type Job struct {
 	mu   sync.Mutex // guards cmds and done across starts and commands
 	cmds chan command
 	done chan struct{} // closed when the loop has ended
+
+	parentRunning atomic.Bool
 }
 
 type cmdKind int
@@ -115,9 +118,15 @@ func (j *Job) start(ctx, loopCtx context.Context) (<-chan struct{}, error) {
 func (j *Job) Disable(ctx context.Context) error { return j.send(ctx, cmdDisable) }
 
 // StartParent runs a parent session now: the child session ends first, the
-// image is taken, and a new child session starts after it. It returns when
-// the new child session runs.
-func (j *Job) StartParent(ctx context.Context) error { return j.send(ctx, cmdParent) }
+// restore points are taken, and a new child session starts after it. It
+// returns when the new child session runs, or ErrParentRunning at once
+// while a parent session runs (one at a time per job).
+func (j *Job) StartParent(ctx context.Context) error {
+	if j.parentRunning.Load() {
+		return ErrParentRunning
+	}
+	return j.send(ctx, cmdParent)
+}
 
 func (j *Job) send(ctx context.Context, kind cmdKind) error {
 	j.mu.Lock()
@@ -151,7 +160,12 @@ func (j *Job) send(ctx context.Context, kind cmdKind) error {
 func (j *Job) loop(ctx context.Context, cmds <-chan command, done chan<- struct{}, started chan<- struct{}) {
 	defer close(done)
 	j.closeStale(ctx)
-	cs := j.startChild(ctx, "")
+	var cs *childSession
+	if j.missedRun(ctx) {
+		cs = j.runParent(ctx, nil)
+	} else {
+		cs = j.startChild(ctx, "")
+	}
 	close(started)
 	var nextParent time.Time
 	if j.cfg.Schedule != nil {
@@ -215,6 +229,29 @@ func earliest(ts ...time.Time) time.Time {
 // operation timeout.
 func (j *Job) op(ctx context.Context) (context.Context, context.CancelFunc) {
 	return clock.WithTimeout(j.cfg.Clock, ctx, j.cfg.OperationTimeout)
+}
+
+// missedRun reports whether a scheduled parent run came due while the job
+// was not running (the host program was down), counting from the newest
+// session of the job; a job that never ran missed nothing.
+func (j *Job) missedRun(ctx context.Context) bool {
+	if j.cfg.Schedule == nil || j.cfg.SkipMissedRun {
+		return false
+	}
+	var last time.Time
+	for _, q := range []session.Query{{Job: j.cfg.Name, Limit: 1}, {Job: j.child, Limit: 1}} {
+		octx, cancel := j.op(ctx)
+		p, err := j.cfg.Sessions.List(octx, q)
+		cancel()
+		if err != nil {
+			j.cfg.Logger.Error("list sessions to find a missed run", "job", q.Job, "err", err)
+			return false
+		}
+		if len(p.Sessions) > 0 && p.Sessions[0].Start.After(last) {
+			last = p.Sessions[0].Start
+		}
+	}
+	return !last.IsZero() && !j.cfg.Schedule.Next(last.In(j.cfg.Clock.Now().Location())).After(j.cfg.Clock.Now())
 }
 
 // closeStale ends the sessions of this job that an earlier run left

@@ -211,14 +211,11 @@ func TestJobKilledAtRandomPoints(t *testing.T) {
 				Timeline: 1, WALSegmentSize: 16 << 20})
 			repo, store := memory.New(), smem.New()
 			inst := repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: 42}
-			files := map[string][]byte{}
 			seq := 0
 			addWAL := func(n int) {
 				for i := 0; i < n; i++ {
 					seq++
-					name := fmt.Sprintf("00000001%016X", seq)
-					files[name] = []byte(fmt.Sprintf("segment %d of trial %d", seq, trial))
-					g.AddWAL(name, files[name])
+					g.SwitchWAL([]byte(fmt.Sprintf("segment %d of trial %d", seq, trial)))
 				}
 			}
 
@@ -277,6 +274,7 @@ func TestJobKilledAtRandomPoints(t *testing.T) {
 			g.SetFault(nil)
 			repo.SetFault(nil)
 			// stored fails on two contents for one name.
+			files := g.Archived() // by the test and by backup mode
 			requireNothingLost(t, files, stored(t, repo, inst, 1), g.Waiting(), fmt.Sprintf("killed at call %d", cutAt))
 
 			// Host 2 starts the same job on the same guest, repository and store.
@@ -288,6 +286,7 @@ func TestJobKilledAtRandomPoints(t *testing.T) {
 			require.NoError(t, h2.job.Disable(context.Background()))
 			require.Empty(t, g.Waiting(), "the restarted job shipped everything")
 			in := stored(t, repo, inst, 1)
+			files = g.Archived()
 			require.Len(t, in, len(files))
 			for n, want := range files {
 				require.Equal(t, want, in[n], "%s after the restart", n)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,14 +109,17 @@ func TestJobShipsRealWALOverSSH(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, p.Sessions, 1)
 	s := p.Sessions[0]
-	assert.Equal(t, session.StateSuccess, s.State)
+	assert.Equal(t, session.StateWarning, s.State, "no parent ran: the WAL has no restore point before it")
 	assert.Equal(t, int64(len(originals)), s.Counters.Files, "the session counts every file")
 	assert.NotEmpty(t, s.Counters.FirstSegment)
 	assert.Positive(t, s.Counters.Bytes)
 	log, err := store.Log(ctx, s.ID, 0, 100)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, len(log), 4)
+	var noBase bool
 	for _, e := range log {
 		assert.NotContains(t, e.Message, pg.Password)
+		noBase = noBase || e.Severity == session.SeverityWarning && strings.Contains(e.Message, "no restore point")
 	}
+	assert.True(t, noBase, "the session says why it warns")
 }

@@ -2,18 +2,35 @@ package walbackup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
+	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/session"
+	"github.com/pglogship/pglogship/wal"
 )
 
-// runParent ends the child session, takes the image of every machine, and
-// starts the next child session after it.
+// ErrParentRunning: a parent session of the job is running; a job runs one
+// at a time.
+var ErrParentRunning = errors.New("a parent session of this job is already running")
+
+// ErrNoBackupMode: the guest runtime cannot put PostgreSQL in backup mode,
+// so no application-aware image can be taken.
+var ErrNoBackupMode = errors.New("runtime cannot hold backup mode")
+
+// runParent ends the child session (cs may be nil when none runs), takes a
+// restore point of every machine, and starts the next child session after
+// it.
 func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
-	j.endChild(ctx, cs, "ended for a new parent session")
+	if cs != nil {
+		j.endChild(ctx, cs, "ended for a new parent session")
+	}
+	j.parentRunning.Store(true)
+	defer j.parentRunning.Store(false)
 	octx, cancel := j.op(ctx)
 	rec, err := j.cfg.Sessions.Create(octx, session.Session{Job: j.cfg.Name, Kind: session.KindParent, State: session.StateWorking, Start: j.cfg.Clock.Now()})
 	cancel()
@@ -23,21 +40,33 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	j.cfg.Observer(Event{Kind: EventSessionStarted, Session: rec})
 	var failed []string
 	for _, m := range j.cfg.Machines {
-		if err := j.image(ctx, rec, m); err != nil {
+		rp, err := j.restorePoint(ctx, &rec, m)
+		if err != nil {
 			failed = append(failed, m.ID)
-			octx, cancel := j.op(ctx)
-			_, aerr := j.cfg.Sessions.Append(octx, rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: session.SeverityError,
-				Message: fmt.Sprintf("machine %s: no image: %v", m.ID, err)})
-			cancel()
-			if aerr != nil {
-				j.cfg.Logger.Error("append session log", "session", rec.ID, "err", aerr)
-			}
+			j.parentLog(ctx, rec, session.SeverityError, fmt.Sprintf("machine %s: no restore point: %v", m.ID, err))
+			continue
 		}
+		kind := "full"
+		if !rp.Full {
+			kind = "incremental on " + rp.Base
+		}
+		var size int64
+		for _, o := range rp.Objects {
+			size += o.Size
+		}
+		rec.Counters.Files += int64(len(rp.Objects))
+		rec.Counters.Bytes += size
+		if rec.Counters.FirstLSN == 0 || rp.StartLSN < rec.Counters.FirstLSN {
+			rec.Counters.FirstLSN = rp.StartLSN
+		}
+		rec.Counters.LastLSN = max(rec.Counters.LastLSN, rp.StopLSN)
+		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("machine %s: restore point %s, %s image of %d objects (%d bytes), backup from %s to %s on timeline %d",
+			m.ID, rp.ID, kind, len(rp.Objects), size, rp.StartLSN, rp.StopLSN, rp.Timeline))
 	}
 	rec.State, rec.End = session.StateSuccess, j.cfg.Clock.Now()
 	if len(failed) > 0 {
 		sort.Strings(failed)
-		rec.State, rec.Result = session.StateFailed, fmt.Sprintf("no image of %v", failed)
+		rec.State, rec.Result = session.StateFailed, fmt.Sprintf("no restore point of %v", failed)
 	}
 	if rec.ID != "" {
 		octx, cancel := j.op(ctx)
@@ -54,15 +83,247 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	return next
 }
 
-// image takes one machine's image into the repository. Application-aware
-// backup mode and restore point manifests come with the parent-job work.
-func (j *Job) image(ctx context.Context, rec session.Session, m Machine) error {
-	snap, err := j.cfg.Hypervisor.Snapshot(ctx, m.ID, hypervisor.SnapshotOptions{})
+func (j *Job) parentLog(ctx context.Context, rec session.Session, sev session.Severity, msg string) {
+	if rec.ID == "" {
+		j.cfg.Logger.Warn(msg, "job", j.cfg.Name)
+		return
+	}
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	if _, err := j.cfg.Sessions.Append(octx, rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: sev, Message: msg}); err != nil {
+		j.cfg.Logger.Error("append session log", "session", rec.ID, "err", err)
+	}
+}
+
+// restorePoint takes one machine's application-aware restore point:
+// PostgreSQL in backup mode around the image, the WAL from the backup's
+// start to its stop shipped into the repository, and then the manifest,
+// which commits it. On error nothing is committed and the objects already
+// written are deleted.
+func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine) (*repository.Manifest, error) {
+	octx, cancel := j.op(ctx)
+	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: m.ID, Address: m.Address})
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("deploy runtime: %w", err)
+	}
+	defer func() {
+		octx, cancel := j.op(context.WithoutCancel(ctx))
+		defer cancel()
+		if err := rt.Close(octx); err != nil {
+			j.cfg.Logger.Warn("uninstall runtime after the parent session", "machine", m.ID, "err", err)
+		}
+	}()
+	bm, ok := rt.(guest.BackupMode)
+	if !ok {
+		return nil, ErrNoBackupMode
+	}
+	// Archiving must run: pg_backup_stop waits for the backup's WAL.
+	octx, cancel = j.op(ctx)
+	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.cfg.WALDir})
+	var gi guest.Instance
+	if err == nil {
+		gi, err = rt.Scan(octx)
+	}
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	inst := repository.Instance{Job: j.cfg.Name, Machine: m.ID, SystemID: gi.SystemID}
+	base, err := j.newestRestorePoint(ctx, inst)
+	if err != nil {
+		return nil, err
+	}
+	id := repository.NewRestorePointID(j.cfg.Clock.Now())
+	rp := &repository.Manifest{Version: repository.ManifestVersion, ID: id, Job: j.cfg.Name, Machine: m.ID, SystemID: gi.SystemID,
+		StartTime: j.cfg.Clock.Now()}
+
+	octx, cancel = j.op(ctx)
+	start, err := bm.StartBackup(octx, "pglogship "+id)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	rp.StartLSN, rp.Timeline = start.LSN, start.Timeline
+	stopped := false
+	defer func() {
+		if !stopped { // leave no backup running; closing the runtime would end it too
+			octx, cancel := j.op(context.WithoutCancel(ctx))
+			defer cancel()
+			if _, err := bm.StopBackup(octx); err != nil {
+				j.cfg.Logger.Warn("end backup mode after a failed image", "machine", m.ID, "err", err)
+			}
+		}
+	}()
+	committed := false
+	defer func() {
+		if !committed {
+			j.deleteObjects(context.WithoutCancel(ctx), inst.RestorePoint(id)+"/")
+		}
+	}()
+	img, err := j.image(ctx, inst, id, m, base)
+	if err != nil {
+		return nil, err
+	}
+	octx, cancel = j.op(ctx)
+	stop, err := bm.StopBackup(octx)
+	cancel()
+	stopped = true
+	if err != nil {
+		return nil, err
+	}
+	rp.StopLSN, rp.StopTime = stop.LSN, j.cfg.Clock.Now()
+	rp.BackupLabel, rp.TablespaceMap = stop.BackupLabel, stop.TablespaceMap
+
+	// The restore point is usable only with the WAL from its start to its
+	// stop in the repository: ship it now, then check it is all there.
+	got, err := j.ship(ctx, rt, inst)
+	if err != nil {
+		return nil, fmt.Errorf("ship the backup's wal: %w", err)
+	}
+	if got.Files > 0 {
+		j.parentLog(ctx, *rec, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d WAL files from %s to %s for the restore point",
+			m.ID, got.Files, got.First, got.Last))
+	}
+	if err := j.walCovered(ctx, inst, rp.Timeline, rp.StartLSN, rp.StopLSN, gi.WALSegmentSize); err != nil {
+		return nil, err
+	}
+	if err := fillImage(rp, img, inst, base); err != nil {
+		return nil, err
+	}
+	octx, cancel = j.op(ctx)
+	err = repository.WriteManifest(octx, j.cfg.Repository, inst, rp)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	committed = true
+	return rp, nil
+}
+
+// image snapshots the machine and exports the image under the restore
+// point's folder. The export may take as long as the image needs while its
+// progress moves.
+func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m Machine, base *repository.Manifest) (hypervisor.Image, error) {
+	opts := hypervisor.SnapshotOptions{Quiesce: j.cfg.Quiesce}
+	if base != nil {
+		opts.Base = imageOf(base, inst)
+	}
+	octx, cancel := j.op(ctx)
+	snap, err := j.cfg.Hypervisor.Snapshot(octx, m.ID, opts)
+	if errors.Is(err, hypervisor.ErrUnsupported) && opts.Quiesce {
+		j.cfg.Logger.Info("the guest cannot be quiesced; the image is crash-consistent, which backup mode makes recoverable", "machine", m.ID)
+		opts.Quiesce = false
+		snap, err = j.cfg.Hypervisor.Snapshot(octx, m.ID, opts)
+	}
+	cancel()
+	if err != nil {
+		return hypervisor.Image{}, fmt.Errorf("snapshot: %w", err)
+	}
+	defer func() {
+		octx, cancel := j.op(context.WithoutCancel(ctx))
+		defer cancel()
+		if err := snap.Release(octx); err != nil {
+			j.cfg.Logger.Warn("release snapshot", "machine", m.ID, "err", err)
+		}
+	}()
+	wctx, w, stop := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
+	defer stop()
+	img, err := snap.Export(wctx, watchedRepo{j.cfg.Repository, w}, inst.RestorePoint(id), func(hypervisor.Progress) { w.kick() })
+	if err != nil {
+		return hypervisor.Image{}, fmt.Errorf("export image: %w", explain(wctx, err))
+	}
+	return img, nil
+}
+
+// newestRestorePoint returns the newest committed restore point of inst,
+// or nil when there is none.
+func (j *Job) newestRestorePoint(ctx context.Context, inst repository.Instance) (*repository.Manifest, error) {
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	ids, err := repository.RestorePointIDs(octx, j.cfg.Repository, inst)
+	if err != nil || len(ids) == 0 {
+		return nil, err
+	}
+	return repository.ReadManifest(octx, j.cfg.Repository, inst, ids[len(ids)-1])
+}
+
+// ship runs ShipOnce on rt under a watchdog.
+func (j *Job) ship(ctx context.Context, rt guest.Runtime, inst repository.Instance) (Shipped, error) {
+	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
+	defer cancel()
+	got, err := ShipOnce(wctx, watchedRuntime{rt, w}, watchedRepo{j.cfg.Repository, w}, inst, j.cfg.Key)
+	return got, explain(wctx, err)
+}
+
+// walCovered checks that every segment from the one holding start to the
+// one holding the last byte before stop is in the repository.
+func (j *Job) walCovered(ctx context.Context, inst repository.Instance, tli uint32, start, stop wal.LSN, segSize int64) error {
+	if segSize <= 0 {
+		return fmt.Errorf("unknown wal segment size")
+	}
+	octx, cancel := j.op(ctx)
+	refs, err := repository.Bundles(octx, j.cfg.Repository, inst, tli)
+	cancel()
 	if err != nil {
 		return err
 	}
-	defer snap.Release(context.WithoutCancel(ctx))
-	prefix := "jobs/" + repository.Component(j.cfg.Name) + "/" + repository.Component(m.ID) + "/images/" + rec.ID
-	_, err = snap.Export(ctx, j.cfg.Repository, prefix, nil)
-	return err
+	last := wal.SegmentAt(tli, max(stop, start+1)-1, segSize)
+	for f := wal.SegmentAt(tli, start, segSize); f.String() <= last.String(); f = f.Next(segSize) {
+		if len(repository.Covering(refs, f.String())) == 0 {
+			return fmt.Errorf("wal segment %s, needed from the backup's start %s to its stop %s, is not in the repository", f, start, stop)
+		}
+	}
+	return nil
+}
+
+// deleteObjects removes what an uncommitted restore point left behind.
+func (j *Job) deleteObjects(ctx context.Context, prefix string) {
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	var names []string
+	err := j.cfg.Repository.List(octx, prefix, func(o repository.Object) error {
+		names = append(names, o.Name)
+		return nil
+	})
+	for _, n := range names {
+		err = errors.Join(err, j.cfg.Repository.Delete(octx, n))
+	}
+	if err != nil {
+		j.cfg.Logger.Warn("delete the objects of an uncommitted restore point; expiry removes them later", "prefix", prefix, "err", err)
+	}
+}
+
+// imageOf is the hypervisor's view of a committed restore point.
+func imageOf(m *repository.Manifest, inst repository.Instance) *hypervisor.Image {
+	prefix := inst.RestorePoint(m.ID)
+	img := &hypervisor.Image{Machine: m.Machine, Taken: m.StartTime, Full: m.Full, Prefix: prefix, Meta: m.Meta}
+	if !m.Full {
+		img.Base = inst.RestorePoint(m.Base)
+	}
+	for _, o := range m.Objects {
+		img.Objects = append(img.Objects, hypervisor.ImageObject{Name: prefix + "/" + o.Name, Size: o.Size, SHA256: o.SHA256})
+	}
+	return img
+}
+
+// fillImage records the exported image in the manifest: object names
+// relative to the restore point's folder, and the base by restore point id.
+func fillImage(rp *repository.Manifest, img hypervisor.Image, inst repository.Instance, base *repository.Manifest) error {
+	prefix := inst.RestorePoint(rp.ID) + "/"
+	for _, o := range img.Objects {
+		rel, ok := strings.CutPrefix(o.Name, prefix)
+		if !ok {
+			return fmt.Errorf("image object %s is outside the restore point's folder %s", o.Name, prefix)
+		}
+		rp.Objects = append(rp.Objects, repository.ManifestObject{Name: rel, Size: o.Size, SHA256: o.SHA256})
+	}
+	rp.Full, rp.Meta = img.Full, img.Meta
+	if !img.Full {
+		if base == nil || img.Base != inst.RestorePoint(base.ID) {
+			return fmt.Errorf("incremental image builds on %q, not on the newest restore point", img.Base)
+		}
+		rp.Base = base.ID
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package walbackup_test
 import (
 	"context"
 	"fmt"
+	"sort"
 	"testing"
 	"time"
 
@@ -46,17 +47,15 @@ func TestSessionListFromBothStores(t *testing.T) {
 			h := newJobHarness(t, g, memory.New(), store)
 			require.NoError(t, h.job.Enable(ctx))
 			h.idle(t)
-			seq := 0
 			add := func(n int) {
 				for i := 0; i < n; i++ {
-					seq++
-					g.AddWAL(fmt.Sprintf("00000001%016X", seq), make([]byte, 1000))
+					g.SwitchWAL(make([]byte, 1000))
 				}
 			}
 			add(3)
 			h.step(t, 15*time.Minute)
 			add(2)
-			require.NoError(t, h.job.StartParent(ctx)) // child 1 ships the 2 and ends
+			require.NoError(t, h.job.StartParent(ctx)) // child 1 ships the 2 and ends; the backup archives segment 6
 			h.idle(t)
 			add(4)
 			h.step(t, 15*time.Minute)
@@ -68,10 +67,11 @@ func TestSessionListFromBothStores(t *testing.T) {
 			c2, c1 := p.Sessions[0], p.Sessions[1]
 			assert.Equal(t, session.Counters{Files: 5, Bytes: 5000, FirstSegment: "000000010000000000000001",
 				LastSegment: "000000010000000000000005", FirstLSN: 0x1000000, LastLSN: 0x6000000}, c1.Counters)
-			assert.Equal(t, session.Counters{Files: 4, Bytes: 4000, FirstSegment: "000000010000000000000006",
-				LastSegment: "000000010000000000000009", FirstLSN: 0x6000000, LastLSN: 0xA000000}, c2.Counters)
+			assert.Equal(t, session.Counters{Files: 4, Bytes: 4000, FirstSegment: "000000010000000000000007",
+				LastSegment: "00000001000000000000000A", FirstLSN: 0x7000000, LastLSN: 0xB000000}, c2.Counters)
+			assert.Equal(t, session.StateWarning, c1.State, "no restore point before child 1's WAL")
+			assert.Equal(t, session.StateSuccess, c2.State, "child 2 follows a restore point")
 			for _, c := range []session.Session{c1, c2} {
-				assert.Equal(t, session.StateSuccess, c.State)
 				assert.Equal(t, session.KindChild, c.Kind)
 				assert.False(t, c.End.IsZero())
 			}
@@ -80,7 +80,10 @@ func TestSessionListFromBothStores(t *testing.T) {
 			parents, err := store.List(ctx, session.Query{Job: h.job.Name()})
 			require.NoError(t, err)
 			require.Len(t, parents.Sessions, 1)
-			assert.Equal(t, parents.Sessions[0].ID, c2.ParentID)
+			p1 := parents.Sessions[0]
+			assert.Equal(t, p1.ID, c2.ParentID)
+			assert.Equal(t, session.StateSuccess, p1.State)
+			assert.Equal(t, "0/6000028", p1.Counters.FirstLSN.String(), "the backup's start")
 		})
 	}
 }
@@ -128,13 +131,27 @@ func ExampleJob() {
 	if err := job.Disable(ctx); err != nil {
 		panic(err)
 	}
-	p, _ := store.List(ctx, session.Query{Job: job.ChildName()})
-	for i := len(p.Sessions) - 1; i >= 0; i-- {
-		s := p.Sessions[i]
-		fmt.Printf("%s %s-%s %s %d files %s..%s LSN %s-%s\n", s.Job, s.Start.Format("15:04"), s.End.Format("15:04"), s.State,
-			s.Counters.Files, s.Counters.FirstSegment, s.Counters.LastSegment, s.Counters.FirstLSN, s.Counters.LastLSN)
+	var all []session.Session
+	for _, name := range []string{job.Name(), job.ChildName()} {
+		p, _ := store.List(ctx, session.Query{Job: name})
+		all = append(all, p.Sessions...)
+	}
+	sort.Slice(all, func(a, b int) bool {
+		return all[a].Start.Before(all[b].Start) || all[a].Start.Equal(all[b].Start) && all[a].Kind == session.KindParent
+	})
+	for _, s := range all {
+		c := s.Counters
+		fmt.Printf("%-6s %s-%s %-7s files %d, LSN %s to %s\n", s.Kind, s.Start.Format("15:04"), s.End.Format("15:04"), s.State, c.Files, c.FirstLSN, c.LastLSN)
+		log, _ := store.Log(ctx, s.ID, 0, 100)
+		for _, e := range log {
+			if e.Severity != session.SeverityInfo {
+				fmt.Printf("  %s: %s\n", e.Severity, e.Message)
+			}
+		}
 	}
 	// Output:
-	// Daily DB Job PostgreSQL Log Backup 21:00-22:00 success 8 files 000000010000000000000001..000000010000000000000008 LSN 0/1000000-0/9000000
-	// Daily DB Job PostgreSQL Log Backup 22:00-22:00 success 0 files .. LSN 0/0-0/0
+	// child  21:00-22:00 warning files 8, LSN 0/1000000 to 0/9000000
+	//   warning: machine db1: no restore point in the repository yet: the WAL shipped now can be restored only once the parent job has taken an image
+	// parent 22:00-22:00 success files 1, LSN 0/9000028 to 0/9000128
+	// child  22:00-22:00 success files 0, LSN 0/0 to 0/0
 }

@@ -19,12 +19,14 @@ import (
 	"sync"
 
 	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/wal"
 )
 
 var (
 	_ guest.Deployer      = (*Deployer)(nil)
 	_ guest.Runtime       = (*runtime)(nil)
 	_ guest.SpaceReporter = (*runtime)(nil)
+	_ guest.BackupMode    = (*runtime)(nil)
 )
 
 // Op names an operation for fault injection.
@@ -38,6 +40,9 @@ const (
 	OpRead    Op = "read"
 	OpRemove  Op = "remove"
 	OpClose   Op = "close"
+	// OpBackupStart and OpBackupStop are backup mode (guest.BackupMode).
+	OpBackupStart Op = "backup_start"
+	OpBackupStop  Op = "backup_stop"
 )
 
 // ArchiveCommand is what the fake's PrepareArchive sets archive_command to.
@@ -53,12 +58,15 @@ type Guest struct {
 	archive   guest.ArchiveConfig
 	free      int64
 	fault     func(op Op, name string) error
+	highest   wal.FileName      // newest segment ever archived
+	archived  map[string][]byte // every file ever archived, by name
+	backups   int               // backups started and not stopped
 }
 
 // NewGuest returns a guest whose PostgreSQL is inst, with 1 GiB free in
 // its temporary folder.
 func NewGuest(inst guest.Instance) *Guest {
-	return &Guest{inst: inst, wal: map[string][]byte{}, free: 1 << 30}
+	return &Guest{inst: inst, wal: map[string][]byte{}, archived: map[string][]byte{}, free: 1 << 30}
 }
 
 // SetFree sets the free space FolderSpace reports; waiting WAL does not
@@ -72,8 +80,65 @@ func (g *Guest) SetFree(n int64) {
 // AddWAL puts a file into the temporary folder, as archive_command would.
 func (g *Guest) AddWAL(name string, data []byte) {
 	g.mu.Lock()
-	g.wal[name] = bytes.Clone(data)
+	g.addLocked(name, data)
 	g.mu.Unlock()
+}
+
+func (g *Guest) addLocked(name string, data []byte) {
+	g.wal[name] = bytes.Clone(data)
+	g.archived[name] = g.wal[name]
+	if f, err := wal.ParseFileName(name); err == nil && f.Kind == wal.Segment && f.String() > g.highest.String() {
+		g.highest = f
+	}
+}
+
+// SwitchWAL archives the segment after the newest one ever archived (on
+// the instance's timeline, 1 if unset), as pg_switch_wal and
+// archive_command would, and returns its name.
+func (g *Guest) SwitchWAL(data []byte) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	name := g.nextLocked().String()
+	g.addLocked(name, data)
+	return name
+}
+
+func (g *Guest) nextLocked() wal.FileName {
+	if g.highest.Timeline == 0 {
+		tli := g.inst.Timeline
+		if tli == 0 {
+			tli = 1
+		}
+		return wal.FileName{Kind: wal.Segment, Timeline: tli, Log: 0, Seg: 1}
+	}
+	return g.highest.Next(g.segSize())
+}
+
+func (g *Guest) segSize() int64 {
+	if g.inst.WALSegmentSize > 0 {
+		return g.inst.WALSegmentSize
+	}
+	return 16 << 20
+}
+
+// Archived returns every file ever put into the temporary folder (by
+// AddWAL, SwitchWAL or backup mode), with the content it was last given:
+// what a repository must hold once all is shipped.
+func (g *Guest) Archived() map[string][]byte {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[string][]byte, len(g.archived))
+	for n, d := range g.archived {
+		out[n] = bytes.Clone(d)
+	}
+	return out
+}
+
+// BackupsRunning returns how many backups are in backup mode.
+func (g *Guest) BackupsRunning() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.backups
 }
 
 // Waiting returns the names of the files in the temporary folder, sorted.
@@ -170,6 +235,7 @@ type runtime struct {
 	g      *Guest
 	mu     sync.Mutex
 	closed bool
+	backup *fakeBackup // backup mode held by this runtime
 }
 
 func (r *runtime) enter(ctx context.Context, op Op, name string) error {
@@ -264,6 +330,54 @@ func (r *runtime) FolderSpace(ctx context.Context) (guest.Space, error) {
 	return sp, nil
 }
 
+// StartBackup implements guest.BackupMode: the backup starts just inside
+// the next segment to be archived.
+func (r *runtime) StartBackup(ctx context.Context, label string) (guest.BackupStart, error) {
+	if err := r.enter(ctx, OpBackupStart, label); err != nil {
+		return guest.BackupStart{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.backup != nil {
+		return guest.BackupStart{}, fmt.Errorf("start backup: a backup is already running in this session")
+	}
+	r.g.mu.Lock()
+	defer r.g.mu.Unlock()
+	next := r.g.nextLocked()
+	r.backup = &fakeBackup{label: label, seg: next, start: next.StartLSN(r.g.segSize()) + 0x28}
+	r.g.backups++
+	return guest.BackupStart{LSN: r.backup.start, Timeline: next.Timeline}, nil
+}
+
+// StopBackup implements guest.BackupMode: like pg_backup_stop it switches
+// WAL, so the segment holding the backup is archived before it returns.
+func (r *runtime) StopBackup(ctx context.Context) (guest.BackupStop, error) {
+	if err := r.enter(ctx, OpBackupStop, ""); err != nil {
+		return guest.BackupStop{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.backup
+	if b == nil {
+		return guest.BackupStop{}, fmt.Errorf("stop backup: no backup is running in this session")
+	}
+	r.backup = nil
+	r.g.mu.Lock()
+	defer r.g.mu.Unlock()
+	r.g.backups--
+	r.g.addLocked(b.seg.String(), []byte("fake segment archived by pg_backup_stop of "+b.label))
+	stop := b.start + 0x100
+	return guest.BackupStop{LSN: stop, BackupLabel: fmt.Sprintf(
+		"START WAL LOCATION: %s (file %s)\nCHECKPOINT LOCATION: %s\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nLABEL: %s\nSTART TIMELINE: %d\n",
+		b.start, b.seg, b.start, b.label, b.seg.Timeline)}, nil
+}
+
+type fakeBackup struct {
+	label string
+	seg   wal.FileName
+	start wal.LSN
+}
+
 func (r *runtime) Close(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -276,6 +390,10 @@ func (r *runtime) Close(ctx context.Context) error {
 	r.closed = true
 	r.g.mu.Lock()
 	r.g.installed--
+	if r.backup != nil { // PostgreSQL ends a backup whose session ends
+		r.g.backups--
+		r.backup = nil
+	}
 	r.g.mu.Unlock()
 	return nil
 }
