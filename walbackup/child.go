@@ -3,10 +3,12 @@ package walbackup
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/wal"
 )
@@ -311,14 +313,44 @@ func (j *Job) lastStored(ctx context.Context, inst repository.Instance, timeline
 	if err != nil {
 		return last
 	}
+	sort.Slice(refs, func(a, b int) bool { return refs[a].Last > refs[b].Last })
 	for _, r := range refs {
-		if f, err := wal.ParseFileName(r.Last); err == nil && f.Kind == wal.Segment {
-			if cur, ok := last[timeline]; !ok || r.Last > cur.String() {
-				last[timeline] = f
+		if cur, ok := last[timeline]; ok && r.Last < cur.String() {
+			break // newest first: nothing further on can be newer
+		}
+		f, err := wal.ParseFileName(r.Last)
+		if err != nil {
+			continue
+		}
+		if f.Kind != wal.Segment {
+			// A .backup or .partial name ends the bundle; which segments
+			// it holds, only its index says.
+			if f, err = j.newestSegmentIn(ctx, r); err != nil {
+				j.cfg.Logger.Warn("read a bundle's index to check continuity", "bundle", r.Object.Name, "err", err)
+				continue
 			}
+		}
+		if cur, ok := last[timeline]; f.Timeline != 0 && f.Kind == wal.Segment && (!ok || f.String() > cur.String()) {
+			last[timeline] = f
 		}
 	}
 	return last
+}
+
+// newestSegmentIn returns the newest segment a bundle holds (the zero
+// name, timeline 0, when it holds none).
+func (j *Job) newestSegmentIn(ctx context.Context, r repository.BundleRef) (wal.FileName, error) {
+	b, err := bundle.Open(ctx, j.cfg.Repository, r.Object.Name, r.Object.Size, j.cfg.Key)
+	if err != nil {
+		return wal.FileName{}, err
+	}
+	var newest wal.FileName
+	for _, e := range b.Entries() {
+		if f, err := wal.ParseFileName(e.Name); err == nil && f.Kind == wal.Segment && f.String() > newest.String() {
+			newest = f
+		}
+	}
+	return newest, nil
 }
 
 // checkGaps warns when shipped segments do not follow the newest stored

@@ -76,10 +76,19 @@ func TestParentCommitsRestorePointAfterItsWAL(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, walAt, 0, "the backup's WAL is in the repository: %v", puts)
 	assert.Less(t, walAt, manifestAt, "WAL first, then the manifest commits the restore point")
+	mu.Unlock()
+	// The next child continues from the backup's segment: no false gap
+	// although the parent's bundle ends with the .backup history file.
+	h.addWAL()
+	for _, e := range h.step(t, 15*time.Minute) {
+		require.NotEqual(t, walbackup.EventWarning, e.Kind, e.Message)
+	}
+	mu.Lock()
 	require.NoError(t, h.job.Disable(ctx))
 	parent := h.sessions(t, h.job.Name())[0]
 	assert.Equal(t, session.StateSuccess, parent.State)
 	assert.Equal(t, int64(1), parent.Counters.Files)
+	assert.Equal(t, session.StateSuccess, h.sessions(t, h.job.ChildName())[0].State)
 }
 
 // A restore point is not committed, and nothing of it is left, when the

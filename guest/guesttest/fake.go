@@ -350,7 +350,8 @@ func (r *runtime) StartBackup(ctx context.Context, label string) (guest.BackupSt
 }
 
 // StopBackup implements guest.BackupMode: like pg_backup_stop it switches
-// WAL, so the segment holding the backup is archived before it returns.
+// WAL, so the segment holding the backup and the backup history file are
+// archived before it returns.
 func (r *runtime) StopBackup(ctx context.Context) (guest.BackupStop, error) {
 	if err := r.enter(ctx, OpBackupStop, ""); err != nil {
 		return guest.BackupStop{}, err
@@ -365,8 +366,11 @@ func (r *runtime) StopBackup(ctx context.Context) (guest.BackupStop, error) {
 	r.g.mu.Lock()
 	defer r.g.mu.Unlock()
 	r.g.backups--
-	r.g.addLocked(b.seg.String(), []byte("fake segment archived by pg_backup_stop of "+b.label))
 	stop := b.start + 0x100
+	r.g.addLocked(b.seg.String(), []byte("fake segment archived by pg_backup_stop of "+b.label))
+	history := wal.FileName{Kind: wal.Backup, Timeline: b.seg.Timeline, Log: b.seg.Log, Seg: b.seg.Seg,
+		Offset: uint32(uint64(b.start) % uint64(r.g.segSize()))}
+	r.g.addLocked(history.String(), []byte(fmt.Sprintf("START WAL LOCATION: %s\nSTOP WAL LOCATION: %s\nLABEL: %s\n", b.start, stop, b.label)))
 	return guest.BackupStop{LSN: stop, BackupLabel: fmt.Sprintf(
 		"START WAL LOCATION: %s (file %s)\nCHECKPOINT LOCATION: %s\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nLABEL: %s\nSTART TIMELINE: %d\n",
 		b.start, b.seg, b.start, b.label, b.seg.Timeline)}, nil
