@@ -21,8 +21,8 @@ import (
 	"github.com/pglogship/pglogship/repository/fs"
 	"github.com/pglogship/pglogship/session"
 	smem "github.com/pglogship/pglogship/session/memory"
-	"github.com/pglogship/pglogship/walbackup"
 	"github.com/pglogship/pglogship/wal"
+	"github.com/pglogship/pglogship/walbackup"
 )
 
 // realJob is a job on a real PostgreSQL through the local deployer and the
