@@ -176,3 +176,23 @@ func bundleOpen(ctx context.Context, repo repository.Repository, ref repository.
 	}
 	return names, nil
 }
+
+// FetchWAL returns what was shipped, byte for byte, from the newest copy;
+// an unknown file is repository.ErrNotFound.
+func TestFetchWAL(t *testing.T) {
+	ctx := context.Background()
+	files := map[string][]byte{seg(1, 1): []byte("one"), seg(1, 2): []byte("two"), "00000002.history": []byte("1\t0/2000000\tno recovery target specified\n")}
+	_, rt := fakeGuest(t, files)
+	repo := memory.New()
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	require.NoError(t, err)
+	for name, want := range files {
+		var buf bytes.Buffer
+		require.NoError(t, walbackup.FetchWAL(ctx, repo, inst, name, nil, &buf))
+		assert.Equal(t, want, buf.Bytes(), name)
+	}
+	for _, name := range []string{seg(1, 3), seg(2, 1), "00000003.history"} {
+		require.ErrorIs(t, walbackup.FetchWAL(ctx, repo, inst, name, nil, io.Discard), repository.ErrNotFound, name)
+	}
+	require.Error(t, walbackup.FetchWAL(ctx, repo, inst, "../etc/passwd", nil, io.Discard))
+}

@@ -63,45 +63,12 @@ var settingName = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
 // removes it in t.Cleanup.
 func StartPostgres(t testing.TB, cfg PostgresConfig) *Postgres {
 	t.Helper()
-	settings := map[string]string{
-		"wal_level":       "replica",
-		"archive_mode":    "on",
-		"archive_command": "",
-		"fsync":           "off",
-		"max_wal_senders": "4",
-	}
-	for k, v := range cfg.Settings {
-		k = strings.ToLower(k)
-		if !settingName.MatchString(k) {
-			t.Fatalf("testenv: invalid PostgreSQL setting name %q", k)
-		}
-		if reservedSettings[k] {
-			t.Fatalf("testenv: PostgreSQL setting %s is managed by testenv", k)
-		}
-		settings[k] = v
-	}
-
-	binDir := PostgresBinDir(t)
+	settings := mergeSettings(t, cfg)
 	acct := serverAccount(t)
-	base := privateDir(t, "pglogship-pg-")
-	p := &Postgres{
-		Host:      "127.0.0.1",
-		SocketDir: filepath.Join(base, "socket"),
-		DataDir:   filepath.Join(base, "data"),
-		BinDir:    binDir,
-		User:      acct.Name,
-		Password:  randomHex(t, 16),
-		OSUser:    acct.Name,
-		LogFile:   filepath.Join(base, "postgres.log"),
-		account:   acct,
-		baseDir:   base,
-	}
+	p := newPostgres(t, acct, "")
+	p.Password = randomHex(t, 16)
 	mustMkdir(t, p.DataDir, 0o700)
-	mustMkdir(t, p.SocketDir, 0o755)
-	mustWriteFile(t, p.LogFile, nil, 0o600)
-	// The server writes its log into base, so the whole tree is its own.
-	chown(t, acct, base, p.DataDir, p.SocketDir, p.LogFile)
-
+	chown(t, acct, p.DataDir)
 	p.initdb(t)
 
 	hba := "# testenv: loopback and unix socket only\n" +
@@ -119,7 +86,89 @@ func StartPostgres(t testing.TB, cfg PostgresConfig) *Postgres {
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
+	p.start(t, settings)
+	return p
+}
 
+// StartPostgresOn starts a server on an existing data directory, such as
+// one restored from a backup of from (a server started by StartPostgres,
+// whose roles and password it keeps). The directory is handed to the
+// server's OS user. Settings work as for StartPostgres; recovery settings
+// go here too. It waits until the server accepts connections, so after a
+// recovery until recovery has ended.
+func StartPostgresOn(t testing.TB, dataDir string, from *Postgres, cfg PostgresConfig) *Postgres {
+	t.Helper()
+	settings := mergeSettings(t, cfg)
+	p := newPostgres(t, from.account, dataDir)
+	p.User, p.Password = from.User, from.Password
+	if err := os.Chmod(dataDir, 0o700); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	err := filepath.WalkDir(dataDir, func(path string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(path, p.account.UID, p.account.GID)
+	})
+	if err != nil {
+		t.Fatalf("testenv: hand %s to %s: %v", dataDir, p.OSUser, err)
+	}
+	p.start(t, settings)
+	return p
+}
+
+// mergeSettings applies the caller's settings over the defaults.
+func mergeSettings(t testing.TB, cfg PostgresConfig) map[string]string {
+	t.Helper()
+	settings := map[string]string{
+		"wal_level":       "replica",
+		"archive_mode":    "on",
+		"archive_command": "",
+		"fsync":           "off",
+		"max_wal_senders": "4",
+	}
+	for k, v := range cfg.Settings {
+		k = strings.ToLower(k)
+		if !settingName.MatchString(k) {
+			t.Fatalf("testenv: invalid PostgreSQL setting name %q", k)
+		}
+		if reservedSettings[k] {
+			t.Fatalf("testenv: PostgreSQL setting %s is managed by testenv", k)
+		}
+		settings[k] = v
+	}
+	return settings
+}
+
+// newPostgres makes the private folder for the socket and the log, and
+// the data directory's place in it unless dataDir is given.
+func newPostgres(t testing.TB, acct osAccount, dataDir string) *Postgres {
+	t.Helper()
+	base := privateDir(t, "pglogship-pg-")
+	if dataDir == "" {
+		dataDir = filepath.Join(base, "data")
+	}
+	p := &Postgres{
+		Host:      "127.0.0.1",
+		SocketDir: filepath.Join(base, "socket"),
+		DataDir:   dataDir,
+		BinDir:    PostgresBinDir(t),
+		User:      acct.Name,
+		OSUser:    acct.Name,
+		LogFile:   filepath.Join(base, "postgres.log"),
+		account:   acct,
+		baseDir:   base,
+	}
+	mustMkdir(t, p.SocketDir, 0o755)
+	mustWriteFile(t, p.LogFile, nil, 0o600)
+	// The server writes its log into base, so the whole tree is its own.
+	chown(t, acct, base, p.SocketDir, p.LogFile)
+	return p
+}
+
+// start writes testenv's settings and starts the server on a free port.
+func (p *Postgres) start(t testing.TB, settings map[string]string) {
+	t.Helper()
 	// Registered before start so that a server left running by a failed or
 	// timed-out start is stopped too.
 	t.Cleanup(func() { p.Stop(t) })
@@ -129,9 +178,9 @@ func StartPostgres(t testing.TB, cfg PostgresConfig) *Postgres {
 	for i := 1; ; i++ {
 		p.Port = freePort(t)
 		p.writeDataFile(t, "pglogship_testenv.conf", p.confFile(settings))
-		out, err := p.pgCtl("start", "-w", "-t", "60", "-l", p.LogFile)
+		out, err := p.pgCtl("start", "-w", "-t", "120", "-l", p.LogFile)
 		if err == nil {
-			return p
+			return
 		}
 		tail := logTail(p.LogFile)
 		if i < attempts && strings.Contains(tail, "already in use") {
