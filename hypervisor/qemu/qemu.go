@@ -177,8 +177,9 @@ func (h *Hypervisor) Machines(ctx context.Context) ([]hypervisor.Machine, error)
 // hypervisor.ErrNotFound for an unknown machine, hypervisor.ErrBusy while
 // a snapshot of it is held, hypervisor.ErrUnsupported for Quiesce without
 // a guest agent socket, *qmp.Error when QEMU refuses a step (with its
-// message). A failed Snapshot leaves nothing behind in QEMU or WorkDir and
-// the guest thawed. Not idempotent: each call takes a new snapshot.
+// message). A failed Snapshot leaves the guest thawed and nothing behind
+// in QEMU or WorkDir, unless that clean-up fails too (the error says so).
+// Not idempotent: each call takes a new snapshot.
 func (h *Hypervisor) Snapshot(ctx context.Context, machineID string, opts hypervisor.SnapshotOptions) (hypervisor.Snapshot, error) {
 	vm, ok := h.vms[machineID]
 	if !ok {
@@ -241,7 +242,7 @@ func (h *Hypervisor) snapshot(ctx context.Context, vm VM, opts hypervisor.Snapsh
 			cctx, cancel := h.cfg.Clock.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 			defer cancel()
 			if rerr := s.release(cctx, c); rerr != nil {
-				err = fmt.Errorf("%w (and clean-up failed: %v)", err, rerr)
+				err = fmt.Errorf("%w (clean-up: %v)", err, rerr)
 			}
 		}
 	}()

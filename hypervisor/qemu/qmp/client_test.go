@@ -226,10 +226,8 @@ func TestQMPContextEndsAWaitingCall(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	start := time.Now()
 	err := c.Execute(ctx, "hang", nil, nil)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Less(t, time.Since(start), 2*time.Second)
 
 	// The connection stays usable.
 	var out string
