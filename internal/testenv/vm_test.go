@@ -141,3 +141,24 @@ func TestVMMissingBinaryExplainsItself(t *testing.T) {
 	assert.Contains(t, msg, "no-such-binary-pglogship not found")
 	assert.Contains(t, msg, "apt-get install -y qemu-system-x86")
 }
+
+// A killed debootstrap leaves /proc and friends mounted in its rootfs.
+func TestVMImageRemoveBuildUnmounts(t *testing.T) {
+	assert.Equal(t, "/a b\\c", unescapeMountinfo(`/a\040b\134c`))
+	assert.Equal(t, `/x\04`, unescapeMountinfo(`/x\04`))
+
+	dir := filepath.Join(t.TempDir(), "img.tmp-1 x")
+	proc := filepath.Join(dir, "rootfs", "proc")
+	require.NoError(t, os.MkdirAll(proc, 0o755))
+	if os.Geteuid() == 0 {
+		require.NoError(t, exec.Command("mount", "-t", "proc", "proc", proc).Run())
+		t.Cleanup(func() { _ = exec.Command("umount", proc).Run() })
+	} else {
+		t.Log("not root: removal without a mount inside")
+	}
+	require.NoError(t, removeBuild(dir))
+	assert.NoDirExists(t, dir)
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	require.NoError(t, err)
+	assert.NotContains(t, string(mounts), "img.tmp-1")
+}

@@ -14,6 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -258,7 +261,9 @@ func buildGuestImage(t testing.TB, root, dir string) {
 	// so none of them is still running.
 	stale, _ := filepath.Glob(dir + ".tmp-*")
 	for _, s := range stale {
-		_ = os.RemoveAll(s)
+		if err := removeBuild(s); err != nil {
+			t.Logf("testenv: remove a crashed VM image build: %v", err)
+		}
 	}
 	tmp, err := os.MkdirTemp(root, filepath.Base(dir)+".tmp-")
 	if err != nil {
@@ -267,7 +272,9 @@ func buildGuestImage(t testing.TB, root, dir string) {
 	done := false
 	defer func() {
 		if !done {
-			_ = os.RemoveAll(tmp)
+			if err := removeBuild(tmp); err != nil {
+				t.Logf("testenv: remove the failed VM image build: %v", err)
+			}
 		}
 	}()
 	debs := filepath.Join(root, "debs")
@@ -289,7 +296,7 @@ func buildGuestImage(t testing.TB, root, dir string) {
 		}
 		fmt.Fprintf(logf, "### %s: %s\n", step, line)
 		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Run(); err != nil {
+		if err := runTied(cmd); err != nil {
 			t.Fatalf("testenv: vm image %s: %v\n%s", step, err, logTail(logFile))
 		}
 		t.Logf("testenv: vm image: %s took %v", step, time.Since(start).Round(time.Second))
@@ -351,4 +358,59 @@ func buildGuestImage(t testing.TB, root, dir string) {
 		t.Fatalf("testenv: vm image: %v", err)
 	}
 	done = true
+}
+
+// runTied runs cmd to completion; if this process dies first (a test
+// timeout), cmd is killed instead of going on writing into the cache.
+func runTied(cmd *exec.Cmd) error {
+	// Pdeathsig follows the thread that started the child: keep it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd.Run()
+}
+
+// removeBuild removes a build folder. A debootstrap that was killed leaves
+// /proc, /sys and /dev mounted in its rootfs; they are unmounted first so
+// that the removal never walks into the host's.
+func removeBuild(dir string) error {
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	var below []string
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		// Field 5 is the mount point, with octal escapes (\040 for a space).
+		fields := strings.Fields(line)
+		if len(fields) < 5 {
+			continue
+		}
+		p := unescapeMountinfo(fields[4])
+		if strings.HasPrefix(p, dir+"/") {
+			below = append(below, p)
+		}
+	}
+	// Deepest first: /dev/pts before /dev.
+	sort.Slice(below, func(i, j int) bool { return len(below[i]) > len(below[j]) })
+	for _, p := range below {
+		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount %s: %w", p, err)
+		}
+	}
+	return os.RemoveAll(dir)
+}
+
+func unescapeMountinfo(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
