@@ -119,3 +119,27 @@ func absPath(t testing.TB, p string) string {
 	}
 	return abs
 }
+
+const (
+	installQemuSystem  = "apt-get update && apt-get install -y qemu-system-x86"
+	installQemuUtils   = "apt-get update && apt-get install -y qemu-utils"
+	installDebootstrap = "apt-get update && apt-get install -y debootstrap"
+	installE2fsprogs   = "apt-get update && apt-get install -y e2fsprogs"
+)
+
+// requireBinary returns the absolute path of name on PATH (or in /usr/sbin
+// and /sbin, which a non-root PATH often lacks). It fails t with the
+// install command when there is none.
+func requireBinary(t testing.TB, name, install string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return absPath(t, p)
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		if missingIn(dir, []string{name}) == "" {
+			return filepath.Join(dir, name)
+		}
+	}
+	t.Fatalf("testenv: %s not found on PATH, /usr/sbin or /sbin: install it with: %s", name, install)
+	return ""
+}

@@ -4,8 +4,19 @@
 // (and on unix sockets in private directories) and is stopped and removed in
 // t.Cleanup.
 //
+// StartVM boots a real Debian 12 VM under QEMU with PostgreSQL 15 (cluster
+// 15/main, archive_mode on, wal_level replica) and OpenSSH, reachable only
+// through a forwarded port on 127.0.0.1, with QMP and qemu-guest-agent on
+// unix sockets. Its image is built once by GuestImage (as root, with
+// debootstrap from the Debian mirror) and cached in CacheDir()/vm, keyed on
+// the recipe; every VM boots a qcow2 overlay, or a disk of the caller's.
+// QEMU runs under TCG unless a probe boot shows that KVM works, since a
+// /dev/kvm can exist and still hang the guest ($PGLOGSHIP_QEMU_ACCEL forces
+// one). A boot costs about a minute under TCG, so tests share VMs where
+// they can.
+//
 // Tests that use this package never skip because a binary is missing: a
-// missing PostgreSQL or OpenSSH binary fails the test with the apt-get
+// missing PostgreSQL, OpenSSH or QEMU binary fails the test with the apt-get
 // command that installs it, so CI cannot pass by silently testing nothing.
 // Only `go test -short` skips, through SkipIfShort, for a quick local loop.
 //

@@ -105,24 +105,11 @@ func TestSSHDRefusesUnknownHostKey(t *testing.T) {
 	t.Parallel()
 	s := StartSSHD(t, SSHDConfig{})
 
-	otherPub, _, err := ed25519.GenerateKey(rand.Reader)
-	require.NoError(t, err)
-	other, err := ssh.NewPublicKey(otherPub)
-	require.NoError(t, err)
-	otherFile := filepath.Join(t.TempDir(), "known_hosts")
-	line := knownhosts.Line([]string{knownhosts.Normalize(s.Addr)}, other)
-	require.NoError(t, os.WriteFile(otherFile, []byte(line+"\n"), 0o600))
-
 	cfg := s.ClientConfig(t)
-	cfg.HostKeyCallback, err = knownhosts.New(otherFile)
-	require.NoError(t, err)
 	var authAttempted atomic.Bool
-	cfg.Auth = []ssh.AuthMethod{ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
-		authAttempted.Store(true)
-		return []ssh.Signer{s.ClientSigner}, nil
-	})}
+	other := trustOtherHostKey(t, cfg, s.Addr, s.ClientSigner, &authAttempted)
 
-	_, err = ssh.Dial("tcp", s.Addr, cfg)
+	_, err := ssh.Dial("tcp", s.Addr, cfg)
 	var dialKeyErr *knownhosts.KeyError
 	require.ErrorAs(t, err, &dialKeyErr)
 	require.NotEmpty(t, dialKeyErr.Want)
@@ -226,6 +213,27 @@ func TestVersionLess(t *testing.T) {
 func TestQuoteConfValue(t *testing.T) {
 	assert.Equal(t, `'a''b\\c'`, quoteConfValue(`a'b\c`))
 	assert.Equal(t, `''`, quoteConfValue(""))
+}
+
+// trustOtherHostKey makes cfg trust only a fresh host key for addr, and
+// authenticate with signer while recording in offered that it got that
+// far. It returns the fresh key.
+func trustOtherHostKey(t *testing.T, cfg *ssh.ClientConfig, addr string, signer ssh.Signer, offered *atomic.Bool) ssh.PublicKey {
+	t.Helper()
+	otherPub, _, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	other, err := ssh.NewPublicKey(otherPub)
+	require.NoError(t, err)
+	otherFile := filepath.Join(t.TempDir(), "known_hosts")
+	line := knownhosts.Line([]string{knownhosts.Normalize(addr)}, other)
+	require.NoError(t, os.WriteFile(otherFile, []byte(line+"\n"), 0o600))
+	cfg.HostKeyCallback, err = knownhosts.New(otherFile)
+	require.NoError(t, err)
+	cfg.Auth = []ssh.AuthMethod{ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
+		offered.Store(true)
+		return []ssh.Signer{signer}, nil
+	})}
+	return other
 }
 
 // fatalTB records the first Fatalf and stops the goroutine like testing does.

@@ -1,0 +1,509 @@
+package testenv
+
+// Real QEMU VMs booting the guest image (see vmimage.go), for tests of the
+// QEMU hypervisor and of SSH guests with PostgreSQL inside a machine.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// VMAccelEnv names the environment variable that forces QEMU's accelerator,
+// "tcg" or "kvm", instead of probing /dev/kvm.
+const VMAccelEnv = "PGLOGSHIP_QEMU_ACCEL"
+
+// Defaults for VMConfig.
+const (
+	DefaultVMMemory = 1536 // MiB
+	DefaultVMCPUs   = 2
+)
+
+const (
+	// vmBootTimeout bounds the wait for SSH and PostgreSQL. Under TCG an
+	// idle host boots to SSH in about 41 s; parallel tests on two cores and
+	// crash recovery of a restored disk take longer.
+	vmBootTimeout = 4 * time.Minute
+	// vmStopTimeout bounds the wait for QEMU to exit after QMP quit.
+	vmStopTimeout = 30 * time.Second
+	// kvmProbeTimeout bounds the probe boot; a working KVM gets the kernel
+	// to its root-mount panic in a second or two.
+	kvmProbeTimeout = 20 * time.Second
+	// diskNode is the QMP node-name of the VM's qcow2 format node.
+	diskNode = "disk0"
+)
+
+// VMConfig configures StartVM.
+type VMConfig struct {
+	// Disk is a qcow2 to boot instead of a fresh overlay on the guest
+	// image, e.g. a restored backup. The VM writes to it.
+	Disk   string
+	Memory int // MiB; default DefaultVMMemory
+	CPUs   int // default DefaultVMCPUs
+}
+
+// VM is a running QEMU machine booted from the guest image. Its only
+// network is QEMU's user-mode network with restrict=on: the guest reaches
+// nothing, and the host reaches the guest's sshd on SSHAddr.
+type VM struct {
+	Dir            string // the VM's folder: disk overlay, logs, sockets
+	DiskFile       string // the qcow2 the VM runs on
+	DiskNode       string // QMP node-name of its qcow2 format node ("disk0")
+	QMPSocket      string // QMP control socket (unix)
+	QGASocket      string // qemu-guest-agent channel (unix)
+	SSHAddr        string // 127.0.0.1:port, forwarded to the guest's port 22
+	HostKey        ssh.PublicKey
+	KnownHostsFile string // one line: "[127.0.0.1]:port ssh-ed25519 AAAA..."
+	ClientSigner   ssh.Signer
+	ClientKeyFile  string // OpenSSH private key of ClientSigner (0600)
+	SerialLog      string // the guest's console
+	QEMULog        string // QEMU's own output
+	Accel          string // "tcg" or "kvm"
+
+	done    chan struct{} // closed when QEMU has exited
+	waitErr error         // QEMU's exit status, set before done is closed
+	pid     int
+
+	mu      sync.Mutex
+	stopped bool
+}
+
+// StartVM boots a VM and returns once root can log in over SSH and
+// PostgreSQL answers `select 1`. The VM is stopped in t.Cleanup.
+func StartVM(t testing.TB, cfg VMConfig) *VM {
+	t.Helper()
+	if cfg.Memory == 0 {
+		cfg.Memory = DefaultVMMemory
+	}
+	if cfg.CPUs == 0 {
+		cfg.CPUs = DefaultVMCPUs
+	}
+	img := GuestImage(t)
+	qemu := requireBinary(t, "qemu-system-x86_64", installQemuSystem)
+	accel := vmAccel(t, qemu, img)
+
+	v := &VM{
+		Dir:           t.TempDir(),
+		DiskNode:      diskNode,
+		HostKey:       img.HostKey,
+		ClientSigner:  img.ClientSigner,
+		ClientKeyFile: img.ClientKeyFile,
+		Accel:         accel,
+	}
+	v.KnownHostsFile = filepath.Join(v.Dir, "known_hosts")
+	v.SerialLog = filepath.Join(v.Dir, "serial.log")
+	v.QEMULog = filepath.Join(v.Dir, "qemu.log")
+	sockDir := v.Dir
+	// A unix socket path has at most 107 bytes; t.TempDir can be longer.
+	if len(filepath.Join(sockDir, "qmp.sock")) > 100 {
+		sockDir = shortTempDir(t)
+	}
+	v.QMPSocket = filepath.Join(sockDir, "qmp.sock")
+	v.QGASocket = filepath.Join(sockDir, "qga.sock")
+
+	if cfg.Disk != "" {
+		v.DiskFile = absPath(t, cfg.Disk)
+		if _, err := os.Stat(v.DiskFile); err != nil {
+			t.Fatalf("testenv: vm disk: %v", err)
+		}
+	} else {
+		v.DiskFile = filepath.Join(v.Dir, "disk.qcow2")
+		qemuImg := requireBinary(t, "qemu-img", installQemuUtils)
+		out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2",
+			"-b", img.Base, "-F", "qcow2", v.DiskFile).CombinedOutput()
+		if err != nil {
+			t.Fatalf("testenv: vm overlay on %s: %v\n%s", img.Base, err, out)
+		}
+	}
+
+	// Registered before the boot so that a VM left by a failed boot is
+	// stopped too.
+	t.Cleanup(func() { v.Stop(t) })
+
+	// The free port can be taken before QEMU binds it; try a few.
+	const attempts = 3
+	for i := 1; ; i++ {
+		port := freePort(t)
+		v.SSHAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		line := knownhosts.Line([]string{knownhosts.Normalize(v.SSHAddr)}, v.HostKey)
+		mustWriteFile(t, v.KnownHostsFile, []byte(line+"\n"), 0o644)
+		v.start(t, qemu, img, cfg, port)
+		err := v.waitReady(t)
+		if err == nil {
+			return v
+		}
+		log := logTail(v.QEMULog)
+		if v.exited() && i < attempts && strings.Contains(log, "host forwarding rule") {
+			t.Logf("testenv: vm port %d taken, retrying", port)
+			v.done = nil
+			continue
+		}
+		v.Stop(t)
+		t.Fatalf("testenv: boot vm (%s, %s): %v\n%s\n%s", accel, v.DiskFile, err, log, logTail(v.SerialLog))
+	}
+}
+
+// start launches QEMU as our child in its own process group.
+func (v *VM) start(t testing.TB, qemu string, img *Image, cfg VMConfig, port int) {
+	t.Helper()
+	args := append(accelArgs(v.Accel),
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-m", strconv.Itoa(cfg.Memory), "-smp", strconv.Itoa(cfg.CPUs),
+		"-kernel", img.Kernel, "-initrd", img.Initrd,
+		// panic=-1 with -no-reboot: a guest kernel panic ends QEMU at once.
+		"-append", "root=/dev/vda rw console=ttyS0 panic=-1",
+		"-no-reboot",
+		"-chardev", "file,id=serial0,path="+qemuOptValue(v.SerialLog),
+		"-serial", "chardev:serial0",
+		// Named nodes: QMP blockdev-backup and persistent dirty bitmaps
+		// address the qcow2 format node.
+		"-blockdev", "node-name=disk0-file,driver=file,filename="+qemuOptValue(v.DiskFile),
+		"-blockdev", "node-name="+diskNode+",driver=qcow2,file=disk0-file",
+		"-device", "virtio-blk-pci,drive="+diskNode,
+		// restrict=on: the guest gets DHCP and the forwarded port, no route out.
+		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22", port),
+		"-device", "virtio-net-pci,netdev=n0",
+		"-device", "virtio-rng-pci",
+		"-chardev", "socket,id=qmp0,path="+qemuOptValue(v.QMPSocket)+",server=on,wait=off",
+		"-mon", "chardev=qmp0,mode=control",
+		"-chardev", "socket,id=qga0,path="+qemuOptValue(v.QGASocket)+",server=on,wait=off",
+		"-device", "virtio-serial-pci",
+		"-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+	)
+	done := make(chan struct{})
+	v.done = done
+	pid, err := startChild(qemu, args, v.QEMULog, func(err error) { v.waitErr = err; close(done) })
+	if err != nil {
+		t.Fatalf("testenv: start %s: %v", qemu, err)
+	}
+	v.pid = pid
+}
+
+// startChild starts name in its own process group with output to logPath,
+// killed if this process dies, and calls exited with Wait's result.
+func startChild(name string, args []string, logPath string, exited func(error)) (int, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = cleanEnv()
+	// Pdeathsig fires when the thread that started the child exits, so
+	// that thread stays locked to the goroutine that waits for the child:
+	// a test binary that dies (timeout, panic) takes QEMU with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	started := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		defer logf.Close()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		exited(cmd.Wait())
+	}()
+	if err := <-started; err != nil {
+		return 0, err
+	}
+	return cmd.Process.Pid, nil
+}
+
+// qemuOptValue escapes a value inside a comma-separated QEMU option
+// (t.TempDir keeps commas of test names).
+func qemuOptValue(s string) string {
+	return strings.ReplaceAll(s, ",", ",,")
+}
+
+func accelArgs(accel string) []string {
+	if accel == "kvm" {
+		// arch-capabilities: some nested KVMs refuse its MSR.
+		return []string{"-accel", "kvm", "-cpu", "host,-arch-capabilities"}
+	}
+	return []string{"-accel", "tcg,thread=multi", "-cpu", "max"}
+}
+
+func (v *VM) exited() bool {
+	select {
+	case <-v.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitReady polls until root logs in over SSH and postgres gets "1" from
+// `select 1`, QEMU exits, or vmBootTimeout passes.
+func (v *VM) waitReady(t testing.TB) error {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(vmBootTimeout)
+	var sshAt time.Duration
+	var lastErr error
+	for {
+		if v.exited() {
+			return fmt.Errorf("qemu exited: %v", v.waitErr)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready within %v (last: %v)", vmBootTimeout, lastErr)
+		}
+		user, cmd := "root", "true"
+		if sshAt != 0 {
+			user, cmd = "postgres", "psql -XAtqc 'select 1'"
+		}
+		out, stderr, err := v.ssh(t, user, cmd, 30*time.Second)
+		switch {
+		case err != nil:
+			lastErr = fmt.Errorf("%s: %w: %s", user, err, bytes.TrimSpace(stderr))
+		case sshAt == 0:
+			sshAt = time.Since(start)
+			continue
+		case strings.TrimSpace(string(out)) == "1":
+			t.Logf("testenv: vm %s (%s): SSH after %v, PostgreSQL after %v",
+				v.SSHAddr, v.Accel, sshAt.Round(time.Second), time.Since(start).Round(time.Second))
+			return nil
+		default:
+			lastErr = fmt.Errorf("select 1 returned %q", out)
+		}
+		select {
+		case <-v.done:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// ClientConfig returns a client configuration that logs in as user with
+// ClientSigner and accepts only the guest's host key in KnownHostsFile.
+func (v *VM) ClientConfig(t testing.TB, user string) *ssh.ClientConfig {
+	t.Helper()
+	hostKeyCallback, err := knownhosts.New(v.KnownHostsFile)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return &ssh.ClientConfig{
+		User:              user,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(v.ClientSigner)},
+		HostKeyCallback:   hostKeyCallback,
+		HostKeyAlgorithms: []string{v.HostKey.Type()},
+		Timeout:           10 * time.Second,
+	}
+}
+
+// Run runs cmd in the guest as user ("root" or "postgres") over SSH and
+// returns its standard output. It fails t when the command fails.
+func (v *VM) Run(t testing.TB, user, cmd string) string {
+	t.Helper()
+	out, stderr, err := v.ssh(t, user, cmd, 0)
+	if err != nil {
+		t.Fatalf("testenv: vm %s: run %q as %s: %v\nstdout: %s\nstderr: %s", v.SSHAddr, cmd, user, err, out, stderr)
+	}
+	return string(out)
+}
+
+// ssh runs cmd on a new connection. A timeout > 0 bounds the whole
+// exchange; otherwise only the connection setup is bounded, because a
+// guest that accepts TCP (QEMU does, for the forwarded port) may never
+// answer the SSH handshake.
+func (v *VM) ssh(t testing.TB, user, cmd string, timeout time.Duration) (stdout, stderr []byte, err error) {
+	t.Helper()
+	config := v.ClientConfig(t, user)
+	conn, err := net.DialTimeout("tcp", v.SSHAddr, config.Timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	setup := timeout
+	if setup == 0 {
+		setup = 30 * time.Second
+	}
+	_ = conn.SetDeadline(time.Now().Add(setup))
+	c, chans, reqs, err := ssh.NewClientConn(conn, v.SSHAddr, config)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	client := ssh.NewClient(c, chans, reqs)
+	defer client.Close()
+	session, err := client.NewSession()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer session.Close()
+	if timeout == 0 {
+		_ = conn.SetDeadline(time.Time{})
+	}
+	var o, e bytes.Buffer
+	session.Stdout, session.Stderr = &o, &e
+	err = session.Run(cmd)
+	return o.Bytes(), e.Bytes(), err
+}
+
+// Stop ends the VM: QMP quit, which closes the qcow2 cleanly (persistent
+// dirty bitmaps are saved), then SIGKILL if QEMU is still there after
+// vmStopTimeout. The guest gets no shutdown: its disk is as after a power
+// cut. Stop is idempotent and also runs in t.Cleanup.
+func (v *VM) Stop(t testing.TB) {
+	t.Helper()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.stopped || v.done == nil {
+		return
+	}
+	v.stopped = true
+	if v.exited() {
+		return
+	}
+	if err := qmpExecute(v.QMPSocket, 10*time.Second, qmpQuit); err != nil {
+		t.Logf("testenv: vm %s: QMP quit: %v; killing QEMU", v.SSHAddr, err)
+	} else {
+		select {
+		case <-v.done:
+			return
+		case <-time.After(vmStopTimeout):
+			t.Logf("testenv: vm %s: QEMU still running %v after QMP quit; killing it", v.SSHAddr, vmStopTimeout)
+		}
+	}
+	if !v.exited() { // its process group id is free again once it has
+		_ = syscall.Kill(-v.pid, syscall.SIGKILL)
+	}
+	<-v.done
+}
+
+// qmpExecute runs commands (JSON objects) in turn on a new QMP
+// connection and fails on the first error reply. It is not a QMP client
+// (hypervisor/qemu has one): only enough to stop a VM, and for tests.
+// A connection that ends right after "quit" counts as success.
+func qmpExecute(socket string, timeout time.Duration, commands ...string) error {
+	conn, err := net.DialTimeout("unix", socket, timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	dec := json.NewDecoder(conn)
+	var greeting struct{ QMP json.RawMessage }
+	if err := dec.Decode(&greeting); err != nil || greeting.QMP == nil {
+		return fmt.Errorf("no QMP greeting: %v", err)
+	}
+	for _, command := range append([]string{`{"execute": "qmp_capabilities"}`}, commands...) {
+		if _, err := io.WriteString(conn, command+"\n"); err != nil {
+			return err
+		}
+		for { // events may come before the reply
+			var msg struct {
+				Return json.RawMessage
+				Error  *struct{ Class, Desc string }
+			}
+			if err := dec.Decode(&msg); err != nil {
+				if command == qmpQuit && errors.Is(err, io.EOF) {
+					return nil // gone before it replied
+				}
+				return fmt.Errorf("%s: %w", command, err)
+			}
+			if msg.Error != nil {
+				return fmt.Errorf("%s: %s: %s", command, msg.Error.Class, msg.Error.Desc)
+			}
+			if msg.Return != nil {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+const qmpQuit = `{"execute": "quit"}`
+
+// shortTempDir is a fresh folder with a short path, removed in t.Cleanup.
+func shortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pgvm")
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+var (
+	vmAccelMu      sync.Mutex
+	vmAccelVerdict string
+)
+
+// vmAccel picks QEMU's accelerator once per process: $PGLOGSHIP_QEMU_ACCEL
+// if set, else kvm if a probe boot shows that it works, else tcg. The
+// probe is needed because a /dev/kvm can exist and still hang a stock
+// guest kernel (a nested paravirtual KVM does).
+func vmAccel(t testing.TB, qemu string, img *Image) string {
+	t.Helper()
+	switch a := os.Getenv(VMAccelEnv); a {
+	case "tcg", "kvm":
+		return a
+	case "":
+	default:
+		t.Fatalf("testenv: $%s=%q: want tcg or kvm", VMAccelEnv, a)
+	}
+	vmAccelMu.Lock()
+	defer vmAccelMu.Unlock()
+	if vmAccelVerdict == "" {
+		ok, why := probeKVM(qemu, img)
+		vmAccelVerdict = "tcg"
+		if ok {
+			vmAccelVerdict = "kvm"
+		}
+		t.Logf("testenv: QEMU accelerator %s: %s (set $%s to skip the probe)", vmAccelVerdict, why, VMAccelEnv)
+	}
+	return vmAccelVerdict
+}
+
+// probeKVM boots the guest kernel under KVM with no disk: with a usable
+// KVM it panics quickly for want of a root filesystem and, with
+// panic=-1 and -no-reboot, QEMU exits.
+func probeKVM(qemu string, img *Image) (ok bool, why string) {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false, fmt.Sprintf("no usable /dev/kvm (%v)", err)
+	}
+	f.Close()
+	dir, err := os.MkdirTemp("", "pglogship-kvmprobe-")
+	if err != nil {
+		return false, err.Error()
+	}
+	defer os.RemoveAll(dir)
+	serial := filepath.Join(dir, "serial.log")
+	args := append(accelArgs("kvm"), "-nodefaults", "-no-user-config", "-display", "none",
+		"-m", "256", "-kernel", img.Kernel, "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent",
+		"-no-reboot", "-serial", "file:"+serial)
+	done := make(chan error, 1)
+	pid, err := startChild(qemu, args, filepath.Join(dir, "qemu.log"), func(err error) { done <- err })
+	if err != nil {
+		return false, err.Error()
+	}
+	select {
+	case <-done:
+		console, _ := os.ReadFile(serial)
+		if bytes.Contains(console, []byte("Kernel panic")) {
+			return true, "a probe boot under KVM reached the kernel's root-mount panic"
+		}
+		return false, "the probe boot under KVM ended without reaching the kernel's root-mount panic\n" + logTail(filepath.Join(dir, "qemu.log"))
+	case <-time.After(kvmProbeTimeout):
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-done
+		return false, fmt.Sprintf("a probe boot under KVM did not reach the kernel's root-mount panic within %v", kvmProbeTimeout)
+	}
+}
