@@ -12,7 +12,9 @@
 // modification time or SHA-256 (computed in the guest) changed; the rest
 // point at the image that already holds them. Restore reads the newest
 // index of a chain and writes every file, from whichever image holds it,
-// into a new directory, checking every checksum.
+// into a new directory, checking every checksum. With Config.Key set, both
+// objects of an image are encrypted (repository/bundle), and Restore needs
+// the same key.
 //
 // Unlike a disk snapshot, Snapshot does not fix the point in time: the files
 // are read during Export. The caller must hold PostgreSQL in backup mode

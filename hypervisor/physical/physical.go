@@ -100,7 +100,7 @@ func New(cfg Config) (*Hypervisor, error) {
 }
 
 // Machines implements hypervisor.Hypervisor: the configured machines, in
-// configuration order.
+// configuration order. It reaches no guest and never fails.
 func (h *Hypervisor) Machines(ctx context.Context) ([]hypervisor.Machine, error) {
 	out := make([]hypervisor.Machine, len(h.cfg.Machines))
 	for i, m := range h.cfg.Machines {
@@ -114,7 +114,8 @@ func (h *Hypervisor) Machines(ctx context.Context) ([]hypervisor.Machine, error)
 // Unknown machine: hypervisor.ErrNotFound; a snapshot of it still held:
 // hypervisor.ErrBusy; opts.Quiesce, or a runtime that cannot stream data
 // files: hypervisor.ErrUnsupported. opts.Base, when it is an image of this
-// hypervisor for the same machine, makes Export incremental.
+// hypervisor for the same machine, makes Export incremental. Not
+// idempotent: each call deploys a runtime, which Release removes.
 func (h *Hypervisor) Snapshot(ctx context.Context, machineID string, opts hypervisor.SnapshotOptions) (hypervisor.Snapshot, error) {
 	m, ok := h.machines[machineID]
 	if !ok {

@@ -146,11 +146,7 @@ func export(t *testing.T, hv *physical.Hypervisor, repo *repofs.Repo, prefix str
 
 	require.Len(t, img.Objects, 2)
 	for _, o := range img.Objects {
-		rc, err := repo.Get(ctx, o.Name, 0, -1)
-		require.NoError(t, err)
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		require.NoError(t, err)
+		b := readObject(t, repo, o.Name)
 		sum := sha256.Sum256(b)
 		assert.Equal(t, o.SHA256, hex.EncodeToString(sum[:]), "%s: the image records the stored object's checksum", o.Name)
 		assert.Equal(t, o.Size, int64(len(b)))
@@ -158,6 +154,16 @@ func export(t *testing.T, hv *physical.Hypervisor, repo *repofs.Repo, prefix str
 	assert.Equal(t, prefix, img.Prefix)
 	assert.Equal(t, "db1", img.Machine)
 	return img
+}
+
+func readObject(t *testing.T, src hypervisor.ObjectGetter, name string) []byte {
+	t.Helper()
+	rc, err := src.Get(context.Background(), name, 0, -1)
+	require.NoError(t, err)
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	require.NoError(t, err)
+	return b
 }
 
 func storedIn(idx *physical.Index, prefix string) []string {
@@ -385,6 +391,7 @@ func TestImagesOfARealCluster(t *testing.T) {
 	assert.NoDirExists(t, dir)
 	undo()
 	require.NoError(t, hv.Restore(ctx, []hypervisor.Image{full, inc}, repo, dir, nil), "whole again")
+	assert.Equal(t, restored, clusterOnDisk(t, dir), "full and incremental restore the same cluster as the longer chain")
 }
 
 func withBase(img hypervisor.Image, base string) hypervisor.Image {

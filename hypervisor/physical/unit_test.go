@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -229,11 +228,7 @@ func TestEncryptedImage(t *testing.T) {
 	img, err := exportOnce(t, hv, repo, "p/full", nil)
 	require.NoError(t, err)
 	for _, o := range img.Objects {
-		rc, err := repo.Get(ctx, o.Name, 0, -1)
-		require.NoError(t, err)
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		require.NoError(t, err)
+		b := readObject(t, repo, o.Name)
 		assert.NotContains(t, string(b), string(secret[:10]), o.Name)
 		sum := sha256.Sum256(secret)
 		assert.NotContains(t, string(b), hex.EncodeToString(sum[:]), "%s: no checksum of the content in the clear", o.Name)
