@@ -3,7 +3,9 @@
 // component and starts it; the Runtime it returns scans the instance,
 // configures WAL archiving, lists and streams the WAL waiting in the guest's
 // temporary folder, and deletes files once the repository holds them;
-// closing the Runtime stops it and uninstalls it.
+// closing the Runtime stops it and uninstalls it. Optional abilities come as
+// further interfaces a Runtime may implement: BackupMode, SpaceReporter, and
+// DataFiles (the cluster's own files, for file-level images).
 //
 // PostgreSQL's archive_command copies each completed WAL file durably into
 // the temporary folder using only what the guest already has, so archiving

@@ -9,6 +9,7 @@
 //
 // Implementations: hypervisor/qemu (QEMU/KVM through QMP, dirty bitmaps for
 // incremental images) and hypervisor/physical (no hypervisor: the image is
-// the cluster's files). hypervisor/hypervisortest has a fake for unit tests
+// the cluster's files, read during Export, so there backup mode must last
+// until Export returns). hypervisor/hypervisortest has a fake for unit tests
 // of orchestration.
 package hypervisor

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"os"
@@ -182,4 +183,61 @@ func TestCorruptSegmentAndLogHygiene(t *testing.T) {
 	require.NoError(t, rt2.Close(ctx))
 	require.NoError(t, rt.Close(ctx))
 	assert.NotContains(t, logs.String(), pg.Password, "no password in the logs")
+}
+
+// The cluster's files over the wire: a listing with checksums, files
+// streamed byte-identical, a vanished file reported, and unsafe paths
+// refused by the runtime itself, which stays usable.
+func TestDataFilesOverTheWire(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	rt := deploy(t, pg, pg.Password, testenv.Logger(t))
+	df, ok := rt.(guest.DataFiles)
+	require.True(t, ok, "the runtime streams data files")
+	require.NoError(t, os.Symlink("/etc", filepath.Join(pg.DataDir, "evil")))
+
+	files, err := df.ListDataFiles(ctx, guest.DataListOptions{Checksums: true})
+	require.NoError(t, err)
+	require.Greater(t, len(files), 500, "a fresh cluster has hundreds of files: the listing comes in parts")
+	byPath := map[string]guest.DataFile{}
+	for _, f := range files {
+		byPath[f.Path] = f
+	}
+	assert.Contains(t, byPath, "global/pg_control")
+	assert.NotContains(t, byPath, "postmaster.pid")
+	assert.NotContains(t, byPath, "evil")
+	version, err := os.ReadFile(filepath.Join(pg.DataDir, "PG_VERSION"))
+	require.NoError(t, err)
+	sum := sha256.Sum256(version)
+	assert.Equal(t, hex.EncodeToString(sum[:]), byPath["PG_VERSION"].SHA256)
+
+	dec, err := zstd.NewReader(nil)
+	require.NoError(t, err)
+	var got []string
+	vanished, err := df.ReadDataFiles(ctx, []string{"PG_VERSION", "base/4242/1", "postgresql.conf"}, func(f guest.Frame) error {
+		require.NoError(t, dec.Reset(f.Data))
+		raw, err := io.ReadAll(dec)
+		require.NoError(t, err)
+		want, err := os.ReadFile(filepath.Join(pg.DataDir, f.Name))
+		require.NoError(t, err)
+		assert.Equal(t, want, raw, f.Name)
+		size, sum := f.Checksum()
+		assert.Equal(t, int64(len(want)), size)
+		assert.Equal(t, sha256.Sum256(want), sum)
+		got = append(got, f.Name)
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"PG_VERSION", "postgresql.conf"}, got)
+	assert.Equal(t, []string{"base/4242/1"}, vanished)
+
+	for _, p := range []string{"evil/passwd", "../../../etc/passwd", "/etc/passwd", "base/../../x", "pg_tblspc/1/../../x"} {
+		called := false
+		_, err := df.ReadDataFiles(ctx, []string{"PG_VERSION", p}, func(guest.Frame) error { called = true; return nil })
+		require.ErrorIs(t, err, guest.ErrUnsafePath, p)
+		assert.False(t, called, "%s: nothing is sent", p)
+	}
+	_, err = df.ListDataFiles(ctx, guest.DataListOptions{})
+	require.NoError(t, err, "a refused path does not break the session")
 }

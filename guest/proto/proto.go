@@ -5,7 +5,11 @@
 // Every message is one frame: a 4-byte big-endian length of what follows,
 // a 1-byte type, and the payload. Control messages carry JSON; file data
 // travels as raw Data frames of at most MaxData bytes between a FileStart
-// and a FileEnd, so neither side ever holds a whole WAL file. The first
+// and a FileEnd, so neither side ever holds a whole WAL file. A result too
+// large for one Response (a listing of a cluster's files) travels as
+// ResultPart frames, each a JSON array, before the Response that ends it;
+// they are sent only for operations that say so, so a peer that predates
+// them never sees one. The first
 // exchange is Hello both ways: each side states the protocol version it
 // speaks and refuses a version it does not know.
 package proto
@@ -38,9 +42,12 @@ const (
 	TypeFileStart Type = 4 // JSON FileStart
 	TypeData      Type = 5 // raw bytes
 	TypeFileEnd   Type = 6 // JSON FileEnd
+	// TypeResultPart is a JSON array, part of the result of the request
+	// being answered; it precedes the Response.
+	TypeResultPart Type = 7
 )
 
-func (t Type) valid() bool { return t >= TypeHello && t <= TypeFileEnd }
+func (t Type) valid() bool { return t >= TypeHello && t <= TypeResultPart }
 
 // ErrProtocol is returned (wrapped) for any frame that breaks the protocol.
 var ErrProtocol = errors.New("runtime protocol error")

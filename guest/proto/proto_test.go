@@ -87,6 +87,7 @@ func FuzzReader(f *testing.F) {
 	_ = w.WriteJSON(TypeHello, Hello{Version: 1, Role: "runtime"})
 	_ = w.Write(TypeData, []byte("wal bytes"))
 	_ = w.WriteJSON(TypeFileEnd, FileEnd{Name: "x", RawSize: 9})
+	_ = w.Write(TypeResultPart, []byte(`[{"path":"PG_VERSION","size":3}]`))
 	f.Add(seed.Bytes())
 	f.Add([]byte{0, 0, 0, 1, 5})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1})

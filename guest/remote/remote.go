@@ -24,6 +24,7 @@ var (
 	_ guest.Runtime       = (*Runtime)(nil)
 	_ guest.BackupMode    = (*Runtime)(nil)
 	_ guest.SpaceReporter = (*Runtime)(nil)
+	_ guest.DataFiles     = (*Runtime)(nil)
 )
 
 // Runtime is a connected runtime component.
@@ -245,33 +246,98 @@ func (rt *Runtime) Read(ctx context.Context, names []string, fn func(guest.Frame
 		return err
 	}
 	defer rt.mu.Unlock()
-	var cur *fileReader
+	return rt.readFiles(ctx, runtime.OpRead, runtime.NamesArgs{Names: names}, nil, fn)
+}
+
+// readFiles calls op, handing each streamed file to fn. After an error
+// from fn the rest of the stream is drained and that error returned.
+func (rt *Runtime) readFiles(ctx context.Context, op string, args, result any, fn func(guest.Frame) error) error {
 	var fnErr error
-	err := rt.callFrames(ctx, runtime.OpRead, runtime.NamesArgs{Names: names}, nil, func(typ proto.Type, p []byte) error {
-		switch typ {
-		case proto.TypeFileStart:
-			var start proto.FileStart
-			if err := proto.DecodeJSON(p, &start); err != nil || cur != nil {
-				return rt.fail(fmt.Errorf("%w: bad file start", proto.ErrProtocol))
-			}
-			cur = &fileReader{rt: rt, name: start.Name}
-			if fnErr == nil {
-				fnErr = fn(guest.Frame{Name: start.Name, Codec: guest.Codec(start.Codec), Data: cur, Checksum: cur.checksum})
-			}
-			// Whatever the callback left unread is drained to stay in step.
-			if err := cur.drain(); err != nil {
-				return err
-			}
-			cur = nil
-			return nil
-		default:
+	err := rt.callFrames(ctx, op, args, result, func(typ proto.Type, p []byte) error {
+		if typ != proto.TypeFileStart {
 			return rt.fail(fmt.Errorf("%w: frame type %d outside a file", proto.ErrProtocol, typ))
 		}
+		var start proto.FileStart
+		if err := proto.DecodeJSON(p, &start); err != nil {
+			return rt.fail(fmt.Errorf("%w: bad file start", proto.ErrProtocol))
+		}
+		cur := &fileReader{rt: rt, name: start.Name}
+		if fnErr == nil {
+			fnErr = fn(guest.Frame{Name: start.Name, Codec: guest.Codec(start.Codec), Data: cur, Checksum: cur.checksum})
+		}
+		// Whatever the callback left unread is drained to stay in step.
+		return cur.drain()
 	})
 	if err != nil {
 		return err
 	}
 	return fnErr
+}
+
+// ListDataFiles implements guest.DataFiles.
+func (rt *Runtime) ListDataFiles(ctx context.Context, opts guest.DataListOptions) ([]guest.DataFile, error) {
+	if err := rt.lock(); err != nil {
+		return nil, err
+	}
+	defer rt.mu.Unlock()
+	var files []guest.DataFile
+	err := rt.callFrames(ctx, runtime.OpDataList, opts, nil, func(typ proto.Type, p []byte) error {
+		if typ != proto.TypeResultPart {
+			return rt.fail(fmt.Errorf("%w: frame type %d in a listing", proto.ErrProtocol, typ))
+		}
+		var part []guest.DataFile
+		if err := proto.DecodeJSON(p, &part); err != nil {
+			return rt.fail(err)
+		}
+		files = append(files, part...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return files, nil
+}
+
+// maxPathsRequest bounds the JSON of the paths one data_read request
+// carries, well below proto.MaxControl; longer lists take several requests.
+const maxPathsRequest = 256 << 10
+
+// ReadDataFiles implements guest.DataFiles. A long list of paths is sent
+// as several requests; after an error from fn no further request is made.
+func (rt *Runtime) ReadDataFiles(ctx context.Context, paths []string, fn func(guest.Frame) error) ([]string, error) {
+	if err := rt.lock(); err != nil {
+		return nil, err
+	}
+	defer rt.mu.Unlock()
+	vanished := []string{}
+	for _, batch := range splitPaths(paths, maxPathsRequest) {
+		var res runtime.DataReadResult
+		if err := rt.readFiles(ctx, runtime.OpDataRead, runtime.PathsArgs{Paths: batch}, &res, fn); err != nil {
+			return nil, err
+		}
+		vanished = append(vanished, res.Vanished...)
+	}
+	return vanished, nil
+}
+
+// splitPaths cuts paths into runs whose JSON takes at most limit bytes
+// each (a path longer than limit gets a run of its own).
+func splitPaths(paths []string, limit int) [][]string {
+	var out [][]string
+	start, size := 0, 0
+	for i, p := range paths {
+		b, _ := json.Marshal(p) // a string always encodes
+		n := len(b) + 1         // and a comma
+		if i > start && size+n > limit {
+			out = append(out, paths[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(paths) {
+		out = append(out, paths[start:])
+	}
+	return out
 }
 
 // fileReader yields a streamed file's Data frames up to its FileEnd.

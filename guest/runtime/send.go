@@ -15,9 +15,9 @@ import (
 	"github.com/pglogship/pglogship/wal"
 )
 
-// Sender streams WAL files from the temporary folder to the host: each one
-// compressed once, here in the guest, through fixed-size buffers. Not safe
-// for concurrent use.
+// Sender streams files to the host, WAL from the temporary folder (Send)
+// or any other content (Stream): each one compressed once, here in the
+// guest, through fixed-size buffers. Not safe for concurrent use.
 type Sender struct {
 	w    *proto.Writer
 	enc  *zstd.Encoder
@@ -55,12 +55,20 @@ func (s *Sender) Send(dir, name string) error {
 			return err
 		}
 	}
+	return s.Stream(name, f)
+}
+
+// Stream sends what r yields as the file name: FileStart, zstd-compressed
+// Data frames of at most MaxData, and a FileEnd with the size and SHA-256 of
+// the raw bytes. An error after FileStart leaves the host with an
+// unfinished file, which it must discard.
+func (s *Sender) Stream(name string, r io.Reader) error {
 	if err := s.w.WriteJSON(proto.TypeFileStart, proto.FileStart{Name: name, Codec: string(guest.CodecZstd)}); err != nil {
 		return err
 	}
 	sum := sha256.New()
 	s.enc.Reset(s)
-	n, err := io.Copy(io.MultiWriter(s.enc, sum), f)
+	n, err := io.Copy(io.MultiWriter(s.enc, sum), r)
 	if err != nil {
 		return fmt.Errorf("send %s: %w", name, err)
 	}

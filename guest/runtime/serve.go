@@ -29,7 +29,31 @@ const (
 	OpSpace       = "space"        // -> guest.Space
 	OpBackupStart = "backup_start" // BackupArgs -> guest.BackupStart
 	OpBackupStop  = "backup_stop"  // -> guest.BackupStop
+
+	// OpDataList lists the cluster's files: guest.DataListOptions; the
+	// entries arrive as ResultPart frames of []guest.DataFile before the
+	// empty response.
+	OpDataList = "data_list"
+	// OpDataRead streams data files: PathsArgs; file frames precede the
+	// response, a DataReadResult.
+	OpDataRead = "data_read"
 )
+
+// dataListPart is how many entries one ResultPart of OpDataList carries:
+// with paths of at most guest.MaxDataPath bytes it stays far below
+// proto.MaxControl.
+const dataListPart = 256
+
+// PathsArgs names data files, relative to the data directory.
+type PathsArgs struct {
+	Paths []string `json:"paths"`
+}
+
+// DataReadResult ends OpDataRead: the requested files that no longer
+// existed and were skipped.
+type DataReadResult struct {
+	Vanished []string `json:"vanished"`
+}
 
 // BackupArgs starts backup mode.
 type BackupArgs struct {
@@ -56,6 +80,7 @@ var errorCodes = map[string]error{
 	"archive_command_taken": guest.ErrArchiveCommandTaken,
 	"temp_folder":           guest.ErrTempFolder,
 	"bad_segment":           wal.ErrBadSegment,
+	"unsafe_path":           guest.ErrUnsafePath,
 }
 
 // ErrorCode returns the wire code for err, or "".
@@ -112,6 +137,7 @@ type server struct {
 	rt         *Runtime
 	dir        string
 	inst       guest.Instance
+	dataDir    string // found by the first data operation
 }
 
 func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
@@ -184,10 +210,60 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		return s.rt.StartBackup(ctx, a.Label)
 	case OpBackupStop:
 		return s.rt.StopBackup(ctx)
+	case OpDataList, OpDataRead:
+		return s.data(ctx, req)
 	case OpClose:
 		return nil, nil
 	}
 	return nil, fmt.Errorf("unknown operation %q", req.Op)
+}
+
+// data serves the operations on the cluster's own files.
+func (s *server) data(ctx context.Context, req proto.Request) (any, error) {
+	if s.dataDir == "" {
+		conn, err := s.rt.connect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		inst, err := Scan(ctx, conn)
+		conn.Close(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, err
+		}
+		s.dataDir = inst.DataDir
+	}
+	if req.Op == OpDataList {
+		var opts guest.DataListOptions
+		if err := json.Unmarshal(req.Args, &opts); err != nil {
+			return nil, err
+		}
+		part := make([]guest.DataFile, 0, dataListPart)
+		err := ListDataFiles(ctx, s.dataDir, opts, func(f guest.DataFile) error {
+			if part = append(part, f); len(part) < dataListPart {
+				return nil
+			}
+			err := s.w.WriteJSON(proto.TypeResultPart, part)
+			part = part[:0]
+			return err
+		})
+		if err == nil && len(part) > 0 {
+			err = s.w.WriteJSON(proto.TypeResultPart, part)
+		}
+		return nil, err
+	}
+	var a PathsArgs
+	if err := json.Unmarshal(req.Args, &a); err != nil {
+		return nil, err
+	}
+	snd, err := NewSender(s.w, s.inst)
+	if err != nil {
+		return nil, err
+	}
+	vanished, err := sendDataFiles(snd, s.dataDir, a.Paths)
+	if err != nil {
+		return nil, err
+	}
+	return DataReadResult{Vanished: vanished}, nil
 }
 
 func (s *server) read(names []string) error {
