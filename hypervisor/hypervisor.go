@@ -98,6 +98,17 @@ type Hypervisor interface {
 	Restore(ctx context.Context, chain []Image, src ObjectGetter, target string, progress func(Progress)) error
 }
 
+// Fixed is implemented by snapshots whose point in time is fixed when
+// Snapshot returns (a block-level, copy-before-write image): the caller may
+// end PostgreSQL's backup mode before Export. A snapshot without it is read
+// live during Export (the files of a running cluster), so backup mode must
+// last until Export returns. Check it with a type assertion.
+type Fixed interface {
+	// Fixed reports whether later writes to the machine no longer change
+	// the image.
+	Fixed() bool
+}
+
 // Snapshot is a point-in-time image held by the hypervisor.
 type Snapshot interface {
 	// Taken is the snapshot's point in time.

@@ -161,19 +161,22 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 			j.deleteObjects(context.WithoutCancel(ctx), inst.RestorePoint(id)+"/")
 		}
 	}()
-	img, err := j.image(ctx, inst, id, m, base)
+	endBackup := func() error {
+		octx, cancel := j.op(ctx)
+		defer cancel()
+		stop, err := bm.StopBackup(octx)
+		stopped = true
+		if err != nil {
+			return err
+		}
+		rp.StopLSN, rp.StopTime = stop.LSN, j.cfg.Clock.Now()
+		rp.BackupLabel, rp.TablespaceMap = stop.BackupLabel, stop.TablespaceMap
+		return nil
+	}
+	img, err := j.image(ctx, inst, id, m, base, endBackup)
 	if err != nil {
 		return nil, err
 	}
-	octx, cancel = j.op(ctx)
-	stop, err := bm.StopBackup(octx)
-	cancel()
-	stopped = true
-	if err != nil {
-		return nil, err
-	}
-	rp.StopLSN, rp.StopTime = stop.LSN, j.cfg.Clock.Now()
-	rp.BackupLabel, rp.TablespaceMap = stop.BackupLabel, stop.TablespaceMap
 
 	// The restore point is usable only with the WAL from its start to its
 	// stop in the repository: ship it now, then check it is all there.
@@ -202,9 +205,11 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 }
 
 // image snapshots the machine and exports the image under the restore
-// point's folder. The export may take as long as the image needs while its
-// progress moves.
-func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m Machine, base *repository.Manifest) (hypervisor.Image, error) {
+// point's folder, calling endBackup as early as the image allows: right
+// after a Fixed snapshot, else once the export is done. The export may take
+// as long as the image needs while its progress moves.
+func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m Machine, base *repository.Manifest,
+	endBackup func() error) (hypervisor.Image, error) {
 	opts := hypervisor.SnapshotOptions{Quiesce: j.cfg.Quiesce}
 	if base != nil {
 		opts.Base = imageOf(base, inst)
@@ -227,11 +232,23 @@ func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m 
 			j.cfg.Logger.Warn("release snapshot", "machine", m.ID, "err", err)
 		}
 	}()
+	fixed, _ := snap.(hypervisor.Fixed)
+	early := fixed != nil && fixed.Fixed()
+	if early {
+		if err := endBackup(); err != nil {
+			return hypervisor.Image{}, err
+		}
+	}
 	wctx, w, stop := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer stop()
 	img, err := snap.Export(wctx, watchedRepo{j.cfg.Repository, w}, inst.RestorePoint(id), func(hypervisor.Progress) { w.kick() })
 	if err != nil {
 		return hypervisor.Image{}, fmt.Errorf("export image: %w", explain(wctx, err))
+	}
+	if !early {
+		if err := endBackup(); err != nil {
+			return hypervisor.Image{}, err
+		}
 	}
 	return img, nil
 }

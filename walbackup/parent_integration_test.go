@@ -2,8 +2,10 @@ package walbackup_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,10 +14,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/local"
 	"github.com/pglogship/pglogship/guest/runtime"
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/hypervisor/hypervisortest"
+	"github.com/pglogship/pglogship/hypervisor/physical"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/fs"
@@ -34,7 +38,7 @@ type realJob struct {
 	walDir string
 }
 
-func newRealJob(t *testing.T, hv func(clk *clock.Mock) hypervisor.Hypervisor) *realJob {
+func newRealJob(t *testing.T, hv func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor) *realJob {
 	t.Helper()
 	testenv.SkipIfShort(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
@@ -52,7 +56,7 @@ func newRealJob(t *testing.T, hv func(clk *clock.Mock) hypervisor.Hypervisor) *r
 	r.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
 	job, err := walbackup.NewJob(walbackup.Config{
 		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "db1"}}, LogBackupInterval: walbackup.DefaultLogBackupInterval,
-		WALDir: r.walDir, Hypervisor: hv(r.clk), Guests: d, Repository: repo, Sessions: r.store, Clock: r.clk,
+		WALDir: r.walDir, Hypervisor: hv(r.clk, d), Guests: d, Repository: repo, Sessions: r.store, Clock: r.clk,
 		Logger: testenv.Logger(t), Observer: func(e walbackup.Event) { r.events <- e },
 	})
 	require.NoError(t, err)
@@ -74,7 +78,7 @@ func (r *realJob) instance(t *testing.T) repository.Instance {
 // history file, is in the repository before the manifest commits.
 func TestParentOnRealPostgres(t *testing.T) {
 	ctx := context.Background()
-	r := newRealJob(t, func(clk *clock.Mock) hypervisor.Hypervisor {
+	r := newRealJob(t, func(clk *clock.Mock, _ guest.Deployer) hypervisor.Hypervisor {
 		return hypervisortest.New(clk, hypervisor.Machine{ID: "db1"})
 	})
 	require.NoError(t, r.job.Enable(ctx))
@@ -129,4 +133,113 @@ func TestParentOnRealPostgres(t *testing.T) {
 			t.Logf("bundle %s: %v", ref.Object.Name[strings.LastIndex(ref.Object.Name, "/")+1:], names)
 		}
 	}
+}
+
+// The physical hypervisor through the job: a full and an incremental
+// restore point of a real PostgreSQL, the incremental storing only the
+// changed files, each manifest with PostgreSQL's backup_label. The newest
+// restore point's files, copied into a new directory with its backup_label
+// and the shipped WAL (through FetchWAL), start and reach consistency,
+// holding exactly the rows committed before the restore point.
+func TestPhysicalRestorePointsRecover(t *testing.T) {
+	ctx := context.Background()
+	var phys *physical.Hypervisor
+	r := newRealJob(t, func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
+		h, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Clock: clk, Logger: testenv.Logger(t)})
+		require.NoError(t, err)
+		phys = h
+		return h
+	})
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	r.pg.Exec(t, "postgres", "CREATE TABLE batches (batch int, n int)")
+	insert := func(batch int) {
+		r.pg.Exec(t, "postgres", fmt.Sprintf("INSERT INTO batches SELECT %d, generate_series(1, 1000)", batch))
+	}
+	parent := func() time.Duration {
+		r.clk.Add(time.Minute)
+		start := time.Now()
+		require.NoError(t, r.job.StartParent(ctx))
+		took := time.Since(start)
+		r.idle(t)
+		return took
+	}
+	insert(1)
+	r.pg.SwitchWAL(t, 1)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	fullTook := parent()
+	insert(2)
+	r.pg.Exec(t, "postgres", "CHECKPOINT")
+	r.pg.SwitchWAL(t, 1)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	incTook := parent()
+	insert(3) // after the second restore point: not in a restore to it
+	r.pg.SwitchWAL(t, 1)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	require.NoError(t, r.job.Disable(ctx))
+
+	inst := r.instance(t)
+	rps, err := repository.RestorePoints(ctx, r.repo, inst)
+	require.NoError(t, err)
+	require.Len(t, rps, 2)
+	full, inc := rps[0], rps[1]
+	assert.True(t, full.Full)
+	assert.False(t, inc.Full)
+	assert.Equal(t, full.ID, inc.Base)
+	size := func(m *repository.Manifest) (n int64) {
+		for _, o := range m.Objects {
+			n += o.Size
+		}
+		return n
+	}
+	for _, m := range rps {
+		assert.Contains(t, m.BackupLabel, "START WAL LOCATION: "+m.StartLSN.String())
+	}
+	t.Logf("full restore point: %s files, %s stored, %d bytes in %v", full.Meta["files"], full.Meta["stored"], size(full), fullTook.Round(time.Millisecond))
+	t.Logf("incremental restore point: %s files, %s stored, %d bytes in %v", inc.Meta["files"], inc.Meta["stored"], size(inc), incTook.Round(time.Millisecond))
+	assert.Less(t, size(inc)*4, size(full), "the incremental stores only what changed")
+	incStored, _ := strconv.Atoi(inc.Meta["stored"])
+	fullStored, _ := strconv.Atoi(full.Meta["stored"])
+	assert.Less(t, incStored*4, fullStored)
+
+	// Restore the incremental restore point's image chain into a new directory.
+	ms, chain, err := walbackup.ImageChain(ctx, r.repo, inst, inc.ID)
+	require.NoError(t, err)
+	require.Len(t, chain, 2)
+	assert.Equal(t, full.ID, ms[0].ID)
+	target := filepath.Join(testenv.UserDir(t, r.pg.OSUser), "restored") // the server user must reach it
+	start := time.Now()
+	require.NoError(t, phys.Restore(ctx, chain, r.repo, target, nil))
+	t.Logf("restore of the two-image chain took %v", time.Since(start).Round(time.Millisecond))
+	require.NoError(t, os.WriteFile(filepath.Join(target, "backup_label"), []byte(inc.BackupLabel), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(target, "recovery.signal"), nil, 0o600))
+
+	// The shipped WAL, fetched as a restore_command would.
+	archive := filepath.Join(testenv.UserDir(t, r.pg.OSUser), "archive")
+	require.NoError(t, os.Mkdir(archive, 0o755))
+	refs, err := repository.Bundles(ctx, r.repo, inst, 1)
+	require.NoError(t, err)
+	for _, ref := range refs {
+		names, err := bundleOpen(ctx, r.repo, ref)
+		require.NoError(t, err)
+		for _, n := range names {
+			f, err := os.Create(filepath.Join(archive, n))
+			require.NoError(t, err)
+			require.NoError(t, walbackup.FetchWAL(ctx, r.repo, inst, n, nil, f))
+			require.NoError(t, f.Close())
+		}
+	}
+	restored := testenv.StartPostgresOn(t, target, r.pg, testenv.PostgresConfig{Settings: map[string]string{
+		"restore_command":        "cp " + archive + "/%f %p",
+		"recovery_target":        "immediate",
+		"recovery_target_action": "promote",
+		"archive_mode":           "off", // never archive into the source's folder
+	}})
+	logText, err := os.ReadFile(restored.LogFile)
+	require.NoError(t, err)
+	assert.Contains(t, string(logText), "starting backup recovery", "recovery starts from the backup_label")
+	assert.Contains(t, string(logText), "consistent recovery state reached")
+	assert.Equal(t, "f", restored.Psql(t, "postgres", "SELECT pg_is_in_recovery()"))
+	assert.Equal(t, "1|1000\n2|1000", restored.Psql(t, "postgres", "SELECT batch, count(*) FROM batches GROUP BY batch ORDER BY batch"),
+		"exactly the rows committed before the restore point")
 }

@@ -347,3 +347,33 @@ func (d noBackupMode) Deploy(ctx context.Context, t guest.Target) (guest.Runtime
 	}
 	return struct{ guest.Runtime }{rt}, nil
 }
+
+// Backup mode ends as soon as a Fixed snapshot is taken, before the
+// export; a snapshot read live keeps it until the export is done.
+func TestBackupModeAroundFixedAndLiveImages(t *testing.T) {
+	for _, live := range []bool{false, true} {
+		ctx := context.Background()
+		h := newHarness(t)
+		h.hv.SetLive(live)
+		var during []int
+		h.hv.SetFault(func(op hypervisortest.Op, _ string) error {
+			if op == hypervisortest.OpExport {
+				during = append(during, h.guest.BackupsRunning())
+			}
+			return nil
+		})
+		require.NoError(t, h.job.Enable(ctx))
+		h.idle(t)
+		require.NoError(t, h.job.StartParent(ctx))
+		h.idle(t)
+		require.NoError(t, h.job.Disable(ctx))
+		want := 0
+		if live {
+			want = 1
+		}
+		assert.Equal(t, []int{want}, during, "backup mode during the export (live %v)", live)
+		ids, err := repository.RestorePointIDs(ctx, h.repo, inst42)
+		require.NoError(t, err)
+		assert.Len(t, ids, 1)
+	}
+}

@@ -22,7 +22,10 @@ import (
 	"github.com/pglogship/pglogship/hypervisor"
 )
 
-var _ hypervisor.Hypervisor = (*Fake)(nil)
+var (
+	_ hypervisor.Hypervisor = (*Fake)(nil)
+	_ hypervisor.Fixed      = (*snapshot)(nil)
+)
 
 // Op names an operation for fault injection.
 type Op string
@@ -49,6 +52,7 @@ type Fake struct {
 	restored  map[string][]byte
 	snapshots int
 	fault     func(op Op, machine string) error
+	live      bool
 }
 
 // New returns a fake with the given machines, each with an empty disk.
@@ -65,6 +69,14 @@ func New(clk clock.Clock, machines ...hypervisor.Machine) *Fake {
 func (f *Fake) SetDisk(machineID string, data []byte) {
 	f.mu.Lock()
 	f.disks[machineID] = bytes.Clone(data)
+	f.mu.Unlock()
+}
+
+// SetLive makes snapshots say they are read live during Export, as
+// hypervisor/physical's are, instead of Fixed at Snapshot.
+func (f *Fake) SetLive(live bool) {
+	f.mu.Lock()
+	f.live = live
 	f.mu.Unlock()
 }
 
@@ -130,7 +142,7 @@ func (f *Fake) Snapshot(ctx context.Context, machineID string, _ hypervisor.Snap
 	}
 	f.held[machineID] = true
 	f.snapshots++
-	return &snapshot{f: f, machine: machineID, taken: f.clock.Now(), disk: bytes.Clone(disk)}, nil
+	return &snapshot{f: f, machine: machineID, taken: f.clock.Now(), disk: bytes.Clone(disk), fixed: !f.live}, nil
 }
 
 // Restore implements hypervisor.Hypervisor.
@@ -177,9 +189,14 @@ type snapshot struct {
 	disk     []byte
 	once     sync.Once
 	exported bool
+	fixed    bool
 }
 
 func (s *snapshot) Taken() time.Time { return s.taken }
+
+// Fixed implements hypervisor.Fixed: the disk was copied at Snapshot,
+// unless the fake was told to act live.
+func (s *snapshot) Fixed() bool { return s.fixed }
 
 func (s *snapshot) Export(ctx context.Context, dst hypervisor.ObjectPutter, prefix string, progress func(hypervisor.Progress)) (hypervisor.Image, error) {
 	if s.exported {

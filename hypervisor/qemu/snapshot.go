@@ -27,6 +27,8 @@ const pollInterval = time.Second
 // progress calls.
 const progressStep = 4 << 20
 
+var _ hypervisor.Fixed = (*snapshot)(nil)
+
 // snapshot is a backup job of one VM and what it holds: the job, its
 // target node and file, and the new dirty bitmap.
 type snapshot struct {
@@ -54,6 +56,10 @@ type snapshot struct {
 
 // Taken implements hypervisor.Snapshot.
 func (s *snapshot) Taken() time.Time { return s.taken }
+
+// Fixed implements hypervisor.Fixed: copy-before-write keeps the image at
+// the point in time of the transaction that started the backup job.
+func (s *snapshot) Fixed() bool { return true }
 
 // Export implements hypervisor.Snapshot: it waits for the backup job,
 // then uploads the image as one zstd-compressed object. progress (may be

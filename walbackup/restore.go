@@ -1,0 +1,39 @@
+package walbackup
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/repository"
+)
+
+// maxChain bounds how many incremental images a chain may hold, so a
+// manifest whose base points in a circle cannot loop forever.
+const maxChain = 10000
+
+// ImageChain returns what a restore of restore point id applies: its
+// manifests and images from the full image to id, following each
+// incremental image's base. A missing or broken link is an error.
+func ImageChain(ctx context.Context, repo repository.ListGetter, inst repository.Instance, id string) ([]*repository.Manifest, []hypervisor.Image, error) {
+	var ms []*repository.Manifest
+	for next := id; ; {
+		if len(ms) == maxChain {
+			return nil, nil, fmt.Errorf("image chain of restore point %s: over %d images", id, maxChain)
+		}
+		m, err := repository.ReadManifest(ctx, repo, inst, next)
+		if err != nil {
+			return nil, nil, fmt.Errorf("image chain of restore point %s: %w", id, err)
+		}
+		ms = append([]*repository.Manifest{m}, ms...)
+		if m.Full {
+			break
+		}
+		next = m.Base
+	}
+	imgs := make([]hypervisor.Image, len(ms))
+	for i, m := range ms {
+		imgs[i] = *imageOf(m, inst)
+	}
+	return ms, imgs, nil
+}
