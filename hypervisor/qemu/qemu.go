@@ -239,7 +239,7 @@ func (h *Hypervisor) snapshot(ctx context.Context, vm VM, opts hypervisor.Snapsh
 	// From here on, a failure undoes what was done.
 	defer func() {
 		if err != nil {
-			cctx, cancel := h.cfg.Clock.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+			cctx, cancel := clock.WithTimeout(h.cfg.Clock, context.WithoutCancel(ctx), cleanupTimeout)
 			defer cancel()
 			if rerr := s.release(cctx, c); rerr != nil {
 				err = fmt.Errorf("%w (clean-up: %v)", err, rerr)
@@ -334,14 +334,14 @@ func (h *Hypervisor) usableBase(vm VM, node blockNode, base *hypervisor.Image) (
 // freeze freezes the guest's file systems and returns the function that
 // thaws them; the thaw runs even when ctx has ended by then.
 func (h *Hypervisor) freeze(ctx context.Context, vm VM) (thaw func() error, err error) {
-	actx, cancel := h.cfg.Clock.WithTimeout(ctx, h.cfg.GuestAgentTimeout)
+	actx, cancel := clock.WithTimeout(h.cfg.Clock, ctx, h.cfg.GuestAgentTimeout)
 	defer cancel()
 	a, err := qmp.DialAgent(actx, vm.GuestAgentSocket)
 	if err != nil {
 		return nil, err
 	}
 	thaw = func() error {
-		tctx, cancel := h.cfg.Clock.WithTimeout(context.WithoutCancel(ctx), h.cfg.GuestAgentTimeout)
+		tctx, cancel := clock.WithTimeout(h.cfg.Clock, context.WithoutCancel(ctx), h.cfg.GuestAgentTimeout)
 		defer cancel()
 		_, err := a.ThawFilesystems(tctx)
 		a.Close()
