@@ -20,16 +20,21 @@
 //     the repository holds, is a warning;
 //   - every guest, repository and store call is bounded by
 //     OperationTimeout of silence, so a hung guest cannot block the job;
-//   - a parent run (on the Schedule or StartParent) first ends the child
-//     session (a last ship, runtimes stopped and uninstalled), takes the
-//     images, then starts the next child session, which warns when the
-//     parent failed;
+//   - a parent run (on the Schedule: Daily, with days of the week, or
+//     EveryHours; or StartParent, one at a time) first ends the child
+//     session (a last ship, runtimes stopped and uninstalled), then takes a
+//     restore point of every machine: PostgreSQL in backup mode around the
+//     hypervisor's image, the WAL from the backup's start to its stop
+//     shipped, and only then the manifest, which commits the restore point
+//     (a failure leaves none). The next child session warns when the parent
+//     failed, or when no restore point exists at all. A run missed while
+//     the host program was down runs once at start-up;
 //   - Disable ends the child session the same way and returns when it is
 //     done; when Run's context ends the session stops at once instead.
 //
 // The Observer sees sessions start and end, batches (bytes and lag) and
 // warnings, for metrics.
 //
-// Still to come: application-aware images with restore point manifests
-// (backup mode), and restore.
+// ImageChain and FetchWAL are what a restore needs from the repository; the
+// restore itself is still to come.
 package walbackup
