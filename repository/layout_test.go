@@ -121,3 +121,15 @@ func FuzzDecodeManifest(f *testing.F) {
 		require.Equal(t, m.ID, m2.ID)
 	})
 }
+
+func TestManifestSegmentSize(t *testing.T) {
+	m := validManifest()
+	assert.Equal(t, int64(16<<20), m.SegmentSize(), "absent means 16 MiB")
+	for _, bad := range []int64{1 << 19, 3 << 20, 2 << 30} {
+		m.WALSegmentSize = bad
+		require.ErrorIs(t, m.Validate(), repository.ErrBadManifest, "%d", bad)
+	}
+	m.WALSegmentSize = 64 << 20
+	require.NoError(t, m.Validate())
+	assert.Equal(t, int64(64<<20), m.SegmentSize())
+}

@@ -29,6 +29,9 @@ type Manifest struct {
 	Machine   string    `json:"machine"`
 	SystemID  uint64    `json:"system_id,string"`
 	Timeline  uint32    `json:"timeline"`
+	// WALSegmentSize is the cluster's WAL segment size in bytes; 0 in a
+	// manifest means the default, 16 MiB.
+	WALSegmentSize int64 `json:"wal_segment_size,omitempty"`
 	StartLSN  wal.LSN   `json:"start_lsn"`
 	StopLSN   wal.LSN   `json:"stop_lsn"`
 	StartTime time.Time `json:"start_time"`
@@ -45,6 +48,14 @@ type Manifest struct {
 	// Meta is what the hypervisor needs for the next incremental image or a
 	// restore. Never secrets.
 	Meta map[string]string `json:"meta,omitempty"`
+}
+
+// SegmentSize is the manifest's WAL segment size, with the default for 0.
+func (m *Manifest) SegmentSize() int64 {
+	if m.WALSegmentSize == 0 {
+		return 16 << 20
+	}
+	return m.WALSegmentSize
 }
 
 // ManifestObject is one image object and its checksum.
@@ -70,6 +81,8 @@ func (m *Manifest) Validate() error {
 		return bad("system id is required")
 	case m.Timeline == 0:
 		return bad("timeline is required")
+	case m.WALSegmentSize != 0 && (m.WALSegmentSize < 1<<20 || m.WALSegmentSize > 1<<30 || m.WALSegmentSize&(m.WALSegmentSize-1) != 0):
+		return bad("wal segment size %d: a power of two from 1 MiB to 1 GiB", m.WALSegmentSize)
 	case m.StopLSN < m.StartLSN || m.StartLSN == 0:
 		return bad("lsn range %s..%s", m.StartLSN, m.StopLSN)
 	case m.StartTime.IsZero() || m.StopTime.Before(m.StartTime):

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -117,5 +118,28 @@ func RestorePoints(ctx context.Context, repo ListGetter, inst Instance) ([]*Mani
 		}
 		out = append(out, m)
 	}
+	return out, nil
+}
+
+// Instances lists the clusters of a job's machine that the repository
+// holds anything of (a machine has several when it was made again with
+// initdb), by system identifier in ascending order.
+func Instances(ctx context.Context, repo Lister, job, machine string) ([]Instance, error) {
+	prefix := "jobs/" + Component(job) + "/" + Component(machine) + "/"
+	seen := map[uint64]bool{}
+	var out []Instance
+	err := repo.List(ctx, prefix, func(o Object) error {
+		first, _, _ := strings.Cut(strings.TrimPrefix(o.Name, prefix), "/")
+		id, err := strconv.ParseUint(first, 10, 64)
+		if err == nil && !seen[id] {
+			seen[id] = true
+			out = append(out, Instance{Job: job, Machine: machine, SystemID: id})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list clusters of %s: %w", machine, err)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].SystemID < out[b].SystemID })
 	return out, nil
 }

@@ -3,6 +3,7 @@ package repository_test
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -54,4 +55,20 @@ func TestRestorePoints(t *testing.T) {
 	require.NoError(t, repo.Put(ctx, inst.ManifestName("20261126T000000Z-00000000"), bytes.NewReader(b)))
 	_, err = repository.ReadManifest(ctx, repo, inst, "20261126T000000Z-00000000")
 	require.ErrorIs(t, err, repository.ErrBadManifest)
+}
+
+func TestInstances(t *testing.T) {
+	ctx := context.Background()
+	repo := memory.New()
+	for i, id := range []uint64{9, 7, 9} {
+		inst := repository.Instance{Job: "Daily DB Job", Machine: "db1", SystemID: id}
+		require.NoError(t, repo.Put(ctx, inst.HistoryName("0000000"+strconv.Itoa(i+2)+".history"), strings.NewReader("x")))
+	}
+	other := repository.Instance{Job: "Daily DB Job", Machine: "db2", SystemID: 8}
+	require.NoError(t, repo.Put(ctx, other.HistoryName("00000002.history"), strings.NewReader("x")))
+	got, err := repository.Instances(ctx, repo, "Daily DB Job", "db1")
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	assert.Equal(t, []uint64{7, 9}, []uint64{got[0].SystemID, got[1].SystemID})
+	assert.Equal(t, "db1", got[0].Machine)
 }

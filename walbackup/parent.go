@@ -136,7 +136,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 	}
 	id := repository.NewRestorePointID(j.cfg.Clock.Now())
 	rp := &repository.Manifest{Version: repository.ManifestVersion, ID: id, Job: j.cfg.Name, Machine: m.ID, SystemID: gi.SystemID,
-		StartTime: j.cfg.Clock.Now()}
+		WALSegmentSize: gi.WALSegmentSize, StartTime: j.cfg.Clock.Now()}
 
 	octx, cancel = j.op(ctx)
 	start, err := bm.StartBackup(octx, "pglogship "+id)

@@ -1,0 +1,356 @@
+package walbackup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/wal"
+)
+
+// Errors of restore planning.
+var (
+	// ErrNoRestorePoint: the repository holds no restore point that a
+	// restore to the target can start from.
+	ErrNoRestorePoint = errors.New("no restore point to start from")
+	// ErrOutsideInterval: the target lies outside the restorable interval.
+	ErrOutsideInterval = errors.New("target outside the restorable interval")
+)
+
+type targetKind int
+
+const (
+	targetLatest targetKind = iota
+	targetConsistent
+	targetTime
+	targetLSN
+	targetXID
+	targetName
+)
+
+// Target is where a restore stops. Make one with Latest, Consistent,
+// ToTime, ToLSN, ToXID or ToName.
+type Target struct {
+	kind      targetKind
+	time      time.Time
+	lsn       wal.LSN
+	xid       uint32
+	name      string
+	exclusive bool
+}
+
+// Latest restores up to the end of the shipped WAL.
+func Latest() Target { return Target{kind: targetLatest} }
+
+// Consistent restores a restore point and only the WAL it needs to be
+// consistent (PostgreSQL's recovery_target = 'immediate').
+func Consistent() Target { return Target{kind: targetConsistent} }
+
+// ToTime restores the transactions committed at or before t.
+func ToTime(t time.Time) Target { return Target{kind: targetTime, time: t} }
+
+// ToLSN restores the WAL up to and including lsn.
+func ToLSN(lsn wal.LSN) Target { return Target{kind: targetLSN, lsn: lsn} }
+
+// ToXID restores up to and including the commit of transaction xid.
+func ToXID(xid uint32) Target { return Target{kind: targetXID, xid: xid} }
+
+// ToName restores up to the named restore point made with
+// pg_create_restore_point.
+func ToName(name string) Target { return Target{kind: targetName, name: name} }
+
+// Exclusive stops just before the target instead of just after it (time,
+// LSN and transaction targets; PostgreSQL's recovery_target_inclusive =
+// off).
+func (t Target) Exclusive() Target { t.exclusive = true; return t }
+
+// String describes the target for logs and errors.
+func (t Target) String() string {
+	ex := ""
+	if t.exclusive {
+		ex = " (exclusive)"
+	}
+	switch t.kind {
+	case targetConsistent:
+		return "the restore point's consistency point"
+	case targetTime:
+		return "time " + t.time.UTC().Format(time.RFC3339Nano) + ex
+	case targetLSN:
+		return "LSN " + t.lsn.String() + ex
+	case targetXID:
+		return "transaction " + strconv.FormatUint(uint64(t.xid), 10) + ex
+	case targetName:
+		return fmt.Sprintf("restore point %q", t.name)
+	}
+	return "the latest shipped WAL"
+}
+
+// validate checks what can be checked without the repository.
+func (t Target) validate() error {
+	switch {
+	case t.kind == targetTime && t.time.IsZero():
+		return errors.New("restore target: zero time")
+	case t.kind == targetLSN && t.lsn == 0:
+		return errors.New("restore target: LSN 0/0")
+	case t.kind == targetXID && t.xid < 3:
+		return fmt.Errorf("restore target: transaction id %d is not a normal one", t.xid)
+	case t.kind == targetName && (t.name == "" || len(t.name) >= 64):
+		return fmt.Errorf("restore target: restore point name %q: 1 to 63 bytes", t.name)
+	case t.exclusive && (t.kind == targetLatest || t.kind == targetConsistent || t.kind == targetName):
+		return fmt.Errorf("restore target: %s cannot be exclusive", t)
+	}
+	return nil
+}
+
+// settings are the recovery settings that make PostgreSQL stop at t.
+func (t Target) settings(timeline uint32) map[string]string {
+	s := map[string]string{"recovery_target_action": "promote"}
+	switch t.kind {
+	case targetLatest:
+		s["recovery_target_timeline"] = "latest"
+		return s
+	case targetConsistent:
+		s["recovery_target"] = "immediate"
+	case targetTime:
+		s["recovery_target_time"] = t.time.UTC().Format("2006-01-02 15:04:05.999999") + "+00"
+	case targetLSN:
+		s["recovery_target_lsn"] = t.lsn.String()
+	case targetXID:
+		s["recovery_target_xid"] = strconv.FormatUint(uint64(t.xid), 10)
+	case targetName:
+		s["recovery_target_name"] = t.name
+	}
+	if t.kind == targetTime || t.kind == targetLSN || t.kind == targetXID {
+		s["recovery_target_inclusive"] = strconv.FormatBool(!t.exclusive)
+	}
+	// A target in the past stays on the restore point's timeline, even
+	// where a later restore branched off a newer one.
+	s["recovery_target_timeline"] = strconv.FormatUint(uint64(timeline), 10)
+	return s
+}
+
+// Point is a position in an instance's history.
+type Point struct {
+	LSN  wal.LSN
+	Time time.Time // zero when not known
+}
+
+// Interval is what an instance can be restored to: any point from
+// Earliest to Latest on Timeline.
+type Interval struct {
+	Instance      repository.Instance
+	Timeline      uint32
+	Earliest      Point // the oldest restore point's consistency point
+	Latest        Point // the end of the WAL shipped without a gap after a restore point
+	RestorePoints int
+}
+
+// RestoreRequest says what to restore.
+type RestoreRequest struct {
+	Machine string
+	// SystemID picks one of the machine's clusters; 0 means the one with
+	// the newest restore point.
+	SystemID uint64
+	Target   Target
+	// RestorePoint starts from this restore point; empty means the newest
+	// one before the target.
+	RestorePoint string
+}
+
+// Plan is a checked restore: where it starts, what it applies and the
+// recovery settings that stop it at its target. Nothing has been written
+// when a Plan is made.
+type Plan struct {
+	Instance     repository.Instance
+	Target       Target
+	RestorePoint *repository.Manifest
+	Manifests    []*repository.Manifest // the image chain's restore points, full image first
+	Chain        []hypervisor.Image
+	Interval     Interval
+	// Settings are the recovery settings for postgresql.auto.conf
+	// (recovery_target_*, recovery_target_timeline, recovery_target_action).
+	Settings map[string]string
+}
+
+// Interval reports what a machine's cluster (systemID, or 0 for the one
+// with the newest restore point) can be restored to.
+func (j *Job) Interval(ctx context.Context, machine string, systemID uint64) (Interval, error) {
+	inst, rps, err := j.restorePoints(ctx, machine, systemID)
+	if err != nil {
+		return Interval{}, err
+	}
+	return j.interval(ctx, inst, rps)
+}
+
+// Plan checks a restore request against the repository and chooses its
+// restore point: the one named, or the newest whose consistency point
+// comes before the target. A target outside the restorable interval is
+// ErrOutsideInterval, and no usable restore point is ErrNoRestorePoint,
+// both before anything is written.
+func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
+	if err := req.Target.validate(); err != nil {
+		return nil, err
+	}
+	inst, rps, err := j.restorePoints(ctx, req.Machine, req.SystemID)
+	if err != nil {
+		return nil, err
+	}
+	iv, err := j.interval(ctx, inst, rps)
+	if err != nil {
+		return nil, err
+	}
+	t := req.Target
+	outside := func(why string) error {
+		return fmt.Errorf("restore %s to %s: %w: %s (restorable from %s to %s)", req.Machine, t, ErrOutsideInterval, why,
+			describe(iv.Earliest), describe(iv.Latest))
+	}
+	switch t.kind {
+	case targetLSN:
+		if t.lsn < iv.Earliest.LSN || t.lsn > iv.Latest.LSN {
+			return nil, outside("no shipped WAL reaches it from a restore point")
+		}
+	case targetTime:
+		if t.time.Before(iv.Earliest.Time) {
+			return nil, outside("it is before the oldest restore point")
+		}
+		if !iv.Latest.Time.IsZero() && t.time.After(iv.Latest.Time) {
+			return nil, outside("no WAL shipped that late")
+		}
+	}
+	var rp *repository.Manifest
+	if req.RestorePoint != "" {
+		for _, m := range rps {
+			if m.ID == req.RestorePoint {
+				rp = m
+			}
+		}
+		if rp == nil {
+			return nil, fmt.Errorf("restore %s: restore point %s: %w", req.Machine, req.RestorePoint, ErrNoRestorePoint)
+		}
+		if !before(rp, t) {
+			return nil, fmt.Errorf("restore %s to %s: restore point %s is consistent only at %s: %w", req.Machine, t, rp.ID,
+				rp.StopLSN, ErrOutsideInterval)
+		}
+	} else {
+		for i := len(rps) - 1; i >= 0 && rp == nil; i-- {
+			if before(rps[i], t) {
+				rp = rps[i]
+			}
+		}
+		if rp == nil {
+			return nil, fmt.Errorf("restore %s to %s: %w", req.Machine, t, ErrNoRestorePoint)
+		}
+	}
+	ms, chain, err := ImageChain(ctx, j.cfg.Repository, inst, rp.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &Plan{Instance: inst, Target: t, RestorePoint: rp, Manifests: ms, Chain: chain, Interval: iv,
+		Settings: t.settings(rp.Timeline)}, nil
+}
+
+func describe(p Point) string {
+	if p.Time.IsZero() {
+		return p.LSN.String()
+	}
+	return p.LSN.String() + " (" + p.Time.UTC().Format(time.RFC3339) + ")"
+}
+
+// before reports whether restore point rp is consistent before target t,
+// so a recovery from it can reach t. Targets whose position the
+// repository does not tell (transaction ids, names) take the newest.
+func before(rp *repository.Manifest, t Target) bool {
+	switch t.kind {
+	case targetTime:
+		return !rp.StopTime.After(t.time)
+	case targetLSN:
+		return rp.StopLSN <= t.lsn
+	}
+	return true
+}
+
+// restorePoints finds the machine's cluster and its restore points,
+// oldest first.
+func (j *Job) restorePoints(ctx context.Context, machine string, systemID uint64) (repository.Instance, []*repository.Manifest, error) {
+	insts, err := repository.Instances(ctx, j.cfg.Repository, j.cfg.Name, machine)
+	if err != nil {
+		return repository.Instance{}, nil, err
+	}
+	var best repository.Instance
+	var bestRPs []*repository.Manifest
+	for _, inst := range insts {
+		if systemID != 0 && inst.SystemID != systemID {
+			continue
+		}
+		rps, err := repository.RestorePoints(ctx, j.cfg.Repository, inst)
+		if err != nil {
+			return repository.Instance{}, nil, err
+		}
+		if len(rps) > 0 && (bestRPs == nil || rps[len(rps)-1].ID > bestRPs[len(bestRPs)-1].ID) {
+			best, bestRPs = inst, rps
+		}
+	}
+	if bestRPs == nil {
+		what := "machine " + machine
+		if systemID != 0 {
+			what += fmt.Sprintf(" (system identifier %d)", systemID)
+		}
+		return repository.Instance{}, nil, fmt.Errorf("%s of job %q: %w", what, j.cfg.Name, ErrNoRestorePoint)
+	}
+	return best, bestRPs, nil
+}
+
+// interval is where the restore points and the WAL after them reach: from
+// the oldest consistency point to the end of the WAL that follows the
+// newest restore point without a gap.
+func (j *Job) interval(ctx context.Context, inst repository.Instance, rps []*repository.Manifest) (Interval, error) {
+	newest := rps[len(rps)-1]
+	iv := Interval{Instance: inst, Timeline: newest.Timeline, RestorePoints: len(rps),
+		Earliest: Point{LSN: rps[0].StopLSN, Time: rps[0].StopTime}, Latest: Point{LSN: newest.StopLSN, Time: newest.StopTime}}
+	segs, err := j.archivedSegments(ctx, inst, newest.Timeline)
+	if err != nil {
+		return Interval{}, err
+	}
+	size := newest.SegmentSize()
+	f := wal.SegmentAt(newest.Timeline, newest.StartLSN, size)
+	if !segs[f.String()] {
+		return Interval{}, fmt.Errorf("restore point %s: its first WAL segment %s is not in the repository", newest.ID, f)
+	}
+	for segs[f.Next(size).String()] {
+		f = f.Next(size)
+	}
+	if end := f.Next(size).StartLSN(size); end > iv.Latest.LSN {
+		iv.Latest = Point{LSN: end} // the time of that WAL's last commit is not known here
+	}
+	return iv, nil
+}
+
+// archivedSegments returns the names of the segments of a timeline that
+// the repository holds, from the bundles' indexes (a bundle's name range
+// can span a segment a batch did not have).
+func (j *Job) archivedSegments(ctx context.Context, inst repository.Instance, tli uint32) (map[string]bool, error) {
+	refs, err := repository.Bundles(ctx, j.cfg.Repository, inst, tli)
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(refs, func(a, b int) bool { return refs[a].First < refs[b].First })
+	segs := map[string]bool{}
+	for _, ref := range refs {
+		b, err := bundle.Open(ctx, j.cfg.Repository, ref.Object.Name, ref.Object.Size, j.cfg.Key)
+		if err != nil {
+			return nil, fmt.Errorf("read the index of %s: %w", ref.Object.Name, err)
+		}
+		for _, e := range b.Entries() {
+			if f, err := wal.ParseFileName(e.Name); err == nil && f.Kind == wal.Segment {
+				segs[e.Name] = true
+			}
+		}
+	}
+	return segs, nil
+}

@@ -1,0 +1,110 @@
+package walbackup_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/walbackup"
+	"github.com/pglogship/pglogship/wal"
+)
+
+// twoRestorePoints runs a job on the fakes: WAL, restore point 1 at 09:00,
+// more WAL, restore point 2 at 10:00, more WAL. Segments are 16 MiB.
+func twoRestorePoints(t *testing.T) *harness {
+	t.Helper()
+	ctx := context.Background()
+	h := newHarness(t, func(c *walbackup.Config) { c.Schedule = nil })
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	for _, at := range []int{9, 10} {
+		h.addWAL()
+		h.addWAL()
+		h.step(t, time.Date(2026, 11, 25, at, 0, 0, 0, time.UTC).Sub(h.clk.Now()))
+		require.NoError(t, h.job.StartParent(ctx))
+		h.idle(t)
+	}
+	h.addWAL()
+	h.step(t, 15*time.Minute)
+	require.NoError(t, h.job.Disable(ctx))
+	return h
+}
+
+func TestPlanChoosesTheRestorePointBeforeTheTarget(t *testing.T) {
+	ctx := context.Background()
+	h := twoRestorePoints(t)
+	// Segments: 1, 2 (child), 3 (backup 1 at 0/3000028), 4, 5, 6 (backup 2 at
+	// 0/6000028), 7 (child).
+	iv, err := h.job.Interval(ctx, "vm1", 0)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(42), iv.Instance.SystemID)
+	assert.Equal(t, 2, iv.RestorePoints)
+	assert.Equal(t, "0/3000128", iv.Earliest.LSN.String(), "restore point 1 is consistent at its stop")
+	assert.Equal(t, time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC), iv.Earliest.Time)
+	assert.Equal(t, "0/8000000", iv.Latest.LSN.String(), "the end of segment 7")
+
+	latest, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
+	require.NoError(t, err)
+	assert.Equal(t, "0/6000028", latest.RestorePoint.StartLSN.String(), "the newest restore point")
+	assert.Equal(t, map[string]string{"recovery_target_action": "promote", "recovery_target_timeline": "latest"}, latest.Settings)
+	require.Len(t, latest.Chain, 1)
+	assert.Equal(t, latest.RestorePoint.ID, latest.Manifests[0].ID)
+
+	between, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToLSN(0x5000000)})
+	require.NoError(t, err)
+	assert.Equal(t, "0/3000028", between.RestorePoint.StartLSN.String(), "restore point 1: number 2 is consistent only later")
+	assert.Equal(t, map[string]string{"recovery_target_action": "promote", "recovery_target_lsn": "0/5000000",
+		"recovery_target_inclusive": "true", "recovery_target_timeline": "1"}, between.Settings)
+
+	at := time.Date(2026, 11, 25, 9, 30, 0, 123456000, time.UTC)
+	byTime, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToTime(at).Exclusive()})
+	require.NoError(t, err)
+	assert.Equal(t, between.RestorePoint.ID, byTime.RestorePoint.ID)
+	assert.Equal(t, "2026-11-25 09:30:00.123456+00", byTime.Settings["recovery_target_time"])
+	assert.Equal(t, "false", byTime.Settings["recovery_target_inclusive"])
+
+	named, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToName("before upgrade"),
+		RestorePoint: between.RestorePoint.ID})
+	require.NoError(t, err)
+	assert.Equal(t, "before upgrade", named.Settings["recovery_target_name"])
+	assert.Equal(t, between.RestorePoint.ID, named.RestorePoint.ID, "the restore point asked for")
+}
+
+func TestPlanRefusesTargetsOutsideTheInterval(t *testing.T) {
+	ctx := context.Background()
+	h := twoRestorePoints(t)
+	for name, target := range map[string]walbackup.Target{
+		"LSN before the oldest restore point": walbackup.ToLSN(0x2000000),
+		"LSN past the shipped WAL":            walbackup.ToLSN(0x9000000),
+		"time before the oldest restore point": walbackup.ToTime(time.Date(2026, 11, 25, 8, 30, 0, 0, time.UTC)),
+	} {
+		_, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: target})
+		require.ErrorIs(t, err, walbackup.ErrOutsideInterval, name)
+		assert.Contains(t, err.Error(), "restorable from 0/3000128", name)
+	}
+	rps, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
+	require.NoError(t, err)
+	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToLSN(0x5000000), RestorePoint: rps.RestorePoint.ID})
+	require.ErrorIs(t, err, walbackup.ErrOutsideInterval, "restore point 2 is consistent only after the target")
+	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest(), RestorePoint: "20261125T000000Z-00000000"})
+	require.ErrorIs(t, err, walbackup.ErrNoRestorePoint)
+	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm9", Target: walbackup.Latest()})
+	require.ErrorIs(t, err, walbackup.ErrNoRestorePoint)
+	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest(), SystemID: 43})
+	require.ErrorIs(t, err, walbackup.ErrNoRestorePoint)
+}
+
+func TestTargetsRefusedBeforeAnyLookup(t *testing.T) {
+	h := newHarness(t)
+	for _, target := range []walbackup.Target{walbackup.ToTime(time.Time{}), walbackup.ToLSN(0), walbackup.ToXID(2),
+		walbackup.ToName(""), walbackup.ToName(strings.Repeat("x", 64)), walbackup.Latest().Exclusive(),
+		walbackup.ToName("n").Exclusive(), walbackup.Consistent().Exclusive()} {
+		_, err := h.job.Plan(context.Background(), walbackup.RestoreRequest{Machine: "vm1", Target: target})
+		require.ErrorContains(t, err, "restore target", "%v", target)
+	}
+	assert.Equal(t, "LSN 0/5000000 (exclusive)", walbackup.ToLSN(wal.LSN(0x5000000)).Exclusive().String())
+}
