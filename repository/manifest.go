@@ -23,19 +23,19 @@ var ErrBadManifest = errors.New("invalid restore point manifest")
 // PostgreSQL in backup mode, and what recovery needs to start from it.
 // Writing it, after every object it lists, commits the restore point.
 type Manifest struct {
-	Version   int       `json:"version"`
-	ID        string    `json:"id"`
-	Job       string    `json:"job"`
-	Machine   string    `json:"machine"`
-	SystemID  uint64    `json:"system_id,string"`
-	Timeline  uint32    `json:"timeline"`
+	Version  int    `json:"version"`
+	ID       string `json:"id"`
+	Job      string `json:"job"`
+	Machine  string `json:"machine"`
+	SystemID uint64 `json:"system_id,string"`
+	Timeline uint32 `json:"timeline"`
 	// WALSegmentSize is the cluster's WAL segment size in bytes; 0 in a
 	// manifest means the default, 16 MiB.
-	WALSegmentSize int64 `json:"wal_segment_size,omitempty"`
-	StartLSN  wal.LSN   `json:"start_lsn"`
-	StopLSN   wal.LSN   `json:"stop_lsn"`
-	StartTime time.Time `json:"start_time"`
-	StopTime  time.Time `json:"stop_time"`
+	WALSegmentSize int64     `json:"wal_segment_size,omitempty"`
+	StartLSN       wal.LSN   `json:"start_lsn"`
+	StopLSN        wal.LSN   `json:"stop_lsn"`
+	StartTime      time.Time `json:"start_time"`
+	StopTime       time.Time `json:"stop_time"`
 	// BackupLabel and TablespaceMap are what pg_backup_stop returned; a
 	// restore writes them into the data directory before starting.
 	BackupLabel   string `json:"backup_label"`

@@ -9,8 +9,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pglogship/pglogship/walbackup"
 	"github.com/pglogship/pglogship/wal"
+	"github.com/pglogship/pglogship/walbackup"
 )
 
 // twoRestorePoints runs a job on the fakes: WAL, restore point 1 at 09:00,
@@ -78,8 +78,8 @@ func TestPlanRefusesTargetsOutsideTheInterval(t *testing.T) {
 	ctx := context.Background()
 	h := twoRestorePoints(t)
 	for name, target := range map[string]walbackup.Target{
-		"LSN before the oldest restore point": walbackup.ToLSN(0x2000000),
-		"LSN past the shipped WAL":            walbackup.ToLSN(0x9000000),
+		"LSN before the oldest restore point":  walbackup.ToLSN(0x2000000),
+		"LSN past the shipped WAL":             walbackup.ToLSN(0x9000000),
 		"time before the oldest restore point": walbackup.ToTime(time.Date(2026, 11, 25, 8, 30, 0, 0, time.UTC)),
 	} {
 		_, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: target})
