@@ -217,7 +217,7 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 func (j *Job) shipMachine(ctx context.Context, ms *machineState) (Shipped, error) {
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	got, err := ShipOnce(wctx, watchedRuntime{ms.rt, w}, watchedRepo{j.cfg.Repository, w}, ms.inst, j.cfg.Key)
+	got, err := ShipOnce(wctx, watchedRuntime{ms.rt, w}, watchedRepo{j.cfg.Repository, w}, ms.inst, ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now()})
 	return got, explain(wctx, err)
 }
 

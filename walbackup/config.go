@@ -59,6 +59,7 @@ type Config struct {
 	Repository        repository.Repository
 	Sessions          session.Store
 	Key               *bundle.Key // encrypts bundles when set; never stored
+	Retention         Retention   // the zero value keeps everything
 	Clock             clock.Clock
 	Logger            *slog.Logger
 	Observer          func(Event) // optional; called from the job's goroutine, must not block
@@ -107,6 +108,9 @@ func (c *Config) validate() error {
 		return errors.New("hypervisor, guest deployer, repository and session store are required")
 	case c.OperationTimeout < 0 || c.RetryDelay < 0:
 		return errors.New("operation timeout and retry delay cannot be negative")
+	}
+	if err := c.Retention.validate(); err != nil {
+		return err
 	}
 	if v, ok := c.Schedule.(interface{ Validate() error }); ok {
 		if err := v.Validate(); err != nil {

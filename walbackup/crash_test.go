@@ -39,7 +39,7 @@ func TestShipCutOffAtRandomPoints(t *testing.T) {
 			}
 			g.SetFault(func(guesttest.Op, string) error { cut(); return nil })
 			repo.SetFault(func(memory.Op, string) error { cut(); return nil })
-			_, _ = walbackup.ShipOnce(ctx, rt, repo, inst, nil) // may or may not finish
+			_, _ = walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{}) // may or may not finish
 			cancel()
 
 			// Whatever happened, nothing is lost so far.
@@ -48,7 +48,7 @@ func TestShipCutOffAtRandomPoints(t *testing.T) {
 			// The restarted host ships the rest.
 			g.SetFault(nil)
 			repo.SetFault(nil)
-			_, err := walbackup.ShipOnce(context.Background(), rt, repo, inst, nil)
+			_, err := walbackup.ShipOnce(context.Background(), rt, repo, inst, walbackup.ShipOptions{})
 			require.NoError(t, err)
 			require.Empty(t, g.Waiting())
 			in := stored(t, repo, inst, 1) // fails on two contents for a name

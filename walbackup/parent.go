@@ -63,7 +63,15 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("machine %s: restore point %s, %s image of %d objects (%d bytes), backup from %s to %s on timeline %d",
 			m.ID, rp.ID, kind, len(rp.Objects), size, rp.StartLSN, rp.StopLSN, rp.Timeline))
 	}
-	rec.State, rec.End = session.StateSuccess, j.cfg.Clock.Now()
+	rec.State = session.StateSuccess
+	if exp, err := j.Expire(ctx); err != nil {
+		rec.State = session.StateWarning
+		j.parentLog(ctx, rec, session.SeverityWarning, fmt.Sprintf("expiry: %v (what it did not remove is removed by the next one)", err))
+	} else if len(exp.RestorePoints)+len(exp.Bundles)+len(exp.Garbage) > 0 {
+		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("expiry removed restore points %v, %d WAL bundles and %d unfinished restore points",
+			exp.RestorePoints, len(exp.Bundles), len(exp.Garbage)))
+	}
+	rec.End = j.cfg.Clock.Now()
 	if len(failed) > 0 {
 		sort.Strings(failed)
 		rec.State, rec.Result = session.StateFailed, fmt.Sprintf("no restore point of %v", failed)
@@ -269,7 +277,7 @@ func (j *Job) newestRestorePoint(ctx context.Context, inst repository.Instance) 
 func (j *Job) ship(ctx context.Context, rt guest.Runtime, inst repository.Instance) (Shipped, error) {
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	got, err := ShipOnce(wctx, watchedRuntime{rt, w}, watchedRepo{j.cfg.Repository, w}, inst, j.cfg.Key)
+	got, err := ShipOnce(wctx, watchedRuntime{rt, w}, watchedRepo{j.cfg.Repository, w}, inst, ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now()})
 	return got, explain(wctx, err)
 }
 

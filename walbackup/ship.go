@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"time"
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/repository"
@@ -29,13 +30,21 @@ type Shipped struct {
 	Objects     []string // repository objects written
 }
 
+// ShipOptions tune ShipOnce.
+type ShipOptions struct {
+	Key *bundle.Key // encrypts the bundles when set
+	// Time is when the batch is shipped, recorded in each bundle for
+	// retention by age; the job passes its clock's time.
+	Time time.Time
+}
+
 // ShipOnce moves the WAL waiting in one guest into the repository: one
 // bundle per timeline (history files as their own objects), each read back
 // and verified against the checksums the guest computed, and only then are
 // the files removed from the guest. On any error nothing is removed, so the
 // files are shipped again next time; a bundle already written then simply
 // overlaps the next one, which readers accept.
-func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, key *bundle.Key) (Shipped, error) {
+func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, opts ShipOptions) (Shipped, error) {
 	var out Shipped
 	files, err := rt.Ready(ctx)
 	if err != nil {
@@ -70,7 +79,7 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 	}
 	for _, tli := range order {
 		names := groups[tli]
-		obj, raw, stored, err := shipBundle(ctx, rt, repo, inst, tli, names, key)
+		obj, raw, stored, err := shipBundle(ctx, rt, repo, inst, tli, names, opts)
 		if err != nil {
 			return out, err
 		}
@@ -107,7 +116,8 @@ func (s *Shipped) add(name string, raw, stored int64) {
 
 // shipBundle streams the files into one bundle and verifies it.
 func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance,
-	tli uint32, names []string, key *bundle.Key) (obj string, raw, stored int64, err error) {
+	tli uint32, names []string, opts ShipOptions) (obj string, raw, stored int64, err error) {
+	key := opts.Key
 	obj = inst.NewBundleName(tli, names[0], names[len(names)-1])
 	want := make(map[string][32]byte, len(names))
 	pr, pw := io.Pipe()
@@ -118,6 +128,7 @@ func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repositor
 			if err != nil {
 				return err
 			}
+			w.SetCreated(opts.Time)
 			err = rt.Read(ctx, names, func(f guest.Frame) error {
 				codec := bundle.Raw
 				if f.Codec == guest.CodecZstd {

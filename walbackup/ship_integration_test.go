@@ -53,7 +53,7 @@ func TestShipOnceRealWAL(t *testing.T) {
 			require.NoError(t, err)
 			originals[f.Name] = b
 		}
-		got, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+		got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 		require.NoError(t, err)
 		assert.Equal(t, len(files), got.Files)
 		assert.Less(t, got.StoredBytes, got.RawBytes, "compressed in the guest")

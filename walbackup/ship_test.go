@@ -68,7 +68,7 @@ func TestShipOnce(t *testing.T) {
 	}
 	g, rt := fakeGuest(t, files)
 	repo := memory.New()
-	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, 5, got.Files)
 	assert.Equal(t, seg(1, 3), got.First)
@@ -89,7 +89,7 @@ func TestShipOnce(t *testing.T) {
 	rc.Close()
 	assert.Equal(t, files["00000002.history"], h)
 
-	again, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	again, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.NoError(t, err)
 	assert.Zero(t, again.Files, "nothing waiting, nothing written")
 	assert.Empty(t, again.Objects)
@@ -106,12 +106,12 @@ func TestShipOnceRepositoryDown(t *testing.T) {
 		}
 		return nil
 	})
-	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.ErrorIs(t, err, down)
 	assert.Len(t, g.Waiting(), 2, "nothing is deleted in the guest")
 
 	repo.SetFault(nil)
-	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, 2, got.Files)
 	assert.Empty(t, g.Waiting())
@@ -129,11 +129,11 @@ func TestShipOnceRemoveFailsThenRetry(t *testing.T) {
 		}
 		return nil
 	})
-	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.Error(t, err)
 	assert.Len(t, g.Waiting(), 2)
 	g.SetFault(nil)
-	_, err = walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	_, err = walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.NoError(t, err)
 	refs, err := repository.Bundles(ctx, repo, inst, 1)
 	require.NoError(t, err)
@@ -146,7 +146,7 @@ func TestShipOnceHistoryConflict(t *testing.T) {
 	repo := memory.New()
 	require.NoError(t, repo.Put(ctx, inst.HistoryName("00000002.history"), bytes.NewReader([]byte("another branch"))))
 	g, rt := fakeGuest(t, map[string][]byte{"00000002.history": []byte("1\t0/5000000\tthis branch\n"), seg(2, 5): []byte("x")})
-	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.ErrorIs(t, err, repository.ErrConflict, "a split brain is refused")
 	assert.Len(t, g.Waiting(), 2, "and nothing is deleted")
 }
@@ -157,7 +157,7 @@ func TestShipOnceEncrypted(t *testing.T) {
 	require.NoError(t, err)
 	_, rt := fakeGuest(t, map[string][]byte{seg(1, 1): []byte("secret wal")})
 	repo := memory.New()
-	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, key)
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Key: key})
 	require.NoError(t, err)
 	o, err := repo.Stat(ctx, got.Objects[0])
 	require.NoError(t, err)
@@ -184,7 +184,7 @@ func TestFetchWAL(t *testing.T) {
 	files := map[string][]byte{seg(1, 1): []byte("one"), seg(1, 2): []byte("two"), "00000002.history": []byte("1\t0/2000000\tno recovery target specified\n")}
 	_, rt := fakeGuest(t, files)
 	repo := memory.New()
-	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, nil)
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.NoError(t, err)
 	for name, want := range files {
 		var buf bytes.Buffer

@@ -53,6 +53,7 @@ type Fake struct {
 	snapshots int
 	fault     func(op Op, machine string) error
 	live      bool
+	incr      bool
 }
 
 // New returns a fake with the given machines, each with an empty disk.
@@ -69,6 +70,15 @@ func New(clk clock.Clock, machines ...hypervisor.Machine) *Fake {
 func (f *Fake) SetDisk(machineID string, data []byte) {
 	f.mu.Lock()
 	f.disks[machineID] = bytes.Clone(data)
+	f.mu.Unlock()
+}
+
+// SetIncremental makes images taken with a base of the same machine say
+// they are incremental on it. Their content is still the whole disk, so
+// restores work as before; it is for tests of chains.
+func (f *Fake) SetIncremental(on bool) {
+	f.mu.Lock()
+	f.incr = on
 	f.mu.Unlock()
 }
 
@@ -127,7 +137,7 @@ func (f *Fake) Machines(ctx context.Context) ([]hypervisor.Machine, error) {
 }
 
 // Snapshot implements hypervisor.Hypervisor.
-func (f *Fake) Snapshot(ctx context.Context, machineID string, _ hypervisor.SnapshotOptions) (hypervisor.Snapshot, error) {
+func (f *Fake) Snapshot(ctx context.Context, machineID string, opts hypervisor.SnapshotOptions) (hypervisor.Snapshot, error) {
 	if err := f.inject(ctx, OpSnapshot, machineID); err != nil {
 		return nil, err
 	}
@@ -142,7 +152,11 @@ func (f *Fake) Snapshot(ctx context.Context, machineID string, _ hypervisor.Snap
 	}
 	f.held[machineID] = true
 	f.snapshots++
-	return &snapshot{f: f, machine: machineID, taken: f.clock.Now(), disk: bytes.Clone(disk), fixed: !f.live}, nil
+	snap := &snapshot{f: f, machine: machineID, taken: f.clock.Now(), disk: bytes.Clone(disk), fixed: !f.live}
+	if f.incr && opts.Base != nil && opts.Base.Machine == machineID {
+		snap.base = opts.Base.Prefix
+	}
+	return snap, nil
 }
 
 // Restore implements hypervisor.Hypervisor.
@@ -190,6 +204,7 @@ type snapshot struct {
 	once     sync.Once
 	exported bool
 	fixed    bool
+	base     string // the base's prefix when the image says it is incremental
 }
 
 func (s *snapshot) Taken() time.Time { return s.taken }
@@ -215,7 +230,7 @@ func (s *snapshot) Export(ctx context.Context, dst hypervisor.ObjectPutter, pref
 	}
 	sum := sha256.Sum256(s.disk)
 	return hypervisor.Image{
-		Machine: s.machine, Taken: s.taken, Full: true, Prefix: prefix,
+		Machine: s.machine, Taken: s.taken, Full: s.base == "", Base: s.base, Prefix: prefix,
 		Objects: []hypervisor.ImageObject{{Name: name, Size: int64(len(s.disk)), SHA256: hex.EncodeToString(sum[:])}},
 	}, nil
 }

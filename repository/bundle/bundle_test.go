@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
@@ -278,4 +279,27 @@ func TestVerify(t *testing.T) {
 	repo2 := store(t, flipped)
 	want[segName(2)] = sha256.Sum256(files[1].data)
 	require.ErrorIs(t, bundle.Verify(ctx, repo2, "b", int64(len(flipped)), nil, want), bundle.ErrCorrupt)
+}
+
+func TestCreatedTime(t *testing.T) {
+	ctx := context.Background()
+	for _, k := range []*bundle.Key{nil, key(t, 7)} {
+		repo := memory.New()
+		at := time.Date(2026, 11, 25, 22, 0, 0, 123, time.UTC)
+		for name, created := range map[string]time.Time{"with": at, "without": {}} {
+			var buf bytes.Buffer
+			w, err := bundle.NewWriter(&buf, k)
+			require.NoError(t, err)
+			_, err = w.Add("000000010000000000000001", bundle.Raw, strings.NewReader("x"))
+			require.NoError(t, err)
+			w.SetCreated(created)
+			_, err = w.Close()
+			require.NoError(t, err)
+			size := int64(buf.Len())
+			require.NoError(t, repo.Put(ctx, name, &buf))
+			r, err := bundle.Open(ctx, repo, name, size, k)
+			require.NoError(t, err)
+			assert.True(t, created.Equal(r.Created()), "%s: %v", name, r.Created())
+		}
+	}
 }

@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"crypto/sha256"
+	"time"
 )
 
 // Assemble builds a plain bundle around one frame given as raw bytes, with
@@ -9,7 +10,7 @@ import (
 func Assemble(frame []byte, name string, rawSize int64, sum [32]byte) []byte {
 	h := header{}
 	hb := h.marshal()
-	idx, _ := encodeIndex([]Entry{{Name: name, RawSize: rawSize, SHA256: sum, Offset: headerSize, Length: int64(len(frame))}})
+	idx, _ := encodeIndex([]Entry{{Name: name, RawSize: rawSize, SHA256: sum, Offset: headerSize, Length: int64(len(frame))}}, time.Time{})
 	t := trailer{indexOffset: int64(headerSize + len(frame)), indexLength: int64(len(idx))}
 	s := sha256.New()
 	s.Write(hb)

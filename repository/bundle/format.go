@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
+	"time"
 )
 
 // Layout constants; docs/repository-format.md is the normative description.
@@ -48,6 +49,7 @@ type Entry struct {
 
 type indexJSON struct {
 	Version int         `json:"version"`
+	Created string      `json:"created,omitempty"` // RFC 3339, UTC; absent in bundles of older writers
 	Files   []entryJSON `json:"files"`
 }
 
@@ -59,8 +61,11 @@ type entryJSON struct {
 	Length  int64  `json:"length"`
 }
 
-func encodeIndex(entries []Entry) ([]byte, error) {
+func encodeIndex(entries []Entry, created time.Time) ([]byte, error) {
 	idx := indexJSON{Version: version, Files: make([]entryJSON, len(entries))}
+	if !created.IsZero() {
+		idx.Created = created.UTC().Format(time.RFC3339Nano)
+	}
 	for i, e := range entries {
 		idx.Files[i] = entryJSON{e.Name, e.RawSize, hex.EncodeToString(e.SHA256[:]), e.Offset, e.Length}
 	}
@@ -69,13 +74,20 @@ func encodeIndex(entries []Entry) ([]byte, error) {
 
 // decodeIndex parses and checks an index against the bundle's size: frames
 // must lie between the header and the index, in order, without overlap.
-func decodeIndex(b []byte, indexOffset int64) ([]Entry, error) {
+func decodeIndex(b []byte, indexOffset int64) ([]Entry, time.Time, error) {
 	var idx indexJSON
 	if err := json.Unmarshal(b, &idx); err != nil {
-		return nil, fmt.Errorf("index: %v", err)
+		return nil, time.Time{}, fmt.Errorf("index: %v", err)
 	}
 	if idx.Version != version {
-		return nil, fmt.Errorf("index version %d, want %d", idx.Version, version)
+		return nil, time.Time{}, fmt.Errorf("index version %d, want %d", idx.Version, version)
+	}
+	var created time.Time
+	if idx.Created != "" {
+		var err error
+		if created, err = time.Parse(time.RFC3339Nano, idx.Created); err != nil {
+			return nil, time.Time{}, fmt.Errorf("index: created %q: %v", idx.Created, err)
+		}
 	}
 	entries := make([]Entry, len(idx.Files))
 	next := int64(headerSize)
@@ -85,11 +97,11 @@ func decodeIndex(b []byte, indexOffset int64) ([]Entry, error) {
 		sum, err := hex.DecodeString(f.SHA256)
 		switch {
 		case err != nil || len(sum) != 32:
-			return nil, fmt.Errorf("index entry %d: bad sha256", i)
+			return nil, time.Time{}, fmt.Errorf("index entry %d: bad sha256", i)
 		case f.Name == "" || len(f.Name) > maxName || seen[f.Name]:
-			return nil, fmt.Errorf("index entry %d: bad or repeated name %q", i, f.Name)
+			return nil, time.Time{}, fmt.Errorf("index entry %d: bad or repeated name %q", i, f.Name)
 		case f.RawSize < 0 || f.Offset != next || f.Length <= 0 || f.Length > indexOffset-f.Offset:
-			return nil, fmt.Errorf("index entry %d (%s): frame outside the bundle", i, f.Name)
+			return nil, time.Time{}, fmt.Errorf("index entry %d (%s): frame outside the bundle", i, f.Name)
 		}
 		seen[f.Name] = true
 		copy(e.SHA256[:], sum)
@@ -97,9 +109,9 @@ func decodeIndex(b []byte, indexOffset int64) ([]Entry, error) {
 		next = f.Offset + f.Length
 	}
 	if next != indexOffset {
-		return nil, fmt.Errorf("index does not account for bytes %d to %d", next, indexOffset)
+		return nil, time.Time{}, fmt.Errorf("index does not account for bytes %d to %d", next, indexOffset)
 	}
-	return entries, nil
+	return entries, created, nil
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

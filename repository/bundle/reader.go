@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -29,6 +30,7 @@ type Reader struct {
 	key     *Key
 	hdr     header
 	entries []Entry
+	created time.Time
 	byName  map[string]int
 }
 
@@ -82,7 +84,7 @@ func Open(ctx context.Context, src Getter, name string, size int64, key *Key) (*
 			return nil, r.corrupt("", "index authentication failed")
 		}
 	}
-	if r.entries, err = decodeIndex(idx, t.indexOffset); err != nil {
+	if r.entries, r.created, err = decodeIndex(idx, t.indexOffset); err != nil {
 		return nil, r.corrupt("", err.Error())
 	}
 	r.byName = make(map[string]int, len(r.entries))
@@ -108,6 +110,10 @@ func (r *Reader) read(ctx context.Context, off, n int64) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// Created is when the bundle was written (Writer.SetCreated); zero when
+// its writer did not say.
+func (r *Reader) Created() time.Time { return r.created }
 
 // Entries returns the files in the bundle, in bundle order.
 func (r *Reader) Entries() []Entry { return append([]Entry(nil), r.entries...) }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -36,6 +37,7 @@ type Writer struct {
 	sealed  []byte // scratch for sealing
 	err     error  // sticky: a failed Add leaves the bundle unusable
 	closed  bool
+	created time.Time
 }
 
 type countWriter struct {
@@ -221,6 +223,10 @@ func (c *chunkWriter) finish() error {
 	return err
 }
 
+// SetCreated records when the bundle was written, in its index, so
+// retention can tell its age without relying on the storage's timestamps.
+func (w *Writer) SetCreated(t time.Time) { w.created = t }
+
 // Close writes the index and the trailer and flushes. It returns the
 // entries in bundle order. The bundle is complete only once Close returns
 // nil; the underlying writer is not closed.
@@ -232,7 +238,7 @@ func (w *Writer) Close() ([]Entry, error) {
 		return nil, errors.New("bundle writer closed")
 	}
 	w.closed = true
-	idx, err := encodeIndex(w.entries)
+	idx, err := encodeIndex(w.entries, w.created)
 	if err != nil {
 		return nil, err
 	}
