@@ -9,7 +9,7 @@ STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 export PGLOGSHIP_CACHE := $(CACHE)
 export STATICCHECK_VERSION
 
-.PHONY: all setup test check fmt vet staticcheck unit demo fuzz bench
+.PHONY: all setup test check fmt vet staticcheck unit demo fuzz bench crash
 
 all: test
 
@@ -39,6 +39,10 @@ unit:
 ## demo: runs the main job end to end on the embedded default.
 demo: setup
 	scripts/demo-postgres go run ./examples/quickstart
+
+## crash: the crash-injection tests with 1000 kill points instead of make test's 100.
+crash:
+	PGLOGSHIP_CRASH_TRIALS=1000 go test -count=1 -timeout 30m -run 'KilledAtRandomPoints' ./walbackup/
 
 ## fuzz: a short run of every fuzz target.
 fuzz:

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +26,7 @@ import (
 	"github.com/pglogship/pglogship/repository/memory"
 	"github.com/pglogship/pglogship/session"
 	smem "github.com/pglogship/pglogship/session/memory"
+	"github.com/pglogship/pglogship/wal"
 	"github.com/pglogship/pglogship/walbackup"
 )
 
@@ -197,20 +200,58 @@ func (s deadStore) Append(ctx context.Context, id string, e session.Entry) (sess
 	return s.Store.Append(ctx, id, e)
 }
 
-// The job's host is killed at 50 random points while the child job ships
-// (the context is canceled in the middle of a guest, repository or store
-// call, and from then on nothing the host does reaches anything). After a
-// restart every segment is in the repository or still in the guest, none is
-// lost, none is stored with two contents; the restarted job ships the rest
-// and closes the session the dead host left running.
+// crashTrials is how many kill points the crash tests try: 100 by
+// default, more with PGLOGSHIP_CRASH_TRIALS (make crash runs 1000).
+func crashTrials(t *testing.T) int {
+	if v := os.Getenv("PGLOGSHIP_CRASH_TRIALS"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(t, err, "PGLOGSHIP_CRASH_TRIALS")
+		return n
+	}
+	return 100
+}
+
+// oldestNeeded is the first segment the repository must still hold: the
+// start of the oldest restore point retention kept ("" when there is none).
+func oldestNeeded(t *testing.T, repo repository.Repository, inst repository.Instance) string {
+	t.Helper()
+	rps, err := repository.RestorePoints(context.Background(), repo, inst)
+	require.NoError(t, err)
+	if len(rps) == 0 {
+		return ""
+	}
+	return wal.SegmentAt(rps[0].Timeline, rps[0].StartLSN, rps[0].SegmentSize()).String()
+}
+
+// needed keeps the files at or after the oldest needed segment: retention
+// may delete what comes before it.
+func needed(files map[string][]byte, from string) map[string][]byte {
+	out := map[string][]byte{}
+	for n, b := range files {
+		if n >= from {
+			out[n] = b
+		}
+	}
+	return out
+}
+
+// The job's host is killed at random points (100 by default) while the
+// child job ships and parent sessions take restore points and expire old
+// ones (retention keeps 2): the context is canceled in the middle of a
+// guest, repository or store call, and from then on nothing the host does
+// reaches anything. After a restart every segment a kept restore point
+// needs is in the repository or still in the guest, none is lost, none is
+// stored with two contents; the restarted job ships the rest, closes the
+// sessions the dead host left running, and Verify finds nothing wrong.
 func TestJobKilledAtRandomPoints(t *testing.T) {
-	for trial := 0; trial < 50; trial++ {
+	for trial := 0; trial < crashTrials(t); trial++ {
 		t.Run(fmt.Sprint(trial), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(trial), 11))
 			g := guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42,
 				Timeline: 1, WALSegmentSize: 16 << 20})
 			repo, store := memory.New(), smem.New()
 			inst := repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: 42}
+			retain := func(c *walbackup.Config) { c.Retention = walbackup.Retention{RestorePoints: 2} }
 			seq := 0
 			addWAL := func(n int) {
 				for i := 0; i < n; i++ {
@@ -222,22 +263,28 @@ func TestJobKilledAtRandomPoints(t *testing.T) {
 			// Host 1 runs until it is killed at a random call.
 			var dead atomic.Bool
 			ctx, kill := context.WithCancel(context.Background())
-			var calls atomic.Int64
-			cutAt := int64(1 + rng.IntN(40))
-			fault := func() error {
+			// Half the trials cut at any call, half at one of expiry's
+			// deletes, whose windows are a call wide.
+			var calls, deletes atomic.Int64
+			cutAt, cutAtDelete := int64(1+rng.IntN(150)), int64(0)
+			if trial%2 == 1 {
+				cutAt, cutAtDelete = 0, int64(1+rng.IntN(4))
+			}
+			fault := func(isDelete bool) error {
 				if dead.Load() {
 					return errHostDied
 				}
-				if calls.Add(1) == cutAt {
+				n := calls.Add(1)
+				if isDelete && deletes.Add(1) == cutAtDelete || n == cutAt {
 					dead.Store(true)
 					kill()
 					return errHostDied
 				}
 				return nil
 			}
-			g.SetFault(func(guesttest.Op, string) error { return fault() })
-			repo.SetFault(func(memory.Op, string) error { return fault() })
-			h := newJobHarness(t, g, repo, deadStore{store, &dead})
+			g.SetFault(func(guesttest.Op, string) error { return fault(false) })
+			repo.SetFault(func(op memory.Op, _ string) error { return fault(op == memory.OpDelete) })
+			h := newJobHarness(t, g, repo, deadStore{store, &dead}, retain)
 			ran := make(chan error, 1)
 			go func() { ran <- h.job.Run(ctx) }()
 			alive := func() bool {
@@ -249,15 +296,17 @@ func TestJobKilledAtRandomPoints(t *testing.T) {
 				}
 			}
 			if h.idleOrDead(t, ran) {
-				for i := 0; i < 8 && alive(); i++ {
+				for i := 0; i < 12 && alive(); i++ {
 					addWAL(1 + rng.IntN(3))
-					if rng.IntN(4) == 0 {
-						_ = h.job.StartParent(ctx)
-					} else {
-						h.clk.Set(h.next)
-					}
+					h.clk.Set(h.next) // an interval, so restore point ids differ
 					if !h.idleOrDead(t, ran) {
 						break
+					}
+					if rng.IntN(3) == 0 && alive() {
+						_ = h.job.StartParent(ctx)
+						if !h.idleOrDead(t, ran) {
+							break
+						}
 					}
 				}
 			}
@@ -270,49 +319,68 @@ func TestJobKilledAtRandomPoints(t *testing.T) {
 			}
 
 			// Nothing is lost so far (the repository and guest are fine; only
-			// the host died).
+			// the host died). stored fails on two contents for one name.
 			g.SetFault(nil)
 			repo.SetFault(nil)
-			// stored fails on two contents for one name.
-			files := g.Archived() // by the test and by backup mode
-			requireNothingLost(t, files, stored(t, repo, inst, 1), g.Waiting(), fmt.Sprintf("killed at call %d", cutAt))
+			from := oldestNeeded(t, repo, inst)
+			requireNothingLost(t, needed(g.Archived(), from), stored(t, repo, inst, 1), g.Waiting(),
+				fmt.Sprintf("killed at call %d or delete %d", cutAt, cutAtDelete))
+			// Whatever the dead host left is consistent: every committed
+			// restore point whole, the WAL after it without a gap.
+			rep, err := h.job.Verify(context.Background())
+			require.NoError(t, err)
+			require.True(t, rep.OK(), "right after the kill at call %d or delete %d: %v", cutAt, cutAtDelete, rep.Problems)
 
-			// Host 2 starts the same job on the same guest, repository and store.
-			h2 := newJobHarness(t, g, repo, store)
+			// Host 2 starts the same job on the same guest, repository and
+			// store, ships, takes a restore point (and expires), ships again.
+			h2 := newJobHarness(t, g, repo, store, retain)
 			h2.clk.Set(h.clk.Now().Add(time.Hour))
 			require.NoError(t, h2.job.Enable(context.Background()))
 			h2.idle(t)
 			h2.step(t, 15*time.Minute)
+			require.NoError(t, h2.job.StartParent(context.Background()))
+			h2.idle(t)
+			addWAL(1)
+			h2.step(t, 15*time.Minute)
 			require.NoError(t, h2.job.Disable(context.Background()))
 			require.Empty(t, g.Waiting(), "the restarted job shipped everything")
 			in := stored(t, repo, inst, 1)
-			files = g.Archived()
-			require.Len(t, in, len(files))
+			files := needed(g.Archived(), oldestNeeded(t, repo, inst))
 			for n, want := range files {
 				require.Equal(t, want, in[n], "%s after the restart", n)
+			}
+			for n, got := range in {
+				require.Equal(t, g.Archived()[n], got, "%s stored as archived", n)
 			}
 			for _, job := range []string{h.job.Name(), h.job.ChildName()} {
 				for _, s := range h2.sessions(t, job) {
 					require.True(t, s.State.Final(), "session %s of %s left %s", s.ID, job, s.State)
 				}
 			}
+			rep, err = h2.job.Verify(context.Background())
+			require.NoError(t, err)
+			require.True(t, rep.OK(), "killed at call %d or delete %d: %v", cutAt, cutAtDelete, rep.Problems)
 		})
 	}
 }
 
 // newJobHarness builds a job on the given fakes with a fresh mock clock.
-func newJobHarness(t *testing.T, g *guesttest.Guest, repo *memory.Repo, store session.Store) *harness {
+func newJobHarness(t *testing.T, g *guesttest.Guest, repo *memory.Repo, store session.Store, tweaks ...func(*walbackup.Config)) *harness {
 	t.Helper()
 	h := &harness{clk: clock.NewMock(), guest: g, repo: repo, events: make(chan walbackup.Event, 1024)}
 	h.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
 	h.hv = hypervisortest.New(h.clk, hypervisor.Machine{ID: "vm1"})
 	h.list = store
-	job, err := walbackup.NewJob(walbackup.Config{
+	cfg := walbackup.Config{
 		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1"}}, LogBackupInterval: 15 * time.Minute,
 		Hypervisor: h.hv, Guests: guesttest.NewDeployer(map[string]*guesttest.Guest{"vm1": g}),
 		Repository: repo, Sessions: store, Clock: h.clk, Logger: testenv.Logger(t),
 		Observer: func(e walbackup.Event) { h.events <- e },
-	})
+	}
+	for _, tweak := range tweaks {
+		tweak(&cfg)
+	}
+	job, err := walbackup.NewJob(cfg)
 	require.NoError(t, err)
 	h.job = job
 	return h
