@@ -69,6 +69,14 @@ func (i Instance) WALFolder(timeline uint32) string {
 // HistoryName is where a timeline history file is stored, as its own object.
 func (i Instance) HistoryName(name string) string { return i.Prefix() + "/wal/history/" + name }
 
+// ConflictName is where a WAL file is kept aside when the repository holds
+// another content under its name (a split brain): a bundle of that one file,
+// named after the file and the first 8 bytes of its SHA-256. Recovery never
+// reads it; an operator does.
+func (i Instance) ConflictName(name string, sum [32]byte) string {
+	return i.Prefix() + "/wal/conflicts/" + name + "_" + hex.EncodeToString(sum[:8]) + ".bundle"
+}
+
 // NewBundleName names a new bundle holding WAL files first..last (by name
 // order) of one timeline. The suffix is random: the name must be known
 // before the bundle is streamed, and bundle bytes are never the same twice

@@ -2,6 +2,7 @@ package walbackup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -182,6 +183,12 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 			continue
 		}
 		got, err := j.shipMachine(ctx, ms)
+		if errors.Is(err, ErrSplitBrain) {
+			// Not a reason to retry: what could ship did, the rest is
+			// kept aside; an operator must look.
+			j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: %v", ms.m.ID, err))
+			err = nil
+		}
 		if err != nil {
 			ms.failing = true
 			j.report(ctx, cs, retry, session.SeverityWarning,

@@ -422,3 +422,30 @@ func TestStaleSessionClosedAtStart(t *testing.T) {
 	assert.Equal(t, h.clk.Now().UTC(), got.End)
 	require.NoError(t, h.job.Disable(ctx))
 }
+
+// A split brain (a segment name the repository holds with other content)
+// fails the session with a diagnosis; the later WAL keeps shipping.
+func TestSplitBrainFailsTheSession(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	h.addWAL()
+	name := h.guest.SwitchWAL([]byte("segment 2"))
+	h.step(t, 15*time.Minute)
+	h.guest.AddWAL(name, []byte("segment 2 of the other primary"))
+	h.addWAL()
+	var msg string
+	for _, e := range h.step(t, 15*time.Minute) {
+		if e.Kind == walbackup.EventWarning {
+			msg = e.Message
+		}
+	}
+	assert.Contains(t, msg, "split brain")
+	assert.Contains(t, msg, name)
+	assert.Empty(t, h.guest.Waiting(), "nothing is stuck in the guest")
+	require.NoError(t, h.job.Disable(ctx))
+	c := h.sessions(t, h.job.ChildName())[0]
+	assert.Equal(t, session.StateFailed, c.State)
+	assert.Equal(t, int64(3), c.Counters.Files, "segments 1 to 3 shipped")
+}

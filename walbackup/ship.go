@@ -20,6 +20,13 @@ import (
 // repository: the guest's checksum and the stored bundle's disagree.
 var ErrChecksum = errors.New("wal file checksum mismatch between guest and repository")
 
+// ErrSplitBrain means the guest archived a WAL file whose name the
+// repository already holds with other content: two instances with one
+// history (a failover without fencing, a restored instance promoted twice).
+// The repository's copy stays; the guest's is kept aside in the repository
+// (Instance.ConflictName) and leaves the guest, so shipping goes on.
+var ErrSplitBrain = errors.New("wal file stored with other content: split brain")
+
 // Shipped is what one ShipOnce moved.
 type Shipped struct {
 	Files       int      // files shipped and removed from the guest
@@ -68,8 +75,18 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		groups[fn.Timeline] = append(groups[fn.Timeline], f.Name)
 	}
 	var shipped []string
+	var conflicts []error
 	for _, name := range histories {
 		n, err := shipHistory(ctx, rt, repo, inst, name)
+		if errors.Is(err, repository.ErrConflict) {
+			// Another history of the same timeline: keep this one aside.
+			_, err = compareStored(ctx, rt, repo, inst, name, [32]byte{}, opts)
+			if errors.Is(err, ErrSplitBrain) {
+				conflicts = append(conflicts, err)
+				shipped = append(shipped, name)
+				continue
+			}
+		}
 		if err != nil {
 			return out, err
 		}
@@ -78,7 +95,27 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		shipped = append(shipped, name)
 	}
 	for _, tli := range order {
-		names := groups[tli]
+		// Names the repository may hold already (shipped before a crash, or
+		// a split brain) are compared, not stored again.
+		names, known, err := storedSums(ctx, repo, inst, tli, groups[tli], opts.Key)
+		if err != nil {
+			return out, err
+		}
+		for _, name := range sortedKeys(known) {
+			same, err := compareStored(ctx, rt, repo, inst, name, known[name], opts)
+			if err != nil && !errors.Is(err, ErrSplitBrain) {
+				return out, err
+			}
+			if err != nil {
+				conflicts = append(conflicts, err)
+			} else if same {
+				out.add(name, 0, 0)
+			}
+			shipped = append(shipped, name) // stored, or kept aside
+		}
+		if len(names) == 0 {
+			continue
+		}
 		obj, raw, stored, err := shipBundle(ctx, rt, repo, inst, tli, names, opts)
 		if err != nil {
 			return out, err
@@ -99,7 +136,118 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 	}
 	out.Names = shipped
 	sort.Strings(out.Names)
-	return out, nil
+	return out, errors.Join(conflicts...)
+}
+
+// storedSums splits a timeline's batch into the names the repository does
+// not hold yet and those it does, with the SHA-256 of the stored copy.
+// Only names up to the newest bundle's last one can be stored, so shipping
+// new WAL costs one listing.
+func storedSums(ctx context.Context, repo repository.Repository, inst repository.Instance, tli uint32, names []string,
+	key *bundle.Key) (fresh []string, known map[string][32]byte, err error) {
+	refs, err := repository.Bundles(ctx, repo, inst, tli)
+	if err != nil {
+		return nil, nil, err
+	}
+	known = map[string][32]byte{}
+	opened := map[string]*bundle.Reader{}
+	for _, name := range names {
+		var found bool
+		for _, ref := range repository.Covering(refs, name) {
+			b, ok := opened[ref.Object.Name]
+			if !ok {
+				if b, err = bundle.Open(ctx, repo, ref.Object.Name, ref.Object.Size, key); err != nil {
+					return nil, nil, fmt.Errorf("read the index of %s: %w", ref.Object.Name, err)
+				}
+				opened[ref.Object.Name] = b
+			}
+			if e, ok := b.Entry(name); ok {
+				known[name], found = e.SHA256, true
+				break
+			}
+		}
+		if !found {
+			fresh = append(fresh, name)
+		}
+	}
+	return fresh, known, nil
+}
+
+// compareStored reads a guest file whose name the repository holds and
+// tells whether the contents agree. When they do not, the guest's copy is
+// kept aside in the repository (verified) and the error matches
+// ErrSplitBrain; either way the guest's file may then go.
+func compareStored(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, name string,
+	stored [32]byte, opts ShipOptions) (bool, error) {
+	var sum [32]byte
+	err := rt.Read(ctx, []string{name}, func(f guest.Frame) error {
+		if _, err := io.Copy(io.Discard, f.Data); err != nil {
+			return err
+		}
+		_, sum = f.Checksum()
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("compare %s with the stored copy: %w", name, err)
+	}
+	if sum == stored {
+		return true, nil
+	}
+	aside := inst.ConflictName(name, sum)
+	if err := keepAside(ctx, rt, repo, aside, name, sum, opts); err != nil {
+		return false, fmt.Errorf("keep %s aside: %w", name, err)
+	}
+	return false, fmt.Errorf("%w: %s: the repository holds SHA-256 %x, the guest archived %x (kept aside as %s)",
+		ErrSplitBrain, name, stored, sum, aside)
+}
+
+// keepAside stores one guest file as a bundle of its own and reads it back.
+func keepAside(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj, name string, sum [32]byte, opts ShipOptions) error {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := func() error {
+			w, err := bundle.NewWriter(pw, opts.Key)
+			if err != nil {
+				return err
+			}
+			w.SetCreated(opts.Time)
+			err = rt.Read(ctx, []string{name}, func(f guest.Frame) error {
+				codec := bundle.Raw
+				if f.Codec == guest.CodecZstd {
+					codec = bundle.Zstd
+				}
+				_, err := w.Add(name, codec, f.Data)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			_, err = w.Close()
+			return err
+		}()
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	putErr := repo.Put(ctx, obj, pr)
+	pr.CloseWithError(putErr)
+	if err := errors.Join(<-done, putErr); err != nil {
+		return err
+	}
+	st, err := repo.Stat(ctx, obj)
+	if err != nil {
+		return err
+	}
+	return bundle.Verify(ctx, repo, obj, st.Size, opts.Key, map[string][32]byte{name: sum})
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func (s *Shipped) add(name string, raw, stored int64) {

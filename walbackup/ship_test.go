@@ -3,6 +3,7 @@ package walbackup_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -133,11 +134,13 @@ func TestShipOnceRemoveFailsThenRetry(t *testing.T) {
 	require.Error(t, err)
 	assert.Len(t, g.Waiting(), 2)
 	g.SetFault(nil)
-	_, err = walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.NoError(t, err)
+	assert.Equal(t, 2, got.Files)
+	assert.Empty(t, g.Waiting())
 	refs, err := repository.Bundles(ctx, repo, inst, 1)
 	require.NoError(t, err)
-	assert.Len(t, refs, 2, "the retry wrote an overlapping bundle")
+	assert.Len(t, refs, 1, "the retry compared the stored copies instead of storing them again")
 	assert.Len(t, stored(t, repo, inst, 1), 2)
 }
 
@@ -146,9 +149,50 @@ func TestShipOnceHistoryConflict(t *testing.T) {
 	repo := memory.New()
 	require.NoError(t, repo.Put(ctx, inst.HistoryName("00000002.history"), bytes.NewReader([]byte("another branch"))))
 	g, rt := fakeGuest(t, map[string][]byte{"00000002.history": []byte("1\t0/5000000\tthis branch\n"), seg(2, 5): []byte("x")})
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
+	require.ErrorIs(t, err, walbackup.ErrSplitBrain, "a split brain is refused")
+	assert.Equal(t, 1, got.Files, "the segment shipped")
+	assert.Empty(t, g.Waiting(), "the history file is kept aside, so shipping goes on")
+	rc, err := repo.Get(ctx, inst.HistoryName("00000002.history"), 0, -1)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	assert.Equal(t, "another branch", string(b), "the stored history stays")
+	_, err = repo.Stat(ctx, inst.ConflictName("00000002.history", sha256.Sum256([]byte("1\t0/5000000\tthis branch\n"))))
+	require.NoError(t, err, "the guest's history is kept aside")
+}
+
+// A segment name the repository holds with other content (a split brain)
+// is refused: the stored copy stays, the guest's is kept aside in the
+// repository, verified, and leaves the guest; the rest of the batch ships;
+// the error says what happened with both checksums.
+func TestShipOnceSegmentSplitBrain(t *testing.T) {
+	ctx := context.Background()
+	repo := memory.New()
+	g, rt := fakeGuest(t, map[string][]byte{seg(1, 1): []byte("one"), seg(1, 2): []byte("two")})
 	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
-	require.ErrorIs(t, err, repository.ErrConflict, "a split brain is refused")
-	assert.Len(t, g.Waiting(), 2, "and nothing is deleted")
+	require.NoError(t, err)
+	g.AddWAL(seg(1, 2), []byte("two, as the other primary wrote it"))
+	g.AddWAL(seg(1, 3), []byte("three"))
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
+	require.ErrorIs(t, err, walbackup.ErrSplitBrain)
+	assert.Contains(t, err.Error(), seg(1, 2))
+	assert.Contains(t, err.Error(), fmt.Sprintf("%x", sha256.Sum256([]byte("two"))), "the stored copy's checksum")
+	assert.Contains(t, err.Error(), "kept aside as")
+	assert.Equal(t, 1, got.Files, "the rest of the batch shipped")
+	assert.Empty(t, g.Waiting(), "the guest's copy is safe in the repository, so it left the guest")
+	in := stored(t, repo, inst, 1)
+	assert.Equal(t, []byte("two"), in[seg(1, 2)], "the stored copy stays")
+	assert.Equal(t, []byte("three"), in[seg(1, 3)])
+	aside := inst.ConflictName(seg(1, 2), sha256.Sum256([]byte("two, as the other primary wrote it")))
+	st, err := repo.Stat(ctx, aside)
+	require.NoError(t, err)
+	r, err := bundle.Open(ctx, repo, aside, st.Size, nil)
+	require.NoError(t, err)
+	var buf bytes.Buffer
+	_, err = r.WriteFile(ctx, seg(1, 2), &buf)
+	require.NoError(t, err)
+	assert.Equal(t, "two, as the other primary wrote it", buf.String())
 }
 
 func TestShipOnceEncrypted(t *testing.T) {
