@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/pglogship/pglogship/wal"
 )
@@ -142,6 +143,17 @@ type Instance struct {
 	ArchiveMode    string
 	ArchiveCommand string
 	ArchiveLibrary string
+	Archiver       ArchiverStats
+}
+
+// ArchiverStats is PostgreSQL's pg_stat_archiver: whether archive_command
+// keeps up. While it fails, PostgreSQL keeps the WAL in pg_wal and retries.
+type ArchiverStats struct {
+	ArchivedCount   int64
+	LastArchivedWAL string
+	FailedCount     int64
+	LastFailedWAL   string
+	LastFailedTime  time.Time
 }
 
 // Tablespace is a tablespace outside the data directory.

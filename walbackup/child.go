@@ -34,6 +34,7 @@ type machineState struct {
 	version int                     // server_version_num
 	last    map[uint32]wal.FileName // newest segment stored, per timeline
 	failing bool                    // the last ship failed; retried with backoff
+	failed  int64                   // pg_stat_archiver's failed_count when last looked at
 
 	// While shipping fails: when it started and how much WAL waited then,
 	// to estimate when the guest's temporary folder fills up.
@@ -136,6 +137,7 @@ func (j *Job) deploy(ctx context.Context, ms *machineState) error {
 	ms.rt = rt
 	ms.inst = repository.Instance{Job: j.cfg.Name, Machine: ms.m.ID, SystemID: inst.SystemID}
 	ms.segSize, ms.version = inst.WALSegmentSize, inst.Version
+	ms.failed = inst.Archiver.FailedCount
 	ms.last = j.lastStored(octx, ms.inst, inst.Timeline)
 	return nil
 }
@@ -181,6 +183,9 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 	for _, ms := range cs.machines {
 		if ms.rt == nil || retry && !ms.failing {
 			continue
+		}
+		if !retry {
+			j.checkArchiver(ctx, cs, ms)
 		}
 		got, err := j.shipMachine(ctx, ms)
 		if errors.Is(err, ErrSplitBrain) {
@@ -385,6 +390,28 @@ func (j *Job) checkGaps(ctx context.Context, cs *childSession, ms *machineState,
 		}
 		ms.last[f.Timeline] = f
 	}
+}
+
+// checkArchiver reports archive_command failures since the last look:
+// PostgreSQL then keeps the WAL in pg_wal and retries, but pg_wal grows, and
+// a full temporary folder is the usual cause.
+func (j *Job) checkArchiver(ctx context.Context, cs *childSession, ms *machineState) {
+	octx, cancel := j.op(ctx)
+	inst, err := ms.rt.Scan(octx)
+	var sp guest.Space
+	if sr, ok := ms.rt.(guest.SpaceReporter); ok && err == nil {
+		sp, _ = sr.FolderSpace(octx)
+	}
+	cancel()
+	if err != nil {
+		return // the ship that follows reports an unreachable guest
+	}
+	a := inst.Archiver
+	if a.FailedCount > ms.failed {
+		j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: archive_command failed %d times since the last interval, last for %s at %s; PostgreSQL keeps that WAL in pg_wal and retries it. The temporary folder %s has %d bytes free",
+			ms.m.ID, a.FailedCount-ms.failed, a.LastFailedWAL, a.LastFailedTime.UTC().Format(time.RFC3339), j.cfg.WALDir, sp.Free))
+	}
+	ms.failed = a.FailedCount // also when a restart reset the counters
 }
 
 // warnFilling estimates, while shipping fails, when the guest's temporary

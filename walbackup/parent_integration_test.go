@@ -38,7 +38,7 @@ type realJob struct {
 	walDir string
 }
 
-func newRealJob(t *testing.T, hv func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor) *realJob {
+func newRealJob(t *testing.T, hv func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor, tweaks ...func(*walbackup.Config)) *realJob {
 	t.Helper()
 	testenv.SkipIfShort(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
@@ -54,11 +54,16 @@ func newRealJob(t *testing.T, hv func(clk *clock.Mock, d guest.Deployer) hypervi
 	r.harness = &harness{clk: clock.NewMock(), store: smem.New(), events: make(chan walbackup.Event, 1024)}
 	r.list = r.store
 	r.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
-	job, err := walbackup.NewJob(walbackup.Config{
+	cfg := walbackup.Config{
 		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "db1"}}, LogBackupInterval: walbackup.DefaultLogBackupInterval,
 		WALDir: r.walDir, Hypervisor: hv(r.clk, d), Guests: d, Repository: repo, Sessions: r.store, Clock: r.clk,
 		Logger: testenv.Logger(t), Observer: func(e walbackup.Event) { r.events <- e },
-	})
+	}
+	for _, tweak := range tweaks {
+		tweak(&cfg)
+	}
+	r.walDir = cfg.WALDir
+	job, err := walbackup.NewJob(cfg)
 	require.NoError(t, err)
 	r.job = job
 	return r

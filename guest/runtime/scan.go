@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -120,6 +121,18 @@ func Scan(ctx context.Context, conn *pgx.Conn) (guest.Instance, error) {
 		inst.ArchiveLibrary = *library
 	}
 	inst.Running = true
+
+	var failedAt *time.Time
+	err = conn.QueryRow(ctx, `SELECT archived_count, coalesce(last_archived_wal, ''), failed_count,
+			coalesce(last_failed_wal, ''), last_failed_time FROM pg_stat_archiver`).
+		Scan(&inst.Archiver.ArchivedCount, &inst.Archiver.LastArchivedWAL, &inst.Archiver.FailedCount,
+			&inst.Archiver.LastFailedWAL, &failedAt)
+	if err != nil {
+		return guest.Instance{}, fmt.Errorf("scan archiver: %w", err)
+	}
+	if failedAt != nil {
+		inst.Archiver.LastFailedTime = failedAt.UTC()
+	}
 
 	rows, err := conn.Query(ctx, `SELECT oid, spcname, pg_tablespace_location(oid) FROM pg_tablespace
 		WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname`)

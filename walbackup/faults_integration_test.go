@@ -1,0 +1,100 @@
+package walbackup_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/hypervisor/hypervisortest"
+	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/session"
+	"github.com/pglogship/pglogship/wal"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+func fakeImages(clk *clock.Mock, _ guest.Deployer) hypervisor.Hypervisor {
+	return hypervisortest.New(clk, hypervisor.Machine{ID: "db1"})
+}
+
+// waitFor polls a PostgreSQL query until it returns want (real time: it is
+// the server's own archiver that is awaited).
+func waitFor(t *testing.T, pg *testenv.Postgres, sql string, ok func(string) bool, what string) string {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out := pg.Psql(t, "postgres", sql)
+		if ok(out) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still %q after 2 minutes", what, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// The temporary folder fills up (a 40 MB file system holds two 16 MiB
+// segments): archive_command fails, PostgreSQL keeps the WAL in pg_wal
+// (never dropped), the session fails loudly with the failures and the free
+// space, and once the job has shipped (freeing the folder) the kept WAL is
+// archived and shipped too: nothing is lost.
+func TestArchiveFailsWhenTheFolderIsFull(t *testing.T) {
+	ctx := context.Background()
+	r := newRealJob(t, fakeImages, func(c *walbackup.Config) {
+		c.WALDir = testenv.SmallFS(t, "postgres", 40<<20) // the server's OS user when root
+	})
+	pg := r.pg
+	require.NoError(t, r.job.Enable(ctx)) // archiving proven with one segment: 16 of 40 MB used
+	r.idle(t)
+	failedBefore := pg.Psql(t, "postgres", "SELECT failed_count FROM pg_stat_archiver")
+	pg.Exec(t, "postgres", "CREATE TABLE fill (x text)")
+	for i := 0; i < 3; i++ {
+		pg.Exec(t, "postgres", "INSERT INTO fill SELECT repeat('x', 100) FROM generate_series(1, 1000)")
+		pg.Exec(t, "postgres", "SELECT pg_switch_wal()")
+	}
+	waitFor(t, pg, "SELECT failed_count FROM pg_stat_archiver", func(s string) bool { return s > failedBefore }, "archive_command never failed")
+	failedWAL := pg.Psql(t, "postgres", "SELECT last_failed_wal FROM pg_stat_archiver")
+	_, err := os.Stat(filepath.Join(pg.DataDir, "pg_wal", failedWAL))
+	require.NoError(t, err, "PostgreSQL keeps %s in pg_wal", failedWAL)
+
+	var msg string
+	for _, e := range r.step(t, walbackup.DefaultLogBackupInterval) {
+		if e.Kind == walbackup.EventWarning && strings.Contains(e.Message, "archive_command failed") {
+			msg = e.Message
+		}
+	}
+	assert.Contains(t, msg, failedWAL)
+	assert.Contains(t, msg, "bytes free")
+
+	// Shipping freed the folder: the archiver catches up when woken.
+	pg.Exec(t, "postgres", "SELECT pg_switch_wal()")
+	waitFor(t, pg, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver", func(s string) bool { return s > failedWAL },
+		"the kept WAL was never archived")
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	require.NoError(t, r.job.Disable(ctx))
+
+	in := stored(t, r.repo, r.instance(t), 1)
+	assert.Contains(t, in, failedWAL, "the WAL that failed to archive reached the repository")
+	var segs []string
+	for n := range in {
+		if f, err := wal.ParseFileName(n); err == nil && f.Kind == wal.Segment {
+			segs = append(segs, n)
+		}
+	}
+	rep, err := r.job.Verify(ctx)
+	require.NoError(t, err)
+	assert.True(t, rep.OK(), "%v", rep.Problems)
+	c, err := session.Latest(ctx, r.store, r.job.ChildName(), session.KindChild)
+	require.NoError(t, err)
+	assert.Equal(t, session.StateFailed, c.State, "the session fails loudly")
+	t.Logf("segments in the repository: %d; the failed one was %s", len(segs), failedWAL)
+}
