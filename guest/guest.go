@@ -27,6 +27,9 @@ var (
 	ErrClosed = errors.New("runtime closed")
 	// ErrNoRuntime: no runtime binary exists for the guest's architecture.
 	ErrNoRuntime = errors.New("no runtime binary for this guest")
+	// ErrHostKey: the guest's host key is not the one expected (it changed,
+	// or the address reaches another machine). Nothing was sent to it.
+	ErrHostKey = errors.New("guest host key refused")
 )
 
 // Target says which guest to deploy into. Credentials belong to the

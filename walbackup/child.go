@@ -35,6 +35,7 @@ type machineState struct {
 	last    map[uint32]wal.FileName // newest segment stored, per timeline
 	failing bool                    // the last ship failed; retried with backoff
 	failed  int64                   // pg_stat_archiver's failed_count when last looked at
+	reached bool                    // a runtime ran in this session
 
 	// While shipping fails: when it started and how much WAL waited then,
 	// to estimate when the guest's temporary folder fills up.
@@ -98,9 +99,14 @@ func (j *Job) deployAll(ctx context.Context, cs *childSession, retry bool) {
 			continue
 		}
 		if err := j.deploy(ctx, ms); err != nil {
-			j.report(ctx, cs, retry, session.SeverityError, fmt.Sprintf("machine %s: cannot start the runtime: %v", ms.m.ID, err))
+			sev, what := session.SeverityWarning, "unreachable, its WAL waits in the guest and the job keeps trying"
+			if mustFix(err) {
+				sev, what = session.SeverityError, "refused, fix this and the job ships what waits"
+			}
+			j.report(ctx, cs, retry, sev, fmt.Sprintf("machine %s: %s: %v", ms.m.ID, what, err))
 			continue
 		}
+		ms.reached = true
 		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: runtime deployed, PostgreSQL %d, system identifier %d",
 			ms.m.ID, ms.version, ms.inst.SystemID))
 		octx, cancel := j.op(ctx)
@@ -110,6 +116,19 @@ func (j *Job) deployAll(ctx context.Context, cs *childSession, retry bool) {
 			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: no restore point in the repository yet: the WAL shipped now can be restored only once the parent job has taken an image", ms.m.ID))
 		}
 	}
+}
+
+// mustFix tells a deploy error an operator must fix (a requirement not
+// met, a refused host key, no runtime for the guest) from a guest that is
+// only unreachable for now.
+func mustFix(err error) bool {
+	for _, e := range []error{guest.ErrHostKey, guest.ErrNoRuntime, guest.ErrPostgresTooOld, guest.ErrWALLevel,
+		guest.ErrArchiveModeOff, guest.ErrArchiveCommandTaken, guest.ErrTempFolder} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // deploy starts the runtime in one guest, prepares archiving and scans the
@@ -201,6 +220,7 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 			if !retry {
 				j.warnFilling(ctx, cs, ms)
 			}
+			j.replaceIfDead(ctx, cs, ms)
 			continue
 		}
 		ms.failing, ms.stuckSince = false, time.Time{}
@@ -273,10 +293,35 @@ func (j *Job) update(ctx context.Context, cs *childSession) {
 	}
 }
 
+// replaceIfDead asks a runtime whose ship failed for its instance; when it
+// does not answer either (killed, its connection dropped) it is let go, and
+// the next retry deploys a new one.
+func (j *Job) replaceIfDead(ctx context.Context, cs *childSession, ms *machineState) {
+	if ms.rt == nil {
+		return
+	}
+	octx, cancel := j.op(ctx)
+	_, err := ms.rt.Scan(octx)
+	cancel()
+	if err == nil {
+		return // the runtime is fine; the repository or the file was not
+	}
+	j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: the runtime stopped answering (%v); it is deployed again", ms.m.ID, err))
+	octx, cancel = j.op(context.WithoutCancel(ctx))
+	_ = ms.rt.Close(octx) // best effort: a dead runtime may not close
+	cancel()
+	ms.rt = nil
+}
+
 // endChild ships once more, stops and uninstalls every runtime, and closes
 // the session record with its result.
 func (j *Job) endChild(ctx context.Context, cs *childSession, why string) {
 	j.shipAll(ctx, cs, j.cfg.Clock.Now(), false)
+	for _, ms := range cs.machines {
+		if !ms.reached {
+			j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: not reached during the whole session: its WAL waits in the guest", ms.m.ID))
+		}
+	}
 	j.closeRuntimes(ctx, cs)
 	state := session.StateSuccess
 	switch {

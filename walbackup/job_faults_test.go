@@ -449,3 +449,93 @@ func TestSplitBrainFailsTheSession(t *testing.T) {
 	assert.Equal(t, session.StateFailed, c.State)
 	assert.Equal(t, int64(3), c.Counters.Files, "segments 1 to 3 shipped")
 }
+
+// A guest unreachable at the start of a session is a warning once it
+// answers within the session, and what waited ships then; one never
+// reached fails the session.
+func TestGuestUnreachable(t *testing.T) {
+	for _, back := range []bool{true, false} {
+		ctx := context.Background()
+		h := newHarness(t)
+		var down atomic.Bool
+		down.Store(true)
+		h.guest.SetFault(func(op guesttest.Op, _ string) error {
+			if op == guesttest.OpDeploy && down.Load() {
+				return errors.New("dial tcp 10.0.0.5:22: connect: no route to host")
+			}
+			return nil
+		})
+		require.NoError(t, h.job.Enable(ctx))
+		evs := h.idle(t)
+		require.NotEmpty(t, evs)
+		assert.Contains(t, evs[0].Message, "unreachable, its WAL waits in the guest")
+		h.addWAL()
+		h.step(t, 15*time.Minute)
+		if back {
+			down.Store(false)
+		}
+		h.addWAL()
+		h.step(t, 15*time.Minute)
+		require.NoError(t, h.job.Disable(ctx))
+		c := h.sessions(t, h.job.ChildName())[0]
+		if back {
+			assert.Equal(t, session.StateWarning, c.State)
+			assert.Equal(t, int64(2), c.Counters.Files, "what waited shipped")
+			assert.Empty(t, h.guest.Waiting())
+		} else {
+			assert.Equal(t, session.StateFailed, c.State)
+			log, err := h.store.Log(ctx, c.ID, 0, 100)
+			require.NoError(t, err)
+			assert.Contains(t, log[len(log)-1].Message, "not reached during the whole session")
+			assert.Len(t, h.guest.Waiting(), 2, "nothing lost: it waits in the guest")
+		}
+	}
+}
+
+// A refused host key is not an outage: the session fails and says why.
+func TestHostKeyRefusedFailsTheSession(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	h.guest.SetFault(func(op guesttest.Op, _ string) error {
+		if op == guesttest.OpDeploy {
+			return fmt.Errorf("%w: knownhosts: key mismatch", guest.ErrHostKey)
+		}
+		return nil
+	})
+	require.NoError(t, h.job.Enable(ctx))
+	evs := h.idle(t)
+	require.NotEmpty(t, evs)
+	assert.Contains(t, evs[0].Message, "refused, fix this")
+	assert.Contains(t, evs[0].Message, "host key")
+	require.NoError(t, h.job.Disable(ctx))
+	assert.Equal(t, session.StateFailed, h.sessions(t, h.job.ChildName())[0].State)
+	assert.Zero(t, h.guest.Deploys(), "nothing was deployed")
+}
+
+// A runtime killed in the middle of a session (the guest rebooted, an
+// operator killed it) is deployed again on the next retry and the WAL
+// ships; the session warns.
+func TestRuntimeKilled(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	h.addWAL()
+	h.step(t, 15*time.Minute)
+	h.guest.KillRuntimes()
+	h.addWAL()
+	h.step(t, 16*time.Minute) // the interval fails, its first retry deploys again and ships
+	assert.Empty(t, h.guest.Waiting())
+	assert.Equal(t, 2, h.guest.Deploys())
+	require.NoError(t, h.job.Disable(ctx))
+	c := h.sessions(t, h.job.ChildName())[0]
+	assert.Equal(t, session.StateWarning, c.State)
+	assert.Equal(t, int64(2), c.Counters.Files)
+	log, err := h.store.Log(ctx, c.ID, 0, 100)
+	require.NoError(t, err)
+	var said bool
+	for _, e := range log {
+		said = said || strings.Contains(e.Message, "stopped answering")
+	}
+	assert.True(t, said, "the log says the runtime was replaced")
+}

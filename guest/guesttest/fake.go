@@ -61,6 +61,7 @@ type Guest struct {
 	highest   wal.FileName      // newest segment ever archived
 	archived  map[string][]byte // every file ever archived, by name
 	backups   int               // backups started and not stopped
+	killed    int               // runtimes deployed before this generation are dead
 }
 
 // NewGuest returns a guest whose PostgreSQL is inst, with 1 GiB free in
@@ -228,14 +229,28 @@ func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, e
 	g.installed++
 	g.deploys++
 	g.mu.Unlock()
-	return &runtime{g: g}, nil
+	return &runtime{g: g, gen: g.killed}, nil
 }
 
 type runtime struct {
 	g      *Guest
+	gen    int // the guest's kill generation when deployed
 	mu     sync.Mutex
 	closed bool
 	backup *fakeBackup // backup mode held by this runtime
+}
+
+// ErrKilled is what the runtimes of a guest return after KillRuntimes.
+var ErrKilled = errors.New("guesttest: runtime connection broken: the runtime was killed")
+
+// KillRuntimes kills every runtime deployed so far, as a guest that
+// rebooted or an operator's kill does: their calls fail with ErrKilled
+// (Close too), while new deployments work.
+func (g *Guest) KillRuntimes() {
+	g.mu.Lock()
+	g.killed++
+	g.installed = 0
+	g.mu.Unlock()
 }
 
 func (r *runtime) enter(ctx context.Context, op Op, name string) error {
@@ -244,6 +259,12 @@ func (r *runtime) enter(ctx context.Context, op Op, name string) error {
 	r.mu.Unlock()
 	if closed {
 		return guest.ErrClosed
+	}
+	r.g.mu.Lock()
+	dead := r.gen < r.g.killed
+	r.g.mu.Unlock()
+	if dead {
+		return ErrKilled
 	}
 	return r.g.inject(ctx, op, name)
 }
@@ -393,6 +414,10 @@ func (r *runtime) Close(ctx context.Context) error {
 	}
 	r.closed = true
 	r.g.mu.Lock()
+	if r.gen < r.g.killed { // already counted out by KillRuntimes
+		r.g.mu.Unlock()
+		return ErrKilled
+	}
 	r.g.installed--
 	if r.backup != nil { // PostgreSQL ends a backup whose session ends
 		r.g.backups--

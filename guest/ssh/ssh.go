@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path"
 	"strings"
@@ -101,7 +102,15 @@ var unameToGOARCH = map[string]string{"x86_64": "amd64", "aarch64": "arm64", "ar
 
 // Deploy implements guest.Deployer.
 func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, error) {
-	client, err := sshutil.Dial(ctx, t.Address, &ssh.ClientConfig{User: d.cfg.User, Auth: d.cfg.Auth, HostKeyCallback: d.cfg.HostKeyCallback}, d.cfg.Timeout)
+	var keyErr error
+	check := func(host string, remote net.Addr, key ssh.PublicKey) error {
+		keyErr = d.cfg.HostKeyCallback(host, remote, key)
+		return keyErr
+	}
+	client, err := sshutil.Dial(ctx, t.Address, &ssh.ClientConfig{User: d.cfg.User, Auth: d.cfg.Auth, HostKeyCallback: check}, d.cfg.Timeout)
+	if keyErr != nil {
+		return nil, fmt.Errorf("deploy to %s: %w: %w", t.Machine, guest.ErrHostKey, keyErr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("deploy to %s: %w", t.Machine, err)
 	}

@@ -157,6 +157,7 @@ func TestHostKeyMismatchRefused(t *testing.T) {
 	_, err = d.Deploy(context.Background(), guest.Target{Machine: "db1", Address: e.sshd.Addr})
 	var ke *knownhosts.KeyError
 	require.ErrorAs(t, err, &ke)
+	require.ErrorIs(t, err, guest.ErrHostKey, "callers tell a refused host key from an unreachable guest")
 	assert.Empty(t, runtimeDirs(t, e.base), "nothing ran or was uploaded")
 }
 
