@@ -180,7 +180,7 @@ func (w *walBuilder) pageHeader(remaining int) {
 	info := uint16(0)
 	long := len(w.buf)%w.segSize == 0
 	if long {
-		info |= xlpLongHeaderFlag
+		info |= xlpLongHeader
 	}
 	if remaining > 0 {
 		info |= xlpFirstIsContRecord
@@ -190,7 +190,7 @@ func (w *walBuilder) pageHeader(remaining int) {
 		w.overwrite = false
 	}
 	magic, _ := PageMagic(w.version * 10000)
-	h := make([]byte, shortPageHeaderSize, longPageHeaderSize)
+	h := make([]byte, shortPageHeaderSize, LongHeaderSize)
 	binary.LittleEndian.PutUint16(h[0:], magic)
 	binary.LittleEndian.PutUint16(h[2:], info)
 	binary.LittleEndian.PutUint32(h[4:], w.tli)

@@ -129,7 +129,7 @@ func archiveRealWAL(t *testing.T) *realWAL {
 	exec("ROLLBACK PREPARED 'g2'")
 	// A long transaction, and records of 1 MB and 20 MB: the last spans
 	// a segment boundary.
-	tx("COMMIT", "INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(400000, 500000) g",
+	tx("COMMIT", "INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(400000, 430000) g",
 		"SELECT pg_logical_emit_message(true, 'pglogship', repeat('m', 1000000))")
 	exec("SELECT pg_logical_emit_message(false, 'pglogship', repeat('n', 20000000))")
 	restorePoint("last")
@@ -309,18 +309,26 @@ func TestReaderMatchesPostgres(t *testing.T) {
 	}
 	assert.Equal(t, total, merged)
 
-	// Commit timestamps as the server knows them.
+	// Commit timestamps, one by one, as pg_waldump prints them and as the
+	// server knows them.
 	commitTimes := map[uint32]time.Time{}
 	abortedXIDs := map[uint32]bool{}
+	var ours []time.Time
 	for _, rec := range recs {
-		if rec.Rmid == wal.RmgrXact && rec.Info&0x70 == 0x00 {
-			us := int64(binary.LittleEndian.Uint64(rec.MainData))
-			commitTimes[rec.XID] = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(us) * time.Microsecond)
+		if rec.Rmid != wal.RmgrXact {
+			continue
 		}
-		if rec.Rmid == wal.RmgrXact && rec.Info&0x70 == 0x20 {
+		switch rec.Info & 0x70 {
+		case 0x00, 0x30: // commit, commit prepared
+			us := int64(binary.LittleEndian.Uint64(rec.MainData))
+			ts := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(us) * time.Microsecond)
+			ours = append(ours, ts)
+			commitTimes[rec.XID] = ts
+		case 0x20: // abort
 			abortedXIDs[rec.XID] = true
 		}
 	}
+	assert.Equal(t, times, ours)
 	for xid, ts := range w.commits {
 		assert.True(t, ts.Equal(commitTimes[xid]), "xid %d committed at %s, WAL says %s", xid, ts, commitTimes[xid])
 	}

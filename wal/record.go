@@ -60,16 +60,16 @@ type ReaderConfig struct {
 }
 
 // Sizes and flags of PostgreSQL's WAL format (access/xlog_internal.h,
-// access/xlogrecord.h), the same from PostgreSQL 13 to 17.
+// access/xlogrecord.h), the same from PostgreSQL 13 to 17, as 64-bit
+// little-endian builds write it (WAL is in the server's byte order and
+// alignment).
 const (
 	shortPageHeaderSize = 24 // SizeOfXLogShortPHD
-	longPageHeaderSize  = 40 // SizeOfXLogLongPHD
 	recordHeaderSize    = 24 // SizeOfXLogRecord
 	recordCRCOffset     = 20 // offsetof(XLogRecord, xl_crc)
-	maxAlign            = 8  // MAXALIGN on every platform PostgreSQL supports for 64-bit builds
+	maxAlign            = 8  // MAXALIGN of 64-bit builds
 
 	xlpFirstIsContRecord   = 0x0001
-	xlpLongHeaderFlag      = 0x0002
 	xlpFirstIsOverwriteRec = 0x0008
 	xlpAllFlags            = 0x000F
 
@@ -129,7 +129,7 @@ type Reader struct {
 	off     int64 // bytes of the segment seen
 	drop    bool  // ignore the rest of the segment: after a switch or a stop
 
-	ph      [longPageHeaderSize]byte
+	ph      [LongHeaderSize]byte
 	st      state
 	pad     int64  // alignment bytes before the next record
 	skip    uint32 // continuation bytes of a record that began before the reader did
@@ -326,7 +326,7 @@ func (r *Reader) step(p []byte) int {
 	}
 	hs := int64(shortPageHeaderSize)
 	if r.off-pageOff == 0 {
-		hs = longPageHeaderSize
+		hs = LongHeaderSize
 	}
 	if pageOff < hs {
 		k := copy(r.ph[pageOff:hs], p)
@@ -364,7 +364,7 @@ func (r *Reader) pageHeader(h []byte, pageOff int64) {
 	case magic != r.magic:
 		fail("invalid magic number %04X", magic)
 		return
-	case info&^xlpAllFlags != 0 || (pageOff == 0) != (info&xlpLongHeaderFlag != 0):
+	case info&^xlpAllFlags != 0 || (pageOff == 0) != (info&xlpLongHeader != 0):
 		fail("invalid info bits %04X", info)
 		return
 	case pageOff == 0 && !r.firstPage(h):

@@ -380,7 +380,7 @@ func TestReaderChecksPages(t *testing.T) {
 		"pageaddr":     {func(s []segment) { s[0].data[2*testPage+9]++ }, 2 * testPage, "unexpected pageaddr"},
 		"magic":        {func(s []segment) { s[0].data[3*testPage] = 0 }, 3 * testPage, "invalid magic number D100"},
 		"info":         {func(s []segment) { s[0].data[3*testPage+2] |= 0x10 }, 3 * testPage, "invalid info bits"},
-		"long header":  {func(s []segment) { s[0].data[3*testPage+2] |= xlpLongHeaderFlag }, 3 * testPage, "invalid info bits"},
+		"long header":  {func(s []segment) { s[0].data[3*testPage+2] |= xlpLongHeader }, 3 * testPage, "invalid info bits"},
 		"timeline":     {func(s []segment) { s[0].data[3*testPage+4] = 0 }, 3 * testPage, "out-of-sequence timeline ID 0 (after 1)"},
 		"system id":    {func(s []segment) { s[1].data[24]++ }, testSeg, "database system identifier"},
 		"segment size": {func(s []segment) { s[1].data[34]++ }, testSeg, "segment size"},
