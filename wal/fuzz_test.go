@@ -85,7 +85,11 @@ func FuzzReader(f *testing.F) {
 		for off := 0; off < len(data); off += segSize {
 			_, err := r.Feed(name.String(), bytes.NewReader(data[off:min(off+segSize, len(data))]))
 			require.NoError(t, err)
-			name = name.Next(nameSize)
+			next := name.Next(nameSize)
+			if next.Log < name.Log {
+				break // the end of the LSN space
+			}
+			name = next
 		}
 		require.LessOrEqual(t, cap(r.rec.blk), 2*maxBlockHeaders)
 		require.LessOrEqual(t, cap(r.rec.main), 2*limit)
