@@ -2,6 +2,7 @@ package walbackup
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -185,7 +186,8 @@ func (j *Job) Interval(ctx context.Context, machine string, systemID uint64) (In
 	if err != nil {
 		return Interval{}, err
 	}
-	return j.interval(ctx, inst, rps)
+	iv, _, err := j.interval(ctx, inst, rps)
+	return iv, err
 }
 
 // Plan checks a restore request against the repository and chooses its
@@ -201,7 +203,7 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	iv, err := j.interval(ctx, inst, rps)
+	iv, run, err := j.interval(ctx, inst, rps)
 	if err != nil {
 		return nil, err
 	}
@@ -210,18 +212,70 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 		return fmt.Errorf("restore %s to %s: %w: %s (restorable from %s to %s)", req.Machine, t, ErrOutsideInterval, why,
 			describe(iv.Earliest), describe(iv.Latest))
 	}
+	// pos is where a name or transaction target lies at the earliest, so
+	// the restore point must be consistent before it.
+	var pos wal.LSN
+	settings := t.settings
 	switch t.kind {
 	case targetLSN:
 		if t.lsn < iv.Earliest.LSN || t.lsn > iv.Latest.LSN {
 			return nil, outside("no shipped WAL reaches it from a restore point")
 		}
+		pos = t.lsn
 	case targetTime:
 		if t.time.Before(iv.Earliest.Time) {
 			return nil, outside("it is before the oldest restore point")
 		}
 		if !iv.Latest.Time.IsZero() && t.time.After(iv.Latest.Time) {
-			return nil, outside("no WAL shipped that late")
+			return nil, outside("no commit shipped after it to stop at")
 		}
+		if !iv.Latest.Time.IsZero() && !t.exclusive && !t.time.Before(iv.Latest.Time) {
+			// At the last commit shipped: recovery would look for a later
+			// one in vain; the end of the WAL is that very state.
+			settings = func(tli uint32) map[string]string {
+				return map[string]string{"recovery_target_action": "promote", "recovery_target_timeline": strconv.FormatUint(uint64(tli), 10)}
+			}
+		}
+	case targetName:
+		known := true
+		for i := len(run) - 1; i >= 0 && pos == 0; i-- {
+			if run[i].summary == nil {
+				known = false
+				continue
+			}
+			for _, p := range run[i].summary.RestorePoints {
+				if p.Name == t.name {
+					pos = p.LSN
+				}
+			}
+		}
+		if pos == 0 && known {
+			return nil, outside(fmt.Sprintf("no restore point named %q in the shipped WAL", t.name))
+		}
+	case targetXID:
+		known := true
+		for _, sg := range run {
+			if sg.summary == nil {
+				known = false
+				continue
+			}
+			if sg.summary.MaxXID >= t.xid {
+				pos = sg.name.StartLSN(rps[len(rps)-1].SegmentSize())
+				break
+			}
+		}
+		if pos == 0 && known {
+			return nil, outside(fmt.Sprintf("transaction %d is not in the shipped WAL", t.xid))
+		}
+	}
+	reaches := func(rp *repository.Manifest) bool {
+		switch {
+		case t.kind == targetTime:
+			return !rp.StopTime.After(t.time)
+		case pos != 0:
+			return rp.StopLSN <= pos
+		}
+		return true // latest, consistent, or a position the WAL does not tell: the newest
 	}
 	var rp *repository.Manifest
 	if req.RestorePoint != "" {
@@ -233,13 +287,13 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 		if rp == nil {
 			return nil, fmt.Errorf("restore %s: restore point %s: %w", req.Machine, req.RestorePoint, ErrNoRestorePoint)
 		}
-		if !before(rp, t) {
+		if !reaches(rp) {
 			return nil, fmt.Errorf("restore %s to %s: restore point %s is consistent only at %s: %w", req.Machine, t, rp.ID,
 				rp.StopLSN, ErrOutsideInterval)
 		}
 	} else {
 		for i := len(rps) - 1; i >= 0 && rp == nil; i-- {
-			if before(rps[i], t) {
+			if reaches(rps[i]) {
 				rp = rps[i]
 			}
 		}
@@ -252,7 +306,7 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 		return nil, err
 	}
 	return &Plan{Instance: inst, Target: t, RestorePoint: rp, Manifests: ms, Chain: chain, Interval: iv,
-		Settings: t.settings(rp.Timeline)}, nil
+		Settings: settings(rp.Timeline)}, nil
 }
 
 func describe(p Point) string {
@@ -260,19 +314,6 @@ func describe(p Point) string {
 		return p.LSN.String()
 	}
 	return p.LSN.String() + " (" + p.Time.UTC().Format(time.RFC3339) + ")"
-}
-
-// before reports whether restore point rp is consistent before target t,
-// so a recovery from it can reach t. Targets whose position the
-// repository does not tell (transaction ids, names) take the newest.
-func before(rp *repository.Manifest, t Target) bool {
-	switch t.kind {
-	case targetTime:
-		return !rp.StopTime.After(t.time)
-	case targetLSN:
-		return rp.StopLSN <= t.lsn
-	}
-	return true
 }
 
 // restorePoints finds the machine's cluster and its restore points,
@@ -308,47 +349,85 @@ func (j *Job) restorePoints(ctx context.Context, machine string, systemID uint64
 
 // interval is where the restore points and the WAL after them reach: from
 // the oldest consistency point to the end of the WAL that follows the
-// newest restore point without a gap.
-func (j *Job) interval(ctx context.Context, inst repository.Instance, rps []*repository.Manifest) (Interval, error) {
+// newest restore point without a gap. It also returns that WAL, in order,
+// with the segments' summaries, for the checks of time, name and
+// transaction targets.
+func (j *Job) interval(ctx context.Context, inst repository.Instance, rps []*repository.Manifest) (Interval, []shippedSegment, error) {
 	newest := rps[len(rps)-1]
 	iv := Interval{Instance: inst, Timeline: newest.Timeline, RestorePoints: len(rps),
 		Earliest: Point{LSN: rps[0].StopLSN, Time: rps[0].StopTime}, Latest: Point{LSN: newest.StopLSN, Time: newest.StopTime}}
 	segs, err := j.archivedSegments(ctx, inst, newest.Timeline)
 	if err != nil {
-		return Interval{}, err
+		return Interval{}, nil, err
 	}
 	size := newest.SegmentSize()
-	f := wal.SegmentAt(newest.Timeline, newest.StartLSN, size)
-	if !segs[f.String()] {
-		return Interval{}, fmt.Errorf("restore point %s: its first WAL segment %s is not in the repository", newest.ID, f)
+	start := wal.SegmentAt(newest.Timeline, newest.StartLSN, size)
+	if _, ok := segs[start.String()]; !ok {
+		return Interval{}, nil, fmt.Errorf("restore point %s: its first WAL segment %s is not in the repository", newest.ID, start)
 	}
-	for segs[f.Next(size).String()] {
-		f = f.Next(size)
+	end := start
+	for {
+		if _, ok := segs[end.Next(size).String()]; !ok {
+			break
+		}
+		end = end.Next(size)
 	}
-	if end := f.Next(size).StartLSN(size); end > iv.Latest.LSN {
-		iv.Latest = Point{LSN: end} // the time of that WAL's last commit is not known here
+	if lsn := end.Next(size).StartLSN(size); lsn > iv.Latest.LSN {
+		iv.Latest.LSN = lsn
 	}
-	return iv, nil
+	// The WAL a restore may read: what is held from the oldest restore
+	// point's start to that end.
+	var run []shippedSegment
+	for f := wal.SegmentAt(newest.Timeline, rps[0].StartLSN, size); f.String() <= end.String(); f = f.Next(size) {
+		if sum, ok := segs[f.String()]; ok {
+			run = append(run, shippedSegment{name: f, summary: sum})
+		}
+	}
+	// The latest point in time is the last commit shipped: recovery can
+	// stop after it, but finds nothing later to stop at.
+	for _, sg := range run {
+		if sg.summary != nil && sg.summary.LastCommit.After(iv.Latest.Time) {
+			iv.Latest.Time = sg.summary.LastCommit
+		}
+	}
+	return iv, run, nil
 }
 
-// archivedSegments returns the names of the segments of a timeline that
-// the repository holds, from the bundles' indexes (a bundle's name range
-// can span a segment a batch did not have).
-func (j *Job) archivedSegments(ctx context.Context, inst repository.Instance, tli uint32) (map[string]bool, error) {
+// shippedSegment is one segment of the restorable WAL.
+type shippedSegment struct {
+	name    wal.FileName
+	summary *wal.Summary // nil when its bundle has none
+}
+
+// archivedSegments returns the segments of a timeline that the repository
+// holds, from the bundles' indexes (a bundle's name range can span a
+// segment a batch did not have), each with its WAL summary when the bundle
+// has one (nil otherwise).
+func (j *Job) archivedSegments(ctx context.Context, inst repository.Instance, tli uint32) (map[string]*wal.Summary, error) {
 	refs, err := repository.Bundles(ctx, j.cfg.Repository, inst, tli)
 	if err != nil {
 		return nil, err
 	}
 	sort.Slice(refs, func(a, b int) bool { return refs[a].First < refs[b].First })
-	segs := map[string]bool{}
+	segs := map[string]*wal.Summary{}
 	for _, ref := range refs {
 		b, err := bundle.Open(ctx, j.cfg.Repository, ref.Object.Name, ref.Object.Size, j.cfg.Key)
 		if err != nil {
 			return nil, fmt.Errorf("read the index of %s: %w", ref.Object.Name, err)
 		}
 		for _, e := range b.Entries() {
-			if f, err := wal.ParseFileName(e.Name); err == nil && f.Kind == wal.Segment {
-				segs[e.Name] = true
+			if f, err := wal.ParseFileName(e.Name); err != nil || f.Kind != wal.Segment {
+				continue
+			}
+			var sum *wal.Summary
+			if e.Meta != nil {
+				sum = new(wal.Summary)
+				if json.Unmarshal(e.Meta, sum) != nil {
+					sum = nil
+				}
+			}
+			if cur, ok := segs[e.Name]; !ok || cur == nil {
+				segs[e.Name] = sum // present, with a summary when some copy has one
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -277,6 +278,8 @@ func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repositor
 				return err
 			}
 			w.SetCreated(opts.Time)
+			sums := newSummarizer()
+			w.SetTap(sums.tap)
 			err = rt.Read(ctx, names, func(f guest.Frame) error {
 				codec := bundle.Raw
 				if f.Codec == guest.CodecZstd {
@@ -285,6 +288,11 @@ func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repositor
 				e, err := w.Add(f.Name, codec, f.Data)
 				if err != nil {
 					return err
+				}
+				if meta := sums.end(f.Name); meta != nil {
+					if err := w.SetMeta(f.Name, meta); err != nil {
+						return err
+					}
 				}
 				size, sum := f.Checksum()
 				if size != e.RawSize || sum != e.SHA256 {
@@ -358,4 +366,61 @@ func shipHistory(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 		return 0, fmt.Errorf("read back %s: %w", obj, errors.Join(err, ErrChecksum))
 	}
 	return int64(len(content)), nil
+}
+
+// summarizer reads each segment's records as it is bundled, for the
+// summary restores use (commit times, xids, named restore points). It is
+// best effort: WAL it cannot read gets no summary, and shipping goes on.
+type summarizer struct {
+	r      *wal.Reader
+	cur    string
+	broken bool
+}
+
+func newSummarizer() *summarizer {
+	r, err := wal.NewReader(wal.ReaderConfig{})
+	return &summarizer{r: r, broken: err != nil}
+}
+
+func (s *summarizer) tap(name string) io.Writer {
+	f, err := wal.ParseFileName(name)
+	if s.broken || err != nil || f.Kind != wal.Segment {
+		return nil
+	}
+	if err := s.r.BeginSegment(name); err != nil {
+		s.broken = true
+		return nil
+	}
+	s.cur = name
+	return lenient{s}
+}
+
+// end returns the JSON summary of the segment name, or nil.
+func (s *summarizer) end(name string) []byte {
+	if s.cur != name || s.broken {
+		return nil
+	}
+	s.cur = ""
+	sum, err := s.r.EndSegment()
+	if err != nil {
+		s.broken = true
+		return nil
+	}
+	b, err := json.Marshal(sum)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// lenient feeds the reader but never fails the bundle's write.
+type lenient struct{ s *summarizer }
+
+func (l lenient) Write(p []byte) (int, error) {
+	if !l.s.broken {
+		if _, err := l.s.r.Write(p); err != nil {
+			l.s.broken = true
+		}
+	}
+	return len(p), nil
 }

@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,7 +15,9 @@ import (
 	"github.com/pglogship/pglogship/guest/runtime"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/fs"
+	"github.com/pglogship/pglogship/wal"
 	"github.com/pglogship/pglogship/walbackup"
 )
 
@@ -79,4 +82,23 @@ func TestShipOnceRealWAL(t *testing.T) {
 	for n, c := range count {
 		assert.Equal(t, 1, c, "%s stored exactly once", n)
 	}
+
+	// Each segment carries the summary of its WAL: the workload committed
+	// in every one of them.
+	var commits int64
+	for _, ref := range refs {
+		b, err := bundle.Open(ctx, repo, ref.Object.Name, ref.Object.Size, nil)
+		require.NoError(t, err)
+		for _, e := range b.Entries() {
+			if f, _ := wal.ParseFileName(e.Name); f.Kind != wal.Segment {
+				continue
+			}
+			require.NotNil(t, e.Meta, "%s has a summary", e.Name)
+			var sum wal.Summary
+			require.NoError(t, json.Unmarshal(e.Meta, &sum))
+			assert.Positive(t, sum.Records, e.Name)
+			commits += sum.Commits
+		}
+	}
+	assert.Positive(t, commits)
 }

@@ -303,3 +303,54 @@ func TestCreatedTime(t *testing.T) {
 		}
 	}
 }
+
+// A tap sees each file's raw bytes, raw or zstd input, and meta set after
+// Add comes back from the index, encrypted or not.
+func TestTapAndMeta(t *testing.T) {
+	ctx := context.Background()
+	for _, k := range []*bundle.Key{nil, key(t, 9)} {
+		for _, codec := range []bundle.Codec{bundle.Raw, bundle.Zstd} {
+			repo := memory.New()
+			var buf bytes.Buffer
+			w, err := bundle.NewWriter(&buf, k)
+			require.NoError(t, err)
+			taps := map[string]*bytes.Buffer{}
+			w.SetTap(func(name string) io.Writer {
+				if name == "skip" {
+					return nil
+				}
+				taps[name] = &bytes.Buffer{}
+				return taps[name]
+			})
+			for _, f := range []file{{"a", []byte("alpha")}, {"skip", []byte("beta")}} {
+				in := bytes.NewReader(f.data)
+				var r io.Reader = in
+				if codec == bundle.Zstd {
+					var z bytes.Buffer
+					enc, _ := zstd.NewWriter(&z)
+					_, _ = enc.Write(f.data)
+					enc.Close()
+					r = &z
+				}
+				_, err := w.Add(f.name, codec, r)
+				require.NoError(t, err)
+			}
+			require.NoError(t, w.SetMeta("a", []byte(`{"commits":3}`)))
+			require.Error(t, w.SetMeta("a", []byte(`{not json`)))
+			require.Error(t, w.SetMeta("nope", []byte(`{}`)))
+			_, err = w.Close()
+			require.NoError(t, err)
+			assert.Equal(t, "alpha", taps["a"].String())
+			assert.NotContains(t, taps, "skip")
+			size := int64(buf.Len())
+			require.NoError(t, repo.Put(ctx, "b", &buf))
+			r, err := bundle.Open(ctx, repo, "b", size, k)
+			require.NoError(t, err)
+			e, ok := r.Entry("a")
+			require.True(t, ok)
+			assert.JSONEq(t, `{"commits":3}`, string(e.Meta))
+			e, _ = r.Entry("skip")
+			assert.Nil(t, e.Meta)
+		}
+	}
+}

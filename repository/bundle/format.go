@@ -45,6 +45,9 @@ type Entry struct {
 	SHA256  [32]byte // of the raw content
 	Offset  int64    // where its frame starts in the bundle
 	Length  int64    // the frame's length in bytes
+	// Meta is what the writer said about the file (Writer.SetMeta), a JSON
+	// value, or nil.
+	Meta json.RawMessage
 }
 
 type indexJSON struct {
@@ -54,11 +57,12 @@ type indexJSON struct {
 }
 
 type entryJSON struct {
-	Name    string `json:"name"`
-	RawSize int64  `json:"raw_size"`
-	SHA256  string `json:"sha256"`
-	Offset  int64  `json:"offset"`
-	Length  int64  `json:"length"`
+	Name    string          `json:"name"`
+	RawSize int64           `json:"raw_size"`
+	SHA256  string          `json:"sha256"`
+	Offset  int64           `json:"offset"`
+	Length  int64           `json:"length"`
+	Meta    json.RawMessage `json:"meta,omitempty"`
 }
 
 func encodeIndex(entries []Entry, created time.Time) ([]byte, error) {
@@ -67,7 +71,7 @@ func encodeIndex(entries []Entry, created time.Time) ([]byte, error) {
 		idx.Created = created.UTC().Format(time.RFC3339Nano)
 	}
 	for i, e := range entries {
-		idx.Files[i] = entryJSON{e.Name, e.RawSize, hex.EncodeToString(e.SHA256[:]), e.Offset, e.Length}
+		idx.Files[i] = entryJSON{e.Name, e.RawSize, hex.EncodeToString(e.SHA256[:]), e.Offset, e.Length, e.Meta}
 	}
 	return json.Marshal(idx)
 }
@@ -93,7 +97,7 @@ func decodeIndex(b []byte, indexOffset int64) ([]Entry, time.Time, error) {
 	next := int64(headerSize)
 	seen := make(map[string]bool, len(idx.Files))
 	for i, f := range idx.Files {
-		e := Entry{Name: f.Name, RawSize: f.RawSize, Offset: f.Offset, Length: f.Length}
+		e := Entry{Name: f.Name, RawSize: f.RawSize, Offset: f.Offset, Length: f.Length, Meta: f.Meta}
 		sum, err := hex.DecodeString(f.SHA256)
 		switch {
 		case err != nil || len(sum) != 32:

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -38,6 +39,7 @@ type Writer struct {
 	err     error  // sticky: a failed Add leaves the bundle unusable
 	closed  bool
 	created time.Time
+	tap     func(name string) io.Writer
 }
 
 type countWriter struct {
@@ -114,11 +116,17 @@ func (w *Writer) add(name string, codec Codec, r io.Reader) (Entry, error) {
 	}
 	cw := &chunkWriter{w: w, fh: fh, nonce: nonce}
 	sum := sha256.New()
+	var rawSink io.Writer = sum
+	if w.tap != nil {
+		if t := w.tap(name); t != nil {
+			rawSink = io.MultiWriter(sum, t)
+		}
+	}
 	var raw int64
 	switch codec {
 	case Raw:
 		w.enc.Reset(cw)
-		n, err := io.Copy(io.MultiWriter(w.enc, sum), r)
+		n, err := io.Copy(io.MultiWriter(w.enc, rawSink), r)
 		if err != nil {
 			return e, err
 		}
@@ -132,7 +140,7 @@ func (w *Writer) add(name string, codec Codec, r io.Reader) (Entry, error) {
 		if err := w.dec.Reset(io.TeeReader(r, cw)); err != nil {
 			return e, err
 		}
-		n, err := io.Copy(sum, w.dec)
+		n, err := io.Copy(rawSink, w.dec)
 		if err != nil {
 			return e, fmt.Errorf("decompress: %w", err)
 		}
@@ -221,6 +229,27 @@ func (c *chunkWriter) finish() error {
 	}
 	_, err := c.w.out.Write([]byte{0, 0, 0, 0})
 	return err
+}
+
+// SetTap makes every later Add also write the file's raw bytes to the
+// writer fn returns for its name (nil: none), for callers that learn
+// something from the content as it passes. A tap's write error fails that
+// Add.
+func (w *Writer) SetTap(fn func(name string) io.Writer) { w.tap = fn }
+
+// SetMeta records meta, a JSON value, with the file name already added; it
+// is kept in the index (Entry.Meta) and read back by Reader.Entries.
+func (w *Writer) SetMeta(name string, meta []byte) error {
+	if !json.Valid(meta) {
+		return fmt.Errorf("meta of %s: not JSON", name)
+	}
+	for i := range w.entries {
+		if w.entries[i].Name == name {
+			w.entries[i].Meta = append(json.RawMessage(nil), meta...)
+			return nil
+		}
+	}
+	return fmt.Errorf("meta of %s: no such file in the bundle", name)
 }
 
 // SetCreated records when the bundle was written, in its index, so
