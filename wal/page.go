@@ -27,7 +27,8 @@ const xlpLongHeader = 0x0002
 
 // CheckSegmentHeader checks the long page header that starts every segment
 // (and .partial file) against the file's name and its cluster: page magic
-// of the server's version, the long-header flag, the timeline, the page
+// of the server's version, the long-header flag, the timeline (the name's
+// or, in a timeline's first segment, an earlier one), the page
 // address, the system identifier and the segment size. Other file kinds
 // pass unchecked.
 func CheckSegmentHeader(name string, head []byte, segSize int64, systemID uint64, serverVersion int) error {
@@ -51,7 +52,9 @@ func CheckSegmentHeader(name string, head []byte, segSize int64, systemID uint64
 	if info := binary.LittleEndian.Uint16(head[2:]); info&xlpLongHeader == 0 {
 		return bad("first page has no long header")
 	}
-	if tli := binary.LittleEndian.Uint32(head[4:]); tli != f.Timeline {
+	// The first segment of a new timeline starts with the old timeline's
+	// pages up to the switch point, so an earlier timeline is fine.
+	if tli := binary.LittleEndian.Uint32(head[4:]); tli == 0 || tli > f.Timeline {
 		return bad("page timeline %d, name says %d", tli, f.Timeline)
 	}
 	if addr, want := LSN(binary.LittleEndian.Uint64(head[8:])), f.StartLSN(segSize); addr != want {

@@ -26,15 +26,18 @@ func TestCheckSegmentHeader(t *testing.T) {
 	require.NoError(t, CheckSegmentHeader(name, good, seg, sys, v15))
 	require.NoError(t, CheckSegmentHeader(name+".partial", good, seg, sys, v15))
 	require.NoError(t, CheckSegmentHeader("00000002.history", nil, seg, sys, v15), "text files are not checked")
+	require.NoError(t, CheckSegmentHeader(name, header(0xD110, 2, 1, addr, sys, seg), seg, sys, v15),
+		"a timeline's first segment begins with its parent's pages")
 
 	tests := map[string][]byte{
-		"magic":    header(0xD106, 2, 2, addr, sys, seg),
-		"short":    header(0xD110, 0, 2, addr, sys, seg),
-		"timeline": header(0xD110, 2, 1, addr, sys, seg),
-		"address":  header(0xD110, 2, 2, addr+seg, sys, seg),
-		"sysid":    header(0xD110, 2, 2, addr, sys+1, seg),
-		"segsize":  header(0xD110, 2, 2, addr, sys, seg*2),
-		"length":   good[:20],
+		"magic":       header(0xD106, 2, 2, addr, sys, seg),
+		"short":       header(0xD110, 0, 2, addr, sys, seg),
+		"timeline":    header(0xD110, 2, 3, addr, sys, seg),
+		"no timeline": header(0xD110, 2, 0, addr, sys, seg),
+		"address":     header(0xD110, 2, 2, addr+seg, sys, seg),
+		"sysid":       header(0xD110, 2, 2, addr, sys+1, seg),
+		"segsize":     header(0xD110, 2, 2, addr, sys, seg*2),
+		"length":      good[:20],
 	}
 	for what, b := range tests {
 		require.ErrorIs(t, CheckSegmentHeader(name, b, seg, sys, v15), ErrBadSegment, what)

@@ -1,6 +1,7 @@
 package walbackup_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -97,4 +98,64 @@ func TestArchiveFailsWhenTheFolderIsFull(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, session.StateFailed, c.State, "the session fails loudly")
 	t.Logf("segments in the repository: %d; the failed one was %s", len(segs), failedWAL)
+}
+
+// PostgreSQL restarted during a session, then promoted to a new timeline
+// (archive recovery of its own WAL ends in a new timeline, as a failover
+// or a restore in place does): the session ships on, the history file and
+// the new timeline's segments (and the old one's last, partial segment)
+// reach the repository, and Verify follows the branch.
+func TestPostgresRestartedAndPromotedDuringASession(t *testing.T) {
+	ctx := context.Background()
+	r := newRealJob(t, fakeImages)
+	pg := r.pg
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	pg.SwitchWAL(t, 2)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+
+	out, err := pg.PgCtl("restart", "-m", "fast", "-w", "-l", pg.LogFile)
+	require.NoError(t, err, "%s", out)
+	pg.SwitchWAL(t, 1)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+
+	// A clean stop, then a start in archive recovery with nothing more to
+	// restore: recovery ends at once and PostgreSQL moves to timeline 2.
+	out, err = pg.PgCtl("stop", "-m", "fast", "-w")
+	require.NoError(t, err, "%s", out)
+	pg.WriteDataFile(t, "recovery.signal", "")
+	out, err = pg.PgCtl("start", "-w", "-l", pg.LogFile, "-o", "-c restore_command=false")
+	require.NoError(t, err, "%s", out)
+	waitFor(t, pg, "SELECT pg_is_in_recovery()", func(s string) bool { return s == "f" }, "never promoted")
+	assert.Equal(t, "2", pg.Psql(t, "postgres", "SELECT timeline_id FROM pg_control_checkpoint()"))
+	pg.SwitchWAL(t, 2)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	require.NoError(t, r.job.Disable(ctx))
+
+	inst := r.instance(t)
+	tl2 := stored(t, r.repo, inst, 2)
+	assert.NotEmpty(t, tl2, "timeline 2's segments are in the repository")
+	var partial bool
+	for n := range stored(t, r.repo, inst, 1) {
+		partial = partial || strings.HasSuffix(n, ".partial")
+	}
+	assert.True(t, partial, "the old timeline's last segment, as .partial")
+	var hist bytes.Buffer
+	require.NoError(t, walbackup.FetchWAL(ctx, r.repo, inst, "00000002.history", nil, &hist))
+	assert.Contains(t, hist.String(), "1\t")
+	left, err := os.ReadDir(r.walDir)
+	require.NoError(t, err)
+	assert.Empty(t, left, "everything left the guest")
+	c, err := session.Latest(ctx, r.store, r.job.ChildName(), session.KindChild)
+	require.NoError(t, err)
+	log, _ := r.store.Log(ctx, c.ID, 0, 100)
+	for _, e := range log {
+		if e.Severity != session.SeverityInfo {
+			assert.Contains(t, e.Message, "no restore point", "the only warning: no parent ran (a restart or a new timeline is none)")
+		}
+	}
+	assert.Equal(t, session.StateWarning, c.State)
+	rep, err := r.job.Verify(ctx)
+	require.NoError(t, err)
+	assert.True(t, rep.OK(), "%v", rep.Problems)
 }

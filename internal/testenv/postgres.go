@@ -248,6 +248,17 @@ func (p *Postgres) writeDataFile(t testing.TB, name, content string) {
 	chown(t, p.account, path)
 }
 
+// PgCtl runs pg_ctl on the cluster as its OS user (-D is given), for
+// tests that stop, start or restart the server themselves.
+func (p *Postgres) PgCtl(args ...string) ([]byte, error) { return p.pgCtl(args...) }
+
+// WriteDataFile writes a file into the data directory, owned by the
+// server's OS user.
+func (p *Postgres) WriteDataFile(t testing.TB, name, content string) {
+	t.Helper()
+	p.writeDataFile(t, name, content)
+}
+
 func (p *Postgres) pgCtl(args ...string) ([]byte, error) {
 	cmd := commandAs(p.account, filepath.Join(p.BinDir, "pg_ctl"), append([]string{"-D", p.DataDir}, args...)...)
 	cmd.Dir = p.baseDir
