@@ -35,29 +35,33 @@ type realJob struct {
 	*harness
 	pg     *testenv.Postgres
 	repo   *fs.Repo
+	root   string // the repository's folder
 	walDir string
+	logs   *syncBuffer // everything the job, the deployer and the runtime logged
 }
 
 func newRealJob(t *testing.T, hv func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor, tweaks ...func(*walbackup.Config)) *realJob {
 	t.Helper()
 	testenv.SkipIfShort(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	logs := &syncBuffer{}
 	d, err := local.New(local.Config{
 		Binary: testenv.BuildRuntime(t),
 		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
-		Logger: testenv.Logger(t),
+		Logger: testenv.LoggerTo(t, logs),
 	})
 	require.NoError(t, err)
-	repo, err := fs.New(fs.Config{Root: t.TempDir()})
+	root := filepath.Join(t.TempDir(), "repository") // made by the repository itself
+	repo, err := fs.New(fs.Config{Root: root})
 	require.NoError(t, err)
-	r := &realJob{pg: pg, repo: repo, walDir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")}
+	r := &realJob{pg: pg, repo: repo, root: root, walDir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal"), logs: logs}
 	r.harness = &harness{clk: clock.NewMock(), store: smem.New(), events: make(chan walbackup.Event, 1024)}
 	r.list = r.store
 	r.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
 	cfg := walbackup.Config{
 		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "db1"}}, LogBackupInterval: walbackup.DefaultLogBackupInterval,
 		WALDir: r.walDir, Hypervisor: hv(r.clk, d), Guests: d, Repository: repo, Sessions: r.store, Clock: r.clk,
-		Logger: testenv.Logger(t), Observer: func(e walbackup.Event) { r.events <- e },
+		Logger: testenv.LoggerTo(t, logs), Observer: func(e walbackup.Event) { r.events <- e },
 	}
 	for _, tweak := range tweaks {
 		tweak(&cfg)

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -18,4 +19,10 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// LoggerTo is Logger that also writes every line to w, for tests that
+// scan what was logged.
+func LoggerTo(t testing.TB, w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.MultiWriter(tWriter{t}, w), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
