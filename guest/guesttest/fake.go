@@ -2,9 +2,11 @@
 // that drives one: guests held in memory, with WAL files a test adds, a
 // count of runtimes deployed and still installed, and fault injection.
 //
-// Frames are not compressed (guest.CodecNone). The shipping path is proven on
-// the real runtime with real PostgreSQL; this fake is for orchestration and
-// failures only.
+// Frames are not compressed (guest.CodecNone). Its runtimes implement
+// guest.Recoverer without a PostgreSQL: Recover records its configuration
+// and asks fetch for the names a test set (SetRecovery). The shipping and
+// recovery paths are proven on the real runtime with real PostgreSQL; this
+// fake is for orchestration and failures only.
 package guesttest
 
 import (
@@ -61,6 +63,10 @@ type Guest struct {
 	highest   wal.FileName      // newest segment ever archived
 	archived  map[string][]byte // every file ever archived, by name
 	backups   int               // backups started and not stopped
+
+	recoverNames  []string // what Recover asks fetch for
+	recoverResult guest.RecoveryResult
+	recoveries    []Recovery
 }
 
 // NewGuest returns a guest whose PostgreSQL is inst, with 1 GiB free in
