@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,11 +21,14 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/pglogship/pglogship/clock"
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/local"
 	"github.com/pglogship/pglogship/guest/runtime"
+	gssh "github.com/pglogship/pglogship/guest/ssh"
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/hypervisor/physical"
 	"github.com/pglogship/pglogship/internal/testenv"
@@ -39,11 +45,14 @@ type recoverFixture struct {
 	inst    repository.Instance
 	rp      *repository.Manifest
 	chain   []hypervisor.Image
-	between string // a time after batch 2's commit and before batch 3's
-	later   string // a time after everything in the archive
-	deploy  *local.Deployer
+	between string          // a time after batch 2's commit and before batch 3's
+	later   string          // a time after everything in the archive
+	deploy  *local.Deployer // runtimes as root, like the test
+	bin     string
+	logger  *slog.Logger
 	logs    *syncBuffer // the recovery runtimes' logs
 	fetches atomic.Int64
+	sshAddr string
 }
 
 func newRecoverFixture(t *testing.T) *recoverFixture {
@@ -84,24 +93,31 @@ func newRecoverFixture(t *testing.T) *recoverFixture {
 	_, f.chain, err = walbackup.ImageChain(ctx, f.repo, f.inst, f.rp.ID)
 	require.NoError(t, err)
 
-	logger := slog.New(slog.NewTextHandler(io.MultiWriter(f.logs, logTo{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f.logger = slog.New(slog.NewTextHandler(io.MultiWriter(f.logs, logTo{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f.bin = testenv.BuildRuntime(t)
 	f.deploy, err = local.New(local.Config{
-		Binary: testenv.BuildRuntime(t),
+		Binary: f.bin,
 		Conn:   runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password},
-		Logger: logger,
+		Logger: f.logger,
 	})
 	require.NoError(t, err)
 	return f
 }
 
-// fetch is the restore_command's source: the repository, through FetchWAL.
-func (f *recoverFixture) fetch(ctx context.Context, name string, w io.Writer) error {
-	f.fetches.Add(1)
-	err := walbackup.FetchWAL(ctx, f.repo, f.inst, name, nil, w)
-	if errors.Is(err, repository.ErrNotFound) {
-		return fmt.Errorf("%w: %w", guest.ErrNoSuchWAL, err)
+// fetchFrom is a restore_command's source: the repository, through
+// FetchWAL, its not-found as guest.ErrNoSuchWAL. It counts its calls in
+// count, if set.
+func fetchFrom(repo repository.Repository, inst repository.Instance, count *atomic.Int64) guest.FetchFunc {
+	return func(ctx context.Context, name string, w io.Writer) error {
+		if count != nil {
+			count.Add(1)
+		}
+		err := walbackup.FetchWAL(ctx, repo, inst, name, nil, w)
+		if errors.Is(err, repository.ErrNotFound) {
+			return fmt.Errorf("%w: %w", guest.ErrNoSuchWAL, err)
+		}
+		return err
 	}
-	return err
 }
 
 // restore writes the restore point's image into a new directory the server
@@ -113,12 +129,17 @@ func (f *recoverFixture) restore(t *testing.T) string {
 	return dir
 }
 
-// recover restores the image and recovers it through a fresh runtime with
+// recover restores the image and recovers it through a fresh runtime of
+// the local deployer (as root, starting PostgreSQL as the server user) with
 // the given recovery settings, on a port and socket of its own.
 func (f *recoverFixture) recover(t *testing.T, settings map[string]string) (*testenv.Postgres, guest.RecoveryResult, error) {
 	t.Helper()
+	return f.recoverWith(t, f.deploy, f.pg.OSUser, f.restore(t), settings)
+}
+
+func (f *recoverFixture) recoverWith(t *testing.T, d guest.Deployer, osUser, dir string, settings map[string]string) (*testenv.Postgres, guest.RecoveryResult, error) {
+	t.Helper()
 	ctx := context.Background()
-	dir := f.restore(t)
 	pg := testenv.PostgresFor(t, dir, f.pg)
 	all := map[string]string{
 		"port": strconv.Itoa(pg.Port), "unix_socket_directories": pg.SocketDir, "listen_addresses": "127.0.0.1",
@@ -127,13 +148,13 @@ func (f *recoverFixture) recover(t *testing.T, settings map[string]string) (*tes
 	for k, v := range settings {
 		all[k] = v
 	}
-	rt, err := f.deploy.Deploy(ctx, guest.Target{Machine: "db1"})
+	rt, err := d.Deploy(ctx, guest.Target{Machine: "db1", Address: f.sshAddr})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, rt.Close(ctx)) }()
 	rec, ok := rt.(guest.Recoverer)
 	require.True(t, ok, "the runtime recovers")
 	start := time.Now()
-	res, err := rec.Recover(ctx, guest.RecoveryConfig{DataDir: dir, BackupLabel: f.rp.BackupLabel, Settings: all, OSUser: f.pg.OSUser}, f.fetch)
+	res, err := rec.Recover(ctx, guest.RecoveryConfig{DataDir: dir, BackupLabel: f.rp.BackupLabel, Settings: all, OSUser: osUser}, fetchFrom(f.repo, f.inst, &f.fetches))
 	t.Logf("recover took %v: promoted %v paused %v, timeline %d, lsn %s, last replayed %v; %d requests, %d from the spool, %d waited on the host (%d of them on a fetch ahead), %d fetched",
 		time.Since(start).Round(time.Millisecond), res.Promoted, res.Paused, res.Timeline, res.LSN, res.LastReplayTime,
 		res.Requests, res.FromSpool, res.Waited, res.InFlight, res.Fetched)
@@ -235,11 +256,36 @@ func TestRecoverThroughTheRuntime(t *testing.T) {
 		requireNoRestoreCommand(t, pg, false)
 	})
 
+	t.Run("over ssh as the server user", func(t *testing.T) {
+		// The SSH runtime logs in as the server's OS user: it starts
+		// PostgreSQL as itself, on a directory that is already its own.
+		sshd := testenv.StartSSHD(t, testenv.SSHDConfig{User: f.pg.OSUser})
+		f.sshAddr = sshd.Addr
+		defer func() { f.sshAddr = "" }()
+		hostKeys, err := knownhosts.New(sshd.KnownHostsFile)
+		require.NoError(t, err)
+		d, err := gssh.New(gssh.Config{
+			User: sshd.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(sshd.ClientSigner)}, HostKeyCallback: hostKeys,
+			Binaries: map[string]string{goruntime.GOARCH: f.bin}, BaseDir: filepath.Join(testenv.UserDir(t, sshd.User), "runtimes"),
+			Conn:   runtime.ConnConfig{Host: f.pg.SocketDir, Port: f.pg.Port, User: f.pg.User}, // peer, as the login user
+			Logger: f.logger,
+		})
+		require.NoError(t, err)
+		dir := f.restore(t)
+		giveTo(t, dir, f.pg.OSUser)
+		pg, res, err := f.recoverWith(t, d, "", dir, nil)
+		require.NoError(t, err, res.Log)
+		assert.True(t, res.Promoted)
+		assert.Equal(t, "1|1000\n2|1000\n3|1000", batches(t, pg))
+		assert.Greater(t, res.FromSpool, 0)
+		requireNoRestoreCommand(t, pg, true)
+	})
+
 	t.Run("running data directory", func(t *testing.T) {
 		rt, err := f.deploy.Deploy(ctx, guest.Target{Machine: "db1"})
 		require.NoError(t, err)
 		defer rt.Close(ctx)
-		_, err = rt.(guest.Recoverer).Recover(ctx, guest.RecoveryConfig{DataDir: f.pg.DataDir, BackupLabel: f.rp.BackupLabel}, f.fetch)
+		_, err = rt.(guest.Recoverer).Recover(ctx, guest.RecoveryConfig{DataDir: f.pg.DataDir, BackupLabel: f.rp.BackupLabel}, fetchFrom(f.repo, f.inst, &f.fetches))
 		require.ErrorIs(t, err, guest.ErrServerRunning)
 		assert.NoFileExists(t, filepath.Join(f.pg.DataDir, "recovery.signal"), "nothing was changed")
 		assert.NoFileExists(t, filepath.Join(f.pg.DataDir, "backup_label"))
@@ -250,6 +296,22 @@ func TestRecoverThroughTheRuntime(t *testing.T) {
 		assert.NotContains(t, f.logs.String(), f.pg.Password)
 	})
 	t.Logf("the host fetched %d files in all", f.fetches.Load())
+}
+
+// giveTo hands dir and everything in it to the OS user name, as whoever
+// restored it for that user would.
+func giveTo(t *testing.T, dir, name string) {
+	t.Helper()
+	u, err := user.Lookup(name)
+	require.NoError(t, err)
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	require.NoError(t, filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	}))
 }
 
 // syncBuffer is a bytes.Buffer for several goroutines.

@@ -47,6 +47,8 @@ const (
 	msgTargetNotReached = "recovery ended before configured recovery target was reached"
 	msgShutdownAtTarget = "shutdown at recovery target"
 	msgShutDown         = "database system is shut down"
+	msgReadOnly         = "database system is ready to accept read-only connections"
+	msgTurnedAway       = "the database system is" // starting up, not (yet) accepting connections, shutting down
 )
 
 // osUser is the OS user PostgreSQL runs as when the runtime is root.
@@ -621,13 +623,15 @@ func (rec *recovery) logTail() string {
 	return strings.Join(lines, "\n")
 }
 
-// exited tells how a server that stopped ended its recovery, from its log.
+// exited tells how a server that stopped ended its recovery, from its log:
+// shut down at the target, or failed with its last FATAL or PANIC line
+// (connections turned away while it started are not the reason).
 func (rec *recovery) exited() (endState, error) {
 	text := rec.readLog()
 	if strings.Contains(text, msgShutdownAtTarget) {
 		return endShutdown, nil
 	}
-	var first, last string
+	var why, last string
 	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -635,17 +639,17 @@ func (rec *recovery) exited() (endState, error) {
 		if strings.Contains(line, msgTargetNotReached) {
 			return 0, fmt.Errorf("%w: the server stopped: %s", guest.ErrTargetNotReached, line)
 		}
-		if first == "" && (strings.Contains(line, "FATAL:") || strings.Contains(line, "PANIC:")) {
-			first = line
+		if (strings.Contains(line, "FATAL:") || strings.Contains(line, "PANIC:")) && !strings.Contains(line, msgTurnedAway) {
+			why = line
 		}
 		if strings.TrimSpace(line) != "" {
 			last = line
 		}
 	}
-	if first == "" {
-		first = last
+	if why == "" {
+		why = last
 	}
-	return 0, fmt.Errorf("%w: %s", guest.ErrRecoveryFailed, first)
+	return 0, fmt.Errorf("%w: %s", guest.ErrRecoveryFailed, why)
 }
 
 // startFailed tells whether a server that has not written its pid file yet
@@ -658,10 +662,12 @@ func (rec *recovery) startFailed() bool {
 // recoveryWatch follows the server until recovery has ended, through the
 // runtime's connection settings pointed at the recovered server.
 type recoveryWatch struct {
-	rec     *recovery
-	conn    *pgx.Conn
-	version int
-	pid     int
+	rec      *recovery
+	conn     *pgx.Conn
+	version  int
+	pid      int
+	logOff   int64 // how far the log has been read for msgReadOnly
+	readOnly bool  // the server accepts read-only connections
 }
 
 func (w *recoveryWatch) close() {
@@ -685,7 +691,10 @@ func (w *recoveryWatch) wait(ctx context.Context) (endState, error) {
 				return rec.exited()
 			}
 			w.pid = pf.pid
-			if pf.status == "ready" || pf.status == "standby" {
+			// "standby" is reported from the start of recovery on; a hot
+			// standby takes connections only once consistent, and
+			// connecting earlier would only fill the log with refusals.
+			if pf.status == "ready" || pf.status == "standby" && w.sawReadOnly() {
 				state, err := w.poll(ctx, pf)
 				if err != nil || state != 0 {
 					return state, err
@@ -704,6 +713,30 @@ func (w *recoveryWatch) wait(ctx context.Context) (endState, error) {
 		case <-clk.After(rec.rt.cfg.PollInterval):
 		}
 	}
+}
+
+// sawReadOnly tells whether the server has logged that it takes read-only
+// connections, reading the log on from where it stopped last time.
+func (w *recoveryWatch) sawReadOnly() bool {
+	if w.readOnly {
+		return true
+	}
+	if w.logOff == 0 {
+		w.logOff = w.rec.logStart
+	}
+	f, err := os.Open(w.rec.logPath)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, w.logOff, 1<<40))
+	if err != nil {
+		return false
+	}
+	end := bytes.LastIndexByte(b, '\n') + 1 // whole lines only
+	w.readOnly = bytes.Contains(b[:end], []byte(msgReadOnly))
+	w.logOff += int64(end)
+	return w.readOnly
 }
 
 // poll asks the server whether recovery has ended; 0 means not yet.
