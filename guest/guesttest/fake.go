@@ -53,6 +53,7 @@ const ArchiveCommand = "guesttest-archive %p %f"
 // Guest is one fake guest OS with a PostgreSQL instance.
 type Guest struct {
 	mu        sync.Mutex
+	recovery  recoveryState // see recover.go
 	inst      guest.Instance
 	wal       map[string][]byte
 	installed int
@@ -63,10 +64,6 @@ type Guest struct {
 	highest   wal.FileName      // newest segment ever archived
 	archived  map[string][]byte // every file ever archived, by name
 	backups   int               // backups started and not stopped
-
-	recoverNames  []string // what Recover asks fetch for
-	recoverResult guest.RecoveryResult
-	recoveries    []Recovery
 }
 
 // NewGuest returns a guest whose PostgreSQL is inst, with 1 GiB free in

@@ -14,6 +14,13 @@ var _ guest.Recoverer = (*runtime)(nil)
 // OpRecover is guest.Recoverer's Recover, for fault injection.
 const OpRecover Op = "recover"
 
+// recoveryState is what a Guest keeps for Recover.
+type recoveryState struct {
+	names []string // what Recover asks fetch for
+	res   guest.RecoveryResult
+	calls []Recovery
+}
+
 // Recovery is what one call of the fake's Recover did.
 type Recovery struct {
 	Config  guest.RecoveryConfig
@@ -30,14 +37,14 @@ type Recovery struct {
 func (g *Guest) SetRecovery(names []string, res guest.RecoveryResult) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.recoverNames, g.recoverResult = append([]string(nil), names...), res
+	g.recovery.names, g.recovery.res = append([]string(nil), names...), res
 }
 
 // Recoveries returns every Recover call so far, oldest first.
 func (g *Guest) Recoveries() []Recovery {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return append([]Recovery(nil), g.recoveries...)
+	return append([]Recovery(nil), g.recovery.calls...)
 }
 
 // Recover implements guest.Recoverer without a PostgreSQL: it records cfg
@@ -47,12 +54,12 @@ func (r *runtime) Recover(ctx context.Context, cfg guest.RecoveryConfig, fetch g
 		return guest.RecoveryResult{}, err
 	}
 	r.g.mu.Lock()
-	names, res := r.g.recoverNames, r.g.recoverResult
+	names, res := r.g.recovery.names, r.g.recovery.res
 	r.g.mu.Unlock()
 	rec := Recovery{Config: cfg, Files: map[string][]byte{}}
 	defer func() {
 		r.g.mu.Lock()
-		r.g.recoveries = append(r.g.recoveries, rec)
+		r.g.recovery.calls = append(r.g.recovery.calls, rec)
 		r.g.mu.Unlock()
 	}()
 	for _, n := range names {

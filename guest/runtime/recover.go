@@ -344,7 +344,9 @@ func (rec *recovery) run(ctx context.Context, fetch guest.FetchFunc) (res guest.
 	}
 	res, err = w.result(ctx, state)
 	if err != nil {
-		return res, errors.Join(err, rec.abandon(w))
+		// Recovery has ended; only the report failed. The server stays,
+		// without restore_command.
+		return res, errors.Join(err, rec.dropRestoreCommand(&w.pid))
 	}
 	if err := w.resetRestoreCommand(ctx); err != nil {
 		return res, err
