@@ -92,7 +92,9 @@ type RecoveryConfig struct {
 	// else the pg_ctl on PATH.
 	BinDir string `json:"bin_dir,omitempty"`
 	// Prefetch is how many segments are fetched ahead of the one
-	// PostgreSQL asks for; 0 means DefaultPrefetch, negative means none.
+	// PostgreSQL asks for, in parallel; they wait in a private folder in
+	// pg_wal, so it needs room for that many. 0 means DefaultPrefetch,
+	// negative means none.
 	Prefetch int `json:"prefetch,omitempty"`
 }
 
