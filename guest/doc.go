@@ -4,8 +4,10 @@
 // configures WAL archiving, lists and streams the WAL waiting in the guest's
 // temporary folder, and deletes files once the repository holds them;
 // closing the Runtime stops it and uninstalls it. Optional abilities come as
-// further interfaces a Runtime may implement: BackupMode, SpaceReporter, and
-// DataFiles (the cluster's own files, for file-level images).
+// further interfaces a Runtime may implement: BackupMode, SpaceReporter,
+// DataFiles (the cluster's own files, for file-level images), and Recoverer
+// (archive recovery of a restored data directory, its restore_command
+// served from the host).
 //
 // PostgreSQL's archive_command copies each completed WAL file durably into
 // the temporary folder using only what the guest already has, so archiving

@@ -2,9 +2,11 @@
 // that drives one: guests held in memory, with WAL files a test adds, a
 // count of runtimes deployed and still installed, and fault injection.
 //
-// Frames are not compressed (guest.CodecNone). The shipping path is proven on
-// the real runtime with real PostgreSQL; this fake is for orchestration and
-// failures only.
+// Frames are not compressed (guest.CodecNone). Its runtimes implement
+// guest.Recoverer without a PostgreSQL: Recover records its configuration
+// and asks fetch for the names a test set (SetRecovery). The shipping and
+// recovery paths are proven on the real runtime with real PostgreSQL; this
+// fake is for orchestration and failures only.
 package guesttest
 
 import (
@@ -51,6 +53,7 @@ const ArchiveCommand = "guesttest-archive %p %f"
 // Guest is one fake guest OS with a PostgreSQL instance.
 type Guest struct {
 	mu        sync.Mutex
+	recovery  recoveryState // see recover.go
 	inst      guest.Instance
 	wal       map[string][]byte
 	installed int

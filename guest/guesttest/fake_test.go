@@ -84,3 +84,44 @@ func TestFault(t *testing.T) {
 	require.ErrorIs(t, err, unreachable)
 	assert.Equal(t, 0, g.Installed(), "a failed deploy leaves nothing installed")
 }
+
+func TestRecover(t *testing.T) {
+	ctx := context.Background()
+	g := guesttest.NewGuest(pg15)
+	rt, err := guesttest.NewDeployer(map[string]*guesttest.Guest{"vm1": g}).Deploy(ctx, guest.Target{Machine: "vm1"})
+	require.NoError(t, err)
+	rec, ok := rt.(guest.Recoverer)
+	require.True(t, ok)
+	archive := map[string]string{"000000010000000000000003": "seg3", "000000010000000000000004": "seg4"}
+	fetch := func(_ context.Context, name string, w io.Writer) error {
+		data, ok := archive[name]
+		if !ok {
+			return guest.ErrNoSuchWAL
+		}
+		_, err := io.WriteString(w, data)
+		return err
+	}
+	g.SetRecovery([]string{"00000002.history", "000000010000000000000003", "000000010000000000000004", "000000010000000000000005"},
+		guest.RecoveryResult{Promoted: true, Timeline: 2})
+	cfg := guest.RecoveryConfig{DataDir: "/restored", Settings: map[string]string{"recovery_target": "immediate"}}
+	res, err := rec.Recover(ctx, cfg, fetch)
+	require.NoError(t, err)
+	assert.Equal(t, guest.RecoveryResult{Promoted: true, Timeline: 2, Requests: 4, Fetched: 2, Waited: 4}, res)
+	got := g.Recoveries()
+	require.Len(t, got, 1)
+	assert.Equal(t, cfg, got[0].Config)
+	assert.Equal(t, map[string][]byte{"000000010000000000000003": []byte("seg3"), "000000010000000000000004": []byte("seg4")}, got[0].Files)
+	assert.Equal(t, []string{"00000002.history", "000000010000000000000005"}, got[0].Missing)
+
+	_, err = rec.Recover(ctx, cfg, func(context.Context, string, io.Writer) error { return errors.New("repository down") })
+	require.ErrorIs(t, err, guest.ErrRecoveryFailed)
+	g.SetFault(func(op guesttest.Op, _ string) error {
+		if op == guesttest.OpRecover {
+			return errors.New("injected")
+		}
+		return nil
+	})
+	_, err = rec.Recover(ctx, cfg, fetch)
+	require.ErrorContains(t, err, "injected")
+	assert.Len(t, g.Recoveries(), 2, "a refused call did nothing")
+}

@@ -9,9 +9,17 @@
 // large for one Response (a listing of a cluster's files) travels as
 // ResultPart frames, each a JSON array, before the Response that ends it;
 // they are sent only for operations that say so, so a peer that predates
-// them never sees one. The first
-// exchange is Hello both ways: each side states the protocol version it
-// speaks and refuses a version it does not know.
+// them never sees one.
+//
+// During an operation that says it takes calls (the runtime's recover),
+// the runtime may ask the host things in turn: Call frames runtime to
+// host, answered by CallData frames (tagged with the call's id, so answers
+// to calls made in parallel interleave) and one CallEnd each. The runtime
+// ends that phase with an "end" call, which the host answers last, after
+// every other call; then the operation's Response follows.
+//
+// The first exchange is Hello both ways: each side states the protocol
+// version it speaks and refuses a version it does not know.
 package proto
 
 import (
@@ -45,9 +53,18 @@ const (
 	// TypeResultPart is a JSON array, part of the result of the request
 	// being answered; it precedes the Response.
 	TypeResultPart Type = 7
+	// TypeCall is a JSON Call, from the runtime to the host during an
+	// operation that takes calls.
+	TypeCall Type = 8
+	// TypeCallData is part of the answer to a call: the call's id as 8
+	// bytes big-endian, then raw bytes (see WriteCallData).
+	TypeCallData Type = 9
+	// TypeCallEnd is a JSON CallEnd: the answer to a call is complete, or
+	// the call failed.
+	TypeCallEnd Type = 10
 )
 
-func (t Type) valid() bool { return t >= TypeHello && t <= TypeResultPart }
+func (t Type) valid() bool { return t >= TypeHello && t <= TypeCallEnd }
 
 // ErrProtocol is returned (wrapped) for any frame that breaks the protocol.
 var ErrProtocol = errors.New("runtime protocol error")
@@ -90,6 +107,29 @@ type FileEnd struct {
 	SHA256  string `json:"sha256"`
 }
 
+// Call is a request from the runtime to the host, made while the host's
+// request is in progress. Its answer is zero or more CallData frames and
+// one CallEnd with the same ID.
+type Call struct {
+	ID   uint64          `json:"id"`
+	Op   string          `json:"op"`
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// CallEnd completes the answer to a Call: on success RawSize and SHA256
+// describe the raw bytes the CallData frames carried (before their codec);
+// on failure Error says why and Code may name a sentinel.
+type CallEnd struct {
+	ID      uint64 `json:"id"`
+	RawSize int64  `json:"raw_size,omitempty"`
+	SHA256  string `json:"sha256,omitempty"`
+	Error   string `json:"error,omitempty"`
+	Code    string `json:"code,omitempty"`
+}
+
+// CallDataMax is the most data one CallData frame carries after its id.
+const CallDataMax = MaxData - 8
+
 // Writer writes frames. It is not safe for concurrent use.
 type Writer struct {
 	w   io.Writer
@@ -116,6 +156,32 @@ func (w *Writer) Write(t Type, payload []byte) error {
 	return err
 }
 
+// WriteCallData sends p, at most CallDataMax bytes, as a CallData frame of
+// call id.
+func (w *Writer) WriteCallData(id uint64, p []byte) error {
+	if len(p) > CallDataMax {
+		return fmt.Errorf("%w: %d bytes of call data over the limit of %d", ErrProtocol, len(p), CallDataMax)
+	}
+	var hdr [13]byte
+	binary.BigEndian.PutUint32(hdr[:4], uint32(len(p)+9))
+	hdr[4] = byte(TypeCallData)
+	binary.BigEndian.PutUint64(hdr[5:], id)
+	if _, err := w.w.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := w.w.Write(p)
+	return err
+}
+
+// CallData splits the payload of a CallData frame into the call's id and
+// its data.
+func CallData(payload []byte) (uint64, []byte, error) {
+	if len(payload) < 8 {
+		return 0, nil, fmt.Errorf("%w: call data of %d bytes has no call id", ErrProtocol, len(payload))
+	}
+	return binary.BigEndian.Uint64(payload[:8]), payload[8:], nil
+}
+
 // WriteJSON sends v as a control frame.
 func (w *Writer) WriteJSON(t Type, v any) error {
 	b, err := json.Marshal(v)
@@ -126,7 +192,7 @@ func (w *Writer) WriteJSON(t Type, v any) error {
 }
 
 func limit(t Type) int {
-	if t == TypeData {
+	if t == TypeData || t == TypeCallData {
 		return MaxData
 	}
 	return MaxControl
@@ -178,6 +244,46 @@ func unexpected(err error) error {
 	if err == io.EOF {
 		return io.ErrUnexpectedEOF
 	}
+	return err
+}
+
+// Chunker cuts a byte stream into pieces of at most a fixed size, so
+// each fits a frame: every full piece, and what is left at Flush, goes to
+// send, which may keep it only until it returns. Not safe for concurrent
+// use.
+type Chunker struct {
+	buf  []byte
+	send func([]byte) error
+}
+
+// NewChunker returns a Chunker of pieces of at most size bytes.
+func NewChunker(size int, send func([]byte) error) *Chunker {
+	return &Chunker{buf: make([]byte, 0, size), send: send}
+}
+
+// Write implements io.Writer.
+func (c *Chunker) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		k := copy(c.buf[len(c.buf):cap(c.buf)], p)
+		c.buf = c.buf[:len(c.buf)+k]
+		p = p[k:]
+		if len(c.buf) == cap(c.buf) {
+			if err := c.Flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return total, nil
+}
+
+// Flush sends what is buffered, if anything.
+func (c *Chunker) Flush() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	err := c.send(c.buf)
+	c.buf = c.buf[:0]
 	return err
 }
 

@@ -105,3 +105,51 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+func TestCallFrames(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	require.NoError(t, w.WriteJSON(TypeCall, Call{ID: 3, Op: "fetch", Args: []byte(`{"name":"000000010000000000000001"}`)}))
+	data := bytes.Repeat([]byte{0xCD}, CallDataMax)
+	require.NoError(t, w.WriteCallData(3, data))
+	require.NoError(t, w.WriteCallData(1<<40, nil))
+	require.NoError(t, w.WriteJSON(TypeCallEnd, CallEnd{ID: 3, RawSize: 5, SHA256: "ab"}))
+	require.ErrorIs(t, w.WriteCallData(3, make([]byte, CallDataMax+1)), ErrProtocol)
+
+	r := NewReader(&buf)
+	var c Call
+	require.NoError(t, r.ReadJSON(TypeCall, &c))
+	assert.Equal(t, "fetch", c.Op)
+	typ, p, err := r.Read()
+	require.NoError(t, err)
+	require.Equal(t, TypeCallData, typ)
+	id, got, err := CallData(p)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), id)
+	assert.True(t, bytes.Equal(data, got))
+	typ, p, err = r.Read()
+	require.NoError(t, err)
+	require.Equal(t, TypeCallData, typ)
+	id, got, err = CallData(p)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1<<40), id)
+	assert.Empty(t, got)
+	var end CallEnd
+	require.NoError(t, r.ReadJSON(TypeCallEnd, &end))
+	assert.Equal(t, CallEnd{ID: 3, RawSize: 5, SHA256: "ab"}, end)
+	_, _, err = CallData([]byte{1, 2, 3})
+	require.ErrorIs(t, err, ErrProtocol, "no room for the id")
+}
+
+func TestChunker(t *testing.T) {
+	var pieces []string
+	c := NewChunker(4, func(b []byte) error { pieces = append(pieces, string(b)); return nil })
+	n, err := c.Write([]byte("abcdefghij"))
+	require.NoError(t, err)
+	assert.Equal(t, 10, n)
+	_, err = c.Write([]byte("kl"))
+	require.NoError(t, err)
+	require.NoError(t, c.Flush())
+	require.NoError(t, c.Flush(), "nothing left")
+	assert.Equal(t, []string{"abcd", "efgh", "ijkl"}, pieces)
+}

@@ -138,6 +138,9 @@ func (rt *Runtime) callFrames(ctx context.Context, op string, args, result any, 
 				return rt.fail(fmt.Errorf("%w: response %d to request %d", proto.ErrProtocol, resp.ID, req.ID))
 			}
 			if resp.Error != "" {
+				if result != nil && resp.Result != nil {
+					_ = json.Unmarshal(resp.Result, result) // what a failed operation still reports
+				}
 				if sentinel := runtime.CodeError(resp.Code); sentinel != nil {
 					return &remoteError{msg: resp.Error, sentinel: sentinel}
 				}

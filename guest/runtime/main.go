@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -19,12 +20,22 @@ import (
 // Flags, set by deployers that install the component: -lock FILE holds
 // FILE locked while running; -clean BASE first removes runtime folders
 // under BASE left by runtimes that are gone.
+//
+// Arguments ending in "fetch SOCKET %f %p" select the fetch mode, which a
+// recovery's restore_command runs (see Runtime.Recover and FetchFile): it
+// exits 0 with the file at %p, FetchExitNotFound when the archive does not
+// have it, and FetchExitFailed on any other error.
 func Main() int {
 	fs := flag.NewFlagSet("pglogship-runtime", flag.ContinueOnError)
 	lock := fs.String("lock", "", "lock this file while running")
 	clean := fs.String("clean", "", "remove stale runtime folders under this folder")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
+	}
+	if rest := fs.Args(); len(rest) >= 4 && rest[len(rest)-4] == "fetch" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		return fetchMain(ctx, rest[len(rest)-3:])
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if *lock != "" {
@@ -44,12 +55,34 @@ func Main() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	err := Serve(ctx, os.Stdin, os.Stdout, func(c ConnConfig) *Runtime {
-		return New(Config{Conn: c, Logger: logger})
+	self, err := selfCommand()
+	if err != nil {
+		logger.Warn("recovery will not work: cannot find this executable", "err", err)
+	}
+	err = Serve(ctx, os.Stdin, os.Stdout, func(c ConnConfig) *Runtime {
+		return New(Config{Conn: c, Logger: logger, Self: self})
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pglogship-runtime:", err)
 		return 1
 	}
 	return 0
+}
+
+// selfCommand returns the command that runs this program again as the
+// runtime: the executable and the arguments before the first flag (those a
+// host program that reuses its own executable selects the runtime with).
+func selfCommand() ([]string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	self := []string{exe}
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-") {
+			break
+		}
+		self = append(self, a)
+	}
+	return self, nil
 }

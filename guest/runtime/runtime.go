@@ -23,6 +23,7 @@ import (
 const (
 	DefaultPollInterval  = 200 * time.Millisecond
 	DefaultVerifyTimeout = time.Minute
+	DefaultStartTimeout  = 5 * time.Minute
 )
 
 // Config configures a Runtime.
@@ -32,6 +33,14 @@ type Config struct {
 	Logger        *slog.Logger  // nil means slog.Default()
 	PollInterval  time.Duration // how often waits look again; 0 means DefaultPollInterval
 	VerifyTimeout time.Duration // how long PrepareArchive waits for its test archive; 0 means DefaultVerifyTimeout
+	// StartTimeout is how long Recover waits for a server it started to
+	// write its pid file; 0 means DefaultStartTimeout.
+	StartTimeout time.Duration
+	// Self is the command that runs this program, which Recover's
+	// restore_command calls in fetch mode: the executable and the
+	// arguments that select the runtime in a host program that reuses its
+	// own executable. Empty means os.Executable() alone.
+	Self []string
 }
 
 // Runtime does the guest-side work. Its methods are called by the protocol
@@ -54,6 +63,9 @@ func New(cfg Config) *Runtime {
 	}
 	if cfg.VerifyTimeout <= 0 {
 		cfg.VerifyTimeout = DefaultVerifyTimeout
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultStartTimeout
 	}
 	return &Runtime{cfg: cfg}
 }

@@ -19,10 +19,10 @@ import (
 // or any other content (Stream): each one compressed once, here in the
 // guest, through fixed-size buffers. Not safe for concurrent use.
 type Sender struct {
-	w    *proto.Writer
-	enc  *zstd.Encoder
-	buf  []byte
-	inst guest.Instance
+	w      *proto.Writer
+	enc    *zstd.Encoder
+	chunks *proto.Chunker
+	inst   guest.Instance
 }
 
 // NewSender returns a Sender that checks segments against inst and writes
@@ -32,7 +32,8 @@ func NewSender(w *proto.Writer, inst guest.Instance) (*Sender, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Sender{w: w, enc: enc, buf: make([]byte, 0, proto.MaxData), inst: inst}, nil
+	chunks := proto.NewChunker(proto.MaxData, func(b []byte) error { return w.Write(proto.TypeData, b) })
+	return &Sender{w: w, enc: enc, chunks: chunks, inst: inst}, nil
 }
 
 // Send streams dir/name as FileStart, Data frames and FileEnd. A segment
@@ -75,7 +76,7 @@ func (s *Sender) Stream(name string, r io.Reader) error {
 	if err := s.enc.Close(); err != nil {
 		return err
 	}
-	if err := s.flush(); err != nil {
+	if err := s.chunks.Flush(); err != nil {
 		return err
 	}
 	return s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: name, RawSize: n, SHA256: hex.EncodeToString(sum.Sum(nil))})
@@ -101,26 +102,4 @@ func (s *Sender) check(f *os.File, name string) error {
 }
 
 // Write collects compressed bytes into Data frames of at most MaxData.
-func (s *Sender) Write(p []byte) (int, error) {
-	total := len(p)
-	for len(p) > 0 {
-		k := copy(s.buf[len(s.buf):cap(s.buf)], p)
-		s.buf = s.buf[:len(s.buf)+k]
-		p = p[k:]
-		if len(s.buf) == cap(s.buf) {
-			if err := s.flush(); err != nil {
-				return 0, err
-			}
-		}
-	}
-	return total, nil
-}
-
-func (s *Sender) flush() error {
-	if len(s.buf) == 0 {
-		return nil
-	}
-	err := s.w.Write(proto.TypeData, s.buf)
-	s.buf = s.buf[:0]
-	return err
-}
+func (s *Sender) Write(p []byte) (int, error) { return s.chunks.Write(p) }

@@ -37,6 +37,11 @@ const (
 	// OpDataRead streams data files: PathsArgs; file frames precede the
 	// response, a DataReadResult.
 	OpDataRead = "data_read"
+	// OpRecover runs an archive recovery: guest.RecoveryConfig ->
+	// guest.RecoveryResult. It takes calls (see CallFetch): the runtime
+	// asks the host for WAL files while it runs, and ends the calls before
+	// the response.
+	OpRecover = "recover"
 )
 
 // dataListPart is how many entries one ResultPart of OpDataList carries:
@@ -81,6 +86,10 @@ var errorCodes = map[string]error{
 	"temp_folder":           guest.ErrTempFolder,
 	"bad_segment":           wal.ErrBadSegment,
 	"unsafe_path":           guest.ErrUnsafePath,
+	"no_such_wal":           guest.ErrNoSuchWAL,
+	"server_running":        guest.ErrServerRunning,
+	"target_not_reached":    guest.ErrTargetNotReached,
+	"recovery_failed":       guest.ErrRecoveryFailed,
 }
 
 // ErrorCode returns the wire code for err, or "".
@@ -104,7 +113,7 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, newRuntime func(Con
 	if _, err := proto.Handshake(w, r, proto.Hello{Role: "runtime", Arch: goruntime.GOOS + "/" + goruntime.GOARCH}, "host"); err != nil {
 		return err
 	}
-	s := &server{w: w, newRuntime: newRuntime}
+	s := &server{w: w, r: r, newRuntime: newRuntime}
 	for {
 		var req proto.Request
 		if err := r.ReadJSON(proto.TypeRequest, &req); err != nil {
@@ -117,7 +126,10 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, newRuntime func(Con
 		resp := proto.Response{ID: req.ID}
 		if err != nil {
 			resp.Error, resp.Code = err.Error(), ErrorCode(err)
-		} else if result != nil {
+		}
+		// A failed recovery still reports what it did and the server's
+		// log; other operations send no result with an error.
+		if result != nil && (err == nil || req.Op == OpRecover) {
 			if resp.Result, err = json.Marshal(result); err != nil {
 				return err
 			}
@@ -133,6 +145,7 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, newRuntime func(Con
 
 type server struct {
 	w          *proto.Writer
+	r          *proto.Reader
 	newRuntime func(ConnConfig) *Runtime
 	rt         *Runtime
 	dir        string
@@ -212,10 +225,29 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		return s.rt.StopBackup(ctx)
 	case OpDataList, OpDataRead:
 		return s.data(ctx, req)
+	case OpRecover:
+		var cfg guest.RecoveryConfig
+		if err := json.Unmarshal(req.Args, &cfg); err != nil {
+			return nil, err
+		}
+		return s.recover(ctx, cfg)
 	case OpClose:
 		return nil, nil
 	}
 	return nil, fmt.Errorf("unknown operation %q", req.Op)
+}
+
+// recover runs Recover with a fetch function that calls the host, and ends
+// the calls before the response. A host that hangs up ends the recovery.
+func (s *server) recover(ctx context.Context, cfg guest.RecoveryConfig) (guest.RecoveryResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	calls := startHostCalls(s.r, s.w, cancel)
+	res, err := s.rt.Recover(ctx, cfg, calls.Fetch)
+	if ferr := calls.finish(); ferr != nil {
+		err = errors.Join(err, ferr)
+	}
+	return res, err
 }
 
 // data serves the operations on the cluster's own files.

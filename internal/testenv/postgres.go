@@ -117,6 +117,20 @@ func StartPostgresOn(t testing.TB, dataDir string, from *Postgres, cfg PostgresC
 	return p
 }
 
+// PostgresFor returns the handle of a server on dataDir that something
+// else is to start, such as the runtime's Recover, configured from the
+// handle's Port (free a moment ago), SocketDir and "127.0.0.1": its roles
+// and password are from's, Psql and Connect reach it once it runs, and it is
+// stopped in t.Cleanup if it runs then. LogFile is unused.
+func PostgresFor(t testing.TB, dataDir string, from *Postgres) *Postgres {
+	t.Helper()
+	p := newPostgres(t, from.account, dataDir)
+	p.User, p.Password = from.User, from.Password
+	p.Port = freePort(t)
+	t.Cleanup(func() { p.Stop(t) })
+	return p
+}
+
 // mergeSettings applies the caller's settings over the defaults.
 func mergeSettings(t testing.TB, cfg PostgresConfig) map[string]string {
 	t.Helper()

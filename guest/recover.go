@@ -1,0 +1,131 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/pglogship/pglogship/wal"
+)
+
+// Errors of recovery (Recoverer).
+var (
+	// ErrNoSuchWAL: the archive does not hold the WAL file asked for. A
+	// FetchFunc returns an error matching it; recovery asks for files past
+	// the end of the archive, so this is how a restore normally ends.
+	ErrNoSuchWAL = errors.New("no such wal file in the archive")
+	// ErrServerRunning: a postmaster is running on the data directory;
+	// nothing was changed.
+	ErrServerRunning = errors.New("postgresql is running on the data directory")
+	// ErrTargetNotReached: the archive ended before the recovery target,
+	// and PostgreSQL stopped (FATAL: recovery ended before configured
+	// recovery target was reached).
+	ErrTargetNotReached = errors.New("the archive ends before the recovery target")
+	// ErrRecoveryFailed: PostgreSQL stopped during recovery for another
+	// reason; the error carries the server's own log line.
+	ErrRecoveryFailed = errors.New("postgresql stopped during recovery")
+)
+
+// FetchFunc writes the WAL file name (a segment, or a .partial, .backup or
+// .history file) from the archive to w. A file the archive does not hold
+// gives an error matching ErrNoSuchWAL. The content must have been verified
+// against its stored checksum before FetchFunc returns nil; after an error,
+// what was written to w is discarded. It is called from several goroutines
+// at once (files are fetched ahead in parallel), each with its own w.
+type FetchFunc func(ctx context.Context, name string, w io.Writer) error
+
+// Recoverer is implemented by runtimes that can bring a restored data
+// directory to a point in time by archive recovery, serving PostgreSQL's
+// restore_command from the host (check with a type assertion). Like the
+// rest of Runtime, it is called from one goroutine at a time.
+type Recoverer interface {
+	// Recover writes backup_label, tablespace_map and recovery.signal into
+	// cfg.DataDir, appends cfg.Settings and a restore_command that asks the
+	// runtime to postgresql.auto.conf, starts PostgreSQL there (never as
+	// root) and answers each restore_command with fetch, fetching the next
+	// segments ahead. It returns when recovery has ended: promoted, paused
+	// or shut down at the target, as recovery_target_action says. The
+	// server is left running (unless it shut down), with restore_command
+	// removed again, since the runtime that served it goes away.
+	//
+	// A data directory with a live postmaster gives ErrServerRunning and
+	// is left alone. A server that stops during recovery gives
+	// ErrTargetNotReached or ErrRecoveryFailed, with the server's log line;
+	// if Recover fails or its context ends while the server is still
+	// recovering, it stops the server, which cannot go on without it. With
+	// an error the result still holds the counts and the server's log, as
+	// far as the runtime got. Not idempotent: a second call on a promoted
+	// directory recovers nothing.
+	Recover(ctx context.Context, cfg RecoveryConfig, fetch FetchFunc) (RecoveryResult, error)
+}
+
+// DefaultPrefetch is how many segments recovery fetches ahead when
+// RecoveryConfig.Prefetch is 0.
+const DefaultPrefetch = 8
+
+// RecoveryConfig says what Recover recovers and how.
+type RecoveryConfig struct {
+	// DataDir is the restored data directory, an absolute path in the
+	// guest. It must not contain characters a shell treats specially
+	// inside double quotes (" $ ` \) or line breaks: pg_ctl puts it into a
+	// shell command that way.
+	DataDir string `json:"data_dir"`
+	// BackupLabel is written as DataDir/backup_label before the start;
+	// empty: none is written.
+	BackupLabel string `json:"backup_label,omitempty"`
+	// TablespaceMap is written as DataDir/tablespace_map; empty: none.
+	TablespaceMap string `json:"tablespace_map,omitempty"`
+	// Settings are appended to postgresql.auto.conf, replacing earlier
+	// values there: recovery_target*, recovery_target_timeline,
+	// recovery_target_action, port, unix_socket_directories,
+	// listen_addresses, archive_mode... They stay after recovery.
+	// restore_command is the runtime's own and may not be set here.
+	Settings map[string]string `json:"settings,omitempty"`
+	// OSUser runs PostgreSQL when the runtime runs as root; the data
+	// directory is handed to it. Empty: the owner of DataDir. A runtime
+	// that is not root runs PostgreSQL as itself, and OSUser must be empty
+	// or name that user.
+	OSUser string `json:"os_user,omitempty"`
+	// BinDir holds pg_ctl. Empty: /usr/lib/postgresql/<major>/bin or
+	// /usr/pgsql-<major>/bin for the major version in DataDir/PG_VERSION,
+	// else the pg_ctl on PATH.
+	BinDir string `json:"bin_dir,omitempty"`
+	// Prefetch is how many segments are fetched ahead of the one
+	// PostgreSQL asks for, in parallel; they wait in a private folder in
+	// pg_wal, so it needs room for that many. 0 means DefaultPrefetch,
+	// negative means none.
+	Prefetch int `json:"prefetch,omitempty"`
+}
+
+// RecoveryResult is what Recover reports.
+type RecoveryResult struct {
+	// Timeline the server is on: after a promotion its new one; when
+	// paused, the timeline of its latest restartpoint.
+	Timeline uint32 `json:"timeline"`
+	// LSN is where replay ended (pg_last_wal_replay_lsn); 0 when the
+	// server shut down at the target.
+	LSN wal.LSN `json:"lsn"`
+	// LastReplayTime is the commit time of the last transaction replayed
+	// (pg_last_xact_replay_timestamp); zero if none was, or the server
+	// shut down.
+	LastReplayTime time.Time `json:"last_replay_time"`
+	// Promoted: recovery ended and the server accepts writes. Paused: it
+	// holds at the target, read-only. Neither: it shut down at the
+	// target.
+	Promoted bool `json:"promoted"`
+	Paused   bool `json:"paused"`
+	// Fetched counts the files received from the host, asked for or
+	// fetched ahead.
+	Fetched int `json:"fetched"`
+	// Requests counts restore_command calls; FromSpool those answered at
+	// once from files fetched ahead, Waited those that waited on the host,
+	// InFlight those of them whose file was already being fetched ahead.
+	// History files and files past the end of the archive always wait.
+	Requests  int `json:"requests"`
+	FromSpool int `json:"from_spool"`
+	Waited    int `json:"waited"`
+	InFlight  int `json:"in_flight"`
+	// Log is the tail of the server log written during recovery.
+	Log string `json:"log"`
+}

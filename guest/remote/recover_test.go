@@ -1,0 +1,146 @@
+package remote
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/proto"
+	"github.com/pglogship/pglogship/guest/runtime"
+)
+
+// fakeRecoveringRuntime plays the runtime's side of OpRecover: it asks
+// for the named files all at once, cancels the one named cancel once the
+// others are answered, ends the calls and answers with res. It returns
+// what each call got: the file, or the CallEnd's error code.
+func fakeRecoveringRuntime(t *testing.T, r *proto.Reader, w *proto.Writer, names []string, cancel string, res guest.RecoveryResult) map[string]string {
+	var req proto.Request
+	require.NoError(t, r.ReadJSON(proto.TypeRequest, &req))
+	require.Equal(t, runtime.OpRecover, req.Op)
+	ids := map[uint64]string{}
+	for i, n := range names {
+		args, _ := json.Marshal(runtime.FetchCallArgs{Name: n})
+		ids[uint64(i+1)] = n
+		require.NoError(t, w.WriteJSON(proto.TypeCall, proto.Call{ID: uint64(i + 1), Op: runtime.CallFetch, Args: args}))
+	}
+	data := map[uint64]*bytes.Buffer{}
+	got := map[string]string{}
+	for len(got) < len(names) {
+		typ, p, err := r.Read()
+		require.NoError(t, err)
+		switch typ {
+		case proto.TypeCallData:
+			id, b, err := proto.CallData(p)
+			require.NoError(t, err)
+			if data[id] == nil {
+				data[id] = &bytes.Buffer{}
+			}
+			data[id].Write(b)
+		case proto.TypeCallEnd:
+			var end proto.CallEnd
+			require.NoError(t, proto.DecodeJSON(p, &end))
+			name := ids[end.ID]
+			if end.Error != "" {
+				got[name] = "error " + end.Code
+				break
+			}
+			var raw []byte
+			if data[end.ID] != nil {
+				dec, err := zstd.NewReader(nil)
+				require.NoError(t, err)
+				raw, err = dec.DecodeAll(data[end.ID].Bytes(), nil)
+				require.NoError(t, err)
+			}
+			sum := sha256.Sum256(raw)
+			assert.Equal(t, end.SHA256, hex.EncodeToString(sum[:]), name)
+			assert.Equal(t, end.RawSize, int64(len(raw)), name)
+			got[name] = string(raw)
+		default:
+			t.Fatalf("frame type %d", typ)
+		}
+		if len(got) == len(names)-1 && cancel != "" {
+			for id, n := range ids {
+				if n == cancel {
+					args, _ := json.Marshal(runtime.CancelCallArgs{ID: id})
+					require.NoError(t, w.WriteJSON(proto.TypeCall, proto.Call{ID: 100, Op: runtime.CallCancel, Args: args}))
+				}
+			}
+		}
+	}
+	require.NoError(t, w.WriteJSON(proto.TypeCall, proto.Call{ID: 101, Op: runtime.CallEnd}))
+	var end proto.CallEnd
+	require.NoError(t, r.ReadJSON(proto.TypeCallEnd, &end))
+	assert.Equal(t, uint64(101), end.ID, "the end call is answered last")
+	b, _ := json.Marshal(res)
+	require.NoError(t, w.WriteJSON(proto.TypeResponse, proto.Response{ID: req.ID, Result: b}))
+	return got
+}
+
+// The host's side of a recovery's calls: every file asked for is fetched
+// at once, in parallel, and streamed back compressed with its checksum; a
+// missing one carries the no_such_wal code; a cancelled fetch's context
+// ends; the end call is answered after all others, then the response.
+func TestRecoverAnswersCalls(t *testing.T) {
+	hostIn, rtOut := io.Pipe()
+	rtIn, hostOut := io.Pipe()
+	rt := &Runtime{w: proto.NewWriter(hostOut), r: proto.NewReader(hostIn), stop: func(context.Context) error { return nil }}
+	files := map[string]string{
+		"000000010000000000000001": string(bytes.Repeat([]byte("a"), 3<<20)),
+		"000000010000000000000002": "b",
+		"00000002.history":         "1\t0/3000000\tno recovery target specified\n",
+	}
+	const held = "000000010000000000000003"
+	var mu sync.Mutex
+	running, most := 0, 0
+	all := make(chan struct{})
+	fetch := func(ctx context.Context, name string, w io.Writer) error {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		if running == 5 {
+			close(all)
+		}
+		mu.Unlock()
+		defer func() { mu.Lock(); running--; mu.Unlock() }()
+		<-all // every fetch runs at the same time
+		if name == held {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		data, ok := files[name]
+		if !ok {
+			return fmt.Errorf("%s: %w", name, guest.ErrNoSuchWAL)
+		}
+		_, err := io.WriteString(w, data)
+		return err
+	}
+	names := []string{"000000010000000000000001", "000000010000000000000002", "00000002.history", held, "000000010000000000000009"}
+	want := guest.RecoveryResult{Promoted: true, Timeline: 2, Fetched: 3}
+	var got map[string]string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		got = fakeRecoveringRuntime(t, proto.NewReader(rtIn), proto.NewWriter(rtOut), names, held, want)
+	}()
+	res, err := rt.Recover(context.Background(), guest.RecoveryConfig{DataDir: "/restored"}, fetch)
+	<-done
+	require.NoError(t, err)
+	assert.Equal(t, want, res)
+	assert.Equal(t, 5, most, "the fetches ran in parallel")
+	for n, data := range files {
+		assert.Equal(t, data, got[n], n)
+	}
+	assert.Equal(t, "error no_such_wal", got["000000010000000000000009"])
+	assert.Equal(t, "error ", got[held], "the cancelled fetch ended with its error")
+}

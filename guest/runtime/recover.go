@@ -1,0 +1,849 @@
+package runtime
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/wal"
+)
+
+// RecoveryLog is the server log of a recovery, relative to the data
+// directory. Recover starts PostgreSQL with its output appended there (and
+// logging_collector off), so it can tell why a server stopped.
+const RecoveryLog = "log/pglogship-recovery.log"
+
+// Limits of Recover.
+const (
+	// maxSocketPath keeps a unix socket path within sun_path; a spool
+	// deeper than that gets its socket in a private temporary folder.
+	maxSocketPath = 100
+	// logTailBytes and logTailLines bound RecoveryResult.Log.
+	logTailBytes = 16 << 10
+	logTailLines = 40
+)
+
+// Messages of PostgreSQL's log that Recover reads (lc_messages is C for
+// the recovery run).
+const (
+	msgTargetNotReached = "recovery ended before configured recovery target was reached"
+	msgShutdownAtTarget = "shutdown at recovery target"
+	msgShutDown         = "database system is shut down"
+	msgReadOnly         = "database system is ready to accept read-only connections"
+	msgTurnedAway       = "the database system is" // starting up, not (yet) accepting connections, shutting down
+)
+
+// osUser is the OS user PostgreSQL runs as when the runtime is root.
+type osUser struct {
+	name     string
+	uid, gid int
+	groups   []uint32
+	home     string
+}
+
+// recovery is one Recover call.
+type recovery struct {
+	rt       *Runtime
+	cfg      guest.RecoveryConfig
+	owner    *osUser // nil: the server runs as the runtime's own user
+	pgCtl    string
+	prefetch int
+	logPath  string
+	logStart int64
+}
+
+// endState is how recovery ended.
+type endState int
+
+const (
+	endPromoted endState = iota + 1
+	endPaused
+	endShutdown
+)
+
+// Recover implements guest.Recoverer in the guest: see there. fetch asks
+// the host for WAL files (Serve passes one that makes calls over the
+// protocol); it is called from several goroutines at once.
+func (r *Runtime) Recover(ctx context.Context, cfg guest.RecoveryConfig, fetch guest.FetchFunc) (guest.RecoveryResult, error) {
+	rec, err := r.planRecovery(cfg)
+	if err != nil {
+		return guest.RecoveryResult{}, fmt.Errorf("recover %s: %w", cfg.DataDir, err)
+	}
+	res, err := rec.run(ctx, fetch)
+	if err != nil {
+		return res, fmt.Errorf("recover %s: %w", cfg.DataDir, err)
+	}
+	return res, nil
+}
+
+// planRecovery checks everything it can before anything is changed.
+func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
+	if err := checkGuestPath("data directory", cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if st, err := os.Stat(cfg.DataDir); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("data directory %s: not a directory (%v)", cfg.DataDir, err)
+	}
+	version, err := os.ReadFile(filepath.Join(cfg.DataDir, "PG_VERSION"))
+	major := strings.TrimSpace(string(version))
+	if _, aerr := strconv.Atoi(major); err != nil || aerr != nil {
+		return nil, fmt.Errorf("%s holds no PostgreSQL cluster: PG_VERSION: %q (%v)", cfg.DataDir, major, err)
+	}
+	for k, v := range cfg.Settings {
+		if err := checkSetting(k, v); err != nil {
+			return nil, err
+		}
+		if k == "restore_command" {
+			return nil, errors.New("restore_command is the runtime's own and cannot be set")
+		}
+	}
+	if strings.ContainsRune(cfg.BackupLabel+cfg.TablespaceMap, 0) {
+		return nil, errors.New("backup_label or tablespace_map contains NUL")
+	}
+	if err := checkNotRunning(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	owner, err := serverUser(cfg.OSUser, cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	pgCtl, err := findPgCtl(cfg.BinDir, major)
+	if err != nil {
+		return nil, err
+	}
+	prefetch := cfg.Prefetch
+	if prefetch == 0 {
+		prefetch = guest.DefaultPrefetch
+	}
+	return &recovery{rt: r, cfg: cfg, owner: owner, pgCtl: pgCtl, prefetch: max(prefetch, 0),
+		logPath: filepath.Join(cfg.DataDir, RecoveryLog)}, nil
+}
+
+// checkGuestPath checks a path Recover uses: absolute, clean, and free of
+// what pg_ctl's double-quoted shell command or a configuration line could
+// not hold (control characters, " $ ` \).
+func checkGuestPath(what, p string) error {
+	switch {
+	case !filepath.IsAbs(p) || filepath.Clean(p) != p || p == "/":
+		return fmt.Errorf("%s %q: must be a clean absolute path below /", what, p)
+	case strings.ContainsAny(p, "\"$`\\\x7f"):
+		return fmt.Errorf("%s %q: the characters \" $ ` \\ are not allowed", what, p)
+	}
+	for _, c := range p {
+		if c < 0x20 {
+			return fmt.Errorf("%s %q: control characters are not allowed", what, p)
+		}
+	}
+	return nil
+}
+
+// checkNotRunning refuses a data directory whose postmaster.pid names a
+// live process, and removes a stale one.
+func checkNotRunning(dataDir string) error {
+	pidFile := filepath.Join(dataDir, "postmaster.pid")
+	pf, err := readPidFile(dataDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read %s: %w", pidFile, err)
+	case pf.pid > 0 && alive(pf.pid):
+		return fmt.Errorf("%w: %s names process %d, which is alive", guest.ErrServerRunning, pidFile, pf.pid)
+	}
+	return nil
+}
+
+// alive tells whether process pid exists (EPERM: it does, as another user).
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// pidFile is what postmaster.pid says.
+type pidFile struct {
+	pid       int
+	port      int
+	socketDir string
+	listen    string
+	status    string // "starting", "stopping", "ready", "standby" or ""
+}
+
+// readPidFile reads dataDir/postmaster.pid; fs.ErrNotExist when there is
+// none, or not even a pid in it yet.
+func readPidFile(dataDir string) (pidFile, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return pidFile{}, err
+	}
+	lines := strings.Split(string(b), "\n")
+	field := func(i int) string { // 1-based, as PostgreSQL numbers them
+		if i <= len(lines) {
+			return strings.TrimSpace(lines[i-1])
+		}
+		return ""
+	}
+	var pf pidFile
+	if pf.pid, err = strconv.Atoi(field(1)); err != nil {
+		return pidFile{}, fmt.Errorf("postmaster.pid without a pid yet: %w", fs.ErrNotExist)
+	}
+	pf.port, _ = strconv.Atoi(field(4))
+	pf.socketDir, pf.listen, pf.status = field(5), field(6), field(8)
+	return pf, nil
+}
+
+// serverUser returns whom PostgreSQL runs as: nil when the runtime is not
+// root (it runs PostgreSQL as itself), else OSUser or the owner of the data
+// directory, never root.
+func serverUser(name, dataDir string) (*osUser, error) {
+	if os.Geteuid() != 0 {
+		if cur, err := user.Current(); name != "" && (err != nil || cur.Username != name) {
+			return nil, fmt.Errorf("the runtime cannot start PostgreSQL as %s: only root can switch users", name)
+		}
+		return nil, nil
+	}
+	var u *user.User
+	var err error
+	if name != "" {
+		u, err = user.Lookup(name)
+	} else {
+		st, serr := os.Stat(dataDir)
+		if serr != nil {
+			return nil, serr
+		}
+		u, err = user.LookupId(strconv.FormatUint(uint64(st.Sys().(*syscall.Stat_t).Uid), 10))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server user: %w", err)
+	}
+	if u.Uid == "0" {
+		return nil, errors.New("PostgreSQL never runs as root: set the OS user to run it as (RecoveryConfig.OSUser)")
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("server user %s: %w", u.Username, err)
+	}
+	ou := &osUser{name: u.Username, uid: uid, gid: gid, home: u.HomeDir}
+	ids, _ := u.GroupIds() // supplementary groups; none is fine
+	for _, id := range ids {
+		if g, err := strconv.ParseUint(id, 10, 32); err == nil {
+			ou.groups = append(ou.groups, uint32(g))
+		}
+	}
+	return ou, nil
+}
+
+// findPgCtl finds pg_ctl: in binDir when given, else where Debian and the
+// PGDG RPMs put the given major version, else on PATH.
+func findPgCtl(binDir, major string) (string, error) {
+	dirs := []string{"/usr/lib/postgresql/" + major + "/bin", "/usr/pgsql-" + major + "/bin"}
+	if binDir != "" {
+		if err := checkGuestPath("bin directory", binDir); err != nil {
+			return "", err
+		}
+		dirs = []string{binDir}
+	}
+	for _, d := range dirs {
+		p := filepath.Join(d, "pg_ctl")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if binDir != "" {
+		return "", fmt.Errorf("no pg_ctl in %s", binDir)
+	}
+	p, err := exec.LookPath("pg_ctl")
+	if err != nil {
+		return "", fmt.Errorf("no pg_ctl for PostgreSQL %s in %s or on PATH (set the bin directory)", major, strings.Join(dirs, " or "))
+	}
+	return p, nil
+}
+
+// run changes the data directory, starts the server and serves it until
+// recovery has ended.
+func (rec *recovery) run(ctx context.Context, fetch guest.FetchFunc) (res guest.RecoveryResult, err error) {
+	log := rec.rt.cfg.Logger
+	dataDir := rec.cfg.DataDir
+	if err := rec.handOver(); err != nil {
+		return res, err
+	}
+	spoolDir, sock, cleanup, err := rec.spoolDir()
+	if err != nil {
+		return res, err
+	}
+	defer cleanup()
+	restoreCommand, err := rec.restoreCommand(spoolDir, sock)
+	if err != nil {
+		return res, err
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return res, fmt.Errorf("listen for restore_command: %w", err)
+	}
+	if rec.owner != nil {
+		if err := os.Chown(sock, rec.owner.uid, rec.owner.gid); err != nil {
+			ln.Close()
+			return res, err
+		}
+	}
+	sp := newSpool(spoolDir, rec.owner, fetch, rec.prefetch)
+	srv := serveFetches(ctx, ln, sp, log)
+	defer func() {
+		sp.Close() // first, so no answer waits on a fetch
+		srv.Close()
+		st := sp.Stats()
+		res.Fetched, res.Requests, res.FromSpool, res.Waited, res.InFlight = st.Fetched, st.Requests, st.FromSpool, st.Waited, st.InFlight
+		res.Log = rec.logTail()
+	}()
+
+	settings := map[string]string{"restore_command": restoreCommand}
+	keys := make([]string, 0, len(rec.cfg.Settings))
+	for k, v := range rec.cfg.Settings {
+		settings[k] = v
+		keys = append(keys, k)
+	}
+	if err := rewriteAutoConf(dataDir, settings, nil, rec.owner); err != nil {
+		return res, err
+	}
+	if err := rec.start(); err != nil {
+		return res, errors.Join(err, rec.dropRestoreCommand(nil))
+	}
+	who := "the runtime's user"
+	if rec.owner != nil {
+		who = rec.owner.name
+	}
+	log.Info("recovery started", "data_dir", dataDir, "user", who, "settings", keys, "prefetch", rec.prefetch)
+
+	w := &recoveryWatch{rec: rec}
+	defer w.close()
+	state, err := w.wait(ctx)
+	if err != nil {
+		return res, errors.Join(err, rec.abandon(w))
+	}
+	if state == endShutdown {
+		log.Info("recovery ended: the server shut down at the target", "data_dir", dataDir)
+		return res, rec.dropRestoreCommand(nil)
+	}
+	res, err = w.result(ctx, state)
+	if err != nil {
+		// Recovery has ended; only the report failed. The server stays,
+		// without restore_command.
+		return res, errors.Join(err, rec.dropRestoreCommand(&w.pid))
+	}
+	if err := w.resetRestoreCommand(ctx); err != nil {
+		return res, err
+	}
+	log.Info("recovery ended", "data_dir", dataDir, "promoted", res.Promoted, "paused", res.Paused,
+		"timeline", res.Timeline, "lsn", res.LSN)
+	return res, nil
+}
+
+// handOver gives the data directory (and its tablespaces) to the server
+// user and writes the files that start a recovery.
+func (rec *recovery) handOver() error {
+	dataDir := rec.cfg.DataDir
+	if rec.owner != nil {
+		if err := chownTree(dataDir, rec.owner); err != nil {
+			return err
+		}
+		links, _ := os.ReadDir(filepath.Join(dataDir, "pg_tblspc"))
+		for _, l := range links {
+			if l.Type()&fs.ModeSymlink == 0 {
+				continue // a directory: already handed over with the rest
+			}
+			target, err := filepath.EvalSymlinks(filepath.Join(dataDir, "pg_tblspc", l.Name()))
+			if err != nil {
+				return fmt.Errorf("tablespace %s: %w", l.Name(), err)
+			}
+			if err := chownTree(target, rec.owner); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.Chmod(dataDir, 0o700); err != nil {
+		return err
+	}
+	files := []struct{ name, content string }{
+		{"backup_label", rec.cfg.BackupLabel}, {"tablespace_map", rec.cfg.TablespaceMap}, {"recovery.signal", ""},
+	}
+	for _, f := range files {
+		if f.content == "" && f.name != "recovery.signal" {
+			continue
+		}
+		if err := writeFileAs(filepath.Join(dataDir, f.name), []byte(f.content), rec.owner); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// chownTree gives root and everything below it (not following links) to u.
+func chownTree(root string, u *osUser) error {
+	err := filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, u.uid, u.gid)
+	})
+	if err != nil {
+		return fmt.Errorf("hand %s to %s: %w", root, u.name, err)
+	}
+	return nil
+}
+
+// spoolDir makes the private folder fetched files wait in: inside pg_wal,
+// so handing one over is a rename on one file system. It returns the
+// folder, the socket path and what removes them.
+func (rec *recovery) spoolDir() (dir, sock string, cleanup func(), err error) {
+	dir, err = os.MkdirTemp(filepath.Join(rec.cfg.DataDir, "pg_wal"), ".pglogship-spool-")
+	if err != nil {
+		return "", "", nil, fmt.Errorf("spool folder: %w", err)
+	}
+	dirs := []string{dir}
+	cleanup = func() {
+		for _, d := range dirs {
+			os.RemoveAll(d)
+		}
+	}
+	if err := rec.private(dir); err != nil {
+		cleanup()
+		return "", "", nil, err
+	}
+	sock = filepath.Join(dir, "fetch.sock")
+	if len(sock) > maxSocketPath {
+		sockDir, err := os.MkdirTemp("", "pglogship-fetch-")
+		if err == nil {
+			dirs = append(dirs, sockDir)
+			err = rec.private(sockDir)
+		}
+		if err != nil {
+			cleanup()
+			return "", "", nil, fmt.Errorf("socket folder: %w", err)
+		}
+		sock = filepath.Join(sockDir, "s")
+	}
+	return dir, sock, cleanup, nil
+}
+
+// private makes dir 0700 and the server user's.
+func (rec *recovery) private(dir string) error {
+	if rec.owner != nil {
+		if err := os.Chown(dir, rec.owner.uid, rec.owner.gid); err != nil {
+			return err
+		}
+	}
+	return os.Chmod(dir, 0o700)
+}
+
+// restoreCommand returns the restore_command that runs this program in
+// fetch mode. A server running as another user may not reach the
+// runtime's executable, so it gets a copy in the spool.
+func (rec *recovery) restoreCommand(spoolDir, sock string) (string, error) {
+	self := rec.rt.cfg.Self
+	if len(self) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", fmt.Errorf("find the runtime's executable: %w", err)
+		}
+		self = []string{exe}
+	}
+	exe := self[0]
+	if rec.owner != nil {
+		exe = filepath.Join(spoolDir, "pglogship-runtime")
+		if err := copyExecutable(self[0], exe); err != nil {
+			return "", err
+		}
+	}
+	parts := []string{shellQuote(exe)}
+	for _, a := range self[1:] {
+		parts = append(parts, shellQuote(a))
+	}
+	// %f and %p are WAL file names and pg_wal/RECOVERY*: safe unquoted.
+	parts = append(parts, "fetch", shellQuote(sock), "%f", "%p")
+	return strings.Join(parts, " "), nil
+}
+
+func copyExecutable(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy the runtime for the server user: %w", err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o555)
+	if err != nil {
+		return fmt.Errorf("copy the runtime for the server user: %w", err)
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(dst, 0o555)
+	}
+	if err != nil {
+		return fmt.Errorf("copy the runtime for the server user: %w", err)
+	}
+	return nil
+}
+
+// command builds a command that runs as the server user, in the data
+// directory, without the runtime's PG* environment.
+func (rec *recovery) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = rec.cfg.DataDir
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "PG") || rec.owner != nil && (k == "HOME" || k == "USER" || k == "LOGNAME") {
+			continue
+		}
+		cmd.Env = append(cmd.Env, kv)
+	}
+	if u := rec.owner; u != nil {
+		cmd.Env = append(cmd.Env, "HOME="+u.home, "USER="+u.name, "LOGNAME="+u.name)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
+			Uid: uint32(u.uid), Gid: uint32(u.gid), Groups: u.groups}}
+	}
+	return cmd
+}
+
+// start starts the server with pg_ctl, its output appended to the
+// recovery log, without waiting.
+func (rec *recovery) start() error {
+	if err := os.MkdirAll(filepath.Dir(rec.logPath), 0o700); err != nil {
+		return err
+	}
+	if err := rec.private(filepath.Dir(rec.logPath)); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(rec.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	st, err := f.Stat()
+	if err == nil && rec.owner != nil {
+		err = f.Chown(rec.owner.uid, rec.owner.gid)
+	}
+	f.Close()
+	if err != nil {
+		return err
+	}
+	rec.logStart = st.Size()
+	// A stale postmaster.pid (its process is gone, see checkNotRunning)
+	// would read as a server that started and stopped.
+	if err := os.Remove(filepath.Join(rec.cfg.DataDir, "postmaster.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	// pg_ctl puts -D, -l and -o into a shell command: the paths were
+	// checked (checkGuestPath), and the options are constants.
+	out, err := rec.command(rec.pgCtl, "start", "-W", "-D", rec.cfg.DataDir, "-l", rec.logPath,
+		"-o", "-c logging_collector=off -c lc_messages=C").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pg_ctl start: %w: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// stop stops the server (fast, then immediate).
+func (rec *recovery) stop() error {
+	out, err := rec.command(rec.pgCtl, "stop", "-D", rec.cfg.DataDir, "-m", "fast", "-w", "-t", "60").CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	out2, err2 := rec.command(rec.pgCtl, "stop", "-D", rec.cfg.DataDir, "-m", "immediate", "-w", "-t", "30").CombinedOutput()
+	if err2 != nil {
+		return fmt.Errorf("stop the server: %w: %s; %s", err2, bytes.TrimSpace(out), bytes.TrimSpace(out2))
+	}
+	return nil
+}
+
+// abandon stops a server that is still recovering (it cannot go on once
+// the runtime stops serving restore_command) and removes restore_command.
+func (rec *recovery) abandon(w *recoveryWatch) error {
+	w.close()
+	var err error
+	if pf, perr := readPidFile(rec.cfg.DataDir); perr == nil && alive(pf.pid) {
+		rec.rt.cfg.Logger.Warn("stopping the server: recovery cannot go on without the runtime", "data_dir", rec.cfg.DataDir)
+		err = rec.stop()
+	}
+	return errors.Join(err, rec.dropRestoreCommand(nil))
+}
+
+// dropRestoreCommand removes restore_command from postgresql.auto.conf and,
+// for a running server (pid > 0), makes it reload.
+func (rec *recovery) dropRestoreCommand(pid *int) error {
+	if err := rewriteAutoConf(rec.cfg.DataDir, nil, []string{"restore_command"}, rec.owner); err != nil {
+		return err
+	}
+	if pid != nil {
+		return syscall.Kill(*pid, syscall.SIGHUP)
+	}
+	return nil
+}
+
+// readLog returns what the server logged during this recovery.
+func (rec *recovery) readLog() string {
+	f, err := os.Open(rec.logPath)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if _, err := f.Seek(rec.logStart, io.SeekStart); err != nil {
+		return ""
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
+}
+
+// logTail returns the last lines of readLog.
+func (rec *recovery) logTail() string {
+	text := rec.readLog()
+	if len(text) > logTailBytes {
+		text = text[len(text)-logTailBytes:]
+	}
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	if len(lines) > logTailLines {
+		lines = lines[len(lines)-logTailLines:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// exited tells how a server that stopped ended its recovery, from its log:
+// shut down at the target, or failed with its last FATAL or PANIC line
+// (connections turned away while it started are not the reason).
+func (rec *recovery) exited() (endState, error) {
+	text := rec.readLog()
+	if strings.Contains(text, msgShutdownAtTarget) {
+		return endShutdown, nil
+	}
+	var why, last string
+	sc := bufio.NewScanner(strings.NewReader(text))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.Contains(line, msgTargetNotReached) {
+			return 0, fmt.Errorf("%w: the server stopped: %s", guest.ErrTargetNotReached, line)
+		}
+		if (strings.Contains(line, "FATAL:") || strings.Contains(line, "PANIC:")) && !strings.Contains(line, msgTurnedAway) {
+			why = line
+		}
+		if strings.TrimSpace(line) != "" {
+			last = line
+		}
+	}
+	if why == "" {
+		why = last
+	}
+	return 0, fmt.Errorf("%w: %s", guest.ErrRecoveryFailed, why)
+}
+
+// startFailed tells whether a server that has not written its pid file yet
+// has already given up.
+func (rec *recovery) startFailed() bool {
+	text := rec.readLog()
+	return strings.Contains(text, "FATAL:") || strings.Contains(text, "PANIC:") || strings.Contains(text, msgShutDown)
+}
+
+// recoveryWatch follows the server until recovery has ended, through the
+// runtime's connection settings pointed at the recovered server.
+type recoveryWatch struct {
+	rec      *recovery
+	conn     *pgx.Conn
+	version  int
+	pid      int
+	logOff   int64 // how far the log has been read for msgReadOnly
+	readOnly bool  // the server accepts read-only connections
+}
+
+func (w *recoveryWatch) close() {
+	if w.conn != nil {
+		w.conn.Close(context.Background())
+		w.conn = nil
+	}
+}
+
+// wait polls, on the runtime's clock, until the server promoted, paused at
+// the target, or stopped.
+func (w *recoveryWatch) wait(ctx context.Context) (endState, error) {
+	rec := w.rec
+	clk := rec.rt.cfg.Clock
+	started := clk.Now()
+	for {
+		pf, err := readPidFile(rec.cfg.DataDir)
+		switch {
+		case err == nil:
+			if !alive(pf.pid) {
+				return rec.exited()
+			}
+			w.pid = pf.pid
+			// "standby" is reported from the start of recovery on; a hot
+			// standby takes connections only once consistent, and
+			// connecting earlier would only fill the log with refusals.
+			if pf.status == "ready" || pf.status == "standby" && w.sawReadOnly() {
+				state, err := w.poll(ctx, pf)
+				if err != nil || state != 0 {
+					return state, err
+				}
+			}
+		case w.pid != 0:
+			return rec.exited() // the pid file went: the server stopped
+		case rec.startFailed():
+			return rec.exited()
+		case clk.Since(started) > rec.rt.cfg.StartTimeout:
+			return 0, fmt.Errorf("the server did not start within %v: %s", rec.rt.cfg.StartTimeout, rec.logTail())
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-clk.After(rec.rt.cfg.PollInterval):
+		}
+	}
+}
+
+// sawReadOnly tells whether the server has logged that it takes read-only
+// connections, reading the log on from where it stopped last time.
+func (w *recoveryWatch) sawReadOnly() bool {
+	if w.readOnly {
+		return true
+	}
+	if w.logOff == 0 {
+		w.logOff = w.rec.logStart
+	}
+	f, err := os.Open(w.rec.logPath)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, w.logOff, 1<<40))
+	if err != nil {
+		return false
+	}
+	end := bytes.LastIndexByte(b, '\n') + 1 // whole lines only
+	w.readOnly = bytes.Contains(b[:end], []byte(msgReadOnly))
+	w.logOff += int64(end)
+	return w.readOnly
+}
+
+// poll asks the server whether recovery has ended; 0 means not yet.
+func (w *recoveryWatch) poll(ctx context.Context, pf pidFile) (endState, error) {
+	if w.conn == nil {
+		conn, err := w.connect(ctx, pf)
+		if err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "28") || pgErr.Code == "3D000") {
+				return 0, fmt.Errorf("connect to the recovered server: %w", err)
+			}
+			w.rec.rt.cfg.Logger.Debug("recovered server not reachable yet", "err", err)
+			return 0, nil
+		}
+		w.conn = conn
+		if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&w.version); err != nil {
+			w.close()
+			return 0, nil
+		}
+	}
+	var inRecovery bool
+	if err := w.conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+		w.close() // reconnect next time
+		return 0, nil
+	}
+	if !inRecovery {
+		return endPromoted, nil
+	}
+	q := "SELECT pg_get_wal_replay_pause_state() = 'paused'"
+	if w.version < 140000 {
+		q = "SELECT pg_is_wal_replay_paused()"
+	}
+	var paused bool
+	if err := w.conn.QueryRow(ctx, q).Scan(&paused); err != nil {
+		w.close() // promoted between the two queries, or gone
+		return 0, nil
+	}
+	if paused {
+		return endPaused, nil
+	}
+	return 0, nil
+}
+
+// connect reaches the recovered server with the runtime's connection
+// settings, at the port and socket folder or address its pid file names.
+func (w *recoveryWatch) connect(ctx context.Context, pf pidFile) (*pgx.Conn, error) {
+	c := w.rec.rt.cfg.Conn
+	c.Port = pf.port
+	switch {
+	case strings.HasPrefix(c.Host, "/") && pf.socketDir != "":
+		c.Host = pf.socketDir
+	case strings.HasPrefix(c.Host, "/"):
+	case pf.listen == "" && pf.socketDir != "": // no TCP
+		c.Host = pf.socketDir
+	case pf.listen != "*" && pf.listen != "0.0.0.0" && pf.listen != "::" && pf.listen != "":
+		c.Host = pf.listen
+	}
+	cctx, cancel := clock.WithTimeout(w.rec.rt.cfg.Clock, ctx, 30*time.Second)
+	defer cancel()
+	return Connect(cctx, c)
+}
+
+// result asks the server where recovery ended.
+func (w *recoveryWatch) result(ctx context.Context, state endState) (guest.RecoveryResult, error) {
+	res := guest.RecoveryResult{Promoted: state == endPromoted, Paused: state == endPaused}
+	var lsn *string
+	var at *time.Time
+	err := w.conn.QueryRow(ctx, "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()").Scan(&lsn, &at)
+	if err != nil {
+		return res, fmt.Errorf("read where recovery ended: %w", err)
+	}
+	if lsn != nil {
+		if res.LSN, err = wal.ParseLSN(*lsn); err != nil {
+			return res, err
+		}
+	}
+	if at != nil {
+		res.LastReplayTime = *at
+	}
+	if state == endPaused {
+		err = w.conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&res.Timeline)
+	} else {
+		var seg string
+		if err = w.conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&seg); err == nil {
+			var f wal.FileName
+			f, err = wal.ParseFileName(seg)
+			res.Timeline = f.Timeline
+		}
+	}
+	if err != nil {
+		return res, fmt.Errorf("read the timeline: %w", err)
+	}
+	return res, nil
+}
+
+// resetRestoreCommand removes restore_command with ALTER SYSTEM and
+// reloads, or, if that fails, edits the file and signals the postmaster.
+func (w *recoveryWatch) resetRestoreCommand(ctx context.Context) error {
+	_, err := w.conn.Exec(ctx, "ALTER SYSTEM RESET restore_command")
+	if err == nil {
+		_, err = w.conn.Exec(ctx, "SELECT pg_reload_conf()")
+	}
+	if err == nil {
+		return nil
+	}
+	w.rec.rt.cfg.Logger.Warn("ALTER SYSTEM RESET restore_command failed; editing the file", "err", err)
+	return w.rec.dropRestoreCommand(&w.pid)
+}
