@@ -174,7 +174,7 @@ func newRecoverBench(b *testing.B, n int) *recoverBench {
 	pg.SwitchWAL(b, 1)
 
 	// Shipped, then fetched back into the local folder: the same bytes.
-	shipped, err := walbackup.ShipOnce(ctx, rt, repo, rb.inst, nil)
+	shipped, err := walbackup.ShipOnce(ctx, rt, repo, rb.inst, walbackup.ShipOptions{})
 	require.NoError(b, err)
 	for _, name := range shipped.Names {
 		out, err := os.Create(filepath.Join(rb.archive, name))

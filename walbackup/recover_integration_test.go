@@ -1,7 +1,6 @@
 package walbackup_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,8 +12,6 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"strconv"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -93,7 +90,7 @@ func newRecoverFixture(t *testing.T) *recoverFixture {
 	_, f.chain, err = walbackup.ImageChain(ctx, f.repo, f.inst, f.rp.ID)
 	require.NoError(t, err)
 
-	f.logger = slog.New(slog.NewTextHandler(io.MultiWriter(f.logs, logTo{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f.logger = testenv.LoggerTo(t, f.logs)
 	f.bin = testenv.BuildRuntime(t)
 	f.deploy, err = local.New(local.Config{
 		Binary: f.bin,
@@ -312,30 +309,4 @@ func giveTo(t *testing.T, dir, name string) {
 		}
 		return os.Lchown(p, uid, gid)
 	}))
-}
-
-// syncBuffer is a bytes.Buffer for several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// logTo writes log lines to t.Log.
-type logTo struct{ t testing.TB }
-
-func (w logTo) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
