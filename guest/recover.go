@@ -87,6 +87,11 @@ type RecoveryConfig struct {
 	// that is not root runs PostgreSQL as itself, and OSUser must be empty
 	// or name that user.
 	OSUser string `json:"os_user,omitempty"`
+	// ConfigFile is postgresql.conf when it lives outside DataDir (Debian
+	// keeps it in /etc/postgresql/<version>/<cluster>); the server starts
+	// with it. Empty: DataDir's own. Same characters as DataDir, and no
+	// spaces.
+	ConfigFile string `json:"config_file,omitempty"`
 	// BinDir holds pg_ctl. Empty: /usr/lib/postgresql/<major>/bin or
 	// /usr/pgsql-<major>/bin for the major version in DataDir/PG_VERSION,
 	// else the pg_ctl on PATH.
@@ -128,4 +133,36 @@ type RecoveryResult struct {
 	InFlight  int `json:"in_flight"`
 	// Log is the tail of the server log written during recovery.
 	Log string `json:"log"`
+}
+
+// ServerControl is implemented by runtimes that can check and stop a
+// PostgreSQL server in the guest, such as one a restore started (check
+// with a type assertion). A restore drill uses it.
+type ServerControl interface {
+	// CheckServer connects to the server at cfg's address with the
+	// runtime's credentials and reports whether it answers, whether every
+	// database that allows connections connects, and whether cfg.SQL runs.
+	// Failures of those are in the result; the error is for a check that
+	// could not run at all. Read-only unless cfg.SQL writes.
+	CheckServer(ctx context.Context, cfg CheckConfig) (CheckResult, error)
+	// StopServer stops the server of dataDir (fast, then immediate) as the
+	// directory's owner. A server that is not running is no error.
+	StopServer(ctx context.Context, dataDir string) error
+}
+
+// CheckConfig says which server CheckServer checks and what it runs. The
+// runtime connects as it connects to its own instance (same user, same
+// authentication), on Port, and through SocketDir when it uses a socket.
+type CheckConfig struct {
+	Port      int      `json:"port"`
+	SocketDir string   `json:"socket_dir,omitempty"` // the server's socket directory; empty: the runtime's own
+	SQL       []string `json:"sql,omitempty"`        // statements that must succeed
+	Database  string   `json:"database,omitempty"`   // where SQL runs; empty: postgres
+}
+
+// CheckResult is what CheckServer found.
+type CheckResult struct {
+	Version   int      `json:"version"`   // server_version_num
+	Databases []string `json:"databases"` // every database that connected
+	Failures  []string `json:"failures,omitempty"`
 }

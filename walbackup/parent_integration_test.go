@@ -42,8 +42,15 @@ type realJob struct {
 
 func newRealJob(t *testing.T, hv func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor, tweaks ...func(*walbackup.Config)) *realJob {
 	t.Helper()
+	return newRealJobOn(t, testenv.PostgresConfig{}, hv, tweaks...)
+}
+
+// newRealJobOn is newRealJob on a PostgreSQL with settings of the test's.
+func newRealJobOn(t *testing.T, pgcfg testenv.PostgresConfig, hv func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor,
+	tweaks ...func(*walbackup.Config)) *realJob {
+	t.Helper()
 	testenv.SkipIfShort(t)
-	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	pg := testenv.StartPostgres(t, pgcfg)
 	logs := &syncBuffer{}
 	d, err := local.New(local.Config{
 		Binary: testenv.BuildRuntime(t),

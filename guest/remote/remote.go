@@ -24,6 +24,7 @@ var (
 	_ guest.Runtime       = (*Runtime)(nil)
 	_ guest.BackupMode    = (*Runtime)(nil)
 	_ guest.SpaceReporter = (*Runtime)(nil)
+	_ guest.ServerControl = (*Runtime)(nil)
 	_ guest.DataFiles     = (*Runtime)(nil)
 )
 
@@ -241,6 +242,26 @@ func (rt *Runtime) StopBackup(ctx context.Context) (guest.BackupStop, error) {
 	var out guest.BackupStop
 	err := rt.call(ctx, runtime.OpBackupStop, nil, &out)
 	return out, err
+}
+
+// CheckServer implements guest.ServerControl.
+func (rt *Runtime) CheckServer(ctx context.Context, cfg guest.CheckConfig) (guest.CheckResult, error) {
+	if err := rt.lock(); err != nil {
+		return guest.CheckResult{}, err
+	}
+	defer rt.mu.Unlock()
+	var out guest.CheckResult
+	err := rt.call(ctx, runtime.OpCheckServer, cfg, &out)
+	return out, err
+}
+
+// StopServer implements guest.ServerControl.
+func (rt *Runtime) StopServer(ctx context.Context, dataDir string) error {
+	if err := rt.lock(); err != nil {
+		return err
+	}
+	defer rt.mu.Unlock()
+	return rt.call(ctx, runtime.OpStopServer, runtime.StopServerArgs{DataDir: dataDir}, nil)
 }
 
 // Read implements guest.Runtime.

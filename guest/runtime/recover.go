@@ -102,6 +102,14 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
 	if st, err := os.Stat(cfg.DataDir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("data directory %s: not a directory (%v)", cfg.DataDir, err)
 	}
+	if cfg.ConfigFile != "" {
+		if err := checkGuestPath("configuration file", cfg.ConfigFile); err != nil || strings.ContainsAny(cfg.ConfigFile, " \t'") {
+			return nil, fmt.Errorf("configuration file %q: an absolute path without spaces or quotes (%v)", cfg.ConfigFile, err)
+		}
+		if st, err := os.Stat(cfg.ConfigFile); err != nil || !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("configuration file %s: not a file (%v)", cfg.ConfigFile, err)
+		}
+	}
 	version, err := os.ReadFile(filepath.Join(cfg.DataDir, "PG_VERSION"))
 	major := strings.TrimSpace(string(version))
 	if _, aerr := strconv.Atoi(major); err != nil || aerr != nil {
@@ -553,8 +561,11 @@ func (rec *recovery) start() error {
 	}
 	// pg_ctl puts -D, -l and -o into a shell command: the paths were
 	// checked (checkGuestPath), and the options are constants.
-	out, err := rec.command(rec.pgCtl, "start", "-W", "-D", rec.cfg.DataDir, "-l", rec.logPath,
-		"-o", "-c logging_collector=off -c lc_messages=C").CombinedOutput()
+	opts := "-c logging_collector=off -c lc_messages=C"
+	if rec.cfg.ConfigFile != "" {
+		opts += " -c config_file=" + rec.cfg.ConfigFile
+	}
+	out, err := rec.command(rec.pgCtl, "start", "-W", "-D", rec.cfg.DataDir, "-l", rec.logPath, "-o", opts).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("pg_ctl start: %w: %s", err, bytes.TrimSpace(out))
 	}

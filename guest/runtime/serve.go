@@ -42,7 +42,16 @@ const (
 	// asks the host for WAL files while it runs, and ends the calls before
 	// the response.
 	OpRecover = "recover"
+	// OpCheckServer checks a server: guest.CheckConfig -> guest.CheckResult.
+	OpCheckServer = "check_server"
+	// OpStopServer stops a server: StopServerArgs.
+	OpStopServer = "stop_server"
 )
+
+// StopServerArgs names the data directory whose server OpStopServer stops.
+type StopServerArgs struct {
+	DataDir string `json:"data_dir"`
+}
 
 // dataListPart is how many entries one ResultPart of OpDataList carries:
 // with paths of at most guest.MaxDataPath bytes it stays far below
@@ -231,6 +240,18 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 			return nil, err
 		}
 		return s.recover(ctx, cfg)
+	case OpCheckServer:
+		var cfg guest.CheckConfig
+		if err := json.Unmarshal(req.Args, &cfg); err != nil {
+			return nil, err
+		}
+		return s.rt.CheckServer(ctx, cfg)
+	case OpStopServer:
+		var a StopServerArgs
+		if err := json.Unmarshal(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return nil, s.rt.StopServer(ctx, a.DataDir)
 	case OpClose:
 		return nil, nil
 	}

@@ -1,0 +1,286 @@
+package walbackup_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/hypervisor/physical"
+	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/wal"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+// txn is one committed transaction of the workload: what it did to the
+// items table, and when PostgreSQL says it committed.
+type txn struct {
+	xid    uint32
+	ops    []op
+	commit time.Time
+}
+
+type op struct {
+	kind   string // insert, update, delete
+	id, to int
+}
+
+// pitrFixture is a real PostgreSQL protected by a job on the real clock
+// (so restore point times and commit times share one clock), with a
+// physical restore point, then a workload of single-row inserts, updates
+// and deletes, each its own transaction, a named restore point in the
+// middle, and all its WAL shipped.
+type pitrFixture struct {
+	*realJob
+	txns    []txn
+	namedAt int // transactions before it
+	lsnAt   int // transactions before lsn
+	lsn     wal.LSN
+}
+
+func newPITRFixture(t *testing.T) *pitrFixture {
+	ctx := context.Background()
+	f := &pitrFixture{}
+	f.realJob = newRealJobOn(t, testenv.PostgresConfig{Settings: map[string]string{"track_commit_timestamp": "on"}},
+		func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
+			h, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Logger: testenv.Logger(t)})
+			require.NoError(t, err)
+			return h
+		}, func(c *walbackup.Config) { c.Clock = clock.New() })
+	pg := f.pg
+	pg.Exec(t, "postgres", "CREATE TABLE items (id int PRIMARY KEY, val int)")
+	require.NoError(t, f.job.Enable(ctx))
+	f.idle(t)
+	require.NoError(t, f.job.StartParent(ctx))
+	f.idle(t)
+
+	conn := pg.Connect(t, "postgres")
+	rng := rand.New(rand.NewPCG(7, 7))
+	live := map[int]bool{}
+	next := 1
+	for i := 0; i < 80; i++ {
+		var o op
+		switch k := rng.IntN(3); {
+		case k == 0 || len(live) < 3:
+			o = op{kind: "insert", id: next, to: rng.IntN(1000)}
+			next++
+		case k == 1:
+			o = op{kind: "update", id: pick(rng, live), to: rng.IntN(1000)}
+		default:
+			o = op{kind: "delete", id: pick(rng, live)}
+		}
+		tx, err := conn.Begin(ctx)
+		require.NoError(t, err)
+		var xid uint32
+		require.NoError(t, tx.QueryRow(ctx, "SELECT txid_current()::text::bigint").Scan(&xid))
+		switch o.kind {
+		case "insert":
+			_, err = tx.Exec(ctx, "INSERT INTO items VALUES ($1, $2)", o.id, o.to)
+			live[o.id] = true
+		case "update":
+			_, err = tx.Exec(ctx, "UPDATE items SET val = $2 WHERE id = $1", o.id, o.to)
+		case "delete":
+			_, err = tx.Exec(ctx, "DELETE FROM items WHERE id = $1", o.id)
+			delete(live, o.id)
+		}
+		require.NoError(t, err)
+		require.NoError(t, tx.Commit(ctx))
+		f.txns = append(f.txns, txn{xid: xid, ops: []op{o}})
+		switch i {
+		case 30:
+			var lsn string
+			require.NoError(t, conn.QueryRow(ctx, "SELECT pg_create_restore_point('before the purge')::text").Scan(&lsn))
+			f.namedAt = len(f.txns)
+		case 55:
+			var lsn string
+			require.NoError(t, conn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn))
+			var err error
+			f.lsn, err = wal.ParseLSN(lsn)
+			require.NoError(t, err)
+			f.lsnAt = len(f.txns)
+		}
+		if i%25 == 24 {
+			_, err := conn.Exec(ctx, "SELECT pg_switch_wal()")
+			require.NoError(t, err)
+		}
+		time.Sleep(time.Duration(2+rng.IntN(8)) * time.Millisecond) // commit times apart
+	}
+	pg.SwitchWAL(t, 1) // the last commits archived too
+	require.NoError(t, f.job.Disable(ctx))
+	for i := range f.txns {
+		var ts time.Time
+		require.NoError(t, conn.QueryRow(ctx, "SELECT pg_xact_commit_timestamp($1::text::xid)", strconv.FormatUint(uint64(f.txns[i].xid), 10)).Scan(&ts))
+		f.txns[i].commit = ts
+	}
+	return f
+}
+
+func pick(rng *rand.Rand, live map[int]bool) int {
+	ids := make([]int, 0, len(live))
+	for id := range live {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	return ids[rng.IntN(len(ids))]
+}
+
+// want is the items table after the first n transactions, as psql prints it.
+func (f *pitrFixture) want(n int) string {
+	rows := map[int]int{}
+	for _, tx := range f.txns[:n] {
+		for _, o := range tx.ops {
+			switch o.kind {
+			case "insert", "update":
+				rows[o.id] = o.to
+			case "delete":
+				delete(rows, o.id)
+			}
+		}
+	}
+	ids := make([]int, 0, len(rows))
+	for id := range rows {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	var b strings.Builder
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		fmt.Fprintf(&b, "%d|%d", id, rows[id])
+	}
+	return b.String()
+}
+
+// restore runs Job.Restore into a new directory, on a port and socket of
+// its own, and returns a handle on the restored server.
+func (f *pitrFixture) restore(t *testing.T, target walbackup.Target) (*testenv.Postgres, walbackup.RestoreResult, error) {
+	t.Helper()
+	dir := filepath.Join(testenv.UserDir(t, f.pg.OSUser), "restored")
+	pg := testenv.PostgresFor(t, dir, f.pg)
+	res, err := f.job.Restore(context.Background(), walbackup.RestoreRequest{Machine: "db1", Target: target},
+		walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}, Recovery: walbackup.RecoveryOptions{
+			Port: pg.Port, SocketDir: pg.SocketDir, OSUser: f.pg.OSUser,
+			Settings: map[string]string{"listen_addresses": "127.0.0.1"}}})
+	return pg, res, err
+}
+
+func items(t *testing.T, pg *testenv.Postgres) string {
+	t.Helper()
+	return pg.Psql(t, "postgres", "SELECT id, val FROM items ORDER BY id")
+}
+
+// Point-in-time correctness: 20 restores to random times over the
+// workload, on the physical path, each into its own directory; every
+// restored instance holds exactly the rows of the transactions committed
+// at or before its target, row for row. Targets are commit times
+// themselves (inclusive: that commit is in) and times between commits.
+func TestPointInTimeRestores(t *testing.T) {
+	f := newPITRFixture(t)
+	rng := rand.New(rand.NewPCG(20, 26))
+	for trial := 0; trial < 20; trial++ {
+		k := rng.IntN(len(f.txns))
+		target := f.txns[k].commit
+		if trial%2 == 1 && k+1 < len(f.txns) {
+			target = target.Add(f.txns[k+1].commit.Sub(target) / 2) // between k and k+1
+		}
+		n := 0
+		for _, tx := range f.txns {
+			if !tx.commit.After(target) {
+				n++
+			}
+		}
+		t.Run(fmt.Sprintf("%d/%d transactions", trial, n), func(t *testing.T) {
+			pg, res, err := f.restore(t, walbackup.ToTime(target))
+			require.NoError(t, err, "%s", res.Recovery.Log)
+			assert.True(t, res.Recovery.Promoted)
+			require.Equal(t, f.want(n), items(t, pg), "target %s: the rows of the %d transactions committed by then",
+				target.Format(time.RFC3339Nano), n)
+			pg.Stop(t)
+		})
+	}
+}
+
+// Restores to the latest state (nothing shipped is lost), to a named
+// restore point, to an LSN and to a transaction; a target outside the
+// restorable interval is a clear error before anything is written; a
+// drill proves the restore point, and a failing check is reported.
+func TestRestoreTargets(t *testing.T) {
+	f := newPITRFixture(t)
+	ctx := context.Background()
+	t.Run("latest", func(t *testing.T) {
+		pg, res, err := f.restore(t, walbackup.Latest())
+		require.NoError(t, err, "%s", res.Recovery.Log)
+		assert.Equal(t, f.want(len(f.txns)), items(t, pg), "every shipped transaction")
+		pg.Stop(t)
+	})
+	t.Run("named restore point", func(t *testing.T) {
+		pg, res, err := f.restore(t, walbackup.ToName("before the purge"))
+		require.NoError(t, err, "%s", res.Recovery.Log)
+		assert.Equal(t, f.want(f.namedAt), items(t, pg))
+		pg.Stop(t)
+	})
+	t.Run("LSN", func(t *testing.T) {
+		pg, res, err := f.restore(t, walbackup.ToLSN(f.lsn))
+		require.NoError(t, err, "%s", res.Recovery.Log)
+		assert.Equal(t, f.want(f.lsnAt), items(t, pg))
+		pg.Stop(t)
+	})
+	t.Run("transaction", func(t *testing.T) {
+		k := 42
+		pg, res, err := f.restore(t, walbackup.ToXID(f.txns[k].xid))
+		require.NoError(t, err, "%s", res.Recovery.Log)
+		assert.Equal(t, f.want(k+1), items(t, pg), "up to and including transaction %d", f.txns[k].xid)
+		pg.Stop(t)
+	})
+	t.Run("outside the interval", func(t *testing.T) {
+		last := f.txns[len(f.txns)-1].commit
+		for name, target := range map[string]walbackup.Target{
+			"after the last commit shipped": walbackup.ToTime(last.Add(time.Hour)),
+			"before the restore point":      walbackup.ToTime(last.Add(-24 * time.Hour)),
+			"a name never made":             walbackup.ToName("no such point"),
+			"an LSN not shipped":            walbackup.ToLSN(f.lsn + 1<<40),
+		} {
+			dir := filepath.Join(t.TempDir(), "never")
+			_, err := f.job.Restore(ctx, walbackup.RestoreRequest{Machine: "db1", Target: target},
+				walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}})
+			require.ErrorIs(t, err, walbackup.ErrOutsideInterval, name)
+			assert.NoDirExists(t, dir, "%s: nothing written", name)
+		}
+	})
+	t.Run("drill", func(t *testing.T) {
+		for _, sql := range []string{"SELECT count(*) FROM items", "SELECT * FROM no_such_table"} {
+			dir := filepath.Join(testenv.UserDir(t, f.pg.OSUser), "scratch")
+			scratch := testenv.PostgresFor(t, dir, f.pg)
+			res, err := f.job.Drill(ctx, walbackup.DrillRequest{Machine: "db1", SQL: []string{sql},
+				Scratch: walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}, Recovery: walbackup.RecoveryOptions{
+					Port: scratch.Port, SocketDir: scratch.SocketDir, OSUser: f.pg.OSUser,
+					Settings: map[string]string{"listen_addresses": "127.0.0.1"}}}})
+			require.NoError(t, err)
+			assert.Equal(t, sql == "SELECT count(*) FROM items", res.Passed, "%s: %v", sql, res.Failures)
+			assert.Contains(t, res.Databases, "postgres")
+			assert.Contains(t, res.Databases, "template1")
+			assert.NoDirExists(t, dir, "the scratch copy is removed")
+			ids, err := repository.RestorePointIDs(ctx, f.repo, f.instance(t))
+			require.NoError(t, err)
+			var drills []string
+			require.NoError(t, f.repo.List(ctx, f.instance(t).RestorePoint(ids[0])+"/drills/", func(o repository.Object) error {
+				drills = append(drills, o.Name)
+				return nil
+			}))
+			assert.NotEmpty(t, drills, "the result is recorded with the restore point")
+		}
+	})
+}

@@ -1,0 +1,312 @@
+package walbackup
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/wal"
+)
+
+// ErrNoRecovery: the guest's runtime cannot start a recovery.
+var ErrNoRecovery = errors.New("runtime cannot run a recovery")
+
+// RestoreTo says where a restore puts the instance and how it starts.
+type RestoreTo struct {
+	// Image is where the hypervisor writes the restored image: a new
+	// directory for physical images (on the host running pglogship), a new
+	// qcow2 file for QEMU. It must not exist: nothing is overwritten.
+	Image string
+	// Guest is the machine whose runtime starts PostgreSQL in recovery
+	// (deployed like the job's machines). An empty ID restores the image
+	// only, for a host program that must first boot a VM from it; it then
+	// calls Recover.
+	Guest Machine
+	// Recovery is how the guest starts the restored instance.
+	Recovery RecoveryOptions
+}
+
+// RecoveryOptions say how the restored instance starts.
+type RecoveryOptions struct {
+	// DataDir is the restored data directory as the guest sees it; empty
+	// means RestoreTo.Image (a physical image on this same host).
+	DataDir string
+	// Port and SocketDir are where the restored server listens, so it can
+	// run beside the original; zero values keep its configuration.
+	Port      int
+	SocketDir string
+	// ConfigFile is postgresql.conf where it lives outside the data
+	// directory (Debian: /etc/postgresql/<version>/<cluster>/postgresql.conf).
+	ConfigFile string
+	// OSUser runs PostgreSQL when the guest's runtime runs as root;
+	// empty: the data directory's owner.
+	OSUser string
+	// BinDir holds pg_ctl; empty: found from the data directory's version.
+	BinDir string
+	// Prefetch is how many segments are fetched ahead of recovery;
+	// 0: guest.DefaultPrefetch.
+	Prefetch int
+	// TablespaceMap writes the restore point's tablespace_map, for images
+	// that keep tablespaces where they were (QEMU disks). Physical images
+	// restore tablespaces inside pg_tblspc and must not get it.
+	TablespaceMap bool
+	// Archive keeps archive_mode as configured, for a restore in place
+	// that goes on being protected; by default the restored instance does
+	// not archive, so its WAL never mixes with the original's.
+	Archive bool
+	// Settings are more postgresql.conf settings for the restored server.
+	Settings map[string]string
+}
+
+// RestoreResult is what a restore did.
+type RestoreResult struct {
+	Plan     *Plan
+	Recovery guest.RecoveryResult
+	Took     time.Duration // on the job's clock
+}
+
+// Restore plans a restore (refusing a target outside the restorable
+// interval before anything is written), writes the image chain through the
+// hypervisor, and, when to.Guest is set, starts PostgreSQL there in
+// recovery up to the target and waits until it has promoted.
+func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (RestoreResult, error) {
+	start := j.cfg.Clock.Now()
+	plan, err := j.Plan(ctx, req)
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	res := RestoreResult{Plan: plan}
+	if err := j.RestoreImage(ctx, plan, to.Image, nil); err != nil {
+		return res, err
+	}
+	if to.Guest.ID != "" {
+		opts := to.Recovery
+		if opts.DataDir == "" {
+			opts.DataDir = to.Image
+		}
+		if res.Recovery, err = j.Recover(ctx, plan, to.Guest, opts); err != nil {
+			return res, err
+		}
+	}
+	res.Took = j.cfg.Clock.Now().Sub(start)
+	return res, nil
+}
+
+// RestoreImage writes a plan's image chain to target through the
+// hypervisor, verifying every object it reads.
+func (j *Job) RestoreImage(ctx context.Context, plan *Plan, target string, progress func(hypervisor.Progress)) error {
+	if target == "" {
+		return errors.New("restore image: no target")
+	}
+	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
+	defer cancel()
+	err := j.cfg.Hypervisor.Restore(wctx, plan.Chain, watchedRepo{j.cfg.Repository, w}, target, func(p hypervisor.Progress) {
+		w.kick()
+		if progress != nil {
+			progress(p)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("restore image of restore point %s to %s: %w", plan.RestorePoint.ID, target, explain(wctx, err))
+	}
+	return nil
+}
+
+// Recover starts the restored data directory in the guest in recovery up
+// to the plan's target, with the restore point's backup_label, fetching
+// WAL from the repository as recovery asks for it, and waits until the
+// server has promoted. The server keeps running afterwards.
+func (j *Job) Recover(ctx context.Context, plan *Plan, g Machine, opts RecoveryOptions) (guest.RecoveryResult, error) {
+	rt, err := j.deployFor(ctx, g)
+	if err != nil {
+		return guest.RecoveryResult{}, err
+	}
+	defer j.closeRuntime(ctx, rt, g)
+	return j.recoverWith(ctx, rt, plan, g, opts)
+}
+
+func (j *Job) deployFor(ctx context.Context, g Machine) (guest.Runtime, error) {
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: g.ID, Address: g.Address})
+	if err != nil {
+		return nil, fmt.Errorf("deploy runtime on %s: %w", g.ID, err)
+	}
+	return rt, nil
+}
+
+func (j *Job) closeRuntime(ctx context.Context, rt guest.Runtime, g Machine) {
+	octx, cancel := j.op(context.WithoutCancel(ctx))
+	defer cancel()
+	if err := rt.Close(octx); err != nil {
+		j.cfg.Logger.Warn("uninstall the runtime after a restore", "machine", g.ID, "err", err)
+	}
+}
+
+func (j *Job) recoverWith(ctx context.Context, rt guest.Runtime, plan *Plan, g Machine, opts RecoveryOptions) (guest.RecoveryResult, error) {
+	rec, ok := rt.(guest.Recoverer)
+	if !ok {
+		return guest.RecoveryResult{}, fmt.Errorf("recover on %s: %w", g.ID, ErrNoRecovery)
+	}
+	cfg := guest.RecoveryConfig{DataDir: opts.DataDir, BackupLabel: plan.RestorePoint.BackupLabel, OSUser: opts.OSUser,
+		ConfigFile: opts.ConfigFile, BinDir: opts.BinDir, Prefetch: opts.Prefetch, Settings: recoverySettings(plan, opts)}
+	if opts.TablespaceMap {
+		cfg.TablespaceMap = plan.RestorePoint.TablespaceMap
+	}
+	res, err := rec.Recover(ctx, cfg, j.FetchFunc(plan.Instance))
+	if err != nil {
+		return res, fmt.Errorf("recover restore point %s on %s to %s: %w", plan.RestorePoint.ID, g.ID, plan.Target, err)
+	}
+	return res, nil
+}
+
+// FetchFunc returns what a guest's recovery calls for each WAL file it
+// needs: FetchWAL from the repository, with guest.ErrNoSuchWAL for a file
+// the repository does not hold.
+func (j *Job) FetchFunc(inst repository.Instance) guest.FetchFunc {
+	return func(ctx context.Context, name string, w io.Writer) error {
+		err := FetchWAL(ctx, j.cfg.Repository, inst, name, j.cfg.Key, w)
+		if errors.Is(err, repository.ErrNotFound) {
+			return fmt.Errorf("%w: %w", guest.ErrNoSuchWAL, err)
+		}
+		return err
+	}
+}
+
+// recoverySettings are the plan's recovery settings plus where the server
+// listens and whether it archives.
+func recoverySettings(plan *Plan, opts RecoveryOptions) map[string]string {
+	s := maps.Clone(plan.Settings)
+	for k, v := range opts.Settings {
+		s[k] = v
+	}
+	if opts.Port != 0 {
+		s["port"] = strconv.Itoa(opts.Port)
+	}
+	if opts.SocketDir != "" {
+		s["unix_socket_directories"] = opts.SocketDir
+	}
+	if !opts.Archive {
+		s["archive_mode"] = "off"
+	}
+	return s
+}
+
+// DrillRequest says which restore point a restore drill proves, and where
+// it may work.
+type DrillRequest struct {
+	Machine  string
+	SystemID uint64 // 0: the cluster with the newest restore point
+	// RestorePoint is the restore point to prove; empty: the newest.
+	RestorePoint string
+	// Scratch is where the drill restores and starts the instance: a new
+	// Image path, the Guest that starts it (the recovered server must be
+	// able to use Image there: physical images on this host), and how it
+	// listens (a Port and SocketDir beside the original).
+	Scratch RestoreTo
+	// SQL are statements that must succeed in the restored instance
+	// (database postgres).
+	SQL []string
+}
+
+// DrillResult is what a drill found. It is also stored with the restore
+// point (docs/repository-format.md).
+type DrillResult struct {
+	RestorePoint string        `json:"restore_point"`
+	Time         time.Time     `json:"time"`
+	Passed       bool          `json:"passed"`
+	Timeline     uint32        `json:"timeline"`
+	LSN          wal.LSN       `json:"lsn"`
+	Databases    []string      `json:"databases"`
+	Failures     []string      `json:"failures,omitempty"`
+	Took         time.Duration `json:"took"`
+}
+
+// Drill proves a restore point: it restores it, with only the WAL it
+// needs to be consistent, into Scratch, starts it, checks that PostgreSQL
+// answers, that every database connects and that the SQL runs, records the
+// result with the restore point, then stops the instance and removes
+// Scratch.Image. The error is for a drill that could not run; a restore
+// point that fails the checks gives a result with Passed false.
+func (j *Job) Drill(ctx context.Context, req DrillRequest) (DrillResult, error) {
+	start := j.cfg.Clock.Now()
+	res := DrillResult{Time: start}
+	if req.Scratch.Image == "" || req.Scratch.Guest.ID == "" {
+		return res, errors.New("drill: the scratch image path and the guest that starts it are required")
+	}
+	plan, err := j.Plan(ctx, RestoreRequest{Machine: req.Machine, SystemID: req.SystemID, Target: Consistent(), RestorePoint: req.RestorePoint})
+	if err != nil {
+		return res, err
+	}
+	res.RestorePoint = plan.RestorePoint.ID
+	if err := j.RestoreImage(ctx, plan, req.Scratch.Image, nil); err != nil {
+		res.Failures = append(res.Failures, err.Error())
+		return res, j.recordDrill(ctx, plan, &res, start)
+	}
+	defer func() {
+		if err := os.RemoveAll(req.Scratch.Image); err != nil {
+			j.cfg.Logger.Warn("remove the drill's scratch image", "path", req.Scratch.Image, "err", err)
+		}
+	}()
+	rt, err := j.deployFor(ctx, req.Scratch.Guest)
+	if err != nil {
+		return res, err
+	}
+	defer j.closeRuntime(ctx, rt, req.Scratch.Guest)
+	opts := req.Scratch.Recovery
+	if opts.DataDir == "" {
+		opts.DataDir = req.Scratch.Image
+	}
+	ctl, ok := rt.(guest.ServerControl)
+	if !ok {
+		return res, fmt.Errorf("drill on %s: %w: it cannot check a server", req.Scratch.Guest.ID, ErrNoRecovery)
+	}
+	defer func() {
+		octx, cancel := j.op(context.WithoutCancel(ctx))
+		defer cancel()
+		if err := ctl.StopServer(octx, opts.DataDir); err != nil {
+			j.cfg.Logger.Warn("stop the drill's server", "dir", opts.DataDir, "err", err)
+		}
+	}()
+	rec, err := j.recoverWith(ctx, rt, plan, req.Scratch.Guest, opts)
+	if err != nil {
+		res.Failures = append(res.Failures, err.Error())
+		return res, j.recordDrill(ctx, plan, &res, start)
+	}
+	res.Timeline, res.LSN = rec.Timeline, rec.LSN
+	octx, cancel := j.op(ctx)
+	check, err := ctl.CheckServer(octx, guest.CheckConfig{SocketDir: opts.SocketDir, Port: opts.Port, SQL: req.SQL})
+	cancel()
+	if err != nil {
+		return res, fmt.Errorf("drill on %s: check the server: %w", req.Scratch.Guest.ID, err)
+	}
+	res.Databases, res.Failures = check.Databases, append(res.Failures, check.Failures...)
+	return res, j.recordDrill(ctx, plan, &res, start)
+}
+
+// recordDrill stores a drill's result with its restore point.
+func (j *Job) recordDrill(ctx context.Context, plan *Plan, res *DrillResult, start time.Time) error {
+	res.Passed = len(res.Failures) == 0
+	res.Took = j.cfg.Clock.Now().Sub(start)
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	name := plan.Instance.RestorePoint(plan.RestorePoint.ID) + "/drills/" + res.Time.UTC().Format("20060102T150405.000000Z") + ".json"
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	if err := j.cfg.Repository.Put(octx, name, bytes.NewReader(b)); err != nil {
+		return fmt.Errorf("record the drill of restore point %s: %w", plan.RestorePoint.ID, err)
+	}
+	return nil
+}
