@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -30,25 +31,27 @@ const guestPgbench = "/usr/lib/postgresql/" + testenv.GuestPostgresVersion + "/b
 // The QEMU hypervisor through the job, on a real VM booted from the cached
 // Debian image with pgbench running inside: a full restore point, then an
 // incremental one whose stored size is at most 1.1 times the dirty bytes of
-// the bitmap; each holds PostgreSQL's backup_label; the chain restored to a
-// new qcow2 boots, and PostgreSQL starts with the data of the incremental
-// image. The child job ships the guest's WAL over SSH meanwhile.
+// the bitmap; each holds PostgreSQL's backup_label; the child job ships the
+// guest's WAL over SSH meanwhile. Then a point-in-time restore inside a
+// VM: the chain restored to a new qcow2, booted with PostgreSQL's start at
+// boot masked, and recovered over SSH by the runtime to a time between two
+// tables made after the incremental image: it holds the data of the image,
+// the first table and not the second. The job runs on the real clock, so
+// restore point times and the guest's commit times agree.
 func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
 	vm := testenv.StartVM(t, testenv.VMConfig{})
-	cb, err := knownhosts.New(vm.KnownHostsFile)
-	require.NoError(t, err)
+	knownHosts := []string{vm.KnownHostsFile}
 	deployer, err := gssh.New(gssh.Config{
-		User: "postgres", Auth: []ssh.AuthMethod{ssh.PublicKeys(vm.ClientSigner)}, HostKeyCallback: cb,
+		User: "postgres", Auth: []ssh.AuthMethod{ssh.PublicKeys(vm.ClientSigner)}, HostKeyCallback: hostKeysIn(&knownHosts),
 		Binaries: map[string]string{"amd64": testenv.BuildRuntime(t)},
 		BaseDir:  testenv.GuestTempDir + "/runtimes",
 		Conn:     runtime.ConnConfig{Host: "/var/run/postgresql", Port: 5432, User: "postgres"},
 		Logger:   testenv.Logger(t),
 	})
 	require.NoError(t, err)
-	clk := clock.NewMock()
-	clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
+	clk := clock.New()
 	hv, err := qemu.New(qemu.Config{
 		VMs:     []qemu.VM{{ID: "vm1", QMPSocket: vm.QMPSocket, GuestAgentSocket: vm.QGASocket, SSHAddr: vm.SSHAddr, Node: vm.DiskNode}},
 		WorkDir: t.TempDir(), Clock: clk, Logger: testenv.Logger(t),
@@ -56,7 +59,7 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	require.NoError(t, err)
 	repo, err := fs.New(fs.Config{Root: t.TempDir()})
 	require.NoError(t, err)
-	h := &harness{clk: clk, store: smem.New(), events: make(chan walbackup.Event, 1024)}
+	h := &harness{store: smem.New(), events: make(chan walbackup.Event, 1024)}
 	h.list = h.store
 	job, err := walbackup.NewJob(walbackup.Config{
 		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1", Address: vm.SSHAddr}},
@@ -66,6 +69,9 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	})
 	require.NoError(t, err)
 	h.job = job
+	psql := func(v *testenv.VM, sql string) string {
+		return strings.TrimSpace(v.Run(t, "postgres", "psql -Atqc \""+sql+"\""))
+	}
 
 	require.NoError(t, job.Enable(ctx))
 	h.idle(t)
@@ -73,10 +79,8 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	// pgbench keeps writing for the rest of the test, detached from SSH.
 	vm.Run(t, "postgres", "setsid nohup "+guestPgbench+" -c 2 -T 900 postgres </dev/null >/tmp/pgbench.log 2>&1 &")
 	time.Sleep(5 * time.Second)
-	h.step(t, walbackup.DefaultLogBackupInterval)
 
 	parent := func() time.Duration {
-		clk.Add(time.Minute)
 		start := time.Now()
 		require.NoError(t, job.StartParent(ctx))
 		took := time.Since(start)
@@ -90,15 +94,22 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 		return took
 	}
 	fullTook := parent()
-	vm.Run(t, "postgres", "psql -qc 'CREATE TABLE after_full AS SELECT 42 AS answer'")
+	psql(vm, "CREATE TABLE after_full AS SELECT 42 AS answer")
 	time.Sleep(10 * time.Second) // pgbench dirties more blocks
 	incTook := parent()
-	h.step(t, walbackup.DefaultLogBackupInterval)
-	vm.Run(t, "postgres", "psql -qc 'CREATE TABLE after_incremental AS SELECT 1 AS x'")
-	require.NoError(t, job.Disable(ctx))
+	psql(vm, "CREATE TABLE before_target AS SELECT 1 AS x")
+	time.Sleep(time.Second)
+	at := psql(vm, "SELECT clock_timestamp()") // the guest's own clock
+	time.Sleep(time.Second)
+	psql(vm, "CREATE TABLE after_target AS SELECT 1 AS x")
+	last := psql(vm, "SELECT pg_walfile_name(pg_switch_wal())")
+	for psql(vm, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
+		time.Sleep(200 * time.Millisecond)
+	}
+	require.NoError(t, job.Disable(ctx)) // the last ship
 
-	id := vm.Run(t, "postgres", "psql -Atqc 'SELECT system_identifier FROM pg_control_system()'")
-	sysid, err := strconv.ParseUint(strings.TrimSpace(id), 10, 64)
+	id := psql(vm, "SELECT system_identifier FROM pg_control_system()")
+	sysid, err := strconv.ParseUint(id, 10, 64)
 	require.NoError(t, err)
 	inst := repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: sysid}
 	rps, err := repository.RestorePoints(ctx, repo, inst)
@@ -119,18 +130,42 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 		inc.Objects[0].Size, dirty, float64(inc.Objects[0].Size)/float64(dirty), incTook.Round(time.Millisecond))
 	assert.LessOrEqual(t, float64(inc.Objects[0].Size), 1.1*float64(dirty), "the incremental stores about what changed")
 
-	_, chain, err := walbackup.ImageChain(ctx, repo, inst, inc.ID)
+	// Point in time, inside a VM.
+	target, err := time.Parse("2006-01-02 15:04:05.999999-07", at)
 	require.NoError(t, err)
-	target := filepath.Join(t.TempDir(), "restored.qcow2")
+	plan, err := job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToTime(target)})
+	require.NoError(t, err)
+	assert.Equal(t, inc.ID, plan.RestorePoint.ID, "the newest restore point before the target")
+	require.Len(t, plan.Chain, 2)
+	disk := filepath.Join(t.TempDir(), "restored.qcow2")
 	start := time.Now()
-	require.NoError(t, hv.Restore(ctx, chain, repo, target, nil))
+	require.NoError(t, job.RestoreImage(ctx, plan, disk, nil))
 	t.Logf("restore of the full and incremental chain: %v", time.Since(start).Round(time.Millisecond))
+	vm2 := testenv.StartVM(t, testenv.VMConfig{Disk: disk, NoPostgres: true})
+	assert.Empty(t, strings.TrimSpace(vm2.Run(t, "root", "pgrep -x postgres || true")), "PostgreSQL waits for the restore")
+	knownHosts = append(knownHosts, vm2.KnownHostsFile)
+	start = time.Now()
+	res, err := job.Recover(ctx, plan, walbackup.Machine{ID: "vm2", Address: vm2.SSHAddr}, walbackup.RecoveryOptions{
+		DataDir:    "/var/lib/postgresql/" + testenv.GuestPostgresVersion + "/main",
+		ConfigFile: "/etc/postgresql/" + testenv.GuestPostgresVersion + "/main/postgresql.conf",
+	})
+	require.NoError(t, err, "%s", res.Log)
+	t.Logf("recovery in the VM to %s: %v, %d WAL files fetched, %d from the spool", at, time.Since(start).Round(time.Millisecond), res.Fetched, res.FromSpool)
+	assert.True(t, res.Promoted)
+	assert.Equal(t, "500000", psql(vm2, "SELECT count(*) FROM pgbench_accounts"))
+	assert.Equal(t, "42", psql(vm2, "SELECT answer FROM after_full"), "the incremental image is applied")
+	assert.Equal(t, "t", psql(vm2, "SELECT to_regclass('before_target') IS NOT NULL"), "committed before the target")
+	assert.Equal(t, "f", psql(vm2, "SELECT to_regclass('after_target') IS NOT NULL"), "committed after the target")
+}
 
-	vm2 := testenv.StartVM(t, testenv.VMConfig{Disk: target})
-	psql := func(sql string) string {
-		return strings.TrimSpace(vm2.Run(t, "postgres", "psql -Atqc \""+sql+"\""))
+// hostKeysIn verifies host keys against the known_hosts files listed now,
+// for VMs that boot later with keys of their own address.
+func hostKeysIn(files *[]string) ssh.HostKeyCallback {
+	return func(host string, remote net.Addr, key ssh.PublicKey) error {
+		cb, err := knownhosts.New(*files...)
+		if err != nil {
+			return err
+		}
+		return cb(host, remote, key)
 	}
-	assert.Equal(t, "500000", psql("SELECT count(*) FROM pgbench_accounts"))
-	assert.Equal(t, "42", psql("SELECT answer FROM after_full"), "the incremental image is applied")
-	assert.Equal(t, "f", psql("SELECT to_regclass('after_incremental') IS NOT NULL"), "nothing after the incremental image")
 }
