@@ -35,6 +35,13 @@
 // The Observer sees sessions start and end, batches (bytes and lag) and
 // warnings, for metrics.
 //
-// ImageChain and FetchWAL are what a restore needs from the repository; the
-// restore itself is still to come.
+// Restores: Interval tells what an instance can be restored to; Plan checks
+// a target (latest, consistent, a time, an LSN, a transaction, a named
+// restore point) against the repository and the WAL summaries the child
+// job stored, and picks the restore point, before anything is written;
+// Restore writes the image chain through the hypervisor and has the guest's
+// runtime start PostgreSQL in recovery, fetching WAL from the repository
+// (FetchWAL) and ahead of it; Drill proves a restore point in a scratch
+// location. Expire applies the Retention after each parent session; Verify
+// checks the whole repository.
 package walbackup

@@ -1,14 +1,27 @@
 package main
 
 import (
+	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pglogship/pglogship/guest/runtime"
 	"github.com/pglogship/pglogship/internal/testenv"
 )
 
-// The example runs against a real PostgreSQL in `make test`, as in `make demo`.
+// TestMain lets the test binary act as the guest runtime, as the example's
+// own binary does.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "runtime" {
+		os.Exit(runtime.Main())
+	}
+	os.Exit(m.Run())
+}
+
+// The example runs end to end against a real PostgreSQL in `make test`, as
+// in `make demo`: run returns an error unless the restored instance holds
+// exactly the rows committed by the target and the drill passed.
 func TestQuickstartRuns(t *testing.T) {
 	testenv.SkipIfShort(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
@@ -16,6 +29,8 @@ func TestQuickstartRuns(t *testing.T) {
 	require.NoError(t, run())
 	out := pg.Psql(t, "postgres", "select max(version) from pglogship.schema_migrations")
 	require.Equal(t, "1", out, "the session store's schema was created")
+	out = pg.Psql(t, "postgres", "select count(*) from pglogship.sessions where state in ('starting', 'working')")
+	require.Equal(t, "0", out, "every session ended")
 }
 
 func TestQuickstartNeedsDSN(t *testing.T) {
