@@ -25,6 +25,10 @@ const (
 	// DefaultRetryDelay is the first retry after a failed ship; each
 	// further retry within the interval waits twice as long.
 	DefaultRetryDelay = time.Minute
+	// DefaultFullImageEvery: after so many incremental images a full one,
+	// so a restore needs a short chain and retention can free old images
+	// (with a daily parent, a full image a week).
+	DefaultFullImageEvery = 6
 )
 
 // ChildJobName is the name of the child job of a parent job.
@@ -60,9 +64,14 @@ type Config struct {
 	Sessions          session.Store
 	Key               *bundle.Key // encrypts bundles when set; never stored
 	Retention         Retention   // the zero value keeps everything
-	Clock             clock.Clock
-	Logger            *slog.Logger
-	Observer          func(Event) // optional; called from the job's goroutine, must not block
+	// FullImageEvery is how many incremental images may follow a full one
+	// before the next full one (default DefaultFullImageEvery); negative
+	// never forces one. Every restore point of a chain is kept as long as
+	// a later one needs it, so retention frees images only chain by chain.
+	FullImageEvery int
+	Clock          clock.Clock
+	Logger         *slog.Logger
+	Observer       func(Event) // optional; called from the job's goroutine, must not block
 	// OperationTimeout bounds each call to a guest, the repository or the
 	// session store by progress, not length: shipping may take as long as
 	// the WAL needs while bytes keep moving, but a call with no progress
@@ -92,6 +101,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RetryDelay == 0 {
 		c.RetryDelay = DefaultRetryDelay
+	}
+	if c.FullImageEvery == 0 {
+		c.FullImageEvery = DefaultFullImageEvery
 	}
 }
 

@@ -154,3 +154,32 @@ func TestExpiryRemovesUnfinishedRestorePoints(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, log[len(log)-1].Message, "1 unfinished restore points")
 }
+
+// A full image after every FullImageEvery incremental ones bounds the
+// chains, so retention frees old images chain by chain: keeping the newest
+// 2 of full, inc, inc, full, inc, inc, full keeps the second chain (the
+// 2nd newest builds on it) and the last full one.
+func TestFullImagesBoundChains(t *testing.T) {
+	h := newHarness(t, func(c *walbackup.Config) {
+		c.FullImageEvery = 2
+		c.Retention = walbackup.Retention{RestorePoints: 2}
+	})
+	h.hv.SetIncremental(true)
+	after := days(t, h, 7)
+	var kinds []string
+	for _, rps := range after {
+		m := rps[len(rps)-1]
+		if m.Full {
+			kinds = append(kinds, "full")
+		} else {
+			kinds = append(kinds, "inc")
+		}
+	}
+	assert.Equal(t, []string{"full", "inc", "inc", "full", "inc", "inc", "full"}, kinds)
+	last := after[len(after)-1]
+	require.Len(t, last, 4, "the second chain and the last full image")
+	assert.True(t, last[0].Full)
+	assert.Equal(t, last[0].ID, last[1].Base)
+	assert.Equal(t, last[1].ID, last[2].Base)
+	assert.True(t, last[3].Full)
+}

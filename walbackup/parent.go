@@ -138,7 +138,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 		return nil, err
 	}
 	inst := repository.Instance{Job: j.cfg.Name, Machine: m.ID, SystemID: gi.SystemID}
-	base, err := j.newestRestorePoint(ctx, inst)
+	base, err := j.incrementalBase(ctx, inst)
 	if err != nil {
 		return nil, err
 	}
@@ -271,6 +271,27 @@ func (j *Job) newestRestorePoint(ctx context.Context, inst repository.Instance) 
 		return nil, err
 	}
 	return repository.ReadManifest(octx, j.cfg.Repository, inst, ids[len(ids)-1])
+}
+
+// incrementalBase is the restore point the next image may build on: the
+// newest one, unless its chain already holds FullImageEvery incremental
+// images (then nil: a full image).
+func (j *Job) incrementalBase(ctx context.Context, inst repository.Instance) (*repository.Manifest, error) {
+	base, err := j.newestRestorePoint(ctx, inst)
+	if err != nil || base == nil || j.cfg.FullImageEvery < 0 {
+		return base, err
+	}
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	ms, _, err := ImageChain(octx, j.cfg.Repository, inst, base.ID)
+	if err != nil {
+		j.cfg.Logger.Warn("the newest restore point's chain is broken; taking a full image", "restore_point", base.ID, "err", err)
+		return nil, nil
+	}
+	if len(ms)-1 >= j.cfg.FullImageEvery {
+		return nil, nil
+	}
+	return base, nil
 }
 
 // ship runs ShipOnce on rt under a watchdog.
