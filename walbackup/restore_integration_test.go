@@ -284,3 +284,45 @@ func TestRestoreTargets(t *testing.T) {
 		}
 	})
 }
+
+// A restore in place: the running instance is never overwritten unless
+// forced; forced, the server is stopped and its data directory moved aside
+// (kept), the restored instance runs in its place with every shipped
+// transaction, on its own configuration, and goes on archiving for the job.
+func TestRestoreInPlace(t *testing.T) {
+	ctx := context.Background()
+	r := newRealJob(t, func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
+		h, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Logger: testenv.Logger(t)})
+		require.NoError(t, err)
+		return h
+	}, func(c *walbackup.Config) { c.Clock = clock.New() })
+	pg := r.pg
+	pg.Exec(t, "postgres", "CREATE TABLE kept (n int)")
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	pg.Exec(t, "postgres", "INSERT INTO kept SELECT generate_series(1, 10)")
+	require.NoError(t, r.job.StartParent(ctx))
+	r.idle(t)
+	pg.Exec(t, "postgres", "INSERT INTO kept SELECT generate_series(11, 20)")
+	pg.SwitchWAL(t, 1)
+	require.NoError(t, r.job.Disable(ctx))
+
+	to := walbackup.RestoreTo{Image: pg.DataDir, Guest: walbackup.Machine{ID: "db1"},
+		Recovery: walbackup.RecoveryOptions{OSUser: pg.OSUser, Archive: true}}
+	_, err := r.job.Restore(ctx, walbackup.RestoreRequest{Machine: "db1", Target: walbackup.Latest()}, to)
+	require.ErrorIs(t, err, walbackup.ErrTargetExists)
+	assert.Equal(t, "20", pg.Psql(t, "postgres", "SELECT count(*) FROM kept"), "the running instance is untouched")
+
+	to.Force = true
+	res, err := r.job.Restore(ctx, walbackup.RestoreRequest{Machine: "db1", Target: walbackup.Latest()}, to)
+	require.NoError(t, err, "%s", res.Recovery.Log)
+	assert.True(t, res.Recovery.Promoted)
+	assert.Equal(t, "20", pg.Psql(t, "postgres", "SELECT count(*) FROM kept"), "every shipped transaction, in place")
+	assert.Equal(t, "2", pg.Psql(t, "postgres", "SELECT timeline_id FROM pg_control_checkpoint()"))
+	aside, err := filepath.Glob(pg.DataDir + ".replaced-*")
+	require.NoError(t, err)
+	require.Len(t, aside, 1, "the replaced data directory is kept")
+	assert.FileExists(t, filepath.Join(aside[0], "PG_VERSION"))
+	assert.Equal(t, "on", pg.Psql(t, "postgres", "SHOW archive_mode"), "in place, it goes on being protected")
+	assert.NotEmpty(t, pg.Psql(t, "postgres", "SHOW archive_command"))
+}

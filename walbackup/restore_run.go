@@ -21,6 +21,10 @@ import (
 // ErrNoRecovery: the guest's runtime cannot start a recovery.
 var ErrNoRecovery = errors.New("runtime cannot run a recovery")
 
+// ErrTargetExists: the restore's target exists (an instance in place) and
+// Force was not set; nothing was changed.
+var ErrTargetExists = errors.New("restore target exists")
+
 // RestoreTo says where a restore puts the instance and how it starts.
 type RestoreTo struct {
 	// Image is where the hypervisor writes the restored image: a new
@@ -34,6 +38,11 @@ type RestoreTo struct {
 	Guest Machine
 	// Recovery is how the guest starts the restored instance.
 	Recovery RecoveryOptions
+	// Force restores in place over an existing Image: the server running
+	// on it is stopped (through Guest) and the existing directory or file
+	// is moved aside to Image + ".replaced-<time>", kept, never deleted.
+	// Without it an existing Image is ErrTargetExists.
+	Force bool
 }
 
 // RecoveryOptions say how the restored instance starts.
@@ -86,6 +95,9 @@ func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (Re
 		return RestoreResult{}, err
 	}
 	res := RestoreResult{Plan: plan}
+	if err := j.makeRoom(ctx, to); err != nil {
+		return res, err
+	}
 	if err := j.RestoreImage(ctx, plan, to.Image, nil); err != nil {
 		return res, err
 	}
@@ -100,6 +112,49 @@ func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (Re
 	}
 	res.Took = j.cfg.Clock.Now().Sub(start)
 	return res, nil
+}
+
+// makeRoom checks the restore's target: it must not exist, or, with
+// Force, the server running on it is stopped and it is moved aside.
+func (j *Job) makeRoom(ctx context.Context, to RestoreTo) error {
+	if to.Image == "" {
+		return errors.New("restore: no target image path")
+	}
+	if _, err := os.Lstat(to.Image); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("restore to %s: %w", to.Image, err)
+	}
+	if !to.Force {
+		return fmt.Errorf("restore to %s: %w: an instance is never overwritten unless the restore is forced", to.Image, ErrTargetExists)
+	}
+	if to.Guest.ID != "" {
+		dataDir := to.Recovery.DataDir
+		if dataDir == "" {
+			dataDir = to.Image
+		}
+		rt, err := j.deployFor(ctx, to.Guest)
+		if err != nil {
+			return err
+		}
+		defer j.closeRuntime(ctx, rt, to.Guest)
+		ctl, ok := rt.(guest.ServerControl)
+		if !ok {
+			return fmt.Errorf("restore in place on %s: %w: it cannot stop the running server", to.Guest.ID, ErrNoRecovery)
+		}
+		octx, cancel := j.op(ctx)
+		err = ctl.StopServer(octx, dataDir)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("restore in place: stop the server on %s: %w", dataDir, err)
+		}
+	}
+	aside := to.Image + ".replaced-" + j.cfg.Clock.Now().UTC().Format("20060102T150405Z")
+	if err := os.Rename(to.Image, aside); err != nil {
+		return fmt.Errorf("restore in place: move %s aside: %w", to.Image, err)
+	}
+	j.cfg.Logger.Info("restore in place: the instance it replaces was moved aside", "path", aside)
+	return nil
 }
 
 // RestoreImage writes a plan's image chain to target through the
