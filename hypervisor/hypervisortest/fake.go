@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -66,6 +67,14 @@ func New(clk clock.Clock, machines ...hypervisor.Machine) *Fake {
 	return f
 }
 
+// Disk returns a machine's disk content now.
+func (f *Fake) Disk(machineID string) ([]byte, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.disks[machineID]
+	return bytes.Clone(d), ok
+}
+
 // SetDisk replaces a machine's disk content.
 func (f *Fake) SetDisk(machineID string, data []byte) {
 	f.mu.Lock()
@@ -105,7 +114,8 @@ func (f *Fake) Snapshots() int {
 	return f.snapshots
 }
 
-// Restored returns the disk written to target by Restore.
+// Restored returns the disk written to target by Restore (it is also in a
+// file at target).
 func (f *Fake) Restored(target string) ([]byte, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -188,6 +198,20 @@ func (f *Fake) Restore(ctx context.Context, chain []hypervisor.Image, src hyperv
 	defer f.mu.Unlock()
 	if _, ok := f.restored[target]; ok {
 		return fmt.Errorf("restore to %s: target exists", target)
+	}
+	// The disk also lands in a file at target, as a real disk image
+	// would; an existing one is never overwritten.
+	out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("restore to %s: %w", target, err)
+	}
+	_, err = out.Write(data)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(target)
+		return fmt.Errorf("restore to %s: %w", target, err)
 	}
 	f.restored[target] = data
 	if progress != nil {

@@ -3,6 +3,7 @@ package hypervisortest_test
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,11 +38,12 @@ func TestSnapshotExportRestore(t *testing.T) {
 	assert.True(t, img.Full)
 	assert.Equal(t, clk.Now(), img.Taken)
 
-	require.NoError(t, hv.Restore(ctx, []hypervisor.Image{img}, repo, "/restore/a", nil))
-	got, ok := hv.Restored("/restore/a")
+	target := filepath.Join(t.TempDir(), "a")
+	require.NoError(t, hv.Restore(ctx, []hypervisor.Image{img}, repo, target, nil))
+	got, ok := hv.Restored(target)
 	require.True(t, ok)
 	assert.Equal(t, "disk v1", string(got), "the image is the point in time of the snapshot")
-	require.Error(t, hv.Restore(ctx, []hypervisor.Image{img}, repo, "/restore/a", nil), "never overwrite a target")
+	require.Error(t, hv.Restore(ctx, []hypervisor.Image{img}, repo, target, nil), "never overwrite a target")
 
 	_, err = hv.Snapshot(ctx, "vm9", hypervisor.SnapshotOptions{})
 	require.ErrorIs(t, err, hypervisor.ErrNotFound)
