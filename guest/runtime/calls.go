@@ -164,14 +164,22 @@ func (c *hostCalls) Fetch(ctx context.Context, name string, w io.Writer) error {
 	if err := c.send(proto.Call{ID: id, Op: CallFetch, Args: args}); err != nil {
 		return fmt.Errorf("fetch %s from the host: %w", name, err)
 	}
+	canceled := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
+		defer close(canceled)
 		pw.CloseWithError(ctx.Err())
 		cancel, _ := json.Marshal(CancelCallArgs{ID: id})
 		if cid, err := c.register(nil); err == nil {
 			_ = c.send(proto.Call{ID: cid, Op: CallCancel, Args: cancel})
 		}
 	})
-	defer stop()
+	// A canceled fetch returns only once the host was told, so an end of
+	// the calls that follows cannot overtake the cancel.
+	defer func() {
+		if !stop() {
+			<-canceled
+		}
+	}()
 	// Whatever happens here, the reader must never block on this call.
 	defer pr.CloseWithError(errors.New("fetch abandoned"))
 	dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1))

@@ -223,7 +223,9 @@ func (h *fakeHost) serve(t *testing.T, r *proto.Reader) {
 		case CallCancel:
 			var a CancelCallArgs
 			assert.NoError(t, json.Unmarshal(c.Args, &a))
+			h.wmu.Lock()
 			h.cancels = append(h.cancels, a.ID)
+			h.wmu.Unlock()
 		case CallEnd:
 			h.wg.Wait()
 			h.wmu.Lock()
