@@ -12,6 +12,11 @@
 // again; Store.Update refuses such a transition with a *TransitionError that
 // matches ErrInvalidTransition.
 //
+// Stores shared by several processes also implement Leaser (check with a
+// type assertion): a job's lease says which process runs it, and a flag per
+// job says whether it should run at all, so disabling a job anywhere stops
+// it wherever it runs. walbackup.Runner takes jobs by lease.
+//
 // Implementations live in sub-packages: session/memory keeps records in
 // process memory, session/postgres in a PostgreSQL database shared by several
 // processes. session/sessiontest is the conformance suite every Store must

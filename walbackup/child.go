@@ -85,6 +85,9 @@ func (j *Job) startChild(ctx context.Context, parentID string) *childSession {
 	for _, m := range j.cfg.Machines {
 		cs.machines = append(cs.machines, &machineState{m: m})
 	}
+	if j.run.note != "" && rec.ID != "" {
+		j.log(ctx, cs, session.SeverityInfo, j.run.note)
+	}
 	j.deployAll(ctx, cs, false)
 	cs.rec.State = session.StateWorking
 	j.update(ctx, cs)
@@ -333,13 +336,14 @@ func (j *Job) endChild(ctx context.Context, cs *childSession, why string) {
 	j.finish(ctx, cs, state, why)
 }
 
-// stopChild ends the session when the job's context has ended: no last
-// ship (the host is going away), the runtimes are stopped within the
+// stopChild ends the session at once, as Stopped with why, when the job's
+// context has ended or its lease ran out: no last ship (the host is going
+// away, or the job runs elsewhere), the runtimes are stopped within the
 // operation timeout.
-func (j *Job) stopChild(ctx context.Context, cs *childSession) {
+func (j *Job) stopChild(ctx context.Context, cs *childSession, why string) {
 	ctx = context.WithoutCancel(ctx)
 	j.closeRuntimes(ctx, cs)
-	j.finish(ctx, cs, session.StateStopped, "stopped: the host program ended the job")
+	j.finish(ctx, cs, session.StateStopped, why)
 }
 
 func (j *Job) closeRuntimes(ctx context.Context, cs *childSession) {

@@ -35,6 +35,15 @@
 // The Observer sees sessions start and end, batches (bytes and lag) and
 // warnings, for metrics.
 //
+// A Runner runs many jobs in one process and shares them with other
+// processes on one session store that implements session.Leaser (the
+// PostgreSQL store does): a job runs only where its lease is held, renewed
+// every LeaseTTL/3, and moves to another process when its lease runs out
+// (its process died or hung), at most LeaseTTL after the last renewal. A
+// shared flag per job (Runner.Enable, Runner.Disable, from any process)
+// says whether it runs at all. Each session's log names the process that
+// ran it and its lease's fencing token.
+//
 // Restores: Interval tells what an instance can be restored to; Plan checks
 // a target (latest, consistent, a time, an LSN, a transaction, a named
 // restore point) against the repository and the WAL summaries the child

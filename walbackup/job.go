@@ -23,6 +23,9 @@ type Job struct {
 	mu   sync.Mutex // guards cmds and done across starts and commands
 	cmds chan command
 	done chan struct{} // closed when the loop has ended
+	// run is how the current run was started (by a Runner: under a
+	// lease); written before the loop starts, read by it.
+	run runOptions
 
 	parentRunning atomic.Bool
 }
@@ -87,29 +90,53 @@ func (j *Job) Run(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// runOptions tell a run started by a Runner from one started by Enable or
+// Run.
+type runOptions struct {
+	// note is logged first in every session of the run: who runs it.
+	note string
+	// holds reports whether the run may go on at now: its lease, as last
+	// renewed, still runs. The loop asks at every wake and stops the
+	// session when it says no (the process was paused past its lease, and
+	// may run elsewhere by now). Nil: always.
+	holds func(now time.Time) bool
+}
+
 // start launches the loop on loopCtx and waits, within ctx, for the first
 // child session. done is nil when nothing was started.
 func (j *Job) start(ctx, loopCtx context.Context) (<-chan struct{}, error) {
-	j.mu.Lock()
-	if j.done != nil {
-		select {
-		case <-j.done:
-		default:
-			j.mu.Unlock()
-			return nil, ErrEnabled
-		}
+	done, started, err := j.launch(loopCtx, runOptions{})
+	if err != nil {
+		return nil, err
 	}
-	j.cmds, j.done = make(chan command), make(chan struct{})
-	cmds, done := j.cmds, j.done
-	j.mu.Unlock()
-	started := make(chan struct{})
-	go j.loop(loopCtx, cmds, done, started)
 	select {
 	case <-started:
 		return done, nil
 	case <-ctx.Done():
 		return done, ctx.Err()
 	}
+}
+
+// launch starts the loop on loopCtx without waiting for it: started is
+// closed once the first child session runs, done when the loop has ended.
+// Commands sent meanwhile wait for the first session. ErrEnabled while the
+// job runs already.
+func (j *Job) launch(loopCtx context.Context, run runOptions) (done, started <-chan struct{}, err error) {
+	j.mu.Lock()
+	if j.done != nil {
+		select {
+		case <-j.done:
+		default:
+			j.mu.Unlock()
+			return nil, nil, ErrEnabled
+		}
+	}
+	j.cmds, j.done, j.run = make(chan command), make(chan struct{}), run
+	cmds, d := j.cmds, j.done
+	j.mu.Unlock()
+	s := make(chan struct{})
+	go j.loop(loopCtx, cmds, d, s)
+	return d, s, nil
 }
 
 // Disable ends the running child session (a last ship, then the runtime is
@@ -173,10 +200,14 @@ func (j *Job) loop(ctx context.Context, cmds <-chan command, done chan<- struct{
 	}
 	for {
 		if ctx.Err() != nil {
-			j.stopChild(ctx, cs)
+			j.stopChild(ctx, cs, "stopped: the host program ended the job")
 			return
 		}
 		now := j.cfg.Clock.Now()
+		if j.run.holds != nil && !j.run.holds(now) {
+			j.stopChild(ctx, cs, "stopped: this process's lease on the job ran out (it was paused or cut off from the session store); the job may run elsewhere")
+			return
+		}
 		switch {
 		case isDue(nextParent, now):
 			cs = j.runParent(ctx, cs)
@@ -256,7 +287,8 @@ func (j *Job) missedRun(ctx context.Context) bool {
 
 // closeStale ends the sessions of this job that an earlier run left
 // running: its host stopped (killed, crashed, lost power) before it could
-// end them. One job runs in one place, so a running session found at
+// end them. One job runs in one place (when several processes share the
+// store, a Runner's lease sees to that), so a running session found at
 // start-up cannot belong to anyone else.
 func (j *Job) closeStale(ctx context.Context) {
 	for _, name := range []string{j.cfg.Name, j.child} {

@@ -166,38 +166,50 @@ func TestRunStopsWithItsContext(t *testing.T) {
 var errHostDied = errors.New("host died")
 
 // deadStore is a session store whose host died: after kill, every call
-// fails, so the session record stays as the dying host left it.
+// that writes fails, so the session record stays as the dying host left it.
 type deadStore struct {
 	session.Store
-	dead *atomic.Bool
+	deadFlag
 }
 
-func (s deadStore) check() error {
-	if s.dead.Load() {
+func (s deadStore) Create(ctx context.Context, x session.Session) (session.Session, error) {
+	return guard(s.deadFlag, func() (session.Session, error) { return s.Store.Create(ctx, x) })
+}
+
+func (s deadStore) Update(ctx context.Context, x session.Session) error {
+	return guard0(s.deadFlag, func() error { return s.Store.Update(ctx, x) })
+}
+
+func (s deadStore) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
+	return guard(s.deadFlag, func() (session.Entry, error) { return s.Store.Append(ctx, id, e) })
+}
+
+// deadFlag is the kill switch of a host's wrappers: once dead is set,
+// every call they guard fails with errHostDied.
+type deadFlag struct{ dead *atomic.Bool }
+
+func (d deadFlag) check() error {
+	if d.dead.Load() {
 		return errHostDied
 	}
 	return nil
 }
 
-func (s deadStore) Create(ctx context.Context, x session.Session) (session.Session, error) {
-	if err := s.check(); err != nil {
-		return session.Session{}, err
+// guard runs call unless the host is dead.
+func guard[T any](d deadFlag, call func() (T, error)) (T, error) {
+	if err := d.check(); err != nil {
+		var zero T
+		return zero, err
 	}
-	return s.Store.Create(ctx, x)
+	return call()
 }
 
-func (s deadStore) Update(ctx context.Context, x session.Session) error {
-	if err := s.check(); err != nil {
+// guard0 is guard for calls that return only an error.
+func guard0(d deadFlag, call func() error) error {
+	if err := d.check(); err != nil {
 		return err
 	}
-	return s.Store.Update(ctx, x)
-}
-
-func (s deadStore) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
-	if err := s.check(); err != nil {
-		return session.Entry{}, err
-	}
-	return s.Store.Append(ctx, id, e)
+	return call()
 }
 
 // crashTrials is how many kill points the crash tests try: 100 by
@@ -284,7 +296,7 @@ func TestJobKilledAtRandomPoints(t *testing.T) {
 			}
 			g.SetFault(func(guesttest.Op, string) error { return fault(false) })
 			repo.SetFault(func(op memory.Op, _ string) error { return fault(op == memory.OpDelete) })
-			h := newJobHarness(t, g, repo, deadStore{store, &dead}, retain)
+			h := newJobHarness(t, g, repo, deadStore{store, deadFlag{&dead}}, retain)
 			ran := make(chan error, 1)
 			go func() { ran <- h.job.Run(ctx) }()
 			alive := func() bool {

@@ -38,6 +38,9 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 		j.cfg.Logger.Error("create parent session", "job", j.cfg.Name, "err", err)
 	}
 	j.cfg.Observer(Event{Kind: EventSessionStarted, Session: rec})
+	if j.run.note != "" {
+		j.parentLog(ctx, rec, session.SeverityInfo, j.run.note)
+	}
 	var failed []string
 	for _, m := range j.cfg.Machines {
 		rp, err := j.restorePoint(ctx, &rec, m)

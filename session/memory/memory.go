@@ -1,4 +1,6 @@
 // Package memory is a session.Store that keeps records in process memory.
+// It also implements session.Leaser, for the leases and wanted job states of
+// one process (or of tests that run several runners in one process).
 //
 // It is complete and safe for concurrent use, and forgets everything when the
 // process exits: use it for tests, demos and host programs that keep no
@@ -20,6 +22,8 @@ var _ session.Store = (*Store)(nil)
 type Store struct {
 	mu       sync.Mutex
 	sessions map[string]*record
+	leases   map[string]*leaseRow // by job
+	enabled  map[string]bool      // by job
 }
 
 type record struct {
@@ -29,7 +33,7 @@ type record struct {
 
 // New returns an empty store.
 func New() *Store {
-	return &Store{sessions: make(map[string]*record)}
+	return &Store{sessions: make(map[string]*record), leases: make(map[string]*leaseRow), enabled: make(map[string]bool)}
 }
 
 // Create implements session.Store.

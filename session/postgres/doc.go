@@ -8,6 +8,13 @@
 // with the row locked, and log sequence numbers come from one atomic
 // statement, so no entry is lost or numbered twice.
 //
+// Store also implements session.Leaser, so processes sharing the database
+// take jobs by lease: acquiring, renewing and releasing a lease are each one
+// statement on the job's row in the leases table (INSERT ... ON CONFLICT DO
+// UPDATE ... WHERE free, run out or the holder's own), so two processes never
+// hold one job, and the fencing token grows with every new holder. Whether a
+// lease ran out is decided with the caller's clock, never the database's.
+//
 // The connection string may hold a password; it is never logged nor placed
 // in an error.
 package postgres

@@ -43,6 +43,19 @@ var migrations = []string{
 		message    text NOT NULL,
 		PRIMARY KEY (session_id, seq)
 	);`,
+	// 2: job leases (session.Leaser) and the wanted state of each job.
+	// A released lease keeps its row, with holder '', so the fencing token
+	// keeps growing.
+	`CREATE TABLE {s}.leases (
+		job        text COLLATE "C" PRIMARY KEY,
+		holder     text COLLATE "C" NOT NULL,
+		token      bigint NOT NULL,
+		expires_at timestamptz NOT NULL
+	);
+	CREATE TABLE {s}.job_state (
+		job     text COLLATE "C" PRIMARY KEY,
+		enabled boolean NOT NULL
+	);`,
 }
 
 // SchemaVersion is the schema version this package writes.

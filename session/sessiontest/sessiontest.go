@@ -10,7 +10,10 @@
 // The suite checks the contract documented on session.Store: round trips,
 // error sentinels, state transitions, paging, dense log sequence numbers under
 // concurrent appends, and (with Harness.Peer) two store values that share one
-// database, as two processes would.
+// database, as two processes would. A store that implements session.Leaser
+// is checked for it too (the Leases subtests): one holder at a time under
+// concurrent acquirers on both store values, expiry and takeover, lost and
+// released leases, growing fencing tokens, and the shared enabled flag.
 package sessiontest
 
 import (
@@ -66,6 +69,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Latest", s.latest)
 	t.Run("Peer", s.peer)
 	t.Run("CanceledContext", s.canceledContext)
+	t.Run("Leases", s.runLeases)
 }
 
 type suite struct{ h Harness }

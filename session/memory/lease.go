@@ -1,0 +1,107 @@
+package memory
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/pglogship/pglogship/session"
+)
+
+var _ session.Leaser = (*Store)(nil)
+
+// leaseRow is a job's lease; holder "" when released.
+type leaseRow struct {
+	holder string
+	token  int64
+	until  time.Time
+}
+
+// AcquireLease implements session.Leaser.
+func (m *Store) AcquireLease(ctx context.Context, job, holder string, now time.Time, ttl time.Duration) (session.Lease, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return session.Lease{}, false, err
+	}
+	if err := session.ValidateLeaseRequest(job, holder, now, ttl); err != nil {
+		return session.Lease{}, false, err
+	}
+	now = session.Normalize(now)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.leases[job]
+	switch {
+	case !ok:
+		r = &leaseRow{}
+		m.leases[job] = r
+	case r.holder == holder:
+	case r.holder != "" && now.Before(r.until):
+		return session.Lease{Job: job, Holder: r.holder, Token: r.token, Until: r.until}, false, nil
+	}
+	if r.holder != holder {
+		r.holder, r.token = holder, r.token+1
+	}
+	r.until = session.Normalize(now.Add(ttl))
+	return session.Lease{Job: job, Holder: holder, Token: r.token, Until: r.until}, true, nil
+}
+
+// RenewLease implements session.Leaser.
+func (m *Store) RenewLease(ctx context.Context, l session.Lease, now time.Time, ttl time.Duration) (session.Lease, error) {
+	if err := ctx.Err(); err != nil {
+		return session.Lease{}, err
+	}
+	if err := session.ValidateLeaseRequest(l.Job, l.Holder, now, ttl); err != nil {
+		return session.Lease{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.leases[l.Job]
+	if !ok || r.holder != l.Holder || r.token != l.Token {
+		return session.Lease{}, fmt.Errorf("renew lease of job %q: %w", l.Job, session.ErrLeaseLost)
+	}
+	r.until = session.Normalize(now.Add(ttl))
+	l.Until = r.until
+	return l, nil
+}
+
+// ReleaseLease implements session.Leaser.
+func (m *Store) ReleaseLease(ctx context.Context, l session.Lease) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := session.ValidateLease(l); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r, ok := m.leases[l.Job]; ok && r.holder == l.Holder && r.token == l.Token {
+		r.holder = ""
+	}
+	return nil
+}
+
+// SetJobEnabled implements session.Leaser.
+func (m *Store) SetJobEnabled(ctx context.Context, job string, enabled bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := session.ValidateJobName(job); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.enabled[job] = enabled
+	m.mu.Unlock()
+	return nil
+}
+
+// JobEnabled implements session.Leaser.
+func (m *Store) JobEnabled(ctx context.Context, job string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if err := session.ValidateJobName(job); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.enabled[job], nil
+}

@@ -1,0 +1,388 @@
+package walbackup_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/guest/guesttest"
+	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/memory"
+	"github.com/pglogship/pglogship/session"
+	smem "github.com/pglogship/pglogship/session/memory"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+// process is one host process of a runner test: a Runner over jobs of its
+// own on the shared guests, repository and store, killable.
+type process struct {
+	holder  string
+	runner  *walbackup.Runner
+	jobs    map[string]*walbackup.Job
+	dead    atomic.Bool
+	leaseDn atomic.Bool // only its lease calls fail
+	// gate, while set, holds the Runner's goroutine after each poll until
+	// it is closed: the process is paused (its jobs' goroutines are not).
+	gate atomic.Pointer[chan struct{}]
+	stop func()
+}
+
+// world is what the processes share: the guests (the VMs outlive any
+// host), the repository and the session database.
+type world struct {
+	f      *fleet
+	guests map[string]*guesttest.Guest // by job name, one machine each
+	names  []string
+	repo   *memory.Repo
+	seq    map[string]int
+}
+
+func newWorld(f *fleet, jobs int) *world {
+	w := &world{f: f, guests: map[string]*guesttest.Guest{}, repo: memory.New(), seq: map[string]int{}}
+	for i := 0; i < jobs; i++ {
+		name := fmt.Sprintf("DB Job %02d", i)
+		w.names = append(w.names, name)
+		w.guests[name] = newFakeGuest(uint64(1000 + i))
+	}
+	return w
+}
+
+// process builds a Runner named holder over every job of the world, on
+// store (a store value of its own, as a process would open).
+func (w *world) process(t testing.TB, holder string, store session.Store, ttl time.Duration) *process {
+	t.Helper()
+	p := &process{holder: holder, jobs: map[string]*walbackup.Job{}}
+	sessions := newDeadSessions(store, &p.dead)
+	sessions.leasesDown = &p.leaseDn
+	var jobs []*walbackup.Job
+	for _, name := range w.names {
+		guests := map[string]*guesttest.Guest{"vm1": w.guests[name]}
+		j := w.f.newJob(t, holder, name, guests, deadDeployer{guesttest.NewDeployer(guests), deadFlag{&p.dead}},
+			deadRepo{w.repo, deadFlag{&p.dead}}, sessions)
+		p.jobs[name] = j
+		jobs = append(jobs, j)
+	}
+	observe := w.f.runnerObserver(holder)
+	r, err := walbackup.NewRunner(walbackup.RunnerConfig{Jobs: jobs, Holder: holder, Sessions: sessions, LeaseTTL: ttl,
+		Clock: w.f.clk, Logger: w.f.logger, Observer: func(e walbackup.RunnerEvent) {
+			observe(e)
+			if g := p.gate.Load(); g != nil && e.Kind == walbackup.RunnerIdle {
+				<-*g
+			}
+		}})
+	require.NoError(t, err)
+	p.runner = r
+	p.stop = w.f.startRunner(t, holder, r)
+	return p
+}
+
+// kill makes every call of p fail and ends its context abruptly: its
+// sessions and leases stay as they were.
+func (p *process) kill() {
+	p.dead.Store(true)
+	p.stop()
+}
+
+func (p *process) set(t testing.TB, f *fleet, job string, enabled bool) {
+	t.Helper()
+	f.set(t, p.holder, p.runner, job, enabled)
+}
+
+// addWAL archives n segments in the guest of each job.
+func (w *world) addWAL(n int, jobs ...string) {
+	if len(jobs) == 0 {
+		jobs = w.names
+	}
+	for _, name := range jobs {
+		for i := 0; i < n; i++ {
+			w.seq[name]++
+			w.guests[name].SwitchWAL([]byte(fmt.Sprintf("%s segment %d", name, w.seq[name])))
+		}
+	}
+}
+
+// requireAllShipped checks that every file each guest ever archived is in
+// the repository with its content, and none waits in a guest.
+func (w *world) requireAllShipped(t testing.TB) {
+	t.Helper()
+	for i, name := range w.names {
+		g := w.guests[name]
+		require.Empty(t, g.Waiting(), "%s: WAL left in the guest", name)
+		in := stored(testingT(t), w.repo, repository.Instance{Job: name, Machine: "vm1", SystemID: uint64(1000 + i)}, 1)
+		archived := g.Archived()
+		require.NotEmpty(t, archived)
+		for n, want := range archived {
+			require.Equal(t, want, in[n], "%s: %s in the repository", name, n)
+		}
+	}
+}
+
+// testingT gives stored, which takes a *testing.T, what it needs.
+func testingT(t testing.TB) *testing.T {
+	if tt, ok := t.(*testing.T); ok {
+		return tt
+	}
+	panic("stored needs a *testing.T")
+}
+
+// leaseOf returns who holds job's lease now, through a refused acquire.
+func leaseOf(t testing.TB, store session.Store, job string, now time.Time) session.Lease {
+	t.Helper()
+	l, ok, err := store.(session.Leaser).AcquireLease(context.Background(), job, "an onlooker", now, time.Second)
+	require.NoError(t, err)
+	require.False(t, ok, "%s is held by nobody", job)
+	return l
+}
+
+// newRunnerTest is a world of n jobs on a memory store, with a process
+// "host-1" running.
+func newRunnerTest(t *testing.T, n int) (*fleet, *world, *smem.Store, *process) {
+	t.Helper()
+	f := newFleet(testenv.Logger(t))
+	w := newWorld(f, n)
+	store := smem.New()
+	return f, w, store, w.process(t, "host-1", store, 0)
+}
+
+// A Runner starts a job once its shared flag says enabled, holds its lease
+// while it runs, and disables it cleanly (last ship, runtime uninstalled)
+// and releases the lease once the flag says disabled.
+func TestRunnerRunsEnabledJobsByLease(t *testing.T) {
+	ctx := context.Background()
+	f, w, store, p := newRunnerTest(t, 2)
+	a, b := w.names[0], w.names[1]
+
+	assert.Empty(t, p.runner.Running(), "jobs are disabled until enabled")
+	w.f.step(t, time.Minute)
+	assert.Empty(t, childSessions(t, store, a))
+
+	p.set(t, f, a, true)
+	assert.Equal(t, []string{a}, p.runner.Running(), "enabling polls at once")
+	cs := childSessions(t, store, a)
+	require.Len(t, cs, 1)
+	assert.Equal(t, session.StateWorking, cs[0].State)
+	holder, token := runBy(t, store, cs[0].ID)
+	assert.Equal(t, "host-1", holder, "the session says who runs it")
+	assert.Equal(t, int64(1), token)
+	assert.Equal(t, 1, w.guests[a].Installed())
+	assert.Zero(t, w.guests[b].Deploys(), "the disabled job does not run")
+
+	w.addWAL(2, a)
+	f.step(t, 15*time.Minute)
+	assert.Empty(t, w.guests[a].Waiting(), "the job ships")
+	l := leaseOf(t, store, a, f.clk.Now())
+	assert.Equal(t, "host-1", l.Holder)
+	assert.Equal(t, int64(1), l.Token, "renewed, not taken again")
+	assert.True(t, l.Until.After(f.clk.Now().Add(walbackup.DefaultLeaseTTL*2/3-time.Second)), "renewed every TTL/3: %v", l.Until)
+
+	w.addWAL(1, a)
+	p.set(t, f, a, false)
+	assert.Empty(t, p.runner.Running())
+	cs = childSessions(t, store, a)
+	// Warning: no restore point yet (no parent ran).
+	assert.Contains(t, []session.State{session.StateSuccess, session.StateWarning}, cs[0].State)
+	assert.Contains(t, cs[0].Result, "disabled", "disabled cleanly, not stopped")
+	assert.Empty(t, w.guests[a].Waiting(), "with a last ship")
+	assert.Zero(t, w.guests[a].Installed(), "and the runtime uninstalled")
+	f.step(t, walbackup.DefaultLeaseTTL/3)
+	_, ok, err := store.AcquireLease(ctx, a, "host-2", f.clk.Now(), time.Minute)
+	require.NoError(t, err)
+	assert.True(t, ok, "the lease was released: another process may take it before it runs out")
+
+	require.ErrorIs(t, p.runner.Enable(ctx, "no such job"), walbackup.ErrUnknownJob)
+	require.ErrorIs(t, p.runner.Run(ctx), walbackup.ErrRunnerRunning)
+}
+
+// A Runner whose lease was taken over stops that job at once (its session
+// ends as stopped) and does not start it again while the other holds it.
+func TestRunnerStopsJobWhoseLeaseIsLost(t *testing.T) {
+	ctx := context.Background()
+	f, w, store, p := newRunnerTest(t, 1)
+	job := w.names[0]
+	p.set(t, f, job, true)
+	f.step(t, 5*time.Minute)
+
+	// Another process takes the lease (as if this one had been paused past
+	// its end): here, by releasing it in the store and acquiring it.
+	l := leaseOf(t, store, job, f.clk.Now())
+	require.NoError(t, store.ReleaseLease(ctx, l))
+	other, ok, err := store.AcquireLease(ctx, job, "host-2", f.clk.Now(), time.Hour)
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Greater(t, other.Token, l.Token)
+
+	f.step(t, walbackup.DefaultLeaseTTL/3)
+	assert.Empty(t, p.runner.Running())
+	var stopping string
+	for _, e := range f.seen {
+		if e.runner != nil && e.runner.Kind == walbackup.RunnerJobStopping {
+			stopping = e.runner.Message
+		}
+	}
+	assert.Contains(t, stopping, "lease lost")
+	cs := childSessions(t, store, job)
+	require.Len(t, cs, 1)
+	assert.Equal(t, session.StateStopped, cs[0].State, "stopped at once, not disabled")
+	assert.Zero(t, w.guests[job].Installed())
+
+	f.step(t, 10*time.Minute)
+	assert.Empty(t, p.runner.Running(), "not started again while host-2 holds it")
+	assert.Len(t, childSessions(t, store, job), 1)
+}
+
+// A Runner that cannot renew a lease (its database connection is gone)
+// stops the job while a poll of the lease is left, before another process
+// may take it; the other starts it when the lease runs out, and the
+// session records never overlap.
+func TestRunnerStopsJobItCannotRenew(t *testing.T) {
+	ttl := walbackup.DefaultLeaseTTL
+	f, w, store, p1 := newRunnerTest(t, 1)
+	job := w.names[0]
+	p1.set(t, f, job, true)
+	p2 := w.process(t, "host-2", store, ttl)
+	assert.Equal(t, []string{job}, p1.runner.Running())
+	assert.Empty(t, p2.runner.Running())
+
+	until := leaseOf(t, store, job, f.clk.Now()).Until
+	w.addWAL(1)
+	p1.leaseDn.Store(true)
+	f.step(t, ttl*2/3)
+	assert.Empty(t, p1.runner.Running(), "stopped a poll before the lease runs out")
+	cs := childSessions(t, store, job)
+	require.Len(t, cs, 1)
+	assert.Equal(t, session.StateStopped, cs[0].State)
+	assert.True(t, cs[0].End.Before(until), "ended at %v, before the lease ran out at %v", cs[0].End, until)
+	assert.Empty(t, p2.runner.Running(), "the lease still runs")
+
+	f.step(t, until.Sub(f.clk.Now()))
+	assert.Equal(t, []string{job}, p2.runner.Running(), "taken over the moment the lease ran out")
+	cs = childSessions(t, store, job)
+	require.Len(t, cs, 2)
+	requireNoOverlap(t, cs, job)
+	assert.True(t, cs[1].Start.Equal(until))
+	holder, token := runBy(t, store, cs[1].ID)
+	assert.Equal(t, "host-2", holder)
+	assert.Equal(t, int64(2), token)
+
+	p1.leaseDn.Store(false)
+	f.step(t, 15*time.Minute)
+	assert.Empty(t, p1.runner.Running(), "host-1 is back but host-2 holds the job")
+	assert.Empty(t, w.guests[job].Waiting(), "what waited shipped from host-2")
+}
+
+// A process paused past its lease does not ship once the lease ran out,
+// although its job's goroutine wakes before its Runner's can notice: the
+// job checks its lease itself and stops, the process that took the job
+// over ships, and the session records never overlap.
+func TestPausedProcessDoesNotShipPastItsLease(t *testing.T) {
+	f, w, store, p1 := newRunnerTest(t, 1)
+	job := w.names[0]
+	p1.set(t, f, job, true)
+	gate := make(chan struct{})
+	p1.gate.Store(&gate)
+	f.step(t, walbackup.DefaultLeaseTTL/3) // host-1 renews the lease, then freezes
+	delete(f.actors, runnerKey("host-1"))  // so the fleet does not wait for it
+	until := leaseOf(t, store, job, f.clk.Now()).Until
+	p2 := w.process(t, "host-2", store, 0)
+	w.addWAL(2)
+	f.step(t, until.Sub(f.clk.Now()))
+	assert.Equal(t, []string{job}, p2.runner.Running(), "host-2 took the job over when the lease ran out")
+
+	// host-1's job wakes for its interval before host-2's does.
+	f.step(t, 15*time.Minute)
+	for _, e := range f.seen {
+		if e.holder == "host-1" && e.job != nil {
+			require.NotEqual(t, walbackup.EventBatchShipped, e.job.Kind, "host-1 shipped past its lease")
+		}
+	}
+	assert.Empty(t, w.guests[job].Waiting(), "host-2 shipped")
+	cs := childSessions(t, store, job)
+	require.Len(t, cs, 2)
+	requireNoOverlap(t, cs, job)
+	assert.Equal(t, session.StateFailed, cs[0].State, "closed by host-2 at its start; host-1's own end came too late")
+
+	// Resumed, host-1 finds the job taken.
+	f.busy(runnerKey("host-1"))
+	p1.gate.Store(nil)
+	close(gate)
+	f.settle(t)
+	assert.Empty(t, p1.runner.Running())
+	assert.Equal(t, []string{job}, p2.runner.Running())
+	w.addWAL(1)
+	f.step(t, 15*time.Minute)
+	w.requireAllShipped(t)
+}
+
+// A Runner stopped on purpose ends its jobs at once and releases their
+// leases, so another process takes them over at its next poll instead of
+// waiting for the leases to run out.
+func TestRunnerStopHandsJobsOver(t *testing.T) {
+	f, w, store, p1 := newRunnerTest(t, 3)
+	for _, name := range w.names {
+		p1.set(t, f, name, true)
+	}
+	p2 := w.process(t, "host-2", store, 0)
+	f.step(t, time.Minute)
+	assert.Equal(t, w.names, p1.runner.Running())
+	w.addWAL(1)
+
+	stoppedAt := f.clk.Now()
+	p1.stop()
+	assert.Empty(t, p1.runner.Running())
+	f.step(t, walbackup.DefaultLeaseTTL/3)
+	assert.Equal(t, w.names, p2.runner.Running())
+	for _, name := range w.names {
+		cs := childSessions(t, store, name)
+		require.Len(t, cs, 2)
+		assert.Equal(t, session.StateStopped, cs[0].State)
+		assert.LessOrEqual(t, cs[1].Start.Sub(stoppedAt), walbackup.DefaultLeaseTTL/3)
+		requireNoOverlap(t, cs, name)
+	}
+	f.step(t, 15*time.Minute)
+	w.requireAllShipped(t)
+}
+
+// Runner runs every job under its own lease in virtual time with the
+// memory store; this is the three-process test of the issue on it (the
+// real PostgreSQL store runs it in runner_integration_test.go).
+func TestRunnersShareJobsByLeaseMemory(t *testing.T) {
+	store := smem.New()
+	runnersScenario(t, func(testing.TB) session.Store { return store })
+}
+
+type onlyStore struct{ session.Store }
+
+func TestNewRunnerRefuses(t *testing.T) {
+	f := newFleet(discardLogger())
+	store := smem.New()
+	job := f.newJob(t, "h", "A", map[string]*guesttest.Guest{"vm1": newFakeGuest(1)}, nil, memory.New(), store)
+	other := f.newJob(t, "h", "A", map[string]*guesttest.Guest{"vm1": newFakeGuest(1)}, nil, memory.New(), store)
+	ok := walbackup.RunnerConfig{Jobs: []*walbackup.Job{job}, Holder: "host-1", Sessions: store}
+	for name, tc := range map[string]struct {
+		mutate func(*walbackup.RunnerConfig)
+		want   string
+	}{
+		"no store":    {func(c *walbackup.RunnerConfig) { c.Sessions = nil }, "session store is required"},
+		"no leases":   {func(c *walbackup.RunnerConfig) { c.Sessions = onlyStore{store} }, "no session.Leaser"},
+		"no holder":   {func(c *walbackup.RunnerConfig) { c.Holder = "" }, "holder must be"},
+		"short lease": {func(c *walbackup.RunnerConfig) { c.LeaseTTL = time.Second }, "below"},
+		"no jobs":     {func(c *walbackup.RunnerConfig) { c.Jobs = nil }, "no jobs"},
+		"twice":       {func(c *walbackup.RunnerConfig) { c.Jobs = append(c.Jobs, other) }, "listed twice"},
+		"nil job":     {func(c *walbackup.RunnerConfig) { c.Jobs = append(c.Jobs, nil) }, "nil job"},
+	} {
+		cfg := ok
+		tc.mutate(&cfg)
+		_, err := walbackup.NewRunner(cfg)
+		require.ErrorContains(t, err, tc.want, name)
+	}
+	_, err := walbackup.NewRunner(walbackup.RunnerConfig{Jobs: []*walbackup.Job{job}, Holder: "h", Sessions: onlyStore{store}})
+	require.ErrorIs(t, err, walbackup.ErrNoLeaser)
+	_, err = walbackup.NewRunner(ok)
+	require.NoError(t, err)
+}
