@@ -11,8 +11,6 @@ import (
 	"hash/crc32"
 	"io"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
 )
 
 // Getter is the part of a repository a reader needs: ranged reads.
@@ -178,11 +176,11 @@ func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer) error {
 	}
 
 	cr := &chunkReader{r: r, in: in, fh: fh, nonce: nonce, entry: e}
-	dec, err := zstd.NewReader(cr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
+	dec, err := getDecoder(cr)
 	if err != nil {
 		return err
 	}
-	defer dec.Close()
+	defer putDecoder(dec)
 	sum := sha256.New()
 	out := &errWriter{w: w}
 	n, err := io.Copy(io.MultiWriter(out, sum), dec)

@@ -66,10 +66,10 @@ func NewWriter(w io.Writer, key *Key) (*Writer, error) {
 		bw.sealed = make([]byte, 0, ChunkSize+key.aead.Overhead())
 	}
 	var err error
-	if bw.enc, err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest)); err != nil {
+	if bw.enc, err = getEncoder(); err != nil {
 		return nil, err
 	}
-	if bw.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true)); err != nil {
+	if bw.dec, err = getDecoder(nil); err != nil {
 		return nil, err
 	}
 	if _, err := bw.out.Write(bw.hdr.marshal()); err != nil {
@@ -292,5 +292,8 @@ func (w *Writer) Close() ([]Entry, error) {
 	if err := w.out.w.Flush(); err != nil {
 		return nil, err
 	}
+	putEncoder(w.enc)
+	putDecoder(w.dec)
+	w.enc, w.dec = nil, nil
 	return w.entries, nil
 }
