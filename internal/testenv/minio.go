@@ -111,7 +111,8 @@ type MinIO struct {
 }
 
 // StartMinIO starts a MinIO server (single drive, console off) on a free
-// port of 127.0.0.1 and returns once its health check answers. It is
+// port of 127.0.0.1 and returns once its cluster health check says it
+// serves requests. It is
 // stopped in t.Cleanup. (MinIO also listens on ::1 at the same port: it
 // always adds every loopback address, so nothing leaves the machine.)
 func StartMinIO(t testing.TB) *MinIO {
@@ -171,7 +172,9 @@ func (m *MinIO) start(t testing.TB, bin, certs string, logf *os.File) (exited bo
 		if done, waitErr := proc.exited(); done {
 			return true, fmt.Errorf("minio exited: %v", waitErr)
 		}
-		resp, err := client.Get("http://" + m.Endpoint + "/minio/health/live")
+		// /minio/health/live answers 200 before the object layer and IAM
+		// are up; /minio/health/cluster waits for them and write quorum.
+		resp, err := client.Get("http://" + m.Endpoint + "/minio/health/cluster")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
