@@ -31,6 +31,18 @@ import (
 // session store; only time is virtual (and the parent's hypervisor fake).
 func TestJobShipsRealWALOverSSH(t *testing.T) {
 	testenv.SkipIfShort(t)
+	repo, err := fs.New(fs.Config{Root: t.TempDir()})
+	require.NoError(t, err)
+	shipRealWALOverSSH(t, repo)
+}
+
+// shipRealWALOverSSH runs the child job on real PostgreSQL and OpenSSH
+// into repo for three intervals, then checks that every archived file is
+// in repo exactly once, byte-identical, and gone from the guest, and what
+// the session recorded. It returns the instance the WAL was shipped under
+// and the archived files' contents.
+func shipRealWALOverSSH(t *testing.T, repo repository.Repository) (repository.Instance, map[string][]byte) {
+	t.Helper()
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
 	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{User: pg.OSUser})
@@ -47,8 +59,6 @@ func TestJobShipsRealWALOverSSH(t *testing.T) {
 	store, err := postgres.Open(ctx, postgres.Config{ConnString: pg.ConnString("postgres"), Schema: "jobtest"})
 	require.NoError(t, err)
 	defer store.Close()
-	repo, err := fs.New(fs.Config{Root: t.TempDir()})
-	require.NoError(t, err)
 	walDir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
 
 	clk := clock.NewMock()
@@ -122,4 +132,5 @@ func TestJobShipsRealWALOverSSH(t *testing.T) {
 		noBase = noBase || e.Severity == session.SeverityWarning && strings.Contains(e.Message, "no restore point")
 	}
 	assert.True(t, noBase, "the session says why it warns")
+	return inst, originals
 }

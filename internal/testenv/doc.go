@@ -4,6 +4,12 @@
 // (and on unix sockets in private directories) and is stopped and removed in
 // t.Cleanup.
 //
+// StartMinIO runs a MinIO server (the S3-compatible store for
+// repository/s3) with random root credentials and its data in a temporary
+// folder. MinIO is built from its Go module at MinIOVersion into
+// CacheDir()/bin once per machine (scripts/setup does it ahead of the
+// tests, since a cold build takes minutes).
+//
 // StartVM boots a real Debian 12 VM under QEMU with PostgreSQL 15 (cluster
 // 15/main, archive_mode on, wal_level replica) and OpenSSH, reachable only
 // through a forwarded port on 127.0.0.1, with QMP and qemu-guest-agent on

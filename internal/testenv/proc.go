@@ -3,6 +3,7 @@ package testenv
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -10,7 +11,9 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // osAccount is an OS user the servers run as or log in.
@@ -163,4 +166,64 @@ func logTail(path string) string {
 		lines = lines[len(lines)-maxLines:]
 	}
 	return "--- " + path + " (tail) ---\n" + strings.Join(lines, "\n")
+}
+
+// serverProc is a server process started in its own process group, so
+// that stopping it reaches only what we started.
+type serverProc struct {
+	cmd     *exec.Cmd
+	done    chan struct{} // closed when the process has exited
+	waitErr error         // valid once done is closed
+}
+
+// startServer starts cmd in a new process group and reaps it in the
+// background.
+func startServer(cmd *exec.Cmd) (*serverProc, error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("run %s: %w", cmd.Path, err)
+	}
+	p := &serverProc{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// pid is the server's process id.
+func (p *serverProc) pid() int { return p.cmd.Process.Pid }
+
+// exited reports whether the server has exited, and how.
+func (p *serverProc) exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.waitErr
+	default:
+		return false, nil
+	}
+}
+
+// pause waits d or until the server exits, whichever comes first.
+func (p *serverProc) pause(d time.Duration) {
+	select {
+	case <-p.done:
+	case <-time.After(d):
+	}
+}
+
+// stop sends SIGTERM to the process group, and SIGKILL after 10 s, and
+// waits for the server to exit.
+func (p *serverProc) stop() {
+	pgid := p.cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		<-p.done
+	}
 }

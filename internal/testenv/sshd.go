@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -126,26 +125,9 @@ func (s *SSHD) start(t testing.TB, sshdPath, configFile string, logf *os.File) (
 	cmd := exec.Command(sshdPath, "-D", "-e", "-f", configFile)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = cleanEnv()
-	// Own process group, so the kill in Cleanup reaches only what we started.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return false, fmt.Errorf("run %s: %w", sshdPath, err)
-	}
-	done := make(chan struct{})
-	var waitErr error
-	go func() {
-		waitErr = cmd.Wait()
-		close(done)
-	}()
-	stop := func() {
-		pgid := cmd.Process.Pid
-		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			<-done
-		}
+	proc, err := startServer(cmd)
+	if err != nil {
+		return false, err
 	}
 
 	clientConfig := s.ClientConfig(t)
@@ -153,26 +135,21 @@ func (s *SSHD) start(t testing.TB, sshdPath, configFile string, logf *os.File) (
 	deadline := time.Now().Add(sshdReadyTimeout)
 	var lastErr error
 	for {
-		select {
-		case <-done:
+		if done, waitErr := proc.exited(); done {
 			return true, fmt.Errorf("sshd exited: %v", waitErr)
-		default:
 		}
 		client, err := ssh.Dial("tcp", s.Addr, clientConfig)
 		if err == nil {
 			client.Close()
-			t.Cleanup(stop)
+			t.Cleanup(proc.stop)
 			return false, nil
 		}
 		lastErr = err
 		if time.Now().After(deadline) {
-			stop()
+			proc.stop()
 			return false, fmt.Errorf("no successful login within %v: %w", sshdReadyTimeout, lastErr)
 		}
-		select {
-		case <-done:
-		case <-time.After(50 * time.Millisecond):
-		}
+		proc.pause(50 * time.Millisecond)
 	}
 }
 

@@ -198,15 +198,24 @@ func guestRecipeHash() string {
 // process's build; the returned function releases it.
 func lockDir(t testing.TB, dir string) func() {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	return lockFile(t, filepath.Join(dir, "lock"), "the VM image in "+dir)
+}
+
+// lockFile takes an exclusive flock on path (created if missing), waiting
+// while another process holds it to build what, and returns the function
+// that releases it. flock(1) on the same file takes the same lock, so a
+// shell script (scripts/setup) and tests build a cached thing once.
+func lockFile(t testing.TB, path, what string) func() {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
-		t.Fatalf("testenv: vm cache lock: %v", err)
+		t.Fatalf("testenv: cache lock: %v", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		t.Logf("testenv: waiting for another process building the VM image in %s", dir)
+		t.Logf("testenv: waiting for another process building %s", what)
 		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
 			f.Close()
-			t.Fatalf("testenv: vm cache lock: %v", err)
+			t.Fatalf("testenv: cache lock %s: %v", path, err)
 		}
 	}
 	// Closing the file releases the lock.
