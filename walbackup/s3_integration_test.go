@@ -97,7 +97,7 @@ func TestJobShipsRealWALToMinIO(t *testing.T) {
 	m := testenv.StartMinIO(t)
 	bucket := m.NewBucket(t)
 	headers := &rangeHeaders{}
-	s3repo, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: bucket, Prefix: "pglogship/site1",
+	s3repo, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: bucket, Prefix: "pglogship/site1", Insecure: true,
 		AccessKey: m.AccessKey, SecretKey: m.SecretKey, Region: "us-east-1", Transport: headers})
 	require.NoError(t, err)
 	require.NoError(t, s3repo.Check(ctx))

@@ -120,8 +120,10 @@ type Config struct {
 	Prefix    string // key prefix, e.g. "pglogship/site1", so repositories can share a bucket; optional
 	AccessKey string // required
 	SecretKey string // required; never logged nor put into errors
-	Secure    bool   // HTTPS; plain HTTP is for a store on loopback or a trusted network
-	Region    string // optional; found from the bucket when empty
+	// Insecure speaks plain HTTP instead of HTTPS: only for a store on
+	// loopback or a network you trust, as the keys and data travel in clear.
+	Insecure bool
+	Region   string // optional; found from the bucket when empty
 	// PartSize is the unit of memory and upload: objects up to it go in
 	// one PutObject, larger ones in parts of this size; 0 means
 	// DefaultPartSize. Each Put holds one part in memory.
@@ -135,8 +137,8 @@ type Config struct {
 
 // String describes the configuration without the secret key.
 func (c Config) String() string {
-	return fmt.Sprintf("s3.Config{Endpoint:%q Bucket:%q Prefix:%q AccessKey:%q SecretKey:[redacted] Secure:%t Region:%q PartSize:%d}",
-		c.Endpoint, c.Bucket, c.Prefix, c.AccessKey, c.Secure, c.Region, c.PartSize)
+	return fmt.Sprintf("s3.Config{Endpoint:%q Bucket:%q Prefix:%q AccessKey:%q SecretKey:[redacted] Insecure:%t Region:%q PartSize:%d}",
+		c.Endpoint, c.Bucket, c.Prefix, c.AccessKey, c.Insecure, c.Region, c.PartSize)
 }
 
 // GoString is String, so %#v does not print the secret key either.
@@ -145,7 +147,7 @@ func (c Config) GoString() string { return c.String() }
 // LogValue logs the configuration without the secret key.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("endpoint", c.Endpoint), slog.String("bucket", c.Bucket),
-		slog.String("prefix", c.Prefix), slog.String("access_key", c.AccessKey), slog.Bool("secure", c.Secure))
+		slog.String("prefix", c.Prefix), slog.String("access_key", c.AccessKey), slog.Bool("insecure", c.Insecure))
 }
 
 // Repo is a repository in an S3 bucket. Safe for concurrent use, also by
@@ -166,7 +168,7 @@ func New(cfg Config) (*Repo, error) {
 	case cfg.Endpoint == "" || cfg.Bucket == "":
 		return nil, errors.New("open s3 repository: endpoint and bucket are required")
 	case strings.Contains(cfg.Endpoint, "://") || strings.ContainsAny(cfg.Endpoint, "/@?#"):
-		return nil, fmt.Errorf("open s3 repository: endpoint %q must be host or host:port (set Secure for HTTPS)", cfg.Endpoint)
+		return nil, fmt.Errorf("open s3 repository: endpoint %q must be host or host:port (HTTPS unless Insecure)", cfg.Endpoint)
 	case cfg.AccessKey == "" || cfg.SecretKey == "":
 		return nil, errors.New("open s3 repository: access key and secret key are required")
 	}
@@ -188,7 +190,7 @@ func New(cfg Config) (*Repo, error) {
 	}
 	client, err := minio.New(cfg.Endpoint, &minio.Options{
 		Creds:     credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
-		Secure:    cfg.Secure,
+		Secure:    !cfg.Insecure,
 		Region:    cfg.Region,
 		Transport: cfg.Transport,
 	})

@@ -28,7 +28,7 @@ import (
 )
 
 func config(m *testenv.MinIO, bucket, prefix string) s3.Config {
-	return s3.Config{Endpoint: m.Endpoint, Bucket: bucket, Prefix: prefix, AccessKey: m.AccessKey, SecretKey: m.SecretKey,
+	return s3.Config{Endpoint: m.Endpoint, Bucket: bucket, Prefix: prefix, AccessKey: m.AccessKey, SecretKey: m.SecretKey, Insecure: true,
 		Region: "us-east-1", PartSize: s3.MinPartSize}
 }
 
@@ -377,4 +377,18 @@ func TestS3PutMemoryIsFlat(t *testing.T) {
 		assert.Equal(t, size, o.Size)
 	}
 	assert.Less(t, peaks[1], peaks[0]+2*s3.MinPartSize, "five times the object, not five times the memory")
+}
+
+// HTTPS is the default: the zero Insecure refuses to talk plain HTTP, so
+// keys and data never travel in clear unless asked for.
+func TestS3DefaultsToHTTPS(t *testing.T) {
+	testenv.SkipIfShort(t)
+	m := testenv.StartMinIO(t)
+	cfg := config(m, m.NewBucket(t), "")
+	cfg.Insecure = false
+	r, err := s3.New(cfg)
+	require.NoError(t, err)
+	err = r.Check(context.Background())
+	require.Error(t, err, "a plain-HTTP server is not spoken to over HTTPS")
+	assert.NotContains(t, err.Error(), m.SecretKey)
 }
