@@ -60,7 +60,9 @@ func TestQEMUVMRuns(t *testing.T) {
 	assert.Contains(t, out, "backup: 2 restore points")
 	psql(vm, "CREATE TABLE before_target AS SELECT 1 AS x")
 	time.Sleep(time.Second)
-	at := psql(vm, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+	guestNow, err := time.Parse("2006-01-02 15:04:05.999999-07", psql(vm, "SELECT clock_timestamp()")) // the guest's clock
+	require.NoError(t, err)
+	at := guestNow.UTC().Format(time.RFC3339Nano)
 	time.Sleep(time.Second)
 	psql(vm, "CREATE TABLE after_target AS SELECT 1 AS x")
 	last := psql(vm, "SELECT pg_walfile_name(pg_switch_wal())")
