@@ -12,6 +12,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
 )
 
@@ -174,7 +175,8 @@ func (c *hostCalls) Fetch(ctx context.Context, name string, w io.Writer) error {
 	defer stop()
 	// Whatever happens here, the reader must never block on this call.
 	defer pr.CloseWithError(errors.New("fetch abandoned"))
-	dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1))
+	// The stream may be the repository's own (guest.ZstdReceiver).
+	dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(guest.MaxZstdWindow))
 	if err != nil {
 		return err
 	}
