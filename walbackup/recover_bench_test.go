@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,9 +118,10 @@ func (rb *recoverBench) runRecover(b *testing.B) (time.Duration, wal.LSN) {
 	for k, v := range recoverSettings {
 		all[k] = v
 	}
+	host0, children0 := cpuTime(syscall.RUSAGE_SELF), cpuTime(syscall.RUSAGE_CHILDREN)
 	rt, err := rb.deploy.Deploy(ctx, guest.Target{Machine: "db1"})
 	require.NoError(b, err)
-	defer func() { require.NoError(b, rt.Close(ctx)) }()
+	defer rt.Close(ctx)
 	b.StartTimer()
 	start := time.Now()
 	res, err := rt.(guest.Recoverer).Recover(ctx, guest.RecoveryConfig{DataDir: dir, BackupLabel: rb.label, Settings: all, OSUser: rb.pg.OSUser}, fetchFrom(rb.repo, rb.inst, nil))
@@ -127,9 +129,23 @@ func (rb *recoverBench) runRecover(b *testing.B) (time.Duration, wal.LSN) {
 	b.StopTimer()
 	require.NoError(b, err, res.Log)
 	require.True(b, res.Promoted)
-	b.Logf("recover: %d requests, %d from the spool, %d waited (%d on a fetch ahead), %d fetched",
-		res.Requests, res.FromSpool, res.Waited, res.InFlight, res.Fetched)
+	host := cpuTime(syscall.RUSAGE_SELF) - host0
+	require.NoError(b, rt.Close(ctx)) // waits for the runtime, a child
+	b.Logf("recover: %s", redoDone(res.Log))
+	b.Logf("recover: %d requests, %d from the spool, %d waited (%d on a fetch ahead), %d fetched; CPU: host %v, runtime %v",
+		res.Requests, res.FromSpool, res.Waited, res.InFlight, res.Fetched,
+		host.Round(time.Millisecond), (cpuTime(syscall.RUSAGE_CHILDREN) - children0).Round(time.Millisecond))
 	return took, res.LSN
+}
+
+// cpuTime is the user and system CPU time of this process or of its
+// children that have been waited for (getrusage's who).
+func cpuTime(who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // runPgBackRest recovers a fresh copy of the image with pgBackRest's
@@ -170,6 +186,9 @@ func (rb *recoverBench) runByHand(b *testing.B, restoreCommand func(dataDir stri
 	took := time.Since(start)
 	b.StopTimer()
 	defer pg.Stop(b)
+	log, err := os.ReadFile(pg.LogFile)
+	require.NoError(b, err)
+	b.Logf("by hand: %s", redoDone(string(log)))
 	return took, replayedTo(b, pg)
 }
 
@@ -325,4 +344,15 @@ func pgbench(b *testing.B, pg *testenv.Postgres, args ...string) {
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+pg.Password)
 	out, err := cmd.CombinedOutput()
 	require.NoError(b, err, "pgbench: %s", out)
+}
+
+// redoDone returns the server's "redo done" line from log, which tells how
+// much CPU replay took itself, or "" if there is none.
+func redoDone(log string) string {
+	_, line, ok := strings.Cut(log, "redo done at ")
+	if !ok {
+		return ""
+	}
+	line, _, _ = strings.Cut(line, "\n")
+	return "redo done at " + line
 }
