@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -123,15 +124,17 @@ func (rb *recoverBench) runRecover(b *testing.B) (time.Duration, wal.LSN) {
 	require.NoError(b, err)
 	defer rt.Close(ctx)
 	b.StartTimer()
+	m := machineNow()
 	start := time.Now()
 	res, err := rt.(guest.Recoverer).Recover(ctx, guest.RecoveryConfig{DataDir: dir, BackupLabel: rb.label, Settings: all, OSUser: rb.pg.OSUser}, fetchFrom(rb.repo, rb.inst, nil))
 	took := time.Since(start)
+	busy := m.since()
 	b.StopTimer()
 	require.NoError(b, err, res.Log)
 	require.True(b, res.Promoted)
 	host := cpuTime(syscall.RUSAGE_SELF) - host0
 	require.NoError(b, rt.Close(ctx)) // waits for the runtime, a child
-	b.Logf("recover: %s", redoDone(res.Log))
+	b.Logf("recover: %s; %s", redoDone(res.Log), busy)
 	b.Logf("recover: %d requests, %d from the spool, %d waited (%d on a fetch ahead), %d fetched; CPU: host %v, runtime %v",
 		res.Requests, res.FromSpool, res.Waited, res.InFlight, res.Fetched,
 		host.Round(time.Millisecond), (cpuTime(syscall.RUSAGE_CHILDREN) - children0).Round(time.Millisecond))
@@ -154,7 +157,7 @@ func (rb *recoverBench) runPgBackRest(b *testing.B) (time.Duration, wal.LSN) {
 	run := testenv.UserDir(b, rb.pg.OSUser)
 	defer os.RemoveAll(run)
 	spool, lock := filepath.Join(run, "spool"), filepath.Join(run, "lock")
-	took, lsn := rb.runByHand(b, func(dir string) string {
+	took, lsn := rb.runByHand(b, "pgbackrest", func(dir string) string {
 		return rb.pgbr.RestoreCommand("--pg1-path="+dir, "--spool-path="+spool, "--lock-path="+lock)
 	})
 	// The asynchronous worker outlives recovery; its folders go once it has.
@@ -164,13 +167,14 @@ func (rb *recoverBench) runPgBackRest(b *testing.B) (time.Duration, wal.LSN) {
 
 // runCopy recovers a fresh copy of the image with cp from the local folder.
 func (rb *recoverBench) runCopy(b *testing.B) (time.Duration, wal.LSN) {
-	return rb.runByHand(b, func(string) string { return "cp " + rb.archive + "/%f %p" })
+	return rb.runByHand(b, "cp", func(string) string { return "cp " + rb.archive + "/%f %p" })
 }
 
-// runByHand recovers a fresh copy of the image with PostgreSQL started by
-// hand with the restore_command made for its data directory, and returns
-// the time from the start to the promotion and where replay ended.
-func (rb *recoverBench) runByHand(b *testing.B, restoreCommand func(dataDir string) string) (time.Duration, wal.LSN) {
+// runByHand recovers a fresh copy of the image (for the variant name) with
+// PostgreSQL started by hand with the restore_command made for its data
+// directory, and returns the time from the start to the promotion and
+// where replay ended.
+func (rb *recoverBench) runByHand(b *testing.B, name string, restoreCommand func(dataDir string) string) (time.Duration, wal.LSN) {
 	dir := rb.restore(b)
 	defer os.RemoveAll(dir)
 	require.NoError(b, os.WriteFile(filepath.Join(dir, "backup_label"), []byte(rb.label), 0o600))
@@ -180,15 +184,17 @@ func (rb *recoverBench) runByHand(b *testing.B, restoreCommand func(dataDir stri
 		settings[k] = v
 	}
 	b.StartTimer()
+	m := machineNow()
 	start := time.Now()
 	pg := testenv.StartPostgresOn(b, dir, rb.pg, testenv.PostgresConfig{Settings: settings})
 	waitPromoted(b, pg) // pg_ctl -w may return before recovery has ended
 	took := time.Since(start)
+	busy := m.since()
 	b.StopTimer()
 	defer pg.Stop(b)
 	log, err := os.ReadFile(pg.LogFile)
 	require.NoError(b, err)
-	b.Logf("by hand: %s", redoDone(string(log)))
+	b.Logf("%s: %s; %s", name, redoDone(string(log)), busy)
 	return took, replayedTo(b, pg)
 }
 
@@ -355,4 +361,39 @@ func redoDone(log string) string {
 	}
 	line, _, _ = strings.Cut(line, "\n")
 	return "redo done at " + line
+}
+
+// machineCPU is the machine's CPU time from /proc/stat, in clock ticks:
+// busy (user, nice, system, irq, softirq), idle (with iowait) and stolen.
+// The machine is shared, so a run's busy time beyond its own shows how
+// noisy its figure is.
+type machineCPU struct{ busy, idle, steal int64 }
+
+func machineNow() machineCPU {
+	var m machineCPU
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return m
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	tick := func(i int) int64 {
+		if i >= len(f) {
+			return 0
+		}
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		return v
+	}
+	m.busy = tick(1) + tick(2) + tick(3) + tick(6) + tick(7)
+	m.idle = tick(4) + tick(5)
+	m.steal = tick(8)
+	return m
+}
+
+// since describes the machine's CPU time from m to now (USER_HZ is 100 on
+// Linux).
+func (m machineCPU) since() string {
+	n := machineNow()
+	return fmt.Sprintf("machine CPU meanwhile: %.1f s busy, %.1f s idle, %.1f s stolen",
+		float64(n.busy-m.busy)/100, float64(n.idle-m.idle)/100, float64(n.steal-m.steal)/100)
 }
