@@ -19,9 +19,10 @@ import (
 // Calls the runtime makes to the host during OpRecover (proto.Call.Op).
 const (
 	// CallFetch asks for a WAL file: FetchCallArgs; the answer is the
-	// file, zstd-compressed, in CallData frames, and a CallEnd with the
-	// size and SHA-256 of the raw bytes, or with the error (code
-	// "no_such_wal" when the archive does not hold it).
+	// file, zstd-compressed (by the host, or as the repository stores it;
+	// a window of at most guest.MaxZstdWindow), in CallData frames, and a
+	// CallEnd with the size and SHA-256 of the raw bytes, or with the
+	// error (code "no_such_wal" when the archive does not hold it).
 	CallFetch = "fetch"
 	// CallCancel withdraws a fetch: CancelCallArgs. Its CallEnd still
 	// comes; no answer comes to the cancel itself.
