@@ -54,7 +54,12 @@ fuzz:
 
 ## bench: archive_command cost against cp+sync, repository bundle throughput,
 ## compression and peak memory on 1 GiB
-## of real pgbench WAL (generated once, cached under $(CACHE)). The peer
-## comparison (pgBackRest, cp+sync) comes with the benchmarks issue.
+## of real pgbench WAL (generated once, cached under $(CACHE)); then
+## recovery to the end of 1 GiB of fresh pgbench WAL (64 segments after the
+## image) three ways in one run, three rounds in turning order: the
+## runtime's Recover from the repository, pgBackRest's asynchronous
+## archive-get (process-max=2, zst) and restore_command = cp (the floor).
+BENCH_RECOVER_SEGMENTS ?= 64
 bench: setup
 	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./repository/bundle/ ./repository/sftp/ ./guest/runtime/
+	PGLOGSHIP_BENCH_RECOVER_SEGMENTS=$(BENCH_RECOVER_SEGMENTS) go test -run '^$$' -bench '^BenchmarkRecover$$' -benchtime 3x -timeout 60m -v ./walbackup/

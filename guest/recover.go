@@ -30,10 +30,30 @@ var (
 // FetchFunc writes the WAL file name (a segment, or a .partial, .backup or
 // .history file) from the archive to w. A file the archive does not hold
 // gives an error matching ErrNoSuchWAL. The content must have been verified
-// against its stored checksum before FetchFunc returns nil; after an error,
-// what was written to w is discarded. It is called from several goroutines
-// at once (files are fetched ahead in parallel), each with its own w.
+// against its stored checksum before FetchFunc returns nil, unless it went
+// through ZstdReceiver, whose receiver checks it; after an error, what was
+// written to w is discarded. It is called from several goroutines at once
+// (files are fetched ahead in parallel), each with its own w.
 type FetchFunc func(ctx context.Context, name string, w io.Writer) error
+
+// ZstdReceiver is implemented by the writer some Recoverers hand their
+// FetchFunc (check with a type assertion): one that decompresses what it
+// receives anyway, such as a host's link to a guest. A FetchFunc that holds
+// the file as a zstd stream (a repository stores it so) may then hand the
+// stream over as it is, instead of decompressing it only for the link to
+// compress it again: it calls Zstd once, before writing anything to the
+// receiver itself, with the size and SHA-256 of the raw content as stored
+// with the file, and writes the stream (at most a window of MaxZstdWindow)
+// to the writer Zstd returns. The receiver decompresses it and checks size
+// and SHA-256 before the file is used; a mismatch fails that file's fetch.
+type ZstdReceiver interface {
+	io.Writer
+	Zstd(rawSize int64, sha256 [32]byte) io.Writer
+}
+
+// MaxZstdWindow is the largest zstd window a ZstdReceiver's receiver
+// accepts, bounding its memory.
+const MaxZstdWindow = 64 << 20
 
 // Recoverer is implemented by runtimes that can bring a restored data
 // directory to a point in time by archive recovery, serving PostgreSQL's

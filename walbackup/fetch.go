@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/wal"
@@ -17,6 +18,10 @@ import (
 // of it and must be discarded. A file the repository does not hold gives an
 // error matching repository.ErrNotFound: recovery asks for files past the
 // end of the archive, so that is normal at the end of a restore.
+//
+// When w is a guest.ZstdReceiver, a file stored compressed goes to it as
+// stored, with its size and SHA-256: not decompressed here, the receiver
+// checks it (every chunk is still checked here as it streams).
 func FetchWAL(ctx context.Context, repo repository.Repository, inst repository.Instance, name string, key *bundle.Key, w io.Writer) error {
 	f, err := wal.ParseFileName(name)
 	if err != nil {
@@ -41,7 +46,13 @@ func FetchWAL(ctx context.Context, repo repository.Repository, inst repository.I
 		if _, ok := r.Entry(name); !ok {
 			continue // the name range covers it, but this batch did not hold it
 		}
-		if _, err := r.WriteFile(ctx, name, w); err != nil {
+		if zr, ok := w.(guest.ZstdReceiver); ok {
+			e, _ := r.Entry(name)
+			_, err = r.WriteCompressed(ctx, name, zr.Zstd(e.RawSize, e.SHA256))
+		} else {
+			_, err = r.WriteFile(ctx, name, w)
+		}
+		if err != nil {
 			return fmt.Errorf("fetch wal %s: %w", name, err)
 		}
 		return nil

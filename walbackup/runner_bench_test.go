@@ -91,7 +91,7 @@ func benchRunnerScale(b *testing.B, store session.Store) {
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	cpu0 := cpuTime(b)
+	cpu0 := cpuTime(syscall.RUSAGE_SELF)
 	repo.reset()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -105,7 +105,7 @@ func benchRunnerScale(b *testing.B, store session.Store) {
 		f.step(b, 15*time.Minute)
 	}
 	b.StopTimer()
-	cpu := cpuTime(b) - cpu0
+	cpu := cpuTime(syscall.RUSAGE_SELF) - cpu0
 	runtime.ReadMemStats(&m1)
 	for i, g := range guests {
 		require.Empty(b, g.Waiting(), "machine %d: WAL left in the guest", i)
@@ -128,13 +128,6 @@ func benchRunnerScale(b *testing.B, store session.Store) {
 	for inst, c := range perInstance {
 		require.Equal(b, b.N, c, "%s: PUTs in %d intervals", inst, b.N)
 	}
-}
-
-// cpuTime is the process's CPU time so far, user and system.
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // countingRepo counts PUTs, by instance (the prefix before "/wal/" or

@@ -9,6 +9,7 @@ import (
 	"io"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -239,4 +240,67 @@ func TestFetchWAL(t *testing.T) {
 		require.ErrorIs(t, walbackup.FetchWAL(ctx, repo, inst, name, nil, io.Discard), repository.ErrNotFound, name)
 	}
 	require.Error(t, walbackup.FetchWAL(ctx, repo, inst, "../etc/passwd", nil, io.Discard))
+}
+
+// zstdReceiver is a guest.ZstdReceiver that decompresses what it is given
+// and checks it as a guest would.
+type zstdReceiver struct {
+	bytes.Buffer              // raw bytes
+	stream       bytes.Buffer // a zstd stream
+	size         int64        // as announced with it
+	sum          [32]byte
+	streams      int
+}
+
+func (z *zstdReceiver) Zstd(rawSize int64, sum [32]byte) io.Writer {
+	z.size, z.sum = rawSize, sum
+	z.streams++
+	return &z.stream
+}
+
+// content returns what arrived, decompressed and checked.
+func (z *zstdReceiver) content(t *testing.T) []byte {
+	t.Helper()
+	if z.streams == 0 {
+		return z.Bytes()
+	}
+	require.Zero(t, z.Len(), "nothing raw besides the stream")
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderMaxWindow(guest.MaxZstdWindow))
+	require.NoError(t, err)
+	raw, err := dec.DecodeAll(z.stream.Bytes(), nil)
+	require.NoError(t, err)
+	require.Equal(t, z.size, int64(len(raw)))
+	require.Equal(t, z.sum, sha256.Sum256(raw))
+	return raw
+}
+
+// To a guest.ZstdReceiver, FetchWAL hands a segment over as the
+// repository stores it, compressed, with the size and checksum to check
+// it against; a history file, stored raw, goes as it is. A stream
+// corrupted in the repository is refused by FetchWAL itself.
+func TestFetchWALCompressed(t *testing.T) {
+	ctx := context.Background()
+	files := map[string][]byte{seg(1, 1): bytes.Repeat([]byte("one"), 100000), seg(1, 2): []byte("two"), "00000002.history": []byte("1\t0/2000000\tno recovery target specified\n")}
+	_, rt := fakeGuest(t, files)
+	repo := memory.New()
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
+	require.NoError(t, err)
+	for name, want := range files {
+		var z zstdReceiver
+		require.NoError(t, walbackup.FetchWAL(ctx, repo, inst, name, nil, &z))
+		assert.Equal(t, want, z.content(t), name)
+		assert.Equal(t, name != "00000002.history", z.streams == 1, "%s went compressed", name)
+	}
+	assert.Equal(t, int64(bundle.MaxWindow), int64(guest.MaxZstdWindow), "a guest takes every stream a bundle holds")
+
+	// A flipped bit in the segment's stored stream.
+	refs, err := repository.Bundles(ctx, repo, inst, 1)
+	require.NoError(t, err)
+	require.Len(t, refs, 1)
+	r, err := bundle.Open(ctx, repo, refs[0].Object.Name, refs[0].Object.Size, nil)
+	require.NoError(t, err)
+	e, _ := r.Entry(seg(1, 1))
+	replace(t, repo, refs[0].Object.Name, func(b []byte) []byte { b[e.Offset+e.Length/2] ^= 1; return b })
+	err = walbackup.FetchWAL(ctx, repo, inst, seg(1, 1), nil, &zstdReceiver{})
+	require.ErrorIs(t, err, bundle.ErrCorrupt)
 }

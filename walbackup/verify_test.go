@@ -17,16 +17,16 @@ import (
 )
 
 // replace swaps an object's content, as bit rot or an operator would.
-func replace(t *testing.T, h *harness, name string, edit func([]byte) []byte) {
+func replace(t *testing.T, repo repository.Repository, name string, edit func([]byte) []byte) {
 	t.Helper()
 	ctx := context.Background()
-	rc, err := h.repo.Get(ctx, name, 0, -1)
+	rc, err := repo.Get(ctx, name, 0, -1)
 	require.NoError(t, err)
 	b, err := io.ReadAll(rc)
 	require.NoError(t, err)
 	rc.Close()
-	require.NoError(t, h.repo.Delete(ctx, name))
-	require.NoError(t, h.repo.Put(ctx, name, bytes.NewReader(edit(b))))
+	require.NoError(t, repo.Delete(ctx, name))
+	require.NoError(t, repo.Put(ctx, name, bytes.NewReader(edit(b))))
 }
 
 func bundleHolding(t *testing.T, h *harness, segment string) repository.BundleRef {
@@ -67,7 +67,7 @@ func TestVerify(t *testing.T) {
 	t.Run("a flipped byte in a bundle", func(t *testing.T) {
 		h := twoRestorePoints(t)
 		ref := bundleHolding(t, h, seg4)
-		replace(t, h, ref.Object.Name, func(b []byte) []byte { b[40] ^= 0x80; return b })
+		replace(t, h.repo, ref.Object.Name, func(b []byte) []byte { b[40] ^= 0x80; return b })
 		rep := verify(t, h)
 		require.Len(t, rep.Problems, 2, "%v", rep.Problems)
 		assert.Equal(t, walbackup.ProblemCorrupt, rep.Problems[0].Kind)
@@ -104,7 +104,7 @@ func TestVerify(t *testing.T) {
 		ids, err := repository.RestorePointIDs(context.Background(), h.repo, inst42)
 		require.NoError(t, err)
 		obj := inst42.RestorePoint(ids[0]) + "/disk.img"
-		replace(t, h, obj, func(b []byte) []byte { return append(b, 'x') })
+		replace(t, h.repo, obj, func(b []byte) []byte { return append(b, 'x') })
 		rep := verify(t, h)
 		require.Len(t, rep.Problems, 1, "%v", rep.Problems)
 		assert.Equal(t, walbackup.ProblemCorrupt, rep.Problems[0].Kind)

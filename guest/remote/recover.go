@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"sync"
 
@@ -114,7 +115,8 @@ func (s *callServer) end(e proto.CallEnd) error {
 	return nil
 }
 
-// serveFetch fetches one file and streams it to the runtime.
+// serveFetch fetches one file and streams it to the runtime: compressed
+// here, or as the fetch function holds it compressed (fetchSink).
 func (s *callServer) serveFetch(ctx context.Context, id uint64, name string) {
 	defer s.wg.Done()
 	defer func() {
@@ -130,28 +132,88 @@ func (s *callServer) serveFetch(ctx context.Context, id uint64, name string) {
 		defer s.wmu.Unlock()
 		return s.rt.w.WriteCallData(id, b)
 	})
-	enc, err := zstd.NewWriter(cw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if err != nil {
-		_ = s.end(proto.CallEnd{ID: id, Error: err.Error()})
-		return
-	}
-	sum := sha256.New()
-	n := &counter{}
-	err = s.fetch(ctx, name, io.MultiWriter(enc, sum, n))
+	sink := &fetchSink{wire: cw}
+	err := s.fetch(ctx, name, sink)
+	end, cerr := sink.close()
 	if err == nil {
-		err = enc.Close()
-	} else {
-		enc.Close()
+		err = cerr
 	}
 	if err == nil {
 		err = cw.Flush()
 	}
-	end := proto.CallEnd{ID: id, RawSize: n.n, SHA256: hex.EncodeToString(sum.Sum(nil))}
+	end.ID = id
 	if err != nil {
 		end = proto.CallEnd{ID: id, Error: err.Error(), Code: runtime.ErrorCode(err)}
 	}
 	_ = s.end(end)
 }
+
+// fetchSink is the writer a fetch function gets: raw bytes written to it
+// are compressed for the wire and summed here; a zstd stream handed over
+// through Zstd goes to the wire as it is, with the size and checksum the
+// fetch function gave, which the runtime checks after decompressing.
+type fetchSink struct {
+	wire   io.Writer
+	enc    *zstd.Encoder // made on the first raw write
+	sum    hash.Hash
+	n      int64
+	stored *proto.CallEnd // set by Zstd
+	wrote  bool
+}
+
+var _ guest.ZstdReceiver = (*fetchSink)(nil)
+
+// errZstdLate: Zstd was called after raw bytes, or twice.
+var errZstdLate = errors.New("fetch: zstd stream announced after other content")
+
+func (f *fetchSink) Write(p []byte) (int, error) {
+	if f.stored != nil {
+		return 0, errZstdLate
+	}
+	if f.enc == nil {
+		enc, err := zstd.NewWriter(f.wire, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
+		if err != nil {
+			return 0, err
+		}
+		f.enc, f.sum = enc, sha256.New()
+	}
+	f.wrote = true
+	n, err := f.enc.Write(p)
+	f.sum.Write(p[:n])
+	f.n += int64(n)
+	return n, err
+}
+
+// Zstd implements guest.ZstdReceiver.
+func (f *fetchSink) Zstd(rawSize int64, sum [32]byte) io.Writer {
+	if f.wrote || f.stored != nil {
+		return failWriter{errZstdLate}
+	}
+	f.stored = &proto.CallEnd{RawSize: rawSize, SHA256: hex.EncodeToString(sum[:])}
+	return f.wire
+}
+
+// close ends the stream and returns the CallEnd of a file that arrived
+// whole (without its ID).
+func (f *fetchSink) close() (proto.CallEnd, error) {
+	switch {
+	case f.stored != nil:
+		return *f.stored, nil
+	case f.enc == nil: // an empty file
+		f.sum = sha256.New()
+		enc, err := zstd.NewWriter(f.wire, zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			return proto.CallEnd{}, err
+		}
+		f.enc = enc
+	}
+	err := f.enc.Close()
+	return proto.CallEnd{RawSize: f.n, SHA256: hex.EncodeToString(f.sum.Sum(nil))}, err
+}
+
+type failWriter struct{ err error }
+
+func (w failWriter) Write([]byte) (int, error) { return 0, w.err }
 
 // stop cancels the fetches under way and waits for them. Idempotent.
 func (s *callServer) stop() {
@@ -161,11 +223,4 @@ func (s *callServer) stop() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-}
-
-type counter struct{ n int64 }
-
-func (c *counter) Write(p []byte) (int, error) {
-	c.n += int64(len(p))
-	return len(p), nil
 }

@@ -88,7 +88,8 @@ func fakeRecoveringRuntime(t *testing.T, r *proto.Reader, w *proto.Writer, names
 }
 
 // The host's side of a recovery's calls: every file asked for is fetched
-// at once, in parallel, and streamed back compressed with its checksum; a
+// at once, in parallel, and streamed back compressed with its checksum (or
+// as the fetch function holds it compressed, with the checksum it gives); a
 // missing one carries the no_such_wal code; a cancelled fetch's context
 // ends; the end call is answered after all others, then the response.
 func TestRecoverAnswersCalls(t *testing.T) {
@@ -101,6 +102,14 @@ func TestRecoverAnswersCalls(t *testing.T) {
 		"00000002.history":         "1\t0/3000000\tno recovery target specified\n",
 	}
 	const held = "000000010000000000000003"
+	// stored is held compressed, and handed over as it is; late announces
+	// its stream after writing raw bytes.
+	const stored, late = "000000010000000000000004", "000000010000000000000005"
+	storedData := bytes.Repeat([]byte("stored "), 100000)
+	enc, err := zstd.NewWriter(nil)
+	require.NoError(t, err)
+	storedStream := enc.EncodeAll(storedData, nil)
+	names := []string{"000000010000000000000001", "000000010000000000000002", "00000002.history", held, "000000010000000000000009", stored, late}
 	var mu sync.Mutex
 	running, most := 0, 0
 	all := make(chan struct{})
@@ -108,15 +117,27 @@ func TestRecoverAnswersCalls(t *testing.T) {
 		mu.Lock()
 		running++
 		most = max(most, running)
-		if running == 5 {
+		if running == len(names) {
 			close(all)
 		}
 		mu.Unlock()
 		defer func() { mu.Lock(); running--; mu.Unlock() }()
 		<-all // every fetch runs at the same time
-		if name == held {
+		zr, ok := w.(guest.ZstdReceiver)
+		require.True(t, ok, "the host's writer takes a stream as stored")
+		switch name {
+		case held:
 			<-ctx.Done()
 			return ctx.Err()
+		case stored:
+			_, err := zr.Zstd(int64(len(storedData)), sha256.Sum256(storedData)).Write(storedStream)
+			return err
+		case late:
+			_, err := io.WriteString(w, "raw")
+			if err == nil {
+				_, err = zr.Zstd(1, [32]byte{}).Write(storedStream)
+			}
+			return err
 		}
 		data, ok := files[name]
 		if !ok {
@@ -125,7 +146,6 @@ func TestRecoverAnswersCalls(t *testing.T) {
 		_, err := io.WriteString(w, data)
 		return err
 	}
-	names := []string{"000000010000000000000001", "000000010000000000000002", "00000002.history", held, "000000010000000000000009"}
 	want := guest.RecoveryResult{Promoted: true, Timeline: 2, Fetched: 3}
 	var got map[string]string
 	done := make(chan struct{})
@@ -137,10 +157,12 @@ func TestRecoverAnswersCalls(t *testing.T) {
 	<-done
 	require.NoError(t, err)
 	assert.Equal(t, want, res)
-	assert.Equal(t, 5, most, "the fetches ran in parallel")
+	assert.Equal(t, len(names), most, "the fetches ran in parallel")
 	for n, data := range files {
 		assert.Equal(t, data, got[n], n)
 	}
+	assert.Equal(t, string(storedData), got[stored], "the stored stream went as it was, with its size and checksum")
+	assert.Equal(t, "error ", got[late], "a stream after raw bytes is refused")
 	assert.Equal(t, "error no_such_wal", got["000000010000000000000009"])
 	assert.Equal(t, "error ", got[held], "the cancelled fetch ended with its error")
 }

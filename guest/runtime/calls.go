@@ -12,15 +12,17 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
 )
 
 // Calls the runtime makes to the host during OpRecover (proto.Call.Op).
 const (
 	// CallFetch asks for a WAL file: FetchCallArgs; the answer is the
-	// file, zstd-compressed, in CallData frames, and a CallEnd with the
-	// size and SHA-256 of the raw bytes, or with the error (code
-	// "no_such_wal" when the archive does not hold it).
+	// file, zstd-compressed (by the host, or as the repository stores it;
+	// a window of at most guest.MaxZstdWindow), in CallData frames, and a
+	// CallEnd with the size and SHA-256 of the raw bytes, or with the
+	// error (code "no_such_wal" when the archive does not hold it).
 	CallFetch = "fetch"
 	// CallCancel withdraws a fetch: CancelCallArgs. Its CallEnd still
 	// comes; no answer comes to the cancel itself.
@@ -182,7 +184,8 @@ func (c *hostCalls) Fetch(ctx context.Context, name string, w io.Writer) error {
 	}()
 	// Whatever happens here, the reader must never block on this call.
 	defer pr.CloseWithError(errors.New("fetch abandoned"))
-	dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1))
+	// The stream may be the repository's own (guest.ZstdReceiver).
+	dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(guest.MaxZstdWindow))
 	if err != nil {
 		return err
 	}

@@ -166,6 +166,50 @@ func TestBitFlipDetected(t *testing.T) {
 	}
 }
 
+// WriteCompressed hands over the stored zstd stream, which decompresses
+// to the file and matches its entry's size and checksum; a flipped bit
+// anywhere in a frame is caught by the chunk checks alone, naming the file.
+func TestWriteCompressed(t *testing.T) {
+	ctx := context.Background()
+	files := []file{{segName(1), walLike(1, 3*bundle.ChunkSize+5)}, {segName(2), nil}, {segName(3), walLike(3, 5000)}}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderMaxWindow(bundle.MaxWindow))
+	require.NoError(t, err)
+	for _, k := range []*bundle.Key{nil, key(t, 9)} {
+		t.Run(fmt.Sprintf("encrypted=%v", k != nil), func(t *testing.T) {
+			orig := write(t, files, k, bundle.Raw)
+			r, err := bundle.Open(ctx, store(t, orig), "b", int64(len(orig)), k)
+			require.NoError(t, err)
+			for _, f := range files {
+				var buf bytes.Buffer
+				e, err := r.WriteCompressed(ctx, f.name, &buf)
+				require.NoError(t, err)
+				raw, err := dec.DecodeAll(buf.Bytes(), nil)
+				require.NoError(t, err)
+				assert.True(t, bytes.Equal(f.data, raw), f.name)
+				assert.Equal(t, int64(len(raw)), e.RawSize)
+				assert.Equal(t, sha256.Sum256(raw), e.SHA256)
+			}
+			small := write(t, files[1:], k, bundle.Raw)
+			for _, e := range func() []bundle.Entry {
+				r, err := bundle.Open(ctx, store(t, small), "b", int64(len(small)), k)
+				require.NoError(t, err)
+				return r.Entries()
+			}() {
+				for pos := e.Offset; pos < e.Offset+e.Length; pos++ {
+					data := bytes.Clone(small)
+					data[pos] ^= 0x10
+					r, err := bundle.Open(ctx, store(t, data), "b", int64(len(data)), k)
+					require.NoError(t, err, "frames are not read at open")
+					_, err = r.WriteCompressed(ctx, e.Name, io.Discard)
+					var ce *bundle.CorruptError
+					require.ErrorAs(t, err, &ce, "flip at byte %d went unnoticed", pos)
+					assert.Equal(t, e.Name, ce.File)
+				}
+			}
+		})
+	}
+}
+
 func TestKeys(t *testing.T) {
 	files := []file{{segName(1), walLike(1, 1000)}}
 	data := write(t, files, key(t, 1), bundle.Raw)

@@ -38,6 +38,11 @@ const (
 	maxIndex = 1 << 30
 )
 
+// MaxWindow is the largest zstd window a reader accepts in a file's
+// stream; a receiver of Reader.WriteCompressed's stream should bound its
+// decoder's memory the same way.
+const MaxWindow = 64 << 20
+
 // Entry describes one file in a bundle.
 type Entry struct {
 	Name    string   // WAL file name

@@ -41,7 +41,7 @@ func getDecoder(r io.Reader) (*zstd.Decoder, error) {
 	case d = <-decoders:
 	default:
 		var err error
-		if d, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20)); err != nil {
+		if d, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(MaxWindow)); err != nil {
 			return nil, err
 		}
 	}

@@ -131,6 +131,22 @@ func (r *Reader) Entry(name string) (Entry, bool) {
 // and rename on success). A failed check gives a *CorruptError naming the
 // file.
 func (r *Reader) WriteFile(ctx context.Context, name string, w io.Writer) (Entry, error) {
+	return r.writeFrame(ctx, name, w, true)
+}
+
+// WriteCompressed streams the named file to w as it is stored, a zstd
+// stream (opened, when the bundle is encrypted), without decompressing it:
+// for a receiver that decompresses it anyway, such as a guest across a
+// link. Every chunk is checked as it streams and the frame's footer against
+// the index at the end, but not the content: whoever decompresses the
+// stream must check its size and SHA-256 against the Entry (the same as
+// Reader.Entry's) before using it. On an error, what was written to w must
+// be discarded; a failed check gives a *CorruptError naming the file.
+func (r *Reader) WriteCompressed(ctx context.Context, name string, w io.Writer) (Entry, error) {
+	return r.writeFrame(ctx, name, w, false)
+}
+
+func (r *Reader) writeFrame(ctx context.Context, name string, w io.Writer, decompress bool) (Entry, error) {
 	e, ok := r.Entry(name)
 	if !ok {
 		return Entry{}, fmt.Errorf("bundle %s: %s: %w", r.name, name, ErrNoSuchFile)
@@ -140,7 +156,7 @@ func (r *Reader) WriteFile(ctx context.Context, name string, w io.Writer) (Entry
 		return e, fmt.Errorf("read %s from bundle %s: %w", name, r.name, err)
 	}
 	defer rc.Close()
-	err = r.readFrame(e, bufio.NewReaderSize(io.LimitReader(rc, e.Length), 64<<10), w)
+	err = r.readFrame(e, bufio.NewReaderSize(io.LimitReader(rc, e.Length), 64<<10), w, decompress)
 	var ce *CorruptError
 	if errors.As(err, &ce) {
 		return e, err
@@ -151,7 +167,9 @@ func (r *Reader) WriteFile(ctx context.Context, name string, w io.Writer) (Entry
 	return e, nil
 }
 
-func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer) error {
+// readFrame checks the frame of e and writes its content to w: raw and
+// checked against e when decompress is set, else the stored zstd stream.
+func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer, decompress bool) error {
 	bad := func(format string, args ...any) error { return r.corrupt(e.Name, fmt.Sprintf(format, args...)) }
 	fixed := make([]byte, 7)
 	if _, err := io.ReadFull(in, fixed); err != nil {
@@ -176,14 +194,20 @@ func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer) error {
 	}
 
 	cr := &chunkReader{r: r, in: in, fh: fh, nonce: nonce, entry: e}
-	dec, err := getDecoder(cr)
-	if err != nil {
-		return err
-	}
-	defer putDecoder(dec)
-	sum := sha256.New()
 	out := &errWriter{w: w}
-	n, err := io.Copy(io.MultiWriter(out, sum), dec)
+	sum := sha256.New()
+	var n int64
+	var err error
+	if decompress {
+		dec, derr := getDecoder(cr)
+		if derr != nil {
+			return derr
+		}
+		defer putDecoder(dec)
+		n, err = io.Copy(io.MultiWriter(out, sum), dec)
+	} else {
+		_, err = io.Copy(out, cr) // to the end of the chunks
+	}
 	switch {
 	case out.err != nil:
 		return out.err // the destination failed: not the bundle's fault
@@ -211,9 +235,9 @@ func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer) error {
 	switch {
 	case raw != e.RawSize || !bytes.Equal(footer[8:], e.SHA256[:]):
 		return bad("frame footer does not match the index")
-	case n != e.RawSize:
+	case decompress && n != e.RawSize:
 		return bad("size %d, want %d", n, e.RawSize)
-	case !bytes.Equal(sum.Sum(nil), e.SHA256[:]):
+	case decompress && !bytes.Equal(sum.Sum(nil), e.SHA256[:]):
 		return bad("sha256 mismatch")
 	}
 	if extra, _ := in.Peek(1); len(extra) > 0 {
