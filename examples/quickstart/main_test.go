@@ -2,12 +2,14 @@ package main
 
 import (
 	"os"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/pglogship/pglogship/guest/runtime"
 	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/session/postgres"
 )
 
 // TestMain lets the test binary act as the guest runtime, as the example's
@@ -28,7 +30,7 @@ func TestQuickstartRuns(t *testing.T) {
 	t.Setenv("PGLOGSHIP_DEMO_DSN", pg.ConnString("postgres"))
 	require.NoError(t, run())
 	out := pg.Psql(t, "postgres", "select max(version) from pglogship.schema_migrations")
-	require.Equal(t, "1", out, "the session store's schema was created")
+	require.Equal(t, strconv.Itoa(postgres.SchemaVersion), out, "the session store's schema was created")
 	out = pg.Psql(t, "postgres", "select count(*) from pglogship.sessions where state in ('starting', 'working')")
 	require.Equal(t, "0", out, "every session ended")
 }
