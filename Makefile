@@ -52,14 +52,13 @@ fuzz:
 	  done; \
 	done
 
-## bench: archive_command cost against cp+sync, repository bundle throughput,
-## compression and peak memory on 1 GiB
-## of real pgbench WAL (generated once, cached under $(CACHE)); then
-## recovery to the end of 1 GiB of fresh pgbench WAL (64 segments after the
-## image) three ways in one run, three rounds in turning order: the
-## runtime's Recover from the repository, pgBackRest's asynchronous
-## archive-get (process-max=2, zst) and restore_command = cp (the floor).
+## bench: the comparisons with the peer tools in one run (see bench/doc.go):
+## archive_command against cp+sync and pgBackRest archive-push; shipping a
+## 1 GiB backlog over SSH into fs and SFTP against pgBackRest's async push;
+## restore_command fetches against pgBackRest's async archive-get; recovery
+## to the end of 1 GiB of WAL against async archive-get and cp; repository
+## throughput and peak memory. The summary table and the raw output go to
+## bench/results/.
 BENCH_RECOVER_SEGMENTS ?= 64
 bench: setup
-	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./repository/bundle/ ./repository/sftp/ ./guest/runtime/
-	PGLOGSHIP_BENCH_RECOVER_SEGMENTS=$(BENCH_RECOVER_SEGMENTS) go test -run '^$$' -bench '^BenchmarkRecover$$' -benchtime 3x -timeout 60m -v ./walbackup/
+	BENCH_RECOVER_SEGMENTS=$(BENCH_RECOVER_SEGMENTS) scripts/bench

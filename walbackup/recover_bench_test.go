@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -101,6 +102,23 @@ func BenchmarkRecover(b *testing.B) {
 	}
 	b.ReportMetric(totals[0].Seconds()/totals[1].Seconds(), "recover/pgbackrest")
 	b.ReportMetric(totals[0].Seconds()/totals[2].Seconds(), "recover/cp")
+
+	// A row set for make bench's summary (PGLOGSHIP_BENCH_TABLE).
+	var t strings.Builder
+	fmt.Fprintf(&t, "\n### point-in-time restore: recovery to the end of %d segments of fresh pgbench WAL after an image, %d rounds\n\n", n, rounds)
+	t.WriteString("| contender | s | MB/s of WAL replayed | pglogship / this |\n| --- | --- | --- | --- |\n")
+	labels := []string{"pglogship Recover (restore service, prefetch 8)", "pgBackRest async archive-get", "cp from a local folder (WAL already local)"}
+	for i := range variants {
+		fmt.Fprintf(&t, "| %s | %.3f | %.0f | %.2f |\n", labels[i], totals[i].Seconds()/float64(rounds),
+			mb*float64(rounds)/totals[i].Seconds(), totals[0].Seconds()/totals[i].Seconds())
+	}
+	if path := os.Getenv("PGLOGSHIP_BENCH_TABLE"); path != "" {
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		require.NoError(b, err)
+		_, err = f.WriteString(t.String())
+		require.NoError(b, errors.Join(err, f.Close()))
+	}
+	b.Log(t.String())
 }
 
 // recoverSettings are the settings of every run of BenchmarkRecover, on

@@ -271,9 +271,10 @@ func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repositor
 	want := make(map[string][32]byte, len(names))
 	pr, pw := io.Pipe()
 	readErr := make(chan error, 1)
+	written := sha256.New() // of the object, for the read-back
 	go func() {
 		err := func() error {
-			w, err := bundle.NewWriter(pw, key)
+			w, err := bundle.NewWriter(io.MultiWriter(pw, written), key)
 			if err != nil {
 				return err
 			}
@@ -281,11 +282,13 @@ func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repositor
 			sums := newSummarizer()
 			w.SetTap(sums.tap)
 			err = rt.Read(ctx, names, func(f guest.Frame) error {
-				codec := bundle.Raw
+				var e bundle.Entry
+				var err error
 				if f.Codec == guest.CodecZstd {
-					codec = bundle.Zstd
+					e, err = w.AddZstd(f.Name, f.Data, f.Checksum)
+				} else {
+					e, err = w.Add(f.Name, bundle.Raw, f.Data)
 				}
-				e, err := w.Add(f.Name, codec, f.Data)
 				if err != nil {
 					return err
 				}
@@ -326,7 +329,7 @@ func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repositor
 	if err != nil {
 		return "", 0, 0, fmt.Errorf("read back %s: %w", obj, err)
 	}
-	if err := bundle.Verify(ctx, repo, obj, st.Size, key, want); err != nil {
+	if err := bundle.VerifyStored(ctx, repo, obj, st.Size, key, want, [32]byte(written.Sum(nil))); err != nil {
 		return "", 0, 0, fmt.Errorf("read back %s: %w", obj, err)
 	}
 	return obj, raw, st.Size, nil

@@ -119,6 +119,29 @@ func TestShipOnceRepositoryDown(t *testing.T) {
 	assert.Empty(t, g.Waiting())
 }
 
+// flipping stores every object with one byte changed in its middle, as a
+// faulty disk or network might, without an error.
+type flipping struct{ repository.Repository }
+
+func (f flipping) Put(ctx context.Context, name string, r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	b[len(b)/2] ^= 1
+	return f.Repository.Put(ctx, name, bytes.NewReader(b))
+}
+
+// A repository that stores other bytes than it was given fails the
+// read-back: nothing is deleted in the guest.
+func TestShipOnceReadBackCatchesCorruption(t *testing.T) {
+	ctx := context.Background()
+	g, rt := fakeGuest(t, map[string][]byte{seg(1, 1): bytes.Repeat([]byte("one"), 1000), seg(1, 2): []byte("two")})
+	_, err := walbackup.ShipOnce(ctx, rt, flipping{memory.New()}, inst, walbackup.ShipOptions{})
+	require.ErrorIs(t, err, bundle.ErrCorrupt)
+	assert.Len(t, g.Waiting(), 2, "nothing is deleted in the guest")
+}
+
 // The guest fails to delete after the bundle is stored: the files ship
 // again next time, the bundles overlap, and every copy agrees.
 func TestShipOnceRemoveFailsThenRetry(t *testing.T) {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -293,31 +292,14 @@ func (rec *recovery) run(ctx context.Context, fetch guest.FetchFunc) (res guest.
 	if err := rec.handOver(); err != nil {
 		return res, err
 	}
-	spoolDir, sock, cleanup, err := rec.spoolDir()
+	svc, err := startRestoreService(ctx, filepath.Join(dataDir, "pg_wal"), rec.owner, rec.rt.cfg.Self, fetch, rec.prefetch, log)
 	if err != nil {
 		return res, err
 	}
-	defer cleanup()
-	restoreCommand, err := rec.restoreCommand(spoolDir, sock)
-	if err != nil {
-		return res, err
-	}
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		return res, fmt.Errorf("listen for restore_command: %w", err)
-	}
-	if rec.owner != nil {
-		if err := os.Chown(sock, rec.owner.uid, rec.owner.gid); err != nil {
-			ln.Close()
-			return res, err
-		}
-	}
-	sp := newSpool(spoolDir, rec.owner, fetch, rec.prefetch)
-	srv := serveFetches(ctx, ln, sp, log)
+	restoreCommand := svc.Command()
 	defer func() {
-		sp.Close() // first, so no answer waits on a fetch
-		srv.Close()
-		st := sp.Stats()
+		svc.Close()
+		st := svc.Stats()
 		res.Fetched, res.Requests, res.FromSpool, res.Waited, res.InFlight = st.Fetched, st.Requests, st.FromSpool, st.Waited, st.InFlight
 		res.Log = rec.logTail()
 	}()
@@ -417,55 +399,23 @@ func chownTree(root string, u *osUser) error {
 	return nil
 }
 
-// spoolDir makes the private folder fetched files wait in: inside pg_wal,
-// so handing one over is a rename on one file system. It returns the
-// folder, the socket path and what removes them.
-func (rec *recovery) spoolDir() (dir, sock string, cleanup func(), err error) {
-	dir, err = os.MkdirTemp(filepath.Join(rec.cfg.DataDir, "pg_wal"), ".pglogship-spool-")
-	if err != nil {
-		return "", "", nil, fmt.Errorf("spool folder: %w", err)
-	}
-	dirs := []string{dir}
-	cleanup = func() {
-		for _, d := range dirs {
-			os.RemoveAll(d)
-		}
-	}
-	if err := rec.private(dir); err != nil {
-		cleanup()
-		return "", "", nil, err
-	}
-	sock = filepath.Join(dir, "fetch.sock")
-	if len(sock) > maxSocketPath {
-		sockDir, err := os.MkdirTemp("", "pglogship-fetch-")
-		if err == nil {
-			dirs = append(dirs, sockDir)
-			err = rec.private(sockDir)
-		}
-		if err != nil {
-			cleanup()
-			return "", "", nil, fmt.Errorf("socket folder: %w", err)
-		}
-		sock = filepath.Join(sockDir, "s")
-	}
-	return dir, sock, cleanup, nil
-}
-
 // private makes dir 0700 and the server user's.
-func (rec *recovery) private(dir string) error {
-	if rec.owner != nil {
-		if err := os.Chown(dir, rec.owner.uid, rec.owner.gid); err != nil {
+func (rec *recovery) private(dir string) error { return makePrivate(dir, rec.owner) }
+
+// makePrivate makes dir 0700 and owner's (nil: the runtime's user).
+func makePrivate(dir string, owner *osUser) error {
+	if owner != nil {
+		if err := os.Chown(dir, owner.uid, owner.gid); err != nil {
 			return err
 		}
 	}
 	return os.Chmod(dir, 0o700)
 }
 
-// restoreCommand returns the restore_command that runs this program in
-// fetch mode. A server running as another user may not reach the
-// runtime's executable, so it gets a copy in the spool.
-func (rec *recovery) restoreCommand(spoolDir, sock string) (string, error) {
-	self := rec.rt.cfg.Self
+// restoreCommand runs self in fetch mode on sock; when the server runs as
+// another user (owner), through a copy of the executable in spoolDir that
+// it can run.
+func restoreCommand(self []string, owner *osUser, spoolDir, sock string) (string, error) {
 	if len(self) == 0 {
 		exe, err := os.Executable()
 		if err != nil {
@@ -474,7 +424,7 @@ func (rec *recovery) restoreCommand(spoolDir, sock string) (string, error) {
 		self = []string{exe}
 	}
 	exe := self[0]
-	if rec.owner != nil {
+	if owner != nil {
 		exe = filepath.Join(spoolDir, "pglogship-runtime")
 		if err := copyExecutable(self[0], exe); err != nil {
 			return "", err

@@ -1,17 +1,20 @@
 package runtime
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
+	"github.com/pglogship/pglogship/internal/asyncw"
 	"github.com/pglogship/pglogship/wal"
 )
 
@@ -21,6 +24,7 @@ import (
 type Sender struct {
 	w      *proto.Writer
 	enc    *zstd.Encoder
+	hash   *asyncw.Writer // SHA-256 on another core while enc compresses
 	chunks *proto.Chunker
 	inst   guest.Instance
 }
@@ -28,12 +32,9 @@ type Sender struct {
 // NewSender returns a Sender that checks segments against inst and writes
 // frames to w.
 func NewSender(w *proto.Writer, inst guest.Instance) (*Sender, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if err != nil {
-		return nil, err
-	}
+	enc := newEncoder()
 	chunks := proto.NewChunker(proto.MaxData, func(b []byte) error { return w.Write(proto.TypeData, b) })
-	return &Sender{w: w, enc: enc, chunks: chunks, inst: inst}, nil
+	return &Sender{w: w, enc: enc, hash: asyncw.New(256<<10, 4), chunks: chunks, inst: inst}, nil
 }
 
 // Send streams dir/name as FileStart, Data frames and FileEnd. A segment
@@ -69,7 +70,11 @@ func (s *Sender) Stream(name string, r io.Reader) error {
 	}
 	sum := sha256.New()
 	s.enc.Reset(s)
-	n, err := io.Copy(io.MultiWriter(s.enc, sum), r)
+	s.hash.Reset(sum)
+	n, err := io.Copy(io.MultiWriter(s.enc, s.hash), r)
+	if herr := s.hash.Close(); err == nil {
+		err = herr
+	}
 	if err != nil {
 		return fmt.Errorf("send %s: %w", name, err)
 	}
@@ -103,3 +108,125 @@ func (s *Sender) check(f *os.File, name string) error {
 
 // Write collects compressed bytes into Data frames of at most MaxData.
 func (s *Sender) Write(p []byte) (int, error) { return s.chunks.Write(p) }
+
+// packed is one file compressed ahead by SendAll, waiting for its turn.
+type packed struct {
+	data []byte        // the zstd stream
+	buf  *bytes.Buffer // holds data; back to packBuffers once sent
+	raw  int64
+	sum  [32]byte
+	err  error // from opening, checking or reading: nothing was sent
+}
+
+// SendAll sends the files names in dir in that order, as Send would one
+// after another, compressing up to workers of them at once on other cores
+// while the one before is written: each waits whole, compressed, in memory
+// (at most workers+1 files). A file refused by the checks stops SendAll
+// before its FileStart, after the files before it were sent.
+func (s *Sender) SendAll(dir string, names []string, workers int) error {
+	if workers <= 1 || len(names) < 2 {
+		for _, n := range names {
+			if err := s.Send(dir, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	done := make(chan struct{})
+	defer close(done)
+	slots := make(chan struct{}, workers)
+	results := make([]chan packed, len(names))
+	for i := range results {
+		results[i] = make(chan packed, 1)
+	}
+	go func() {
+		for i, n := range names {
+			select {
+			case slots <- struct{}{}:
+			case <-done:
+				return
+			}
+			go func() { results[i] <- s.pack(dir, n) }()
+		}
+	}()
+	for i, n := range names {
+		p := <-results[i]
+		<-slots
+		if p.err != nil {
+			return p.err
+		}
+		if err := s.w.WriteJSON(proto.TypeFileStart, proto.FileStart{Name: n, Codec: string(guest.CodecZstd)}); err != nil {
+			return err
+		}
+		for b := p.data; len(b) > 0; {
+			k := min(len(b), proto.MaxData)
+			if err := s.w.Write(proto.TypeData, b[:k]); err != nil {
+				return err
+			}
+			b = b[k:]
+		}
+		if err := s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: n, RawSize: p.raw, SHA256: hex.EncodeToString(p.sum[:])}); err != nil {
+			return err
+		}
+		packBuffers.Put(p.buf)
+	}
+	return nil
+}
+
+// pack reads, checks and compresses one file for SendAll, with an encoder
+// of its own.
+func (s *Sender) pack(dir, name string) (p packed) {
+	fn, err := wal.ParseFileName(name)
+	if err != nil {
+		return packed{err: err}
+	}
+	f, err := os.Open(filepath.Join(dir, name))
+	if err != nil {
+		return packed{err: fmt.Errorf("send %s: %w", name, err)}
+	}
+	defer f.Close()
+	if fn.Kind == wal.Segment || fn.Kind == wal.Partial {
+		if err := s.check(f, name); err != nil {
+			return packed{err: err}
+		}
+	}
+	enc := getPackEncoder()
+	defer packEncoders.Put(enc)
+	buf, _ := packBuffers.Get().(*bytes.Buffer)
+	if buf == nil {
+		buf = new(bytes.Buffer)
+	}
+	buf.Reset()
+	enc.Reset(buf)
+	sum := sha256.New()
+	n, err := io.Copy(io.MultiWriter(enc, sum), f)
+	if err == nil {
+		err = enc.Close()
+	}
+	if err != nil {
+		packBuffers.Put(buf)
+		return packed{err: fmt.Errorf("send %s: %w", name, err)}
+	}
+	p = packed{data: buf.Bytes(), buf: buf, raw: n}
+	copy(p.sum[:], sum.Sum(nil))
+	return p
+}
+
+// Encoders and buffers are reused across files: garbage of megabytes per
+// segment would make the heap, and the runtime's memory, grow.
+var packEncoders, packBuffers sync.Pool
+
+func getPackEncoder() *zstd.Encoder {
+	if e, ok := packEncoders.Get().(*zstd.Encoder); ok {
+		return e
+	}
+	return newEncoder()
+}
+
+// newEncoder makes the guest's encoder: the fastest level, whose matches
+// are short, so a 1 MiB window compresses WAL as well as the default 8 MiB
+// one in an eighth of the memory.
+func newEncoder() *zstd.Encoder {
+	e, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(1<<20))
+	return e
+}

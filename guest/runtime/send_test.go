@@ -101,3 +101,55 @@ func TestSendRefusesBadSegment(t *testing.T) {
 		})
 	}
 }
+
+// SendAll compressing several files at once sends the same stream as Send
+// one after another: every file in order, whole; a bad segment in the
+// middle stops it before its FileStart, after the ones before it.
+func TestSendAllInOrder(t *testing.T) {
+	testenv.SkipIfShort(t)
+	segs := testenv.WALCorpus(t, 64)[:6]
+	head, err := os.ReadFile(segs[0])
+	require.NoError(t, err)
+	inst := guest.Instance{Version: 150018, WALSegmentSize: 16 << 20, SystemID: binary.LittleEndian.Uint64(head[24:])}
+	dir := t.TempDir()
+	var names []string
+	for _, p := range segs {
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.Base(p)), b, 0o600))
+		names = append(names, filepath.Base(p))
+	}
+	check := func(t *testing.T, wire *bytes.Buffer, names []string) {
+		r := proto.NewReader(wire)
+		for _, n := range names {
+			start, raw, end := receive(t, r)
+			want, err := os.ReadFile(filepath.Join(dir, n))
+			require.NoError(t, err)
+			require.Equal(t, n, start.Name)
+			require.True(t, bytes.Equal(want, raw), "%s byte-identical", n)
+			sum := sha256.Sum256(want)
+			require.Equal(t, hex.EncodeToString(sum[:]), end.SHA256)
+		}
+		require.Zero(t, wire.Len(), "nothing more")
+	}
+	for _, workers := range []int{1, 2, 4} {
+		var wire bytes.Buffer
+		s, err := NewSender(proto.NewWriter(&wire), inst)
+		require.NoError(t, err)
+		require.NoError(t, s.SendAll(dir, names, workers))
+		check(t, &wire, names)
+	}
+
+	bad := filepath.Join(dir, names[3])
+	b, err := os.ReadFile(bad)
+	require.NoError(t, err)
+	b[24] ^= 1 // another cluster's
+	require.NoError(t, os.WriteFile(bad, b, 0o600))
+	var wire bytes.Buffer
+	s, err := NewSender(proto.NewWriter(&wire), inst)
+	require.NoError(t, err)
+	err = s.SendAll(dir, names, 2)
+	require.ErrorIs(t, err, wal.ErrBadSegment)
+	require.ErrorContains(t, err, names[3])
+	check(t, &wire, names[:3])
+}

@@ -324,13 +324,12 @@ func (s *server) read(names []string) error {
 	if err != nil {
 		return err
 	}
-	for _, n := range names {
-		if err := snd.Send(s.dir, n); err != nil {
-			return err
-		}
-	}
-	return nil
+	return snd.SendAll(s.dir, names, sendWorkers())
 }
+
+// sendWorkers is how many files are compressed at once: two cores at most,
+// so shipping never takes over a busy database server.
+func sendWorkers() int { return min(2, goruntime.GOMAXPROCS(0)) }
 
 // remove deletes shipped files and fsyncs the folder. Files already gone
 // are fine: a retry after a lost response must succeed.

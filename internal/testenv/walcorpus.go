@@ -19,7 +19,7 @@ import (
 
 // corpusRecipe names the generation method; change it when the method changes so
 // old caches are not reused.
-const corpusRecipe = "v1-pgbench-s40-c4-j2"
+const corpusRecipe = "v2-pgbench-s40-c4-j2-cluster"
 
 // CorpusSegmentSize is the WAL segment size of the corpus (PostgreSQL's default).
 const CorpusSegmentSize = 16 << 20
@@ -42,10 +42,7 @@ func CacheDir() string {
 // order, generating and caching them on first use.
 func WALCorpus(tb testing.TB, n int) []string {
 	tb.Helper()
-	dir := filepath.Join(CacheDir(), fmt.Sprintf("walcorpus-%s-%d", corpusRecipe, n))
-	if _, err := os.Stat(filepath.Join(dir, "DONE")); err != nil {
-		generateCorpus(tb, dir, n)
-	}
+	dir := corpusDir(tb, n)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		tb.Fatalf("walcorpus: %v", err)
@@ -63,6 +60,16 @@ func WALCorpus(tb testing.TB, n int) []string {
 	return paths[:n]
 }
 
+// corpusDir returns the corpus's folder, generating it first if needed.
+func corpusDir(tb testing.TB, n int) string {
+	tb.Helper()
+	dir := filepath.Join(CacheDir(), fmt.Sprintf("walcorpus-%s-%d", corpusRecipe, n))
+	if _, err := os.Stat(filepath.Join(dir, "DONE")); err != nil {
+		generateCorpus(tb, dir, n)
+	}
+	return dir
+}
+
 func generateCorpus(tb testing.TB, dir string, n int) {
 	tb.Helper()
 	tb.Logf("walcorpus: generating %d WAL segments with pgbench (once; cached in %s)", n, dir)
@@ -76,12 +83,23 @@ func generateCorpus(tb testing.TB, dir string, n int) {
 	if err := os.Chmod(archive, 0o777); err != nil {
 		tb.Fatalf("walcorpus: %v", err)
 	}
-	pg := StartPostgres(tb, PostgresConfig{Settings: map[string]string{
+	cfg := PostgresConfig{Settings: map[string]string{
 		"archive_command":    fmt.Sprintf("test ! -f %s/%%f && cp %%p %s/%%f", archive, archive),
 		"max_wal_size":       "1GB",
 		"shared_buffers":     "256MB",
 		"synchronous_commit": "off",
-	}})
+	}}
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		tb.Fatalf("walcorpus: %v", err)
+	}
+	pg := StartPostgres(tb, cfg)
+	// The cluster as initdb left it, before the WAL: StartCorpusPostgres
+	// runs a copy, whose system identifier the corpus's WAL carries.
+	pg.Stop(tb)
+	saveCorpusCluster(tb, pg, filepath.Join(tmp, corpusClusterDir))
+	pg = StartPostgresOn(tb, pg.DataDir, pg, cfg)
 	pgbench := func(args ...string) {
 		tb.Helper()
 		base := []string{"-h", pg.Host, "-p", strconv.Itoa(pg.Port), "-U", pg.User}
@@ -110,11 +128,6 @@ func generateCorpus(tb testing.TB, dir string, n int) {
 	}
 	if got := archived(); got < n {
 		tb.Fatalf("walcorpus: only %d segments archived in time, want %d", got, n)
-	}
-	tmp := dir + ".tmp"
-	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		tb.Fatalf("walcorpus: %v", err)
 	}
 	entries, _ := os.ReadDir(archive)
 	copied := 0

@@ -169,6 +169,50 @@ func TestBitFlipDetected(t *testing.T) {
 // WriteCompressed hands over the stored zstd stream, which decompresses
 // to the file and matches its entry's size and checksum; a flipped bit
 // anywhere in a frame is caught by the chunk checks alone, naming the file.
+// AddZstd takes the sender's SHA-256 when the frame's content checksum
+// proves the raw bytes, computes it when the frame has none, and refuses a
+// stream whose content does not match its checksum.
+func TestAddZstd(t *testing.T) {
+	data := walLike(1, 200000)
+	sum := sha256.Sum256(data)
+	claim := func() (int64, [32]byte) { return int64(len(data)), sum }
+	compress := func(crc bool) []byte {
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderCRC(crc))
+		require.NoError(t, err)
+		return enc.EncodeAll(data, nil)
+	}
+	add := func(stream []byte, claim func() (int64, [32]byte)) (bundle.Entry, error) {
+		w, err := bundle.NewWriter(io.Discard, nil)
+		require.NoError(t, err)
+		return w.AddZstd(segName(1), bytes.NewReader(stream), claim)
+	}
+
+	e, err := add(compress(true), claim)
+	require.NoError(t, err)
+	assert.Equal(t, sum, e.SHA256)
+	assert.Equal(t, int64(len(data)), e.RawSize)
+
+	// No content checksum: the SHA-256 is computed, so a wrong claim shows.
+	wrong := func() (int64, [32]byte) { return int64(len(data)), [32]byte{1} }
+	e, err = add(compress(false), wrong)
+	require.NoError(t, err)
+	assert.Equal(t, sum, e.SHA256, "computed, not claimed")
+
+	// Content changed after the encoder summed it: the checksum fails.
+	stream := compress(true)
+	enc, err := zstd.NewWriter(nil)
+	require.NoError(t, err)
+	other := bytes.Clone(data)
+	other[1000] ^= 1
+	forged := enc.EncodeAll(other, nil)
+	copy(forged[len(forged)-4:], stream[len(stream)-4:]) // the original's checksum
+	_, err = add(forged, claim)
+	require.ErrorContains(t, err, "decompress")
+
+	_, err = add(stream, nil)
+	require.ErrorContains(t, err, "no claim")
+}
+
 func TestWriteCompressed(t *testing.T) {
 	ctx := context.Background()
 	files := []file{{segName(1), walLike(1, 3*bundle.ChunkSize+5)}, {segName(2), nil}, {segName(3), walLike(3, 5000)}}
@@ -323,6 +367,30 @@ func TestVerify(t *testing.T) {
 	repo2 := store(t, flipped)
 	want[segName(2)] = sha256.Sum256(files[1].data)
 	require.ErrorIs(t, bundle.Verify(ctx, repo2, "b", int64(len(flipped)), nil, want), bundle.ErrCorrupt)
+}
+
+// The ship-time read-back: the stored object must be byte for byte what
+// was written, whatever byte differs, and its index must list the files
+// wanted.
+func TestVerifyStored(t *testing.T) {
+	files := []file{{segName(1), walLike(1, 5000)}, {segName(2), walLike(2, 7000)}}
+	data := write(t, files, nil, bundle.Raw)
+	sum := sha256.Sum256(data)
+	want := map[string][32]byte{segName(1): sha256.Sum256(files[0].data), segName(2): sha256.Sum256(files[1].data)}
+	ctx := context.Background()
+	size := int64(len(data))
+	require.NoError(t, bundle.VerifyStored(ctx, store(t, data), "b", size, nil, want, sum))
+
+	for _, at := range []int{40, len(data) / 2, len(data) - 200} {
+		flipped := bytes.Clone(data)
+		flipped[at] ^= 0x10
+		err := bundle.VerifyStored(ctx, store(t, flipped), "b", size, nil, want, sum)
+		require.ErrorIs(t, err, bundle.ErrCorrupt, "byte %d of %d flipped", at, len(data))
+	}
+	wrong := map[string][32]byte{segName(1): want[segName(1)], segName(2): {1}}
+	require.ErrorContains(t, bundle.VerifyStored(ctx, store(t, data), "b", size, nil, wrong, sum), segName(2))
+	delete(want, segName(2))
+	require.ErrorContains(t, bundle.VerifyStored(ctx, store(t, data), "b", size, nil, want, sum), "holds 2 files")
 }
 
 func TestCreatedTime(t *testing.T) {

@@ -31,13 +31,17 @@ var (
 type CorruptError struct {
 	Bundle string
 	File   string
+	Whole  bool // the object as a whole, not one file or the index
 	Reason string
 }
 
 func (e *CorruptError) Error() string {
 	where := "index"
-	if e.File != "" {
+	switch {
+	case e.File != "":
 		where = "file " + e.File
+	case e.Whole:
+		where = "object"
 	}
 	return fmt.Sprintf("bundle %s: %s: %s", e.Bundle, where, e.Reason)
 }

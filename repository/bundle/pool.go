@@ -4,6 +4,8 @@ import (
 	"io"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/pglogship/pglogship/internal/asyncw"
 )
 
 // Encoders and decoders are reused: each holds megabytes of window
@@ -15,7 +17,25 @@ const poolSize = 2
 var (
 	encoders = make(chan *zstd.Encoder, poolSize)
 	decoders = make(chan *zstd.Decoder, 2*poolSize)
+	hashers  = make(chan *asyncw.Writer, poolSize)
 )
+
+// getHasher returns an idle asyncw.Writer with 1 MiB of buffers.
+func getHasher() *asyncw.Writer {
+	select {
+	case h := <-hashers:
+		return h
+	default:
+		return asyncw.New(256<<10, 4)
+	}
+}
+
+func putHasher(h *asyncw.Writer) {
+	select {
+	case hashers <- h:
+	default:
+	}
+}
 
 func getEncoder() (*zstd.Encoder, error) {
 	select {

@@ -2,19 +2,60 @@ package bundle
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"sort"
 )
 
 // Verify reads a stored bundle back completely and checks that it holds
-// exactly the files in want, each with the SHA-256 its sender computed. It is
-// the read-back that must succeed before shipped WAL may be deleted at its
-// source.
+// exactly the files in want, each with the SHA-256 its sender computed,
+// decompressing and summing every file again.
 func Verify(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string][32]byte) error {
-	r, err := Open(ctx, src, name, size, key)
+	r, err := open(ctx, src, name, size, key, want)
 	if err != nil {
 		return err
+	}
+	for _, e := range r.Entries() {
+		if _, err := r.WriteFile(ctx, e.Name, io.Discard); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// VerifyStored is the read-back that must succeed before shipped WAL may
+// be deleted at its source: it checks a bundle just written against what
+// its Writer produced. The stored object must be byte for byte what was
+// written (size bytes with SHA-256 sum) and its index must list exactly the
+// files in want with the SHA-256 their sender computed. It reads the object
+// once and decompresses nothing: Writer.Add already checked each file's
+// content, decompressing it, against the checksum its Entry reports.
+func VerifyStored(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string][32]byte, sum [32]byte) error {
+	if _, err := open(ctx, src, name, size, key, want); err != nil {
+		return err
+	}
+	rc, err := src.Get(ctx, name, 0, size)
+	if err != nil {
+		return fmt.Errorf("verify bundle %s: %w", name, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, rc)
+	if err != nil {
+		return fmt.Errorf("verify bundle %s: %w", name, err)
+	}
+	if n != size || [32]byte(h.Sum(nil)) != sum {
+		return &CorruptError{Bundle: name, Whole: true, Reason: "the stored bytes differ from the bytes written"}
+	}
+	return nil
+}
+
+// open opens a bundle and checks that its index lists exactly want.
+func open(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string][32]byte) (*Reader, error) {
+	r, err := Open(ctx, src, name, size, key)
+	if err != nil {
+		return nil, err
 	}
 	entries := r.Entries()
 	if len(entries) != len(want) {
@@ -23,19 +64,16 @@ func Verify(ctx context.Context, src Getter, name string, size int64, key *Key, 
 			names = append(names, e.Name)
 		}
 		sort.Strings(names)
-		return fmt.Errorf("verify bundle %s: holds %d files %v, want %d", name, len(entries), names, len(want))
+		return nil, fmt.Errorf("verify bundle %s: holds %d files %v, want %d", name, len(entries), names, len(want))
 	}
 	for _, e := range entries {
 		sum, ok := want[e.Name]
 		if !ok {
-			return fmt.Errorf("verify bundle %s: unexpected file %s", name, e.Name)
+			return nil, fmt.Errorf("verify bundle %s: unexpected file %s", name, e.Name)
 		}
 		if sum != e.SHA256 {
-			return &CorruptError{Bundle: name, File: e.Name, Reason: "sha256 differs from the sender's"}
-		}
-		if _, err := r.WriteFile(ctx, e.Name, io.Discard); err != nil {
-			return err
+			return nil, &CorruptError{Bundle: name, File: e.Name, Reason: "sha256 differs from the sender's"}
 		}
 	}
-	return nil
+	return r, nil
 }

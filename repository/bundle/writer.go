@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/pglogship/pglogship/internal/asyncw"
 )
 
 // Codec says how the bytes given to Writer.Add are encoded.
@@ -34,12 +36,15 @@ type Writer struct {
 	names   map[string]bool
 	enc     *zstd.Encoder
 	dec     *zstd.Decoder
-	chunk   []byte // pending chunk payload
-	sealed  []byte // scratch for sealing
-	err     error  // sticky: a failed Add leaves the bundle unusable
+	hash    *asyncw.Writer // checksum and tap on another core
+	chunk   []byte         // pending chunk payload
+	sealed  []byte         // scratch for sealing
+	err     error          // sticky: a failed Add leaves the bundle unusable
 	closed  bool
 	created time.Time
 	tap     func(name string) io.Writer
+	claim   func() (int64, [32]byte) // set during AddZstd
+	peek    *bufio.Reader
 }
 
 type countWriter struct {
@@ -72,6 +77,7 @@ func NewWriter(w io.Writer, key *Key) (*Writer, error) {
 	if bw.dec, err = getDecoder(nil); err != nil {
 		return nil, err
 	}
+	bw.hash = getHasher()
 	if _, err := bw.out.Write(bw.hdr.marshal()); err != nil {
 		return nil, fmt.Errorf("write bundle header: %w", err)
 	}
@@ -102,6 +108,24 @@ func (w *Writer) Add(name string, codec Codec, r io.Reader) (Entry, error) {
 	return e, nil
 }
 
+// AddZstd appends the file name given as a zstd stream, as Add does with
+// codec Zstd, when its sender already computed the raw content's SHA-256:
+// claim returns it (and the raw size) once r is drained. If the stream's
+// frame carries a content checksum (xxhash64 of the raw bytes, computed by
+// the sender's encoder over the bytes it summed), decompressing checks it,
+// which proves the raw content is what the sender summed: the entry then
+// takes the claimed SHA-256 instead of computing it again. Without one it
+// is computed, as Add does. The caller still compares the entry with what
+// the sender claimed.
+func (w *Writer) AddZstd(name string, r io.Reader, claim func() (int64, [32]byte)) (Entry, error) {
+	if claim == nil {
+		return Entry{}, errors.New("bundle AddZstd: no claim")
+	}
+	w.claim = claim
+	defer func() { w.claim = nil }()
+	return w.Add(name, Zstd, r)
+}
+
 func (w *Writer) add(name string, codec Codec, r io.Reader) (Entry, error) {
 	e := Entry{Name: name, Offset: w.out.n}
 	var nonce [12]byte
@@ -116,17 +140,38 @@ func (w *Writer) add(name string, codec Codec, r io.Reader) (Entry, error) {
 	}
 	cw := &chunkWriter{w: w, fh: fh, nonce: nonce}
 	sum := sha256.New()
-	var rawSink io.Writer = sum
+	var tap io.Writer
 	if w.tap != nil {
-		if t := w.tap(name); t != nil {
-			rawSink = io.MultiWriter(sum, t)
+		tap = w.tap(name)
+	}
+	trusted := false
+	if codec == Zstd && w.claim != nil {
+		if w.peek == nil {
+			w.peek = bufio.NewReaderSize(r, 4096)
+		} else {
+			w.peek.Reset(r)
 		}
+		r = w.peek
+		trusted = frameHasChecksum(w.peek)
+	}
+	var rawSink io.Writer = sum
+	switch {
+	case trusted && tap != nil:
+		rawSink = tap
+	case trusted:
+		rawSink = io.Discard
+	case tap != nil:
+		rawSink = io.MultiWriter(sum, tap)
 	}
 	var raw int64
 	switch codec {
 	case Raw:
 		w.enc.Reset(cw)
-		n, err := io.Copy(io.MultiWriter(w.enc, rawSink), r)
+		w.hash.Reset(rawSink)
+		n, err := io.Copy(io.MultiWriter(w.enc, w.hash), r)
+		if herr := w.hash.Close(); err == nil {
+			err = herr
+		}
 		if err != nil {
 			return e, err
 		}
@@ -140,7 +185,11 @@ func (w *Writer) add(name string, codec Codec, r io.Reader) (Entry, error) {
 		if err := w.dec.Reset(io.TeeReader(r, cw)); err != nil {
 			return e, err
 		}
-		n, err := io.Copy(rawSink, w.dec)
+		w.hash.Reset(rawSink)
+		n, err := io.Copy(w.hash, w.dec)
+		if herr := w.hash.Close(); err == nil {
+			err = herr
+		}
 		if err != nil {
 			return e, fmt.Errorf("decompress: %w", err)
 		}
@@ -153,6 +202,9 @@ func (w *Writer) add(name string, codec Codec, r io.Reader) (Entry, error) {
 	}
 	e.RawSize = raw
 	copy(e.SHA256[:], sum.Sum(nil))
+	if trusted {
+		_, e.SHA256 = w.claim()
+	}
 	footer := make([]byte, 0, footerSize)
 	footer = binary.BigEndian.AppendUint64(footer, uint64(raw))
 	footer = append(footer, e.SHA256[:]...)
@@ -294,6 +346,18 @@ func (w *Writer) Close() ([]Entry, error) {
 	}
 	putEncoder(w.enc)
 	putDecoder(w.dec)
-	w.enc, w.dec = nil, nil
+	putHasher(w.hash)
+	w.enc, w.dec, w.hash = nil, nil, nil
 	return w.entries, nil
+}
+
+// frameHasChecksum tells whether the zstd stream in r starts with a frame
+// whose header sets Content_Checksum_flag (RFC 8878, 3.1.1.1.1), without
+// consuming anything.
+func frameHasChecksum(r *bufio.Reader) bool {
+	b, err := r.Peek(5)
+	if err != nil {
+		return false
+	}
+	return binary.LittleEndian.Uint32(b) == 0xFD2FB528 && b[4]&0x04 != 0
 }

@@ -1,0 +1,109 @@
+package bench_test
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pglogship/pglogship/guest/runtime"
+	"github.com/pglogship/pglogship/internal/testenv"
+)
+
+// memorySegments is how many segments the untimed pass that samples memory
+// archives.
+const memorySegments = 8
+
+// BenchmarkArchiveCommand: PostgreSQL's archiver runs one archive_command
+// per segment through sh, as the server's OS user. Ours (a durable copy
+// into the temporary folder: dd conv=fsync, mv -n, sync of the folder)
+// against cp plus sync of the file, and pgBackRest's synchronous
+// archive-push into a posix repository (zst, and lz4, its fastest), each
+// over the same 64 segments, one shell loop per contender and round.
+func BenchmarkArchiveCommand(b *testing.B) {
+	segs := testenv.WALCorpus(b, corpusSegments)
+	pg := testenv.StartCorpusPostgres(b, corpusSegments, testenv.PostgresConfig{})
+	pb := testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{})
+	data := standIn(b, pg, segs, false)
+
+	var dirs = map[string]string{} // contender and round: its target folder
+	target := func(key string) string {
+		if d, ok := dirs[key]; ok {
+			return d
+		}
+		d := privateDir(b, pg)
+		if strings.HasPrefix(key, "pgBackRest") {
+			// A fresh repository: the stanza's, before any WAL.
+			repo := filepath.Join(d, "repo")
+			if out, err := exec.Command("cp", "-a", pb.Repo, repo).CombinedOutput(); err != nil {
+				b.Fatalf("%v\n%s", err, out)
+			}
+			d = repo
+		}
+		dirs[key] = d
+		return d
+	}
+	ours := func(dir string) string {
+		cmd, err := runtime.ArchiveCommand(dir)
+		must(b, err)
+		return cmd
+	}
+	contenders := map[string]func(dir string) string{
+		"pglogship archive_command": ours,
+		"cp + sync":                 func(dir string) string { return "cp %p " + dir + "/%f && sync " + dir + "/%f" },
+		"pgBackRest push zst": func(dir string) string {
+			return strings.Join(pb.Args("--pg1-path="+data, "--repo1-path="+dir, "--compress-type=zst", "archive-push", "%p"), " ")
+		},
+		"pgBackRest push lz4": func(dir string) string {
+			return strings.Join(pb.Args("--pg1-path="+data, "--repo1-path="+dir, "--compress-type=lz4", "archive-push", "%p"), " ")
+		},
+	}
+	names := []string{"pglogship archive_command", "cp + sync", "pgBackRest push zst", "pgBackRest push lz4"}
+	archive := func(name, key string, segs []string, sample bool) result {
+		dir := target(key)
+		cmd := contenders[name](dir)
+		var script strings.Builder
+		for _, s := range segs {
+			f := filepath.Base(s)
+			c := strings.NewReplacer("%p", "pg_wal/"+f, "%f", f).Replace(cmd)
+			fmt.Fprintf(&script, "/bin/sh -c %s || exit 1\n", testenv.ShellQuote(c))
+		}
+		res := runScript(b, pg, data, script.String(), dir, sample)
+		if strings.HasPrefix(name, "pgBackRest") {
+			res.stored = duSize(b, filepath.Join(dir, "archive"))
+		} else {
+			res.stored = duSize(b, dir)
+		}
+		return res
+	}
+	var cs []contender
+	for _, name := range names {
+		cs = append(cs, contender{name: name, run: func(round int) result {
+			return archive(name, fmt.Sprintf("%s/%d", name, round), segs, false)
+		}})
+	}
+	b.ResetTimer()
+	tallies := race(b, cs)
+	b.StopTimer()
+	for _, name := range names {
+		res := archive(name, name+"/memory", segs[:memorySegments], true)
+		tallies[name].peak = res.peakKiB
+	}
+
+	raw := int64(len(segs)) * testenv.CorpusSegmentSize
+	perSeg := func(name string) float64 {
+		return tallies[name].mean().Seconds() * 1000 / float64(len(segs))
+	}
+	t := newTable(b, "archive_command: cost per 16 MiB segment (64 segments, one sh per segment, as the server's OS user)",
+		"contender", "ms / segment", "MB/s", "pglogship / this", "peak memory MiB", "stored MB (ratio)")
+	ourMean := tallies[names[0]].mean()
+	for _, name := range names {
+		tl := tallies[name]
+		t.row(name, fmt.Sprintf("%.1f", perSeg(name)), fmt.Sprintf("%.0f", float64(raw)/1e6/tl.mean().Seconds()),
+			ratio(ourMean, tl.mean()), mib(tl.peak), fmt.Sprintf("%.0f (%.2f)", float64(tl.stored)/1e6, float64(raw)/float64(tl.stored)))
+		b.ReportMetric(perSeg(name), "ms/seg-"+strings.ReplaceAll(strings.ReplaceAll(name, " ", "-"), "+", "plus"))
+	}
+	b.ReportMetric(float64(ourMean)/float64(tallies["cp + sync"].mean()), "ratio-cp+sync")
+	t.flush()
+}

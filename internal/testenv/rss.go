@@ -1,0 +1,135 @@
+package testenv
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// RSSSampler follows the summed resident memory of a set of processes,
+// for peak-memory figures of tools whose workers detach (so wait4's
+// rusage misses them) or whose processes live a few milliseconds.
+type RSSSampler struct {
+	pids    []int
+	markers []string
+	stop    chan struct{}
+	done    chan struct{}
+	peak    int64 // KiB
+}
+
+// SampleRSS samples every interval, summing VmRSS over pids and over every
+// process whose command line holds one of markers (a path only the tool
+// under test is given), until Stop. Processes shorter than interval can be
+// missed.
+func SampleRSS(interval time.Duration, pids []int, markers ...string) *RSSSampler {
+	s := &RSSSampler{pids: pids, markers: markers, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			s.peak = max(s.peak, s.sample())
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+// Stop ends the sampling and returns the peak in KiB.
+func (s *RSSSampler) Stop() int64 {
+	close(s.stop)
+	<-s.done
+	return s.peak
+}
+
+// Peak is the peak in KiB, after Stop.
+func (s *RSSSampler) Peak() int64 {
+	<-s.done
+	return s.peak
+}
+
+func (s *RSSSampler) sample() int64 {
+	seen := map[int]bool{}
+	var sum int64
+	add := func(pid int) {
+		if !seen[pid] {
+			seen[pid] = true
+			sum += vmRSS(pid)
+		}
+	}
+	for _, pid := range s.pids {
+		add(pid)
+	}
+	if len(s.markers) == 0 {
+		return sum
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || seen[pid] {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		for _, m := range s.markers {
+			if strings.Contains(string(b), m) {
+				add(pid)
+				break
+			}
+		}
+	}
+	return sum
+}
+
+// vmRSS is a process's resident memory in KiB, 0 once it is gone.
+func vmRSS(pid int) int64 {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// CPUTime sums the user and system CPU time used so far by every process
+// whose command line holds marker, and by pids.
+func CPUTime(pids []int, marker string) time.Duration {
+	var ticks int64
+	add := func(pid string) {
+		b, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+		if err != nil {
+			return
+		}
+		// Fields after the command's closing parenthesis: utime and stime
+		// are the 12th and 13th.
+		i := strings.LastIndexByte(string(b), ')')
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			s, _ := strconv.ParseInt(f[12], 10, 64)
+			ticks += u + s
+		}
+	}
+	for _, p := range pids {
+		add(strconv.Itoa(p))
+	}
+	if marker != "" {
+		for _, p := range processesWith(marker) {
+			add(p)
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
