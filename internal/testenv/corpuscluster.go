@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -61,4 +62,18 @@ func CorpusControlFile(tb testing.TB, n int) string {
 // PG* variables removed from the environment.
 func (p *Postgres) Command(name string, args ...string) *exec.Cmd {
 	return commandAs(p.account, name, args...)
+}
+
+// Shell returns `sh -c script` run as the server's OS user in dir, the way
+// PostgreSQL runs archive_command and restore_command: when root, by
+// switching credentials in the child itself, so no runuser (and its PAM
+// session) is timed along with the command.
+func (p *Postgres) Shell(dir, script string) *exec.Cmd {
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.Dir = dir
+	cmd.Env = cleanEnv()
+	if os.Geteuid() == 0 && p.account.UID != 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(p.account.UID), Gid: uint32(p.account.GID)}}
+	}
+	return cmd
 }
