@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sync"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -168,7 +167,7 @@ func (s *Sender) SendAll(dir string, names []string, workers int) error {
 		if err := s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: n, RawSize: p.raw, SHA256: hex.EncodeToString(p.sum[:])}); err != nil {
 			return err
 		}
-		packBuffers.Put(p.buf)
+		putBack(packBuffers, p.buf)
 	}
 	return nil
 }
@@ -191,12 +190,8 @@ func (s *Sender) pack(dir, name string) (p packed) {
 		}
 	}
 	enc := getPackEncoder()
-	defer packEncoders.Put(enc)
-	buf, _ := packBuffers.Get().(*bytes.Buffer)
-	if buf == nil {
-		buf = new(bytes.Buffer)
-	}
-	buf.Reset()
+	defer putBack(packEncoders, enc)
+	buf := getPackBuffer()
 	enc.Reset(buf)
 	sum := sha256.New()
 	n, err := io.Copy(io.MultiWriter(enc, sum), f)
@@ -204,7 +199,7 @@ func (s *Sender) pack(dir, name string) (p packed) {
 		err = enc.Close()
 	}
 	if err != nil {
-		packBuffers.Put(buf)
+		putBack(packBuffers, buf)
 		return packed{err: fmt.Errorf("send %s: %w", name, err)}
 	}
 	p = packed{data: buf.Bytes(), buf: buf, raw: n}
@@ -212,15 +207,39 @@ func (s *Sender) pack(dir, name string) (p packed) {
 	return p
 }
 
-// Encoders and buffers are reused across files: garbage of megabytes per
-// segment would make the heap, and the runtime's memory, grow.
-var packEncoders, packBuffers sync.Pool
+// Encoders and buffers are reused across files, in bounded pools that a
+// garbage collection does not empty: an encoder or a buffer of megabytes
+// made again for every segment would make the runtime's memory grow.
+var (
+	packEncoders = make(chan *zstd.Encoder, 4)
+	packBuffers  = make(chan *bytes.Buffer, 4)
+)
 
 func getPackEncoder() *zstd.Encoder {
-	if e, ok := packEncoders.Get().(*zstd.Encoder); ok {
+	select {
+	case e := <-packEncoders:
 		return e
+	default:
+		return newEncoder()
 	}
-	return newEncoder()
+}
+
+func getPackBuffer() *bytes.Buffer {
+	select {
+	case b := <-packBuffers:
+		b.Reset()
+		return b
+	default:
+		return new(bytes.Buffer)
+	}
+}
+
+// putBack returns v to pool unless the pool is full.
+func putBack[T any](pool chan T, v T) {
+	select {
+	case pool <- v:
+	default:
+	}
 }
 
 // newEncoder makes the guest's encoder: the fastest level, whose matches
