@@ -295,7 +295,9 @@ func commitOptions(sum [32]byte) minio.PutObjectOptions {
 func (r *Repo) putSmall(ctx context.Context, name, key string, data []byte) error {
 	sum := sha256.Sum256(data)
 	return r.commit(ctx, name, key, sum, int64(len(data)), func() error {
-		_, err := r.core.PutObject(ctx, r.bucket, key, bytes.NewReader(data), int64(len(data)), "", hex.EncodeToString(sum[:]), commitOptions(sum))
+		body := newBody(data)
+		defer body.Close()
+		_, err := r.core.PutObject(ctx, r.bucket, key, body, int64(len(data)), "", hex.EncodeToString(sum[:]), commitOptions(sum))
 		return err
 	})
 }
@@ -410,8 +412,10 @@ func (r *Repo) putLarge(ctx context.Context, name, key string, buf []byte, rd io
 		partSum := sha256.Sum256(data)
 		h.Write(data)
 		size += int64(len(data))
-		p, err := r.core.PutObjectPart(ctx, r.bucket, staging, uploadID, part, bytes.NewReader(data), int64(len(data)),
+		body := newBody(data)
+		p, err := r.core.PutObjectPart(ctx, r.bucket, staging, uploadID, part, body, int64(len(data)),
 			minio.PutObjectPartOptions{Sha256Hex: hex.EncodeToString(partSum[:])})
+		body.Close()
 		if err != nil {
 			return r.failed(ctx, name, fmt.Sprintf("upload part %d", part), err)
 		}
@@ -621,3 +625,43 @@ func (r *Repo) Sweep(ctx context.Context, before time.Time) (int, error) {
 	}
 	return removed, nil
 }
+
+// body is a request body over a pooled buffer. A request can return (the
+// store answered early, with an error) while the HTTP transport still
+// sends its body from another goroutine; Close waits for a Read under way
+// and makes later ones fail, so the buffer can be reused at once.
+type body struct {
+	mu     sync.Mutex
+	r      *bytes.Reader
+	closed bool
+}
+
+func newBody(data []byte) *body { return &body{r: bytes.NewReader(data)} }
+
+func (b *body) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, errBodyClosed
+	}
+	return b.r.Read(p)
+}
+
+// Seek lets the client rewind the body to retry a request.
+func (b *body) Seek(offset int64, whence int) (int64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, errBodyClosed
+	}
+	return b.r.Seek(offset, whence)
+}
+
+// Close ends the body's use of its buffer.
+func (b *body) Close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+}
+
+var errBodyClosed = errors.New("request body closed: the request has returned")
