@@ -27,10 +27,16 @@ type process struct {
 	jobs    map[string]*walbackup.Job
 	dead    atomic.Bool
 	leaseDn atomic.Bool // only its lease calls fail
-	// gate, while set, holds the Runner's goroutine after each poll until
-	// it is closed: the process is paused (its jobs' goroutines are not).
-	gate atomic.Pointer[chan struct{}]
+	// gate, while set, holds the Runner's goroutine after each poll from
+	// its time on until it is closed: the process is paused (its jobs'
+	// goroutines are not).
+	gate atomic.Pointer[gate]
 	stop func()
+}
+
+type gate struct {
+	from time.Time // polls before this pass: idle events still under way
+	ch   chan struct{}
 }
 
 // world is what the processes share: the guests (the VMs outlive any
@@ -72,8 +78,8 @@ func (w *world) process(t testing.TB, holder string, store session.Store, ttl ti
 	r, err := walbackup.NewRunner(walbackup.RunnerConfig{Jobs: jobs, Holder: holder, Sessions: sessions, LeaseTTL: ttl,
 		Clock: w.f.clk, Logger: w.f.logger, Observer: func(e walbackup.RunnerEvent) {
 			observe(e)
-			if g := p.gate.Load(); g != nil && e.Kind == walbackup.RunnerIdle {
-				<-*g
+			if g := p.gate.Load(); g != nil && e.Kind == walbackup.RunnerIdle && !w.f.clk.Now().Before(g.from) {
+				<-g.ch
 			}
 		}})
 	require.NoError(t, err)
@@ -284,10 +290,12 @@ func TestPausedProcessDoesNotShipPastItsLease(t *testing.T) {
 	f, w, store, p1 := newRunnerTest(t, 1)
 	job := w.names[0]
 	p1.set(t, f, job, true)
-	gate := make(chan struct{})
-	p1.gate.Store(&gate)
-	f.step(t, walbackup.DefaultLeaseTTL/3) // host-1 renews the lease, then freezes
-	delete(f.actors, runnerKey("host-1"))  // so the fleet does not wait for it
+	// host-1 renews the lease, then freezes; an idle event of the start
+	// still under way passes.
+	g := &gate{from: f.clk.Now().Add(walbackup.DefaultLeaseTTL / 3), ch: make(chan struct{})}
+	p1.gate.Store(g)
+	f.step(t, walbackup.DefaultLeaseTTL/3)
+	delete(f.actors, runnerKey("host-1")) // so the fleet does not wait for it
 	until := leaseOf(t, store, job, f.clk.Now()).Until
 	p2 := w.process(t, "host-2", store, 0)
 	w.addWAL(2)
@@ -310,7 +318,7 @@ func TestPausedProcessDoesNotShipPastItsLease(t *testing.T) {
 	// Resumed, host-1 finds the job taken.
 	f.busy(runnerKey("host-1"))
 	p1.gate.Store(nil)
-	close(gate)
+	close(g.ch)
 	f.settle(t)
 	assert.Empty(t, p1.runner.Running())
 	assert.Equal(t, []string{job}, p2.runner.Running())
