@@ -33,7 +33,7 @@ func BenchmarkArchiveCommand(b *testing.B) {
 		if d, ok := dirs[key]; ok {
 			return d
 		}
-		d := privateDir(b, pg)
+		d := testenv.UserDir(b, pg.OSUser)
 		if strings.HasPrefix(key, "pgBackRest") {
 			// A fresh repository: the stanza's, before any WAL.
 			repo := filepath.Join(d, "repo")

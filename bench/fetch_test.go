@@ -108,7 +108,7 @@ func BenchmarkFetch(b *testing.B) {
 	runScript(b, pg, data, push.String(), pb.Repo, false)
 	stored := duSize(b, filepath.Join(pb.Repo, "archive"))
 	peer := func(verify, sample bool) result {
-		spool := filepath.Join(privateDir(b, pg), "spool")
+		spool := filepath.Join(testenv.UserDir(b, pg.OSUser), "spool")
 		must(b, os.Mkdir(spool, 0o700))
 		chownTo(b, pg, filepath.Dir(spool))
 		cmd := strings.Join(pb.Args("--pg1-path="+data, "--spool-path="+spool, "archive-get", "%f", "%p"), " ")

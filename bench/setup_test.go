@@ -185,12 +185,6 @@ func chownTo(b *testing.B, pg *testenv.Postgres, dir string) {
 	}
 }
 
-// privateDir is a new empty folder the server's OS user owns.
-func privateDir(b *testing.B, pg *testenv.Postgres) string {
-	b.Helper()
-	return filepath.Join(testenv.UserDir(b, pg.OSUser))
-}
-
 // duSize sums the sizes of the regular files under dir.
 func duSize(b *testing.B, dir string) int64 {
 	b.Helper()

@@ -106,7 +106,7 @@ func BenchmarkShip(b *testing.B) {
 	data := standIn(b, pg, segs, true)
 	push := func(sample bool) result {
 		markReady(b, pg, data, segs)
-		d := privateDir(b, pg)
+		d := testenv.UserDir(b, pg.OSUser)
 		repo, spool := filepath.Join(d, "repo"), filepath.Join(d, "spool")
 		if out, err := exec.Command("cp", "-a", pb.Repo, repo).CombinedOutput(); err != nil {
 			b.Fatalf("%v\n%s", err, out)

@@ -226,7 +226,7 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 		if t.time.Before(iv.Earliest.Time) {
 			return nil, outside("it is before the oldest restore point")
 		}
-		if !iv.Latest.Time.IsZero() && t.time.After(iv.Latest.Time) {
+		if !iv.Latest.Time.IsZero() && iv.Latest.Time.Before(t.time) {
 			return nil, outside("no commit shipped after it to stop at")
 		}
 		if !iv.Latest.Time.IsZero() && !t.exclusive && !t.time.Before(iv.Latest.Time) {

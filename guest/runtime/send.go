@@ -42,21 +42,32 @@ func NewSender(w *proto.Writer, inst guest.Instance) (*Sender, error) {
 // matching wal.ErrBadSegment; the file stays where it is. An error after
 // FileStart leaves the host with an unfinished file, which it must discard.
 func (s *Sender) Send(dir, name string) error {
-	fn, err := wal.ParseFileName(name)
+	f, err := s.open(dir, name)
 	if err != nil {
 		return err
 	}
+	defer f.Close()
+	return s.Stream(name, f)
+}
+
+// open opens dir/name for sending, a segment (or .partial) only once its
+// size and first page header match its name and this cluster.
+func (s *Sender) open(dir, name string) (*os.File, error) {
+	fn, err := wal.ParseFileName(name)
+	if err != nil {
+		return nil, err
+	}
 	f, err := os.Open(filepath.Join(dir, name))
 	if err != nil {
-		return fmt.Errorf("send %s: %w", name, err)
+		return nil, fmt.Errorf("send %s: %w", name, err)
 	}
-	defer f.Close()
 	if fn.Kind == wal.Segment || fn.Kind == wal.Partial {
 		if err := s.check(f, name); err != nil {
-			return err
+			f.Close()
+			return nil, err
 		}
 	}
-	return s.Stream(name, f)
+	return f, nil
 }
 
 // Stream sends what r yields as the file name: FileStart, zstd-compressed
@@ -175,20 +186,11 @@ func (s *Sender) SendAll(dir string, names []string, workers int) error {
 // pack reads, checks and compresses one file for SendAll, with an encoder
 // of its own.
 func (s *Sender) pack(dir, name string) (p packed) {
-	fn, err := wal.ParseFileName(name)
+	f, err := s.open(dir, name)
 	if err != nil {
 		return packed{err: err}
 	}
-	f, err := os.Open(filepath.Join(dir, name))
-	if err != nil {
-		return packed{err: fmt.Errorf("send %s: %w", name, err)}
-	}
 	defer f.Close()
-	if fn.Kind == wal.Segment || fn.Kind == wal.Partial {
-		if err := s.check(f, name); err != nil {
-			return packed{err: err}
-		}
-	}
 	enc := getPackEncoder()
 	defer putBack(packEncoders, enc)
 	buf := getPackBuffer()

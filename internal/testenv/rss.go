@@ -66,23 +66,10 @@ func (s *RSSSampler) sample() int64 {
 	for _, pid := range s.pids {
 		add(pid)
 	}
-	if len(s.markers) == 0 {
-		return sum
-	}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || seen[pid] {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		for _, m := range s.markers {
-			if strings.Contains(string(b), m) {
+	for _, m := range s.markers {
+		for _, p := range processesWith(m) {
+			if pid, err := strconv.Atoi(p); err == nil {
 				add(pid)
-				break
 			}
 		}
 	}
