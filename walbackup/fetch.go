@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/repository"
@@ -23,41 +24,92 @@ import (
 // stored, with its size and SHA-256: not decompressed here, the receiver
 // checks it (every chunk is still checked here as it streams).
 func FetchWAL(ctx context.Context, repo repository.Repository, inst repository.Instance, name string, key *bundle.Key, w io.Writer) error {
-	f, err := wal.ParseFileName(name)
-	if err != nil {
-		return fmt.Errorf("fetch wal: %w", err)
-	}
-	if f.Kind == wal.History {
-		return fetchHistory(ctx, repo, inst, name, w)
-	}
-	refs, err := repository.Bundles(ctx, repo, inst, f.Timeline)
-	if err != nil {
-		return fmt.Errorf("fetch wal %s: %w", name, err)
+	return newWALIndex(repo, inst, key).fetch(ctx, name, w)
+}
+
+// walIndex finds WAL files in an instance's bundles, keeping each
+// timeline's bundle list and the indexes it opened: a restore asks for
+// hundreds of segments out of the same few bundles, and shipping looks up a
+// batch's names at once. Safe for concurrent use (bundle readers are
+// read-only once open).
+type walIndex struct {
+	repo repository.Repository
+	inst repository.Instance
+	key  *bundle.Key
+
+	mu     sync.Mutex
+	refs   map[uint32][]repository.BundleRef
+	opened map[string]*bundle.Reader
+}
+
+func newWALIndex(repo repository.Repository, inst repository.Instance, key *bundle.Key) *walIndex {
+	return &walIndex{repo: repo, inst: inst, key: key, refs: map[uint32][]repository.BundleRef{}, opened: map[string]*bundle.Reader{}}
+}
+
+// find returns the newest bundle holding name, a WAL file of timeline tli,
+// and its entry; ok is false when no bundle does. listed tells whether
+// the timeline was listed for this call rather than known already.
+func (x *walIndex) find(ctx context.Context, tli uint32, name string) (r *bundle.Reader, e bundle.Entry, ok, listed bool, err error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	refs, known := x.refs[tli]
+	if !known {
+		if refs, err = repository.Bundles(ctx, x.repo, x.inst, tli); err != nil {
+			return nil, e, false, false, err
+		}
+		x.refs[tli], listed = refs, true
 	}
 	// Newest bundle first: after a crash a file can be in two bundles, and
 	// a later copy is as good as an earlier one (both were verified).
 	covering := repository.Covering(refs, name)
 	for i := len(covering) - 1; i >= 0; i-- {
 		ref := covering[i]
-		r, err := bundle.Open(ctx, repo, ref.Object.Name, ref.Object.Size, key)
-		if err != nil {
-			return fmt.Errorf("fetch wal %s: %w", name, err)
+		r := x.opened[ref.Object.Name]
+		if r == nil {
+			if r, err = bundle.Open(ctx, x.repo, ref.Object.Name, ref.Object.Size, x.key); err != nil {
+				return nil, e, false, listed, fmt.Errorf("read the index of %s: %w", ref.Object.Name, err)
+			}
+			x.opened[ref.Object.Name] = r
 		}
-		if _, ok := r.Entry(name); !ok {
-			continue // the name range covers it, but this batch did not hold it
+		if e, ok := r.Entry(name); ok {
+			return r, e, true, listed, nil
 		}
-		if zr, ok := w.(guest.ZstdReceiver); ok {
-			e, _ := r.Entry(name)
-			_, err = r.WriteCompressed(ctx, name, zr.Zstd(e.RawSize, e.SHA256))
-		} else {
-			_, err = r.WriteFile(ctx, name, w)
-		}
-		if err != nil {
-			return fmt.Errorf("fetch wal %s: %w", name, err)
-		}
-		return nil
 	}
-	return fmt.Errorf("fetch wal %s: %w", name, repository.ErrNotFound)
+	return nil, e, false, listed, nil
+}
+
+// fetch is FetchWAL through the index. A name it does not find in the
+// bundles it knew makes it list again: the archive may have grown.
+func (x *walIndex) fetch(ctx context.Context, name string, w io.Writer) error {
+	f, err := wal.ParseFileName(name)
+	if err != nil {
+		return fmt.Errorf("fetch wal: %w", err)
+	}
+	if f.Kind == wal.History {
+		return fetchHistory(ctx, x.repo, x.inst, name, w)
+	}
+	r, e, ok, listed, err := x.find(ctx, f.Timeline, name)
+	if err == nil && !ok && !listed {
+		x.mu.Lock()
+		delete(x.refs, f.Timeline)
+		x.mu.Unlock()
+		r, e, ok, _, err = x.find(ctx, f.Timeline, name)
+	}
+	switch {
+	case err != nil:
+		return fmt.Errorf("fetch wal %s: %w", name, err)
+	case !ok:
+		return fmt.Errorf("fetch wal %s: %w", name, repository.ErrNotFound)
+	}
+	if zr, isZ := w.(guest.ZstdReceiver); isZ {
+		_, err = r.WriteCompressed(ctx, name, zr.Zstd(e.RawSize, e.SHA256))
+	} else {
+		_, err = r.WriteFile(ctx, name, w)
+	}
+	if err != nil {
+		return fmt.Errorf("fetch wal %s: %w", name, err)
+	}
+	return nil
 }
 
 // fetchHistory copies a timeline history file, stored as its own small

@@ -229,8 +229,9 @@ func (j *Job) recoverWith(ctx context.Context, rt guest.Runtime, plan *Plan, g M
 // needs: FetchWAL from the repository, with guest.ErrNoSuchWAL for a file
 // the repository does not hold.
 func (j *Job) FetchFunc(inst repository.Instance) guest.FetchFunc {
+	x := newWALIndex(j.cfg.Repository, inst, j.cfg.Key) // one listing and index read per bundle, not per file
 	return func(ctx context.Context, name string, w io.Writer) error {
-		err := FetchWAL(ctx, j.cfg.Repository, inst, name, j.cfg.Key, w)
+		err := x.fetch(ctx, name, w)
 		if errors.Is(err, repository.ErrNotFound) {
 			return fmt.Errorf("%w: %w", guest.ErrNoSuchWAL, err)
 		}

@@ -8,7 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/pglogship/pglogship/guest"
@@ -102,7 +103,7 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		if err != nil {
 			return out, err
 		}
-		for _, name := range sortedKeys(known) {
+		for _, name := range slices.Sorted(maps.Keys(known)) {
 			same, err := compareStored(ctx, rt, repo, inst, name, known[name], opts)
 			if err != nil && !errors.Is(err, ErrSplitBrain) {
 				return out, err
@@ -136,7 +137,7 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		return out, fmt.Errorf("remove shipped wal from the guest: %w", err)
 	}
 	out.Names = shipped
-	sort.Strings(out.Names)
+	slices.Sort(out.Names)
 	return out, errors.Join(conflicts...)
 }
 
@@ -146,28 +147,16 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 // new WAL costs one listing.
 func storedSums(ctx context.Context, repo repository.Repository, inst repository.Instance, tli uint32, names []string,
 	key *bundle.Key) (fresh []string, known map[string][32]byte, err error) {
-	refs, err := repository.Bundles(ctx, repo, inst, tli)
-	if err != nil {
-		return nil, nil, err
-	}
+	x := newWALIndex(repo, inst, key)
 	known = map[string][32]byte{}
-	opened := map[string]*bundle.Reader{}
 	for _, name := range names {
-		var found bool
-		for _, ref := range repository.Covering(refs, name) {
-			b, ok := opened[ref.Object.Name]
-			if !ok {
-				if b, err = bundle.Open(ctx, repo, ref.Object.Name, ref.Object.Size, key); err != nil {
-					return nil, nil, fmt.Errorf("read the index of %s: %w", ref.Object.Name, err)
-				}
-				opened[ref.Object.Name] = b
-			}
-			if e, ok := b.Entry(name); ok {
-				known[name], found = e.SHA256, true
-				break
-			}
+		_, e, ok, _, err := x.find(ctx, tli, name)
+		if err != nil {
+			return nil, nil, err
 		}
-		if !found {
+		if ok {
+			known[name] = e.SHA256
+		} else {
 			fresh = append(fresh, name)
 		}
 	}
@@ -240,15 +229,6 @@ func keepAside(ctx context.Context, rt guest.Runtime, repo repository.Repository
 		return err
 	}
 	return bundle.Verify(ctx, repo, obj, st.Size, opts.Key, map[string][32]byte{name: sum})
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func (s *Shipped) add(name string, raw, stored int64) {
