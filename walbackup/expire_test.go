@@ -76,7 +76,9 @@ func TestRetentionByCount(t *testing.T) {
 	}
 	last := after[len(after)-1]
 	oldestSeg := wal.SegmentAt(1, last[0].StartLSN, 16<<20).String()
-	for _, n := range storedSegments(t, h) {
+	kept := storedSegments(t, h)
+	require.NotEmpty(t, kept, "the WAL after the kept restore points stays")
+	for _, n := range kept {
 		assert.GreaterOrEqual(t, n, oldestSeg, "WAL before the oldest kept restore point is gone")
 	}
 	iv, err := h.job.Interval(context.Background(), "vm1", 0)
@@ -121,6 +123,7 @@ func TestRetentionByDaysWithAWALWindow(t *testing.T) {
 	window := time.Date(2026, 11, 28, 22, 0, 0, 0, time.UTC) // expiry ran at Dec 2 22:00
 	refs, err := repository.Bundles(ctx, h.repo, inst42, 1)
 	require.NoError(t, err)
+	require.NotEmpty(t, refs, "the WAL window is kept")
 	var oldest time.Time
 	for _, ref := range refs {
 		b, err := bundle.Open(ctx, h.repo, ref.Object.Name, ref.Object.Size, nil)
@@ -133,6 +136,7 @@ func TestRetentionByDaysWithAWALWindow(t *testing.T) {
 	assert.True(t, oldest.Before(last[0].StartTime), "WAL of the window older than the oldest restore point is kept")
 	// No gap from the oldest stored segment on.
 	segs := storedSegments(t, h)
+	require.Greater(t, len(segs), 1)
 	sort.Strings(segs)
 	for i := 1; i < len(segs); i++ {
 		f, _ := wal.ParseFileName(segs[i-1])

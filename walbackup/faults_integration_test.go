@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,15 +57,16 @@ func TestArchiveFailsWhenTheFolderIsFull(t *testing.T) {
 	pg := r.pg
 	require.NoError(t, r.job.Enable(ctx)) // archiving proven with one segment: 16 of 40 MB used
 	r.idle(t)
-	failedBefore := pg.Psql(t, "postgres", "SELECT failed_count FROM pg_stat_archiver")
+	failedBefore, err := strconv.Atoi(pg.Psql(t, "postgres", "SELECT failed_count FROM pg_stat_archiver"))
+	require.NoError(t, err)
 	pg.Exec(t, "postgres", "CREATE TABLE fill (x text)")
 	for i := 0; i < 3; i++ {
 		pg.Exec(t, "postgres", "INSERT INTO fill SELECT repeat('x', 100) FROM generate_series(1, 1000)")
 		pg.Exec(t, "postgres", "SELECT pg_switch_wal()")
 	}
-	waitFor(t, pg, "SELECT failed_count FROM pg_stat_archiver", func(s string) bool { return s > failedBefore }, "archive_command never failed")
+	waitFor(t, pg, "SELECT failed_count FROM pg_stat_archiver", func(s string) bool { n, err := strconv.Atoi(s); return err == nil && n > failedBefore }, "archive_command never failed")
 	failedWAL := pg.Psql(t, "postgres", "SELECT last_failed_wal FROM pg_stat_archiver")
-	_, err := os.Stat(filepath.Join(pg.DataDir, "pg_wal", failedWAL))
+	_, err = os.Stat(filepath.Join(pg.DataDir, "pg_wal", failedWAL))
 	require.NoError(t, err, "PostgreSQL keeps %s in pg_wal", failedWAL)
 
 	var msg string
@@ -148,7 +150,9 @@ func TestPostgresRestartedAndPromotedDuringASession(t *testing.T) {
 	assert.Empty(t, left, "everything left the guest")
 	c, err := session.Latest(ctx, r.store, r.job.ChildName(), session.KindChild)
 	require.NoError(t, err)
-	log, _ := r.store.Log(ctx, c.ID, 0, 100)
+	log, err := r.store.Log(ctx, c.ID, 0, 100)
+	require.NoError(t, err)
+	require.NotEmpty(t, log)
 	for _, e := range log {
 		if e.Severity != session.SeverityInfo {
 			assert.Contains(t, e.Message, "no restore point", "the only warning: no parent ran (a restart or a new timeline is none)")

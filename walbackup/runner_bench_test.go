@@ -125,6 +125,7 @@ func benchRunnerScale(b *testing.B, store session.Store) {
 	b.ReportMetric(float64(puts)/n, "puts/instance-interval")
 	b.ReportMetric(float64(bundles)/n, "bundles/instance-interval")
 	b.ReportMetric(float64(benchSegments), "segments/instance-interval")
+	require.Len(b, perInstance, benchMachines, "every machine wrote")
 	for inst, c := range perInstance {
 		require.Equal(b, b.N, c, "%s: PUTs in %d intervals", inst, b.N)
 	}

@@ -303,12 +303,16 @@ func TestPausedProcessDoesNotShipPastItsLease(t *testing.T) {
 	assert.Equal(t, []string{job}, p2.runner.Running(), "host-2 took the job over when the lease ran out")
 
 	// host-1's job wakes for its interval before host-2's does.
+	from := len(f.seen)
 	f.step(t, 15*time.Minute)
-	for _, e := range f.seen {
+	woke := false
+	for i, e := range f.seen {
 		if e.holder == "host-1" && e.job != nil {
 			require.NotEqual(t, walbackup.EventBatchShipped, e.job.Kind, "host-1 shipped past its lease")
+			woke = woke || i >= from
 		}
 	}
+	require.True(t, woke, "host-1's job woke after its lease ran out")
 	assert.Empty(t, w.guests[job].Waiting(), "host-2 shipped")
 	cs := childSessions(t, store, job)
 	require.Len(t, cs, 2)
