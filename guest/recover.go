@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/pglogship/pglogship/internal/zpool"
 	"github.com/pglogship/pglogship/wal"
 )
 
@@ -53,7 +54,7 @@ type ZstdReceiver interface {
 
 // MaxZstdWindow is the largest zstd window a ZstdReceiver's receiver
 // accepts, bounding its memory.
-const MaxZstdWindow = 64 << 20
+const MaxZstdWindow = zpool.MaxWindow
 
 // Recoverer is implemented by runtimes that can bring a restored data
 // directory to a point in time by archive recovery, serving PostgreSQL's

@@ -16,6 +16,7 @@ import (
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
 	"github.com/pglogship/pglogship/guest/runtime"
+	"github.com/pglogship/pglogship/internal/zpool"
 	"github.com/pglogship/pglogship/wal"
 )
 
@@ -158,7 +159,6 @@ type fetchSink struct {
 	sum    hash.Hash
 	n      int64
 	stored *proto.CallEnd // set by Zstd
-	wrote  bool
 }
 
 var _ guest.ZstdReceiver = (*fetchSink)(nil)
@@ -171,13 +171,8 @@ func (f *fetchSink) Write(p []byte) (int, error) {
 		return 0, errZstdLate
 	}
 	if f.enc == nil {
-		enc, err := zstd.NewWriter(f.wire, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
-		if err != nil {
-			return 0, err
-		}
-		f.enc, f.sum = enc, sha256.New()
+		f.enc, f.sum = zpool.GetEncoder(f.wire), sha256.New()
 	}
-	f.wrote = true
 	n, err := f.enc.Write(p)
 	f.sum.Write(p[:n])
 	f.n += int64(n)
@@ -186,7 +181,7 @@ func (f *fetchSink) Write(p []byte) (int, error) {
 
 // Zstd implements guest.ZstdReceiver.
 func (f *fetchSink) Zstd(rawSize int64, sum [32]byte) io.Writer {
-	if f.wrote || f.stored != nil {
+	if f.enc != nil || f.stored != nil {
 		return failWriter{errZstdLate}
 	}
 	f.stored = &proto.CallEnd{RawSize: rawSize, SHA256: hex.EncodeToString(sum[:])}
@@ -200,14 +195,10 @@ func (f *fetchSink) close() (proto.CallEnd, error) {
 	case f.stored != nil:
 		return *f.stored, nil
 	case f.enc == nil: // an empty file
-		f.sum = sha256.New()
-		enc, err := zstd.NewWriter(f.wire, zstd.WithEncoderConcurrency(1))
-		if err != nil {
-			return proto.CallEnd{}, err
-		}
-		f.enc = enc
+		f.enc, f.sum = zpool.GetEncoder(f.wire), sha256.New()
 	}
 	err := f.enc.Close()
+	zpool.PutEncoder(f.enc)
 	return proto.CallEnd{RawSize: f.n, SHA256: hex.EncodeToString(f.sum.Sum(nil))}, err
 }
 

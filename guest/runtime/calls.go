@@ -10,10 +10,8 @@ import (
 	"io"
 	"sync"
 
-	"github.com/klauspost/compress/zstd"
-
-	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
+	"github.com/pglogship/pglogship/internal/zpool"
 )
 
 // Calls the runtime makes to the host during OpRecover (proto.Call.Op).
@@ -185,11 +183,11 @@ func (c *hostCalls) Fetch(ctx context.Context, name string, w io.Writer) error {
 	// Whatever happens here, the reader must never block on this call.
 	defer pr.CloseWithError(errors.New("fetch abandoned"))
 	// The stream may be the repository's own (guest.ZstdReceiver).
-	dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(guest.MaxZstdWindow))
+	dec, err := zpool.GetDecoder(pr)
 	if err != nil {
 		return err
 	}
-	defer dec.Close()
+	defer zpool.PutDecoder(dec)
 	sum := sha256.New()
 	n, err := io.Copy(io.MultiWriter(w, sum), dec)
 	c.mu.Lock()

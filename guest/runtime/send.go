@@ -9,11 +9,10 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
 	"github.com/pglogship/pglogship/internal/asyncw"
+	"github.com/pglogship/pglogship/internal/zpool"
 	"github.com/pglogship/pglogship/wal"
 )
 
@@ -22,18 +21,15 @@ import (
 // guest, through fixed-size buffers. Not safe for concurrent use.
 type Sender struct {
 	w      *proto.Writer
-	enc    *zstd.Encoder
-	hash   *asyncw.Writer // SHA-256 on another core while enc compresses
-	chunks *proto.Chunker
+	hash   *asyncw.Writer // SHA-256 on another core while Stream compresses; made by Stream
+	chunks *proto.Chunker // made by Stream
 	inst   guest.Instance
 }
 
 // NewSender returns a Sender that checks segments against inst and writes
 // frames to w.
 func NewSender(w *proto.Writer, inst guest.Instance) (*Sender, error) {
-	enc := newEncoder()
-	chunks := proto.NewChunker(proto.MaxData, func(b []byte) error { return w.Write(proto.TypeData, b) })
-	return &Sender{w: w, enc: enc, hash: asyncw.New(256<<10, 4), chunks: chunks, inst: inst}, nil
+	return &Sender{w: w, inst: inst}, nil
 }
 
 // Send streams dir/name as FileStart, Data frames and FileEnd. A segment
@@ -78,17 +74,22 @@ func (s *Sender) Stream(name string, r io.Reader) error {
 	if err := s.w.WriteJSON(proto.TypeFileStart, proto.FileStart{Name: name, Codec: string(guest.CodecZstd)}); err != nil {
 		return err
 	}
+	if s.hash == nil {
+		s.hash = asyncw.New(256<<10, 4)
+		s.chunks = proto.NewChunker(proto.MaxData, func(b []byte) error { return s.w.Write(proto.TypeData, b) })
+	}
+	enc := zpool.GetEncoder(s)
+	defer zpool.PutEncoder(enc)
 	sum := sha256.New()
-	s.enc.Reset(s)
 	s.hash.Reset(sum)
-	n, err := io.Copy(io.MultiWriter(s.enc, s.hash), r)
+	n, err := io.Copy(io.MultiWriter(enc, s.hash), r)
 	if herr := s.hash.Close(); err == nil {
 		err = herr
 	}
 	if err != nil {
 		return fmt.Errorf("send %s: %w", name, err)
 	}
-	if err := s.enc.Close(); err != nil {
+	if err := enc.Close(); err != nil {
 		return err
 	}
 	if err := s.chunks.Flush(); err != nil {
@@ -178,7 +179,7 @@ func (s *Sender) SendAll(dir string, names []string, workers int) error {
 		if err := s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: n, RawSize: p.raw, SHA256: hex.EncodeToString(p.sum[:])}); err != nil {
 			return err
 		}
-		putBack(packBuffers, p.buf)
+		putPackBuffer(p.buf)
 	}
 	return nil
 }
@@ -191,17 +192,16 @@ func (s *Sender) pack(dir, name string) (p packed) {
 		return packed{err: err}
 	}
 	defer f.Close()
-	enc := getPackEncoder()
-	defer putBack(packEncoders, enc)
 	buf := getPackBuffer()
-	enc.Reset(buf)
+	enc := zpool.GetEncoder(buf)
+	defer zpool.PutEncoder(enc)
 	sum := sha256.New()
 	n, err := io.Copy(io.MultiWriter(enc, sum), f)
 	if err == nil {
 		err = enc.Close()
 	}
 	if err != nil {
-		putBack(packBuffers, buf)
+		putPackBuffer(buf)
 		return packed{err: fmt.Errorf("send %s: %w", name, err)}
 	}
 	p = packed{data: buf.Bytes(), buf: buf, raw: n}
@@ -209,22 +209,10 @@ func (s *Sender) pack(dir, name string) (p packed) {
 	return p
 }
 
-// Encoders and buffers are reused across files, in bounded pools that a
-// garbage collection does not empty: an encoder or a buffer of megabytes
-// made again for every segment would make the runtime's memory grow.
-var (
-	packEncoders = make(chan *zstd.Encoder, 4)
-	packBuffers  = make(chan *bytes.Buffer, 4)
-)
-
-func getPackEncoder() *zstd.Encoder {
-	select {
-	case e := <-packEncoders:
-		return e
-	default:
-		return newEncoder()
-	}
-}
+// Buffers are reused across files, like the encoders (internal/zpool),
+// in a bounded pool that a garbage collection does not empty: megabytes made
+// again for every segment would make the runtime's memory grow.
+var packBuffers = make(chan *bytes.Buffer, 4)
 
 func getPackBuffer() *bytes.Buffer {
 	select {
@@ -236,18 +224,9 @@ func getPackBuffer() *bytes.Buffer {
 	}
 }
 
-// putBack returns v to pool unless the pool is full.
-func putBack[T any](pool chan T, v T) {
+func putPackBuffer(b *bytes.Buffer) {
 	select {
-	case pool <- v:
+	case packBuffers <- b:
 	default:
 	}
-}
-
-// newEncoder makes the guest's encoder: the fastest level, whose matches
-// are short, so a 1 MiB window compresses WAL as well as the default 8 MiB
-// one in an eighth of the memory.
-func newEncoder() *zstd.Encoder {
-	e, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(1<<20))
-	return e
 }

@@ -54,7 +54,8 @@ func (a *Writer) start(w io.Writer) {
 }
 
 // Write copies p into the buffers, handing each full one over. An error
-// of the underlying writer shows on a later Write or on Close.
+// of the underlying writer shows on Close; writes go on being taken until
+// then.
 func (a *Writer) Write(p []byte) (int, error) {
 	if a.closed {
 		return 0, errors.New("asyncw: write to a closed writer")

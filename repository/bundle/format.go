@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"time"
+
+	"github.com/pglogship/pglogship/internal/zpool"
 )
 
 // Layout constants; docs/repository-format.md is the normative description.
@@ -41,7 +43,7 @@ const (
 // MaxWindow is the largest zstd window a reader accepts in a file's
 // stream; a receiver of Reader.WriteCompressed's stream should bound its
 // decoder's memory the same way.
-const MaxWindow = 64 << 20
+const MaxWindow = zpool.MaxWindow
 
 // Entry describes one file in a bundle.
 type Entry struct {

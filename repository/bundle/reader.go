@@ -11,6 +11,8 @@ import (
 	"hash/crc32"
 	"io"
 	"time"
+
+	"github.com/pglogship/pglogship/internal/zpool"
 )
 
 // Getter is the part of a repository a reader needs: ranged reads.
@@ -199,11 +201,11 @@ func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer, decompress bo
 	var n int64
 	var err error
 	if decompress {
-		dec, derr := getDecoder(cr)
+		dec, derr := zpool.GetDecoder(cr)
 		if derr != nil {
 			return derr
 		}
-		defer putDecoder(dec)
+		defer zpool.PutDecoder(dec)
 		n, err = io.Copy(io.MultiWriter(out, sum), dec)
 	} else {
 		_, err = io.Copy(out, cr) // to the end of the chunks
