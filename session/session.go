@@ -143,9 +143,10 @@ func Normalize(t time.Time) time.Time {
 // ValidateNew checks a session about to be created. Stores call it so every
 // implementation refuses the same input.
 func ValidateNew(s Session) error {
+	if err := ValidateJobName(s.Job); err != nil {
+		return err
+	}
 	switch {
-	case s.Job == "" || len(s.Job) > MaxNameLen:
-		return invalid("job name must be 1 to %d bytes", MaxNameLen)
 	case !s.Kind.Valid():
 		return invalid("unknown kind %q", s.Kind)
 	case s.Kind == KindParent && s.ParentID != "":

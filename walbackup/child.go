@@ -447,16 +447,18 @@ func (j *Job) checkGaps(ctx context.Context, cs *childSession, ms *machineState,
 func (j *Job) checkArchiver(ctx context.Context, cs *childSession, ms *machineState) {
 	octx, cancel := j.op(ctx)
 	inst, err := ms.rt.Scan(octx)
-	var sp guest.Space
-	if sr, ok := ms.rt.(guest.SpaceReporter); ok && err == nil {
-		sp, _ = sr.FolderSpace(octx)
-	}
 	cancel()
 	if err != nil {
 		return // the ship that follows reports an unreachable guest
 	}
 	a := inst.Archiver
 	if a.FailedCount > ms.failed {
+		var sp guest.Space // asked only now: the message is its one use
+		if sr, ok := ms.rt.(guest.SpaceReporter); ok {
+			octx, cancel := j.op(ctx)
+			sp, _ = sr.FolderSpace(octx)
+			cancel()
+		}
 		j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: archive_command failed %d times since the last interval, last for %s at %s; PostgreSQL keeps that WAL in pg_wal and retries it. The temporary folder %s has %d bytes free",
 			ms.m.ID, a.FailedCount-ms.failed, a.LastFailedWAL, a.LastFailedTime.UTC().Format(time.RFC3339), j.cfg.WALDir, sp.Free))
 	}

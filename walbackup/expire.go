@@ -62,19 +62,24 @@ type Expired struct {
 // missing parts; garbage is removed by the next expiry. The job runs it
 // after each parent session.
 func (j *Job) Expire(ctx context.Context) (Expired, error) {
+	return j.expire(ctx, j.cfg.Repository)
+}
+
+// expire is Expire through repo, which the parent session watches.
+func (j *Job) expire(ctx context.Context, repo repository.Repository) (Expired, error) {
 	var out Expired
 	if j.cfg.Retention.keepsAll() {
 		return out, nil
 	}
 	var errs []error
 	for _, m := range j.cfg.Machines {
-		insts, err := repository.Instances(ctx, j.cfg.Repository, j.cfg.Name, m.ID)
+		insts, err := repository.Instances(ctx, repo, j.cfg.Name, m.ID)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		for _, inst := range insts {
-			if err := j.expireInstance(ctx, inst, &out); err != nil {
+			if err := j.expireInstance(ctx, repo, inst, &out); err != nil {
 				errs = append(errs, fmt.Errorf("expire %s/%d: %w", inst.Machine, inst.SystemID, err))
 			}
 		}
@@ -82,12 +87,12 @@ func (j *Job) Expire(ctx context.Context) (Expired, error) {
 	return out, errors.Join(errs...)
 }
 
-func (j *Job) expireInstance(ctx context.Context, inst repository.Instance, out *Expired) error {
-	rps, err := repository.RestorePoints(ctx, j.cfg.Repository, inst)
+func (j *Job) expireInstance(ctx context.Context, repo repository.Repository, inst repository.Instance, out *Expired) error {
+	rps, err := repository.RestorePoints(ctx, repo, inst)
 	if err != nil {
 		return err
 	}
-	if err := j.removeGarbage(ctx, inst, rps, out); err != nil {
+	if err := j.removeGarbage(ctx, repo, inst, rps, out); err != nil {
 		return err
 	}
 	if len(rps) == 0 {
@@ -104,15 +109,15 @@ func (j *Job) expireInstance(ctx context.Context, inst repository.Instance, out 
 		}
 		// The manifest first: once it is gone the restore point is not
 		// offered any more, and its objects are garbage.
-		if err := j.cfg.Repository.Delete(ctx, inst.ManifestName(m.ID)); err != nil {
+		if err := repo.Delete(ctx, inst.ManifestName(m.ID)); err != nil {
 			return err
 		}
-		if err := j.deletePrefix(ctx, inst.RestorePoint(m.ID)+"/"); err != nil {
+		if err := j.deletePrefix(ctx, repo, inst.RestorePoint(m.ID)+"/"); err != nil {
 			return err
 		}
 		out.RestorePoints = append(out.RestorePoints, m.ID)
 	}
-	return j.expireWAL(ctx, inst, oldest.StartLSN, oldest.SegmentSize(), out)
+	return j.expireWAL(ctx, repo, inst, oldest.StartLSN, oldest.SegmentSize(), out)
 }
 
 // keptRestorePoints applies the image retention, and keeps the images
@@ -147,10 +152,10 @@ func (j *Job) keptRestorePoints(rps []*repository.Manifest) map[string]bool {
 // those also written before the window, by the time in their index (a
 // bundle that does not say when it was written stays). History files stay:
 // they are tiny and recovery needs them to follow timelines.
-func (j *Job) expireWAL(ctx context.Context, inst repository.Instance, cutoff wal.LSN, segSize int64, out *Expired) error {
+func (j *Job) expireWAL(ctx context.Context, repo repository.Repository, inst repository.Instance, cutoff wal.LSN, segSize int64, out *Expired) error {
 	folder := inst.Prefix() + "/wal/"
 	var victims []repository.Object
-	err := j.cfg.Repository.List(ctx, folder, func(o repository.Object) error {
+	err := repo.List(ctx, folder, func(o repository.Object) error {
 		ref, ok := repository.ParseBundleName(o.Name)
 		if !ok {
 			return nil
@@ -172,7 +177,7 @@ func (j *Job) expireWAL(ctx context.Context, inst repository.Instance, cutoff wa
 	window := j.cfg.Clock.Now().AddDate(0, 0, -j.cfg.Retention.WALDays)
 	for _, o := range victims {
 		if j.cfg.Retention.WALDays > 0 {
-			b, err := bundle.Open(ctx, j.cfg.Repository, o.Name, o.Size, j.cfg.Key)
+			b, err := bundle.Open(ctx, repo, o.Name, o.Size, j.cfg.Key)
 			if err != nil {
 				return fmt.Errorf("read the index of %s: %w", o.Name, err)
 			}
@@ -180,7 +185,7 @@ func (j *Job) expireWAL(ctx context.Context, inst repository.Instance, cutoff wa
 				continue
 			}
 		}
-		if err := j.cfg.Repository.Delete(ctx, o.Name); err != nil {
+		if err := repo.Delete(ctx, o.Name); err != nil {
 			return err
 		}
 		out.Bundles = append(out.Bundles, o.Name)
@@ -192,7 +197,7 @@ func (j *Job) expireWAL(ctx context.Context, inst repository.Instance, cutoff wa
 // committed (a parent that crashed, an expiry cut off after the
 // manifest), older than the newest committed one so a restore point being
 // written right now is never touched.
-func (j *Job) removeGarbage(ctx context.Context, inst repository.Instance, rps []*repository.Manifest, out *Expired) error {
+func (j *Job) removeGarbage(ctx context.Context, repo repository.Repository, inst repository.Instance, rps []*repository.Manifest, out *Expired) error {
 	committed := map[string]bool{}
 	newest := ""
 	for _, m := range rps {
@@ -201,7 +206,7 @@ func (j *Job) removeGarbage(ctx context.Context, inst repository.Instance, rps [
 	}
 	prefix := inst.RestorePoint("")
 	folders := map[string]bool{}
-	err := j.cfg.Repository.List(ctx, prefix, func(o repository.Object) error {
+	err := repo.List(ctx, prefix, func(o repository.Object) error {
 		id, _, _ := strings.Cut(strings.TrimPrefix(o.Name, prefix), "/")
 		if !committed[id] && id < newest {
 			folders[id] = true
@@ -212,7 +217,7 @@ func (j *Job) removeGarbage(ctx context.Context, inst repository.Instance, rps [
 		return err
 	}
 	for id := range folders {
-		if err := j.deletePrefix(ctx, prefix+id+"/"); err != nil {
+		if err := j.deletePrefix(ctx, repo, prefix+id+"/"); err != nil {
 			return err
 		}
 		out.Garbage = append(out.Garbage, id)
@@ -221,16 +226,16 @@ func (j *Job) removeGarbage(ctx context.Context, inst repository.Instance, rps [
 	return nil
 }
 
-func (j *Job) deletePrefix(ctx context.Context, prefix string) error {
+func (j *Job) deletePrefix(ctx context.Context, repo repository.Repository, prefix string) error {
 	var names []string
-	if err := j.cfg.Repository.List(ctx, prefix, func(o repository.Object) error {
+	if err := repo.List(ctx, prefix, func(o repository.Object) error {
 		names = append(names, o.Name)
 		return nil
 	}); err != nil {
 		return err
 	}
 	for _, n := range names {
-		if err := j.cfg.Repository.Delete(ctx, n); err != nil {
+		if err := repo.Delete(ctx, n); err != nil {
 			return err
 		}
 	}

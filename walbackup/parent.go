@@ -67,7 +67,12 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 			m.ID, rp.ID, kind, len(rp.Objects), size, rp.StartLSN, rp.StopLSN, rp.Timeline))
 	}
 	rec.State = session.StateSuccess
-	if exp, err := j.Expire(ctx); err != nil {
+	// Silence from the repository is bounded, as for every other call.
+	ectx, w, stop := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
+	exp, err := j.expire(ectx, watchedRepo{j.cfg.Repository, w})
+	err = explain(ectx, err)
+	stop()
+	if err != nil {
 		rec.State = session.StateWarning
 		j.parentLog(ctx, rec, session.SeverityWarning, fmt.Sprintf("expiry: %v (what it did not remove is removed by the next one)", err))
 	} else if len(exp.RestorePoints)+len(exp.Bundles)+len(exp.Garbage) > 0 {

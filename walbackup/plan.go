@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strconv"
 	"time"
 
@@ -408,7 +407,6 @@ func (j *Job) archivedSegments(ctx context.Context, inst repository.Instance, tl
 	if err != nil {
 		return nil, err
 	}
-	sort.Slice(refs, func(a, b int) bool { return refs[a].First < refs[b].First })
 	segs := map[string]*wal.Summary{}
 	for _, ref := range refs {
 		b, err := bundle.Open(ctx, j.cfg.Repository, ref.Object.Name, ref.Object.Size, j.cfg.Key)

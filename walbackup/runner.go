@@ -210,7 +210,10 @@ func (r *Runner) Enable(ctx context.Context, job string) error { return r.setEna
 func (r *Runner) Disable(ctx context.Context, job string) error { return r.setEnabled(ctx, job, false) }
 
 func (r *Runner) setEnabled(ctx context.Context, job string, enabled bool) error {
-	what := map[bool]string{true: "enable", false: "disable"}[enabled]
+	what := "disable"
+	if enabled {
+		what = "enable"
+	}
 	if _, ok := r.byName[job]; !ok {
 		return fmt.Errorf("%s job %q: %w", what, job, ErrUnknownJob)
 	}
@@ -297,11 +300,16 @@ func (r *Runner) poll(ctx context.Context) time.Time {
 	return next
 }
 
+// reset forgets a run that has ended.
+func (rj *runnerJob) reset() {
+	rj.cancel()
+	rj.done, rj.cancel, rj.stopping, rj.disabling = nil, nil, false, false
+}
+
 // pollJob handles one job. Jobs run on ctx; store calls use pctx.
 func (r *Runner) pollJob(ctx, pctx context.Context, rj *runnerJob) {
 	if rj.done != nil && isClosed(rj.done) {
-		rj.cancel()
-		rj.done, rj.cancel, rj.stopping, rj.disabling = nil, nil, false, false
+		rj.reset()
 	}
 	name := rj.job.Name()
 	enabled, err := r.leaser.JobEnabled(pctx, name)
@@ -442,8 +450,7 @@ func (r *Runner) stopAll(ctx context.Context) {
 	for _, rj := range r.jobs {
 		if rj.done != nil {
 			<-rj.done
-			rj.cancel()
-			rj.done, rj.cancel, rj.stopping, rj.disabling = nil, nil, false, false
+			rj.reset()
 		}
 	}
 	r.wg.Wait()
