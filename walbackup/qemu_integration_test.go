@@ -69,9 +69,6 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	})
 	require.NoError(t, err)
 	h.job = job
-	psql := func(v *testenv.VM, sql string) string {
-		return strings.TrimSpace(v.Run(t, "postgres", "psql -Atqc \""+sql+"\""))
-	}
 
 	require.NoError(t, job.Enable(ctx))
 	h.idle(t)
@@ -94,21 +91,18 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 		return took
 	}
 	fullTook := parent()
-	psql(vm, "CREATE TABLE after_full AS SELECT 42 AS answer")
+	vm.Psql(t, "CREATE TABLE after_full AS SELECT 42 AS answer")
 	time.Sleep(10 * time.Second) // pgbench dirties more blocks
 	incTook := parent()
-	psql(vm, "CREATE TABLE before_target AS SELECT 1 AS x")
+	vm.Psql(t, "CREATE TABLE before_target AS SELECT 1 AS x")
 	time.Sleep(time.Second)
-	at := psql(vm, "SELECT clock_timestamp()") // the guest's own clock
+	at := vm.Psql(t, "SELECT clock_timestamp()") // the guest's own clock
 	time.Sleep(time.Second)
-	psql(vm, "CREATE TABLE after_target AS SELECT 1 AS x")
-	last := psql(vm, "SELECT pg_walfile_name(pg_switch_wal())")
-	for psql(vm, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
-		time.Sleep(200 * time.Millisecond)
-	}
+	vm.Psql(t, "CREATE TABLE after_target AS SELECT 1 AS x")
+	vm.SwitchWAL(t)
 	require.NoError(t, job.Disable(ctx)) // the last ship
 
-	id := psql(vm, "SELECT system_identifier FROM pg_control_system()")
+	id := vm.Psql(t, "SELECT system_identifier FROM pg_control_system()")
 	sysid, err := strconv.ParseUint(id, 10, 64)
 	require.NoError(t, err)
 	inst := repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: sysid}
@@ -152,10 +146,10 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	require.NoError(t, err, "%s", res.Log)
 	t.Logf("recovery in the VM to %s: %v, %d WAL files fetched, %d from the spool", at, time.Since(start).Round(time.Millisecond), res.Fetched, res.FromSpool)
 	assert.True(t, res.Promoted)
-	assert.Equal(t, "500000", psql(vm2, "SELECT count(*) FROM pgbench_accounts"))
-	assert.Equal(t, "42", psql(vm2, "SELECT answer FROM after_full"), "the incremental image is applied")
-	assert.Equal(t, "t", psql(vm2, "SELECT to_regclass('before_target') IS NOT NULL"), "committed before the target")
-	assert.Equal(t, "f", psql(vm2, "SELECT to_regclass('after_target') IS NOT NULL"), "committed after the target")
+	assert.Equal(t, "500000", vm2.Psql(t, "SELECT count(*) FROM pgbench_accounts"))
+	assert.Equal(t, "42", vm2.Psql(t, "SELECT answer FROM after_full"), "the incremental image is applied")
+	assert.Equal(t, "t", vm2.Psql(t, "SELECT to_regclass('before_target') IS NOT NULL"), "committed before the target")
+	assert.Equal(t, "f", vm2.Psql(t, "SELECT to_regclass('after_target') IS NOT NULL"), "committed after the target")
 }
 
 // hostKeysIn verifies host keys against the known_hosts files listed now,

@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -35,9 +34,6 @@ func TestQEMUVMRuns(t *testing.T) {
 	hosts, err := os.ReadFile(vm.KnownHostsFile)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(knownHosts, hosts, 0o600))
-	psql := func(v *testenv.VM, sql string) string {
-		return strings.TrimSpace(v.Run(t, "postgres", "psql -Atqc \""+sql+"\""))
-	}
 	env := []string{
 		"PGLOGSHIP_QMP=" + vm.QMPSocket, "PGLOGSHIP_QGA=" + vm.QGASocket, "PGLOGSHIP_NODE=" + vm.DiskNode,
 		"PGLOGSHIP_GUEST=" + vm.SSHAddr, "PGLOGSHIP_KEY=" + vm.ClientKeyFile, "PGLOGSHIP_KNOWN_HOSTS=" + knownHosts,
@@ -55,20 +51,17 @@ func TestQEMUVMRuns(t *testing.T) {
 		return string(out)
 	}
 
-	psql(vm, "CREATE TABLE before_images AS SELECT generate_series(1, 1000) AS n")
+	vm.Psql(t, "CREATE TABLE before_images AS SELECT generate_series(1, 1000) AS n")
 	out := step("backup")
 	assert.Contains(t, out, "backup: 2 restore points")
-	psql(vm, "CREATE TABLE before_target AS SELECT 1 AS x")
+	vm.Psql(t, "CREATE TABLE before_target AS SELECT 1 AS x")
 	time.Sleep(time.Second)
-	guestNow, err := time.Parse("2006-01-02 15:04:05.999999-07", psql(vm, "SELECT clock_timestamp()")) // the guest's clock
+	guestNow, err := time.Parse("2006-01-02 15:04:05.999999-07", vm.Psql(t, "SELECT clock_timestamp()")) // the guest's clock
 	require.NoError(t, err)
 	at := guestNow.UTC().Format(time.RFC3339Nano)
 	time.Sleep(time.Second)
-	psql(vm, "CREATE TABLE after_target AS SELECT 1 AS x")
-	last := psql(vm, "SELECT pg_walfile_name(pg_switch_wal())")
-	for psql(vm, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
-		time.Sleep(200 * time.Millisecond)
-	}
+	vm.Psql(t, "CREATE TABLE after_target AS SELECT 1 AS x")
+	vm.SwitchWAL(t)
 	step("ship")
 	out = step("restore", "PGLOGSHIP_TARGET="+at)
 	assert.Contains(t, out, "full false", "the incremental restore point is in the chain")
@@ -79,7 +72,7 @@ func TestQEMUVMRuns(t *testing.T) {
 	require.NoError(t, os.WriteFile(knownHosts, append(hosts, more...), 0o600))
 	out = step("recover", "PGLOGSHIP_TARGET="+at, "PGLOGSHIP_RECOVER_GUEST="+vm2.SSHAddr)
 	assert.Contains(t, out, "promoted true")
-	assert.Equal(t, "1000", psql(vm2, "SELECT count(*) FROM before_images"))
-	assert.Equal(t, "t", psql(vm2, "SELECT to_regclass('before_target') IS NOT NULL"))
-	assert.Equal(t, "f", psql(vm2, "SELECT to_regclass('after_target') IS NOT NULL"))
+	assert.Equal(t, "1000", vm2.Psql(t, "SELECT count(*) FROM before_images"))
+	assert.Equal(t, "t", vm2.Psql(t, "SELECT to_regclass('before_target') IS NOT NULL"))
+	assert.Equal(t, "f", vm2.Psql(t, "SELECT to_regclass('after_target') IS NOT NULL"))
 }

@@ -335,6 +335,29 @@ func (v *VM) Run(t testing.TB, user, cmd string) string {
 	return string(out)
 }
 
+// Psql runs one SQL statement in the guest's PostgreSQL as postgres (no
+// double quotes in sql) and returns its unaligned output.
+func (v *VM) Psql(t testing.TB, sql string) string {
+	t.Helper()
+	return strings.TrimSpace(v.Run(t, "postgres", "psql -Atqc \""+sql+"\""))
+}
+
+// SwitchWAL makes the guest's PostgreSQL switch to a new WAL file and
+// returns once the archiver has archived the one it closed, within two
+// minutes, or fails t.
+func (v *VM) SwitchWAL(t testing.TB) string {
+	t.Helper()
+	last := v.Psql(t, "SELECT pg_walfile_name(pg_switch_wal())")
+	deadline := time.Now().Add(2 * time.Minute)
+	for v.Psql(t, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
+		if time.Now().After(deadline) {
+			t.Fatalf("testenv: vm %s: %s not archived within two minutes", v.SSHAddr, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return last
+}
+
 // ssh runs cmd on a new connection. A timeout > 0 bounds the whole
 // exchange; otherwise only the connection setup is bounded, because a
 // guest that accepts TCP (QEMU does, for the forwarded port) may never
