@@ -17,6 +17,7 @@ import (
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/hypervisor/hypervisortest"
+	"github.com/pglogship/pglogship/hypervisor/physical"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/wal"
@@ -25,6 +26,24 @@ import (
 
 func fakeImages(clk *clock.Mock, _ guest.Deployer) hypervisor.Hypervisor {
 	return hypervisortest.New(clk, hypervisor.Machine{ID: "db1"})
+}
+
+// physicalImages is newRealJob's hypervisor for image tests: the physical
+// one over the job's deployer, on the job's mock clock unless the job
+// runs on real time; out, when not nil, gets it.
+func physicalImages(t *testing.T, realTime bool, out **physical.Hypervisor) func(*clock.Mock, guest.Deployer) hypervisor.Hypervisor {
+	return func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
+		cfg := physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Clock: clk, Logger: testenv.Logger(t)}
+		if realTime {
+			cfg.Clock = nil
+		}
+		h, err := physical.New(cfg)
+		require.NoError(t, err)
+		if out != nil {
+			*out = h
+		}
+		return h
+	}
 }
 
 // waitFor polls a PostgreSQL query until it returns want (real time: it is

@@ -235,19 +235,6 @@ func newFakeGuest(systemID uint64) *guesttest.Guest {
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// warnLogger logs warnings and errors to t only: the info lines of dozens
-// of jobs would drown them.
-func warnLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type tLog struct{ t testing.TB }
-
-func (w tLog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // childSessions returns a job's child sessions, oldest first.
 func childSessions(t testing.TB, store session.Store, job string) []session.Session {
 	t.Helper()

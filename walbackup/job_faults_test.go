@@ -259,8 +259,7 @@ func TestJobKilledAtRandomPoints(t *testing.T) {
 	for trial := 0; trial < crashTrials(t); trial++ {
 		t.Run(fmt.Sprint(trial), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(trial), 11))
-			g := guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42,
-				Timeline: 1, WALSegmentSize: 16 << 20})
+			g := newFakeGuest(42)
 			repo, store := memory.New(), smem.New()
 			inst := repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: 42}
 			retain := func(c *walbackup.Config) { c.Retention = walbackup.Retention{RestorePoints: 2} }

@@ -42,8 +42,7 @@ func newHarness(t *testing.T, tweaks ...func(*walbackup.Config)) *harness {
 	h := &harness{clk: clock.NewMock(), store: smem.New(), repo: memory.New(), events: make(chan walbackup.Event, 1024)}
 	h.list = h.store
 	h.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)) // a Wednesday
-	h.guest = guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42,
-		Timeline: 1, WALSegmentSize: 16 << 20})
+	h.guest = newFakeGuest(42)
 	h.hv = hypervisortest.New(h.clk, hypervisor.Machine{ID: "vm1"})
 	cfg := walbackup.Config{
 		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1"}}, Schedule: walbackup.Daily(22, 0),

@@ -160,12 +160,7 @@ func TestParentOnRealPostgres(t *testing.T) {
 func TestPhysicalRestorePointsRecover(t *testing.T) {
 	ctx := context.Background()
 	var phys *physical.Hypervisor
-	r := newRealJob(t, func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
-		h, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Clock: clk, Logger: testenv.Logger(t)})
-		require.NoError(t, err)
-		phys = h
-		return h
-	})
+	r := newRealJob(t, physicalImages(t, false, &phys))
 	require.NoError(t, r.job.Enable(ctx))
 	r.idle(t)
 	r.pg.Exec(t, "postgres", "CREATE TABLE batches (batch int, n int)")

@@ -21,7 +21,6 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
-	"github.com/pglogship/pglogship/clock"
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/local"
 	"github.com/pglogship/pglogship/guest/runtime"
@@ -55,12 +54,7 @@ type recoverFixture struct {
 func newRecoverFixture(t *testing.T) *recoverFixture {
 	ctx := context.Background()
 	f := &recoverFixture{logs: &syncBuffer{}}
-	f.realJob = newRealJob(t, func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
-		h, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Clock: clk, Logger: testenv.Logger(t)})
-		require.NoError(t, err)
-		f.phys = h
-		return h
-	})
+	f.realJob = newRealJob(t, physicalImages(t, false, &f.phys))
 	pg := f.pg
 	require.NoError(t, f.job.Enable(ctx))
 	f.idle(t)

@@ -15,9 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pglogship/pglogship/clock"
-	"github.com/pglogship/pglogship/guest"
-	"github.com/pglogship/pglogship/hypervisor"
-	"github.com/pglogship/pglogship/hypervisor/physical"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/wal"
@@ -54,11 +51,7 @@ func newPITRFixture(t *testing.T) *pitrFixture {
 	ctx := context.Background()
 	f := &pitrFixture{}
 	f.realJob = newRealJobOn(t, testenv.PostgresConfig{Settings: map[string]string{"track_commit_timestamp": "on"}},
-		func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
-			h, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Logger: testenv.Logger(t)})
-			require.NoError(t, err)
-			return h
-		}, func(c *walbackup.Config) { c.Clock = clock.New() })
+		physicalImages(t, true, nil), func(c *walbackup.Config) { c.Clock = clock.New() })
 	pg := f.pg
 	pg.Exec(t, "postgres", "CREATE TABLE items (id int PRIMARY KEY, val int)")
 	require.NoError(t, f.job.Enable(ctx))
@@ -291,11 +284,7 @@ func TestRestoreTargets(t *testing.T) {
 // transaction, on its own configuration, and goes on archiving for the job.
 func TestRestoreInPlace(t *testing.T) {
 	ctx := context.Background()
-	r := newRealJob(t, func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
-		h, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Logger: testenv.Logger(t)})
-		require.NoError(t, err)
-		return h
-	}, func(c *walbackup.Config) { c.Clock = clock.New() })
+	r := newRealJob(t, physicalImages(t, true, nil), func(c *walbackup.Config) { c.Clock = clock.New() })
 	pg := r.pg
 	pg.Exec(t, "postgres", "CREATE TABLE kept (n int)")
 	require.NoError(t, r.job.Enable(ctx))

@@ -11,10 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pglogship/pglogship/clock"
-	"github.com/pglogship/pglogship/guest"
-	"github.com/pglogship/pglogship/hypervisor"
-	"github.com/pglogship/pglogship/hypervisor/physical"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/wal"
@@ -30,11 +26,7 @@ import (
 // restore drill.
 func TestRetentionOver30DaysWithDrills(t *testing.T) {
 	ctx := context.Background()
-	r := newRealJob(t, func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
-		h, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Clock: clk, Logger: testenv.Logger(t)})
-		require.NoError(t, err)
-		return h
-	}, func(c *walbackup.Config) {
+	r := newRealJob(t, physicalImages(t, false, nil), func(c *walbackup.Config) {
 		c.Schedule = walbackup.Daily(22, 0)
 		c.LogBackupInterval = 8 * time.Hour
 		c.Retention = walbackup.Retention{ImageDays: 7}

@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"log/slog"
 	"sort"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func TestRunnersShareJobsByLeasePostgres(t *testing.T) {
 func runnersScenario(t *testing.T, openStore func(testing.TB) session.Store) {
 	const jobs = 30
 	ttl := walbackup.DefaultLeaseTTL
-	f := newFleet(warnLogger(t))
+	f := newFleet(testenv.LoggerAt(t, slog.LevelWarn))
 	w := newWorld(f, jobs)
 	var procs []*process
 	var stores []session.Store

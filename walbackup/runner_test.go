@@ -120,21 +120,13 @@ func (w *world) requireAllShipped(t testing.TB) {
 	for i, name := range w.names {
 		g := w.guests[name]
 		require.Empty(t, g.Waiting(), "%s: WAL left in the guest", name)
-		in := stored(testingT(t), w.repo, repository.Instance{Job: name, Machine: "vm1", SystemID: uint64(1000 + i)}, 1)
+		in := stored(t, w.repo, repository.Instance{Job: name, Machine: "vm1", SystemID: uint64(1000 + i)}, 1)
 		archived := g.Archived()
 		require.NotEmpty(t, archived)
 		for n, want := range archived {
 			require.Equal(t, want, in[n], "%s: %s in the repository", name, n)
 		}
 	}
-}
-
-// testingT gives stored, which takes a *testing.T, what it needs.
-func testingT(t testing.TB) *testing.T {
-	if tt, ok := t.(*testing.T); ok {
-		return tt
-	}
-	panic("stored needs a *testing.T")
 }
 
 // leaseOf returns who holds job's lease now, through a refused acquire.

@@ -37,7 +37,7 @@ func fakeGuest(t *testing.T, files map[string][]byte) (*guesttest.Guest, guest.R
 }
 
 // stored returns every WAL file in the repository with its content.
-func stored(t *testing.T, repo repository.Repository, inst repository.Instance, tlis ...uint32) map[string][]byte {
+func stored(t testing.TB, repo repository.Repository, inst repository.Instance, tlis ...uint32) map[string][]byte {
 	t.Helper()
 	ctx := context.Background()
 	out := map[string][]byte{}

@@ -21,6 +21,12 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// LoggerAt is Logger for level and above only, for tests whose many
+// actors would drown the lines that matter.
+func LoggerAt(t testing.TB, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: level}))
+}
+
 // LoggerTo is Logger that also writes every line to w, for tests that
 // scan what was logged.
 func LoggerTo(t testing.TB, w io.Writer) *slog.Logger {
