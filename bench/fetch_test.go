@@ -49,7 +49,8 @@ func BenchmarkFetch(b *testing.B) {
 	}
 
 	// Ours: the corpus shipped into a repository first.
-	d, err := local.New(local.Config{Binary: testenv.BuildRuntime(b), Logger: testenv.Logger(b),
+	runtimeBin := testenv.BuildRuntime(b)
+	d, err := local.New(local.Config{Binary: runtimeBin, Logger: testenv.Logger(b),
 		Conn: runtime.ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password}})
 	must(b, err)
 	rt, err := d.Deploy(ctx, guest.Target{Machine: "db1"})
@@ -71,7 +72,6 @@ func BenchmarkFetch(b *testing.B) {
 	if shipped.Files != len(segs) {
 		b.Fatalf("shipped %d files, want %d", shipped.Files, len(segs))
 	}
-	runtimeBin := testenv.BuildRuntime(b)
 	ours := func(verify, sample bool) result {
 		svc, err := runtime.ServeRestore(runtime.RestoreServiceConfig{
 			Dir: filepath.Join(data, "pg_wal"), OSUser: pg.OSUser, Self: []string{runtimeBin}, Logger: testenv.Logger(b),
@@ -89,9 +89,10 @@ func BenchmarkFetch(b *testing.B) {
 		}
 		res := runScript(b, pg, data, check(svc.Command(), verify), filepath.Join(data, "pg_wal", ".pglogship-spool-"), sample)
 		if host != nil {
+			hostKiB := host.Stop()
 			b.Logf("peak resident memory: host process %.1f MiB, restore_command processes %.1f MiB",
-				float64(host.Stop())/1024, float64(res.peakKiB)/1024)
-			res.peakKiB += host.Peak()
+				float64(hostKiB)/1024, float64(res.peakKiB)/1024)
+			res.peakKiB += hostKiB
 		}
 		res.stored = shipped.StoredBytes
 		return res

@@ -83,9 +83,10 @@ func BenchmarkShip(b *testing.B) {
 		res := result{elapsed: time.Since(start), stored: got.StoredBytes}
 		b.Logf("CPU: host process %v, runtime %v", testenv.CPUTime([]int{os.Getpid()}, "")-hostCPU, testenv.CPUTime(nil, baseDir)-rtCPU)
 		if sample {
-			res.peakKiB = host.Stop() + rtm.Stop()
+			hostKiB, rtKiB := host.Stop(), rtm.Stop()
+			res.peakKiB = hostKiB + rtKiB
 			b.Logf("peak resident memory shipping into %T: host process %.1f MiB, runtime %.1f MiB", repo,
-				float64(host.Peak())/1024, float64(rtm.Peak())/1024)
+				float64(hostKiB)/1024, float64(rtKiB)/1024)
 		}
 		must(b, err)
 		if got.Files != len(segs) || got.RawBytes != raw {

@@ -48,12 +48,6 @@ func (s *RSSSampler) Stop() int64 {
 	return s.peak
 }
 
-// Peak is the peak in KiB, after Stop.
-func (s *RSSSampler) Peak() int64 {
-	<-s.done
-	return s.peak
-}
-
 func (s *RSSSampler) sample() int64 {
 	seen := map[int]bool{}
 	var sum int64
