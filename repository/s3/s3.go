@@ -257,19 +257,9 @@ func (r *Repo) Put(ctx context.Context, name string, rd io.Reader) error {
 	}
 	rd = repository.ContextReader(ctx, rd)
 
-	// A name that exists already is only compared: the content is hashed
-	// as it is read, and nothing is sent.
-	if info, err := r.stat(ctx, key); err == nil {
-		h := sha256.New()
-		size, err := io.Copy(h, rd)
-		if err != nil {
-			return fmt.Errorf("put %s: %w", name, err)
-		}
-		return r.compare(ctx, name, key, info, [32]byte(h.Sum(nil)), size)
-	} else if !errors.Is(err, repository.ErrNotFound) {
-		return fmt.Errorf("put %s: %w", name, err)
-	}
-
+	// An object of one part goes in one conditional PutObject, which an
+	// existing name refuses (then compared): names are mostly new, so no
+	// request is spent asking first.
 	bp := r.bufs.Get().(*[]byte)
 	defer r.bufs.Put(bp)
 	buf := *bp
@@ -278,6 +268,20 @@ func (r *Repo) Put(ctx context.Context, name string, rd io.Reader) error {
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 		return r.putSmall(ctx, name, key, buf[:n])
 	case err != nil:
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+
+	// A large object under a name that exists already is only compared:
+	// the content is hashed as it is read, and nothing is sent.
+	if info, err := r.stat(ctx, key); err == nil {
+		h := sha256.New()
+		h.Write(buf)
+		size, err := io.Copy(h, rd)
+		if err != nil {
+			return fmt.Errorf("put %s: %w", name, err)
+		}
+		return r.compare(ctx, name, key, info, [32]byte(h.Sum(nil)), int64(len(buf))+size)
+	} else if !errors.Is(err, repository.ErrNotFound) {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
 	return r.putLarge(ctx, name, key, buf, rd)
