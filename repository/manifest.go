@@ -81,7 +81,7 @@ func (m *Manifest) Validate() error {
 		return bad("system id is required")
 	case m.Timeline == 0:
 		return bad("timeline is required")
-	case m.WALSegmentSize != 0 && (m.WALSegmentSize < 1<<20 || m.WALSegmentSize > 1<<30 || m.WALSegmentSize&(m.WALSegmentSize-1) != 0):
+	case m.WALSegmentSize != 0 && !wal.ValidSegmentSize(m.WALSegmentSize):
 		return bad("wal segment size %d: a power of two from 1 MiB to 1 GiB", m.WALSegmentSize)
 	case m.StopLSN < m.StartLSN || m.StartLSN == 0:
 		return bad("lsn range %s..%s", m.StartLSN, m.StopLSN)

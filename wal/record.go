@@ -187,6 +187,10 @@ func NewReader(cfg ReaderConfig) (*Reader, error) {
 
 func validSize(n, lo, hi int64) bool { return n >= lo && n <= hi && n&(n-1) == 0 }
 
+// ValidSegmentSize tells whether n is a WAL segment size PostgreSQL
+// allows: a power of two from 1 MiB to 1 GiB.
+func ValidSegmentSize(n int64) bool { return validSize(n, minSegmentSize, maxSegmentSize) }
+
 // Feed reads the segment name (a segment or .partial file name) from src
 // and returns the summary of the records that ended in it. Errors are
 // those of src, of OnRecord, or of misuse (a name out of order); invalid

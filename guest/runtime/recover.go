@@ -136,11 +136,7 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
 	if err != nil {
 		return nil, err
 	}
-	prefetch := cfg.Prefetch
-	if prefetch == 0 {
-		prefetch = guest.DefaultPrefetch
-	}
-	return &recovery{rt: r, cfg: cfg, owner: owner, pgCtl: pgCtl, prefetch: max(prefetch, 0),
+	return &recovery{rt: r, cfg: cfg, owner: owner, pgCtl: pgCtl, prefetch: prefetchOf(cfg.Prefetch),
 		logPath: filepath.Join(cfg.DataDir, RecoveryLog)}, nil
 }
 
@@ -299,7 +295,7 @@ func (rec *recovery) run(ctx context.Context, fetch guest.FetchFunc) (res guest.
 	restoreCommand := svc.Command()
 	defer func() {
 		svc.Close()
-		st := svc.Stats()
+		st := svc.spool.Stats()
 		res.Fetched, res.Requests, res.FromSpool, res.Waited, res.InFlight = st.Fetched, st.Requests, st.FromSpool, st.Waited, st.InFlight
 		res.Log = rec.logTail()
 	}()

@@ -64,11 +64,16 @@ func ServeRestore(cfg RestoreServiceConfig) (*RestoreService, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	prefetch := cfg.Prefetch
-	if prefetch == 0 {
-		prefetch = guest.DefaultPrefetch
+	return startRestoreService(context.Background(), cfg.Dir, owner, cfg.Self, cfg.Fetch, prefetchOf(cfg.Prefetch), cfg.Logger)
+}
+
+// prefetchOf reads a Prefetch setting: 0 is guest.DefaultPrefetch,
+// negative none.
+func prefetchOf(n int) int {
+	if n == 0 {
+		return guest.DefaultPrefetch
 	}
-	return startRestoreService(context.Background(), cfg.Dir, owner, cfg.Self, cfg.Fetch, max(prefetch, 0), cfg.Logger)
+	return max(n, 0)
 }
 
 // startRestoreService makes a private spool folder in dir (and a socket

@@ -123,7 +123,7 @@ func isDone(e *spoolEntry) bool {
 // aheadLocked makes the spool hold the ahead segments after f: those
 // outside that window go, missing ones start.
 func (s *spool) aheadLocked(ctx context.Context, f wal.FileName) {
-	if s.ahead <= 0 || s.closed || !validSegSize(s.segSize) {
+	if s.ahead <= 0 || s.closed || !wal.ValidSegmentSize(s.segSize) {
 		return
 	}
 	window := make(map[string]bool, s.ahead)
@@ -143,9 +143,6 @@ func (s *spool) aheadLocked(ctx context.Context, f wal.FileName) {
 		}
 	}
 }
-
-// validSegSize: a power of two from 1 MiB to 1 GiB, as PostgreSQL allows.
-func validSegSize(n int64) bool { return n >= 1<<20 && n <= 1<<30 && n&(n-1) == 0 }
 
 func (s *spool) dropLocked(name string, e *spoolEntry) {
 	delete(s.entries, name)
