@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -142,10 +141,7 @@ func (rt *Runtime) callFrames(ctx context.Context, op string, args, result any, 
 				if result != nil && resp.Result != nil {
 					_ = json.Unmarshal(resp.Result, result) // what a failed operation still reports
 				}
-				if sentinel := runtime.CodeError(resp.Code); sentinel != nil {
-					return &remoteError{msg: resp.Error, sentinel: sentinel}
-				}
-				return errors.New(resp.Error)
+				return runtime.CodeError(resp.Error, resp.Code)
 			}
 			if result != nil && resp.Result != nil {
 				return json.Unmarshal(resp.Result, result)
@@ -161,15 +157,6 @@ func (rt *Runtime) fail(err error) error {
 	rt.broken = fmt.Errorf("runtime connection broken: %w", err)
 	return rt.broken
 }
-
-// remoteError is an error from the guest that matches a sentinel.
-type remoteError struct {
-	msg      string
-	sentinel error
-}
-
-func (e *remoteError) Error() string        { return e.msg }
-func (e *remoteError) Is(target error) bool { return target == e.sentinel }
 
 // Scan implements guest.Runtime.
 func (rt *Runtime) Scan(ctx context.Context) (guest.Instance, error) {

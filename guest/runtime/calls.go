@@ -195,7 +195,7 @@ func (c *hostCalls) Fetch(ctx context.Context, name string, w io.Writer) error {
 	c.mu.Unlock()
 	switch {
 	case end.Error != "":
-		return fmt.Errorf("fetch %s from the host: %w", name, &codeError{msg: end.Error, sentinel: CodeError(end.Code)})
+		return fmt.Errorf("fetch %s from the host: %w", name, CodeError(end.Error, end.Code))
 	case err != nil:
 		return fmt.Errorf("fetch %s from the host: %w", name, err)
 	case end.ID != id:
@@ -232,12 +232,3 @@ func (c *hostCalls) finish() error {
 	defer c.mu.Unlock()
 	return c.err
 }
-
-// codeError is an error from the host that matches a sentinel.
-type codeError struct {
-	msg      string
-	sentinel error
-}
-
-func (e *codeError) Error() string        { return e.msg }
-func (e *codeError) Is(target error) bool { return e.sentinel != nil && target == e.sentinel }

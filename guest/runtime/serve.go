@@ -111,8 +111,24 @@ func ErrorCode(err error) string {
 	return ""
 }
 
-// CodeError returns the sentinel for a wire code, or nil.
-func CodeError(code string) error { return errorCodes[code] }
+// CodeError returns the error a message and a wire code from the other
+// side stand for: one that matches the code's sentinel (errors.Is), or a
+// plain one for an unknown or empty code.
+func CodeError(msg, code string) error {
+	if sentinel := errorCodes[code]; sentinel != nil {
+		return &codeError{msg: msg, sentinel: sentinel}
+	}
+	return errors.New(msg)
+}
+
+// codeError is an error from the other side that matches a sentinel.
+type codeError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *codeError) Error() string        { return e.msg }
+func (e *codeError) Is(target error) bool { return target == e.sentinel }
 
 // Serve speaks the runtime's side of the protocol on in and out until the
 // host sends close or hangs up (io.EOF). newRuntime builds the Runtime once
