@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -176,21 +177,31 @@ type serverProc struct {
 	waitErr error         // valid once done is closed
 }
 
-// startServer starts cmd in a new process group and reaps it in the
-// background.
+// startServer starts cmd in a new process group, killed if this process
+// dies, and reaps it in the background.
 func startServer(cmd *exec.Cmd) (*serverProc, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	cmd.SysProcAttr.Setpgid = true
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("run %s: %w", cmd.Path, err)
-	}
+	// Pdeathsig fires when the thread that started the child exits, so
+	// that thread stays locked to the goroutine that waits for the child:
+	// a test binary that dies (timeout, panic) takes its servers with it.
+	cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Pdeathsig = true, syscall.SIGKILL
 	p := &serverProc{cmd: cmd, done: make(chan struct{})}
+	started := make(chan error)
 	go func() {
-		p.waitErr = p.cmd.Wait()
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		p.waitErr = cmd.Wait()
 		close(p.done)
 	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("run %s: %w", cmd.Path, err)
+	}
 	return p, nil
 }
 

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -219,25 +218,17 @@ func startChild(name string, args []string, logPath string, exited func(error)) 
 	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = cleanEnv()
-	// Pdeathsig fires when the thread that started the child exits, so
-	// that thread stays locked to the goroutine that waits for the child:
-	// a test binary that dies (timeout, panic) takes QEMU with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	started := make(chan error)
-	go func() {
-		runtime.LockOSThread()
-		defer logf.Close()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		exited(cmd.Wait())
-	}()
-	if err := <-started; err != nil {
+	p, err := startServer(cmd)
+	if err != nil {
+		logf.Close()
 		return 0, err
 	}
-	return cmd.Process.Pid, nil
+	go func() {
+		<-p.done
+		logf.Close()
+		exited(p.waitErr)
+	}()
+	return p.pid(), nil
 }
 
 // qemuOptValue escapes a value inside a comma-separated QEMU option
