@@ -191,44 +191,14 @@ func compareStored(ctx context.Context, rt guest.Runtime, repo repository.Reposi
 		ErrSplitBrain, name, stored, sum, aside)
 }
 
-// keepAside stores one guest file as a bundle of its own and reads it back.
+// keepAside stores one guest file as a bundle of its own and reads it back;
+// the file must still have the checksum it was compared with.
 func keepAside(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj, name string, sum [32]byte, opts ShipOptions) error {
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		err := func() error {
-			w, err := bundle.NewWriter(pw, opts.Key)
-			if err != nil {
-				return err
-			}
-			w.SetCreated(opts.Time)
-			err = rt.Read(ctx, []string{name}, func(f guest.Frame) error {
-				codec := bundle.Raw
-				if f.Codec == guest.CodecZstd {
-					codec = bundle.Zstd
-				}
-				_, err := w.Add(name, codec, f.Data)
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			_, err = w.Close()
-			return err
-		}()
-		pw.CloseWithError(err)
-		done <- err
-	}()
-	putErr := repo.Put(ctx, obj, pr)
-	pr.CloseWithError(putErr)
-	if err := errors.Join(<-done, putErr); err != nil {
-		return err
+	_, want, _, err := writeBundle(ctx, rt, repo, obj, []string{name}, opts)
+	if err == nil && want[name] != sum {
+		err = fmt.Errorf("%w: %s changed while it was kept aside", ErrChecksum, name)
 	}
-	st, err := repo.Stat(ctx, obj)
-	if err != nil {
-		return err
-	}
-	return bundle.Verify(ctx, repo, obj, st.Size, opts.Key, map[string][32]byte{name: sum})
+	return err
 }
 
 func (s *Shipped) add(name string, raw, stored int64) {
@@ -246,9 +216,21 @@ func (s *Shipped) add(name string, raw, stored int64) {
 // shipBundle streams the files into one bundle and verifies it.
 func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance,
 	tli uint32, names []string, opts ShipOptions) (obj string, raw, stored int64, err error) {
-	key := opts.Key
 	obj = inst.NewBundleName(tli, names[0], names[len(names)-1])
-	want := make(map[string][32]byte, len(names))
+	raw, _, stored, err = writeBundle(ctx, rt, repo, obj, names, opts)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	return obj, raw, stored, nil
+}
+
+// writeBundle streams the guest files names into the bundle obj, each
+// checked against the guest's checksum, and reads it back. It returns the
+// raw bytes, each file's SHA-256 and the bundle's size.
+func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj string, names []string,
+	opts ShipOptions) (raw int64, want map[string][32]byte, stored int64, err error) {
+	key := opts.Key
+	want = make(map[string][32]byte, len(names))
 	pr, pw := io.Pipe()
 	readErr := make(chan error, 1)
 	written := sha256.New() // of the object, for the read-back
@@ -300,19 +282,19 @@ func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repositor
 	putErr := repo.Put(ctx, obj, pr)
 	pr.CloseWithError(putErr) // unblocks the reader if Put gave up
 	if err := <-readErr; err != nil {
-		return "", 0, 0, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
+		return 0, nil, 0, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
 	}
 	if putErr != nil {
-		return "", 0, 0, fmt.Errorf("store %s: %w", obj, putErr)
+		return 0, nil, 0, fmt.Errorf("store %s: %w", obj, putErr)
 	}
 	st, err := repo.Stat(ctx, obj)
 	if err != nil {
-		return "", 0, 0, fmt.Errorf("read back %s: %w", obj, err)
+		return 0, nil, 0, fmt.Errorf("read back %s: %w", obj, err)
 	}
 	if err := bundle.VerifyStored(ctx, repo, obj, st.Size, key, want, [32]byte(written.Sum(nil))); err != nil {
-		return "", 0, 0, fmt.Errorf("read back %s: %w", obj, err)
+		return 0, nil, 0, fmt.Errorf("read back %s: %w", obj, err)
 	}
-	return obj, raw, st.Size, nil
+	return raw, want, st.Size, nil
 }
 
 // shipHistory stores a timeline history file as its own object. The same
