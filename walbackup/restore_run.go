@@ -45,6 +45,16 @@ type RestoreTo struct {
 	Force bool
 }
 
+// recovery is Recovery with its data directory defaulting to Image, where
+// a physical image is restored.
+func (to RestoreTo) recovery() RecoveryOptions {
+	opts := to.Recovery
+	if opts.DataDir == "" {
+		opts.DataDir = to.Image
+	}
+	return opts
+}
+
 // RecoveryOptions say how the restored instance starts.
 type RecoveryOptions struct {
 	// DataDir is the restored data directory as the guest sees it; empty
@@ -102,11 +112,7 @@ func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (Re
 		return res, err
 	}
 	if to.Guest.ID != "" {
-		opts := to.Recovery
-		if opts.DataDir == "" {
-			opts.DataDir = to.Image
-		}
-		if res.Recovery, err = j.Recover(ctx, plan, to.Guest, opts); err != nil {
+		if res.Recovery, err = j.Recover(ctx, plan, to.Guest, to.recovery()); err != nil {
 			return res, err
 		}
 	}
@@ -129,10 +135,7 @@ func (j *Job) makeRoom(ctx context.Context, to RestoreTo) error {
 		return fmt.Errorf("restore to %s: %w: an instance is never overwritten unless the restore is forced", to.Image, ErrTargetExists)
 	}
 	if to.Guest.ID != "" {
-		dataDir := to.Recovery.DataDir
-		if dataDir == "" {
-			dataDir = to.Image
-		}
+		dataDir := to.recovery().DataDir
 		rt, err := j.deployFor(ctx, to.Guest)
 		if err != nil {
 			return err
@@ -319,10 +322,7 @@ func (j *Job) Drill(ctx context.Context, req DrillRequest) (DrillResult, error) 
 		return res, err
 	}
 	defer j.closeRuntime(ctx, rt, req.Scratch.Guest)
-	opts := req.Scratch.Recovery
-	if opts.DataDir == "" {
-		opts.DataDir = req.Scratch.Image
-	}
+	opts := req.Scratch.recovery()
 	ctl, ok := rt.(guest.ServerControl)
 	if !ok {
 		return res, fmt.Errorf("drill on %s: %w: it cannot check a server", req.Scratch.Guest.ID, ErrNoRecovery)
