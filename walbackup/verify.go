@@ -253,6 +253,9 @@ func (j *Job) branchPoint(ctx context.Context, name string) (wal.LSN, error) {
 	if err != nil {
 		return 0, err
 	}
+	if len(b) > maxHistory { // refused, as fetching and shipping refuse it, not cut off
+		return 0, fmt.Errorf("history file %s: over %d bytes", name, maxHistory)
+	}
 	var last wal.LSN
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
