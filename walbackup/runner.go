@@ -311,6 +311,9 @@ func (r *Runner) pollJob(ctx, pctx context.Context, rj *runnerJob) {
 	if rj.done != nil && isClosed(rj.done) {
 		rj.reset()
 	}
+	if rj.stopping {
+		return // canceled; its lease is not ours to renew
+	}
 	name := rj.job.Name()
 	enabled, err := r.leaser.JobEnabled(pctx, name)
 	known := err == nil
@@ -318,8 +321,6 @@ func (r *Runner) pollJob(ctx, pctx context.Context, rj *runnerJob) {
 		r.cfg.Logger.Warn("read whether a job is enabled", "job", name, "holder", r.cfg.Holder, "err", err)
 	}
 	switch {
-	case rj.stopping:
-		// Canceled; its lease is not ours to renew.
 	case rj.done != nil:
 		if known && !enabled && !rj.disabling {
 			r.disable(ctx, rj)
