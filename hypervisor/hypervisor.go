@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
 	"time"
 )
 
@@ -96,6 +97,42 @@ type Hypervisor interface {
 	// checksum and fails rather than write a corrupt image. An existing
 	// target is never overwritten: that gives an error.
 	Restore(ctx context.Context, chain []Image, src ObjectGetter, target string, progress func(Progress)) error
+}
+
+// TablespaceRestorer is implemented by hypervisors whose images hold a
+// cluster's tablespaces as files under pg_tblspc/<oid> (file-level
+// images). PostgreSQL 15 and later refuse to recover a data directory
+// whose pg_tblspc holds directories instead of links, so such a
+// hypervisor restores each tablespace into a directory of its own outside
+// the target and links pg_tblspc/<oid> to it. Check it with a type
+// assertion; a hypervisor without it keeps tablespaces inside its image
+// (a disk image carries them where they were).
+type TablespaceRestorer interface {
+	// RestoreTablespaces is Restore that also places the tablespaces: each
+	// at opts.Tablespaces[oid] when named there, otherwise at
+	// DefaultTablespaceDir(target, oid). Every such directory must not
+	// exist (its missing parents are created); an existing one gives an
+	// error matching fs.ErrExist before anything is written. On any error
+	// everything it wrote, tablespaces and created parents included, is
+	// removed. It returns where each tablespace went, by OID.
+	RestoreTablespaces(ctx context.Context, chain []Image, src ObjectGetter, target string, opts RestoreOptions) (map[uint32]string, error)
+}
+
+// RestoreOptions tune RestoreTablespaces.
+type RestoreOptions struct {
+	// Tablespaces maps a tablespace's OID to the absolute directory it is
+	// restored into. An OID the image does not hold (a tablespace dropped
+	// while the image was taken) is ignored.
+	Tablespaces map[uint32]string
+	// Progress, if set, gets the bytes written and their total.
+	Progress func(Progress)
+}
+
+// DefaultTablespaceDir is where a restore into target puts tablespace oid
+// when told nothing else: beside target, never where the original was, so
+// a restore beside a running original cannot touch its files.
+func DefaultTablespaceDir(target string, oid uint32) string {
+	return target + ".tablespaces/" + strconv.FormatUint(uint64(oid), 10)
 }
 
 // Fixed is implemented by snapshots whose point in time is fixed when

@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pglogship/pglogship/guest"
@@ -40,9 +43,21 @@ type RestoreTo struct {
 	Recovery RecoveryOptions
 	// Force restores in place over an existing Image: the server running
 	// on it is stopped (through Guest) and the existing directory or file
-	// is moved aside to Image + ".replaced-<time>", kept, never deleted.
-	// Without it an existing Image is ErrTargetExists.
+	// is moved aside to Image + ".replaced-<time>", kept, never deleted,
+	// as is every existing tablespace directory the restore writes; the
+	// tablespaces go back to their original locations. Without it an
+	// existing Image or tablespace directory is ErrTargetExists.
 	Force bool
+	// Tablespaces says where a physical image's tablespaces are restored,
+	// like pg_basebackup's --tablespace-mapping: the key is a tablespace's
+	// OID ("16436") or its original location, the value a new absolute
+	// directory. A tablespace not named goes to its original location with
+	// Force, and otherwise beside Image (hypervisor.DefaultTablespaceDir:
+	// Image + ".tablespaces/<oid>"), never where the original is, so a
+	// restore beside a running original cannot touch its files. A key that
+	// names no tablespace of the restore point is ErrTablespace. Images that
+	// keep tablespaces where they were (QEMU disks) take no mapping.
+	Tablespaces map[string]string
 }
 
 // recovery is Recovery with its data directory defaulting to Image, where
@@ -77,7 +92,9 @@ type RecoveryOptions struct {
 	Prefetch int
 	// TablespaceMap writes the restore point's tablespace_map, for images
 	// that keep tablespaces where they were (QEMU disks). Physical images
-	// restore tablespaces inside pg_tblspc and must not get it.
+	// link pg_tblspc/<oid> to the directories they restored the
+	// tablespaces into and must not get it: recovery would point the links
+	// back at the original locations.
 	TablespaceMap bool
 	// Archive keeps archive_mode as configured, for a restore in place
 	// that goes on being protected; by default the restored instance does
@@ -97,7 +114,11 @@ type RestoreResult struct {
 // Restore plans a restore (refusing a target outside the restorable
 // interval before anything is written), writes the image chain through the
 // hypervisor, and, when to.Guest is set, starts PostgreSQL there in
-// recovery up to the target and waits until it has promoted.
+// recovery up to the target and waits until it has promoted. A restore
+// that fails after writing removes what it wrote; one whose recovery
+// fails leaves the restored directories moved aside to
+// <path>.failed-<time> for inspection, and with Force moves back what it
+// replaced. The error says which.
 func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (RestoreResult, error) {
 	start := j.cfg.Clock.Now()
 	plan, err := j.Plan(ctx, req)
@@ -105,79 +126,181 @@ func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (Re
 		return RestoreResult{}, err
 	}
 	res := RestoreResult{Plan: plan}
-	if err := j.makeRoom(ctx, to); err != nil {
+	if to.Image == "" {
+		return res, errors.New("restore: no target image path")
+	}
+	spaces, err := j.placeTablespaces(plan, to)
+	if err != nil {
 		return res, err
 	}
-	if err := j.RestoreImage(ctx, plan, to.Image, nil); err != nil {
+	stamp := start.UTC().Format("20060102T150405Z")
+	replaced, err := j.makeRoom(ctx, to, spaces, stamp)
+	if err != nil {
+		return res, err
+	}
+	if _, err := j.restoreImage(ctx, plan, to.Image, spaces, nil); err != nil {
+		if berr := moveBack(replaced); berr != nil {
+			return res, errors.Join(err, fmt.Errorf("restore in place: %w", berr))
+		}
 		return res, err
 	}
 	if to.Guest.ID != "" {
 		if res.Recovery, err = j.Recover(ctx, plan, to.Guest, to.recovery()); err != nil {
-			return res, err
+			return res, errors.Join(err, j.keepFailed(to, spaces, replaced, stamp))
 		}
 	}
 	res.Took = j.cfg.Clock.Now().Sub(start)
 	return res, nil
 }
 
-// makeRoom checks the restore's target: it must not exist, or, with
-// Force, the server running on it is stopped and it is moved aside.
-func (j *Job) makeRoom(ctx context.Context, to RestoreTo) error {
-	if to.Image == "" {
-		return errors.New("restore: no target image path")
+// placeTablespaces decides where a physical image's tablespaces go (nil
+// for a hypervisor whose images keep them where they were).
+func (j *Job) placeTablespaces(plan *Plan, to RestoreTo) ([]placedTablespace, error) {
+	if _, ok := j.cfg.Hypervisor.(hypervisor.TablespaceRestorer); !ok {
+		if len(to.Tablespaces) > 0 {
+			return nil, fmt.Errorf("restore: %w: this hypervisor's images keep tablespaces where they were", ErrTablespace)
+		}
+		return nil, nil
 	}
-	if _, err := os.Lstat(to.Image); errors.Is(err, os.ErrNotExist) {
-		return nil
-	} else if err != nil {
-		return fmt.Errorf("restore to %s: %w", to.Image, err)
+	return tablespaceDirs(to, plan.RestorePoint.TablespaceMap)
+}
+
+// makeRoom checks the restore's destinations: none may exist, or, with
+// Force, the server running on Image is stopped and every one that exists
+// is moved aside to <path>.replaced-<stamp>. It returns what it moved.
+func (j *Job) makeRoom(ctx context.Context, to RestoreTo, spaces []placedTablespace, stamp string) (map[string]string, error) {
+	paths := []string{to.Image}
+	for _, ts := range spaces {
+		paths = append(paths, ts.Dir)
+	}
+	var existing []string
+	for i, p := range paths {
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("restore to %s: %w", p, err)
+		}
+		if i > 0 && to.Force && spaces[i-1].Original {
+			if err := checkReplaced(to.Image, spaces[i-1]); err != nil {
+				return nil, fmt.Errorf("restore in place: %w", err)
+			}
+		}
+		existing = append(existing, p)
+	}
+	if len(existing) == 0 {
+		return nil, nil
 	}
 	if !to.Force {
-		return fmt.Errorf("restore to %s: %w: an instance is never overwritten unless the restore is forced", to.Image, ErrTargetExists)
+		return nil, fmt.Errorf("restore to %s: %w: an instance is never overwritten unless the restore is forced", strings.Join(existing, ", "), ErrTargetExists)
 	}
-	if to.Guest.ID != "" {
-		dataDir := to.recovery().DataDir
-		rt, err := j.deployFor(ctx, to.Guest)
-		if err != nil {
-			return err
-		}
-		defer j.closeRuntime(ctx, rt, to.Guest)
-		ctl, ok := rt.(guest.ServerControl)
-		if !ok {
-			return fmt.Errorf("restore in place on %s: %w: it cannot stop the running server", to.Guest.ID, ErrNoRecovery)
-		}
-		octx, cancel := j.op(ctx)
-		err = ctl.StopServer(octx, dataDir)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("restore in place: stop the server on %s: %w", dataDir, err)
+	if existing[0] == to.Image && to.Guest.ID != "" {
+		if err := j.stopServer(ctx, to); err != nil {
+			return nil, err
 		}
 	}
-	aside := to.Image + ".replaced-" + j.cfg.Clock.Now().UTC().Format("20060102T150405Z")
-	if err := os.Rename(to.Image, aside); err != nil {
-		return fmt.Errorf("restore in place: move %s aside: %w", to.Image, err)
+	moved, err := moveAside(existing, ".replaced-"+stamp)
+	if err != nil {
+		return nil, fmt.Errorf("restore in place: %w (a mount point cannot be moved: map its tablespace elsewhere with RestoreTo.Tablespaces)", err)
 	}
-	j.cfg.Logger.Info("restore in place: the instance it replaces was moved aside", "path", aside)
+	for orig, aside := range moved {
+		j.cfg.Logger.Info("restore in place: what it replaces was moved aside", "path", orig, "aside", aside)
+	}
+	return moved, nil
+}
+
+// stopServer stops the server running on the in-place restore's data
+// directory.
+func (j *Job) stopServer(ctx context.Context, to RestoreTo) error {
+	dataDir := to.recovery().DataDir
+	rt, err := j.deployFor(ctx, to.Guest)
+	if err != nil {
+		return err
+	}
+	defer j.closeRuntime(ctx, rt, to.Guest)
+	ctl, ok := rt.(guest.ServerControl)
+	if !ok {
+		return fmt.Errorf("restore in place on %s: %w: it cannot stop the running server", to.Guest.ID, ErrNoRecovery)
+	}
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	if err := ctl.StopServer(octx, dataDir); err != nil {
+		return fmt.Errorf("restore in place: stop the server on %s: %w", dataDir, err)
+	}
 	return nil
 }
 
+// keepFailed moves what a restore whose recovery failed wrote aside to
+// <path>.failed-<stamp>, and what it replaced back; the error says where
+// things are.
+func (j *Job) keepFailed(to RestoreTo, spaces []placedTablespace, replaced map[string]string, stamp string) error {
+	if _, err := os.Lstat(filepath.Join(to.Image, "postmaster.pid")); err == nil {
+		// A server still runs on it (or left its pid file): moving the
+		// directory under it would be worse than leaving it.
+		return fmt.Errorf("the restored instance is left in place at %s: a postmaster.pid is in it", to.Image)
+	}
+	paths := []string{to.Image}
+	for _, ts := range spaces {
+		paths = append(paths, ts.Dir)
+	}
+	failed, err := moveAside(paths, ".failed-"+stamp)
+	if err != nil {
+		return fmt.Errorf("the restored instance is left in place at %s: %w", to.Image, err)
+	}
+	var where []string
+	for _, p := range paths {
+		if aside, ok := failed[p]; ok {
+			where = append(where, aside)
+		}
+	}
+	msg := "what the restore wrote was moved aside to " + strings.Join(where, ", ")
+	j.cfg.Logger.Warn("restore failed: what it wrote was moved aside", "paths", where)
+	if len(replaced) == 0 {
+		return errors.New(msg)
+	}
+	if err := moveBack(replaced); err != nil {
+		return fmt.Errorf("%s; what it replaced is still aside: %w", msg, err)
+	}
+	return fmt.Errorf("%s; what it replaced is back in place (its server is not started)", msg)
+}
+
 // RestoreImage writes a plan's image chain to target through the
-// hypervisor, verifying every object it reads.
+// hypervisor, verifying every object it reads. A physical image's
+// tablespaces go beside target (hypervisor.DefaultTablespaceDir).
 func (j *Job) RestoreImage(ctx context.Context, plan *Plan, target string, progress func(hypervisor.Progress)) error {
+	_, err := j.restoreImage(ctx, plan, target, nil, progress)
+	return err
+}
+
+// restoreImage is RestoreImage with the tablespaces at spaces' places
+// (with a TablespaceRestorer); it returns where each one went.
+func (j *Job) restoreImage(ctx context.Context, plan *Plan, target string, spaces []placedTablespace, progress func(hypervisor.Progress)) (map[uint32]string, error) {
 	if target == "" {
-		return errors.New("restore image: no target")
+		return nil, errors.New("restore image: no target")
 	}
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	err := j.cfg.Hypervisor.Restore(wctx, plan.Chain, watchedRepo{j.cfg.Repository, w}, target, func(p hypervisor.Progress) {
+	src := watchedRepo{j.cfg.Repository, w}
+	kick := func(p hypervisor.Progress) {
 		w.kick()
 		if progress != nil {
 			progress(p)
 		}
-	})
-	if err != nil {
-		return fmt.Errorf("restore image of restore point %s to %s: %w", plan.RestorePoint.ID, target, explain(wctx, err))
 	}
-	return nil
+	var placed map[uint32]string
+	var err error
+	if tr, ok := j.cfg.Hypervisor.(hypervisor.TablespaceRestorer); ok {
+		opts := hypervisor.RestoreOptions{Tablespaces: map[uint32]string{}, Progress: kick}
+		for _, ts := range spaces {
+			opts.Tablespaces[ts.OID] = ts.Dir
+		}
+		placed, err = tr.RestoreTablespaces(wctx, plan.Chain, src, target, opts)
+	} else {
+		err = j.cfg.Hypervisor.Restore(wctx, plan.Chain, src, target, kick)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("restore image of restore point %s to %s: %w", plan.RestorePoint.ID, target, explain(wctx, err))
+	}
+	return placed, nil
 }
 
 // Recover starts the restored data directory in the guest in recovery up
@@ -308,14 +431,33 @@ func (j *Job) Drill(ctx context.Context, req DrillRequest) (DrillResult, error) 
 		return res, err
 	}
 	res.RestorePoint = plan.RestorePoint.ID
-	if err := j.RestoreImage(ctx, plan, req.Scratch.Image, nil); err != nil {
+	scratch := req.Scratch
+	scratch.Force = false // a drill never replaces anything
+	spaces, err := j.placeTablespaces(plan, scratch)
+	if err != nil {
+		return res, err
+	}
+	if _, err := j.makeRoom(ctx, scratch, spaces, ""); err != nil {
+		return res, fmt.Errorf("drill: %w", err)
+	}
+	placed, err := j.restoreImage(ctx, plan, scratch.Image, spaces, nil)
+	if err != nil {
 		res.Failures = append(res.Failures, err.Error())
 		return res, j.recordDrill(ctx, plan, &res, start)
 	}
 	defer func() {
-		if err := os.RemoveAll(req.Scratch.Image); err != nil {
-			j.cfg.Logger.Warn("remove the drill's scratch image", "path", req.Scratch.Image, "err", err)
+		paths := []string{scratch.Image}
+		for _, dir := range placed {
+			paths = append(paths, dir)
 		}
+		for _, p := range paths {
+			if err := os.RemoveAll(p); err != nil {
+				j.cfg.Logger.Warn("remove the drill's scratch image", "path", p, "err", err)
+			}
+		}
+		// The default tablespaces' container, once empty (never what it
+		// did not make).
+		os.Remove(filepath.Dir(hypervisor.DefaultTablespaceDir(scratch.Image, 0)))
 	}()
 	rt, err := j.deployFor(ctx, req.Scratch.Guest)
 	if err != nil {

@@ -21,9 +21,11 @@
 // (pg_backup_start) from before Snapshot until Export has returned, and keep
 // the backup_label and tablespace_map pg_backup_stop returns with the image;
 // PostgreSQL's WAL replay from the backup's start then repairs whatever
-// changed while the files were read. Tablespaces are restored as
-// directories in pg_tblspc/<oid> (in-place tablespaces), so a restore
-// should not write the tablespace_map back unless it moves them elsewhere.
+// changed while the files were read. Each tablespace is restored into a
+// directory of its own outside the data directory (RestoreTablespaces says
+// where) and pg_tblspc/<oid> becomes a link to it, as PostgreSQL requires;
+// a restore must not write the tablespace_map back, which would point the
+// links at the original locations.
 //
 // The format of the objects is specified in docs/repository-format.md,
 // section 6.

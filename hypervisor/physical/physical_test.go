@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -331,9 +332,12 @@ func TestImagesOfARealCluster(t *testing.T) {
 		}
 	}
 	assert.Greater(t, same, len(stored), "most files are compared with the source")
-	st, err := os.Lstat(filepath.Join(target, "pg_tblspc", tsOID))
+	link, err := os.Readlink(filepath.Join(target, "pg_tblspc", tsOID))
+	require.NoError(t, err, "the tablespace is a link, as PostgreSQL requires")
+	oid, err := strconv.ParseUint(tsOID, 10, 32)
 	require.NoError(t, err)
-	assert.True(t, st.IsDir(), "the tablespace is an in-place directory")
+	assert.Equal(t, hypervisor.DefaultTablespaceDir(target, uint32(oid)), link, "into its own directory beside the target")
+	assert.FileExists(t, filepath.Join(link, strings.TrimPrefix(inTS, "pg_tblspc/"+tsOID+"/")))
 	for _, d := range []string{"pg_wal", "pg_replslot", "pg_stat_tmp"} {
 		entries, err := os.ReadDir(filepath.Join(target, d))
 		require.NoError(t, err)
@@ -392,6 +396,50 @@ func TestImagesOfARealCluster(t *testing.T) {
 	undo()
 	require.NoError(t, hv.Restore(ctx, []hypervisor.Image{full, inc}, repo, dir, nil), "whole again")
 	assert.Equal(t, restored, clusterOnDisk(t, dir), "full and incremental restore the same cluster as the longer chain")
+
+	// Tablespaces where the caller says, in new directories only.
+	chain := []hypervisor.Image{full, inc}
+	base := t.TempDir()
+	mapped := filepath.Join(base, "new", "parents", "ts")
+	placed, err := hv.RestoreTablespaces(ctx, chain, repo, filepath.Join(base, "one"),
+		hypervisor.RestoreOptions{Tablespaces: map[uint32]string{uint32(oid): mapped, 999: "/not/in/the/image"}})
+	require.NoError(t, err)
+	assert.Equal(t, map[uint32]string{uint32(oid): mapped}, placed)
+	link, err = os.Readlink(filepath.Join(base, "one", "pg_tblspc", tsOID))
+	require.NoError(t, err)
+	assert.Equal(t, mapped, link)
+	assert.Equal(t, restored, clusterOnDisk(t, filepath.Join(base, "one")))
+	assert.NoDirExists(t, "/not/in/the/image")
+	for name, to := range map[string]string{
+		"an existing tablespace directory": mapped,
+		"inside the data directory":        filepath.Join(base, "two", "ts"),
+		"holding the data directory":       base,
+		"relative":                         "ts",
+	} {
+		_, err := hv.RestoreTablespaces(ctx, chain, repo, filepath.Join(base, "two"),
+			hypervisor.RestoreOptions{Tablespaces: map[uint32]string{uint32(oid): to}})
+		require.Error(t, err, name)
+		assert.NoDirExists(t, filepath.Join(base, "two"), "%s: refused before anything is written", name)
+	}
+	require.NoError(t, hv.Restore(ctx, chain, repo, filepath.Join(base, "three"), nil))
+	_, err = hv.RestoreTablespaces(ctx, chain, repo, filepath.Join(base, "four"),
+		hypervisor.RestoreOptions{Tablespaces: map[uint32]string{uint32(oid): hypervisor.DefaultTablespaceDir(filepath.Join(base, "three"), uint32(oid))}})
+	require.ErrorIs(t, err, fs.ErrExist, "another restore's tablespace is never overwritten")
+
+	// A corrupt tablespace file: the tablespace, the parents made for it
+	// and the target are removed.
+	br, err = bundle.Open(ctx, repo, inc.Prefix+"/"+physical.FilesObject, objectSize(inc, physical.FilesObject), nil)
+	require.NoError(t, err)
+	e, ok = br.Entry(inTS)
+	require.True(t, ok)
+	undo = flip(inc.Prefix+"/"+physical.FilesObject, e.Offset+e.Length/2)
+	made := filepath.Join(base, "made")
+	_, err = hv.RestoreTablespaces(ctx, chain, repo, filepath.Join(base, "five"),
+		hypervisor.RestoreOptions{Tablespaces: map[uint32]string{uint32(oid): filepath.Join(made, "a", "ts")}})
+	require.ErrorIs(t, err, bundle.ErrCorrupt)
+	assert.NoDirExists(t, filepath.Join(base, "five"))
+	assert.NoDirExists(t, made, "the parents it made are removed with the tablespace")
+	undo()
 }
 
 func withBase(img hypervisor.Image, base string) hypervisor.Image {
