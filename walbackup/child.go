@@ -234,6 +234,9 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 			continue
 		}
 		j.checkGaps(ctx, cs, ms, got.Names)
+		if msg := unsummarizedWarning(ms.m.ID, got.Unsummarized); msg != "" {
+			j.log(ctx, cs, session.SeverityWarning, msg)
+		}
 		j.count(cs, ms, got)
 		after := ""
 		if retry {
@@ -252,7 +255,7 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 func (j *Job) shipMachine(ctx context.Context, ms *machineState) (Shipped, error) {
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	got, err := ShipOnce(wctx, watchedRuntime{ms.rt, w}, watchedRepo{j.cfg.Repository, w}, ms.inst, ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now()})
+	got, err := ShipOnce(wctx, watchedRuntime{ms.rt, w}, watchedRepo{j.cfg.Repository, w}, ms.inst, ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), tap: j.cfg.summaryFilter})
 	return got, explain(wctx, err)
 }
 

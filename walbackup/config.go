@@ -3,6 +3,7 @@ package walbackup
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
@@ -81,6 +82,8 @@ type Config struct {
 	// unreachable) the job tries again; the delay doubles with each retry
 	// until the next interval, which always tries.
 	RetryDelay time.Duration
+
+	summaryFilter func(segment string, w io.Writer) io.Writer // tests: what the WAL summarizer reads (export_test.go)
 }
 
 func (c *Config) setDefaults() {

@@ -21,6 +21,7 @@ import (
 	"github.com/pglogship/pglogship/repository/memory"
 	"github.com/pglogship/pglogship/session"
 	smem "github.com/pglogship/pglogship/session/memory"
+	"github.com/pglogship/pglogship/wal"
 	"github.com/pglogship/pglogship/walbackup"
 )
 
@@ -95,7 +96,7 @@ func (h *harness) step(t *testing.T, d time.Duration) []walbackup.Event {
 
 func (h *harness) addWAL() {
 	h.seq++
-	h.guest.SwitchWAL([]byte(fmt.Sprintf("segment %d", h.seq)))
+	h.guest.SwitchSegment([]byte(fmt.Sprintf("segment %d", h.seq)))
 }
 
 func (h *harness) sessions(t *testing.T, job string) []session.Session {
@@ -299,7 +300,8 @@ func TestRepositoryDownWarnsUntilFull(t *testing.T) {
 	h.guest.SetFree(100_000)
 	var last string
 	for i := 0; i < 8; i++ { // two hours
-		h.guest.AddWAL(fmt.Sprintf("00000001%016X", i+1), bytes.Repeat([]byte{byte(i)}, 10_000))
+		name := fmt.Sprintf("00000001%016X", i+1)
+		h.guest.AddWAL(name, walSegment(name, bytes.Repeat([]byte{byte(i)}, 10_000-64))) // 10,000 bytes in all
 		for _, e := range h.step(t, 15*time.Minute) {
 			require.NotEqual(t, walbackup.EventBatchShipped, e.Kind)
 			if e.Kind == walbackup.EventWarning {
@@ -319,4 +321,14 @@ func TestRepositoryDownWarnsUntilFull(t *testing.T) {
 	assert.Empty(t, h.guest.Waiting())
 	require.NoError(t, h.job.Disable(ctx))
 	assert.Equal(t, session.StateWarning, h.sessions(t, h.job.ChildName())[0].State)
+}
+
+// walSegment is the content of a 16 MiB WAL segment name that reads as
+// WAL (guesttest.Segment), carrying payload.
+func walSegment(name string, payload []byte) []byte {
+	f, err := wal.ParseFileName(name)
+	if err != nil {
+		panic(err)
+	}
+	return guesttest.Segment(f, 16<<20, 42, 150000, payload)
 }

@@ -204,6 +204,10 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 		j.parentLog(ctx, *rec, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d WAL files from %s to %s for the restore point",
 			m.ID, got.Files, got.First, got.Last))
 	}
+	if msg := unsummarizedWarning(m.ID, got.Unsummarized); msg != "" {
+		j.parentLog(ctx, *rec, session.SeverityWarning, msg)
+		j.cfg.Observer(Event{Kind: EventWarning, Session: *rec, Machine: m.ID, Message: msg})
+	}
 	if err := j.walCovered(ctx, inst, rp.Timeline, rp.StartLSN, rp.StopLSN, gi.WALSegmentSize); err != nil {
 		return nil, err
 	}
@@ -306,7 +310,7 @@ func (j *Job) incrementalBase(ctx context.Context, inst repository.Instance) (*r
 func (j *Job) ship(ctx context.Context, rt guest.Runtime, inst repository.Instance) (Shipped, error) {
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	got, err := ShipOnce(wctx, watchedRuntime{rt, w}, watchedRepo{j.cfg.Repository, w}, inst, ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now()})
+	got, err := ShipOnce(wctx, watchedRuntime{rt, w}, watchedRepo{j.cfg.Repository, w}, inst, ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), tap: j.cfg.summaryFilter})
 	return got, explain(wctx, err)
 }
 

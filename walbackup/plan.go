@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pglogship/pglogship/hypervisor"
@@ -149,6 +150,36 @@ type Interval struct {
 	Earliest      Point // the oldest restore point's consistency point
 	Latest        Point // the end of the WAL shipped without a gap after a restore point
 	RestorePoints int
+	// Unknown is the WAL in the interval whose summary could not be
+	// computed when it was shipped. It restores like any other, but the
+	// commits, transactions and restore point names in it are not known:
+	// Latest.Time is the last commit known, and a target there is left to
+	// PostgreSQL to find (Plan.Proven is false).
+	Unknown []UnknownWAL
+}
+
+// UnknownWAL is a range of shipped WAL without a summary, and why.
+type UnknownWAL struct {
+	From, To wal.LSN // To is exclusive
+	Reason   string
+}
+
+func (u UnknownWAL) String() string {
+	return u.From.String() + " to " + u.To.String() + ": " + u.Reason
+}
+
+// String describes the interval with the precision Plan checks targets
+// with.
+func (iv Interval) String() string {
+	s := "restorable from " + describe(iv.Earliest) + " to " + describe(iv.Latest)
+	if len(iv.Unknown) > 0 {
+		var parts []string
+		for _, u := range iv.Unknown {
+			parts = append(parts, u.String())
+		}
+		s += "; WAL summaries unknown from " + strings.Join(parts, "; from ")
+	}
+	return s
 }
 
 // RestoreRequest says what to restore.
@@ -176,6 +207,12 @@ type Plan struct {
 	// Settings are the recovery settings for postgresql.auto.conf
 	// (recovery_target_*, recovery_target_timeline, recovery_target_action).
 	Settings map[string]string
+	// Proven says the WAL summaries show the target is in the shipped WAL
+	// after the restore point. False for a time, transaction or name that
+	// lies, if anywhere, in WAL whose summary is unknown (Interval.Unknown):
+	// the restore goes ahead and PostgreSQL looks for it, failing with its
+	// own report when it is not there.
+	Proven bool
 }
 
 // Interval reports what a machine's cluster (systemID, or 0 for the one
@@ -208,13 +245,18 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 	}
 	t := req.Target
 	outside := func(why string) error {
-		return fmt.Errorf("restore %s to %s: %w: %s (restorable from %s to %s)", req.Machine, t, ErrOutsideInterval, why,
-			describe(iv.Earliest), describe(iv.Latest))
+		return fmt.Errorf("restore %s to %s: %w: %s (%s)", req.Machine, t, ErrOutsideInterval, why, iv)
 	}
 	// pos is where a name or transaction target lies at the earliest, so
 	// the restore point must be consistent before it.
 	var pos wal.LSN
 	settings := t.settings
+	proven := true
+	// firstUnknown is where WAL without a summary starts (0: none).
+	var firstUnknown wal.LSN
+	if len(iv.Unknown) > 0 {
+		firstUnknown = iv.Unknown[0].From
+	}
 	switch t.kind {
 	case targetLSN:
 		if t.lsn < iv.Earliest.LSN || t.lsn > iv.Latest.LSN {
@@ -225,10 +267,18 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 		if t.time.Before(iv.Earliest.Time) {
 			return nil, outside("it is before the oldest restore point")
 		}
-		if !iv.Latest.Time.IsZero() && iv.Latest.Time.Before(t.time) {
+		after := !iv.Latest.Time.IsZero() && iv.Latest.Time.Before(t.time)
+		// Commit times are the guest's clock: only a target after the
+		// last commit known is judged by the host's.
+		if now := j.cfg.Clock.Now(); after && t.time.After(now) {
+			return nil, outside("it is in the future (now is " + now.UTC().Format(time.RFC3339Nano) + ")")
+		}
+		if after && firstUnknown == 0 {
 			return nil, outside("no commit shipped after it to stop at")
 		}
-		if !iv.Latest.Time.IsZero() && !t.exclusive && !t.time.Before(iv.Latest.Time) {
+		if after {
+			proven = false // a commit after it may lie in the unknown WAL
+		} else if !iv.Latest.Time.IsZero() && !t.exclusive && !t.time.Before(iv.Latest.Time) && firstUnknown == 0 {
 			// At the last commit shipped: recovery would look for a later
 			// one in vain; the end of the WAL is that very state.
 			settings = func(tli uint32) map[string]string {
@@ -236,10 +286,10 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 			}
 		}
 	case targetName:
-		known := true
+		// PostgreSQL stops at the first restore point of that name after
+		// the restore point's consistency point.
 		for i := len(run) - 1; i >= 0 && pos == 0; i-- {
 			if run[i].summary == nil {
-				known = false
 				continue
 			}
 			for _, p := range run[i].summary.RestorePoints {
@@ -248,23 +298,28 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 				}
 			}
 		}
-		if pos == 0 && known {
+		switch {
+		case pos == 0 && firstUnknown == 0:
 			return nil, outside(fmt.Sprintf("no restore point named %q in the shipped WAL", t.name))
+		case pos == 0:
+			pos, proven = firstUnknown, false
+		case firstUnknown != 0 && firstUnknown < pos:
+			pos = firstUnknown // it may be there too, earlier
 		}
 	case targetXID:
-		known := true
 		for _, sg := range run {
-			if sg.summary == nil {
-				known = false
-				continue
-			}
-			if sg.summary.MaxXID >= t.xid {
+			if sg.summary != nil && sg.summary.MaxXID >= t.xid {
 				pos = sg.name.StartLSN(rps[len(rps)-1].SegmentSize())
 				break
 			}
 		}
-		if pos == 0 && known {
+		switch {
+		case pos == 0 && firstUnknown == 0:
 			return nil, outside(fmt.Sprintf("transaction %d is not in the shipped WAL", t.xid))
+		case pos == 0:
+			pos, proven = firstUnknown, false
+		case firstUnknown != 0 && firstUnknown < pos:
+			pos = firstUnknown
 		}
 	}
 	reaches := func(rp *repository.Manifest) bool {
@@ -304,15 +359,20 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !proven {
+		j.cfg.Logger.Warn("restore target not proven by the WAL summaries: PostgreSQL looks for it", "machine", req.Machine,
+			"target", t.String(), "interval", iv.String())
+	}
 	return &Plan{Instance: inst, Target: t, RestorePoint: rp, Manifests: ms, Chain: chain, Interval: iv,
-		Settings: settings(rp.Timeline)}, nil
+		Settings: settings(rp.Timeline), Proven: proven}, nil
 }
 
+// describe gives a point with the precision targets are checked with.
 func describe(p Point) string {
 	if p.Time.IsZero() {
 		return p.LSN.String()
 	}
-	return p.LSN.String() + " (" + p.Time.UTC().Format(time.RFC3339) + ")"
+	return p.LSN.String() + " (" + p.Time.UTC().Format(time.RFC3339Nano) + ")"
 }
 
 // restorePoints finds the machine's cluster and its restore points,
@@ -378,9 +438,26 @@ func (j *Job) interval(ctx context.Context, inst repository.Instance, rps []*rep
 	// point's start to that end.
 	var run []shippedSegment
 	for f := wal.SegmentAt(newest.Timeline, rps[0].StartLSN, size); f.String() <= end.String(); f = f.Next(size) {
-		if sum, ok := segs[f.String()]; ok {
-			run = append(run, shippedSegment{name: f, summary: sum})
+		sum, ok := segs[f.String()]
+		if !ok {
+			continue
 		}
+		run = append(run, shippedSegment{name: f, summary: sum})
+		// What the summary does not cover: all of the segment without one,
+		// the rest of it after a stop (valid WAL runs to a segment's end
+		// or its switch record, so a stop is WAL the reader could not read).
+		from, to, why := f.StartLSN(size), f.Next(size).StartLSN(size), "no WAL summary stored with it"
+		if sum != nil {
+			if sum.Stop == nil {
+				continue
+			}
+			from, why = max(from, min(sum.Stop.LSN, to)), sum.Stop.Reason
+		}
+		if n := len(iv.Unknown); n > 0 && iv.Unknown[n-1].To == from {
+			iv.Unknown[n-1].To = to
+			continue
+		}
+		iv.Unknown = append(iv.Unknown, UnknownWAL{From: from, To: to, Reason: why})
 	}
 	// The latest point in time is the last commit shipped: recovery can
 	// stop after it, but finds nothing later to stop at.

@@ -1,7 +1,9 @@
 package walbackup_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/wal"
 	"github.com/pglogship/pglogship/walbackup"
 )
@@ -17,22 +20,41 @@ import (
 // more WAL, restore point 2 at 10:00, more WAL. Segments are 16 MiB.
 func twoRestorePoints(t *testing.T) *harness {
 	t.Helper()
+	h, _ := twoRestorePointsUnreadable(t, 0)
+	return h
+}
+
+// twoRestorePointsUnreadable is twoRestorePoints with segment n (4 or 5
+// between the restore points, 7 after them; 0: none) written as bytes the
+// WAL reader cannot read. It returns the events of the session that
+// shipped it.
+func twoRestorePointsUnreadable(t *testing.T, n int) (*harness, []walbackup.Event) {
+	t.Helper()
 	ctx := context.Background()
 	h := newHarness(t, func(c *walbackup.Config) { c.Schedule = nil })
 	require.NoError(t, h.job.Enable(ctx))
 	h.idle(t)
-	for _, at := range []int{9, 10} {
-		h.addWAL()
-		h.addWAL()
-		h.step(t, time.Date(2026, 11, 25, at, 0, 0, 0, time.UTC).Sub(h.clk.Now()))
-		require.NoError(t, h.job.StartParent(ctx))
-		h.idle(t)
+	var events []walbackup.Event
+	add := func() {
+		if h.seq++; h.guest.SwitchSegment(nil) != "" && h.seq == n {
+			h.guest.AddWAL(walName(n), bytes.Repeat([]byte("not WAL at all "), 100))
+		}
 	}
-	h.addWAL()
-	h.step(t, 15*time.Minute)
+	for _, at := range []int{9, 10} {
+		add()
+		add()
+		events = append(events, h.step(t, time.Date(2026, 11, 25, at, 0, 0, 0, time.UTC).Sub(h.clk.Now()))...)
+		require.NoError(t, h.job.StartParent(ctx))
+		events = append(events, h.idle(t)...)
+		h.seq++ // the backup's segment
+	}
+	add()
+	events = append(events, h.step(t, 15*time.Minute)...)
 	require.NoError(t, h.job.Disable(ctx))
-	return h
+	return h, events
 }
+
+func walName(n int) string { return fmt.Sprintf("00000001%016X", n) }
 
 func TestPlanChoosesTheRestorePointBeforeTheTarget(t *testing.T) {
 	ctx := context.Background()
@@ -109,4 +131,81 @@ func TestTargetsRefusedBeforeAnyLookup(t *testing.T) {
 		require.ErrorContains(t, err, "restore target", "%v", target)
 	}
 	assert.Equal(t, "LSN 0/5000000 (exclusive)", walbackup.ToLSN(wal.LSN(0x5000000)).Exclusive().String())
+}
+
+// Shipped WAL the reader cannot read is unknown, never empty: the
+// session warns with the reason when it ships it, Interval says which
+// range and why, and targets that may lie there are planned (PostgreSQL
+// finds them) instead of refused with an untrue reason.
+func TestUnreadableWALIsUnknownNotEmpty(t *testing.T) {
+	ctx := context.Background()
+	h, events := twoRestorePointsUnreadable(t, 5)
+	var warned []string
+	for _, e := range events {
+		if e.Kind == walbackup.EventWarning && strings.Contains(e.Message, "WAL summary") {
+			warned = append(warned, e.Message)
+		}
+	}
+	require.Len(t, warned, 1, "one warning, when it is shipped")
+	assert.Contains(t, warned[0], "segment "+walName(5)+" from ")
+	assert.Contains(t, warned[0], "magic number 6F6E", "the reason (\"no\" is not a page magic)")
+	found := false
+	for _, s := range h.sessions(t, h.job.ChildName()) {
+		log, err := h.store.Log(ctx, s.ID, 0, 100)
+		require.NoError(t, err)
+		for _, e := range log {
+			found = found || e.Severity == session.SeverityWarning && e.Message == warned[0]
+		}
+	}
+	assert.True(t, found, "the warning is in the session's log")
+
+	iv, err := h.job.Interval(ctx, "vm1", 0)
+	require.NoError(t, err)
+	require.Len(t, iv.Unknown, 1)
+	assert.Equal(t, "0/5000000", iv.Unknown[0].From.String())
+	assert.Equal(t, "0/6000000", iv.Unknown[0].To.String())
+	assert.Contains(t, iv.Unknown[0].Reason, "magic number 6F6E")
+	assert.Contains(t, iv.String(), "WAL summaries unknown from 0/5000000 to 0/6000000")
+
+	// A name or a transaction may be in the unknown WAL: planned from
+	// the restore point before it, not proven.
+	for _, target := range []walbackup.Target{walbackup.ToName("before upgrade"), walbackup.ToXID(1000)} {
+		plan, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: target})
+		require.NoError(t, err, "%v", target)
+		assert.False(t, plan.Proven)
+		assert.Equal(t, "0/3000028", plan.RestorePoint.StartLSN.String(), "%v: the restore point before the unknown WAL", target)
+	}
+	// A time after the last commit known: a commit after it may be in
+	// the unknown WAL.
+	plan, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToTime(time.Date(2026, 11, 25, 10, 5, 0, 0, time.UTC))})
+	require.NoError(t, err)
+	assert.False(t, plan.Proven)
+	plan, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToLSN(0x5800000)})
+	require.NoError(t, err)
+	assert.True(t, plan.Proven, "an LSN target needs no summary")
+
+	// The same with every segment readable: refused, with the true reason.
+	h2 := twoRestorePoints(t)
+	iv2, err := h2.job.Interval(ctx, "vm1", 0)
+	require.NoError(t, err)
+	assert.Empty(t, iv2.Unknown)
+	_, err = h2.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToName("before upgrade")})
+	require.ErrorIs(t, err, walbackup.ErrOutsideInterval)
+	_, err = h2.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToTime(time.Date(2026, 11, 25, 10, 5, 0, 0, time.UTC))})
+	require.ErrorIs(t, err, walbackup.ErrOutsideInterval)
+	assert.Contains(t, err.Error(), "no commit shipped after it")
+}
+
+// Messages: the interval with the precision of the check, and a target
+// in the future called that.
+func TestPlanMessages(t *testing.T) {
+	ctx := context.Background()
+	h := twoRestorePoints(t)
+	_, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToTime(h.clk.Now().Add(time.Hour))})
+	require.ErrorIs(t, err, walbackup.ErrOutsideInterval)
+	assert.Contains(t, err.Error(), "it is in the future (now is 2026-11-25T10:15:00Z)")
+	early := time.Date(2026, 11, 25, 8, 59, 59, 999999000, time.UTC)
+	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToTime(early)})
+	require.ErrorIs(t, err, walbackup.ErrOutsideInterval)
+	assert.Contains(t, err.Error(), "restorable from 0/3000128 (2026-11-25T09:00:00Z)")
 }

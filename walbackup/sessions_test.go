@@ -49,7 +49,7 @@ func TestSessionListFromBothStores(t *testing.T) {
 			h.idle(t)
 			add := func(n int) {
 				for i := 0; i < n; i++ {
-					g.SwitchWAL(make([]byte, 1000))
+					g.SwitchSegment(make([]byte, 1000-64)) // 1000 bytes with the WAL header and record
 				}
 			}
 			add(3)
@@ -122,7 +122,8 @@ func ExampleJob() {
 	}
 	next := <-idle
 	for seg := 1; seg <= 8; seg++ { // two segments every 15 minutes until 22:00
-		vm.AddWAL(fmt.Sprintf("00000001%016X", seg), make([]byte, 1024))
+		name := fmt.Sprintf("00000001%016X", seg)
+		vm.AddWAL(name, walSegment(name, make([]byte, 1024-64))) // 1 KiB in all
 		if seg%2 == 0 {
 			clk.Set(next)
 			next = <-idle

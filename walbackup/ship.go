@@ -10,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/pglogship/pglogship/guest"
@@ -37,6 +38,20 @@ type Shipped struct {
 	First, Last string   // first and last file name shipped, in WAL order
 	Names       []string // every file shipped, in WAL order
 	Objects     []string // repository objects written
+	// Unsummarized are the shipped segments whose records could not all
+	// be read for their WAL summary (a format the reader does not know,
+	// a record it cannot parse). They are stored and restorable like any
+	// other; only a restore's checks of time, transaction and name
+	// targets cannot see into them.
+	Unsummarized []UnknownSummary
+}
+
+// UnknownSummary is a shipped segment whose summary covers only its
+// records before From, because the reader could not read on from there.
+type UnknownSummary struct {
+	Segment string
+	From    wal.LSN // 0: the whole segment
+	Reason  string
 }
 
 // ShipOptions tune ShipOnce.
@@ -45,6 +60,8 @@ type ShipOptions struct {
 	// Time is when the batch is shipped, recorded in each bundle for
 	// retention by age; the job passes its clock's time.
 	Time time.Time
+
+	tap func(segment string, w io.Writer) io.Writer // tests: what the summarizer reads
 }
 
 // ShipOnce moves the WAL waiting in one guest into the repository: one
@@ -118,10 +135,11 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		if len(names) == 0 {
 			continue
 		}
-		obj, raw, stored, err := shipBundle(ctx, rt, repo, inst, tli, names, opts)
+		obj, raw, stored, unknown, err := shipBundle(ctx, rt, repo, inst, tli, names, opts)
 		if err != nil {
 			return out, err
 		}
+		out.Unsummarized = append(out.Unsummarized, unknown...)
 		for _, n := range names {
 			out.add(n, 0, 0)
 		}
@@ -194,7 +212,7 @@ func compareStored(ctx context.Context, rt guest.Runtime, repo repository.Reposi
 // keepAside stores one guest file as a bundle of its own and reads it back;
 // the file must still have the checksum it was compared with.
 func keepAside(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj, name string, sum [32]byte, opts ShipOptions) error {
-	_, want, _, err := writeBundle(ctx, rt, repo, obj, []string{name}, opts)
+	_, want, _, _, err := writeBundle(ctx, rt, repo, obj, []string{name}, opts)
 	if err == nil && want[name] != sum {
 		err = fmt.Errorf("%w: %s changed while it was kept aside", ErrChecksum, name)
 	}
@@ -215,20 +233,20 @@ func (s *Shipped) add(name string, raw, stored int64) {
 
 // shipBundle streams the files into one bundle and verifies it.
 func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance,
-	tli uint32, names []string, opts ShipOptions) (obj string, raw, stored int64, err error) {
+	tli uint32, names []string, opts ShipOptions) (obj string, raw, stored int64, unknown []UnknownSummary, err error) {
 	obj = inst.NewBundleName(tli, names[0], names[len(names)-1])
-	raw, _, stored, err = writeBundle(ctx, rt, repo, obj, names, opts)
+	raw, _, stored, unknown, err = writeBundle(ctx, rt, repo, obj, names, opts)
 	if err != nil {
-		return "", 0, 0, err
+		return "", 0, 0, nil, err
 	}
-	return obj, raw, stored, nil
+	return obj, raw, stored, unknown, nil
 }
 
 // writeBundle streams the guest files names into the bundle obj, each
 // checked against the guest's checksum, and reads it back. It returns the
 // raw bytes, each file's SHA-256 and the bundle's size.
 func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj string, names []string,
-	opts ShipOptions) (raw int64, want map[string][32]byte, stored int64, err error) {
+	opts ShipOptions) (raw int64, want map[string][32]byte, stored int64, unknown []UnknownSummary, err error) {
 	key := opts.Key
 	want = make(map[string][32]byte, len(names))
 	pr, pw := io.Pipe()
@@ -241,7 +259,7 @@ func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 				return err
 			}
 			w.SetCreated(opts.Time)
-			sums := newSummarizer()
+			sums := newSummarizer(opts.tap)
 			w.SetTap(sums.tap)
 			err = rt.Read(ctx, names, func(f guest.Frame) error {
 				var e bundle.Entry
@@ -254,10 +272,14 @@ func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 				if err != nil {
 					return err
 				}
-				if meta := sums.end(f.Name); meta != nil {
+				meta, u := sums.end(f.Name)
+				if meta != nil {
 					if err := w.SetMeta(f.Name, meta); err != nil {
 						return err
 					}
+				}
+				if u != nil {
+					unknown = append(unknown, *u)
 				}
 				size, sum := f.Checksum()
 				if size != e.RawSize || sum != e.SHA256 {
@@ -282,19 +304,19 @@ func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 	putErr := repo.Put(ctx, obj, pr)
 	pr.CloseWithError(putErr) // unblocks the reader if Put gave up
 	if err := <-readErr; err != nil {
-		return 0, nil, 0, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
+		return 0, nil, 0, nil, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
 	}
 	if putErr != nil {
-		return 0, nil, 0, fmt.Errorf("store %s: %w", obj, putErr)
+		return 0, nil, 0, nil, fmt.Errorf("store %s: %w", obj, putErr)
 	}
 	st, err := repo.Stat(ctx, obj)
 	if err != nil {
-		return 0, nil, 0, fmt.Errorf("read back %s: %w", obj, err)
+		return 0, nil, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
 	}
 	if err := bundle.VerifyStored(ctx, repo, obj, st.Size, key, want, [32]byte(written.Sum(nil))); err != nil {
-		return 0, nil, 0, fmt.Errorf("read back %s: %w", obj, err)
+		return 0, nil, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
 	}
-	return raw, want, st.Size, nil
+	return raw, want, st.Size, unknown, nil
 }
 
 // shipHistory stores a timeline history file as its own object. The same
@@ -335,57 +357,124 @@ func shipHistory(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 
 // summarizer reads each segment's records as it is bundled, for the
 // summary restores use (commit times, xids, named restore points). It is
-// best effort: WAL it cannot read gets no summary, and shipping goes on.
+// best effort: shipping goes on whatever it cannot read, and it says what
+// that was. A segment it cannot read on to its end keeps a summary with
+// Stop set (or none, once the reader failed), so it is never taken for a
+// segment without commits.
 type summarizer struct {
 	r      *wal.Reader
 	cur    string
-	broken bool
+	failed string // why the reader can read no more of this bundle
+	filter func(segment string, w io.Writer) io.Writer
 }
 
-func newSummarizer() *summarizer {
+func newSummarizer(filter func(string, io.Writer) io.Writer) *summarizer {
+	s := &summarizer{filter: filter}
 	r, err := wal.NewReader(wal.ReaderConfig{})
-	return &summarizer{r: r, broken: err != nil}
+	if err != nil {
+		s.failed = err.Error()
+	}
+	s.r = r
+	return s
 }
 
 func (s *summarizer) tap(name string) io.Writer {
 	f, err := wal.ParseFileName(name)
-	if s.broken || err != nil || f.Kind != wal.Segment {
-		return nil
-	}
-	if err := s.r.BeginSegment(name); err != nil {
-		s.broken = true
+	if err != nil || f.Kind != wal.Segment {
 		return nil
 	}
 	s.cur = name
-	return lenient{s}
-}
-
-// end returns the JSON summary of the segment name, or nil.
-func (s *summarizer) end(name string) []byte {
-	if s.cur != name || s.broken {
+	if s.failed != "" {
 		return nil
 	}
+	if err := s.r.BeginSegment(name); err != nil {
+		s.failed = err.Error()
+		return nil
+	}
+	var w io.Writer = lenient{s}
+	if s.filter != nil {
+		w = s.filter(name, w)
+	}
+	return w
+}
+
+// end returns the JSON summary of the segment name (nil when there is
+// none) and, when it does not cover the whole segment, what is unknown.
+func (s *summarizer) end(name string) ([]byte, *UnknownSummary) {
+	if s.cur != name {
+		return nil, nil // not a segment
+	}
 	s.cur = ""
+	if s.failed != "" {
+		return nil, &UnknownSummary{Segment: name, Reason: s.failed}
+	}
 	sum, err := s.r.EndSegment()
 	if err != nil {
-		s.broken = true
-		return nil
+		s.failed = err.Error()
+		return nil, &UnknownSummary{Segment: name, Reason: s.failed}
 	}
 	b, err := json.Marshal(sum)
 	if err != nil {
-		return nil
+		return nil, &UnknownSummary{Segment: name, Reason: err.Error()}
 	}
-	return b
+	if sum.Stop != nil {
+		return b, &UnknownSummary{Segment: name, From: sum.Stop.LSN, Reason: sum.Stop.Reason}
+	}
+	return b, nil
 }
 
 // lenient feeds the reader but never fails the bundle's write.
 type lenient struct{ s *summarizer }
 
 func (l lenient) Write(p []byte) (int, error) {
-	if !l.s.broken {
+	if l.s.failed == "" {
 		if _, err := l.s.r.Write(p); err != nil {
-			l.s.broken = true
+			l.s.failed = err.Error()
 		}
 	}
 	return len(p), nil
+}
+
+// unsummarizedWarning says which shipped segments have no complete
+// summary and why ("" when all have one), runs of consecutive segments
+// together, each with the first one's reason.
+func unsummarizedWarning(machine string, u []UnknownSummary) string {
+	if len(u) == 0 {
+		return ""
+	}
+	var runs []string
+	for i := 0; i < len(u); {
+		j := i + 1
+		for j < len(u) && consecutive(u[j-1].Segment, u[j].Segment) {
+			j++
+		}
+		from := "its start"
+		if u[i].From != 0 {
+			from = "LSN " + u[i].From.String()
+		}
+		what := "segment " + u[i].Segment
+		if j-i > 1 {
+			what = fmt.Sprintf("segments %s to %s (%d)", u[i].Segment, u[j-1].Segment, j-i)
+		}
+		runs = append(runs, fmt.Sprintf("%s from %s: %s", what, from, u[i].Reason))
+		i = j
+	}
+	what := fmt.Sprintf("%d shipped segments", len(u))
+	if len(u) == 1 {
+		what = "a shipped segment"
+	}
+	return fmt.Sprintf("machine %s: the WAL summary of %s could not be computed; the WAL is stored and restorable, "+
+		"but a restore to a time, transaction or restore point name in it is not checked before it starts (PostgreSQL looks for the target): %s",
+		machine, what, strings.Join(runs, "; "))
+}
+
+// consecutive tells whether segment b directly follows segment a on one
+// timeline, whatever the segment size.
+func consecutive(a, b string) bool {
+	fa, errA := wal.ParseFileName(a)
+	fb, errB := wal.ParseFileName(b)
+	if errA != nil || errB != nil || fa.Timeline != fb.Timeline {
+		return false
+	}
+	return fa.Log == fb.Log && fa.Seg+1 == fb.Seg || fa.Log+1 == fb.Log && fb.Seg == 0
 }

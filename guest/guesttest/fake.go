@@ -391,7 +391,7 @@ func (r *runtime) StopBackup(ctx context.Context) (guest.BackupStop, error) {
 	defer r.g.mu.Unlock()
 	r.g.backups--
 	stop := b.start + 0x100
-	r.g.addLocked(b.seg.String(), []byte("fake segment archived by pg_backup_stop of "+b.label))
+	r.g.addLocked(b.seg.String(), Segment(b.seg, r.g.segSize(), r.g.inst.SystemID, r.g.version(), []byte("fake segment archived by pg_backup_stop of "+b.label)))
 	history := wal.FileName{Kind: wal.Backup, Timeline: b.seg.Timeline, Log: b.seg.Log, Seg: b.seg.Seg,
 		Offset: uint32(uint64(b.start) % uint64(r.g.segSize()))}
 	r.g.addLocked(history.String(), []byte(fmt.Sprintf("START WAL LOCATION: %s\nSTOP WAL LOCATION: %s\nLABEL: %s\n", b.start, stop, b.label)))
