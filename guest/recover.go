@@ -72,9 +72,11 @@ type Recoverer interface {
 	//
 	// A data directory with a live postmaster gives ErrServerRunning and
 	// is left alone. A server that stops during recovery gives
-	// ErrTargetNotReached or ErrRecoveryFailed, with the server's log line;
-	// if Recover fails or its context ends while the server is still
-	// recovering, it stops the server, which cannot go on without it. With
+	// ErrTargetNotReached or ErrRecoveryFailed, with the server's own
+	// report in the message (its last FATAL or PANIC line and the DETAIL,
+	// HINT and CONTEXT lines after it, bounded); if Recover fails or its
+	// context ends while the server is still recovering, it stops the
+	// server, which cannot go on without it. With
 	// an error the result still holds the counts and the server's log, as
 	// far as the runtime got. Not idempotent: a second call on a promoted
 	// directory recovers nothing.

@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -583,32 +583,124 @@ func (rec *recovery) logTail() string {
 }
 
 // exited tells how a server that stopped ended its recovery, from its log:
-// shut down at the target, or failed with its last FATAL or PANIC line
-// (connections turned away while it started are not the reason).
+// shut down at the target, or failed with PostgreSQL's own report of why
+// (lastReport).
 func (rec *recovery) exited() (endState, error) {
 	text := rec.readLog()
 	if strings.Contains(text, msgShutdownAtTarget) {
 		return endShutdown, nil
 	}
-	var why, last string
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.Contains(line, msgTargetNotReached) {
-			return 0, fmt.Errorf("%w: the server stopped: %s", guest.ErrTargetNotReached, line)
-		}
-		if (strings.Contains(line, "FATAL:") || strings.Contains(line, "PANIC:")) && !strings.Contains(line, msgTurnedAway) {
-			why = line
-		}
-		if strings.TrimSpace(line) != "" {
-			last = line
-		}
-	}
-	if why == "" {
-		why = last
+	why := lastReport(text)
+	if strings.Contains(text, msgTargetNotReached) {
+		return 0, fmt.Errorf("%w: the server stopped: %s", guest.ErrTargetNotReached, why)
 	}
 	return 0, fmt.Errorf("%w: %s", guest.ErrRecoveryFailed, why)
+}
+
+// Bounds of lastReport, so that a failed recovery's error stays an error
+// message and not a log.
+const (
+	reportLines     = 12
+	reportLineBytes = 1 << 10
+	reportBytes     = 4 << 10
+)
+
+// reportFields are the lines PostgreSQL writes after an error's message,
+// each with the same prefix (log_line_prefix) as the message.
+var reportFields = []string{"DETAIL:  ", "HINT:  ", "CONTEXT:  ", "QUERY:  ", "STATEMENT:  ", "LOCATION:  "}
+
+// lastReport returns why a stopped server stopped, from its log: the last
+// FATAL or PANIC report (the severities that stop a server; connections
+// turned away while it started are not the reason), else the last ERROR
+// report, else the last line. A report is its line, as logged, and the
+// DETAIL, HINT and CONTEXT lines (and the tab-indented lines of a message
+// of several lines) that follow it with the same prefix, those without the
+// prefix, one a line as psql shows them; bounded in lines and bytes.
+func lastReport(text string) string {
+	lines := strings.Split(text, "\n")
+	var fatal, errLine, last = -1, -1, -1
+	for i, line := range lines {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		last = i
+		switch sev, _ := severity(line); sev {
+		case "FATAL", "PANIC":
+			if !strings.Contains(line, msgTurnedAway) {
+				fatal = i
+			}
+		case "ERROR":
+			errLine = i
+		}
+	}
+	at := fatal
+	if at < 0 {
+		at = errLine
+	}
+	if at < 0 {
+		if last < 0 {
+			return "the server logged nothing"
+		}
+		return clip(lines[last], reportLineBytes)
+	}
+	_, prefix := severity(lines[at])
+	out := []string{clip(lines[at], reportLineBytes)}
+	size := len(out[0])
+	for _, line := range lines[at+1:] {
+		var add string
+		switch rest, ok := strings.CutPrefix(line, prefix); {
+		case strings.HasPrefix(line, "\t"): // the next line of a message of several
+			add = line
+		case ok && hasAnyPrefix(rest, reportFields):
+			add = rest
+		}
+		if add == "" || len(out) == reportLines {
+			break
+		}
+		add = clip(add, reportLineBytes)
+		if size += len(add) + 1; size > reportBytes {
+			break
+		}
+		out = append(out, add)
+	}
+	return strings.Join(out, "\n")
+}
+
+// severity returns the severity of a log line (ERROR, FATAL, PANIC, or
+// "" for another) and the prefix before it: the first of them on the line,
+// since a message may quote another.
+func severity(line string) (sev, prefix string) {
+	at := len(line)
+	for _, s := range []string{"PANIC", "FATAL", "ERROR"} {
+		if i := strings.Index(line, s+":  "); i >= 0 && i < at {
+			sev, at = s, i
+		}
+	}
+	if sev == "" {
+		return "", ""
+	}
+	return sev, line[:at]
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// clip cuts s to at most n bytes, on a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 // startFailed tells whether a server that has not written its pid file yet
