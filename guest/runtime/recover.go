@@ -64,6 +64,7 @@ type recovery struct {
 	cfg      guest.RecoveryConfig
 	owner    *osUser // nil: the server runs as the runtime's own user
 	pgCtl    string
+	major    int // PostgreSQL's major version, from PG_VERSION
 	prefetch int
 	logPath  string
 	logStart int64
@@ -108,10 +109,14 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
 		if st, err := os.Stat(cfg.ConfigFile); err != nil || !st.Mode().IsRegular() {
 			return nil, fmt.Errorf("configuration file %s: not a file (%v)", cfg.ConfigFile, err)
 		}
+		if strings.ContainsAny(cfg.DataDir, " \t'") {
+			return nil, fmt.Errorf("data directory %q: with a configuration file outside it, a path without spaces or quotes", cfg.DataDir)
+		}
 	}
 	version, err := os.ReadFile(filepath.Join(cfg.DataDir, "PG_VERSION"))
 	major := strings.TrimSpace(string(version))
-	if _, aerr := strconv.Atoi(major); err != nil || aerr != nil {
+	majorNum, aerr := strconv.Atoi(major)
+	if err != nil || aerr != nil {
 		return nil, fmt.Errorf("%s holds no PostgreSQL cluster: PG_VERSION: %q (%v)", cfg.DataDir, major, err)
 	}
 	for k, v := range cfg.Settings {
@@ -136,7 +141,7 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &recovery{rt: r, cfg: cfg, owner: owner, pgCtl: pgCtl, prefetch: prefetchOf(cfg.Prefetch),
+	return &recovery{rt: r, cfg: cfg, owner: owner, pgCtl: pgCtl, major: majorNum, prefetch: prefetchOf(cfg.Prefetch),
 		logPath: filepath.Join(cfg.DataDir, RecoveryLog)}, nil
 }
 
@@ -301,6 +306,15 @@ func (rec *recovery) run(ctx context.Context, fetch guest.FetchFunc) (res guest.
 	}()
 
 	settings := map[string]string{"restore_command": restoreCommand}
+	if rec.cfg.ConfigFile != "" {
+		// The configuration may be the original's, running beside this
+		// one: its pid file, and before 15 its statistics folder, are not
+		// this server's (Debian sets both). Settings may say otherwise.
+		settings["external_pid_file"] = ""
+		if rec.major < 15 {
+			settings["stats_temp_directory"] = "pg_stat_tmp"
+		}
+	}
 	keys := make([]string, 0, len(rec.cfg.Settings))
 	for k, v := range rec.cfg.Settings {
 		settings[k] = v
@@ -506,10 +520,14 @@ func (rec *recovery) start() error {
 		return err
 	}
 	// pg_ctl puts -D, -l and -o into a shell command: the paths were
-	// checked (checkGuestPath), and the options are constants.
+	// checked (checkGuestPath), -D and -l are double-quoted by pg_ctl,
+	// and in -o the paths are single-quoted (planRecovery refused quotes
+	// in them), so that no shell character in them (; & |) is run.
 	opts := "-c logging_collector=off -c lc_messages=C"
 	if rec.cfg.ConfigFile != "" {
-		opts += " -c config_file=" + rec.cfg.ConfigFile
+		// data_directory in the file (Debian sets it: the original's)
+		// would win over -D; the command line wins over the file.
+		opts += " -c 'config_file=" + rec.cfg.ConfigFile + "' -c 'data_directory=" + rec.cfg.DataDir + "'"
 	}
 	out, err := rec.command(rec.pgCtl, "start", "-W", "-D", rec.cfg.DataDir, "-l", rec.logPath, "-o", opts).CombinedOutput()
 	if err != nil {

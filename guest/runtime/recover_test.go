@@ -197,6 +197,20 @@ func TestPlanRecoveryRefuses(t *testing.T) {
 		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), Settings: map[string]string{"port = 1\nx": "1"}})
 		require.ErrorContains(t, err, "setting name")
 	})
+	t.Run("configuration file", func(t *testing.T) {
+		conf := filepath.Join(t.TempDir(), "postgresql.conf")
+		require.NoError(t, os.WriteFile(conf, nil, 0o600))
+		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), ConfigFile: "postgresql.conf"})
+		require.ErrorContains(t, err, "absolute")
+		_, err = r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), ConfigFile: filepath.Dir(conf)})
+		require.ErrorContains(t, err, "not a file")
+		// Both paths go into the server's command line.
+		d := filepath.Join(t.TempDir(), "my data")
+		require.NoError(t, os.Mkdir(d, 0o700))
+		require.NoError(t, os.WriteFile(filepath.Join(d, "PG_VERSION"), []byte("15\n"), 0o600))
+		_, err = r.planRecovery(guest.RecoveryConfig{DataDir: d, ConfigFile: conf})
+		require.ErrorContains(t, err, "without spaces or quotes")
+	})
 	t.Run("running", func(t *testing.T) {
 		d := dataDir(t)
 		pid := fmt.Sprintf("%d\n%s\n", os.Getpid(), d) // a live process

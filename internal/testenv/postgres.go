@@ -359,6 +359,14 @@ func (p *Postgres) writeDataFile(t testing.TB, name, content string) {
 // tests that stop, start or restart the server themselves.
 func (p *Postgres) PgCtl(args ...string) ([]byte, error) { return p.pgCtl(args...) }
 
+// Tool runs one of PostgreSQL's programs in BinDir (pg_checksums,
+// pg_controldata, ...) as the server's OS user and returns its output.
+func (p *Postgres) Tool(name string, args ...string) ([]byte, error) {
+	cmd := commandAs(p.account, filepath.Join(p.BinDir, name), args...)
+	cmd.Dir = p.baseDir
+	return cmd.CombinedOutput()
+}
+
 // WriteDataFile writes a file into the data directory, owned by the
 // server's OS user.
 func (p *Postgres) WriteDataFile(t testing.TB, name, content string) {
