@@ -72,9 +72,11 @@ type Recoverer interface {
 	//
 	// A data directory with a live postmaster gives ErrServerRunning and
 	// is left alone. A server that stops during recovery gives
-	// ErrTargetNotReached or ErrRecoveryFailed, with the server's log line;
-	// if Recover fails or its context ends while the server is still
-	// recovering, it stops the server, which cannot go on without it. With
+	// ErrTargetNotReached or ErrRecoveryFailed, with the server's own
+	// report in the message (its last FATAL or PANIC line and the DETAIL,
+	// HINT and CONTEXT lines after it, bounded); if Recover fails or its
+	// context ends while the server is still recovering, it stops the
+	// server, which cannot go on without it. With
 	// an error the result still holds the counts and the server's log, as
 	// far as the runtime got. Not idempotent: a second call on a promoted
 	// directory recovers nothing.
@@ -110,8 +112,11 @@ type RecoveryConfig struct {
 	OSUser string `json:"os_user,omitempty"`
 	// ConfigFile is postgresql.conf when it lives outside DataDir (Debian
 	// keeps it in /etc/postgresql/<version>/<cluster>); the server starts
-	// with it. Empty: DataDir's own. Same characters as DataDir, and no
-	// spaces.
+	// with it, on DataDir whatever data_directory it sets, and, unless
+	// Settings say otherwise, without its external_pid_file (and before
+	// 15 with its statistics in DataDir): it may be the original's, whose
+	// server runs beside. Empty: DataDir's own. Same characters as DataDir,
+	// and neither path with spaces or quotes.
 	ConfigFile string `json:"config_file,omitempty"`
 	// BinDir holds pg_ctl. Empty: /usr/lib/postgresql/<major>/bin or
 	// /usr/pgsql-<major>/bin for the major version in DataDir/PG_VERSION,

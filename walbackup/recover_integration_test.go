@@ -247,6 +247,22 @@ func TestRecoverThroughTheRuntime(t *testing.T) {
 		requireNoRestoreCommand(t, pg, false)
 	})
 
+	t.Run("refused by PostgreSQL", func(t *testing.T) {
+		// A plain directory in pg_tblspc: PostgreSQL 15 and later PANIC
+		// once consistent, with a DETAIL and a HINT, which the error
+		// carries across the link.
+		dir := f.restore(t)
+		require.NoError(t, os.Mkdir(filepath.Join(dir, "pg_tblspc", "99999"), 0o700))
+		pg, _, err := f.recoverWith(t, f.deploy, f.pg.OSUser, dir, nil)
+		require.ErrorIs(t, err, guest.ErrRecoveryFailed)
+		t.Logf("the error: %v", err)
+		assert.ErrorContains(t, err, `PANIC:  unexpected directory entry "99999" found in pg_tblspc/`)
+		assert.ErrorContains(t, err, "\nDETAIL:  All directory entries in pg_tblspc/ should be symbolic links.")
+		assert.ErrorContains(t, err, "\nHINT:  Remove those directories, or set allow_in_place_tablespaces to ON transiently to let recovery complete.")
+		assert.NotContains(t, err.Error(), "terminated by signal", "the postmaster's lines after it are not the report")
+		assert.NoFileExists(t, filepath.Join(pg.DataDir, "postmaster.pid"), "the server stopped")
+	})
+
 	t.Run("over ssh as the server user", func(t *testing.T) {
 		// The SSH runtime logs in as the server's OS user: it starts
 		// PostgreSQL as itself, on a directory that is already its own.

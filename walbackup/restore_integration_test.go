@@ -3,6 +3,7 @@ package walbackup_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"path/filepath"
 	"sort"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -22,10 +24,12 @@ import (
 )
 
 // txn is one committed transaction of the workload: what it did to the
-// items table, and when PostgreSQL says it committed.
+// items table, and when PostgreSQL says it committed. A transaction of a
+// layout's own (pitrWorkload.during) has no ops and a note.
 type txn struct {
 	xid    uint32
 	ops    []op
+	note   string
 	commit time.Time
 }
 
@@ -34,26 +38,49 @@ type op struct {
 	id, to int
 }
 
+// pitrWorkload says what a pitrFixture runs on and does besides its
+// transactions on the items table; the zero value is the plain workload.
+type pitrWorkload struct {
+	pg   testenv.PostgresConfig // track_commit_timestamp is turned on
+	txns int                    // transactions on items; 0: 80
+	// before runs before the restore point is taken; during runs after
+	// transaction i on items, on the workload's connection, and records
+	// each transaction it commits with record or recordLast.
+	before func(t *testing.T, f *pitrFixture)
+	during func(t *testing.T, f *pitrFixture, conn *pgx.Conn, i int)
+}
+
 // pitrFixture is a real PostgreSQL protected by a job on the real clock
 // (so restore point times and commit times share one clock), with a
 // physical restore point, then a workload of single-row inserts, updates
-// and deletes, each its own transaction, a named restore point in the
-// middle, and all its WAL shipped.
+// and deletes, each its own transaction (and a layout's transactions in
+// between), a named restore point in the middle, and all its WAL shipped.
 type pitrFixture struct {
 	*realJob
-	txns    []txn
-	namedAt int // transactions before it
-	lsnAt   int // transactions before lsn
+	txns    []txn // in commit order, which is WAL order: one committed at a time
+	namedAt int   // transactions before it
+	lsnAt   int   // transactions before lsn
 	lsn     wal.LSN
 }
 
-func newPITRFixture(t *testing.T) *pitrFixture {
+func newPITRFixture(t *testing.T, w pitrWorkload) *pitrFixture {
 	ctx := context.Background()
 	f := &pitrFixture{}
-	f.realJob = newRealJobOn(t, testenv.PostgresConfig{Settings: map[string]string{"track_commit_timestamp": "on"}},
-		physicalImages(t, true, nil), func(c *walbackup.Config) { c.Clock = clock.New() })
+	pgcfg := w.pg
+	pgcfg.Settings = maps.Clone(pgcfg.Settings)
+	if pgcfg.Settings == nil {
+		pgcfg.Settings = map[string]string{}
+	}
+	pgcfg.Settings["track_commit_timestamp"] = "on"
+	if w.txns == 0 {
+		w.txns = 80
+	}
+	f.realJob = newRealJobOn(t, pgcfg, physicalImages(t, true, nil), func(c *walbackup.Config) { c.Clock = clock.New() })
 	pg := f.pg
 	pg.Exec(t, "postgres", "CREATE TABLE items (id int PRIMARY KEY, val int)")
+	if w.before != nil {
+		w.before(t, f)
+	}
 	require.NoError(t, f.job.Enable(ctx))
 	f.idle(t)
 	require.NoError(t, f.job.StartParent(ctx))
@@ -63,7 +90,7 @@ func newPITRFixture(t *testing.T) *pitrFixture {
 	rng := rand.New(rand.NewPCG(7, 7))
 	live := map[int]bool{}
 	next := 1
-	for i := 0; i < 80; i++ {
+	for i := 0; i < w.txns; i++ {
 		var o op
 		switch k := rng.IntN(3); {
 		case k == 0 || len(live) < 3:
@@ -104,6 +131,9 @@ func newPITRFixture(t *testing.T) *pitrFixture {
 			require.NoError(t, err)
 			f.lsnAt = len(f.txns)
 		}
+		if w.during != nil {
+			w.during(t, f, conn, i)
+		}
 		if i%25 == 24 {
 			_, err := conn.Exec(ctx, "SELECT pg_switch_wal()")
 			require.NoError(t, err)
@@ -117,7 +147,30 @@ func newPITRFixture(t *testing.T) *pitrFixture {
 		require.NoError(t, conn.QueryRow(ctx, "SELECT pg_xact_commit_timestamp($1::text::xid)", strconv.FormatUint(uint64(f.txns[i].xid), 10)).Scan(&ts))
 		f.txns[i].commit = ts
 	}
+	for i := 1; i < len(f.txns); i++ {
+		require.True(t, f.txns[i].commit.After(f.txns[i-1].commit), "transactions %d and %d committed in this order", i-1, i)
+	}
 	return f
+}
+
+// record notes a transaction of the layout's, committed as xid; it
+// returns its index in f.txns.
+func (f *pitrFixture) record(xid uint32, note string) int {
+	f.txns = append(f.txns, txn{xid: xid, note: note})
+	return len(f.txns) - 1
+}
+
+// recordLast records the transaction the server committed last, for
+// statements that commit on their own (CREATE DATABASE): on a server
+// where nothing else commits meanwhile (autovacuum off).
+func (f *pitrFixture) recordLast(t *testing.T, conn *pgx.Conn, note string) int {
+	t.Helper()
+	var xid uint32
+	require.NoError(t, conn.QueryRow(context.Background(), "SELECT xid::text::bigint FROM pg_last_committed_xact()").Scan(&xid))
+	if len(f.txns) > 0 {
+		require.Greater(t, xid, f.txns[len(f.txns)-1].xid, "%s: the last commit is this one", note)
+	}
+	return f.record(xid, note)
 }
 
 func pick(rng *rand.Rand, live map[int]bool) int {
@@ -165,7 +218,7 @@ func (f *pitrFixture) restore(t *testing.T, target walbackup.Target) (*testenv.P
 	pg := testenv.PostgresFor(t, dir, f.pg)
 	res, err := f.job.Restore(context.Background(), walbackup.RestoreRequest{Machine: "db1", Target: target},
 		walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}, Recovery: walbackup.RecoveryOptions{
-			Port: pg.Port, SocketDir: pg.SocketDir, OSUser: f.pg.OSUser,
+			Port: pg.Port, SocketDir: pg.SocketDir, OSUser: f.pg.OSUser, ConfigFile: f.pg.ConfigFile,
 			Settings: map[string]string{"listen_addresses": "127.0.0.1"}}})
 	return pg, res, err
 }
@@ -181,7 +234,7 @@ func items(t *testing.T, pg *testenv.Postgres) string {
 // at or before its target, row for row. Targets are commit times
 // themselves (inclusive: that commit is in) and times between commits.
 func TestPointInTimeRestores(t *testing.T) {
-	f := newPITRFixture(t)
+	f := newPITRFixture(t, pitrWorkload{})
 	rng := rand.New(rand.NewPCG(20, 26))
 	for trial := 0; trial < 20; trial++ {
 		k := rng.IntN(len(f.txns))
@@ -211,7 +264,7 @@ func TestPointInTimeRestores(t *testing.T) {
 // restorable interval is a clear error before anything is written; a
 // drill proves the restore point, and a failing check is reported.
 func TestRestoreTargets(t *testing.T) {
-	f := newPITRFixture(t)
+	f := newPITRFixture(t, pitrWorkload{})
 	ctx := context.Background()
 	t.Run("latest", func(t *testing.T) {
 		pg, res, err := f.restore(t, walbackup.Latest())

@@ -174,3 +174,39 @@ func TestRecoverAnswersCalls(t *testing.T) {
 	assert.Equal(t, "error no_such_wal", got["000000010000000000000009"])
 	assert.Equal(t, "error ", got[held], "the cancelled fetch ended with its error")
 }
+
+// A failed recovery's error crosses the link whole: PostgreSQL's report of
+// several lines (DETAIL, HINT) as the runtime wrote it, matching its
+// sentinel, with the result the runtime still sent.
+func TestRecoverFailureCrossesWhole(t *testing.T) {
+	hostIn, rtOut := io.Pipe()
+	rtIn, hostOut := io.Pipe()
+	rt := &Runtime{w: proto.NewWriter(hostOut), r: proto.NewReader(hostIn), stop: func(context.Context) error { return nil }}
+	report := "recover /restored: postgresql stopped during recovery: 2026-11-25 08:00:00.400 UTC [12] PANIC:  unexpected directory entry \"16436\" found in pg_tblspc/\n" +
+		"DETAIL:  All directory entries in pg_tblspc/ should be symbolic links.\n" +
+		"HINT:  Remove those directories, or set allow_in_place_tablespaces to ON transiently to let recovery complete."
+	want := guest.RecoveryResult{Requests: 3, Log: "the server's log"}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer rtIn.Close()
+		defer rtOut.CloseWithError(errors.New("the fake runtime stopped"))
+		r, w := proto.NewReader(rtIn), proto.NewWriter(rtOut)
+		var req proto.Request
+		if err := r.ReadJSON(proto.TypeRequest, &req); err != nil {
+			t.Error(err)
+			return
+		}
+		b, _ := json.Marshal(want)
+		if err := w.WriteJSON(proto.TypeResponse, proto.Response{ID: req.ID, Result: b, Error: report,
+			Code: runtime.ErrorCode(guest.ErrRecoveryFailed)}); err != nil {
+			t.Error(err)
+		}
+	}()
+	res, err := rt.Recover(context.Background(), guest.RecoveryConfig{DataDir: "/restored"},
+		func(context.Context, string, io.Writer) error { return nil })
+	<-done
+	require.ErrorIs(t, err, guest.ErrRecoveryFailed)
+	assert.Equal(t, report, err.Error())
+	assert.Equal(t, want, res)
+}

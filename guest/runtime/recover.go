@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -64,6 +64,7 @@ type recovery struct {
 	cfg      guest.RecoveryConfig
 	owner    *osUser // nil: the server runs as the runtime's own user
 	pgCtl    string
+	major    int // PostgreSQL's major version, from PG_VERSION
 	prefetch int
 	logPath  string
 	logStart int64
@@ -108,10 +109,14 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
 		if st, err := os.Stat(cfg.ConfigFile); err != nil || !st.Mode().IsRegular() {
 			return nil, fmt.Errorf("configuration file %s: not a file (%v)", cfg.ConfigFile, err)
 		}
+		if strings.ContainsAny(cfg.DataDir, " \t'") {
+			return nil, fmt.Errorf("data directory %q: with a configuration file outside it, a path without spaces or quotes", cfg.DataDir)
+		}
 	}
 	version, err := os.ReadFile(filepath.Join(cfg.DataDir, "PG_VERSION"))
 	major := strings.TrimSpace(string(version))
-	if _, aerr := strconv.Atoi(major); err != nil || aerr != nil {
+	majorNum, aerr := strconv.Atoi(major)
+	if err != nil || aerr != nil {
 		return nil, fmt.Errorf("%s holds no PostgreSQL cluster: PG_VERSION: %q (%v)", cfg.DataDir, major, err)
 	}
 	for k, v := range cfg.Settings {
@@ -136,7 +141,7 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &recovery{rt: r, cfg: cfg, owner: owner, pgCtl: pgCtl, prefetch: prefetchOf(cfg.Prefetch),
+	return &recovery{rt: r, cfg: cfg, owner: owner, pgCtl: pgCtl, major: majorNum, prefetch: prefetchOf(cfg.Prefetch),
 		logPath: filepath.Join(cfg.DataDir, RecoveryLog)}, nil
 }
 
@@ -301,6 +306,15 @@ func (rec *recovery) run(ctx context.Context, fetch guest.FetchFunc) (res guest.
 	}()
 
 	settings := map[string]string{"restore_command": restoreCommand}
+	if rec.cfg.ConfigFile != "" {
+		// The configuration may be the original's, running beside this
+		// one: its pid file, and before 15 its statistics folder, are not
+		// this server's (Debian sets both). Settings may say otherwise.
+		settings["external_pid_file"] = ""
+		if rec.major < 15 {
+			settings["stats_temp_directory"] = "pg_stat_tmp"
+		}
+	}
 	keys := make([]string, 0, len(rec.cfg.Settings))
 	for k, v := range rec.cfg.Settings {
 		settings[k] = v
@@ -506,10 +520,14 @@ func (rec *recovery) start() error {
 		return err
 	}
 	// pg_ctl puts -D, -l and -o into a shell command: the paths were
-	// checked (checkGuestPath), and the options are constants.
+	// checked (checkGuestPath), -D and -l are double-quoted by pg_ctl,
+	// and in -o the paths are single-quoted (planRecovery refused quotes
+	// in them), so that no shell character in them (; & |) is run.
 	opts := "-c logging_collector=off -c lc_messages=C"
 	if rec.cfg.ConfigFile != "" {
-		opts += " -c config_file=" + rec.cfg.ConfigFile
+		// data_directory in the file (Debian sets it: the original's)
+		// would win over -D; the command line wins over the file.
+		opts += " -c 'config_file=" + rec.cfg.ConfigFile + "' -c 'data_directory=" + rec.cfg.DataDir + "'"
 	}
 	out, err := rec.command(rec.pgCtl, "start", "-W", "-D", rec.cfg.DataDir, "-l", rec.logPath, "-o", opts).CombinedOutput()
 	if err != nil {
@@ -583,32 +601,124 @@ func (rec *recovery) logTail() string {
 }
 
 // exited tells how a server that stopped ended its recovery, from its log:
-// shut down at the target, or failed with its last FATAL or PANIC line
-// (connections turned away while it started are not the reason).
+// shut down at the target, or failed with PostgreSQL's own report of why
+// (lastReport).
 func (rec *recovery) exited() (endState, error) {
 	text := rec.readLog()
 	if strings.Contains(text, msgShutdownAtTarget) {
 		return endShutdown, nil
 	}
-	var why, last string
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.Contains(line, msgTargetNotReached) {
-			return 0, fmt.Errorf("%w: the server stopped: %s", guest.ErrTargetNotReached, line)
-		}
-		if (strings.Contains(line, "FATAL:") || strings.Contains(line, "PANIC:")) && !strings.Contains(line, msgTurnedAway) {
-			why = line
-		}
-		if strings.TrimSpace(line) != "" {
-			last = line
-		}
-	}
-	if why == "" {
-		why = last
+	why := lastReport(text)
+	if strings.Contains(text, msgTargetNotReached) {
+		return 0, fmt.Errorf("%w: the server stopped: %s", guest.ErrTargetNotReached, why)
 	}
 	return 0, fmt.Errorf("%w: %s", guest.ErrRecoveryFailed, why)
+}
+
+// Bounds of lastReport, so that a failed recovery's error stays an error
+// message and not a log.
+const (
+	reportLines     = 12
+	reportLineBytes = 1 << 10
+	reportBytes     = 4 << 10
+)
+
+// reportFields are the lines PostgreSQL writes after an error's message,
+// each with the same prefix (log_line_prefix) as the message.
+var reportFields = []string{"DETAIL:  ", "HINT:  ", "CONTEXT:  ", "QUERY:  ", "STATEMENT:  ", "LOCATION:  "}
+
+// lastReport returns why a stopped server stopped, from its log: the last
+// FATAL or PANIC report (the severities that stop a server; connections
+// turned away while it started are not the reason), else the last ERROR
+// report, else the last line. A report is its line, as logged, and the
+// DETAIL, HINT and CONTEXT lines (and the tab-indented lines of a message
+// of several lines) that follow it with the same prefix, those without the
+// prefix, one a line as psql shows them; bounded in lines and bytes.
+func lastReport(text string) string {
+	lines := strings.Split(text, "\n")
+	var fatal, errLine, last = -1, -1, -1
+	for i, line := range lines {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		last = i
+		switch sev, _ := severity(line); sev {
+		case "FATAL", "PANIC":
+			if !strings.Contains(line, msgTurnedAway) {
+				fatal = i
+			}
+		case "ERROR":
+			errLine = i
+		}
+	}
+	at := fatal
+	if at < 0 {
+		at = errLine
+	}
+	if at < 0 {
+		if last < 0 {
+			return "the server logged nothing"
+		}
+		return clip(lines[last], reportLineBytes)
+	}
+	_, prefix := severity(lines[at])
+	out := []string{clip(lines[at], reportLineBytes)}
+	size := len(out[0])
+	for _, line := range lines[at+1:] {
+		var add string
+		switch rest, ok := strings.CutPrefix(line, prefix); {
+		case strings.HasPrefix(line, "\t"): // the next line of a message of several
+			add = line
+		case ok && hasAnyPrefix(rest, reportFields):
+			add = rest
+		}
+		if add == "" || len(out) == reportLines {
+			break
+		}
+		add = clip(add, reportLineBytes)
+		if size += len(add) + 1; size > reportBytes {
+			break
+		}
+		out = append(out, add)
+	}
+	return strings.Join(out, "\n")
+}
+
+// severity returns the severity of a log line (ERROR, FATAL, PANIC, or
+// "" for another) and the prefix before it: the first of them on the line,
+// since a message may quote another.
+func severity(line string) (sev, prefix string) {
+	at := len(line)
+	for _, s := range []string{"PANIC", "FATAL", "ERROR"} {
+		if i := strings.Index(line, s+":  "); i >= 0 && i < at {
+			sev, at = s, i
+		}
+	}
+	if sev == "" {
+		return "", ""
+	}
+	return sev, line[:at]
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// clip cuts s to at most n bytes, on a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 // startFailed tells whether a server that has not written its pid file yet

@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -65,13 +67,15 @@ func TestReadPidFile(t *testing.T) {
 	assert.Equal(t, pidFile{pid: 4242, port: 5433, socketDir: "/tmp/sock", listen: "127.0.0.1", status: "standby"}, pf)
 }
 
-// Why a server stopped, from its log: the server's own line, not a
-// connection it turned away meanwhile.
+// Why a server stopped, from its log: the server's own report (its line
+// with the DETAIL, HINT and CONTEXT lines after it), not a connection it
+// turned away meanwhile.
 func TestExited(t *testing.T) {
 	logs := map[string]struct {
 		log   string
 		state endState
 		err   error
+		want  string // the whole report, when set
 		line  string
 	}{
 		"target not reached": {
@@ -95,6 +99,39 @@ func TestExited(t *testing.T) {
 			log: "2026-11-25 08:00:00 UTC [9] LOG:  received immediate shutdown request\n",
 			err: guest.ErrRecoveryFailed, line: "immediate shutdown",
 		},
+		"panic with detail and hint": {
+			log: "2026-11-25 08:00:00.100 UTC [12] LOG:  redo starts at 0/2000028\n" +
+				"2026-11-25 08:00:00.101 UTC [13] FATAL:  the database system is starting up\n" +
+				"2026-11-25 08:00:00.400 UTC [12] PANIC:  unexpected directory entry \"16436\" found in pg_tblspc/\n" +
+				"2026-11-25 08:00:00.400 UTC [12] DETAIL:  All directory entries in pg_tblspc/ should be symbolic links.\n" +
+				"2026-11-25 08:00:00.400 UTC [12] HINT:  Remove those directories, or set allow_in_place_tablespaces to ON transiently to let recovery complete.\n" +
+				"2026-11-25 08:00:00.400 UTC [12] CONTEXT:  WAL redo at 0/2000100 for XLOG/BACKUP_END: 0/2000028\n" +
+				"2026-11-25 08:00:00.410 UTC [10] LOG:  startup process (PID 12) was terminated by signal 6: Aborted\n" +
+				"2026-11-25 08:00:00.410 UTC [10] LOG:  terminating any other active server processes\n" +
+				"2026-11-25 08:00:00.412 UTC [14] FATAL:  the database system is in recovery mode\n" +
+				"2026-11-25 08:00:00.430 UTC [10] LOG:  database system is shut down\n",
+			err: guest.ErrRecoveryFailed,
+			want: "postgresql stopped during recovery: 2026-11-25 08:00:00.400 UTC [12] PANIC:  unexpected directory entry \"16436\" found in pg_tblspc/\n" +
+				"DETAIL:  All directory entries in pg_tblspc/ should be symbolic links.\n" +
+				"HINT:  Remove those directories, or set allow_in_place_tablespaces to ON transiently to let recovery complete.\n" +
+				"CONTEXT:  WAL redo at 0/2000100 for XLOG/BACKUP_END: 0/2000028",
+		},
+		"another process's detail is not the report's": {
+			log: "2026-11-25 08:00:00 UTC [12] FATAL:  could not open file \"base/1/1259\": Permission denied\n" +
+				"2026-11-25 08:00:00 UTC [13] DETAIL:  Someone else's.\n",
+			err:  guest.ErrRecoveryFailed,
+			want: "postgresql stopped during recovery: 2026-11-25 08:00:00 UTC [12] FATAL:  could not open file \"base/1/1259\": Permission denied",
+		},
+		"an error when nothing was fatal; lines of a message of several": {
+			log: "2026-11-25 08:00:00 UTC [12] ERROR:  first\n" +
+				"2026-11-25 08:00:01 UTC [12] ERROR:  invalid input syntax\n" +
+				"\tsecond line of it\n" +
+				"2026-11-25 08:00:01 UTC [12] STATEMENT:  SELECT 1\n" +
+				"2026-11-25 08:00:01 UTC [9] LOG:  received immediate shutdown request\n",
+			err: guest.ErrRecoveryFailed,
+			want: "postgresql stopped during recovery: 2026-11-25 08:00:01 UTC [12] ERROR:  invalid input syntax\n" +
+				"\tsecond line of it\nSTATEMENT:  SELECT 1",
+		},
 	}
 	for name, tc := range logs {
 		t.Run(name, func(t *testing.T) {
@@ -108,9 +145,32 @@ func TestExited(t *testing.T) {
 				return
 			}
 			require.ErrorIs(t, err, tc.err)
+			if tc.want != "" {
+				assert.Equal(t, tc.want, err.Error())
+			}
 			assert.ErrorContains(t, err, tc.line)
 		})
 	}
+}
+
+// A report is bounded in lines and bytes, however much PostgreSQL wrote.
+func TestLastReportBounded(t *testing.T) {
+	const prefix = "2026-11-25 08:00:00 UTC [12] "
+	var b strings.Builder
+	b.WriteString(prefix + "PANIC:  " + strings.Repeat("é", 2000) + "\n")
+	for i := 0; i < 100; i++ {
+		b.WriteString(prefix + "CONTEXT:  " + strings.Repeat("x", 300) + "\n")
+	}
+	got := lastReport(b.String())
+	assert.LessOrEqual(t, len(got), reportBytes)
+	lines := strings.Split(got, "\n")
+	assert.LessOrEqual(t, len(lines), reportLines)
+	assert.Greater(t, len(lines), 1, "CONTEXT lines follow, as many as fit")
+	assert.True(t, strings.HasPrefix(lines[0], prefix+"PANIC:  é"))
+	assert.True(t, strings.HasSuffix(lines[0], "..."), "a long line is cut, and says so")
+	assert.LessOrEqual(t, len(lines[0]), reportLineBytes)
+	assert.True(t, utf8.ValidString(got), "cut on a rune boundary")
+	assert.Equal(t, "the server logged nothing", lastReport("\n\n"))
 }
 
 // Refusals come before anything is changed.
@@ -136,6 +196,20 @@ func TestPlanRecoveryRefuses(t *testing.T) {
 	t.Run("setting", func(t *testing.T) {
 		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), Settings: map[string]string{"port = 1\nx": "1"}})
 		require.ErrorContains(t, err, "setting name")
+	})
+	t.Run("configuration file", func(t *testing.T) {
+		conf := filepath.Join(t.TempDir(), "postgresql.conf")
+		require.NoError(t, os.WriteFile(conf, nil, 0o600))
+		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), ConfigFile: "postgresql.conf"})
+		require.ErrorContains(t, err, "absolute")
+		_, err = r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), ConfigFile: filepath.Dir(conf)})
+		require.ErrorContains(t, err, "not a file")
+		// Both paths go into the server's command line.
+		d := filepath.Join(t.TempDir(), "my data")
+		require.NoError(t, os.Mkdir(d, 0o700))
+		require.NoError(t, os.WriteFile(filepath.Join(d, "PG_VERSION"), []byte("15\n"), 0o600))
+		_, err = r.planRecovery(guest.RecoveryConfig{DataDir: d, ConfigFile: conf})
+		require.ErrorContains(t, err, "without spaces or quotes")
 	})
 	t.Run("running", func(t *testing.T) {
 		d := dataDir(t)

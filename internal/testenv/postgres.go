@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -28,6 +29,19 @@ type PostgresConfig struct {
 	// unix_socket_directories, which testenv owns so that the server never
 	// listens beyond loopback.
 	Settings map[string]string
+	// InitdbArgs are more options for initdb, such as --wal-segsize=64 or
+	// --data-checksums.
+	InitdbArgs []string
+	// ExternalWAL makes pg_wal a symbolic link to a directory outside the
+	// data directory (initdb -X), Postgres.WALDir.
+	ExternalWAL bool
+	// Debian makes the cluster as the Debian packaging does: created with
+	// pg_createcluster, started with pg_ctlcluster, its configuration
+	// files in /etc/postgresql/<major>/<name>/ (Postgres.ConfigFile), not
+	// in the data directory, and dropped with pg_dropcluster in t.Cleanup.
+	// It needs postgresql-common, a Debian bin directory
+	// (/usr/lib/postgresql/<major>/bin) and root.
+	Debian bool
 }
 
 // Postgres is a running throw-away PostgreSQL cluster.
@@ -41,9 +55,16 @@ type Postgres struct {
 	Password  string // superuser password for TCP (scram-sha-256)
 	OSUser    string // OS user the server runs as
 	LogFile   string // server log
+	WALDir    string // where pg_wal leads, with PostgresConfig.ExternalWAL
+	// ConfigFile is postgresql.conf when it is not in DataDir (a Debian
+	// cluster's); Cluster is then its "<major>/<name>".
+	ConfigFile string
+	Cluster    string
 
-	account osAccount
-	baseDir string
+	account  osAccount
+	baseDir  string
+	confPath string                 // where testenv's settings go: pglogship_testenv.conf
+	launch   func() ([]byte, error) // starts the server once the settings are written
 
 	mu      sync.Mutex
 	stopped bool
@@ -67,14 +88,21 @@ func StartPostgres(t testing.TB, cfg PostgresConfig) *Postgres {
 	acct := serverAccount(t)
 	p := newPostgres(t, acct, "")
 	p.Password = randomHex(t, 16)
+	args := append([]string(nil), cfg.InitdbArgs...)
+	if cfg.ExternalWAL {
+		p.WALDir = filepath.Join(p.baseDir, "wal") // made by initdb
+		args = append(args, "-X", p.WALDir)
+	}
+	if cfg.Debian {
+		p.createCluster(t, args)
+		p.start(t, settings)
+		return p
+	}
 	mustMkdir(t, p.DataDir, 0o700)
 	chown(t, acct, p.DataDir)
-	p.initdb(t)
+	p.initdb(t, args)
 
-	hba := "# testenv: loopback and unix socket only\n" +
-		"local all all peer\n" +
-		"host  all all 127.0.0.1/32 scram-sha-256\n"
-	p.writeDataFile(t, "pg_hba.conf", hba)
+	p.writeDataFile(t, "pg_hba.conf", testenvHBA)
 	f, err := os.OpenFile(filepath.Join(p.DataDir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
@@ -88,6 +116,68 @@ func StartPostgres(t testing.TB, cfg PostgresConfig) *Postgres {
 	}
 	p.start(t, settings)
 	return p
+}
+
+// testenvHBA lets in the unix socket (peer) and loopback (password) only.
+const testenvHBA = "# testenv: loopback and unix socket only\n" +
+	"local all all peer\n" +
+	"host  all all 127.0.0.1/32 scram-sha-256\n"
+
+// createCluster makes a Debian cluster with pg_createcluster, its data
+// directory and socket in the private folder, its configuration in
+// /etc/postgresql/<major>/<name>/ with testenv's settings in its conf.d, and
+// sets it up to start with pg_ctlcluster.
+func (p *Postgres) createCluster(t testing.TB, initdbArgs []string) {
+	t.Helper()
+	const installCommon = "apt-get update && apt-get install -y postgresql-common"
+	create := requireBinary(t, "pg_createcluster", installCommon)
+	ctl := requireBinary(t, "pg_ctlcluster", installCommon)
+	drop := requireBinary(t, "pg_dropcluster", installCommon)
+	major := filepath.Base(filepath.Dir(p.BinDir))
+	if p.BinDir != filepath.Join("/usr/lib/postgresql", major, "bin") {
+		t.Fatalf("testenv: a Debian cluster needs a Debian bin directory /usr/lib/postgresql/<major>/bin, not %s: install it with: %s",
+			p.BinDir, installPostgres)
+	}
+	if os.Geteuid() != 0 {
+		t.Fatalf("testenv: pg_createcluster writes /etc/postgresql: a Debian cluster needs root")
+	}
+	name := "pglogship_" + randomHex(t, 4)
+	confDir := filepath.Join("/etc/postgresql", major, name)
+	p.Cluster, p.ConfigFile = major+"/"+name, filepath.Join(confDir, "postgresql.conf")
+	p.confPath = filepath.Join(confDir, "conf.d", "pglogship_testenv.conf")
+	pwfile := filepath.Join(p.baseDir, "pwfile")
+	mustWriteFile(t, pwfile, []byte(p.Password+"\n"), 0o600)
+	chown(t, p.account, pwfile)
+	defer os.Remove(pwfile)
+
+	// Registered before it is made, so that half a cluster goes too.
+	t.Cleanup(func() {
+		out, err := exec.Command(drop, "--stop", major, name).CombinedOutput()
+		if err != nil {
+			t.Errorf("testenv: pg_dropcluster %s: %v\n%s", p.Cluster, err, out)
+		}
+		if err := os.RemoveAll(confDir); err != nil {
+			t.Errorf("testenv: %v", err)
+		}
+	})
+	// The port is testenv's (conf.d, written at each start); this one
+	// only has to be free of other clusters.
+	args := []string{major, name, "--user", p.account.Name, "--datadir", p.DataDir, "--socketdir", p.SocketDir,
+		"--logfile", p.LogFile, "--port", strconv.Itoa(freePort(t)), "--locale", "C", "--encoding", "UTF8",
+		"--start-conf", "manual", "--",
+		"--auth-local=peer", "--auth-host=scram-sha-256", "--pwfile=" + pwfile, "-U", p.User, "--no-sync"}
+	cmd := exec.Command(create, append(args, initdbArgs...)...)
+	cmd.Env, cmd.Dir = cleanEnv(), p.baseDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("testenv: pg_createcluster %s: %v\n%s", p.Cluster, err, out)
+	}
+	mustWriteFile(t, filepath.Join(confDir, "pg_hba.conf"), []byte(testenvHBA), 0o640)
+	chown(t, p.account, filepath.Join(confDir, "pg_hba.conf"))
+	p.launch = func() ([]byte, error) {
+		cmd := exec.Command(ctl, "--skip-systemctl-redirect", major, name, "start")
+		cmd.Env, cmd.Dir = cleanEnv(), p.baseDir
+		return cmd.CombinedOutput()
+	}
 }
 
 // StartPostgresOn starts a server on an existing data directory, such as
@@ -173,6 +263,8 @@ func newPostgres(t testing.TB, acct osAccount, dataDir string) *Postgres {
 		account:   acct,
 		baseDir:   base,
 	}
+	p.confPath = filepath.Join(dataDir, "pglogship_testenv.conf")
+	p.launch = func() ([]byte, error) { return p.pgCtl("start", "-w", "-t", "120", "-l", p.LogFile) }
 	mustMkdir(t, p.SocketDir, 0o755)
 	mustWriteFile(t, p.LogFile, nil, 0o600)
 	// The server writes its log into base, so the whole tree is its own.
@@ -191,8 +283,9 @@ func (p *Postgres) start(t testing.TB, settings map[string]string) {
 	const attempts = 3
 	for i := 1; ; i++ {
 		p.Port = freePort(t)
-		p.writeDataFile(t, "pglogship_testenv.conf", p.confFile(settings))
-		out, err := p.pgCtl("start", "-w", "-t", "120", "-l", p.LogFile)
+		mustWriteFile(t, p.confPath, []byte(p.confFile(settings)), 0o600)
+		chown(t, p.account, p.confPath)
+		out, err := p.launch()
 		if err == nil {
 			return
 		}
@@ -205,17 +298,17 @@ func (p *Postgres) start(t testing.TB, settings map[string]string) {
 	}
 }
 
-func (p *Postgres) initdb(t testing.TB) {
+func (p *Postgres) initdb(t testing.TB, args []string) {
 	t.Helper()
 	pwfile := filepath.Join(p.baseDir, "pwfile")
 	mustWriteFile(t, pwfile, []byte(p.Password+"\n"), 0o600)
 	chown(t, p.account, pwfile)
 	defer os.Remove(pwfile)
-	cmd := commandAs(p.account, filepath.Join(p.BinDir, "initdb"),
+	cmd := commandAs(p.account, filepath.Join(p.BinDir, "initdb"), append([]string{
 		"-D", p.DataDir,
 		"--auth-local=peer", "--auth-host=scram-sha-256",
-		"--pwfile="+pwfile, "-U", p.User,
-		"--no-sync", "-E", "UTF8", "--locale=C")
+		"--pwfile=" + pwfile, "-U", p.User,
+		"--no-sync", "-E", "UTF8", "--locale=C"}, args...)...)
 	cmd.Dir = p.baseDir // the server user may not be able to enter our cwd
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("testenv: initdb as %s: %v\n%s", p.OSUser, err, out)
@@ -265,6 +358,14 @@ func (p *Postgres) writeDataFile(t testing.TB, name, content string) {
 // PgCtl runs pg_ctl on the cluster as its OS user (-D is given), for
 // tests that stop, start or restart the server themselves.
 func (p *Postgres) PgCtl(args ...string) ([]byte, error) { return p.pgCtl(args...) }
+
+// Tool runs one of PostgreSQL's programs in BinDir (pg_checksums,
+// pg_controldata, ...) as the server's OS user and returns its output.
+func (p *Postgres) Tool(name string, args ...string) ([]byte, error) {
+	cmd := commandAs(p.account, filepath.Join(p.BinDir, name), args...)
+	cmd.Dir = p.baseDir
+	return cmd.CombinedOutput()
+}
 
 // WriteDataFile writes a file into the data directory, owned by the
 // server's OS user.

@@ -58,6 +58,37 @@ func TestPostgres(t *testing.T) {
 	assert.Equal(t, pg.User, pg.Psql(t, "postgres", "select current_user"))
 }
 
+// The layouts of PostgresConfig: initdb options, pg_wal outside the data
+// directory, and a Debian cluster whose configuration lives in /etc, listens
+// on loopback and its private socket only, and is dropped afterwards.
+func TestPostgresLayouts(t *testing.T) {
+	SkipIfShort(t)
+	t.Run("initdb options and external WAL", func(t *testing.T) {
+		pg := StartPostgres(t, PostgresConfig{InitdbArgs: []string{"--wal-segsize=64", "--data-checksums"}, ExternalWAL: true})
+		assert.Equal(t, "64MB|on", pg.Psql(t, "postgres", "SELECT current_setting('wal_segment_size') || '|' || current_setting('data_checksums')"))
+		link, err := os.Readlink(filepath.Join(pg.DataDir, "pg_wal"))
+		require.NoError(t, err, "pg_wal is a link")
+		assert.Equal(t, pg.WALDir, link)
+	})
+	t.Run("Debian cluster", func(t *testing.T) {
+		var confDir string
+		t.Run("running", func(t *testing.T) {
+			pg := StartPostgres(t, PostgresConfig{Debian: true, Settings: map[string]string{"max_wal_senders": "6"}})
+			confDir = filepath.Dir(pg.ConfigFile)
+			assert.Equal(t, filepath.Join("/etc/postgresql", pg.Cluster, "postgresql.conf"), pg.ConfigFile)
+			assert.Equal(t, pg.ConfigFile+"|"+pg.DataDir+"|127.0.0.1|"+pg.SocketDir+"|6|"+pg.Cluster,
+				pg.Psql(t, "postgres", "SELECT concat_ws('|', current_setting('config_file'), current_setting('data_directory'), "+
+					"current_setting('listen_addresses'), current_setting('unix_socket_directories'), current_setting('max_wal_senders'), "+
+					"current_setting('cluster_name'))"))
+			assert.NoFileExists(t, filepath.Join(pg.DataDir, "postgresql.conf"), "the configuration is not in the data directory")
+			assert.Equal(t, []string{"127.0.0.1"}, listeningAddrs(t, pg.Port))
+			var n int
+			require.NoError(t, pg.Connect(t, "postgres").QueryRow(context.Background(), "SELECT 1").Scan(&n), "password over TCP")
+		})
+		assert.NoDirExists(t, confDir, "pg_dropcluster removed it")
+	})
+}
+
 func TestSSHDRunsCommandsAndReachesPostgresByPeer(t *testing.T) {
 	SkipIfShort(t)
 	t.Parallel()
