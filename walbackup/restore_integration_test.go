@@ -48,6 +48,7 @@ type pitrWorkload struct {
 	// each transaction it commits with record or recordLast.
 	before func(t *testing.T, f *pitrFixture)
 	during func(t *testing.T, f *pitrFixture, conn *pgx.Conn, i int)
+	tweak  func(c *walbackup.Config) // the job's configuration, after the fixture's own
 }
 
 // pitrFixture is a real PostgreSQL protected by a job on the real clock
@@ -75,7 +76,12 @@ func newPITRFixture(t *testing.T, w pitrWorkload) *pitrFixture {
 	if w.txns == 0 {
 		w.txns = 80
 	}
-	f.realJob = newRealJobOn(t, pgcfg, physicalImages(t, true, nil), func(c *walbackup.Config) { c.Clock = clock.New() })
+	f.realJob = newRealJobOn(t, pgcfg, physicalImages(t, true, nil), func(c *walbackup.Config) {
+		c.Clock = clock.New()
+		if w.tweak != nil {
+			w.tweak(c)
+		}
+	})
 	pg := f.pg
 	pg.Exec(t, "postgres", "CREATE TABLE items (id int PRIMARY KEY, val int)")
 	if w.before != nil {
@@ -223,6 +229,19 @@ func (f *pitrFixture) restore(t *testing.T, target walbackup.Target) (*testenv.P
 	return pg, res, err
 }
 
+// restoreChecked restores to target, which n transactions are committed
+// by, and checks the items table row for row and, with check, the rest.
+func (f *pitrFixture) restoreChecked(t *testing.T, target walbackup.Target, n int, check func(t *testing.T, pg *testenv.Postgres)) {
+	t.Helper()
+	pg, res, err := f.restore(t, target)
+	require.NoError(t, err, "%s", res.Recovery.Log)
+	assert.Equal(t, f.want(n), items(t, pg), "the rows of the %d transactions committed by %s", n, target)
+	if check != nil {
+		check(t, pg)
+	}
+	pg.Stop(t)
+}
+
 func items(t *testing.T, pg *testenv.Postgres) string {
 	t.Helper()
 	return pg.Psql(t, "postgres", "SELECT id, val FROM items ORDER BY id")
@@ -272,12 +291,7 @@ func TestRestoreTargets(t *testing.T) {
 		assert.Equal(t, f.want(len(f.txns)), items(t, pg), "every shipped transaction")
 		pg.Stop(t)
 	})
-	t.Run("named restore point", func(t *testing.T) {
-		pg, res, err := f.restore(t, walbackup.ToName("before the purge"))
-		require.NoError(t, err, "%s", res.Recovery.Log)
-		assert.Equal(t, f.want(f.namedAt), items(t, pg))
-		pg.Stop(t)
-	})
+	t.Run("named restore point", func(t *testing.T) { f.restoreChecked(t, walbackup.ToName("before the purge"), f.namedAt, nil) })
 	t.Run("LSN", func(t *testing.T) {
 		pg, res, err := f.restore(t, walbackup.ToLSN(f.lsn))
 		require.NoError(t, err, "%s", res.Recovery.Log)
