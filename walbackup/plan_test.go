@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/wal"
 	"github.com/pglogship/pglogship/walbackup"
@@ -208,4 +211,63 @@ func TestPlanMessages(t *testing.T) {
 	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToTime(early)})
 	require.ErrorIs(t, err, walbackup.ErrOutsideInterval)
 	assert.Contains(t, err.Error(), "restorable from 0/3000128 (2026-11-25T09:00:00Z)")
+}
+
+// With a key, a plain bundle in the repository is refused with a named
+// error wherever it is read (planning, fetching for recovery), never
+// taken as WAL: anyone who can write to the repository could forge one.
+func TestForgedPlainBundleRefused(t *testing.T) {
+	ctx := context.Background()
+	key, err := bundle.NewKey(bytes.Repeat([]byte{7}, bundle.KeySize))
+	require.NoError(t, err)
+	h := newHarness(t, func(c *walbackup.Config) { c.Schedule, c.Key = nil, key })
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	h.addWAL()
+	h.step(t, time.Hour)
+	require.NoError(t, h.job.StartParent(ctx))
+	h.idle(t)
+	require.NoError(t, h.job.Disable(ctx))
+	latest, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
+	require.NoError(t, err, "sealed bundles read")
+
+	var buf bytes.Buffer
+	w, err := bundle.NewWriter(&buf, "forged", nil)
+	require.NoError(t, err)
+	forged := walName(9)
+	_, err = w.Add(forged, bundle.Raw, bytes.NewReader(walSegment(forged, []byte("forged"))))
+	require.NoError(t, err)
+	_, err = w.Close()
+	require.NoError(t, err)
+	require.NoError(t, h.repo.Put(ctx, latest.Instance.NewBundleName(1, forged, forged), &buf))
+
+	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
+	require.ErrorIs(t, err, bundle.ErrNotEncrypted)
+	err = h.job.FetchFunc(latest.Instance)(ctx, forged, io.Discard)
+	require.ErrorIs(t, err, bundle.ErrNotEncrypted)
+
+	// A sealed bundle of this job copied to another name (here, claiming
+	// other segments): it does not open there.
+	refs, err := repository.Bundles(ctx, h.repo, latest.Instance, 1)
+	require.NoError(t, err)
+	var sealed []byte
+	for _, ref := range refs {
+		rc, err := h.repo.Get(ctx, ref.Object.Name, 0, -1)
+		require.NoError(t, err)
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		require.NoError(t, err)
+		if ref.First == forged {
+			require.NoError(t, h.repo.Delete(ctx, ref.Object.Name))
+		} else {
+			sealed = b
+		}
+	}
+	require.NotNil(t, sealed)
+	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
+	require.NoError(t, err, "the plain bundle is gone")
+	require.NoError(t, h.repo.Put(ctx, latest.Instance.NewBundleName(1, forged, forged), bytes.NewReader(sealed)))
+	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
+	require.ErrorIs(t, err, bundle.ErrCorrupt)
+	assert.ErrorContains(t, err, "another object name")
 }

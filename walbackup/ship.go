@@ -254,7 +254,7 @@ func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 	written := sha256.New() // of the object, for the read-back
 	go func() {
 		err := func() error {
-			w, err := bundle.NewWriter(io.MultiWriter(pw, written), key)
+			w, err := bundle.NewWriter(io.MultiWriter(pw, written), obj, key)
 			if err != nil {
 				return err
 			}

@@ -87,7 +87,7 @@ func TestVerify(t *testing.T) {
 	t.Run("one segment with two contents", func(t *testing.T) {
 		h := twoRestorePoints(t)
 		var buf bytes.Buffer
-		w, err := bundle.NewWriter(&buf, nil)
+		w, err := bundle.NewWriter(&buf, "planted", nil)
 		require.NoError(t, err)
 		_, err = w.Add(seg4, bundle.Raw, strings.NewReader("another history"))
 		require.NoError(t, err)

@@ -218,7 +218,7 @@ func (e *export) putFiles(ctx context.Context, dst hypervisor.ObjectPutter) (hyp
 }
 
 func (e *export) streamFiles(ctx context.Context, out io.Writer, vanished map[string]bool) error {
-	w, err := bundle.NewWriter(out, e.s.h.cfg.Key)
+	w, err := bundle.NewWriter(out, e.prefix+"/"+FilesObject, e.s.h.cfg.Key)
 	if err != nil {
 		return err
 	}
@@ -296,7 +296,7 @@ func (e *export) putIndex(ctx context.Context, dst hypervisor.ObjectPutter, idx 
 		return hypervisor.ImageObject{}, err
 	}
 	var buf bytes.Buffer
-	w, err := bundle.NewWriter(&buf, e.s.h.cfg.Key)
+	w, err := bundle.NewWriter(&buf, name, e.s.h.cfg.Key)
 	if err != nil {
 		return hypervisor.ImageObject{}, err
 	}

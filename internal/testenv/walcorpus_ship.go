@@ -16,15 +16,15 @@ import (
 func PutBundle(ctx context.Context, repo repository.Repository, name string, paths []string, key *bundle.Key) error {
 	pr, pw := io.Pipe()
 	go func() {
-		pw.CloseWithError(writeBundle(pw, paths, key))
+		pw.CloseWithError(writeBundle(pw, name, paths, key))
 	}()
 	err := repo.Put(ctx, name, pr)
 	pr.CloseWithError(err)
 	return err
 }
 
-func writeBundle(w io.Writer, paths []string, key *bundle.Key) error {
-	bw, err := bundle.NewWriter(w, key)
+func writeBundle(w io.Writer, name string, paths []string, key *bundle.Key) error {
+	bw, err := bundle.NewWriter(w, name, key)
 	if err != nil {
 		return err
 	}

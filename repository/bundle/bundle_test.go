@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -57,7 +58,7 @@ func key(t testing.TB, b byte) *bundle.Key {
 func write(t testing.TB, files []file, k *bundle.Key, codec bundle.Codec) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	w, err := bundle.NewWriter(&buf, k)
+	w, err := bundle.NewWriter(&buf, "b", k)
 	require.NoError(t, err)
 	for _, f := range files {
 		in := io.Reader(bytes.NewReader(f.data))
@@ -182,7 +183,7 @@ func TestAddZstd(t *testing.T) {
 		return enc.EncodeAll(data, nil)
 	}
 	add := func(stream []byte, claim func() (int64, [32]byte)) (bundle.Entry, error) {
-		w, err := bundle.NewWriter(io.Discard, nil)
+		w, err := bundle.NewWriter(io.Discard, "b", nil)
 		require.NoError(t, err)
 		return w.AddZstd(segName(1), bytes.NewReader(stream), claim)
 	}
@@ -262,6 +263,27 @@ func TestKeys(t *testing.T) {
 	require.ErrorIs(t, err, bundle.ErrKeyRequired)
 	_, err = readAll(t, repo, int64(len(data)), key(t, 2), []string{segName(1)})
 	require.ErrorIs(t, err, bundle.ErrWrongKey)
+	// Sealed for "b": at any other name it does not open.
+	moved := memory.New()
+	require.NoError(t, moved.Put(context.Background(), "other/instance/b", bytes.NewReader(data)))
+	_, err = bundle.Open(context.Background(), moved, "other/instance/b", int64(len(data)), key(t, 1))
+	require.ErrorIs(t, err, bundle.ErrCorrupt)
+	assert.ErrorContains(t, err, "another object name")
+	// A sealed bundle of format version 1 is bound to no name: refused.
+	old := bytes.Clone(data)
+	old[8] = 1
+	end := len(old) - 56
+	idxOff, idxLen := binary.BigEndian.Uint64(old[end:]), binary.BigEndian.Uint64(old[end+8:])
+	sum := sha256.Sum256(append(bytes.Clone(old[:32]), old[idxOff:idxOff+idxLen]...))
+	copy(old[end+16:], sum[:])
+	_, err = readAll(t, store(t, old), int64(len(old)), key(t, 1), []string{segName(1)})
+	require.ErrorIs(t, err, bundle.ErrUnbound)
+	// A plain bundle where a sealed one is expected: forged WAL, refused.
+	plain := write(t, files, nil, bundle.Raw)
+	_, err = readAll(t, store(t, plain), int64(len(plain)), key(t, 1), []string{segName(1)})
+	require.ErrorIs(t, err, bundle.ErrNotEncrypted)
+	_, err = readAll(t, store(t, plain), int64(len(plain)), nil, []string{segName(1)})
+	require.NoError(t, err, "without a key, plain bundles are read")
 	_, err = bundle.NewKey([]byte("short"))
 	require.ErrorContains(t, err, "32 bytes")
 	assert.NotContains(t, key(t, 0x41).String(), strings.Repeat("41", 8), "no key bytes in String")
@@ -321,7 +343,7 @@ func TestOneSegmentReadsOnlyItsFrame(t *testing.T) {
 }
 
 func TestWriterRefusesBadInput(t *testing.T) {
-	w, err := bundle.NewWriter(io.Discard, nil)
+	w, err := bundle.NewWriter(io.Discard, "b", nil)
 	require.NoError(t, err)
 	_, err = w.Add("", bundle.Raw, strings.NewReader("x"))
 	require.Error(t, err)
@@ -330,7 +352,7 @@ func TestWriterRefusesBadInput(t *testing.T) {
 	_, err = w.Add("a", bundle.Raw, strings.NewReader("x"))
 	require.ErrorContains(t, err, "repeated")
 
-	w, err = bundle.NewWriter(io.Discard, nil)
+	w, err = bundle.NewWriter(io.Discard, "b", nil)
 	require.NoError(t, err)
 	_, err = w.Add("b", bundle.Zstd, strings.NewReader("not zstd at all"))
 	require.Error(t, err, "compressed input that does not decompress is refused")
@@ -400,7 +422,7 @@ func TestCreatedTime(t *testing.T) {
 		at := time.Date(2026, 11, 25, 22, 0, 0, 123, time.UTC)
 		for name, created := range map[string]time.Time{"with": at, "without": {}} {
 			var buf bytes.Buffer
-			w, err := bundle.NewWriter(&buf, k)
+			w, err := bundle.NewWriter(&buf, name, k)
 			require.NoError(t, err)
 			_, err = w.Add("000000010000000000000001", bundle.Raw, strings.NewReader("x"))
 			require.NoError(t, err)
@@ -424,7 +446,7 @@ func TestTapAndMeta(t *testing.T) {
 		for _, codec := range []bundle.Codec{bundle.Raw, bundle.Zstd} {
 			repo := memory.New()
 			var buf bytes.Buffer
-			w, err := bundle.NewWriter(&buf, k)
+			w, err := bundle.NewWriter(&buf, "b", k)
 			require.NoError(t, err)
 			taps := map[string]*bytes.Buffer{}
 			w.SetTap(func(name string) io.Writer {

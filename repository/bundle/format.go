@@ -16,7 +16,10 @@ const (
 	headerMagic  = "PGLSBNDL"
 	trailerMagic = "PGLSEND1"
 	frameMagic   = "FRM1"
-	version      = 1
+	// version 2 seals the index with the object's name in its associated
+	// data; a sealed version 1 bundle is bound to nothing and is refused.
+	version      = 2
+	indexVersion = 1
 
 	flagEncrypted = 1
 
@@ -73,7 +76,7 @@ type entryJSON struct {
 }
 
 func encodeIndex(entries []Entry, created time.Time) ([]byte, error) {
-	idx := indexJSON{Version: version, Files: make([]entryJSON, len(entries))}
+	idx := indexJSON{Version: indexVersion, Files: make([]entryJSON, len(entries))}
 	if !created.IsZero() {
 		idx.Created = created.UTC().Format(time.RFC3339Nano)
 	}
@@ -90,8 +93,8 @@ func decodeIndex(b []byte, indexOffset int64) ([]Entry, time.Time, error) {
 	if err := json.Unmarshal(b, &idx); err != nil {
 		return nil, time.Time{}, fmt.Errorf("index: %v", err)
 	}
-	if idx.Version != version {
-		return nil, time.Time{}, fmt.Errorf("index version %d, want %d", idx.Version, version)
+	if idx.Version != indexVersion {
+		return nil, time.Time{}, fmt.Errorf("index version %d, want %d", idx.Version, indexVersion)
 	}
 	var created time.Time
 	if idx.Created != "" {
@@ -128,6 +131,7 @@ func decodeIndex(b []byte, indexOffset int64) ([]Entry, time.Time, error) {
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type header struct {
+	version   byte
 	encrypted bool
 	keyCheck  [8]byte
 	id        [12]byte
@@ -150,9 +154,10 @@ func parseHeader(b []byte) (header, error) {
 	if len(b) != headerSize || string(b[:8]) != headerMagic {
 		return h, fmt.Errorf("not a pglogship bundle")
 	}
-	if b[8] != version {
+	if b[8] != version && b[8] != 1 {
 		return h, fmt.Errorf("bundle version %d, want %d", b[8], version)
 	}
+	h.version = b[8]
 	if b[9]&^flagEncrypted != 0 || b[10] != 0 || b[11] != 0 {
 		return h, fmt.Errorf("unknown header flags")
 	}
@@ -202,6 +207,15 @@ func frameHeader(name string, nonce [12]byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(len(name)))
 	b = append(b, name...)
 	return append(b, nonce[:]...)
+}
+
+// indexAAD binds a sealed index, and through the bundle id every chunk,
+// to the bundle and to the object name it was written for: the name
+// holds the job, machine, cluster, timeline and kind, so a sealed bundle
+// replayed at another path or under another instance fails to open.
+func indexAAD(id [12]byte, object string) []byte {
+	aad := append(id[:], "index"...)
+	return append(append(aad, 0), object...)
 }
 
 // chunkAAD binds a sealed chunk to its bundle, frame, position and finality,

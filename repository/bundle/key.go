@@ -22,6 +22,13 @@ var (
 	ErrWrongKey = errors.New("bundle encrypted with a different key")
 	// ErrKeyRequired: the bundle is encrypted and no key was given.
 	ErrKeyRequired = errors.New("bundle is encrypted: a key is required")
+	// ErrNotEncrypted: a key was given and the bundle is plain. With a key,
+	// only sealed bundles are read: anyone who can write to the
+	// repository could put a plain one in place of a sealed one.
+	ErrNotEncrypted = errors.New("bundle is not encrypted, and a key is configured")
+	// ErrUnbound: a sealed bundle of format version 1, whose index is not
+	// bound to its object name, so it could have been moved from anywhere.
+	ErrUnbound = errors.New("sealed bundle of format version 1 is not bound to its object name")
 	// ErrNoSuchFile: the bundle does not hold the named file.
 	ErrNoSuchFile = errors.New("file not in bundle")
 )

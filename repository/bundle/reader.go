@@ -36,8 +36,10 @@ type Reader struct {
 
 // Open reads and verifies the bundle's header, trailer and index. size is
 // the object's size (from Stat or a listing). key may be nil for a plain
-// bundle; an encrypted one then gives ErrKeyRequired, and one sealed with
-// another key ErrWrongKey.
+// bundle; an encrypted one then gives ErrKeyRequired, one sealed with
+// another key ErrWrongKey, and a plain one read with a key
+// ErrNotEncrypted. A sealed bundle opens only under the object name it
+// was written for (NewWriter).
 func Open(ctx context.Context, src Getter, name string, size int64, key *Key) (*Reader, error) {
 	r := &Reader{src: src, name: name, key: key}
 	if size < headerSize+trailerSize {
@@ -72,6 +74,8 @@ func Open(ctx context.Context, src Getter, name string, size int64, key *Key) (*
 	switch {
 	case r.hdr.encrypted && key == nil:
 		return nil, fmt.Errorf("open bundle %s: %w", name, ErrKeyRequired)
+	case !r.hdr.encrypted && key != nil:
+		return nil, fmt.Errorf("open bundle %s: %w: refused, it could be forged", name, ErrNotEncrypted)
 	case r.hdr.encrypted && key.check != r.hdr.keyCheck:
 		return nil, fmt.Errorf("open bundle %s: %w (bundle key check %x, given key %x)", name, ErrWrongKey, r.hdr.keyCheck, key.check)
 	}
@@ -79,9 +83,12 @@ func Open(ctx context.Context, src Getter, name string, size int64, key *Key) (*
 		if len(idx) < 12 {
 			return nil, r.corrupt("", "sealed index too short")
 		}
-		idx, err = key.aead.Open(nil, idx[:12], idx[12:], append(r.hdr.id[:], "index"...))
+		if r.hdr.version < 2 {
+			return nil, fmt.Errorf("open bundle %s: %w", name, ErrUnbound)
+		}
+		idx, err = key.aead.Open(nil, idx[:12], idx[12:], indexAAD(r.hdr.id, name))
 		if err != nil {
-			return nil, r.corrupt("", "index authentication failed")
+			return nil, r.corrupt("", "index authentication failed (sealed for another object name, or altered)")
 		}
 	}
 	if r.entries, r.created, err = decodeIndex(idx, t.indexOffset); err != nil {

@@ -32,6 +32,7 @@ const (
 type Writer struct {
 	out     *countWriter
 	key     *Key
+	object  string // the name it is stored as, bound into a sealed index
 	hdr     header
 	entries []Entry
 	names   map[string]bool
@@ -58,10 +59,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// NewWriter starts a bundle on w and writes its header. key may be nil for
-// a bundle that is not encrypted.
-func NewWriter(w io.Writer, key *Key) (*Writer, error) {
-	bw := &Writer{out: &countWriter{w: bufio.NewWriterSize(w, 256<<10)}, key: key, names: map[string]bool{},
+// NewWriter starts a bundle on w and writes its header. object is the
+// name the bundle is stored as: a sealed bundle opens only under it. key
+// may be nil for a bundle that is not encrypted.
+func NewWriter(w io.Writer, object string, key *Key) (*Writer, error) {
+	bw := &Writer{out: &countWriter{w: bufio.NewWriterSize(w, 256<<10)}, key: key, object: object, names: map[string]bool{},
 		chunk: make([]byte, 0, ChunkSize)}
 	if _, err := rand.Read(bw.hdr.id[:]); err != nil {
 		return nil, err
@@ -336,7 +338,7 @@ func (w *Writer) Close() ([]Entry, error) {
 		if _, err := rand.Read(nonce[:]); err != nil {
 			return nil, err
 		}
-		idx = w.key.aead.Seal(nonce[:], nonce[:], idx, append(w.hdr.id[:], "index"...))
+		idx = w.key.aead.Seal(nonce[:], nonce[:], idx, indexAAD(w.hdr.id, w.object))
 	}
 	t := trailer{indexOffset: w.out.n, indexLength: int64(len(idx))}
 	sum := sha256.New()
