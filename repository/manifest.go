@@ -19,6 +19,18 @@ const ManifestVersion = 1
 // breaks its rules.
 var ErrBadManifest = errors.New("invalid restore point manifest")
 
+// ErrManifestAuth: a manifest read with an Authenticator carries no MAC,
+// or one that does not match: it was edited, moved from another restore
+// point, or written by someone without the key. Restores trust a
+// manifest's checksums, so it is refused.
+var ErrManifestAuth = errors.New("restore point manifest not authenticated")
+
+// Authenticator computes the MAC that authenticates a manifest's bytes
+// as stored under an object name (bundle.Key implements it).
+type Authenticator interface {
+	MAC(object string, b []byte) []byte
+}
+
 // Manifest describes one restore point: the image of a machine taken with
 // PostgreSQL in backup mode, and what recovery needs to start from it.
 // Writing it, after every object it lists, commits the restore point.
@@ -48,6 +60,21 @@ type Manifest struct {
 	// Meta is what the hypervisor needs for the next incremental image or a
 	// restore. Never secrets.
 	Meta map[string]string `json:"meta,omitempty"`
+	// MAC authenticates the rest of the manifest and its object name
+	// (hex), when the repository is written with a key; see
+	// WriteManifest.
+	MAC string `json:"mac,omitempty"`
+}
+
+// macOf is the MAC of m, without its MAC, stored as object.
+func macOf(m *Manifest, object string, auth Authenticator) (string, error) {
+	c := *m
+	c.MAC = ""
+	b, err := EncodeManifest(&c)
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(auth.MAC(object, b)), nil
 }
 
 // SegmentSize is the manifest's WAL segment size, with the default for 0.

@@ -3,6 +3,7 @@ package repository
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -34,11 +35,20 @@ type Getter interface {
 // WriteManifest commits a restore point of inst: every object it lists
 // must already be stored, because a manifest makes the restore point
 // visible to restores (docs/repository-format.md). The manifest must
-// belong to inst.
-func WriteManifest(ctx context.Context, repo Putter, inst Instance, m *Manifest) error {
+// belong to inst. With auth (the repository's key) the manifest carries a
+// MAC over its content and object name, which ReadManifest checks.
+func WriteManifest(ctx context.Context, repo Putter, inst Instance, m *Manifest, auth Authenticator) error {
 	if m.Job != inst.Job || m.Machine != inst.Machine || m.SystemID != inst.SystemID {
 		return fmt.Errorf("%w: restore point %s belongs to %s/%s/%d, not %s/%s/%d", ErrBadManifest, m.ID,
 			m.Job, m.Machine, m.SystemID, inst.Job, inst.Machine, inst.SystemID)
+	}
+	m.MAC = ""
+	if auth != nil {
+		mac, err := macOf(m, inst.ManifestName(m.ID), auth)
+		if err != nil {
+			return err
+		}
+		m.MAC = mac
 	}
 	b, err := EncodeManifest(m)
 	if err != nil {
@@ -50,8 +60,10 @@ func WriteManifest(ctx context.Context, repo Putter, inst Instance, m *Manifest)
 	return nil
 }
 
-// ReadManifest reads and validates the manifest of restore point id.
-func ReadManifest(ctx context.Context, repo Getter, inst Instance, id string) (*Manifest, error) {
+// ReadManifest reads and validates the manifest of restore point id. With
+// auth, a manifest without a MAC or with one that does not match is
+// ErrManifestAuth.
+func ReadManifest(ctx context.Context, repo Getter, inst Instance, id string, auth Authenticator) (*Manifest, error) {
 	rc, err := repo.Get(ctx, inst.ManifestName(id), 0, -1)
 	if err != nil {
 		return nil, fmt.Errorf("read restore point %s: %w", id, err)
@@ -70,6 +82,18 @@ func ReadManifest(ctx context.Context, repo Getter, inst Instance, id string) (*
 	}
 	if m.ID != id {
 		return nil, fmt.Errorf("%w: restore point %s holds the manifest of %s", ErrBadManifest, id, m.ID)
+	}
+	if auth != nil {
+		want, err := macOf(m, inst.ManifestName(id), auth)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case m.MAC == "":
+			return nil, fmt.Errorf("%w: restore point %s: its manifest carries no MAC, and the repository has a key", ErrManifestAuth, id)
+		case !hmac.Equal([]byte(m.MAC), []byte(want)):
+			return nil, fmt.Errorf("%w: restore point %s: its manifest's MAC does not match (edited, moved, or written without the key)", ErrManifestAuth, id)
+		}
 	}
 	return m, nil
 }
@@ -105,14 +129,14 @@ type ListGetter interface {
 
 // RestorePoints reads the manifests of every committed restore point of
 // inst, oldest first.
-func RestorePoints(ctx context.Context, repo ListGetter, inst Instance) ([]*Manifest, error) {
+func RestorePoints(ctx context.Context, repo ListGetter, inst Instance, auth Authenticator) ([]*Manifest, error) {
 	ids, err := RestorePointIDs(ctx, repo, inst)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]*Manifest, 0, len(ids))
 	for _, id := range ids {
-		m, err := ReadManifest(ctx, repo, inst, id)
+		m, err := ReadManifest(ctx, repo, inst, id, auth)
 		if err != nil {
 			return nil, err
 		}

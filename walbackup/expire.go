@@ -88,7 +88,7 @@ func (j *Job) expire(ctx context.Context, repo repository.Repository) (Expired, 
 }
 
 func (j *Job) expireInstance(ctx context.Context, repo repository.Repository, inst repository.Instance, out *Expired) error {
-	rps, err := repository.RestorePoints(ctx, repo, inst)
+	rps, err := repository.RestorePoints(ctx, repo, inst, j.auth())
 	if err != nil {
 		return err
 	}

@@ -45,7 +45,7 @@ func days(t *testing.T, h *harness, n int) [][]*repository.Manifest {
 			h.addWAL()
 			h.step(t, 15*time.Minute)
 		}
-		rps, err := repository.RestorePoints(ctx, h.repo, inst42)
+		rps, err := repository.RestorePoints(ctx, h.repo, inst42, nil)
 		require.NoError(t, err)
 		after = append(after, rps)
 	}
@@ -102,7 +102,7 @@ func TestRetentionKeepsBasesOfIncrementals(t *testing.T) {
 	for i := 1; i < len(last); i++ {
 		assert.Equal(t, last[i-1].ID, last[i].Base)
 	}
-	_, chain, err := walbackup.ImageChain(context.Background(), h.repo, inst42, last[4].ID)
+	_, chain, err := walbackup.ImageChain(context.Background(), h.repo, inst42, last[4].ID, nil)
 	require.NoError(t, err)
 	assert.Len(t, chain, 5)
 }

@@ -227,7 +227,7 @@ func crashTrials(t *testing.T) int {
 // start of the oldest restore point retention kept ("" when there is none).
 func oldestNeeded(t *testing.T, repo repository.Repository, inst repository.Instance) string {
 	t.Helper()
-	rps, err := repository.RestorePoints(context.Background(), repo, inst)
+	rps, err := repository.RestorePoints(context.Background(), repo, inst, nil)
 	require.NoError(t, err)
 	if len(rps) == 0 {
 		return ""

@@ -215,7 +215,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 		return nil, err
 	}
 	octx, cancel = j.op(ctx)
-	err = repository.WriteManifest(octx, j.cfg.Repository, inst, rp)
+	err = repository.WriteManifest(octx, j.cfg.Repository, inst, rp, j.auth())
 	cancel()
 	if err != nil {
 		return nil, err
@@ -282,7 +282,7 @@ func (j *Job) newestRestorePoint(ctx context.Context, inst repository.Instance) 
 	if err != nil || len(ids) == 0 {
 		return nil, err
 	}
-	return repository.ReadManifest(octx, j.cfg.Repository, inst, ids[len(ids)-1])
+	return repository.ReadManifest(octx, j.cfg.Repository, inst, ids[len(ids)-1], j.auth())
 }
 
 // incrementalBase is the restore point the next image may build on: the
@@ -295,7 +295,7 @@ func (j *Job) incrementalBase(ctx context.Context, inst repository.Instance) (*r
 	}
 	octx, cancel := j.op(ctx)
 	defer cancel()
-	ms, _, err := ImageChain(octx, j.cfg.Repository, inst, base.ID)
+	ms, _, err := ImageChain(octx, j.cfg.Repository, inst, base.ID, j.auth())
 	if err != nil {
 		j.cfg.Logger.Warn("the newest restore point's chain is broken; taking a full image", "restore_point", base.ID, "err", err)
 		return nil, nil

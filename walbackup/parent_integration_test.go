@@ -109,7 +109,7 @@ func TestParentOnRealPostgres(t *testing.T) {
 	require.NoError(t, r.job.Disable(ctx))
 
 	inst := r.instance(t)
-	rps, err := repository.RestorePoints(ctx, r.repo, inst)
+	rps, err := repository.RestorePoints(ctx, r.repo, inst, nil)
 	require.NoError(t, err)
 	require.Len(t, rps, 1)
 	rp := rps[0]
@@ -190,7 +190,7 @@ func TestPhysicalRestorePointsRecover(t *testing.T) {
 	require.NoError(t, r.job.Disable(ctx))
 
 	inst := r.instance(t)
-	rps, err := repository.RestorePoints(ctx, r.repo, inst)
+	rps, err := repository.RestorePoints(ctx, r.repo, inst, nil)
 	require.NoError(t, err)
 	require.Len(t, rps, 2)
 	full, inc := rps[0], rps[1]
@@ -214,7 +214,7 @@ func TestPhysicalRestorePointsRecover(t *testing.T) {
 	assert.Less(t, incStored*4, fullStored)
 
 	// Restore the incremental restore point's image chain into a new directory.
-	ms, chain, err := walbackup.ImageChain(ctx, r.repo, inst, inc.ID)
+	ms, chain, err := walbackup.ImageChain(ctx, r.repo, inst, inc.ID, nil)
 	require.NoError(t, err)
 	require.Len(t, chain, 2)
 	assert.Equal(t, full.ID, ms[0].ID)

@@ -48,7 +48,7 @@ func TestParentCommitsRestorePointAfterItsWAL(t *testing.T) {
 	ids, err := repository.RestorePointIDs(ctx, h.repo, inst42)
 	require.NoError(t, err)
 	require.Len(t, ids, 1)
-	rp, err := repository.ReadManifest(ctx, h.repo, inst42, ids[0])
+	rp, err := repository.ReadManifest(ctx, h.repo, inst42, ids[0], nil)
 	require.NoError(t, err)
 	assert.True(t, rp.Full)
 	assert.Contains(t, rp.BackupLabel, "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)")

@@ -355,7 +355,7 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 			return nil, fmt.Errorf("restore %s to %s: %w", req.Machine, t, ErrNoRestorePoint)
 		}
 	}
-	ms, chain, err := ImageChain(ctx, j.cfg.Repository, inst, rp.ID)
+	ms, chain, err := ImageChain(ctx, j.cfg.Repository, inst, rp.ID, j.auth())
 	if err != nil {
 		return nil, err
 	}
@@ -388,7 +388,7 @@ func (j *Job) restorePoints(ctx context.Context, machine string, systemID uint64
 		if systemID != 0 && inst.SystemID != systemID {
 			continue
 		}
-		rps, err := repository.RestorePoints(ctx, j.cfg.Repository, inst)
+		rps, err := repository.RestorePoints(ctx, j.cfg.Repository, inst, j.auth())
 		if err != nil {
 			return repository.Instance{}, nil, err
 		}

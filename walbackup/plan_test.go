@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -218,18 +219,7 @@ func TestPlanMessages(t *testing.T) {
 // taken as WAL: anyone who can write to the repository could forge one.
 func TestForgedPlainBundleRefused(t *testing.T) {
 	ctx := context.Background()
-	key, err := bundle.NewKey(bytes.Repeat([]byte{7}, bundle.KeySize))
-	require.NoError(t, err)
-	h := newHarness(t, func(c *walbackup.Config) { c.Schedule, c.Key = nil, key })
-	require.NoError(t, h.job.Enable(ctx))
-	h.idle(t)
-	h.addWAL()
-	h.step(t, time.Hour)
-	require.NoError(t, h.job.StartParent(ctx))
-	h.idle(t)
-	require.NoError(t, h.job.Disable(ctx))
-	latest, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
-	require.NoError(t, err, "sealed bundles read")
+	h, latest := keyedRestorePoint(t)
 
 	var buf bytes.Buffer
 	w, err := bundle.NewWriter(&buf, "forged", nil)
@@ -270,4 +260,45 @@ func TestForgedPlainBundleRefused(t *testing.T) {
 	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
 	require.ErrorIs(t, err, bundle.ErrCorrupt)
 	assert.ErrorContains(t, err, "another object name")
+}
+
+// With a key, an edited manifest is refused before anything is
+// restored: restores trust its checksums.
+func TestEditedManifestRefused(t *testing.T) {
+	ctx := context.Background()
+	h, plan := keyedRestorePoint(t)
+	assert.NotEmpty(t, plan.RestorePoint.MAC, "written with a MAC")
+
+	edited := *plan.RestorePoint
+	edited.StopLSN += 0x1000 // say it is consistent later than it is
+	b, err := repository.EncodeManifest(&edited)
+	require.NoError(t, err)
+	name := plan.Instance.ManifestName(edited.ID)
+	require.NoError(t, h.repo.Delete(ctx, name))
+	require.NoError(t, h.repo.Put(ctx, name, bytes.NewReader(b)))
+	_, err = h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
+	require.ErrorIs(t, err, repository.ErrManifestAuth)
+	_, err = h.job.Restore(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()},
+		walbackup.RestoreTo{Image: filepath.Join(t.TempDir(), "restored")})
+	require.ErrorIs(t, err, repository.ErrManifestAuth, "nothing restored")
+}
+
+// keyedRestorePoint runs a job with a key on the fakes to one restore
+// point and returns the plan of a restore to the latest state.
+func keyedRestorePoint(t *testing.T) (*harness, *walbackup.Plan) {
+	t.Helper()
+	ctx := context.Background()
+	key, err := bundle.NewKey(bytes.Repeat([]byte{7}, bundle.KeySize))
+	require.NoError(t, err)
+	h := newHarness(t, func(c *walbackup.Config) { c.Schedule, c.Key = nil, key })
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	h.addWAL()
+	h.step(t, time.Hour)
+	require.NoError(t, h.job.StartParent(ctx))
+	h.idle(t)
+	require.NoError(t, h.job.Disable(ctx))
+	plan, err := h.job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.Latest()})
+	require.NoError(t, err, "what the job wrote reads with its key")
+	return h, plan
 }

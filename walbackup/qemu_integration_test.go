@@ -106,7 +106,7 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	sysid, err := strconv.ParseUint(id, 10, 64)
 	require.NoError(t, err)
 	inst := repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: sysid}
-	rps, err := repository.RestorePoints(ctx, repo, inst)
+	rps, err := repository.RestorePoints(ctx, repo, inst, nil)
 	require.NoError(t, err)
 	require.Len(t, rps, 2)
 	full, inc := rps[0], rps[1]

@@ -77,11 +77,11 @@ func newRecoverFixture(t *testing.T) *recoverFixture {
 	require.NoError(t, f.job.Disable(ctx))
 
 	f.inst = f.instance(t)
-	rps, err := repository.RestorePoints(ctx, f.repo, f.inst)
+	rps, err := repository.RestorePoints(ctx, f.repo, f.inst, nil)
 	require.NoError(t, err)
 	require.Len(t, rps, 1)
 	f.rp = rps[0]
-	_, f.chain, err = walbackup.ImageChain(ctx, f.repo, f.inst, f.rp.ID)
+	_, f.chain, err = walbackup.ImageChain(ctx, f.repo, f.inst, f.rp.ID, nil)
 	require.NoError(t, err)
 
 	f.logger = testenv.LoggerTo(t, f.logs)

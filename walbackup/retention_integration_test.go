@@ -41,7 +41,7 @@ func TestRetentionOver30DaysWithDrills(t *testing.T) {
 		pg.Exec(t, "postgres", fmt.Sprintf("INSERT INTO daily SELECT %d, generate_series(1, 100)", day))
 		pg.SwitchWAL(t, 1)
 		r.step(t, 24*time.Hour) // to 08:00 the next day: the 22:00 parent ran
-		rps, err := repository.RestorePoints(ctx, r.repo, inst)
+		rps, err := repository.RestorePoints(ctx, r.repo, inst, nil)
 		require.NoError(t, err)
 		for _, m := range rps {
 			seen[m.ID] = m
@@ -63,7 +63,7 @@ func TestRetentionOver30DaysWithDrills(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, rep.OK(), "%v", rep.Problems)
 
-	rps, err := repository.RestorePoints(ctx, r.repo, inst)
+	rps, err := repository.RestorePoints(ctx, r.repo, inst, nil)
 	require.NoError(t, err)
 	t.Logf("after 30 days: %d restore points kept of %d taken", len(rps), len(seen))
 	for _, m := range rps {

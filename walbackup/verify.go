@@ -107,14 +107,14 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 	}
 	var rps []*repository.Manifest
 	for _, id := range ids {
-		m, err := repository.ReadManifest(ctx, j.cfg.Repository, inst, id)
+		m, err := repository.ReadManifest(ctx, j.cfg.Repository, inst, id, j.auth())
 		if err != nil {
 			problem(ProblemManifest, inst.ManifestName(id), "", "%v", err)
 			continue
 		}
 		rps = append(rps, m)
 		rep.RestorePoints++
-		if _, _, err := ImageChain(ctx, j.cfg.Repository, inst, id); err != nil {
+		if _, _, err := ImageChain(ctx, j.cfg.Repository, inst, id, j.auth()); err != nil {
 			problem(ProblemManifest, inst.ManifestName(id), "", "%v", err)
 		}
 		for _, o := range m.Objects {

@@ -62,6 +62,7 @@ func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
 type Key struct {
 	aead  cipher.AEAD
 	check [8]byte
+	mac   []byte // the HMAC key of MAC, derived from the secret
 }
 
 // NewKey makes a Key from 32 secret bytes supplied by the caller.
@@ -81,7 +82,21 @@ func NewKey(secret []byte) (*Key, error) {
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("pglogship bundle key check v1"))
 	copy(k.check[:], m.Sum(nil))
+	m = hmac.New(sha256.New, secret)
+	m.Write([]byte("pglogship manifest key v1"))
+	k.mac = m.Sum(nil)
 	return k, nil
+}
+
+// MAC is HMAC-SHA256 of b stored as object, with a key of its own derived
+// from the secret: it authenticates manifests (repository.Authenticator),
+// which stay readable JSON.
+func (k *Key) MAC(object string, b []byte) []byte {
+	m := hmac.New(sha256.New, k.mac)
+	m.Write([]byte(object))
+	m.Write([]byte{0})
+	m.Write(b)
+	return m.Sum(nil)
 }
 
 // String never shows key material.
