@@ -15,7 +15,9 @@
 // Stores shared by several processes also implement Leaser (check with a
 // type assertion): a job's lease says which process runs it, and a flag per
 // job says whether it should run at all, so disabling a job anywhere stops
-// it wherever it runs. walbackup.Runner takes jobs by lease.
+// it wherever it runs. walbackup.Runner takes jobs by lease. Stores that
+// implement Pinner record what running restores and drills read, so expiry
+// in any process leaves it alone until they end or their pins run out.
 //
 // Implementations live in sub-packages: session/memory keeps records in
 // process memory, session/postgres in a PostgreSQL database shared by several

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/wal"
 )
 
@@ -46,21 +47,31 @@ func (r Retention) validate() error {
 
 func (r Retention) keepsAll() bool { return r.RestorePoints == 0 && r.ImageDays == 0 }
 
-// Expired is what one expiry removed.
+// Expired is what one expiry removed, and what it left for running
+// restores.
 type Expired struct {
 	RestorePoints []string // ids
 	Bundles       []string // WAL bundle objects
 	Garbage       []string // objects of restore points that never committed
+	// Held are the restore points (ids) retention no longer keeps, or the
+	// objects of one whose manifest is gone, that a running restore or
+	// drill holds (Job.Hold): left in place, for a later expiry to remove
+	// once the pin is released or has run out.
+	Held []string
 }
 
 // Expire removes, for every machine's clusters, the restore points the
 // retention no longer keeps and the WAL no kept restore point needs. It
 // never removes a kept restore point, the images a kept incremental one
-// builds on, WAL from the oldest kept restore point's start onwards, or
-// WAL inside the WALDays window. Each restore point's manifest goes before
-// its objects, so a crash leaves garbage, never a restore point with
-// missing parts; garbage is removed by the next expiry. The job runs it
-// after each parent session.
+// builds on, what a running restore or drill holds, the WAL any of those
+// needs, or WAL inside the WALDays window. A restore point needs the WAL of
+// its own timeline from its start on, and that of every timeline that
+// branched off that one after its start (a restore to the latest state
+// follows them), never WAL by a cutoff common to all timelines; history
+// files all stay. Each restore point's manifest goes before its objects, so
+// a crash leaves garbage, never a restore point with missing parts;
+// garbage is removed by the next expiry. The job runs it after each parent
+// session.
 func (j *Job) Expire(ctx context.Context) (Expired, error) {
 	return j.expire(ctx, j.cfg.Repository)
 }
@@ -92,19 +103,25 @@ func (j *Job) expireInstance(ctx context.Context, repo repository.Repository, in
 	if err != nil {
 		return err
 	}
-	if err := j.removeGarbage(ctx, repo, inst, rps, out); err != nil {
+	pins, err := j.pinsOf(ctx, inst)
+	if err != nil {
+		return err
+	}
+	if err := j.removeGarbage(ctx, repo, inst, rps, pins, out); err != nil {
 		return err
 	}
 	if len(rps) == 0 {
 		return nil // WAL before any restore point: kept until one exists
 	}
 	keep := j.keptRestorePoints(rps)
-	var oldest *repository.Manifest
+	var starts []walStart
 	for _, m := range rps {
 		if keep[m.ID] {
-			if oldest == nil {
-				oldest = m
-			}
+			starts = append(starts, walStart{m.Timeline, m.StartLSN})
+			continue
+		}
+		if p, ok := heldBy(pins, m.ID); ok {
+			j.held(inst, m.ID, p, out)
 			continue
 		}
 		// The manifest first: once it is gone the restore point is not
@@ -112,12 +129,35 @@ func (j *Job) expireInstance(ctx context.Context, repo repository.Repository, in
 		if err := repo.Delete(ctx, inst.ManifestName(m.ID)); err != nil {
 			return err
 		}
+		// A restore that pinned it since the pins were read has read its
+		// manifest before it went (Hold checks after pinning): its objects
+		// stay until it ends.
+		if pins, err = j.pinsOf(ctx, inst); err != nil {
+			return err
+		}
+		if p, ok := heldBy(pins, m.ID); ok {
+			j.held(inst, m.ID, p, out)
+			continue
+		}
 		if err := j.deletePrefix(ctx, repo, inst.RestorePoint(m.ID)+"/"); err != nil {
 			return err
 		}
 		out.RestorePoints = append(out.RestorePoints, m.ID)
 	}
-	return j.expireWAL(ctx, repo, inst, oldest.StartLSN, oldest.SegmentSize(), out)
+	// Pins carry their WAL's start, so it is kept also for a restore point
+	// whose manifest an earlier expiry removed.
+	for _, p := range pins {
+		starts = append(starts, walStart{p.Timeline, p.StartLSN})
+	}
+	return j.expireWAL(ctx, repo, inst, starts, rps[0].SegmentSize(), out)
+}
+
+// held notes that expiry left restore point id to the restore that holds
+// it.
+func (j *Job) held(inst repository.Instance, id string, p session.Pin, out *Expired) {
+	out.Held = append(out.Held, id)
+	j.cfg.Logger.Info("expiry leaves a restore point to a running "+p.Purpose+": a later expiry removes it", "job", j.cfg.Name,
+		"machine", inst.Machine, "restore_point", id, "pin_until", p.Until)
 }
 
 // keptRestorePoints applies the image retention, and keeps the images
@@ -147,15 +187,56 @@ func (j *Job) keptRestorePoints(rps []*repository.Manifest) map[string]bool {
 	return keep
 }
 
-// expireWAL deletes the bundles whose WAL ends at or before cutoff (the
-// oldest kept restore point's start), on every timeline; with WALDays only
-// those also written before the window, by the time in their index (a
+// walStart is where a restore point (or a restore holding one) starts
+// reading WAL.
+type walStart struct {
+	timeline uint32
+	lsn      wal.LSN
+}
+
+// walNeeds is, for each timeline, the LSN from which some start needs its
+// WAL: a start needs its own timeline from its LSN on, and every timeline
+// whose history says it branched off the start's timeline at or after the
+// start's LSN from its branch point on (through intermediate timelines
+// too: their histories list the start's timeline as well). A timeline no
+// start needs is absent.
+func walNeeds(starts []walStart, hist map[uint32][]historyEntry) map[uint32]wal.LSN {
+	need := map[uint32]wal.LSN{}
+	note := func(tli uint32, lsn wal.LSN) {
+		if cur, ok := need[tli]; !ok || lsn < cur {
+			need[tli] = lsn
+		}
+	}
+	for _, s := range starts {
+		note(s.timeline, s.lsn)
+		for tli, h := range hist {
+			for _, e := range h {
+				if e.parent == s.timeline && e.switchAt >= s.lsn {
+					note(tli, h[len(h)-1].switchAt)
+					break
+				}
+			}
+		}
+	}
+	return need
+}
+
+// expireWAL deletes the bundles whose WAL ends at or before the point from
+// which the starts need their timeline (walNeeds), and those of timelines
+// no start needs; a timeline whose history file is missing or unreadable
+// is kept whole, since what branches where is not known. With WALDays only
+// bundles also written before the window go, by the time in their index (a
 // bundle that does not say when it was written stays). History files stay:
 // they are tiny and recovery needs them to follow timelines.
-func (j *Job) expireWAL(ctx context.Context, repo repository.Repository, inst repository.Instance, cutoff wal.LSN, segSize int64, out *Expired) error {
+func (j *Job) expireWAL(ctx context.Context, repo repository.Repository, inst repository.Instance, starts []walStart, segSize int64, out *Expired) error {
+	hist, unknown, err := readHistories(ctx, repo, inst)
+	if err != nil {
+		return err
+	}
+	need := walNeeds(starts, hist)
 	folder := inst.Prefix() + "/wal/"
 	var victims []repository.Object
-	err := repo.List(ctx, folder, func(o repository.Object) error {
+	err = repo.List(ctx, folder, func(o repository.Object) error {
 		ref, ok := repository.ParseBundleName(o.Name)
 		if !ok {
 			return nil
@@ -164,9 +245,12 @@ func (j *Job) expireWAL(ctx context.Context, repo repository.Repository, inst re
 		if err != nil {
 			return nil
 		}
+		if tli := last.Timeline; tli != 1 && (unknown[tli] || hist[tli] == nil) {
+			return nil
+		}
 		// A .backup or .partial name ends in its segment's WAL.
 		last = wal.FileName{Kind: wal.Segment, Timeline: last.Timeline, Log: last.Log, Seg: last.Seg}
-		if last.Next(segSize).StartLSN(segSize) <= cutoff {
+		if from, ok := need[last.Timeline]; !ok || last.Next(segSize).StartLSN(segSize) <= from {
 			victims = append(victims, o)
 		}
 		return nil
@@ -196,8 +280,10 @@ func (j *Job) expireWAL(ctx context.Context, repo repository.Repository, inst re
 // removeGarbage deletes the objects of restore points that never
 // committed (a parent that crashed, an expiry cut off after the
 // manifest), older than the newest committed one so a restore point being
-// written right now is never touched.
-func (j *Job) removeGarbage(ctx context.Context, repo repository.Repository, inst repository.Instance, rps []*repository.Manifest, out *Expired) error {
+// written right now is never touched, and not held by a running restore
+// (whose manifest an expiry removed after the restore had read it).
+func (j *Job) removeGarbage(ctx context.Context, repo repository.Repository, inst repository.Instance, rps []*repository.Manifest,
+	pins []session.Pin, out *Expired) error {
 	committed := map[string]bool{}
 	newest := ""
 	for _, m := range rps {
@@ -217,6 +303,10 @@ func (j *Job) removeGarbage(ctx context.Context, repo repository.Repository, ins
 		return err
 	}
 	for id := range folders {
+		if p, ok := heldBy(pins, id); ok {
+			j.held(inst, id, p, out)
+			continue
+		}
 		if err := j.deletePrefix(ctx, repo, prefix+id+"/"); err != nil {
 			return err
 		}

@@ -28,6 +28,8 @@ type Job struct {
 	run runOptions
 
 	parentRunning atomic.Bool
+
+	pins session.Pinner // the store's, or localPins
 }
 
 type cmdKind int
@@ -49,7 +51,11 @@ func NewJob(cfg Config) (*Job, error) {
 		return nil, fmt.Errorf("new job: %w", err)
 	}
 	cfg.Machines = append([]Machine(nil), cfg.Machines...)
-	return &Job{cfg: cfg, child: ChildJobName(cfg.Name)}, nil
+	j := &Job{cfg: cfg, child: ChildJobName(cfg.Name), pins: &localPins{}}
+	if p, ok := cfg.Sessions.(session.Pinner); ok {
+		j.pins = p
+	}
+	return j, nil
 }
 
 // Name is the parent job's name; ChildName the child job's.

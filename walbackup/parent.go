@@ -79,6 +79,10 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("expiry removed restore points %v, %d WAL bundles and %d unfinished restore points",
 			exp.RestorePoints, len(exp.Bundles), len(exp.Garbage)))
 	}
+	if len(exp.Held) > 0 {
+		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("expiry left restore points %v and their WAL to running restores or drills: a later expiry removes them",
+			exp.Held))
+	}
 	rec.End = j.cfg.Clock.Now()
 	if len(failed) > 0 {
 		sort.Strings(failed)

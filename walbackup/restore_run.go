@@ -112,7 +112,8 @@ type RestoreResult struct {
 }
 
 // Restore plans a restore (refusing a target outside the restorable
-// interval before anything is written), writes the image chain through the
+// interval before anything is written), holds what the plan reads against
+// expiry until it returns (Job.Hold), writes the image chain through the
 // hypervisor, and, when to.Guest is set, starts PostgreSQL there in
 // recovery up to the target and waits until it has promoted. A restore
 // that fails after writing removes what it wrote; one whose recovery
@@ -129,6 +130,11 @@ func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (Re
 	if to.Image == "" {
 		return res, errors.New("restore: no target image path")
 	}
+	hold, err := j.Hold(ctx, plan, "restore")
+	if err != nil {
+		return res, err
+	}
+	defer hold.Release(ctx)
 	spaces, err := j.placeTablespaces(plan, to)
 	if err != nil {
 		return res, err
@@ -265,7 +271,8 @@ func (j *Job) keepFailed(to RestoreTo, spaces []placedTablespace, replaced map[s
 
 // RestoreImage writes a plan's image chain to target through the
 // hypervisor, verifying every object it reads. A physical image's
-// tablespaces go beside target (hypervisor.DefaultTablespaceDir).
+// tablespaces go beside target (hypervisor.DefaultTablespaceDir). It holds
+// nothing against expiry: the caller holds the plan (Job.Hold).
 func (j *Job) RestoreImage(ctx context.Context, plan *Plan, target string, progress func(hypervisor.Progress)) error {
 	_, err := j.restoreImage(ctx, plan, target, nil, progress)
 	return err
@@ -306,7 +313,8 @@ func (j *Job) restoreImage(ctx context.Context, plan *Plan, target string, space
 // Recover starts the restored data directory in the guest in recovery up
 // to the plan's target, with the restore point's backup_label, fetching
 // WAL from the repository as recovery asks for it, and waits until the
-// server has promoted. The server keeps running afterwards.
+// server has promoted. The server keeps running afterwards. Like
+// RestoreImage, it expects the caller to hold the plan (Job.Hold).
 func (j *Job) Recover(ctx context.Context, plan *Plan, g Machine, opts RecoveryOptions) (guest.RecoveryResult, error) {
 	rt, err := j.deployFor(ctx, g)
 	if err != nil {
@@ -414,8 +422,8 @@ type DrillResult struct {
 	Took         time.Duration `json:"took"`
 }
 
-// Drill proves a restore point: it restores it, with only the WAL it
-// needs to be consistent, into Scratch, starts it, checks that PostgreSQL
+// Drill proves a restore point: holding it against expiry (Job.Hold), it
+// restores it, with only the WAL it needs to be consistent, into Scratch, starts it, checks that PostgreSQL
 // answers, that every database connects and that the SQL runs, records the
 // result with the restore point, then stops the instance and removes
 // Scratch.Image. The error is for a drill that could not run; a restore
@@ -431,6 +439,11 @@ func (j *Job) Drill(ctx context.Context, req DrillRequest) (DrillResult, error) 
 		return res, err
 	}
 	res.RestorePoint = plan.RestorePoint.ID
+	hold, err := j.Hold(ctx, plan, "drill")
+	if err != nil {
+		return res, err
+	}
+	defer hold.Release(ctx)
 	scratch := req.Scratch
 	scratch.Force = false // a drill never replaces anything
 	spaces, err := j.placeTablespaces(plan, scratch)

@@ -11,6 +11,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/hypervisor/physical"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/wal"
@@ -108,4 +112,99 @@ func ids(ms []*repository.Manifest) []string {
 		out[i] = m.ID
 	}
 	return out
+}
+
+// Expiry on branched timelines, on a real PostgreSQL (issue 21): RP1 on
+// timeline 1, rows, a point in time, more WAL, RP2 on timeline 1; a restore
+// in place to that point starts timeline 2 (same system identifier), which
+// goes on archiving; RP3 on timeline 2 starts at an LSN below RP2's. With
+// the newest 2 kept, the expiry after RP3 removes RP1 but keeps timeline
+// 2's WAL from RP3's start, which a cutoff at RP2's start deleted; RP3, the
+// newest, then restores to the latest state, every row of timeline 2 in
+// it.
+func TestRetentionOnBranchedTimelines(t *testing.T) {
+	ctx := context.Background()
+	phys := physicalImages(t, true, nil)
+	r := newRealJob(t, func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {
+		return fullImages{phys(clk, d).(*physical.Hypervisor)}
+	}, func(c *walbackup.Config) {
+		c.Clock = clock.New() // restore point times and commit times on one clock
+		c.Retention = walbackup.Retention{RestorePoints: 2}
+	})
+	pg := r.pg
+	parent := func() {
+		time.Sleep(1100 * time.Millisecond) // restore point ids sort by their second
+		require.NoError(t, r.job.StartParent(ctx))
+		r.idle(t)
+	}
+	pg.Exec(t, "postgres", "CREATE TABLE rows (n int)")
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	pg.Exec(t, "postgres", "INSERT INTO rows SELECT generate_series(1, 10)")
+	parent() // RP1
+	pg.Exec(t, "postgres", "INSERT INTO rows SELECT generate_series(11, 20)")
+	lsn, err := wal.ParseLSN(pg.Psql(t, "postgres", "SELECT pg_current_wal_insert_lsn()"))
+	require.NoError(t, err)
+	pg.SwitchWAL(t, 5)                                                        // timeline 1 runs far ahead of where timeline 2 will be
+	pg.Exec(t, "postgres", "INSERT INTO rows SELECT generate_series(21, 30)") // lost by the restore
+	parent()                                                                  // RP2
+	require.NoError(t, r.job.Disable(ctx))
+
+	res, err := r.job.Restore(ctx, walbackup.RestoreRequest{Machine: "db1", Target: walbackup.ToLSN(lsn)},
+		walbackup.RestoreTo{Image: pg.DataDir, Guest: walbackup.Machine{ID: "db1"}, Force: true,
+			Recovery: walbackup.RecoveryOptions{OSUser: pg.OSUser, Archive: true}})
+	require.NoError(t, err, "%s", res.Recovery.Log)
+	require.Equal(t, "2", pg.Psql(t, "postgres", "SELECT timeline_id FROM pg_control_checkpoint()"))
+	require.Equal(t, "20", pg.Psql(t, "postgres", "SELECT count(*) FROM rows"))
+	// The recovery left its target in postgresql.auto.conf (only
+	// restore_command is dropped), and RP3's image would carry it into the
+	// restore below: cleared as an operator would (a separate fix).
+	for _, k := range []string{"recovery_target_lsn", "recovery_target_inclusive", "recovery_target_timeline", "recovery_target_action"} {
+		pg.Exec(t, "postgres", "ALTER SYSTEM RESET "+k)
+	}
+
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	pg.Exec(t, "postgres", "INSERT INTO rows SELECT generate_series(31, 40)")
+	parent() // RP3, and the expiry after it
+	pg.Exec(t, "postgres", "INSERT INTO rows SELECT generate_series(41, 50)")
+	pg.SwitchWAL(t, 1)
+	require.NoError(t, r.job.Disable(ctx))
+
+	inst := r.instance(t)
+	rps, err := repository.RestorePoints(ctx, r.repo, inst)
+	require.NoError(t, err)
+	require.Len(t, rps, 2, "RP1 expired")
+	rp2, rp3 := rps[0], rps[1]
+	require.Equal(t, uint32(1), rp2.Timeline)
+	require.Equal(t, uint32(2), rp3.Timeline)
+	require.Less(t, rp3.StartLSN, rp2.StartLSN, "the case of the issue: RP3 starts below RP2 on another timeline")
+	first := wal.SegmentAt(2, rp3.StartLSN, rp3.SegmentSize()).String()
+	_, ok := stored(t, r.repo, inst, 2)[first]
+	assert.True(t, ok, "timeline 2's WAL from RP3's start (%s) stays", first)
+	rep, err := r.job.Verify(ctx)
+	require.NoError(t, err)
+	require.True(t, rep.OK(), "%v", rep.Problems)
+
+	dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "restored")
+	restored := testenv.PostgresFor(t, dir, pg)
+	res, err = r.job.Restore(ctx, walbackup.RestoreRequest{Machine: "db1", Target: walbackup.Latest()},
+		walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}, Recovery: walbackup.RecoveryOptions{
+			Port: restored.Port, SocketDir: restored.SocketDir, OSUser: pg.OSUser,
+			Settings: map[string]string{"listen_addresses": "127.0.0.1"}}})
+	require.NoError(t, err, "%s", res.Recovery.Log)
+	assert.Equal(t, rp3.ID, res.Plan.RestorePoint.ID, "the newest restore point")
+	assert.Equal(t, "40|1|20|31|50", restored.Psql(t, "postgres",
+		"SELECT count(*), min(n), max(n) FILTER (WHERE n <= 30), min(n) FILTER (WHERE n > 20), max(n) FROM rows"),
+		"rows 1-20 and 31-50: timeline 2's history, to its end")
+	restored.Stop(t)
+}
+
+// fullImages takes every image full, so retention is not held back by
+// chains: RP1 is no base of RP2.
+type fullImages struct{ *physical.Hypervisor }
+
+func (f fullImages) Snapshot(ctx context.Context, machine string, opts hypervisor.SnapshotOptions) (hypervisor.Snapshot, error) {
+	opts.Base = nil
+	return f.Hypervisor.Snapshot(ctx, machine, opts)
 }

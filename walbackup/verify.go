@@ -131,7 +131,7 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 	}
 
 	// WAL: every file of every bundle, checked by reading it whole.
-	tlis, branch, err := j.timelines(ctx, inst, problem)
+	tlis, hist, err := j.timelines(ctx, inst, problem)
 	if err != nil {
 		return err
 	}
@@ -139,6 +139,12 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 	if len(rps) > 0 {
 		segSize = rps[0].SegmentSize()
 	}
+	// What the restore points need of each timeline, as expiry keeps it.
+	var starts []walStart
+	for _, m := range rps {
+		starts = append(starts, walStart{m.Timeline, m.StartLSN})
+	}
+	needs := walNeeds(starts, hist)
 	for _, tli := range tlis {
 		refs, err := repository.Bundles(ctx, j.cfg.Repository, inst, tli)
 		if err != nil {
@@ -170,30 +176,23 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 				sums[e.Name] = e.SHA256
 			}
 		}
-		// Continuity: from the earliest segment anything needs on this
-		// timeline to its newest.
-		var need []wal.FileName
-		for _, m := range rps {
-			if m.Timeline == tli {
-				need = append(need, wal.SegmentAt(tli, m.StartLSN, segSize))
-			}
-		}
-		if at, ok := branch[tli]; ok {
-			need = append(need, wal.SegmentAt(tli, at, segSize))
-		}
+		// Continuity: from the earliest segment a restore point needs on
+		// this timeline (its start, or the timeline's branch point when
+		// one branched off its own after it) to its newest.
+		from, needed := needs[tli]
 		var newest wal.FileName
 		for name := range sums {
 			if f, err := wal.ParseFileName(name); err == nil && f.Kind == wal.Segment && f.String() > newest.String() {
 				newest = f
 			}
 		}
-		if len(need) == 0 || newest.Timeline == 0 {
+		if !needed || newest.Timeline == 0 {
 			continue
 		}
-		sort.Slice(need, func(a, b int) bool { return need[a].String() < need[b].String() })
-		for f := need[0]; f.String() <= newest.String(); f = f.Next(segSize) {
+		first := wal.SegmentAt(tli, from, segSize)
+		for f := first; f.String() <= newest.String(); f = f.Next(segSize) {
 			if _, ok := sums[f.String()]; !ok {
-				problem(ProblemGap, "", f.String(), "missing between %s and %s on timeline %d", need[0], newest, tli)
+				problem(ProblemGap, "", f.String(), "missing between %s and %s on timeline %d", first, newest, tli)
 				break
 			}
 		}
@@ -201,13 +200,12 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 	return nil
 }
 
-// timelines lists the timelines with WAL of inst, and for each timeline
-// that branched off another, the LSN of its branch point (from its
-// history file).
-func (j *Job) timelines(ctx context.Context, inst repository.Instance, problem func(ProblemKind, string, string, string, ...any)) ([]uint32, map[uint32]wal.LSN, error) {
+// timelines lists the timelines with WAL of inst, and the history of each
+// timeline that branched off another (from its history file).
+func (j *Job) timelines(ctx context.Context, inst repository.Instance, problem func(ProblemKind, string, string, string, ...any)) ([]uint32, map[uint32][]historyEntry, error) {
 	prefix := inst.Prefix() + "/wal/"
 	seen := map[uint32]bool{}
-	branch := map[uint32]wal.LSN{}
+	hist := map[uint32][]historyEntry{}
 	var histories []string
 	err := j.cfg.Repository.List(ctx, prefix, func(o repository.Object) error {
 		dir, rest, _ := strings.Cut(strings.TrimPrefix(o.Name, prefix), "/")
@@ -226,51 +224,94 @@ func (j *Job) timelines(ctx context.Context, inst repository.Instance, problem f
 		if err != nil || f.Kind != wal.History {
 			continue
 		}
-		at, err := j.branchPoint(ctx, name)
+		h, err := readHistory(ctx, j.cfg.Repository, name)
 		if err != nil {
 			problem(ProblemCorrupt, name, "", "%v", err)
 			continue
 		}
-		branch[f.Timeline] = at
+		hist[f.Timeline] = h
 	}
 	tlis := make([]uint32, 0, len(seen))
 	for t := range seen {
 		tlis = append(tlis, t)
 	}
 	sort.Slice(tlis, func(a, b int) bool { return tlis[a] < tlis[b] })
-	return tlis, branch, nil
+	return tlis, hist, nil
 }
 
-// branchPoint reads where a timeline branched off: the switch point on the
-// last line of its history file ("<parent>\t<lsn>\t<reason>").
-func (j *Job) branchPoint(ctx context.Context, name string) (wal.LSN, error) {
-	rc, err := j.cfg.Repository.Get(ctx, name, 0, -1)
+// historyEntry is one line of a timeline history file: the parent
+// timeline ended, and its child began, at switchAt.
+type historyEntry struct {
+	parent   uint32
+	switchAt wal.LSN
+}
+
+// readHistory reads a timeline history file ("<parent>\t<lsn>\t<reason>"
+// lines, the last naming the timeline's own branch point).
+func readHistory(ctx context.Context, repo repository.Getter, name string) ([]historyEntry, error) {
+	rc, err := repo.Get(ctx, name, 0, -1)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer rc.Close()
 	b, err := io.ReadAll(io.LimitReader(rc, maxHistory+1))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	if len(b) > maxHistory { // refused, as fetching and shipping refuse it, not cut off
-		return 0, fmt.Errorf("history file %s: over %d bytes", name, maxHistory)
+		return nil, fmt.Errorf("history file %s: over %d bytes", name, maxHistory)
 	}
-	var last wal.LSN
+	var out []historyEntry
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 2 || strings.HasPrefix(fields[0], "#") {
 			continue
 		}
-		if last, err = wal.ParseLSN(fields[1]); err != nil {
-			return 0, fmt.Errorf("history file: %v", err)
+		parent, err := strconv.ParseUint(fields[0], 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("history file: timeline %q: %v", fields[0], err)
 		}
+		at, err := wal.ParseLSN(fields[1])
+		if err != nil {
+			return nil, fmt.Errorf("history file: %v", err)
+		}
+		out = append(out, historyEntry{parent: uint32(parent), switchAt: at})
 	}
-	if last == 0 {
-		return 0, fmt.Errorf("history file without a switch point")
+	if len(out) == 0 || out[len(out)-1].switchAt == 0 {
+		return nil, fmt.Errorf("history file without a switch point")
 	}
-	return last, nil
+	return out, nil
+}
+
+// readHistories reads the history files of inst's timelines, by timeline;
+// unknown are the timelines whose history file could not be read.
+func readHistories(ctx context.Context, repo repository.ListGetter, inst repository.Instance) (map[uint32][]historyEntry, map[uint32]bool, error) {
+	prefix := inst.HistoryName("")
+	var names []string
+	if err := repo.List(ctx, prefix, func(o repository.Object) error {
+		names = append(names, o.Name)
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	hist, unknown := map[uint32][]historyEntry{}, map[uint32]bool{}
+	for _, name := range names {
+		f, err := wal.ParseFileName(strings.TrimPrefix(name, prefix))
+		if err != nil || f.Kind != wal.History {
+			continue
+		}
+		h, err := readHistory(ctx, repo, name)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil, ctx.Err()
+			}
+			unknown[f.Timeline] = true
+			continue
+		}
+		hist[f.Timeline] = h
+	}
+	return hist, unknown, nil
 }
 
 // hashObject reads an object whole and returns its size and SHA-256 (hex).

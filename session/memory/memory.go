@@ -1,6 +1,7 @@
 // Package memory is a session.Store that keeps records in process memory.
 // It also implements session.Leaser, for the leases and wanted job states of
-// one process (or of tests that run several runners in one process).
+// one process (or of tests that run several runners in one process), and
+// session.Pinner, for the restores of one process.
 //
 // It is complete and safe for concurrent use, and forgets everything when the
 // process exits: use it for tests, demos and host programs that keep no
@@ -22,8 +23,9 @@ var _ session.Store = (*Store)(nil)
 type Store struct {
 	mu       sync.Mutex
 	sessions map[string]*record
-	leases   map[string]*leaseRow // by job
-	enabled  map[string]bool      // by job
+	leases   map[string]*leaseRow              // by job
+	enabled  map[string]bool                   // by job
+	pins     map[string]map[string]session.Pin // by job, then id
 }
 
 type record struct {
@@ -33,7 +35,8 @@ type record struct {
 
 // New returns an empty store.
 func New() *Store {
-	return &Store{sessions: make(map[string]*record), leases: make(map[string]*leaseRow), enabled: make(map[string]bool)}
+	return &Store{sessions: make(map[string]*record), leases: make(map[string]*leaseRow), enabled: make(map[string]bool),
+		pins: make(map[string]map[string]session.Pin)}
 }
 
 // Create implements session.Store.

@@ -14,6 +14,9 @@
 // UPDATE ... WHERE free, run out or the holder's own), so two processes never
 // hold one job, and the fencing token grows with every new holder. Whether a
 // lease ran out is decided with the caller's clock, never the database's.
+// It implements session.Pinner too, in the pins table: the pins running
+// restores and drills hold on what they read, which expiry in every process
+// sees.
 //
 // The connection string may hold a password; it is never logged nor placed
 // in an error.

@@ -56,6 +56,20 @@ var migrations = []string{
 		job     text COLLATE "C" PRIMARY KEY,
 		enabled boolean NOT NULL
 	);`,
+	// 3: pins of running restores and drills (session.Pinner). The system
+	// identifier is text: it is a uint64, beyond bigint.
+	`CREATE TABLE {s}.pins (
+		job            text COLLATE "C" NOT NULL,
+		id             text COLLATE "C" NOT NULL,
+		purpose        text NOT NULL,
+		machine        text NOT NULL,
+		system_id      text NOT NULL,
+		restore_points text[] NOT NULL,
+		timeline       bigint NOT NULL,
+		start_lsn      pg_lsn NOT NULL,
+		expires_at     timestamptz NOT NULL,
+		PRIMARY KEY (job, id)
+	);`,
 }
 
 // SchemaVersion is the schema version this package writes.

@@ -13,7 +13,10 @@
 // database, as two processes would. A store that implements session.Leaser
 // is checked for it too (the Leases subtests): one holder at a time under
 // concurrent acquirers on both store values, expiry and takeover, lost and
-// released leases, growing fencing tokens, and the shared enabled flag.
+// released leases, growing fencing tokens, and the shared enabled flag. A
+// store that implements session.Pinner is checked for it (the Pins
+// subtests): round trips on both store values, renewal and running out at
+// the caller's now, idempotent removal, concurrent pins, and refused input.
 package sessiontest
 
 import (
@@ -70,6 +73,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Peer", s.peer)
 	t.Run("CanceledContext", s.canceledContext)
 	t.Run("Leases", s.runLeases)
+	t.Run("Pins", s.runPins)
 }
 
 type suite struct{ h Harness }
