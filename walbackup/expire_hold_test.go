@@ -33,7 +33,7 @@ func oneRestorePoint(t *testing.T, tweaks ...func(*walbackup.Config)) (*harness,
 	h.idle(t)
 	h.addWAL()
 	h.step(t, 15*time.Minute)
-	rps, err := repository.RestorePoints(ctx, h.repo, inst42)
+	rps, err := repository.RestorePoints(ctx, h.repo, inst42, nil)
 	require.NoError(t, err)
 	require.Len(t, rps, 1)
 	return h, rps[0]
@@ -121,7 +121,14 @@ func TestRestorePinsAcrossProcesses(t *testing.T) {
 	exp, err := h.job.Expire(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, []string{rp1.ID}, exp.Held, "held by the other process's restore")
-	h.clk.Add(walbackup.RestorePinTTL) // renewed meanwhile
+	for i := 0; i < 3; i++ { // a pin's time to live, renewed every third of it
+		h.clk.Add(walbackup.RestorePinTTL / 3)
+		now := h.clk.Now()
+		require.Eventually(t, func() bool {
+			pins, err := h.store.Pins(ctx, h.job.Name(), now)
+			return err == nil && len(pins) == 1 && pins[0].Until.Sub(now) > walbackup.RestorePinTTL/2
+		}, 10*time.Second, time.Millisecond, "renewed at %s", now)
+	}
 	exp, err = h.job.Expire(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, []string{rp1.ID}, exp.Held, "still held: the pin was renewed")
@@ -140,7 +147,7 @@ func TestRestorePinsAcrossProcesses(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, exp.Held, "the dead restore's pin ran out")
 	assert.Equal(t, []string{rp1.ID}, exp.RestorePoints)
-	left, err := repository.RestorePoints(ctx, h.repo, inst42)
+	left, err := repository.RestorePoints(ctx, h.repo, inst42, nil)
 	require.NoError(t, err)
 	assert.Equal(t, []string{rp2.ID}, ids(left))
 

@@ -29,13 +29,14 @@ func putSegments(t *testing.T, h *harness, tli uint32, first, last int) {
 	t.Helper()
 	for n := first; n <= last; n++ {
 		var buf bytes.Buffer
-		w, err := bundle.NewWriter(&buf, nil)
+		name := inst42.NewBundleName(tli, tlSeg(tli, n), tlSeg(tli, n))
+		w, err := bundle.NewWriter(&buf, name, nil)
 		require.NoError(t, err)
 		_, err = w.Add(tlSeg(tli, n), bundle.Raw, bytes.NewReader([]byte(fmt.Sprintf("WAL %d of timeline %d", n, tli))))
 		require.NoError(t, err)
 		_, err = w.Close()
 		require.NoError(t, err)
-		require.NoError(t, h.repo.Put(context.Background(), inst42.NewBundleName(tli, tlSeg(tli, n), tlSeg(tli, n)), &buf))
+		require.NoError(t, h.repo.Put(context.Background(), name, &buf))
 	}
 }
 
@@ -53,7 +54,7 @@ func putRestorePoint(t *testing.T, h *harness, tli uint32, n, hour int) *reposit
 	sum := sha256.Sum256(disk)
 	require.NoError(t, h.repo.Put(ctx, inst42.RestorePoint(m.ID)+"/"+hypervisortest.DiskObject, bytes.NewReader(disk)))
 	m.Objects = []repository.ManifestObject{{Name: hypervisortest.DiskObject, Size: int64(len(disk)), SHA256: hex.EncodeToString(sum[:])}}
-	require.NoError(t, repository.WriteManifest(ctx, h.repo, inst42, m))
+	require.NoError(t, repository.WriteManifest(ctx, h.repo, inst42, m, nil))
 	return m
 }
 
@@ -127,7 +128,7 @@ func TestExpiryFollowsTimelines(t *testing.T) {
 			}
 			exp, err := h.job.Expire(ctx)
 			require.NoError(t, err)
-			left, err := repository.RestorePoints(ctx, h.repo, inst42)
+			left, err := repository.RestorePoints(ctx, h.repo, inst42, nil)
 			require.NoError(t, err)
 			kept := rps[len(rps)-tc.keep:]
 			assert.Equal(t, ids(kept), ids(left))

@@ -60,7 +60,7 @@ func (j *Job) Hold(ctx context.Context, plan *Plan, purpose string) (*Hold, erro
 	// An expiry that read the pins before this one was written may have
 	// removed a manifest the plan was made from; one that removes a
 	// manifest after this reads the pins again and keeps the objects.
-	ms, _, err := ImageChain(ctx, j.cfg.Repository, plan.Instance, plan.RestorePoint.ID)
+	ms, _, err := ImageChain(ctx, j.cfg.Repository, plan.Instance, plan.RestorePoint.ID, j.auth())
 	if err == nil && !slices.EqualFunc(ms, plan.Manifests, func(a, b *repository.Manifest) bool { return a.ID == b.ID }) {
 		err = errors.New("its image chain changed")
 	}

@@ -172,7 +172,7 @@ func TestRetentionOnBranchedTimelines(t *testing.T) {
 	require.NoError(t, r.job.Disable(ctx))
 
 	inst := r.instance(t)
-	rps, err := repository.RestorePoints(ctx, r.repo, inst)
+	rps, err := repository.RestorePoints(ctx, r.repo, inst, nil)
 	require.NoError(t, err)
 	require.Len(t, rps, 2, "RP1 expired")
 	rp2, rp3 := rps[0], rps[1]
