@@ -271,3 +271,38 @@ func TestTempFolderNotWritable(t *testing.T) {
 	assert.Empty(t, e.pg.Psql(t, "postgres", "SELECT setting FROM pg_file_settings WHERE name = 'archive_command' AND sourcefile LIKE '%auto.conf'"),
 		"archive_command was not changed")
 }
+
+// The configured sslmode travels to the runtime in the guest: require is
+// refused by the test server, which has no SSL, over TCP and changes
+// nothing over the socket; the default (prefer) connects over TCP.
+func TestSSLModeReachesGuest(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	tcp := runtime.ConnConfig{Host: e.pg.Host, Port: e.pg.Port, User: e.pg.User, Password: e.pg.Password}
+	socket := runtime.ConnConfig{Host: e.pg.SocketDir, Port: e.pg.Port, User: e.pg.User}
+	for _, tc := range []struct {
+		name    string
+		conn    runtime.ConnConfig
+		mode    string
+		refused bool
+	}{
+		{"tcp default", tcp, "", false},
+		{"tcp require", tcp, "require", true},
+		{"socket require", socket, "require", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.conn.SSLMode = tc.mode
+			rt, err := e.deployer(t, func(c *gssh.Config) { c.Conn = tc.conn }).Deploy(ctx, guest.Target{Machine: "db1", Address: e.sshd.Addr})
+			require.NoError(t, err)
+			defer rt.Close(ctx)
+			_, err = rt.Scan(ctx)
+			if !tc.refused {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, "sslmode=require")
+			assert.ErrorContains(t, err, "server refused TLS connection")
+			assert.NotContains(t, err.Error(), e.pg.Password)
+		})
+	}
+}
