@@ -68,7 +68,9 @@ func runtimeDirs(t *testing.T, base string) []string {
 	require.NoError(t, err)
 	var out []string
 	for _, e := range entries {
-		out = append(out, e.Name())
+		if e.Name() != runtime.InstallLockFile { // the empty lock file stays
+			out = append(out, e.Name())
+		}
 	}
 	return out
 }
@@ -180,7 +182,9 @@ func TestStaleRuntimeFolderRemoved(t *testing.T) {
 	rt2, err := e.deployer(t, nil).Deploy(ctx, guest.Target{Machine: "db1", Address: e.sshd.Addr})
 	require.NoError(t, err)
 	defer rt2.Close(ctx)
-	_, err = rt2.Scan(ctx) // by now the new runtime has cleaned up
+	// The new runtime cleans once its deployer has let the install lock go.
+	require.Eventually(t, func() bool { return len(runtimeDirs(t, e.base)) == 1 }, 30*time.Second, 50*time.Millisecond)
+	_, err = rt2.Scan(ctx)
 	require.NoError(t, err)
 	now := runtimeDirs(t, e.base)
 	require.Len(t, now, 1)
