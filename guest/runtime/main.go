@@ -18,8 +18,10 @@ import (
 // the runtime, so the deployer can reuse its own executable.
 //
 // Flags, set by deployers that install the component: -lock FILE holds
-// FILE locked while running; -clean BASE first removes runtime folders
-// under BASE left by runtimes that are gone.
+// FILE locked while running; -clean BASE removes runtime folders under
+// BASE left by runtimes that are gone, in the background, once no deployer
+// is installing under BASE (its own included: it holds the install lock
+// until this runtime has answered the handshake).
 //
 // Arguments ending in "fetch SOCKET %f %p" select the fetch mode, which a
 // recovery's restore_command runs (see Runtime.Recover and FetchFile): it
@@ -45,13 +47,16 @@ func Main() int {
 		}
 	}
 	if *clean != "" {
-		removed, err := CleanStale(*clean, filepath.Dir(*lock))
-		if err != nil {
-			logger.Warn("clean stale runtime folders", "err", err)
-		}
-		for _, d := range removed {
-			logger.Info("removed a runtime folder left by a crashed host", "dir", d)
-		}
+		// In the background: it waits for the deployer that started us.
+		go func() {
+			removed, err := CleanStale(*clean, filepath.Dir(*lock))
+			if err != nil {
+				logger.Warn("clean stale runtime folders", "err", err)
+			}
+			for _, d := range removed {
+				logger.Info("removed a runtime folder left by a crashed host", "dir", d)
+			}
+		}()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -24,6 +24,34 @@ type ConnConfig struct {
 	Database string // empty means "postgres"
 	Password string
 	PassFile string // a .pgpass file
+	// SSLMode is libpq's sslmode for a TCP Host: disable, allow, prefer,
+	// require, verify-ca or verify-full; empty means DefaultSSLMode. A
+	// socket directory never uses SSL, whatever it says.
+	SSLMode string
+	// SSLRootCert is a file in the guest with the CA certificates that
+	// verify-ca and verify-full check the server against; empty means the
+	// system's.
+	SSLRootCert string
+}
+
+// DefaultSSLMode is the sslmode of a TCP connection when ConnConfig leaves
+// it empty: SSL when the server offers it, as libpq does by default.
+const DefaultSSLMode = "prefer"
+
+var sslModes = map[string]bool{"disable": true, "allow": true, "prefer": true, "require": true, "verify-ca": true, "verify-full": true}
+
+func (c ConnConfig) socket() bool { return strings.HasPrefix(c.Host, "/") }
+
+// sslMode is the sslmode Connect uses: disable on a socket, where it means
+// nothing, so PGSSLMODE cannot ask for it either.
+func (c ConnConfig) sslMode() string {
+	switch {
+	case c.socket():
+		return "disable"
+	case c.SSLMode == "":
+		return DefaultSSLMode
+	}
+	return c.SSLMode
 }
 
 // String describes the connection without its password.
@@ -35,7 +63,11 @@ func (c ConnConfig) String() string {
 	case c.PassFile != "":
 		auth = "passfile " + c.PassFile
 	}
-	return fmt.Sprintf("host=%s port=%d user=%s database=%s auth=%s", c.Host, c.port(), c.User, c.database(), auth)
+	s := fmt.Sprintf("host=%s port=%d user=%s database=%s auth=%s", c.Host, c.port(), c.User, c.database(), auth)
+	if !c.socket() {
+		s += " sslmode=" + c.sslMode()
+	}
+	return s
 }
 
 func (c ConnConfig) port() int {
@@ -55,23 +87,11 @@ func (c ConnConfig) database() string {
 // Connect opens a connection. What the caller configured takes precedence
 // over libpq's PG* environment variables.
 func Connect(ctx context.Context, c ConnConfig) (*pgx.Conn, error) {
-	if c.User == "" || c.Host == "" {
-		return nil, errors.New("connect to postgresql: host and user are required")
+	dsn, err := c.connString()
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgresql: %w", err)
 	}
-	kv := map[string]string{
-		"host": c.Host, "port": strconv.Itoa(c.port()), "user": c.User, "dbname": c.database(),
-		"sslmode": "disable", "application_name": "pglogship-runtime",
-	}
-	if c.PassFile != "" {
-		kv["passfile"] = c.PassFile
-	}
-	var dsn strings.Builder
-	for _, k := range []string{"host", "port", "user", "dbname", "sslmode", "application_name", "passfile"} {
-		if v, ok := kv[k]; ok {
-			fmt.Fprintf(&dsn, "%s='%s' ", k, strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v))
-		}
-	}
-	cfg, err := pgx.ParseConfig(dsn.String())
+	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgresql (%s): %w", c, err)
 	}
@@ -83,6 +103,34 @@ func Connect(ctx context.Context, c ConnConfig) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("connect to postgresql (%s): %w", c, err)
 	}
 	return conn, nil
+}
+
+// connString is the keyword/value string Connect parses, without the
+// password.
+func (c ConnConfig) connString() (string, error) {
+	if c.User == "" || c.Host == "" {
+		return "", errors.New("host and user are required")
+	}
+	if c.SSLMode != "" && !sslModes[c.SSLMode] {
+		return "", fmt.Errorf("sslmode %q: want disable, allow, prefer, require, verify-ca or verify-full", c.SSLMode)
+	}
+	kv := map[string]string{
+		"host": c.Host, "port": strconv.Itoa(c.port()), "user": c.User, "dbname": c.database(),
+		"sslmode": c.sslMode(), "application_name": "pglogship-runtime",
+	}
+	if c.PassFile != "" {
+		kv["passfile"] = c.PassFile
+	}
+	if c.SSLRootCert != "" && !c.socket() {
+		kv["sslrootcert"] = c.SSLRootCert
+	}
+	var dsn strings.Builder
+	for _, k := range []string{"host", "port", "user", "dbname", "sslmode", "sslrootcert", "application_name", "passfile"} {
+		if v, ok := kv[k]; ok {
+			fmt.Fprintf(&dsn, "%s='%s' ", k, strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v))
+		}
+	}
+	return strings.TrimSpace(dsn.String()), nil
 }
 
 // Scan reports the instance behind conn.

@@ -81,3 +81,58 @@ func TestConnectRefusesIncompleteConfig(t *testing.T) {
 	require.ErrorContains(t, err, "host and user are required")
 	assert.False(t, strings.Contains(ConnConfig{Host: "h", User: "u", Password: "s3cret"}.String(), "s3cret"))
 }
+
+func TestConnStringSSLMode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  ConnConfig
+		want string // the sslmode and sslrootcert part
+	}{
+		{"tcp default", ConnConfig{Host: "db.example", User: "u"}, "sslmode='prefer'"},
+		{"tcp configured", ConnConfig{Host: "10.0.0.5", User: "u", SSLMode: "verify-full", SSLRootCert: "/etc/ca.pem"},
+			"sslmode='verify-full' sslrootcert='/etc/ca.pem'"},
+		{"tcp disable", ConnConfig{Host: "db.example", User: "u", SSLMode: "disable"}, "sslmode='disable'"},
+		{"socket default", ConnConfig{Host: "/var/run/postgresql", User: "u"}, "sslmode='disable'"},
+		{"socket ignores it", ConnConfig{Host: "/var/run/postgresql", User: "u", SSLMode: "require", SSLRootCert: "/etc/ca.pem"}, "sslmode='disable'"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dsn, err := tc.cfg.connString()
+			require.NoError(t, err)
+			assert.Contains(t, dsn, " dbname='postgres' "+tc.want+" application_name='pglogship-runtime'")
+			assert.Equal(t, 1, strings.Count(dsn, "sslmode="), dsn)
+		})
+	}
+	_, err := ConnConfig{Host: "h", User: "u", SSLMode: "on"}.connString()
+	require.ErrorContains(t, err, `sslmode "on"`)
+	assert.Contains(t, ConnConfig{Host: "h", User: "u", SSLMode: "require"}.String(), "sslmode=require", "errors name the mode")
+	assert.NotContains(t, ConnConfig{Host: "/tmp", User: "u"}.String(), "sslmode")
+}
+
+// The test server has no SSL: prefer falls back to plain TCP, require is
+// refused with an error that names the mode. (The socket case runs in the
+// SSH deployer's tests, where the runtime is the server's OS user.)
+func TestConnectSSLModeOnRealServer(t *testing.T) {
+	testenv.SkipIfShort(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	require.False(t, strings.HasPrefix(pg.Host, "/"), "pg.Host is TCP")
+	tcp := ConnConfig{Host: pg.Host, Port: pg.Port, User: pg.User, Password: pg.Password}
+
+	for _, mode := range []string{"", "prefer", "allow", "disable"} {
+		c := tcp
+		c.SSLMode = mode
+		conn, err := scanWith(t, c)
+		require.NoError(t, err, "sslmode %q", mode)
+		var ssl bool
+		require.NoError(t, conn.QueryRow(context.Background(), "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl))
+		assert.False(t, ssl)
+	}
+	for _, mode := range []string{"require", "verify-full"} {
+		c := tcp
+		c.SSLMode = mode
+		_, err := scanWith(t, c)
+		require.Error(t, err, "sslmode %s on a server without SSL", mode)
+		assert.Contains(t, err.Error(), "sslmode="+mode)
+		assert.Contains(t, err.Error(), "server refused TLS connection")
+		assert.NotContains(t, err.Error(), pg.Password)
+	}
+}

@@ -5,10 +5,18 @@
 // protocol. Closing the runtime ends it and removes its folder; folders left
 // by a host that crashed are removed by the next runtime that starts.
 //
+// The base folder must be the login user's and writable by no one else (it
+// is created 0700 when missing). While it installs, a Deployer holds the
+// base folder's install lock (runtime.InstallLockFile) shared with flock(1),
+// which the guest must have (util-linux or busybox), so that no runtime's
+// cleaner removes a folder between upload and exec.
+//
 // Host keys are always verified: Config.HostKeyCallback is required.
 package ssh
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -20,6 +28,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -51,6 +60,8 @@ type Config struct {
 	Binaries map[string]string
 	// BaseDir is the guest folder that holds runtime folders: absolute, or
 	// relative to the login user's home; letters, digits and /._- only.
+	// It must be the login user's, not a symbolic link, and writable by no
+	// one else (runtime.ErrUnsafeBase); a missing one is created 0700.
 	BaseDir string
 	Conn    runtime.ConnConfig // how the runtime reaches PostgreSQL
 	Timeout time.Duration      // connect and handshake; 0 means DefaultTimeout
@@ -123,9 +134,11 @@ func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, e
 }
 
 func (d *Deployer) deploy(ctx context.Context, client *ssh.Client, t guest.Target) (guest.Runtime, error) {
-	uname, err := output(client, "uname -m")
-	if err != nil {
-		return nil, fmt.Errorf("guest architecture: %w", err)
+	id, err := output(client, "uname -m && id -u")
+	uname, uidText, _ := strings.Cut(id, "\n")
+	uid, uidErr := strconv.Atoi(strings.TrimSpace(uidText))
+	if err != nil || uidErr != nil {
+		return nil, fmt.Errorf("guest architecture and user id: %q: %w", id, errors.Join(err, uidErr))
 	}
 	arch := unameToGOARCH[uname]
 	binary, ok := d.cfg.Binaries[arch]
@@ -145,10 +158,16 @@ func (d *Deployer) deploy(ctx context.Context, client *ssh.Client, t guest.Targe
 		}
 		base = path.Join(home, base)
 	}
-	if err := sc.MkdirAll(base); err != nil {
-		return nil, fmt.Errorf("create %s: %w", base, err)
+	if err := prepareBase(sc, base, uid); err != nil {
+		return nil, err
 	}
-	_ = sc.Chmod(base, 0o700)
+	// Held until the runtime answers the handshake, by when it holds its
+	// own folder's lock.
+	release, err := claimInstall(ctx, client, base)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	dir := path.Join(base, runtime.RuntimeDirPrefix+hex.EncodeToString(rnd[:]))
@@ -158,7 +177,7 @@ func (d *Deployer) deploy(ctx context.Context, client *ssh.Client, t guest.Targe
 	removeDir := func() { _ = run(client, "rm -rf "+sshutil.Quote(dir)) }
 	if err := sc.Chmod(dir, 0o700); err != nil {
 		removeDir()
-		return nil, err
+		return nil, fmt.Errorf("chmod %s: %w", dir, err)
 	}
 	exe := path.Join(dir, "pglogship-runtime")
 	sum, err := upload(sc, binary, exe)
@@ -224,6 +243,87 @@ func (d *Deployer) deploy(ctx context.Context, client *ssh.Client, t guest.Targe
 		return stopErr
 	}
 	return remote.Open(ctx, stdout, stdin, stop, d.cfg.Conn)
+}
+
+// prepareBase creates base 0700 when it is missing and refuses one that
+// another user could change (runtime.CheckBase): they could swap a runtime
+// between its checksum and its exec, or plant folders for the cleaner.
+func prepareBase(sc *sftp.Client, base string, uid int) error {
+	st, err := sc.Lstat(base)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := sc.MkdirAll(base); err != nil {
+			return fmt.Errorf("create %s: %w", base, err)
+		}
+		// Before the check: a umask of 0 makes it 0777.
+		if err := sc.Chmod(base, 0o700); err != nil {
+			return fmt.Errorf("chmod %s: %w", base, err)
+		}
+		st, err = sc.Lstat(base)
+	}
+	if err != nil {
+		return fmt.Errorf("base folder: %w", err)
+	}
+	owner := -1
+	if fs, ok := st.Sys().(*sftp.FileStat); ok {
+		owner = int(fs.UID)
+	}
+	if err := runtime.CheckBase(base, st.Mode(), owner, uid); err != nil {
+		return err
+	}
+	if st.Mode().Perm() != 0o700 {
+		if err := sc.Chmod(base, 0o700); err != nil {
+			return fmt.Errorf("chmod %s: %w", base, err)
+		}
+	}
+	return nil
+}
+
+// claimInstall takes base's install lock shared in a guest process (flock
+// running cat on the session's stdin) and returns what releases it.
+func claimInstall(ctx context.Context, client *ssh.Client, base string) (release func(), err error) {
+	lock := path.Join(base, runtime.InstallLockFile)
+	sess, err := client.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("install lock: %w", err)
+	}
+	stdin, err1 := sess.StdinPipe()
+	stdout, err2 := sess.StdoutPipe()
+	if err := errors.Join(err1, err2); err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("install lock: %w", err)
+	}
+	var stderr bytes.Buffer
+	sess.Stderr = &stderr
+	cmd := "umask 077 && exec flock -s " + sshutil.Quote(lock) + ` sh -c 'echo claimed && exec cat >/dev/null'`
+	if err := sess.Start(cmd); err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("install lock %s: %w", lock, err)
+	}
+	// A cancelled ctx ends the session, which ends a flock still waiting.
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	line, readErr := bufio.NewReader(stdout).ReadString('\n')
+	if line != "claimed\n" {
+		waitErr := sess.Wait() // stdout ended: so has the command
+		stop()
+		sess.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("install lock %s: %w", lock, ctx.Err())
+		}
+		if waitErr == nil {
+			waitErr = fmt.Errorf("flock said %q: %w", line, readErr)
+		}
+		hint := ""
+		if ee := (*ssh.ExitError)(nil); errors.As(waitErr, &ee) && ee.ExitStatus() == 127 {
+			hint = "; the guest needs flock(1), from util-linux or busybox"
+		}
+		return nil, fmt.Errorf("install lock %s: %w (%s%s)", lock, waitErr, strings.TrimSpace(stderr.String()), hint)
+	}
+	return func() {
+		stdin.Close() // cat ends, then flock, which lets the lock go
+		_ = sess.Wait()
+		stop()
+		sess.Close()
+	}, nil
 }
 
 // upload copies the local file to the guest (0700) and returns its SHA-256.

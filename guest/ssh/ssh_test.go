@@ -68,7 +68,9 @@ func runtimeDirs(t *testing.T, base string) []string {
 	require.NoError(t, err)
 	var out []string
 	for _, e := range entries {
-		out = append(out, e.Name())
+		if e.Name() != runtime.InstallLockFile { // the empty lock file stays
+			out = append(out, e.Name())
+		}
 	}
 	return out
 }
@@ -180,7 +182,9 @@ func TestStaleRuntimeFolderRemoved(t *testing.T) {
 	rt2, err := e.deployer(t, nil).Deploy(ctx, guest.Target{Machine: "db1", Address: e.sshd.Addr})
 	require.NoError(t, err)
 	defer rt2.Close(ctx)
-	_, err = rt2.Scan(ctx) // by now the new runtime has cleaned up
+	// The new runtime cleans once its deployer has let the install lock go.
+	require.Eventually(t, func() bool { return len(runtimeDirs(t, e.base)) == 1 }, 30*time.Second, 50*time.Millisecond)
+	_, err = rt2.Scan(ctx)
 	require.NoError(t, err)
 	now := runtimeDirs(t, e.base)
 	require.Len(t, now, 1)
@@ -270,4 +274,39 @@ func TestTempFolderNotWritable(t *testing.T) {
 	require.ErrorIs(t, err, guest.ErrTempFolder)
 	assert.Empty(t, e.pg.Psql(t, "postgres", "SELECT setting FROM pg_file_settings WHERE name = 'archive_command' AND sourcefile LIKE '%auto.conf'"),
 		"archive_command was not changed")
+}
+
+// The configured sslmode travels to the runtime in the guest: require is
+// refused by the test server, which has no SSL, over TCP and changes
+// nothing over the socket; the default (prefer) connects over TCP.
+func TestSSLModeReachesGuest(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	tcp := runtime.ConnConfig{Host: e.pg.Host, Port: e.pg.Port, User: e.pg.User, Password: e.pg.Password}
+	socket := runtime.ConnConfig{Host: e.pg.SocketDir, Port: e.pg.Port, User: e.pg.User}
+	for _, tc := range []struct {
+		name    string
+		conn    runtime.ConnConfig
+		mode    string
+		refused bool
+	}{
+		{"tcp default", tcp, "", false},
+		{"tcp require", tcp, "require", true},
+		{"socket require", socket, "require", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.conn.SSLMode = tc.mode
+			rt, err := e.deployer(t, func(c *gssh.Config) { c.Conn = tc.conn }).Deploy(ctx, guest.Target{Machine: "db1", Address: e.sshd.Addr})
+			require.NoError(t, err)
+			defer rt.Close(ctx)
+			_, err = rt.Scan(ctx)
+			if !tc.refused {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, "sslmode=require")
+			assert.ErrorContains(t, err, "server refused TLS connection")
+			assert.NotContains(t, err.Error(), e.pg.Password)
+		})
+	}
 }
