@@ -99,6 +99,15 @@ type RecoveryConfig struct {
 	BackupLabel string `json:"backup_label,omitempty"`
 	// TablespaceMap is written as DataDir/tablespace_map; empty: none.
 	TablespaceMap string `json:"tablespace_map,omitempty"`
+	// Tablespaces are the restore's own tablespace directories, by OID:
+	// where it placed them (a physical restore), or the paths of
+	// TablespaceMap (images that keep them where they were). Run as root,
+	// Recover hands DataDir and these directories to the server user, and
+	// refuses, before changing anything, a symbolic link in
+	// DataDir/pg_tblspc that is not pg_tblspc/<oid> pointing to
+	// Tablespaces[oid]: the data directory may be the server user's, and
+	// a link planted there must not hand over what it points to.
+	Tablespaces map[uint32]string `json:"tablespaces,omitempty"`
 	// Settings are appended to postgresql.auto.conf, replacing earlier
 	// values there: recovery_target*, recovery_target_timeline,
 	// recovery_target_action, port, unix_socket_directories,

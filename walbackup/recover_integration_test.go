@@ -13,6 +13,7 @@ import (
 	goruntime "runtime"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -261,6 +262,41 @@ func TestRecoverThroughTheRuntime(t *testing.T) {
 		assert.ErrorContains(t, err, "\nHINT:  Remove those directories, or set allow_in_place_tablespaces to ON transiently to let recovery complete.")
 		assert.NotContains(t, err.Error(), "terminated by signal", "the postmaster's lines after it are not the report")
 		assert.NoFileExists(t, filepath.Join(pg.DataDir, "postmaster.pid"), "the server stopped")
+	})
+
+	t.Run("planted links", func(t *testing.T) {
+		// The runtime runs as root on a restored data directory the server
+		// user may have planted links in: a tablespace link the restore
+		// did not place is refused before anything changes, and a link at
+		// the recovery log's folder hands nothing outside over.
+		outside := t.TempDir()
+		secret := filepath.Join(outside, "secret")
+		require.NoError(t, os.WriteFile(secret, []byte("root's"), 0o600))
+		untouched := func(t *testing.T) {
+			t.Helper()
+			for _, p := range []string{outside, secret} {
+				st, err := os.Lstat(p)
+				require.NoError(t, err)
+				assert.Equal(t, uint32(0), st.Sys().(*syscall.Stat_t).Uid, "%s is still root's", p)
+			}
+			entries, err := os.ReadDir(outside)
+			require.NoError(t, err)
+			assert.Len(t, entries, 1, "nothing was written beside the secret")
+		}
+
+		dir := f.restore(t)
+		require.NoError(t, os.Symlink(outside, filepath.Join(dir, "pg_tblspc", "99")))
+		_, _, err := f.recoverWith(t, f.deploy, f.pg.OSUser, dir, nil)
+		require.ErrorContains(t, err, "tablespace link pg_tblspc/99")
+		untouched(t)
+		assert.NoFileExists(t, filepath.Join(dir, "recovery.signal"), "nothing was changed")
+
+		dir = f.restore(t)
+		require.NoError(t, os.RemoveAll(filepath.Join(dir, "log")))
+		require.NoError(t, os.Symlink(outside, filepath.Join(dir, "log")))
+		_, _, err = f.recoverWith(t, f.deploy, f.pg.OSUser, dir, nil)
+		require.ErrorContains(t, err, "recovery log")
+		untouched(t)
 	})
 
 	t.Run("over ssh as the server user", func(t *testing.T) {

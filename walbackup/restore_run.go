@@ -70,6 +70,16 @@ func (to RestoreTo) recovery() RecoveryOptions {
 	return opts
 }
 
+// recoveryOf is recovery for a restore that placed tablespaces in placed
+// (by OID): the only ones the guest hands over.
+func (to RestoreTo) recoveryOf(placed map[uint32]string) RecoveryOptions {
+	opts := to.recovery()
+	if len(placed) > 0 {
+		opts.Tablespaces = maps.Clone(placed)
+	}
+	return opts
+}
+
 // RecoveryOptions say how the restored instance starts.
 type RecoveryOptions struct {
 	// DataDir is the restored data directory as the guest sees it; empty
@@ -96,6 +106,12 @@ type RecoveryOptions struct {
 	// tablespaces into and must not get it: recovery would point the links
 	// back at the original locations.
 	TablespaceMap bool
+	// Tablespaces are the directories the restore placed a physical
+	// image's tablespaces in, by OID (Restore and Drill fill it with where
+	// they put them). A runtime running as root refuses a link in
+	// pg_tblspc to anywhere else (guest.RecoveryConfig.Tablespaces); with
+	// TablespaceMap, the map's paths are allowed as well.
+	Tablespaces map[uint32]string
 	// Archive keeps archive_mode as configured, for a restore in place
 	// that goes on being protected; by default the restored instance does
 	// not archive, so its WAL never mixes with the original's.
@@ -144,14 +160,15 @@ func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (Re
 	if err != nil {
 		return res, err
 	}
-	if _, err := j.restoreImage(ctx, plan, to.Image, spaces, nil); err != nil {
+	placed, err := j.restoreImage(ctx, plan, to.Image, spaces, nil)
+	if err != nil {
 		if berr := moveBack(replaced); berr != nil {
 			return res, errors.Join(err, fmt.Errorf("restore in place: %w", berr))
 		}
 		return res, err
 	}
 	if to.Guest.ID != "" {
-		if res.Recovery, err = j.Recover(ctx, plan, to.Guest, to.recovery()); err != nil {
+		if res.Recovery, err = j.Recover(ctx, plan, to.Guest, to.recoveryOf(placed)); err != nil {
 			return res, errors.Join(err, j.keepFailed(to, spaces, replaced, stamp))
 		}
 	}
@@ -348,9 +365,22 @@ func (j *Job) recoverWith(ctx context.Context, rt guest.Runtime, plan *Plan, g M
 		return guest.RecoveryResult{}, fmt.Errorf("recover on %s: %w", g.ID, ErrNoRecovery)
 	}
 	cfg := guest.RecoveryConfig{DataDir: opts.DataDir, BackupLabel: plan.RestorePoint.BackupLabel, OSUser: opts.OSUser,
-		ConfigFile: opts.ConfigFile, BinDir: opts.BinDir, Prefetch: opts.Prefetch, Settings: recoverySettings(plan, opts)}
+		ConfigFile: opts.ConfigFile, BinDir: opts.BinDir, Prefetch: opts.Prefetch, Settings: recoverySettings(plan, opts),
+		Tablespaces: maps.Clone(opts.Tablespaces)}
 	if opts.TablespaceMap {
+		// The tablespaces stayed where they were (a QEMU disk): the map's
+		// paths are the restore's own.
 		cfg.TablespaceMap = plan.RestorePoint.TablespaceMap
+		spaces, err := ParseTablespaceMap(cfg.TablespaceMap)
+		if err != nil {
+			return guest.RecoveryResult{}, fmt.Errorf("recover restore point %s: %w", plan.RestorePoint.ID, err)
+		}
+		for _, ts := range spaces {
+			if cfg.Tablespaces == nil {
+				cfg.Tablespaces = map[uint32]string{}
+			}
+			cfg.Tablespaces[ts.OID] = ts.Path
+		}
 	}
 	res, err := rec.Recover(ctx, cfg, j.FetchFunc(plan.Instance))
 	if err != nil {
@@ -477,7 +507,7 @@ func (j *Job) Drill(ctx context.Context, req DrillRequest) (DrillResult, error) 
 		return res, err
 	}
 	defer j.closeRuntime(ctx, rt, req.Scratch.Guest)
-	opts := req.Scratch.recovery()
+	opts := req.Scratch.recoveryOf(placed)
 	ctl, ok := rt.(guest.ServerControl)
 	if !ok {
 		return res, fmt.Errorf("drill on %s: %w: it cannot check a server", req.Scratch.Guest.ID, ErrNoRecovery)

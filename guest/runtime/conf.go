@@ -54,12 +54,14 @@ func confName(line string) string {
 	return strings.ToLower(line[:end])
 }
 
-// rewriteAutoConf rewrites dataDir's postgresql.auto.conf: lines setting a
-// name in set or drop go, then set is appended (sorted by name). The file
-// is replaced atomically, with mode 0600 and owned by owner (when not nil).
-func rewriteAutoConf(dataDir string, set map[string]string, drop []string, owner *osUser) error {
-	path := filepath.Join(dataDir, autoConf)
-	old, err := os.ReadFile(path)
+// rewriteAutoConf rewrites postgresql.auto.conf in the data directory
+// dataDir: lines setting a name in set or drop go, then set is appended
+// (sorted by name). The file is replaced atomically, with mode 0600 and
+// owned by owner (when not nil); a link there is replaced, and one leading
+// out of the data directory is not read.
+func rewriteAutoConf(dataDir *os.Root, set map[string]string, drop []string, owner *osUser) error {
+	path := filepath.Join(dataDir.Name(), autoConf)
+	old, err := dataDir.ReadFile(autoConf)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -89,25 +91,7 @@ func rewriteAutoConf(dataDir string, set map[string]string, drop []string, owner
 	for _, n := range names {
 		fmt.Fprintf(&out, "%s = %s\n", n, quoteConf(set[n]))
 	}
-	return writeFileAs(path, out.Bytes(), owner)
-}
-
-// writeFileAs writes data to path through a temporary file renamed over
-// it, mode 0600, owned by owner when not nil.
-func writeFileAs(path string, data []byte, owner *osUser) error {
-	return replaceFile(path, func(f *os.File) error {
-		_, err := f.Write(data)
-		if err == nil {
-			err = f.Chmod(0o600)
-		}
-		if err == nil && owner != nil {
-			err = f.Chown(owner.uid, owner.gid)
-		}
-		if err == nil {
-			err = f.Sync()
-		}
-		return err
-	})
+	return writeFileIn(dataDir, autoConf, out.Bytes(), owner)
 }
 
 // replaceFile makes a new file at path: fill writes a temporary file in

@@ -62,7 +62,9 @@ type osUser struct {
 type recovery struct {
 	rt       *Runtime
 	cfg      guest.RecoveryConfig
-	owner    *osUser // nil: the server runs as the runtime's own user
+	root     *os.Root          // the data directory, opened once
+	links    map[uint32]string // pg_tblspc's links, checked against cfg.Tablespaces
+	owner    *osUser           // nil: the server runs as the runtime's own user
 	pgCtl    string
 	major    int // PostgreSQL's major version, from PG_VERSION
 	prefetch int
@@ -87,6 +89,7 @@ func (r *Runtime) Recover(ctx context.Context, cfg guest.RecoveryConfig, fetch g
 	if err != nil {
 		return guest.RecoveryResult{}, fmt.Errorf("recover %s: %w", cfg.DataDir, err)
 	}
+	defer rec.root.Close()
 	res, err := rec.run(ctx, fetch)
 	if err != nil {
 		return res, fmt.Errorf("recover %s: %w", cfg.DataDir, err)
@@ -94,14 +97,21 @@ func (r *Runtime) Recover(ctx context.Context, cfg guest.RecoveryConfig, fetch g
 	return res, nil
 }
 
-// planRecovery checks everything it can before anything is changed.
-func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
+// planRecovery checks everything it can before anything is changed, and
+// opens the data directory (the recovery's root, closed by the caller).
+func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (_ *recovery, err error) {
 	if err := checkGuestPath("data directory", cfg.DataDir); err != nil {
 		return nil, err
 	}
-	if st, err := os.Stat(cfg.DataDir); err != nil || !st.IsDir() {
-		return nil, fmt.Errorf("data directory %s: not a directory (%v)", cfg.DataDir, err)
+	root, err := openDir("data directory", cfg.DataDir)
+	if err != nil {
+		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			root.Close()
+		}
+	}()
 	if cfg.ConfigFile != "" {
 		if err := checkGuestPath("configuration file", cfg.ConfigFile); err != nil || strings.ContainsAny(cfg.ConfigFile, " \t'") {
 			return nil, fmt.Errorf("configuration file %q: an absolute path without spaces or quotes (%v)", cfg.ConfigFile, err)
@@ -113,7 +123,7 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
 			return nil, fmt.Errorf("data directory %q: with a configuration file outside it, a path without spaces or quotes", cfg.DataDir)
 		}
 	}
-	version, err := os.ReadFile(filepath.Join(cfg.DataDir, "PG_VERSION"))
+	version, err := root.ReadFile("PG_VERSION")
 	major := strings.TrimSpace(string(version))
 	majorNum, aerr := strconv.Atoi(major)
 	if err != nil || aerr != nil {
@@ -133,6 +143,10 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
 	if err := checkNotRunning(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	links, err := checkTablespaceLinks(root, cfg.Tablespaces)
+	if err != nil {
+		return nil, err
+	}
 	owner, err := serverUser(cfg.OSUser, cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -141,8 +155,8 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (*recovery, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &recovery{rt: r, cfg: cfg, owner: owner, pgCtl: pgCtl, major: majorNum, prefetch: prefetchOf(cfg.Prefetch),
-		logPath: filepath.Join(cfg.DataDir, RecoveryLog)}, nil
+	return &recovery{rt: r, cfg: cfg, root: root, links: links, owner: owner, pgCtl: pgCtl, major: majorNum,
+		prefetch: prefetchOf(cfg.Prefetch), logPath: filepath.Join(cfg.DataDir, RecoveryLog)}, nil
 }
 
 // checkGuestPath checks a path Recover uses: absolute, clean, and free of
@@ -320,7 +334,7 @@ func (rec *recovery) run(ctx context.Context, fetch guest.FetchFunc) (res guest.
 		settings[k] = v
 		keys = append(keys, k)
 	}
-	if err := rewriteAutoConf(dataDir, settings, nil, rec.owner); err != nil {
+	if err := rewriteAutoConf(rec.root, settings, nil, rec.owner); err != nil {
 		return res, err
 	}
 	if err := rec.start(); err != nil {
@@ -356,29 +370,27 @@ func (rec *recovery) run(ctx context.Context, fetch guest.FetchFunc) (res guest.
 	return res, nil
 }
 
-// handOver gives the data directory (and its tablespaces) to the server
-// user and writes the files that start a recovery.
+// handOver gives the data directory and the tablespace directories its
+// links name (checked by planRecovery against the restore's own) to the
+// server user, and writes the files that start a recovery.
 func (rec *recovery) handOver() error {
-	dataDir := rec.cfg.DataDir
 	if rec.owner != nil {
-		if err := chownTree(dataDir, rec.owner); err != nil {
+		if err := chownTree(rec.root, rec.owner); err != nil {
 			return err
 		}
-		links, _ := os.ReadDir(filepath.Join(dataDir, "pg_tblspc"))
-		for _, l := range links {
-			if l.Type()&fs.ModeSymlink == 0 {
-				continue // a directory: already handed over with the rest
-			}
-			target, err := filepath.EvalSymlinks(filepath.Join(dataDir, "pg_tblspc", l.Name()))
+		for oid, dir := range rec.links {
+			ts, err := openDir("tablespace "+strconv.FormatUint(uint64(oid), 10), dir)
 			if err != nil {
-				return fmt.Errorf("tablespace %s: %w", l.Name(), err)
+				return err
 			}
-			if err := chownTree(target, rec.owner); err != nil {
+			err = chownTree(ts, rec.owner)
+			ts.Close()
+			if err != nil {
 				return err
 			}
 		}
 	}
-	if err := os.Chmod(dataDir, 0o700); err != nil {
+	if err := rec.root.Chmod(".", 0o700); err != nil {
 		return err
 	}
 	files := []struct{ name, content string }{
@@ -388,44 +400,17 @@ func (rec *recovery) handOver() error {
 		if f.content == "" && f.name != "recovery.signal" {
 			continue
 		}
-		if err := writeFileAs(filepath.Join(dataDir, f.name), []byte(f.content), rec.owner); err != nil {
+		if err := writeFileIn(rec.root, f.name, []byte(f.content), rec.owner); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// chownTree gives root and everything below it (not following links) to u.
-func chownTree(root string, u *osUser) error {
-	err := filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, u.uid, u.gid)
-	})
-	if err != nil {
-		return fmt.Errorf("hand %s to %s: %w", root, u.name, err)
-	}
-	return nil
-}
-
-// private makes dir 0700 and the server user's.
-func (rec *recovery) private(dir string) error { return makePrivate(dir, rec.owner) }
-
-// makePrivate makes dir 0700 and owner's (nil: the runtime's user).
-func makePrivate(dir string, owner *osUser) error {
-	if owner != nil {
-		if err := os.Chown(dir, owner.uid, owner.gid); err != nil {
-			return err
-		}
-	}
-	return os.Chmod(dir, 0o700)
 }
 
 // restoreCommand runs self in fetch mode on sock; when the server runs as
-// another user (owner), through a copy of the executable in spoolDir that
+// another user (owner), through a copy of the executable in spool that
 // it can run.
-func restoreCommand(self []string, owner *osUser, spoolDir, sock string) (string, error) {
+func restoreCommand(self []string, owner *osUser, spool *os.Root, sock string) (string, error) {
 	if len(self) == 0 {
 		exe, err := os.Executable()
 		if err != nil {
@@ -435,8 +420,8 @@ func restoreCommand(self []string, owner *osUser, spoolDir, sock string) (string
 	}
 	exe := self[0]
 	if owner != nil {
-		exe = filepath.Join(spoolDir, "pglogship-runtime")
-		if err := copyExecutable(self[0], exe); err != nil {
+		exe = filepath.Join(spool.Name(), "pglogship-runtime")
+		if err := copyExecutable(self[0], spool, filepath.Base(exe)); err != nil {
 			return "", err
 		}
 	}
@@ -449,22 +434,23 @@ func restoreCommand(self []string, owner *osUser, spoolDir, sock string) (string
 	return strings.Join(parts, " "), nil
 }
 
-func copyExecutable(src, dst string) error {
+// copyExecutable copies src to a new file dst in dir.
+func copyExecutable(src string, dir *os.Root, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("copy the runtime for the server user: %w", err)
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o555)
+	out, err := dir.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o555)
 	if err != nil {
 		return fmt.Errorf("copy the runtime for the server user: %w", err)
 	}
 	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Chmod(0o555) // the handle: the folder may be the server user's
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(dst, 0o555)
 	}
 	if err != nil {
 		return fmt.Errorf("copy the runtime for the server user: %w", err)
@@ -495,17 +481,27 @@ func (rec *recovery) command(name string, args ...string) *exec.Cmd {
 // start starts the server with pg_ctl, its output appended to the
 // recovery log, without waiting.
 func (rec *recovery) start() error {
-	if err := os.MkdirAll(filepath.Dir(rec.logPath), 0o700); err != nil {
-		return err
+	// Inside the data directory only: log (or the file) may be a link.
+	logDir := filepath.Dir(RecoveryLog)
+	if err := rec.root.MkdirAll(logDir, 0o700); err != nil {
+		return fmt.Errorf("recovery log: %w (it must lie inside the data directory)", err)
 	}
-	if err := rec.private(filepath.Dir(rec.logPath)); err != nil {
-		return err
+	d, err := rec.root.Open(logDir)
+	if err == nil {
+		err = privateHandle(d, rec.owner)
+		d.Close()
 	}
-	f, err := os.OpenFile(rec.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return err
+		return fmt.Errorf("recovery log: %w", err)
+	}
+	f, err := rec.root.OpenFile(RecoveryLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("recovery log: %w (it must lie inside the data directory)", err)
 	}
 	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("recovery log %s: not a file", rec.logPath)
+	}
 	if err == nil && rec.owner != nil {
 		err = f.Chown(rec.owner.uid, rec.owner.gid)
 	}
@@ -516,7 +512,7 @@ func (rec *recovery) start() error {
 	rec.logStart = st.Size()
 	// A stale postmaster.pid (its process is gone, see checkNotRunning)
 	// would read as a server that started and stopped.
-	if err := os.Remove(filepath.Join(rec.cfg.DataDir, "postmaster.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := rec.root.Remove("postmaster.pid"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	// pg_ctl puts -D, -l and -o into a shell command: the paths were
@@ -564,7 +560,7 @@ func (rec *recovery) abandon(w *recoveryWatch) error {
 // dropRestoreCommand removes restore_command from postgresql.auto.conf and,
 // for a running server (pid > 0), makes it reload.
 func (rec *recovery) dropRestoreCommand(pid *int) error {
-	if err := rewriteAutoConf(rec.cfg.DataDir, nil, []string{"restore_command"}, rec.owner); err != nil {
+	if err := rewriteAutoConf(rec.root, nil, []string{"restore_command"}, rec.owner); err != nil {
 		return err
 	}
 	if pid != nil {
@@ -575,7 +571,7 @@ func (rec *recovery) dropRestoreCommand(pid *int) error {
 
 // readLog returns what the server logged during this recovery.
 func (rec *recovery) readLog() string {
-	f, err := os.Open(rec.logPath)
+	f, err := rec.root.Open(RecoveryLog) // a link out of the data directory is not read
 	if err != nil {
 		return ""
 	}
@@ -793,7 +789,7 @@ func (w *recoveryWatch) sawReadOnly() bool {
 	if w.logOff == 0 {
 		w.logOff = w.rec.logStart
 	}
-	f, err := os.Open(w.rec.logPath)
+	f, err := w.rec.root.Open(RecoveryLog)
 	if err != nil {
 		return false
 	}

@@ -96,9 +96,8 @@ func startRestoreService(ctx context.Context, dir string, owner *osUser, self []
 		cleanup()
 		return nil, err
 	}
-	if err := makePrivate(spoolDir, owner); err != nil {
-		return fail(err)
-	}
+	// The folders are handed to the server user last: until then they
+	// are root's (0700), and nothing in them can be swapped for a link.
 	sock := filepath.Join(spoolDir, "fetch.sock")
 	if len(sock) > maxSocketPath {
 		sockDir, err := os.MkdirTemp("", "pglogship-fetch-")
@@ -106,12 +105,14 @@ func startRestoreService(ctx context.Context, dir string, owner *osUser, self []
 			return fail(fmt.Errorf("socket folder: %w", err))
 		}
 		dirs = append(dirs, sockDir)
-		if err := makePrivate(sockDir, owner); err != nil {
-			return fail(err)
-		}
 		sock = filepath.Join(sockDir, "s")
 	}
-	command, err := restoreCommand(self, owner, spoolDir, sock)
+	spool, err := openDir("spool folder", spoolDir)
+	if err != nil {
+		return fail(err)
+	}
+	command, err := restoreCommand(self, owner, spool, sock)
+	spool.Close()
 	if err != nil {
 		return fail(err)
 	}
@@ -120,7 +121,13 @@ func startRestoreService(ctx context.Context, dir string, owner *osUser, self []
 		return fail(fmt.Errorf("listen for restore_command: %w", err))
 	}
 	if owner != nil {
-		if err := os.Chown(sock, owner.uid, owner.gid); err != nil {
+		if err := os.Lchown(sock, owner.uid, owner.gid); err != nil {
+			ln.Close()
+			return fail(err)
+		}
+	}
+	for _, d := range dirs {
+		if err := makePrivate(d, owner); err != nil {
 			ln.Close()
 			return fail(err)
 		}

@@ -189,19 +189,22 @@ func prepareDir(dir, dataDir string, minFree int64) error {
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("%w: %v", guest.ErrTempFolder, err)
 	}
-	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
-		return fmt.Errorf("%w: %s is not a directory", guest.ErrTempFolder, dir)
+	// A handle, not the path: a link put there is refused, not followed.
+	d, err := openNoFollowDir(dir)
+	if err != nil {
+		return fmt.Errorf("%w: %s is not a directory: %v", guest.ErrTempFolder, dir, err)
 	}
+	defer d.Close()
 	if os.Geteuid() == 0 {
-		if err := os.Chown(dir, int(owner.Uid), int(owner.Gid)); err != nil {
+		if err := d.Chown(int(owner.Uid), int(owner.Gid)); err != nil {
 			return fmt.Errorf("%w: %v", guest.ErrTempFolder, err)
 		}
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := d.Chmod(0o700); err != nil {
 		return fmt.Errorf("%w: %v", guest.ErrTempFolder, err)
 	}
 	var fs syscall.Statfs_t
-	if err := syscall.Statfs(dir, &fs); err != nil {
+	if err := syscall.Fstatfs(int(d.Fd()), &fs); err != nil {
 		return fmt.Errorf("%w: %v", guest.ErrTempFolder, err)
 	}
 	if free := int64(fs.Bavail) * int64(fs.Bsize); free < minFree {

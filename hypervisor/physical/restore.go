@@ -364,17 +364,10 @@ func (r *restorer) reader(ctx context.Context, prefix string) (*bundle.Reader, e
 	return br, nil
 }
 
-// fileMode turns st_mode's 07777 into a FileMode.
+// fileMode turns st_mode into the FileMode a restored file gets: its
+// permission bits only. Setuid, setgid and sticky bits are dropped:
+// PostgreSQL never needs them, and a file the guest's user made setuid
+// must not become a setuid program of the host's.
 func fileMode(u uint32) fs.FileMode {
-	m := fs.FileMode(u & 0o777)
-	if u&0o4000 != 0 {
-		m |= fs.ModeSetuid
-	}
-	if u&0o2000 != 0 {
-		m |= fs.ModeSetgid
-	}
-	if u&0o1000 != 0 {
-		m |= fs.ModeSticky
-	}
-	return m
+	return fs.FileMode(u & 0o777)
 }

@@ -31,11 +31,19 @@ type fakeFiles struct {
 	guest.Runtime // nil: only Close and guest.DataFiles are used
 	files         map[string][]byte
 	afterList     func(f *fakeFiles)
-	lieAbout      string // a file whose checksum the guest misreports
+	lieAbout      string            // a file whose checksum the guest misreports
+	modes         map[string]uint32 // a file's or folder's mode, when not the default
 	closed        int
 }
 
 func (f *fakeFiles) Close(context.Context) error { f.closed++; return nil }
+
+func (f *fakeFiles) mode(p string, def uint32) uint32 {
+	if m, ok := f.modes[p]; ok {
+		return m
+	}
+	return def
+}
 
 func (f *fakeFiles) ListDataFiles(_ context.Context, opts guest.DataListOptions) ([]guest.DataFile, error) {
 	out := []guest.DataFile{{Path: ".", Dir: true, Mode: 0o700}}
@@ -43,9 +51,9 @@ func (f *fakeFiles) ListDataFiles(_ context.Context, opts guest.DataListOptions)
 	for p, b := range f.files {
 		for d := path.Dir(p); d != "." && !dirs[d]; d = path.Dir(d) {
 			dirs[d] = true
-			out = append(out, guest.DataFile{Path: d, Dir: true, Mode: 0o700})
+			out = append(out, guest.DataFile{Path: d, Dir: true, Mode: f.mode(d, 0o700)})
 		}
-		e := guest.DataFile{Path: p, Size: int64(len(b)), ModTime: 1, Mode: 0o600}
+		e := guest.DataFile{Path: p, Size: int64(len(b)), ModTime: 1, Mode: f.mode(p, 0o600)}
 		if opts.Checksums {
 			sum := sha256.Sum256(b)
 			e.SHA256 = hex.EncodeToString(sum[:])
@@ -244,4 +252,24 @@ func TestEncryptedImage(t *testing.T) {
 	require.NoError(t, err)
 	err = noKey.Restore(ctx, []hypervisor.Image{img}, repo, filepath.Join(t.TempDir(), "x"), nil)
 	require.ErrorIs(t, err, bundle.ErrKeyRequired)
+}
+
+// A guest's setuid, setgid and sticky bits are not restored: a file the
+// guest's user made setuid is no setuid program on the host.
+func TestRestoreDropsSetuidBits(t *testing.T) {
+	files := &fakeFiles{
+		files: map[string][]byte{"PG_VERSION": []byte("16\n"), "base/1/16384": []byte("x"), "base/1/16385": []byte("y")},
+		modes: map[string]uint32{"base/1/16384": 0o4755, "base/1/16385": 0o2640, "base": 0o1700, "base/1": 0o3750},
+	}
+	hv, _ := newFake(t, files)
+	repo := memory.New()
+	img, err := exportOnce(t, hv, repo, "p/full", nil)
+	require.NoError(t, err)
+	target := filepath.Join(t.TempDir(), "restored")
+	require.NoError(t, hv.Restore(context.Background(), []hypervisor.Image{img}, repo, target, nil))
+	for p, want := range map[string]os.FileMode{"base/1/16384": 0o755, "base/1/16385": 0o640, "base": os.ModeDir | 0o700, "base/1": os.ModeDir | 0o750} {
+		st, err := os.Lstat(filepath.Join(target, p))
+		require.NoError(t, err)
+		assert.Equal(t, want, st.Mode(), "%s: its permissions, without setuid, setgid or sticky bits", p)
+	}
 }
