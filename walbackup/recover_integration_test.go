@@ -165,6 +165,7 @@ func requireNoRestoreCommand(t *testing.T, pg *testenv.Postgres, running bool) {
 	conf, err := os.ReadFile(filepath.Join(pg.DataDir, "postgresql.auto.conf"))
 	require.NoError(t, err)
 	assert.NotContains(t, string(conf), "restore_command")
+	assert.NotContains(t, string(conf), "recovery_target", "a later image must not carry this recovery's target")
 	assert.Contains(t, string(conf), "port = '"+strconv.Itoa(pg.Port)+"'", "the host's settings stay")
 	if running {
 		require.Eventually(t, func() bool { return pg.Psql(t, "postgres", "SHOW restore_command") == "" },

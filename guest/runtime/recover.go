@@ -557,10 +557,18 @@ func (rec *recovery) abandon(w *recoveryWatch) error {
 	return errors.Join(err, rec.dropRestoreCommand(nil))
 }
 
-// dropRestoreCommand removes restore_command from postgresql.auto.conf and,
-// for a running server (pid > 0), makes it reload.
+// recoveryOnly are the settings a recovery sets that must not outlive
+// it: left in postgresql.auto.conf, a later image of the instance would
+// carry the old target into its own restore.
+var recoveryOnly = []string{"restore_command", "recovery_target", "recovery_target_lsn", "recovery_target_name",
+	"recovery_target_time", "recovery_target_xid", "recovery_target_inclusive", "recovery_target_timeline",
+	"recovery_target_action"}
+
+// dropRestoreCommand removes the recoveryOnly settings from
+// postgresql.auto.conf and, for a running server (pid > 0), makes it
+// reload.
 func (rec *recovery) dropRestoreCommand(pid *int) error {
-	if err := rewriteAutoConf(rec.root, nil, []string{"restore_command"}, rec.owner); err != nil {
+	if err := rewriteAutoConf(rec.root, nil, recoveryOnly, rec.owner); err != nil {
 		return err
 	}
 	if pid != nil {
@@ -897,16 +905,22 @@ func (w *recoveryWatch) result(ctx context.Context, state endState) (guest.Recov
 	return res, nil
 }
 
-// resetRestoreCommand removes restore_command with ALTER SYSTEM and
-// reloads, or, if that fails, edits the file and signals the postmaster.
+// resetRestoreCommand removes the recoveryOnly settings with ALTER SYSTEM
+// and reloads, or, if that fails, edits the file and signals the
+// postmaster.
 func (w *recoveryWatch) resetRestoreCommand(ctx context.Context) error {
-	_, err := w.conn.Exec(ctx, "ALTER SYSTEM RESET restore_command")
+	var err error
+	for _, k := range recoveryOnly {
+		if _, err = w.conn.Exec(ctx, "ALTER SYSTEM RESET "+k); err != nil { // k is one of the constants
+			break
+		}
+	}
 	if err == nil {
 		_, err = w.conn.Exec(ctx, "SELECT pg_reload_conf()")
 	}
 	if err == nil {
 		return nil
 	}
-	w.rec.rt.cfg.Logger.Warn("ALTER SYSTEM RESET restore_command failed; editing the file", "err", err)
+	w.rec.rt.cfg.Logger.Warn("ALTER SYSTEM RESET of the recovery settings failed; editing the file", "err", err)
 	return w.rec.dropRestoreCommand(&w.pid)
 }
