@@ -18,7 +18,7 @@ setup:
 
 ## test: everything CI runs: setup, formatting, vet, staticcheck, all tests with -race.
 test: setup check
-	go test -race -count=1 -timeout 25m ./...
+	go test -race -count=1 -timeout 45m ./...
 
 check: fmt vet staticcheck
 
