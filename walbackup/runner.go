@@ -265,9 +265,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer r.running.Store(false)
 	for ctx.Err() == nil {
 		next := r.poll(ctx)
-		r.cfg.Observer(RunnerEvent{Kind: RunnerIdle, Next: next})
-		// Never negative: a mock clock would go back to next.
+		// The timer exists before the observer hears of it: a test clock
+		// moved on the idle event must find it. Never negative: a mock
+		// clock would go back to next.
 		timer := r.cfg.Clock.Timer(max(next.Sub(r.cfg.Clock.Now()), 0))
+		r.cfg.Observer(RunnerEvent{Kind: RunnerIdle, Next: next})
 		select {
 		case <-timer.C:
 		case <-r.nudge:
