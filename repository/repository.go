@@ -20,6 +20,11 @@ var (
 	// ErrInvalidRange: a read starts past the end of the object or has a
 	// negative offset.
 	ErrInvalidRange = errors.New("invalid read range")
+	// ErrTooLarge: an object (or the part of it a reader holds in memory:
+	// a manifest, a bundle's index) is over the size its reader accepts,
+	// so a hostile repository cannot make the host allocate without bound.
+	// Writers refuse to write what their readers would refuse.
+	ErrTooLarge = errors.New("object over the size its reader accepts")
 )
 
 // Object describes a stored object.

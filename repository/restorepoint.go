@@ -6,6 +6,8 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -54,10 +56,81 @@ func WriteManifest(ctx context.Context, repo Putter, inst Instance, m *Manifest,
 	if err != nil {
 		return err
 	}
+	if len(b) > MaxManifest {
+		return fmt.Errorf("commit restore point %s: %w: manifest of %d bytes, at most %d", m.ID, ErrTooLarge, len(b), MaxManifest)
+	}
 	if err := repo.Put(ctx, inst.ManifestName(m.ID), bytes.NewReader(b)); err != nil {
+		if errors.Is(err, ErrConflict) {
+			if g, ok := repo.(Getter); ok && isAbandoned(ctx, g, inst, m.ID) {
+				err = ErrAbandoned
+			}
+		}
 		return fmt.Errorf("commit restore point %s: %w", m.ID, err)
 	}
 	return nil
+}
+
+// ErrAbandoned: the restore point never committed and its manifest name
+// holds a tombstone: an expiry removed its objects as garbage (its writer
+// crashed, or lost its lease and was paused past another process's run),
+// so it can never commit.
+var ErrAbandoned = errors.New("restore point abandoned: its objects were removed as garbage")
+
+// tombstone is what AbandonRestorePoint stores at a manifest's name. It is
+// the same bytes for the same restore point, so a repeated abandon is an
+// identical Put.
+type tombstone struct {
+	Abandoned string `json:"abandoned"` // the restore point's id
+	Note      string `json:"note"`
+}
+
+const tombstoneNote = "never committed; its objects were removed as garbage, and this name stays taken so it never commits"
+
+// AbandonRestorePoint claims the manifest name of the restore point id,
+// which has not committed, with a tombstone, before its objects are
+// removed: Put never overwrites, so of a late WriteManifest (a writer
+// paused past its lease) and the tombstone exactly one wins, on every
+// Repository. ErrCommitted when the manifest won: the restore point is
+// committed and its objects must stay. Idempotent.
+func AbandonRestorePoint(ctx context.Context, repo interface {
+	Putter
+	Getter
+}, inst Instance, id string) error {
+	b, err := json.Marshal(tombstone{Abandoned: id, Note: tombstoneNote})
+	if err != nil {
+		return err
+	}
+	err = repo.Put(ctx, inst.ManifestName(id), bytes.NewReader(b))
+	if errors.Is(err, ErrConflict) && !isAbandoned(ctx, repo, inst, id) {
+		return fmt.Errorf("abandon restore point %s: %w", id, ErrCommitted)
+	}
+	if err != nil {
+		return fmt.Errorf("abandon restore point %s: %w", id, err)
+	}
+	return nil
+}
+
+// ErrCommitted: AbandonRestorePoint found the restore point committed.
+var ErrCommitted = errors.New("restore point committed")
+
+// isAbandoned tells whether the manifest name of id holds a tombstone.
+func isAbandoned(ctx context.Context, repo Getter, inst Instance, id string) bool {
+	rc, err := repo.Get(ctx, inst.ManifestName(id), 0, -1)
+	if err != nil {
+		return false
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, MaxManifest+1))
+	return err == nil && tombstoneOf(b) != ""
+}
+
+// tombstoneOf returns the id a tombstone abandons, or "" for anything else.
+func tombstoneOf(b []byte) string {
+	var t tombstone
+	if len(b) > 4096 || json.Unmarshal(b, &t) != nil {
+		return ""
+	}
+	return t.Abandoned
 }
 
 // ReadManifest reads and validates the manifest of restore point id. With
@@ -69,12 +142,15 @@ func ReadManifest(ctx context.Context, repo Getter, inst Instance, id string, au
 		return nil, fmt.Errorf("read restore point %s: %w", id, err)
 	}
 	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, maxManifest+1))
+	b, err := io.ReadAll(io.LimitReader(rc, MaxManifest+1))
 	if err != nil {
 		return nil, fmt.Errorf("read restore point %s: %w", id, err)
 	}
-	if len(b) > maxManifest {
-		return nil, fmt.Errorf("%w: restore point %s: manifest over %d bytes", ErrBadManifest, id, maxManifest)
+	if len(b) > MaxManifest {
+		return nil, fmt.Errorf("%w: restore point %s: %w: manifest over %d bytes", ErrBadManifest, id, ErrTooLarge, MaxManifest)
+	}
+	if tombstoneOf(b) != "" {
+		return nil, fmt.Errorf("restore point %s: %w", id, ErrAbandoned)
 	}
 	m, err := DecodeManifest(b)
 	if err != nil {
@@ -98,11 +174,13 @@ func ReadManifest(ctx context.Context, repo Getter, inst Instance, id string, au
 	return m, nil
 }
 
-// maxManifest bounds a manifest read into memory.
-const maxManifest = 16 << 20
+// MaxManifest bounds a manifest read into memory; WriteManifest refuses a
+// larger one.
+const MaxManifest = 16 << 20
 
-// RestorePointIDs lists the committed restore points of inst (those whose
-// manifest is stored), oldest first. Objects of a restore point that never
+// RestorePointIDs lists the restore points of inst whose manifest name
+// holds something, oldest first: the committed ones, and abandoned ones
+// (ReadManifest gives ErrAbandoned). Objects of a restore point that never
 // committed are not listed.
 func RestorePointIDs(ctx context.Context, repo Lister, inst Instance) ([]string, error) {
 	prefix := inst.RestorePoint("")
@@ -128,7 +206,7 @@ type ListGetter interface {
 }
 
 // RestorePoints reads the manifests of every committed restore point of
-// inst, oldest first.
+// inst, oldest first; abandoned ones are left out.
 func RestorePoints(ctx context.Context, repo ListGetter, inst Instance, auth Authenticator) ([]*Manifest, error) {
 	ids, err := RestorePointIDs(ctx, repo, inst)
 	if err != nil {
@@ -137,6 +215,9 @@ func RestorePoints(ctx context.Context, repo ListGetter, inst Instance, auth Aut
 	out := make([]*Manifest, 0, len(ids))
 	for _, id := range ids {
 		m, err := ReadManifest(ctx, repo, inst, id, auth)
+		if errors.Is(err, ErrAbandoned) {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -137,3 +137,24 @@ func TestInstances(t *testing.T) {
 	assert.Equal(t, []uint64{7, 9}, []uint64{got[0].SystemID, got[1].SystemID})
 	assert.Equal(t, "db1", got[0].Machine)
 }
+
+// A manifest over MaxManifest is refused with ErrTooLarge when read (only
+// MaxManifest bytes are read) and when written.
+func TestManifestOverTheLimit(t *testing.T) {
+	ctx := context.Background()
+	repo := memory.New()
+	m := validManifest()
+	m.ID = repository.NewRestorePointID(time.Date(2026, 11, 25, 22, 0, 0, 0, time.UTC))
+	inst := repository.Instance{Job: m.Job, Machine: m.Machine, SystemID: m.SystemID}
+	m.BackupLabel = strings.Repeat("x", repository.MaxManifest)
+	require.ErrorIs(t, repository.WriteManifest(ctx, repo, inst, m, nil), repository.ErrTooLarge)
+	_, err := repo.Stat(ctx, inst.ManifestName(m.ID))
+	require.ErrorIs(t, err, repository.ErrNotFound, "nothing written")
+
+	b, err := repository.EncodeManifest(m)
+	require.NoError(t, err)
+	require.NoError(t, repo.Put(ctx, inst.ManifestName(m.ID), bytes.NewReader(b)))
+	_, err = repository.ReadManifest(ctx, repo, inst, m.ID, nil)
+	require.ErrorIs(t, err, repository.ErrTooLarge)
+	require.ErrorIs(t, err, repository.ErrBadManifest)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -229,7 +230,7 @@ func walNeeds(starts []walStart, hist map[uint32][]historyEntry) map[uint32]wal.
 // bundle that does not say when it was written stays). History files stay:
 // they are tiny and recovery needs them to follow timelines.
 func (j *Job) expireWAL(ctx context.Context, repo repository.Repository, inst repository.Instance, starts []walStart, segSize int64, out *Expired) error {
-	hist, unknown, err := readHistories(ctx, repo, inst)
+	hist, unknown, err := readHistories(ctx, repo, inst, j.cfg.Key)
 	if err != nil {
 		return err
 	}
@@ -281,7 +282,10 @@ func (j *Job) expireWAL(ctx context.Context, repo repository.Repository, inst re
 // committed (a parent that crashed, an expiry cut off after the
 // manifest), older than the newest committed one so a restore point being
 // written right now is never touched, and not held by a running restore
-// (whose manifest an expiry removed after the restore had read it).
+// (whose manifest an expiry removed after the restore had read it). Each
+// one's manifest name is first claimed by a tombstone, so a writer that
+// comes back late (paused past its lease) can never commit a restore point
+// whose objects are gone: its manifest is refused (ErrAbandoned).
 func (j *Job) removeGarbage(ctx context.Context, repo repository.Repository, inst repository.Instance, rps []*repository.Manifest,
 	pins []session.Pin, out *Expired) error {
 	committed := map[string]bool{}
@@ -294,7 +298,8 @@ func (j *Job) removeGarbage(ctx context.Context, repo repository.Repository, ins
 	folders := map[string]bool{}
 	err := repo.List(ctx, prefix, func(o repository.Object) error {
 		id, _, _ := strings.Cut(strings.TrimPrefix(o.Name, prefix), "/")
-		if !committed[id] && id < newest {
+		// A folder that holds only its tombstone is done.
+		if !committed[id] && id < newest && o.Name != inst.ManifestName(id) {
 			folders[id] = true
 		}
 		return nil
@@ -307,7 +312,14 @@ func (j *Job) removeGarbage(ctx context.Context, repo repository.Repository, ins
 			j.held(inst, id, p, out)
 			continue
 		}
-		if err := j.deletePrefix(ctx, repo, prefix+id+"/"); err != nil {
+		err := repository.AbandonRestorePoint(ctx, repo, inst, id)
+		if errors.Is(err, repository.ErrCommitted) {
+			continue // its writer committed it just now: not garbage
+		}
+		if err != nil {
+			return err
+		}
+		if err := j.deletePrefix(ctx, repo, prefix+id+"/", inst.ManifestName(id)); err != nil {
 			return err
 		}
 		out.Garbage = append(out.Garbage, id)
@@ -316,10 +328,13 @@ func (j *Job) removeGarbage(ctx context.Context, repo repository.Repository, ins
 	return nil
 }
 
-func (j *Job) deletePrefix(ctx context.Context, repo repository.Repository, prefix string) error {
+// deletePrefix deletes every object under prefix but those named in keep.
+func (j *Job) deletePrefix(ctx context.Context, repo repository.Repository, prefix string, keep ...string) error {
 	var names []string
 	if err := repo.List(ctx, prefix, func(o repository.Object) error {
-		names = append(names, o.Name)
+		if !slices.Contains(keep, o.Name) {
+			names = append(names, o.Name)
+		}
 		return nil
 	}); err != nil {
 		return err

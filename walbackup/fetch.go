@@ -86,7 +86,7 @@ func (x *walIndex) fetch(ctx context.Context, name string, w io.Writer) error {
 		return fmt.Errorf("fetch wal: %w", err)
 	}
 	if f.Kind == wal.History {
-		return fetchHistory(ctx, x.repo, x.inst, name, w)
+		return fetchHistory(ctx, x.repo, x.inst, name, x.key, w)
 	}
 	r, e, ok, listed, err := x.find(ctx, f.Timeline, name)
 	if err == nil && !ok && !listed {
@@ -113,19 +113,11 @@ func (x *walIndex) fetch(ctx context.Context, name string, w io.Writer) error {
 }
 
 // fetchHistory copies a timeline history file, stored as its own small
-// object (read back and compared when it was shipped).
-func fetchHistory(ctx context.Context, repo repository.Repository, inst repository.Instance, name string, w io.Writer) error {
-	rc, err := repo.Get(ctx, inst.HistoryName(name), 0, -1)
+// object (read back and compared when it was shipped; sealed with a key).
+func fetchHistory(ctx context.Context, repo repository.Repository, inst repository.Instance, name string, key *bundle.Key, w io.Writer) error {
+	b, err := readHistoryObject(ctx, repo, inst.HistoryName(name), name, key)
 	if err != nil {
 		return fmt.Errorf("fetch wal %s: %w", name, err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, maxHistory+1))
-	if err != nil {
-		return fmt.Errorf("fetch wal %s: %w", name, err)
-	}
-	if len(b) > maxHistory {
-		return fmt.Errorf("fetch wal %s: over %d bytes", name, maxHistory)
 	}
 	_, err = w.Write(b)
 	return err

@@ -178,7 +178,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 	committed := false
 	defer func() {
 		if !committed {
-			j.deleteObjects(context.WithoutCancel(ctx), inst.RestorePoint(id)+"/")
+			j.deleteUncommitted(context.WithoutCancel(ctx), inst, id)
 		}
 	}()
 	endBackup := func() error {
@@ -283,10 +283,16 @@ func (j *Job) newestRestorePoint(ctx context.Context, inst repository.Instance) 
 	octx, cancel := j.op(ctx)
 	defer cancel()
 	ids, err := repository.RestorePointIDs(octx, j.cfg.Repository, inst)
-	if err != nil || len(ids) == 0 {
+	if err != nil {
 		return nil, err
 	}
-	return repository.ReadManifest(octx, j.cfg.Repository, inst, ids[len(ids)-1], j.auth())
+	for i := len(ids) - 1; i >= 0; i-- {
+		m, err := repository.ReadManifest(octx, j.cfg.Repository, inst, ids[i], j.auth())
+		if !errors.Is(err, repository.ErrAbandoned) {
+			return m, err
+		}
+	}
+	return nil, nil
 }
 
 // incrementalBase is the restore point the next image may build on: the
@@ -339,20 +345,34 @@ func (j *Job) walCovered(ctx context.Context, inst repository.Instance, tli uint
 	return nil
 }
 
-// deleteObjects removes what an uncommitted restore point left behind.
-func (j *Job) deleteObjects(ctx context.Context, prefix string) {
+// deleteUncommitted removes what an uncommitted restore point left behind.
+func (j *Job) deleteUncommitted(ctx context.Context, inst repository.Instance, id string) {
 	octx, cancel := j.op(ctx)
 	defer cancel()
+	// The manifest first: a commit whose answer was lost goes before the
+	// objects it names. A tombstone there stays: an expiry took the name so
+	// that nothing commits under it.
+	manifest := inst.ManifestName(id)
+	_, err := repository.ReadManifest(octx, j.cfg.Repository, inst, id, nil)
+	if !errors.Is(err, repository.ErrAbandoned) {
+		err = j.cfg.Repository.Delete(octx, manifest)
+	} else {
+		err = nil
+	}
 	var names []string
-	err := j.cfg.Repository.List(octx, prefix, func(o repository.Object) error {
-		names = append(names, o.Name)
-		return nil
-	})
+	if err == nil {
+		err = j.cfg.Repository.List(octx, inst.RestorePoint(id)+"/", func(o repository.Object) error {
+			if o.Name != manifest {
+				names = append(names, o.Name)
+			}
+			return nil
+		})
+	}
 	for _, n := range names {
 		err = errors.Join(err, j.cfg.Repository.Delete(octx, n))
 	}
 	if err != nil {
-		j.cfg.Logger.Warn("delete the objects of an uncommitted restore point; expiry removes them later", "prefix", prefix, "err", err)
+		j.cfg.Logger.Warn("delete the objects of an uncommitted restore point; expiry removes them later", "restore_point", id, "err", err)
 	}
 }
 

@@ -96,7 +96,7 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 	var shipped []string
 	var conflicts []error
 	for _, name := range histories {
-		n, err := shipHistory(ctx, rt, repo, inst, name)
+		n, err := shipHistory(ctx, rt, repo, inst, name, opts.Key)
 		if errors.Is(err, repository.ErrConflict) {
 			// Another history of the same timeline: keep this one aside.
 			_, err = compareStored(ctx, rt, repo, inst, name, [32]byte{}, opts)
@@ -319,11 +319,11 @@ func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 	return raw, want, st.Size, unknown, nil
 }
 
-// shipHistory stores a timeline history file as its own object. The same
-// name with other content is a split brain: Put refuses it.
-func shipHistory(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, name string) (int64, error) {
+// shipHistory stores a timeline history file as its own object (sealed
+// with a key) and reads it back. The same name with other content is a
+// split brain: ErrConflict.
+func shipHistory(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, name string, key *bundle.Key) (int64, error) {
 	var content []byte
-	var sum [32]byte
 	err := rt.Read(ctx, []string{name}, func(f guest.Frame) error {
 		b, err := decode(f)
 		if err != nil {
@@ -333,23 +333,30 @@ func shipHistory(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 		if int64(len(b)) != size || sha256.Sum256(b) != s {
 			return fmt.Errorf("%w: %s", ErrChecksum, name)
 		}
-		content, sum = b, s
+		content = b
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("ship %s: %w", name, err)
 	}
 	obj := inst.HistoryName(name)
-	if err := repo.Put(ctx, obj, bytes.NewReader(content)); err != nil {
+	stored, err := encodeHistory(obj, name, content, key)
+	if err != nil {
+		return 0, fmt.Errorf("ship %s: %w", name, err)
+	}
+	err = repo.Put(ctx, obj, bytes.NewReader(stored))
+	if errors.Is(err, repository.ErrConflict) && key != nil {
+		// A sealed copy never has the same bytes twice (random nonces):
+		// what it holds decides.
+		if back, rerr := readHistoryObject(ctx, repo, obj, name, key); rerr == nil && bytes.Equal(back, content) {
+			err = nil
+		}
+	}
+	if err != nil {
 		return 0, fmt.Errorf("store %s: %w", obj, err)
 	}
-	rc, err := repo.Get(ctx, obj, 0, -1)
-	if err != nil {
-		return 0, fmt.Errorf("read back %s: %w", obj, err)
-	}
-	defer rc.Close()
-	back, err := io.ReadAll(rc)
-	if err != nil || sha256.Sum256(back) != sum {
+	back, err := readHistoryObject(ctx, repo, obj, name, key)
+	if err != nil || !bytes.Equal(back, content) {
 		return 0, fmt.Errorf("read back %s: %w", obj, errors.Join(err, ErrChecksum))
 	}
 	return int64(len(content)), nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -326,4 +327,46 @@ func TestFetchWALCompressed(t *testing.T) {
 	replace(t, repo, refs[0].Object.Name, func(b []byte) []byte { b[e.Offset+e.Length/2] ^= 1; return b })
 	err = walbackup.FetchWAL(ctx, repo, inst, seg(1, 1), nil, &zstdReceiver{})
 	require.ErrorIs(t, err, bundle.ErrCorrupt)
+}
+
+// With a key, a timeline history file is stored sealed for its object
+// name: its lines are not in clear, FetchWAL gives them back, a retried
+// ship of the same file is not a split brain, and a history written in
+// clear (by anyone who can write to the repository) or moved from another
+// instance is refused, so recovery cannot be sent down a planted timeline.
+func TestShipOnceSealsHistoryFiles(t *testing.T) {
+	ctx := context.Background()
+	key, err := bundle.NewKey(bytes.Repeat([]byte{9}, bundle.KeySize))
+	require.NoError(t, err)
+	history := []byte("1\t0/5000000\tbefore 2026\n")
+	g, rt := fakeGuest(t, map[string][]byte{"00000002.history": history, seg(2, 5): []byte("timeline two")})
+	repo := memory.New()
+	_, err = walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Key: key})
+	require.NoError(t, err)
+	assert.Empty(t, g.Waiting())
+	name := inst.HistoryName("00000002.history")
+	rc, err := repo.Get(ctx, name, 0, -1)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	assert.NotContains(t, string(b), "before 2026", "sealed, not in clear")
+
+	var got bytes.Buffer
+	require.NoError(t, walbackup.FetchWAL(ctx, repo, inst, "00000002.history", key, &got))
+	assert.Equal(t, history, got.Bytes())
+	require.ErrorIs(t, walbackup.FetchWAL(ctx, repo, inst, "00000002.history", nil, io.Discard), bundle.ErrKeyRequired)
+
+	// The guest archives the same file again (a crash before it was
+	// removed): the sealed copy holds the same lines.
+	g.AddWAL("00000002.history", history)
+	_, err = walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Key: key})
+	require.NoError(t, err)
+	assert.Empty(t, g.Waiting())
+
+	// Planted in clear, and moved from another instance.
+	planted := repository.Instance{Job: inst.Job, Machine: inst.Machine, SystemID: inst.SystemID + 1}
+	require.NoError(t, repo.Put(ctx, planted.HistoryName("00000003.history"), strings.NewReader("2\t0/6000000\tforged\n")))
+	require.ErrorIs(t, walbackup.FetchWAL(ctx, repo, planted, "00000003.history", key, io.Discard), bundle.ErrNotEncrypted)
+	require.NoError(t, repo.Put(ctx, planted.HistoryName("00000002.history"), bytes.NewReader(b)))
+	require.ErrorIs(t, walbackup.FetchWAL(ctx, repo, planted, "00000002.history", key, io.Discard), bundle.ErrCorrupt)
 }

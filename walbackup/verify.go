@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -108,6 +109,9 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 	var rps []*repository.Manifest
 	for _, id := range ids {
 		m, err := repository.ReadManifest(ctx, j.cfg.Repository, inst, id, j.auth())
+		if errors.Is(err, repository.ErrAbandoned) {
+			continue // never committed: its objects are garbage
+		}
 		if err != nil {
 			problem(ProblemManifest, inst.ManifestName(id), "", "%v", err)
 			continue
@@ -224,7 +228,7 @@ func (j *Job) timelines(ctx context.Context, inst repository.Instance, problem f
 		if err != nil || f.Kind != wal.History {
 			continue
 		}
-		h, err := readHistory(ctx, j.cfg.Repository, name)
+		h, err := readHistory(ctx, j.cfg.Repository, name, j.cfg.Key)
 		if err != nil {
 			problem(ProblemCorrupt, name, "", "%v", err)
 			continue
@@ -248,18 +252,10 @@ type historyEntry struct {
 
 // readHistory reads a timeline history file ("<parent>\t<lsn>\t<reason>"
 // lines, the last naming the timeline's own branch point).
-func readHistory(ctx context.Context, repo repository.Getter, name string) ([]historyEntry, error) {
-	rc, err := repo.Get(ctx, name, 0, -1)
+func readHistory(ctx context.Context, repo repository.Getter, name string, key *bundle.Key) ([]historyEntry, error) {
+	b, err := readHistoryObject(ctx, repo, name, name[strings.LastIndex(name, "/")+1:], key)
 	if err != nil {
 		return nil, err
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, maxHistory+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxHistory { // refused, as fetching and shipping refuse it, not cut off
-		return nil, fmt.Errorf("history file %s: over %d bytes", name, maxHistory)
 	}
 	var out []historyEntry
 	sc := bufio.NewScanner(bytes.NewReader(b))
@@ -286,7 +282,7 @@ func readHistory(ctx context.Context, repo repository.Getter, name string) ([]hi
 
 // readHistories reads the history files of inst's timelines, by timeline;
 // unknown are the timelines whose history file could not be read.
-func readHistories(ctx context.Context, repo repository.ListGetter, inst repository.Instance) (map[uint32][]historyEntry, map[uint32]bool, error) {
+func readHistories(ctx context.Context, repo repository.ListGetter, inst repository.Instance, key *bundle.Key) (map[uint32][]historyEntry, map[uint32]bool, error) {
 	prefix := inst.HistoryName("")
 	var names []string
 	if err := repo.List(ctx, prefix, func(o repository.Object) error {
@@ -301,7 +297,7 @@ func readHistories(ctx context.Context, repo repository.ListGetter, inst reposit
 		if err != nil || f.Kind != wal.History {
 			continue
 		}
-		h, err := readHistory(ctx, repo, name)
+		h, err := readHistory(ctx, repo, name, key)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil, ctx.Err()

@@ -295,6 +295,9 @@ func (e *export) putIndex(ctx context.Context, dst hypervisor.ObjectPutter, idx 
 	if err != nil {
 		return hypervisor.ImageObject{}, err
 	}
+	if len(data) > MaxIndex {
+		return hypervisor.ImageObject{}, fmt.Errorf("index of %d files: %w: %d bytes, at most %d", len(idx.Files), repository.ErrTooLarge, len(data), MaxIndex)
+	}
 	var buf bytes.Buffer
 	w, err := bundle.NewWriter(&buf, name, e.s.h.cfg.Key)
 	if err != nil {

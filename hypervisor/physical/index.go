@@ -20,8 +20,10 @@ import (
 // IndexVersion is the index format this package writes and reads.
 const IndexVersion = 1
 
-// maxIndexObject bounds the index object a reader loads into memory.
-const maxIndexObject = 1 << 30
+// MaxIndex bounds an image's index as a reader holds it in memory (its
+// JSON, about two million files): a larger one is repository.ErrTooLarge,
+// refused when written and when read.
+const MaxIndex = 512 << 20
 
 // ErrBadIndex is returned (wrapped) when an index does not parse or breaks
 // its rules.
@@ -160,8 +162,11 @@ func (h *Hypervisor) ReadIndex(ctx context.Context, src hypervisor.ObjectGetter,
 	}
 	obj, _ := objectOf(img, IndexObject)
 	name := img.Prefix + "/" + IndexObject
-	if obj.Size < 0 || obj.Size > maxIndexObject {
+	switch {
+	case obj.Size < 0:
 		return nil, fmt.Errorf("read index %s: size %d out of range", name, obj.Size)
+	case obj.Size > MaxIndex:
+		return nil, fmt.Errorf("read index %s: %w: %d bytes, at most %d", name, repository.ErrTooLarge, obj.Size, MaxIndex)
 	}
 	rc, err := src.Get(ctx, name, 0, -1)
 	if err != nil {
@@ -175,15 +180,15 @@ func (h *Hypervisor) ReadIndex(ctx context.Context, src hypervisor.ObjectGetter,
 	if sum := sha256.Sum256(data); int64(len(data)) != obj.Size || hex.EncodeToString(sum[:]) != obj.SHA256 {
 		return nil, fmt.Errorf("read index %s: %w: the object is not what the image recorded", name, ErrChecksum)
 	}
-	r, err := bundle.Open(ctx, bytesGetter(data), name, obj.Size, h.cfg.Key)
+	r, err := bundle.OpenBytes(ctx, data, name, h.cfg.Key)
 	if err != nil {
 		return nil, fmt.Errorf("read index %s: %w", name, err)
 	}
-	var buf bytes.Buffer
-	if _, err := r.WriteFile(ctx, IndexFile, &buf); err != nil {
+	b, err := r.ReadFile(ctx, IndexFile, MaxIndex)
+	if err != nil {
 		return nil, fmt.Errorf("read index %s: %w", name, err)
 	}
-	idx, err := decodeIndex(buf.Bytes())
+	idx, err := decodeIndex(b)
 	if err != nil {
 		return nil, fmt.Errorf("read index %s: %w", name, err)
 	}
@@ -192,18 +197,4 @@ func (h *Hypervisor) ReadIndex(ctx context.Context, src hypervisor.ObjectGetter,
 			idx.Machine, idx.Prefix, idx.Base, img.Machine, img.Prefix, img.Base)
 	}
 	return idx, nil
-}
-
-// bytesGetter serves ranged reads of an object already in memory.
-type bytesGetter []byte
-
-func (b bytesGetter) Get(_ context.Context, _ string, off, n int64) (io.ReadCloser, error) {
-	if off < 0 || off > int64(len(b)) {
-		return nil, repository.ErrInvalidRange
-	}
-	end := int64(len(b))
-	if n >= 0 && off+n < end {
-		end = off + n
-	}
-	return io.NopCloser(bytes.NewReader(b[off:end])), nil
 }

@@ -35,8 +35,19 @@
 // An incremental image's qcow2 holds only the clusters that changed; its
 // backing file is set at restore time.
 //
-// Restore fetches each image of a chain, verifies its checksum while
-// reading, decompresses it into a temporary folder in WorkDir, rebases each
+// With Config.Key the object is instead a bundle (repository/bundle),
+// Prefix + "/" + SealedObjectName, holding the qcow2 file compressed,
+// encrypted and authenticated in chunks and bound to its object name; a
+// Hypervisor with a key restores sealed images only (a plain one could be
+// forged), and one without a key cannot read them.
+//
+// Restore fetches each image of a chain, verifies its checksum (or, sealed,
+// authenticates every chunk) while reading, decompresses it into a
+// temporary folder in WorkDir, checks its qcow2 header (ErrUnsafeImage for
+// a backing file, an external data file, encryption or anything else that
+// would make qemu-img open a file the restore did not write), rebases each
 // incremental onto the image before it (qemu-img rebase -u), and converts
 // the top of the chain into a new standalone qcow2 file at the target path.
+// qemu-img is always told the formats (-f, -F): it never probes a file from
+// the repository.
 package qemu

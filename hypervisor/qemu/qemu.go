@@ -19,6 +19,7 @@ import (
 	"github.com/pglogship/pglogship/clock"
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/hypervisor/qemu/qmp"
+	"github.com/pglogship/pglogship/repository/bundle"
 )
 
 var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
@@ -41,12 +42,23 @@ const (
 	// base's bitmap marked changed: what the job copied.
 	MetaDirtyBytes = "dirty-bytes"
 
+	// MetaSealed is SealedBundle for an image written with Config.Key:
+	// its object is a sealed bundle, not a zstd stream.
+	MetaSealed = "sealed"
+
 	FormatQcow2     = "qcow2"
 	CompressionZstd = "zstd"
+	SealedBundle    = "bundle"
 )
 
-// ObjectName is the name, under an image's prefix, of its one object.
-const ObjectName = "disk.qcow2.zst"
+// ObjectName is the name, under an image's prefix, of its one object;
+// SealedObjectName that of an image written with Config.Key, a bundle
+// (repository/bundle) that holds the qcow2 file as SealedFile.
+const (
+	ObjectName       = "disk.qcow2.zst"
+	SealedObjectName = "disk.qcow2.bundle"
+	SealedFile       = "disk.qcow2"
+)
 
 // bitmapPrefix starts the name of every dirty bitmap this package adds.
 const bitmapPrefix = "pglogship-"
@@ -58,6 +70,12 @@ const cleanupTimeout = 30 * time.Second
 // ErrCorrupt: an image object read back does not have the size and
 // SHA-256 its Image records.
 var ErrCorrupt = errors.New("image object corrupt")
+
+// ErrUnsafeImage: a qcow2 file read from the repository is not one this
+// package writes: its header names a backing file, an external data file
+// or an encryption of its own, or it is not qcow2 at all. qemu-img would
+// open what such a header names, so it never sees the file.
+var ErrUnsafeImage = errors.New("image refused: not a plain qcow2 file of this hypervisor")
 
 // VM is a QEMU virtual machine to protect.
 type VM struct {
@@ -94,8 +112,13 @@ type Config struct {
 	// GuestAgentTimeout bounds each guest agent call (connect, freeze,
 	// thaw); default DefaultGuestAgentTimeout.
 	GuestAgentTimeout time.Duration
-	Clock             clock.Clock  // default clock.New()
-	Logger            *slog.Logger // default slog.Default()
+	// Key, when set, seals every image written (compressed, encrypted and
+	// authenticated, bound to its object name; repository/bundle) and
+	// makes Restore refuse an image that is not sealed with it. It is never
+	// stored.
+	Key    *bundle.Key
+	Clock  clock.Clock  // default clock.New()
+	Logger *slog.Logger // default slog.Default()
 }
 
 // Hypervisor backs up and restores QEMU VMs. Create it with New. Its

@@ -10,10 +10,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/repository/bundle"
 )
 
 // maxWindow bounds the zstd window a restore accepts; the encoder's
@@ -42,6 +44,14 @@ func (h *Hypervisor) restore(ctx context.Context, chain []hypervisor.Image, src 
 	if err := checkChain(chain); err != nil {
 		return err
 	}
+	for _, img := range chain {
+		switch sealed := img.Meta[MetaSealed] == SealedBundle; {
+		case sealed && h.cfg.Key == nil:
+			return fmt.Errorf("image %s: %w", img.Prefix, bundle.ErrKeyRequired)
+		case !sealed && h.cfg.Key != nil:
+			return fmt.Errorf("image %s: %w: refused, it could be forged", img.Prefix, bundle.ErrNotEncrypted)
+		}
+	}
 	target, err := filepath.Abs(target)
 	if err != nil {
 		return err
@@ -61,13 +71,26 @@ func (h *Hypervisor) restore(ctx context.Context, chain []hypervisor.Image, src 
 	}
 	pr := &progressReader{total: total, progress: progress}
 	var top string
+	size, _ := strconv.ParseInt(chain[0].Meta[MetaVirtualSize], 10, 64)
 	for i, img := range chain {
 		file := filepath.Join(tmp, fmt.Sprintf("%03d.qcow2", i))
-		if err := fetch(ctx, src, img.Objects[0], file, pr); err != nil {
+		if img.Meta[MetaSealed] == SealedBundle {
+			err = h.fetchSealed(ctx, src, img.Objects[0], file, pr)
+		} else {
+			err = fetch(ctx, src, img.Objects[0], file, pr)
+		}
+		if err != nil {
 			return err
 		}
+		// Checked (and authenticated, when sealed) above; now its header,
+		// before qemu-img opens it.
+		if err := checkQcow2(file, size); err != nil {
+			return fmt.Errorf("image %s: %w", img.Prefix, err)
+		}
 		if top != "" {
-			if err := h.qemuImg(ctx, "rebase", "-u", "-F", FormatQcow2, "-b", top, file); err != nil {
+			// The backing file is the one before it, written here; formats
+			// are named, never probed.
+			if err := h.qemuImg(ctx, "rebase", "-u", "-f", FormatQcow2, "-F", FormatQcow2, "-b", top, file); err != nil {
 				return err
 			}
 		}
@@ -79,7 +102,7 @@ func (h *Hypervisor) restore(ctx context.Context, chain []hypervisor.Image, src 
 	// replaces an existing file, and the target appears whole or not at all.
 	partial := filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".partial-"+randomToken())
 	defer os.Remove(partial)
-	if err := h.qemuImg(ctx, "convert", "-O", FormatQcow2, top, partial); err != nil {
+	if err := h.qemuImg(ctx, "convert", "-f", FormatQcow2, "-O", FormatQcow2, top, partial); err != nil {
 		return err
 	}
 	if err := syncFile(partial); err != nil {
@@ -105,8 +128,11 @@ func checkChain(chain []hypervisor.Image) error {
 	}
 	for i, img := range chain {
 		switch {
-		case img.Meta[MetaFormat] != FormatQcow2 || img.Meta[MetaCompression] != CompressionZstd:
+		case img.Meta[MetaFormat] != FormatQcow2 || img.Meta[MetaCompression] != CompressionZstd ||
+			img.Meta[MetaSealed] != "" && img.Meta[MetaSealed] != SealedBundle:
 			return fmt.Errorf("image %s is not a zstd-compressed qcow2 image of this hypervisor", img.Prefix)
+		case img.Meta[MetaVirtualSize] == "":
+			return fmt.Errorf("image %s does not record its disk size", img.Prefix)
 		case len(img.Objects) != 1:
 			return fmt.Errorf("image %s has %d objects, want 1", img.Prefix, len(img.Objects))
 		case i == 0:
@@ -170,6 +196,58 @@ func fetch(ctx context.Context, src hypervisor.ObjectGetter, obj hypervisor.Imag
 		return fmt.Errorf("decompress %s: %w", obj.Name, derr)
 	}
 	return nil
+}
+
+// fetchSealed reads the sealed bundle obj from src and writes its qcow2
+// file to the new file at path: every chunk is authenticated with the key,
+// and the bundle opens only under the object name it was sealed for. pr
+// counts the stored bytes read.
+func (h *Hypervisor) fetchSealed(ctx context.Context, src hypervisor.ObjectGetter, obj hypervisor.ImageObject, path string, pr *progressReader) error {
+	counted := &countingGetter{src: src, pr: pr}
+	r, err := bundle.Open(ctx, counted, obj.Name, obj.Size, h.cfg.Key)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", obj.Name, err)
+	}
+	if es := r.Entries(); len(es) != 1 || es[0].Name != SealedFile {
+		return fmt.Errorf("%s: %w: the bundle does not hold exactly %s", obj.Name, ErrUnsafeImage, SealedFile)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := r.WriteFile(ctx, SealedFile, f)
+	if err := f.Close(); werr == nil {
+		werr = err
+	}
+	if werr != nil {
+		return fmt.Errorf("read %s: %w", obj.Name, werr)
+	}
+	return nil
+}
+
+// countingGetter counts the bytes read through it into pr.
+type countingGetter struct {
+	src hypervisor.ObjectGetter
+	pr  *progressReader
+}
+
+func (g *countingGetter) Get(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	rc, err := g.src.Get(ctx, name, offset, length)
+	if err != nil {
+		return nil, err
+	}
+	return countingReadCloser{rc, g.pr}, nil
+}
+
+type countingReadCloser struct {
+	io.ReadCloser
+	pr *progressReader
+}
+
+func (c countingReadCloser) Read(b []byte) (int, error) {
+	n, err := c.ReadCloser.Read(b)
+	c.pr.count(n)
+	return n, err
 }
 
 // syncFile fsyncs a file or directory.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/hypervisor/qemu/qmp"
+	"github.com/pglogship/pglogship/repository/bundle"
 )
 
 // pollInterval is how often a wait for a job asks QEMU for its progress;
@@ -102,7 +103,11 @@ func (s *snapshot) export(ctx context.Context, dst hypervisor.ObjectPutter, pref
 	if err := s.detach(ctx, c); err != nil {
 		return hypervisor.Image{}, err
 	}
-	obj, err := upload(ctx, dst, prefix+"/"+ObjectName, s.path, progress)
+	name := prefix + "/" + ObjectName
+	if s.h.cfg.Key != nil {
+		name = prefix + "/" + SealedObjectName
+	}
+	obj, err := upload(ctx, dst, name, s.path, s.h.cfg.Key, progress)
 	if err != nil {
 		return hypervisor.Image{}, err
 	}
@@ -128,6 +133,9 @@ func (s *snapshot) export(ctx context.Context, dst hypervisor.ObjectPutter, pref
 	}
 	if !s.full {
 		meta[MetaDirtyBytes] = strconv.FormatInt(s.dirty, 10)
+	}
+	if s.h.cfg.Key != nil {
+		meta[MetaSealed] = SealedBundle
 	}
 	return hypervisor.Image{
 		Machine: s.vm.ID,
@@ -334,7 +342,7 @@ func (s *snapshot) removeBitmaps(ctx context.Context, c *qmp.Client, drop func(n
 
 // upload streams the file at path, zstd-compressed, into dst under name
 // and returns the stored object's size and SHA-256.
-func upload(ctx context.Context, dst hypervisor.ObjectPutter, name, path string, progress func(hypervisor.Progress)) (hypervisor.ImageObject, error) {
+func upload(ctx context.Context, dst hypervisor.ObjectPutter, name, path string, key *bundle.Key, progress func(hypervisor.Progress)) (hypervisor.ImageObject, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return hypervisor.ImageObject{}, err
@@ -349,12 +357,11 @@ func upload(ctx context.Context, dst hypervisor.ObjectPutter, name, path string,
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		enc, err := zstd.NewWriter(pw)
-		if err == nil {
-			_, err = enc.ReadFrom(src)
-			if cerr := enc.Close(); err == nil {
-				err = cerr
-			}
+		var err error
+		if key != nil {
+			err = seal(pw, name, key, src)
+		} else {
+			err = compress(pw, src)
 		}
 		pw.CloseWithError(err) // nil: the reader sees EOF
 		done <- err
@@ -374,6 +381,34 @@ func upload(ctx context.Context, dst hypervisor.ObjectPutter, name, path string,
 	return hypervisor.ImageObject{Name: name, Size: counted.n, SHA256: hex.EncodeToString(sum.Sum(nil))}, nil
 }
 
+// compress writes src to w as one zstd stream.
+func compress(w io.Writer, src io.Reader) error {
+	enc, err := zstd.NewWriter(w)
+	if err != nil {
+		return err
+	}
+	_, err = enc.ReadFrom(src)
+	if cerr := enc.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// seal writes src to w as a bundle sealed with key for the object name,
+// holding one file, SealedFile: compressed, encrypted and authenticated in
+// chunks, so a restore checks every byte before qemu-img reads it.
+func seal(w io.Writer, name string, key *bundle.Key, src io.Reader) error {
+	bw, err := bundle.NewWriter(w, name, key)
+	if err != nil {
+		return err
+	}
+	if _, err := bw.Add(SealedFile, bundle.Raw, src); err != nil {
+		return err
+	}
+	_, err = bw.Close()
+	return err
+}
+
 // progressReader reports how much was read every progressStep bytes.
 type progressReader struct {
 	r        io.Reader
@@ -384,11 +419,16 @@ type progressReader struct {
 
 func (p *progressReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
+	p.count(n)
+	return n, err
+}
+
+// count adds n bytes read, reporting every progressStep.
+func (p *progressReader) count(n int) {
 	p.n += int64(n)
 	if p.n-p.last >= progressStep {
 		p.report()
 	}
-	return n, err
 }
 
 func (p *progressReader) report() {

@@ -132,6 +132,13 @@ func bareQEMUBinary(t testing.TB, name string) string {
 	return absPath(t, p)
 }
 
+// QemuImg returns the absolute path of qemu-img, or fails t with the
+// command that installs it.
+func QemuImg(t testing.TB) string {
+	t.Helper()
+	return bareQEMUBinary(t, "qemu-img")
+}
+
 func (q *BareQEMU) qemuImg(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(q.QemuImg, args...).CombinedOutput()

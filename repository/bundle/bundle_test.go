@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/memory"
 )
@@ -487,4 +488,39 @@ func TestTapAndMeta(t *testing.T) {
 			assert.Nil(t, e.Meta)
 		}
 	}
+}
+
+// rangeGetter serves a bundle's header and a forged trailer for an object
+// of any size, counting the bytes it is asked for.
+type rangeGetter struct {
+	head, tail []byte
+	size       int64
+	asked      int64
+}
+
+func (g *rangeGetter) Get(_ context.Context, _ string, off, n int64) (io.ReadCloser, error) {
+	g.asked += n
+	switch {
+	case off == 0 && n <= int64(len(g.head)):
+		return io.NopCloser(bytes.NewReader(g.head[:n])), nil
+	case off == g.size-int64(len(g.tail)):
+		return io.NopCloser(bytes.NewReader(g.tail)), nil
+	}
+	return nil, fmt.Errorf("read of %d bytes at %d", n, off)
+}
+
+// A trailer that points at an index over MaxIndex is refused with
+// repository.ErrTooLarge before the index is read: a hostile repository
+// cannot make a reader allocate gigabytes.
+func TestIndexOverTheLimitIsRefused(t *testing.T) {
+	b := write(t, []file{{segName(1), walLike(1, 1000)}}, nil, bundle.Raw)
+	trailer := append([]byte(nil), b[len(b)-56:]...)
+	const index = bundle.MaxIndex + 1
+	size := int64(32 + index + 56)
+	binary.BigEndian.PutUint64(trailer[0:], 32)
+	binary.BigEndian.PutUint64(trailer[8:], index)
+	g := &rangeGetter{head: b[:32], tail: trailer, size: size}
+	_, err := bundle.Open(context.Background(), g, "b", size, nil)
+	require.ErrorIs(t, err, repository.ErrTooLarge)
+	assert.Less(t, g.asked, int64(1024), "the index was not read")
 }

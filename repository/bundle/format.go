@@ -39,9 +39,12 @@ const (
 	footerSize = 40
 	// footerChunk is the chunk number used for the footer's nonce.
 	footerChunk = ^uint32(0)
-	// maxIndex bounds the index a reader accepts (about 4 million files).
-	maxIndex = 1 << 30
 )
+
+// MaxIndex bounds the index a reader holds in memory (about a million
+// files); a larger one is repository.ErrTooLarge, and a writer refuses to
+// write it.
+const MaxIndex = 256 << 20
 
 // MaxWindow is the largest zstd window a reader accepts in a file's
 // stream; a receiver of Reader.WriteCompressed's stream should bound its
@@ -190,7 +193,7 @@ func parseTrailer(b []byte, size int64) (trailer, error) {
 		return t, fmt.Errorf("no bundle trailer (incomplete or not a bundle)")
 	}
 	off, n := binary.BigEndian.Uint64(b[0:]), binary.BigEndian.Uint64(b[8:])
-	if off < headerSize || n == 0 || n > maxIndex || off > uint64(size) || off+n != uint64(size-trailerSize) {
+	if off < headerSize || n == 0 || off > uint64(size) || off+n != uint64(size-trailerSize) {
 		return t, fmt.Errorf("trailer points outside the bundle")
 	}
 	t.indexOffset, t.indexLength = int64(off), int64(n)

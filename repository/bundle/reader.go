@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pglogship/pglogship/internal/zpool"
+	"github.com/pglogship/pglogship/repository"
 )
 
 // Getter is the part of a repository a reader needs: ranged reads.
@@ -59,6 +60,9 @@ func Open(ctx context.Context, src Getter, name string, size int64, key *Key) (*
 	t, err := parseTrailer(tb, size)
 	if err != nil {
 		return nil, r.corrupt("", err.Error())
+	}
+	if t.indexLength > MaxIndex {
+		return nil, fmt.Errorf("open bundle %s: %w: index of %d bytes, at most %d", name, repository.ErrTooLarge, t.indexLength, MaxIndex)
 	}
 	idx, err := r.read(ctx, t.indexOffset, t.indexLength)
 	if err != nil {
@@ -351,4 +355,55 @@ func (c *chunkReader) next() error {
 	c.final = final
 	c.n++
 	return nil
+}
+
+// OpenBytes opens a bundle held in memory whole, stored as name; see Open.
+func OpenBytes(ctx context.Context, b []byte, name string, key *Key) (*Reader, error) {
+	return Open(ctx, bytesGetter(b), name, int64(len(b)), key)
+}
+
+// bytesGetter serves ranged reads of a bundle in memory.
+type bytesGetter []byte
+
+func (b bytesGetter) Get(_ context.Context, _ string, off, n int64) (io.ReadCloser, error) {
+	if off < 0 || off > int64(len(b)) {
+		return nil, repository.ErrInvalidRange
+	}
+	end := int64(len(b))
+	if n >= 0 && off+n < end {
+		end = off + n
+	}
+	return io.NopCloser(bytes.NewReader(b[off:end])), nil
+}
+
+// ReadFile returns the content of the file name, checked as WriteFile
+// checks it. A file whose index entry says more than limit bytes is
+// repository.ErrTooLarge before it is read, and reading stops there too:
+// a frame that decompresses without end cannot fill the memory.
+func (r *Reader) ReadFile(ctx context.Context, name string, limit int64) ([]byte, error) {
+	e, ok := r.Entry(name)
+	if !ok {
+		return nil, fmt.Errorf("read %s from bundle %s: %w", name, r.name, ErrNoSuchFile)
+	}
+	if e.RawSize > limit {
+		return nil, fmt.Errorf("read %s from bundle %s: %w: %d bytes, at most %d", name, r.name, repository.ErrTooLarge, e.RawSize, limit)
+	}
+	buf := &limitedBuffer{n: int(limit)}
+	if _, err := r.WriteFile(ctx, name, buf); err != nil {
+		return nil, err
+	}
+	return buf.b.Bytes(), nil
+}
+
+// limitedBuffer fails with repository.ErrTooLarge past n bytes.
+type limitedBuffer struct {
+	b bytes.Buffer
+	n int
+}
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if l.b.Len()+len(p) > l.n {
+		return 0, fmt.Errorf("%w: over %d bytes", repository.ErrTooLarge, l.n)
+	}
+	return l.b.Write(p)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pglogship/pglogship/internal/asyncw"
 	"github.com/pglogship/pglogship/internal/zpool"
+	"github.com/pglogship/pglogship/repository"
 )
 
 // Codec says how the bytes given to Writer.Add are encoded.
@@ -339,6 +340,10 @@ func (w *Writer) Close() ([]Entry, error) {
 			return nil, err
 		}
 		idx = w.key.aead.Seal(nonce[:], nonce[:], idx, indexAAD(w.hdr.id, w.object))
+	}
+	if len(idx) > MaxIndex {
+		w.err = fmt.Errorf("close bundle: %w: index of %d bytes for %d files, at most %d", repository.ErrTooLarge, len(idx), len(w.entries), MaxIndex)
+		return nil, w.err
 	}
 	t := trailer{indexOffset: w.out.n, indexLength: int64(len(idx))}
 	sum := sha256.New()

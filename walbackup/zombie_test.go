@@ -1,0 +1,137 @@
+package walbackup_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/memory"
+	"github.com/pglogship/pglogship/session"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+// copyRestorePoint commits a copy of restore point from under a new id
+// taken at t, as another process's parent session would.
+func copyRestorePoint(t *testing.T, repo repository.Repository, from string, at time.Time) string {
+	t.Helper()
+	ctx := context.Background()
+	m, err := repository.ReadManifest(ctx, repo, inst42, from, nil)
+	require.NoError(t, err)
+	c := *m
+	c.ID = repository.NewRestorePointID(at)
+	for _, o := range m.Objects {
+		rc, err := repo.Get(ctx, inst42.RestorePoint(from)+"/"+o.Name, 0, -1)
+		require.NoError(t, err)
+		require.NoError(t, repo.Put(ctx, inst42.RestorePoint(c.ID)+"/"+o.Name, rc))
+		rc.Close()
+	}
+	require.NoError(t, repository.WriteManifest(ctx, repo, inst42, &c, nil))
+	return c.ID
+}
+
+// A process paused past its lease in the middle of a parent session, its
+// image stored but its manifest not yet written, comes back after another
+// process took a newer restore point and expired the paused one's objects
+// as garbage: its manifest is refused (ErrAbandoned), so no restore point
+// ever points at deleted objects; Verify finds nothing wrong; and the
+// restore point is not offered.
+func TestPausedWriterCannotCommitAfterItsObjectsWereRemoved(t *testing.T) {
+	ctx := context.Background()
+	var cfg walbackup.Config
+	h := newHarness(t, func(c *walbackup.Config) {
+		c.Schedule = nil
+		c.Retention = walbackup.Retention{RestorePoints: 2}
+		cfg = *c
+	})
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	h.addWAL()
+	h.step(t, 15*time.Minute)
+	require.NoError(t, h.job.StartParent(ctx))
+	h.idle(t)
+	rp1, err := repository.RestorePointIDs(ctx, h.repo, inst42)
+	require.NoError(t, err)
+	require.Len(t, rp1, 1)
+
+	// The other process: same job, same repository and store.
+	cfg.Observer = nil
+	other, err := walbackup.NewJob(cfg)
+	require.NoError(t, err)
+
+	var zombie string
+	var during walbackup.Expired
+	h.repo.SetFault(func(op memory.Op, name string) error {
+		if op != memory.OpPut || !strings.HasSuffix(name, "/manifest.json") || zombie != "" {
+			return nil
+		}
+		// Paused right before the commit; meanwhile the other process
+		// takes a newer restore point and runs expiry.
+		zombie = strings.TrimSuffix(strings.TrimPrefix(name, inst42.RestorePoint("")), "/manifest.json")
+		h.repo.SetFault(nil)
+		copyRestorePoint(t, h.repo, rp1[0], h.clk.Now().Add(time.Hour))
+		during, err = other.Expire(ctx)
+		require.NoError(t, err)
+		return nil
+	})
+	h.clk.Add(time.Minute)
+	h.addWAL()
+	require.NoError(t, h.job.StartParent(ctx))
+	h.idle(t)
+
+	require.NotEmpty(t, zombie)
+	assert.Equal(t, []string{zombie}, during.Garbage, "the paused writer's objects went as garbage")
+	parents := h.sessions(t, h.job.Name())
+	require.NotEmpty(t, parents)
+	assert.Equal(t, session.StateFailed, parents[0].State)
+	log, err := h.store.Log(ctx, parents[0].ID, 0, 100)
+	require.NoError(t, err)
+	var said []string
+	for _, e := range log {
+		said = append(said, e.Message)
+	}
+	assert.Contains(t, strings.Join(said, "\n"), repository.ErrAbandoned.Error())
+
+	rps, err := repository.RestorePoints(ctx, h.repo, inst42, nil)
+	require.NoError(t, err)
+	require.Len(t, rps, 2)
+	for _, m := range rps {
+		assert.NotEqual(t, zombie, m.ID, "the abandoned restore point is not offered")
+	}
+	_, err = repository.ReadManifest(ctx, h.repo, inst42, zombie, nil)
+	require.ErrorIs(t, err, repository.ErrAbandoned)
+	var left []string
+	require.NoError(t, h.repo.List(ctx, inst42.RestorePoint(zombie)+"/", func(o repository.Object) error {
+		left = append(left, o.Name)
+		return nil
+	}))
+	assert.Equal(t, []string{inst42.ManifestName(zombie)}, left, "only the tombstone stays")
+	rep := verify(t, h)
+	assert.True(t, rep.OK(), "%v", rep.Problems)
+	assert.Equal(t, 2, rep.RestorePoints)
+
+	// A second expiry has nothing left to do with it.
+	again, err := other.Expire(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, again.Garbage)
+	require.NoError(t, h.job.Disable(ctx))
+}
+
+// A restore point whose image object is gone (however that came about) is
+// reported by Verify, naming the object.
+func TestVerifyReportsARestorePointWithAMissingObject(t *testing.T) {
+	h := twoRestorePoints(t)
+	ctx := context.Background()
+	ids, err := repository.RestorePointIDs(ctx, h.repo, inst42)
+	require.NoError(t, err)
+	obj := inst42.RestorePoint(ids[1]) + "/disk.img"
+	require.NoError(t, h.repo.Delete(ctx, obj))
+	rep := verify(t, h)
+	require.Len(t, rep.Problems, 1, "%v", rep.Problems)
+	assert.Equal(t, walbackup.ProblemCorrupt, rep.Problems[0].Kind)
+	assert.Equal(t, obj, rep.Problems[0].Object)
+}
