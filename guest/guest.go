@@ -14,7 +14,8 @@ import (
 // Runtime.PrepareArchive returns one of them (wrapped, with the detail an
 // operator needs) instead of changing a setting it must not change.
 var (
-	ErrPostgresTooOld      = errors.New("postgresql 13 or later is required")
+	ErrPostgresTooOld      = errors.New("postgresql 13 or later is required (13 to 18 are supported)")
+	ErrPostgresTooNew      = errors.New("postgresql release newer than 18 is not supported yet (13 to 18 are)")
 	ErrWALLevel            = errors.New("wal_level must be replica or logical")
 	ErrArchiveModeOff      = errors.New("archive_mode must be on (changing it needs a restart)")
 	ErrArchiveCommandTaken = errors.New("archive_command or archive_library is already set by something else")
@@ -193,8 +194,14 @@ type Frame struct {
 	Checksum func() (rawSize int64, sha256 [32]byte)
 }
 
-// MinVersion is the oldest PostgreSQL (server_version_num) supported.
-const MinVersion = 130000
+// MinVersion is the oldest PostgreSQL (server_version_num) supported;
+// MaxVersion is past the newest: a release whose WAL, backup functions
+// and recovery settings have been checked (wal.NewestMajor). Nothing
+// newer is guessed at.
+const (
+	MinVersion = wal.OldestMajor * 10000
+	MaxVersion = (wal.NewestMajor + 1) * 10000
+)
 
 // CheckRequirements tells whether WAL of inst can be shipped, given a test
 // for whether an archive_command is already ours. It returns the first unmet
@@ -203,6 +210,8 @@ func CheckRequirements(inst Instance, ours func(archiveCommand string) bool) err
 	switch {
 	case inst.Version < MinVersion:
 		return fmt.Errorf("%w: found server_version_num %d", ErrPostgresTooOld, inst.Version)
+	case inst.Version >= MaxVersion:
+		return fmt.Errorf("%w: found server_version_num %d", ErrPostgresTooNew, inst.Version)
 	case inst.WALLevel != "replica" && inst.WALLevel != "logical":
 		return fmt.Errorf("%w: found %q", ErrWALLevel, inst.WALLevel)
 	case inst.ArchiveMode != "on" && inst.ArchiveMode != "always":

@@ -26,6 +26,11 @@ var (
 	// ErrRecoveryFailed: PostgreSQL stopped during recovery for another
 	// reason; the error carries the server's own log line.
 	ErrRecoveryFailed = errors.New("postgresql stopped during recovery")
+	// ErrReleaseMismatch: the PostgreSQL binaries a recovery would run are
+	// of another major release than the restored cluster (PG_VERSION):
+	// PostgreSQL cannot read or replay another major's files and WAL.
+	// Nothing was changed.
+	ErrReleaseMismatch = errors.New("postgresql major release of the binaries differs from the restored cluster's")
 )
 
 // FetchFunc writes the WAL file name (a segment, or a .partial, .backup or

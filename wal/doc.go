@@ -2,6 +2,6 @@
 // of pglogship shares: log sequence numbers, segment and history file names
 // and their headers as the repository and guest packages need them, and a
 // Reader that reads the records of archived segments without PostgreSQL
-// (PostgreSQL 13 to 17) and sums up what they hold for restores: commit
+// (PostgreSQL 13 to 18) and sums up what they hold for restores: commit
 // times, transaction ids and named restore points.
 package wal

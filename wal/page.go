@@ -11,8 +11,16 @@ import (
 var ErrBadSegment = errors.New("wal segment does not match its name")
 
 // pageMagic is XLOG_PAGE_MAGIC by major version: the first two bytes of
-// every WAL page.
-var pageMagic = map[int]uint16{13: 0xD106, 14: 0xD10D, 15: 0xD110, 16: 0xD113, 17: 0xD116}
+// every WAL page. It is the list of supported releases: a release whose
+// WAL this package has not been checked against has no entry, and is
+// refused rather than guessed at.
+var pageMagic = map[int]uint16{13: 0xD106, 14: 0xD10D, 15: 0xD110, 16: 0xD113, 17: 0xD116, 18: 0xD118}
+
+// Oldest and newest PostgreSQL major releases whose WAL this package knows.
+const (
+	OldestMajor = 13
+	NewestMajor = 18
+)
 
 // PageMagic returns XLOG_PAGE_MAGIC for a server_version_num.
 func PageMagic(serverVersion int) (uint16, bool) {
@@ -46,7 +54,11 @@ func CheckSegmentHeader(name string, head []byte, segSize int64, systemID uint64
 		return bad("shorter than a page header")
 	}
 	magic := binary.LittleEndian.Uint16(head[0:])
-	if want, ok := PageMagic(serverVersion); ok && magic != want {
+	want, ok := PageMagic(serverVersion)
+	switch {
+	case !ok:
+		return bad("server version %d: PostgreSQL %d to %d are supported", serverVersion, OldestMajor, NewestMajor)
+	case magic != want:
 		return bad("page magic %#04x, want %#04x for server version %d", magic, want, serverVersion)
 	}
 	if info := binary.LittleEndian.Uint16(head[2:]); info&xlpLongHeader == 0 {

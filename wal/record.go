@@ -60,7 +60,7 @@ type ReaderConfig struct {
 }
 
 // Sizes and flags of PostgreSQL's WAL format (access/xlog_internal.h,
-// access/xlogrecord.h), the same from PostgreSQL 13 to 17, as 64-bit
+// access/xlogrecord.h), the same from PostgreSQL 13 to 18, as 64-bit
 // little-endian builds write it (WAL is in the server's byte order and
 // alignment).
 const (

@@ -125,7 +125,7 @@ func (j *Job) deployAll(ctx context.Context, cs *childSession, retry bool) {
 // met, a refused host key, no runtime for the guest) from a guest that is
 // only unreachable for now.
 func mustFix(err error) bool {
-	for _, e := range []error{guest.ErrHostKey, guest.ErrNoRuntime, guest.ErrPostgresTooOld, guest.ErrWALLevel,
+	for _, e := range []error{guest.ErrHostKey, guest.ErrNoRuntime, guest.ErrPostgresTooOld, guest.ErrPostgresTooNew, guest.ErrWALLevel,
 		guest.ErrArchiveModeOff, guest.ErrArchiveCommandTaken, guest.ErrTempFolder} {
 		if errors.Is(err, e) {
 			return true

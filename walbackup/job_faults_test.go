@@ -550,3 +550,26 @@ func TestRuntimeKilled(t *testing.T) {
 	}
 	assert.True(t, said, "the log says the runtime was replaced")
 }
+
+// A release the library does not know (a PostgreSQL 19) is refused at the
+// requirement check with its named error, which says what is supported:
+// the session fails (an operator must act), and archive_command is never
+// set.
+func TestUnknownReleaseRefused(t *testing.T) {
+	ctx := context.Background()
+	h19 := guesttest.NewGuest(guest.Instance{Version: 190000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42,
+		Timeline: 1, WALSegmentSize: 16 << 20})
+	h := newHarness(t, func(c *walbackup.Config) {
+		c.Guests = guesttest.NewDeployer(map[string]*guesttest.Guest{"vm1": h19})
+	})
+	require.NoError(t, h.job.Enable(ctx))
+	evs := h.idle(t)
+	require.NotEmpty(t, evs)
+	assert.Contains(t, evs[0].Message, "refused, fix this")
+	assert.Contains(t, evs[0].Message, guest.ErrPostgresTooNew.Error())
+	assert.Contains(t, evs[0].Message, "190000")
+	require.NoError(t, h.job.Disable(ctx))
+	assert.Equal(t, session.StateFailed, h.sessions(t, h.job.ChildName())[0].State)
+	assert.Empty(t, h19.Instance().ArchiveCommand, "archive_command never set")
+	assert.Zero(t, h19.Installed(), "the runtime uninstalled")
+}

@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,22 +30,34 @@ import (
 // The child job end to end on real components: PostgreSQL, OpenSSH, the
 // runtime deployed over SSH, a file-system repository and the PostgreSQL
 // session store; only time is virtual (and the parent's hypervisor fake).
+// On the oldest and the newest supported release (Debian's 15 runs it in
+// the S3 test), each the guest's server and the configuration database.
 func TestJobShipsRealWALOverSSH(t *testing.T) {
 	testenv.SkipIfShort(t)
-	repo, err := fs.New(fs.Config{Root: t.TempDir()})
-	require.NoError(t, err)
-	shipRealWALOverSSH(t, repo)
+	majors := testenv.SupportedMajors
+	for _, major := range []int{majors[0], majors[len(majors)-1]} {
+		t.Run(fmt.Sprintf("PostgreSQL %d", major), func(t *testing.T) {
+			t.Parallel()
+			repo, err := fs.New(fs.Config{Root: t.TempDir()})
+			require.NoError(t, err)
+			shipRealWALOverSSH(t, repo, major)
+		})
+	}
 }
 
-// shipRealWALOverSSH runs the child job on real PostgreSQL and OpenSSH
+// shipRealWALOverSSH runs the child job on real PostgreSQL (release
+// major; 0: Debian's) and OpenSSH
 // into repo for three intervals, then checks that every archived file is
 // in repo exactly once, byte-identical, and gone from the guest, and what
 // the session recorded. It returns the instance the WAL was shipped under
 // and the archived files' contents.
-func shipRealWALOverSSH(t *testing.T, repo repository.Repository) (repository.Instance, map[string][]byte) {
+func shipRealWALOverSSH(t *testing.T, repo repository.Repository, major int) (repository.Instance, map[string][]byte) {
 	t.Helper()
 	ctx := context.Background()
-	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{Major: major})
+	if major != 0 {
+		require.Equal(t, major, pg.Major(t))
+	}
 	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{User: pg.OSUser})
 	cb, err := knownhosts.New(sshd.KnownHostsFile)
 	require.NoError(t, err)

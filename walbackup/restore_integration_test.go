@@ -223,10 +223,16 @@ func (f *pitrFixture) restore(t *testing.T, target walbackup.Target) (*testenv.P
 	dir := filepath.Join(testenv.UserDir(t, f.pg.OSUser), "restored")
 	pg := testenv.PostgresFor(t, dir, f.pg)
 	res, err := f.job.Restore(context.Background(), walbackup.RestoreRequest{Machine: "db1", Target: target},
-		walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}, Recovery: walbackup.RecoveryOptions{
-			Port: pg.Port, SocketDir: pg.SocketDir, OSUser: f.pg.OSUser, ConfigFile: f.pg.ConfigFile,
-			Settings: map[string]string{"listen_addresses": "127.0.0.1"}}})
+		walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}, Recovery: f.recoveryOptions(pg)})
 	return pg, res, err
+}
+
+// recoveryOptions runs a recovery as the scratch or restored server pg:
+// its port and socket, the original's OS user, configuration file and
+// release's binaries, listening on loopback only.
+func (f *pitrFixture) recoveryOptions(pg *testenv.Postgres) walbackup.RecoveryOptions {
+	return walbackup.RecoveryOptions{Port: pg.Port, SocketDir: pg.SocketDir, OSUser: f.pg.OSUser, ConfigFile: f.pg.ConfigFile,
+		BinDir: f.pg.BinDir, Settings: map[string]string{"listen_addresses": "127.0.0.1"}}
 }
 
 // restoreChecked restores to target, which n transactions are committed

@@ -103,7 +103,7 @@ func TestJobShipsRealWALToMinIO(t *testing.T) {
 	require.NoError(t, s3repo.Check(ctx))
 	repo := &rangeRecorder{Repository: s3repo}
 
-	inst, originals := shipRealWALOverSSH(t, repo)
+	inst, originals := shipRealWALOverSSH(t, repo, 0)
 
 	keys := m.Keys(t, bucket)
 	require.NotEmpty(t, keys)

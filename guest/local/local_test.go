@@ -111,6 +111,29 @@ func TestRequirementErrorsCrossTheWire(t *testing.T) {
 	assert.Contains(t, err.Error(), "restart")
 }
 
+// A real PostgreSQL 12 is refused with its named error through the
+// runtime, before anything in the guest changes: archive_command stays
+// as it was, nothing is written to postgresql.auto.conf, no folder made.
+func TestPostgres12Refused(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{Major: 12})
+	require.Equal(t, 12, pg.Major(t))
+	before := pg.Psql(t, "postgres", "SHOW archive_command")
+	rt := deploy(t, pg, pg.Password, testenv.Logger(t))
+	defer rt.Close(ctx)
+	dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
+	err := rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: dir})
+	require.ErrorIs(t, err, guest.ErrPostgresTooOld)
+	assert.Contains(t, err.Error(), "13 to 18")
+	assert.Contains(t, err.Error(), "120022")
+	assert.Equal(t, before, pg.Psql(t, "postgres", "SHOW archive_command"), "archive_command untouched")
+	auto, err := os.ReadFile(filepath.Join(pg.DataDir, "postgresql.auto.conf"))
+	require.NoError(t, err)
+	assert.NotContains(t, string(auto), "archive_command")
+	assert.NoDirExists(t, dir)
+}
+
 func TestNewRefusesMissingBinary(t *testing.T) {
 	_, err := local.New(local.Config{})
 	require.ErrorContains(t, err, "binary is required")

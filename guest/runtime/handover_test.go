@@ -62,8 +62,10 @@ func TestRecoverLeavesPlantedLinksOutside(t *testing.T) {
 	u, err := serverUser(osUser, "/")
 	require.NoError(t, err)
 	bin := t.TempDir()
-	// pg_ctl fails: what matters is what happened before it ran.
-	require.NoError(t, os.WriteFile(filepath.Join(bin, "pg_ctl"), []byte("#!/bin/sh\necho no server here; exit 1\n"), 0o755))
+	// pg_ctl says its release, then fails: what matters is what happened
+	// before it ran.
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "pg_ctl"),
+		[]byte("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'pg_ctl (PostgreSQL) 15.18'; exit 0; }\necho no server here; exit 1\n"), 0o755))
 	r := New(Config{})
 	noFetch := func(context.Context, string, io.Writer) error { return guest.ErrNoSuchWAL }
 	dataDir := func(t *testing.T) string {

@@ -85,7 +85,7 @@ const (
 // the host for WAL files (Serve passes one that makes calls over the
 // protocol); it is called from several goroutines at once.
 func (r *Runtime) Recover(ctx context.Context, cfg guest.RecoveryConfig, fetch guest.FetchFunc) (guest.RecoveryResult, error) {
-	rec, err := r.planRecovery(cfg)
+	rec, err := r.planRecovery(ctx, cfg)
 	if err != nil {
 		return guest.RecoveryResult{}, fmt.Errorf("recover %s: %w", cfg.DataDir, err)
 	}
@@ -99,7 +99,7 @@ func (r *Runtime) Recover(ctx context.Context, cfg guest.RecoveryConfig, fetch g
 
 // planRecovery checks everything it can before anything is changed, and
 // opens the data directory (the recovery's root, closed by the caller).
-func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (_ *recovery, err error) {
+func (r *Runtime) planRecovery(ctx context.Context, cfg guest.RecoveryConfig) (_ *recovery, err error) {
 	if err := checkGuestPath("data directory", cfg.DataDir); err != nil {
 		return nil, err
 	}
@@ -153,6 +153,9 @@ func (r *Runtime) planRecovery(cfg guest.RecoveryConfig) (_ *recovery, err error
 	}
 	pgCtl, err := findPgCtl(cfg.BinDir, major)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkRelease(ctx, pgCtl, majorNum); err != nil {
 		return nil, err
 	}
 	return &recovery{rt: r, cfg: cfg, root: root, links: links, owner: owner, pgCtl: pgCtl, major: majorNum,
@@ -271,6 +274,32 @@ func serverUser(name, dataDir string) (*osUser, error) {
 		}
 	}
 	return ou, nil
+}
+
+// checkRelease refuses pg_ctl of another major release than the cluster's
+// (guest.ErrReleaseMismatch): it would start a postgres that cannot read
+// the files, or, worse, a pg_ctl that guesses. Its version line is
+// "pg_ctl (PostgreSQL) 18.4".
+func checkRelease(ctx context.Context, pgCtl string, major int) error {
+	out, err := exec.CommandContext(ctx, pgCtl, "--version").Output()
+	if err != nil {
+		return fmt.Errorf("%s --version: %w", pgCtl, err)
+	}
+	fields := strings.Fields(string(out))
+	if len(fields) == 0 {
+		return fmt.Errorf("%s --version: no version in %q", pgCtl, out)
+	}
+	version := fields[len(fields)-1]
+	first, _, _ := strings.Cut(version, ".")
+	got, err := strconv.Atoi(strings.TrimRightFunc(first, func(r rune) bool { return r < '0' || r > '9' }))
+	if err != nil {
+		return fmt.Errorf("%s --version: no version in %q", pgCtl, out)
+	}
+	if got != major {
+		return fmt.Errorf("%w: the cluster is PostgreSQL %d, %s is PostgreSQL %s: restore into a machine or bin directory of release %d",
+			guest.ErrReleaseMismatch, major, pgCtl, version, major)
+	}
+	return nil
 }
 
 // findPgCtl finds pg_ctl: in binDir when given, else where Debian and the

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/internal/testenv"
 )
 
 func TestCheckGuestPath(t *testing.T) {
@@ -189,52 +191,61 @@ func TestPlanRecoveryRefuses(t *testing.T) {
 		return d
 	}
 	t.Run("relative", func(t *testing.T) {
-		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: "data"})
+		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: "data"})
 		require.ErrorContains(t, err, "absolute")
 	})
 	t.Run("no cluster", func(t *testing.T) {
-		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: t.TempDir()})
+		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: t.TempDir()})
 		require.ErrorContains(t, err, "PG_VERSION")
 	})
 	t.Run("restore_command", func(t *testing.T) {
-		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), Settings: map[string]string{"restore_command": "cp /x/%f %p"}})
+		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t), Settings: map[string]string{"restore_command": "cp /x/%f %p"}})
 		require.ErrorContains(t, err, "restore_command")
 	})
 	t.Run("setting", func(t *testing.T) {
-		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), Settings: map[string]string{"port = 1\nx": "1"}})
+		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t), Settings: map[string]string{"port = 1\nx": "1"}})
 		require.ErrorContains(t, err, "setting name")
 	})
 	t.Run("configuration file", func(t *testing.T) {
 		conf := filepath.Join(t.TempDir(), "postgresql.conf")
 		require.NoError(t, os.WriteFile(conf, nil, 0o600))
-		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), ConfigFile: "postgresql.conf"})
+		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t), ConfigFile: "postgresql.conf"})
 		require.ErrorContains(t, err, "absolute")
-		_, err = r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), ConfigFile: filepath.Dir(conf)})
+		_, err = r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t), ConfigFile: filepath.Dir(conf)})
 		require.ErrorContains(t, err, "not a file")
 		// Both paths go into the server's command line.
 		d := filepath.Join(t.TempDir(), "my data")
 		require.NoError(t, os.Mkdir(d, 0o700))
 		require.NoError(t, os.WriteFile(filepath.Join(d, "PG_VERSION"), []byte("15\n"), 0o600))
-		_, err = r.planRecovery(guest.RecoveryConfig{DataDir: d, ConfigFile: conf})
+		_, err = r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: d, ConfigFile: conf})
 		require.ErrorContains(t, err, "without spaces or quotes")
 	})
 	t.Run("running", func(t *testing.T) {
 		d := dataDir(t)
 		pid := fmt.Sprintf("%d\n%s\n", os.Getpid(), d) // a live process
 		require.NoError(t, os.WriteFile(filepath.Join(d, "postmaster.pid"), []byte(pid), 0o600))
-		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: d})
+		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: d})
 		require.ErrorIs(t, err, guest.ErrServerRunning)
 		require.ErrorContains(t, err, strconv.Itoa(os.Getpid()))
 	})
 	t.Run("bin directory", func(t *testing.T) {
-		_, err := r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), BinDir: t.TempDir(), OSUser: osUserForTest(t)})
+		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t), BinDir: t.TempDir(), OSUser: osUserForTest(t)})
 		require.ErrorContains(t, err, "no pg_ctl")
+	})
+	t.Run("another major release", func(t *testing.T) {
+		testenv.SkipIfShort(t)
+		// A cluster of 15 and the binaries of a real 18.
+		bin := testenv.PostgresBinDirOf(t, 18)
+		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t), BinDir: bin, OSUser: osUserForTest(t)})
+		require.ErrorIs(t, err, guest.ErrReleaseMismatch)
+		require.ErrorContains(t, err, "PostgreSQL 15")
+		require.ErrorContains(t, err, "PostgreSQL 18.4")
 	})
 	if os.Geteuid() == 0 {
 		t.Run("root", func(t *testing.T) {
-			_, err := r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t)}) // owned by root
+			_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t)}) // owned by root
 			require.ErrorContains(t, err, "never runs as root")
-			_, err = r.planRecovery(guest.RecoveryConfig{DataDir: dataDir(t), OSUser: "root"})
+			_, err = r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t), OSUser: "root"})
 			require.ErrorContains(t, err, "never runs as root")
 		})
 	}

@@ -149,11 +149,13 @@ func (r *Runtime) verifyArchiving(ctx context.Context, conn *pgx.Conn, cmd strin
 		return fmt.Errorf("verify archiving: %w", err)
 	}
 	// A transaction with an xid writes a commit record, so the switch below
-	// always closes a segment with something in it.
+	// always closes a segment with something in it. Its own statement: a
+	// planner may drop an unused subquery (PostgreSQL 17 does), and with it
+	// the xid. pg_switch_wal returns a position in the segment it closed.
 	var segment string
-	err = conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_current_wal_lsn()) FROM (SELECT txid_current()) x").Scan(&segment)
+	_, err = conn.Exec(ctx, "SELECT txid_current()")
 	if err == nil {
-		_, err = conn.Exec(ctx, "SELECT pg_switch_wal()")
+		err = conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_switch_wal())").Scan(&segment)
 	}
 	if err != nil {
 		return fmt.Errorf("verify archiving: switch wal: %w", err)

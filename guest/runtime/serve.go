@@ -89,6 +89,7 @@ type NamesArgs struct {
 // Error codes carry the guest package's sentinels across the wire.
 var errorCodes = map[string]error{
 	"postgres_too_old":      guest.ErrPostgresTooOld,
+	"postgres_too_new":      guest.ErrPostgresTooNew,
 	"wal_level":             guest.ErrWALLevel,
 	"archive_mode_off":      guest.ErrArchiveModeOff,
 	"archive_command_taken": guest.ErrArchiveCommandTaken,
@@ -99,6 +100,7 @@ var errorCodes = map[string]error{
 	"server_running":        guest.ErrServerRunning,
 	"target_not_reached":    guest.ErrTargetNotReached,
 	"recovery_failed":       guest.ErrRecoveryFailed,
+	"release_mismatch":      guest.ErrReleaseMismatch,
 }
 
 // ErrorCode returns the wire code for err, or "".

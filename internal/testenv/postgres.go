@@ -42,6 +42,11 @@ type PostgresConfig struct {
 	// It needs postgresql-common, a Debian bin directory
 	// (/usr/lib/postgresql/<major>/bin) and root.
 	Debian bool
+	// Major is the PostgreSQL release to start (13 to 18, or 12 to see it
+	// refused): Debian's when installed, else the release's server
+	// binaries from the npm registry (PostgresBinDirOf). 0 is
+	// PostgresBinDir's, Debian's newest.
+	Major int
 }
 
 // Postgres is a running throw-away PostgreSQL cluster.
@@ -86,7 +91,11 @@ func StartPostgres(t testing.TB, cfg PostgresConfig) *Postgres {
 	t.Helper()
 	settings := mergeSettings(t, cfg)
 	acct := serverAccount(t)
-	p := newPostgres(t, acct, "")
+	binDir := ""
+	if cfg.Major != 0 {
+		binDir = PostgresBinDirOf(t, cfg.Major)
+	}
+	p := newPostgres(t, acct, "", binDir)
 	p.Password = randomHex(t, 16)
 	args := append([]string(nil), cfg.InitdbArgs...)
 	if cfg.ExternalWAL {
@@ -189,7 +198,7 @@ func (p *Postgres) createCluster(t testing.TB, initdbArgs []string) {
 func StartPostgresOn(t testing.TB, dataDir string, from *Postgres, cfg PostgresConfig) *Postgres {
 	t.Helper()
 	settings := mergeSettings(t, cfg)
-	p := newPostgres(t, from.account, dataDir)
+	p := newPostgres(t, from.account, dataDir, from.BinDir)
 	p.User, p.Password = from.User, from.Password
 	if err := os.Chmod(dataDir, 0o700); err != nil {
 		t.Fatalf("testenv: %v", err)
@@ -214,7 +223,7 @@ func StartPostgresOn(t testing.TB, dataDir string, from *Postgres, cfg PostgresC
 // stopped in t.Cleanup if it runs then. LogFile is unused.
 func PostgresFor(t testing.TB, dataDir string, from *Postgres) *Postgres {
 	t.Helper()
-	p := newPostgres(t, from.account, dataDir)
+	p := newPostgres(t, from.account, dataDir, from.BinDir)
 	p.User, p.Password = from.User, from.Password
 	p.Port = freePort(t)
 	t.Cleanup(func() { p.Stop(t) })
@@ -245,18 +254,22 @@ func mergeSettings(t testing.TB, cfg PostgresConfig) map[string]string {
 }
 
 // newPostgres makes the private folder for the socket and the log, and
-// the data directory's place in it unless dataDir is given.
-func newPostgres(t testing.TB, acct osAccount, dataDir string) *Postgres {
+// the data directory's place in it unless dataDir is given. binDir ""
+// is PostgresBinDir's.
+func newPostgres(t testing.TB, acct osAccount, dataDir, binDir string) *Postgres {
 	t.Helper()
 	base := privateDir(t, "pglogship-pg-")
 	if dataDir == "" {
 		dataDir = filepath.Join(base, "data")
 	}
+	if binDir == "" {
+		binDir = PostgresBinDir(t)
+	}
 	p := &Postgres{
 		Host:      "127.0.0.1",
 		SocketDir: filepath.Join(base, "socket"),
 		DataDir:   dataDir,
-		BinDir:    PostgresBinDir(t),
+		BinDir:    binDir,
 		User:      acct.Name,
 		OSUser:    acct.Name,
 		LogFile:   filepath.Join(base, "postgres.log"),
@@ -441,7 +454,7 @@ func (p *Postgres) Exec(t testing.TB, database, sql string, args ...any) {
 // without the trailing newline.
 func (p *Postgres) Psql(t testing.TB, database, sql string) string {
 	t.Helper()
-	cmd := commandAs(p.account, filepath.Join(p.BinDir, "psql"),
+	cmd := commandAs(p.account, psqlFor(t, p.BinDir),
 		"-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
 		"-h", p.SocketDir, "-p", strconv.Itoa(p.Port), "-d", database, "-c", sql)
 	cmd.Dir = p.baseDir
@@ -495,4 +508,28 @@ func mustWriteFile(t testing.TB, path string, data []byte, perm os.FileMode) {
 	if err := os.Chmod(path, perm); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
+}
+
+// psqlFor returns the psql of binDir, or, for a release tree without one
+// (the npm registry's have none), Debian's newest: psql talks to servers
+// of other releases.
+func psqlFor(t testing.TB, binDir string) string {
+	t.Helper()
+	if missingIn(binDir, []string{"psql"}) == "" {
+		return filepath.Join(binDir, "psql")
+	}
+	if dir := newestDebianPGBinDir(); dir != "" && missingIn(dir, []string{"psql"}) == "" {
+		return filepath.Join(dir, "psql")
+	}
+	return requireBinary(t, "psql", installPostgres)
+}
+
+// Major returns the server's major release, read from the server.
+func (p *Postgres) Major(t testing.TB) int {
+	t.Helper()
+	n, err := strconv.Atoi(p.Psql(t, "postgres", "SHOW server_version_num"))
+	if err != nil {
+		t.Fatalf("testenv: server_version_num: %v", err)
+	}
+	return n / 10000
 }

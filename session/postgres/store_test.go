@@ -32,9 +32,21 @@ func open(t testing.TB, cfg postgres.Config) *postgres.Store {
 	return st
 }
 
+// The store passes its suite (migrations, leases, pins) with every
+// supported release as the configuration database.
 func TestConformance(t *testing.T) {
 	testenv.SkipIfShort(t)
-	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	for _, major := range testenv.SupportedMajors {
+		t.Run(fmt.Sprintf("PostgreSQL %d", major), func(t *testing.T) {
+			t.Parallel()
+			conformance(t, testenv.PostgresConfig{Major: major})
+		})
+	}
+}
+
+func conformance(t *testing.T, cfg testenv.PostgresConfig) {
+	pg := testenv.StartPostgres(t, cfg)
+	t.Log(pg.Psql(t, "postgres", "SELECT version()"))
 	pg.CreateDatabase(t, "config")
 	dsn := pg.ConnString("config")
 	var n atomic.Int64
