@@ -59,6 +59,7 @@ fuzz:
 ## to the end of 1 GiB of WAL against async archive-get and cp; repository
 ## throughput and peak memory. The summary table and the raw output go to
 ## bench/results/.
+## BENCH_PG=18 runs them on another PostgreSQL release (13 to 18).
 BENCH_RECOVER_SEGMENTS ?= 64
 bench: setup
-	BENCH_RECOVER_SEGMENTS=$(BENCH_RECOVER_SEGMENTS) scripts/bench
+	BENCH_RECOVER_SEGMENTS=$(BENCH_RECOVER_SEGMENTS) BENCH_PG=$(BENCH_PG) scripts/bench

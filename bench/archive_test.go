@@ -25,7 +25,11 @@ const memorySegments = 8
 func BenchmarkArchiveCommand(b *testing.B) {
 	segs := testenv.WALCorpus(b, corpusSegments)
 	pg := testenv.StartCorpusPostgres(b, corpusSegments, testenv.PostgresConfig{})
-	pb := testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{})
+	peer := peerRuns(b, pg)
+	var pb *testenv.PgBackRest
+	if peer {
+		pb = testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{})
+	}
 	data := standIn(b, pg, segs, false)
 
 	var dirs = map[string]string{} // contender and round: its target folder
@@ -61,6 +65,9 @@ func BenchmarkArchiveCommand(b *testing.B) {
 		},
 	}
 	names := []string{"pglogship archive_command", "cp + sync", "pgBackRest push zst", "pgBackRest push lz4"}
+	if !peer {
+		names = names[:2]
+	}
 	// archive runs name's command for segs from one script, sampling the
 	// memory of its processes: the untimed pass for peak memory.
 	archive := func(name, key string, segs []string, sample bool) result {

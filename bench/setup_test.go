@@ -231,3 +231,25 @@ func must(b *testing.B, err error) {
 		b.Fatal(err)
 	}
 }
+
+// peerRuns tells whether pgBackRest can be compared on pg's release (make
+// bench BENCH_PG=...), and logs the release and, if not, why its rows are
+// left out.
+func peerRuns(b *testing.B, pg *testenv.Postgres) bool {
+	b.Helper()
+	major := pg.Major(b)
+	b.Logf("PostgreSQL %d: %s", major, pg.Psql(b, "postgres", "SELECT version()"))
+	ok, why := testenv.PgBackRestSupports(b, major)
+	if !ok {
+		b.Logf("%s: its rows are left out", why)
+	}
+	return ok
+}
+
+// ratioOr is ratio(a, b), or "-" without a baseline a.
+func ratioOr(a, b time.Duration) string {
+	if a == 0 {
+		return "-"
+	}
+	return ratio(a, b)
+}

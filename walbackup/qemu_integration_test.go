@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -29,7 +30,7 @@ import (
 const guestPgbench = "/usr/lib/postgresql/" + testenv.GuestPostgresVersion + "/bin/pgbench"
 
 // The QEMU hypervisor through the job, on a real VM booted from the cached
-// Debian image with pgbench running inside: a full restore point, then an
+// Debian image with PostgreSQL 18 and pgbench running inside: a full restore point, then an
 // incremental one whose stored size is at most 1.1 times the dirty bytes of
 // the bitmap; each holds PostgreSQL's backup_label; the child job ships the
 // guest's WAL over SSH meanwhile. Then a point-in-time restore inside a
@@ -41,13 +42,17 @@ const guestPgbench = "/usr/lib/postgresql/" + testenv.GuestPostgresVersion + "/b
 func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
-	vm := testenv.StartVM(t, testenv.VMConfig{})
+	// PostgreSQL 18, the npm registry's build baked into the image (the
+	// example in examples/qemu-vm runs Debian's 15).
+	vm := testenv.StartVM(t, testenv.VMConfig{Major: testenv.GuestReleaseMajor})
+	require.True(t, strings.HasPrefix(vm.Psql(t, "SELECT version()"), "PostgreSQL 18."))
+	pgbench := fmt.Sprintf("%s -p %d", guestPgbench, vm.Port)
 	knownHosts := []string{vm.KnownHostsFile}
 	deployer, err := gssh.New(gssh.Config{
 		User: "postgres", Auth: []ssh.AuthMethod{ssh.PublicKeys(vm.ClientSigner)}, HostKeyCallback: hostKeysIn(&knownHosts),
 		Binaries: map[string]string{"amd64": testenv.BuildRuntime(t)},
 		BaseDir:  testenv.GuestTempDir + "/runtimes",
-		Conn:     runtime.ConnConfig{Host: "/var/run/postgresql", Port: 5432, User: "postgres"},
+		Conn:     runtime.ConnConfig{Host: "/var/run/postgresql", Port: vm.Port, User: "postgres"},
 		Logger:   testenv.Logger(t),
 	})
 	require.NoError(t, err)
@@ -72,9 +77,10 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 
 	require.NoError(t, job.Enable(ctx))
 	h.idle(t)
-	vm.Run(t, "postgres", guestPgbench+" -i -s 5 -q postgres && psql -qc CHECKPOINT")
+	vm.Run(t, "postgres", pgbench+" -i -s 5 -q postgres")
+	vm.Psql(t, "CHECKPOINT")
 	// pgbench keeps writing for the rest of the test, detached from SSH.
-	vm.Run(t, "postgres", "setsid nohup "+guestPgbench+" -c 2 -T 900 postgres </dev/null >/tmp/pgbench.log 2>&1 &")
+	vm.Run(t, "postgres", "setsid nohup "+pgbench+" -c 2 -T 900 postgres </dev/null >/tmp/pgbench.log 2>&1 &")
 	time.Sleep(5 * time.Second)
 
 	parent := func() time.Duration {
@@ -135,18 +141,18 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	start := time.Now()
 	require.NoError(t, job.RestoreImage(ctx, plan, disk, nil))
 	t.Logf("restore of the full and incremental chain: %v", time.Since(start).Round(time.Millisecond))
-	vm2 := testenv.StartVM(t, testenv.VMConfig{Disk: disk, NoPostgres: true})
+	vm2 := testenv.StartVM(t, testenv.VMConfig{Disk: disk, NoPostgres: true, Major: testenv.GuestReleaseMajor})
 	assert.Empty(t, strings.TrimSpace(vm2.Run(t, "root", "pgrep -x postgres || true")), "PostgreSQL waits for the restore")
 	knownHosts = append(knownHosts, vm2.KnownHostsFile)
 	start = time.Now()
 	res, err := job.Recover(ctx, plan, walbackup.Machine{ID: "vm2", Address: vm2.SSHAddr}, walbackup.RecoveryOptions{
-		DataDir:    "/var/lib/postgresql/" + testenv.GuestPostgresVersion + "/main",
-		ConfigFile: "/etc/postgresql/" + testenv.GuestPostgresVersion + "/main/postgresql.conf",
+		DataDir: testenv.GuestReleaseDataDir, BinDir: testenv.GuestReleaseBinDir,
 	})
 	require.NoError(t, err, "%s", res.Log)
 	t.Logf("recovery in the VM to %s: %v, %d WAL files fetched, %d from the spool", at, time.Since(start).Round(time.Millisecond), res.Fetched, res.FromSpool)
 	assert.True(t, res.Promoted)
 	assert.Equal(t, "500000", vm2.Psql(t, "SELECT count(*) FROM pgbench_accounts"))
+	assert.Equal(t, strconv.Itoa(testenv.GuestReleaseMajor), strings.SplitN(vm2.Psql(t, "SHOW server_version"), ".", 2)[0])
 	assert.Equal(t, "42", vm2.Psql(t, "SELECT answer FROM after_full"), "the incremental image is applied")
 	assert.Equal(t, "t", vm2.Psql(t, "SELECT to_regclass('before_target') IS NOT NULL"), "committed before the target")
 	assert.Equal(t, "f", vm2.Psql(t, "SELECT to_regclass('after_target') IS NOT NULL"), "committed after the target")

@@ -3,6 +3,7 @@ package testenv
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -167,4 +168,32 @@ func processesWith(marker string) []string {
 		}
 	}
 	return pids
+}
+
+// PgBackRestSupports tells whether the installed pgBackRest supports
+// PostgreSQL major, from its version (Debian 12's 2.45 knows 15 at the
+// most; 16 came with 2.47, 17 with 2.53, 18 with 2.56), and says why not.
+// Benchmarks leave pgBackRest out of a comparison it cannot run.
+func PgBackRestSupports(t testing.TB, major int) (bool, string) {
+	t.Helper()
+	bin := requireBinary(t, "pgbackrest", installPgBackRest)
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil {
+		t.Fatalf("testenv: pgbackrest version: %v", err)
+	}
+	version := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(out)), "pgBackRest "))
+	var maj, minor int
+	if _, err := fmt.Sscanf(version, "%d.%d", &maj, &minor); err != nil {
+		t.Fatalf("testenv: pgbackrest version %q: %v", out, err)
+	}
+	newest := 15
+	for _, step := range []struct{ minor, major int }{{47, 16}, {53, 17}, {56, 18}} {
+		if maj > 2 || minor >= step.minor {
+			newest = step.major
+		}
+	}
+	if maj > 2 || major <= newest {
+		return true, ""
+	}
+	return false, fmt.Sprintf("pgBackRest %s supports PostgreSQL up to %d, not %d", version, newest, major)
 }

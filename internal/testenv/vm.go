@@ -60,6 +60,11 @@ type VMConfig struct {
 	// recovery settings in place first needs; StartVM then waits for SSH
 	// only.
 	NoPostgres bool
+	// Major is the PostgreSQL release whose cluster runs: 0 or 15,
+	// Debian's 15/main on port 5432; GuestReleaseMajor, the npm registry's
+	// build in GuestReleaseDataDir on GuestReleasePort. The other is
+	// masked at boot.
+	Major int
 }
 
 // VM is a running QEMU machine booted from the guest image. Its only
@@ -79,6 +84,8 @@ type VM struct {
 	SerialLog      string // the guest's console
 	QEMULog        string // QEMU's own output
 	Accel          string // "tcg" or "kvm"
+	Major          int    // the PostgreSQL release that runs (VMConfig.Major)
+	Port           int    // its port, on the socket directory /var/run/postgresql
 
 	done    chan struct{} // closed when QEMU has exited
 	waitErr error         // QEMU's exit status, set before done is closed
@@ -98,6 +105,15 @@ func StartVM(t testing.TB, cfg VMConfig) *VM {
 	if cfg.CPUs == 0 {
 		cfg.CPUs = DefaultVMCPUs
 	}
+	switch cfg.Major {
+	case 0:
+		cfg.Major, _ = strconv.Atoi(GuestPostgresVersion)
+	case GuestReleaseMajor:
+	default:
+		if strconv.Itoa(cfg.Major) != GuestPostgresVersion {
+			t.Fatalf("testenv: the guest image has PostgreSQL %s and %d, not %d", GuestPostgresVersion, GuestReleaseMajor, cfg.Major)
+		}
+	}
 	img := GuestImage(t)
 	qemu := requireBinary(t, "qemu-system-x86_64", installQemuSystem)
 	accel := vmAccel(t, qemu, img)
@@ -109,6 +125,11 @@ func StartVM(t testing.TB, cfg VMConfig) *VM {
 		ClientSigner:  img.ClientSigner,
 		ClientKeyFile: img.ClientKeyFile,
 		Accel:         accel,
+		Major:         cfg.Major,
+		Port:          5432,
+	}
+	if cfg.Major == GuestReleaseMajor {
+		v.Port = GuestReleasePort
 	}
 	v.KnownHostsFile = filepath.Join(v.Dir, "known_hosts")
 	v.SerialLog = filepath.Join(v.Dir, "serial.log")
@@ -202,8 +223,15 @@ func (v *VM) start(t testing.TB, qemu string, img *Image, cfg VMConfig, port int
 // a guest kernel panic ends QEMU at once.
 func kernelArgs(cfg VMConfig) string {
 	args := "root=/dev/vda rw console=ttyS0 panic=-1"
-	if cfg.NoPostgres {
-		args += " systemd.mask=postgresql.service systemd.mask=postgresql@" + GuestPostgresVersion + "-main.service"
+	debian := " systemd.mask=postgresql.service systemd.mask=postgresql@" + GuestPostgresVersion + "-main.service"
+	release := " systemd.mask=" + guestReleaseUnit
+	switch {
+	case cfg.NoPostgres:
+		args += debian + release
+	case cfg.Major == GuestReleaseMajor:
+		args += debian
+	default:
+		args += release
 	}
 	return args
 }
@@ -271,7 +299,7 @@ func (v *VM) waitReady(t testing.TB, postgres bool) error {
 		}
 		user, cmd := "root", "true"
 		if sshAt != 0 {
-			user, cmd = "postgres", "psql -XAtqc 'select 1'"
+			user, cmd = "postgres", fmt.Sprintf("psql -p %d -XAtqc 'select 1'", v.Port)
 		}
 		out, stderr, err := v.ssh(t, user, cmd, 30*time.Second)
 		switch {
@@ -326,11 +354,12 @@ func (v *VM) Run(t testing.TB, user, cmd string) string {
 	return string(out)
 }
 
-// Psql runs one SQL statement in the guest's PostgreSQL as postgres (no
-// double quotes in sql) and returns its unaligned output.
+// Psql runs one SQL statement in the guest's PostgreSQL (the release
+// that runs, with Debian's psql) as postgres (no double quotes in sql)
+// and returns its unaligned output.
 func (v *VM) Psql(t testing.TB, sql string) string {
 	t.Helper()
-	return strings.TrimSpace(v.Run(t, "postgres", "psql -Atqc \""+sql+"\""))
+	return strings.TrimSpace(v.Run(t, "postgres", fmt.Sprintf("psql -p %d -Atqc \"%s\"", v.Port, sql)))
 }
 
 // SwitchWAL makes the guest's PostgreSQL switch to a new WAL file and

@@ -1,6 +1,7 @@
 package testenv
 
-// The VM guest image: Debian 12 (bookworm) with PostgreSQL 15 and OpenSSH,
+// The VM guest image: Debian 12 (bookworm) with PostgreSQL 15 (and 18 from
+// the npm registry) and OpenSSH,
 // built once with debootstrap and mkfs.ext4 -d (no loop mounts) and cached
 // outside the repository under CacheDir()/vm/<recipe hash>. VMs never write
 // to it: each boots a qcow2 overlay on top.
@@ -40,6 +41,17 @@ const (
 	// GuestTempDir is a folder in the guest owned by postgres (0700) for
 	// the runtime's temporary WAL folder.
 	GuestTempDir = "/var/lib/pglogship"
+
+	// The guest also holds a second release, from the npm registry (Debian
+	// has only 15): its server binaries under GuestReleaseBinDir and a
+	// cluster in GuestReleaseDataDir (configuration inside it) on port
+	// GuestReleasePort, started by the unit postgresql-18.service. A VM
+	// runs one of the two clusters (VMConfig.Major).
+	GuestReleaseMajor   = 18
+	GuestReleaseBinDir  = "/opt/postgresql-18/native/bin"
+	GuestReleaseDataDir = "/var/lib/postgresql/18/main"
+	GuestReleasePort    = 5433
+	guestReleaseUnit    = "postgresql-18.service"
 )
 
 // guestPackages are installed by debootstrap on top of minbase.
@@ -108,6 +120,49 @@ wal_level = replica
 archive_mode = on
 EOF
 inroot chown postgres:postgres /etc/postgresql/15/main/conf.d/pglogship.conf
+
+# PostgreSQL 18 from the npm registry's tree ($PG18_TREE on the host): its
+# files under /opt, root's; a cluster made on the host by initdb (the
+# tree is the same) as $PG18_CLUSTER, given to the guest's postgres; a
+# unit of its own.
+install -d "$r/opt"
+cp -a "$PG18_TREE" "$r/opt/postgresql-18"
+chown -R 0:0 "$r/opt/postgresql-18"
+chmod -R go-w "$r/opt/postgresql-18"
+install -d "$r/var/lib/postgresql/18"
+cp -a "$PG18_CLUSTER" "$r/var/lib/postgresql/18/main"
+cat >>"$r/var/lib/postgresql/18/main/postgresql.conf" <<'CONF'
+port = 5433
+listen_addresses = 'localhost'
+unix_socket_directories = '/var/run/postgresql'
+wal_level = replica
+archive_mode = on
+CONF
+pguid=$(inroot id -u postgres); pggid=$(inroot id -g postgres)
+chown -R "$pguid:$pggid" "$r/var/lib/postgresql/18"
+chmod 0700 "$r/var/lib/postgresql/18/main"
+cat >"$r/etc/systemd/system/postgresql-18.service" <<'UNIT'
+[Unit]
+Description=PostgreSQL 18 (npm registry build, pglogship tests)
+After=network.target
+
+[Service]
+Type=simple
+User=postgres
+Group=postgres
+RuntimeDirectory=postgresql
+RuntimeDirectoryPreserve=yes
+RuntimeDirectoryMode=2775
+ExecStart=/opt/postgresql-18/native/bin/postgres -D /var/lib/postgresql/18/main
+ExecReload=/bin/kill -HUP $MAINPID
+KillMode=mixed
+KillSignal=SIGINT
+TimeoutStopSec=120
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+inroot systemctl enable postgresql-18.service
 
 # Units: the services tests need, nothing that wakes up on its own.
 # qemu-guest-agent has no [Install]: udev starts it when its port appears.
@@ -187,8 +242,9 @@ func GuestImage(t testing.TB) *Image {
 // guestRecipeHash keys the cache on everything that shapes the image.
 func guestRecipeHash() string {
 	h := sha256.New()
+	r, _ := ReleaseOf(GuestReleaseMajor)
 	for _, s := range []string{guestRecipeVersion, guestSuite, guestMirror, guestDisk,
-		strings.Join(guestPackages, ","), guestConfigureScript} {
+		strings.Join(guestPackages, ","), guestConfigureScript, r.NPMVersion, r.Integrity} {
 		fmt.Fprintf(h, "%d:%s\n", len(s), s)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
@@ -327,9 +383,25 @@ func buildGuestImage(t testing.TB, root, dir string) {
 	mustWriteFile(t, filepath.Join(tmp, imageHostKeyPub), hostLine, 0o644)
 	client := writeEd25519Key(t, filepath.Join(tmp, imageClientKey))
 
+	// The second release's tree, and its cluster made by its own initdb.
+	release, _ := ReleaseOf(GuestReleaseMajor)
+	bin, err := FetchRelease(release, testLogWriter{t})
+	if err != nil {
+		t.Fatalf("testenv: vm image: PostgreSQL %d: %v", GuestReleaseMajor, err)
+	}
+	acct := serverAccount(t)
+	clusterDir := privateDir(t, "pglogship-vm-pg-")
+	chown(t, acct, clusterDir)
+	cluster := filepath.Join(clusterDir, "main")
+	initdb := commandAs(acct, filepath.Join(bin, "initdb"), "-D", cluster, "-U", "postgres",
+		"--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
+	initdb.Dir = clusterDir
+	run("initdb "+strconv.Itoa(GuestReleaseMajor), initdb)
+
 	cmd = exec.Command("bash", "-c", guestConfigureScript)
 	cmd.Env = append(env, "ROOTFS="+rootfs,
-		"AUTHORIZED_KEY="+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(client.PublicKey()))))
+		"AUTHORIZED_KEY="+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(client.PublicKey()))),
+		"PG18_TREE="+filepath.Dir(filepath.Dir(bin)), "PG18_CLUSTER="+cluster)
 	run("configure", cmd)
 
 	// QEMU boots the kernel directly; /boot/vmlinuz is 0600 in Debian.

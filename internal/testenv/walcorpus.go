@@ -60,10 +60,34 @@ func WALCorpus(tb testing.TB, n int) []string {
 	return paths[:n]
 }
 
+// CorpusMajorEnv selects the PostgreSQL release whose WAL the corpus is
+// and whose cluster StartCorpusPostgres starts (make bench BENCH_PG=18);
+// unset, Debian's.
+const CorpusMajorEnv = "PGLOGSHIP_CORPUS_PG"
+
+// CorpusMajor is the release of the corpus: $PGLOGSHIP_CORPUS_PG, or 0 for
+// PostgresBinDir's (Debian's newest).
+func CorpusMajor(tb testing.TB) int {
+	tb.Helper()
+	v := os.Getenv(CorpusMajorEnv)
+	if v == "" {
+		return 0
+	}
+	major, err := strconv.Atoi(v)
+	if _, known := ReleaseOf(major); err != nil || !known {
+		tb.Fatalf("walcorpus: $%s=%q: want one of %v", CorpusMajorEnv, v, SupportedMajors)
+	}
+	return major
+}
+
 // corpusDir returns the corpus's folder, generating it first if needed.
 func corpusDir(tb testing.TB, n int) string {
 	tb.Helper()
-	dir := filepath.Join(CacheDir(), fmt.Sprintf("walcorpus-%s-%d", corpusRecipe, n))
+	name := fmt.Sprintf("walcorpus-%s-%d", corpusRecipe, n)
+	if major := CorpusMajor(tb); major != 0 {
+		name += fmt.Sprintf("-pg%d", major)
+	}
+	dir := filepath.Join(CacheDir(), name)
 	if _, err := os.Stat(filepath.Join(dir, "DONE")); err != nil {
 		generateCorpus(tb, dir, n)
 	}
@@ -83,7 +107,7 @@ func generateCorpus(tb testing.TB, dir string, n int) {
 	if err := os.Chmod(archive, 0o777); err != nil {
 		tb.Fatalf("walcorpus: %v", err)
 	}
-	cfg := PostgresConfig{Settings: map[string]string{
+	cfg := PostgresConfig{Major: CorpusMajor(tb), Settings: map[string]string{
 		"archive_command":    fmt.Sprintf("test ! -f %s/%%f && cp %%p %s/%%f", archive, archive),
 		"max_wal_size":       "1GB",
 		"shared_buffers":     "256MB",
@@ -103,7 +127,7 @@ func generateCorpus(tb testing.TB, dir string, n int) {
 	pgbench := func(args ...string) {
 		tb.Helper()
 		base := []string{"-h", pg.Host, "-p", strconv.Itoa(pg.Port), "-U", pg.User}
-		cmd := exec.Command(filepath.Join(pg.BinDir, "pgbench"), append(append(base, args...), "postgres")...)
+		cmd := exec.Command(PgbenchFor(tb, pg.BinDir), append(append(base, args...), "postgres")...)
 		cmd.Env = append(os.Environ(), "PGPASSWORD="+pg.Password)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			tb.Fatalf("walcorpus: pgbench %v: %v\n%s", args, err, out)
@@ -164,4 +188,18 @@ func copyNewFile(from, to string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// PgbenchFor returns the pgbench of binDir, or Debian's for a release tree
+// without one: pgbench talks to servers of other releases.
+func PgbenchFor(tb testing.TB, binDir string) string {
+	tb.Helper()
+	if missingIn(binDir, []string{"pgbench"}) == "" {
+		return filepath.Join(binDir, "pgbench")
+	}
+	if dir := newestDebianPGBinDir(); dir != "" && missingIn(dir, []string{"pgbench"}) == "" {
+		return filepath.Join(dir, "pgbench")
+	}
+	tb.Fatalf("walcorpus: no pgbench in %s or Debian's PostgreSQL: install it with: %s", binDir, installPostgres)
+	return ""
 }
