@@ -69,6 +69,7 @@ func waitFor(t *testing.T, pg *testenv.Postgres, sql string, ok func(string) boo
 // space, and once the job has shipped (freeing the folder) the kept WAL is
 // archived and shipped too: nothing is lost.
 func TestArchiveFailsWhenTheFolderIsFull(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	r := newRealJob(t, fakeImages, func(c *walbackup.Config) {
 		c.WALDir = testenv.SmallFS(t, "postgres", 40<<20) // the server's OS user when root
@@ -127,6 +128,7 @@ func TestArchiveFailsWhenTheFolderIsFull(t *testing.T) {
 // the new timeline's segments (and the old one's last, partial segment)
 // reach the repository, and Verify follows the branch.
 func TestPostgresRestartedAndPromotedDuringASession(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	r := newRealJob(t, fakeImages)
 	pg := r.pg

@@ -33,6 +33,7 @@ import (
 // On the oldest and the newest supported release (Debian's 15 runs it in
 // the S3 test), each the guest's server and the configuration database.
 func TestJobShipsRealWALOverSSH(t *testing.T) {
+	t.Parallel()
 	testenv.SkipIfShort(t)
 	majors := testenv.SupportedMajors
 	for _, major := range []int{majors[0], majors[len(majors)-1]} {

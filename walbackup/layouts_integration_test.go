@@ -71,6 +71,7 @@ func (f *pitrFixture) restoreAtRandom(t *testing.T, seed uint64, count int, mark
 // the restored pg_wal is a directory of its own, and the restored server
 // never writes into the original's WAL directory.
 func TestLayoutExternalWAL(t *testing.T) {
+	t.Parallel()
 	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{ExternalWAL: true}, txns: layoutTxns})
 	f.restoreAtRandom(t, 1, 3, nil, func(t *testing.T, pg *testenv.Postgres, _ int) {
 		st, err := os.Lstat(filepath.Join(pg.DataDir, "pg_wal"))
@@ -84,6 +85,7 @@ func TestLayoutExternalWAL(t *testing.T) {
 
 // WAL segments of 64 MiB (initdb --wal-segsize=64).
 func TestLayoutWALSegmentSize(t *testing.T) {
+	t.Parallel()
 	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{InitdbArgs: []string{"--wal-segsize=64"}}, txns: layoutTxns})
 	f.restoreAtRandom(t, 2, 3, nil, func(t *testing.T, pg *testenv.Postgres, _ int) {
 		assert.Equal(t, "64MB", pg.Psql(t, "postgres", "SHOW wal_segment_size"))
@@ -93,6 +95,7 @@ func TestLayoutWALSegmentSize(t *testing.T) {
 // Data checksums on: the restored cluster has them, and every page of it
 // passes pg_checksums once the server is stopped.
 func TestLayoutDataChecksums(t *testing.T) {
+	t.Parallel()
 	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{InitdbArgs: []string{"--data-checksums"}}, txns: layoutTxns})
 	f.restoreAtRandom(t, 3, 3, nil, func(t *testing.T, pg *testenv.Postgres, _ int) {
 		assert.Equal(t, "on", pg.Psql(t, "postgres", "SHOW data_checksums"))
@@ -108,6 +111,7 @@ func TestLayoutDataChecksums(t *testing.T) {
 // (RecoveryOptions.ConfigFile) on the restored data directory, never the
 // original's, and leaves the original's files alone.
 func TestLayoutDebianCluster(t *testing.T) {
+	t.Parallel()
 	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{Debian: true}, txns: layoutTxns})
 	postmaster := func() string {
 		b, err := os.ReadFile(filepath.Join(f.pg.DataDir, "postmaster.pid"))
@@ -136,6 +140,7 @@ func TestLayoutDebianCluster(t *testing.T) {
 // their init fork at the end of recovery), the later one only once made,
 // while the logged rows are exact.
 func TestLayoutUnloggedTables(t *testing.T) {
+	t.Parallel()
 	made := -1             // the transaction that made the later table
 	rows, rows2 := 1000, 0 // in scratch and scratch2 on the original
 	f := newPITRFixture(t, pitrWorkload{txns: layoutTxns,
@@ -202,6 +207,7 @@ func inTransaction(t *testing.T, conn *pgx.Conn, sql string) uint32 {
 // can be committed there; one prepared later does not exist; one committed
 // by the target has its rows.
 func TestLayoutPreparedTransaction(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	type prepared struct {
 		gid              string
@@ -285,6 +291,7 @@ func sortedInts(s []int) bool {
 // an interrupted drop: listed, invalid (datconnlimit -2), refusing
 // connections.
 func TestLayoutDatabaseCreatedAndDropped(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	var created, filled, dropped int
 	f := newPITRFixture(t, pitrWorkload{txns: layoutTxns,

@@ -93,6 +93,7 @@ func (r *realJob) instance(t *testing.T) repository.Instance {
 // every segment from the backup's start to its stop, plus the .backup
 // history file, is in the repository before the manifest commits.
 func TestParentOnRealPostgres(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	r := newRealJob(t, func(clk *clock.Mock, _ guest.Deployer) hypervisor.Hypervisor {
 		return hypervisortest.New(clk, hypervisor.Machine{ID: "db1"})
@@ -158,6 +159,7 @@ func TestParentOnRealPostgres(t *testing.T) {
 // and the shipped WAL (through FetchWAL), start and reach consistency,
 // holding exactly the rows committed before the restore point.
 func TestPhysicalRestorePointsRecover(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	var phys *physical.Hypervisor
 	r := newRealJob(t, physicalImages(t, false, &phys))

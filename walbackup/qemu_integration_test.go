@@ -40,6 +40,7 @@ const guestPgbench = "/usr/lib/postgresql/" + testenv.GuestPostgresVersion + "/b
 // the first table and not the second. The job runs on the real clock, so
 // restore point times and the guest's commit times agree.
 func TestQEMURestorePointsOnARealVM(t *testing.T) {
+	t.Parallel()
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
 	// PostgreSQL 18, the npm registry's build baked into the image (the

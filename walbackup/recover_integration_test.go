@@ -179,6 +179,7 @@ func requireNoRestoreCommand(t *testing.T, pg *testenv.Postgres, running bool) {
 // rows, pausing there, and to a time the archive does not reach; a running
 // data directory is refused.
 func TestRecoverThroughTheRuntime(t *testing.T) {
+	t.Parallel()
 	f := newRecoverFixture(t)
 	ctx := context.Background()
 	var immediate guest.RecoveryResult

@@ -28,6 +28,7 @@ import (
 // restores to random times, an LSN, a transaction, a named restore point
 // and the latest state come back row for row; a drill passes.
 func TestReleaseMatrix(t *testing.T) {
+	t.Parallel()
 	for _, major := range testenv.SupportedMajors {
 		t.Run(fmt.Sprintf("PostgreSQL %d", major), func(t *testing.T) {
 			t.Parallel()

@@ -259,6 +259,7 @@ func items(t *testing.T, pg *testenv.Postgres) string {
 // at or before its target, row for row. Targets are commit times
 // themselves (inclusive: that commit is in) and times between commits.
 func TestPointInTimeRestores(t *testing.T) {
+	t.Parallel()
 	f := newPITRFixture(t, pitrWorkload{})
 	rng := rand.New(rand.NewPCG(20, 26))
 	for trial := 0; trial < 20; trial++ {
@@ -289,6 +290,7 @@ func TestPointInTimeRestores(t *testing.T) {
 // restorable interval is a clear error before anything is written; a
 // drill proves the restore point, and a failing check is reported.
 func TestRestoreTargets(t *testing.T) {
+	t.Parallel()
 	f := newPITRFixture(t, pitrWorkload{})
 	ctx := context.Background()
 	t.Run("latest", func(t *testing.T) {
@@ -356,6 +358,7 @@ func TestRestoreTargets(t *testing.T) {
 // (kept), the restored instance runs in its place with every shipped
 // transaction, on its own configuration, and goes on archiving for the job.
 func TestRestoreInPlace(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	r := newRealJob(t, physicalImages(t, true, nil), func(c *walbackup.Config) { c.Clock = clock.New() })
 	pg := r.pg

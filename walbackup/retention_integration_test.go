@@ -29,6 +29,7 @@ import (
 // the oldest of them on. At the end every kept restore point passes the
 // restore drill.
 func TestRetentionOver30DaysWithDrills(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	r := newRealJob(t, physicalImages(t, false, nil), func(c *walbackup.Config) {
 		c.Schedule = walbackup.Daily(22, 0)
@@ -123,6 +124,7 @@ func ids(ms []*repository.Manifest) []string {
 // newest, then restores to the latest state, every row of timeline 2 in
 // it.
 func TestRetentionOnBranchedTimelines(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	phys := physicalImages(t, true, nil)
 	r := newRealJob(t, func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor {

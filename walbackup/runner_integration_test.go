@@ -20,6 +20,7 @@ import (
 // store values on one database, as three processes would open it), fake
 // guests and a memory repository shared by all, one virtual clock.
 func TestRunnersShareJobsByLeasePostgres(t *testing.T) {
+	t.Parallel()
 	testenv.SkipIfShort(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
 	pg.CreateDatabase(t, "config")

@@ -92,6 +92,7 @@ func (h *rangeHeaders) take() []string {
 // byte-identical, and leaves the guest; then one segment read out of a
 // bundle costs one ranged GET of exactly its frame.
 func TestJobShipsRealWALToMinIO(t *testing.T) {
+	t.Parallel()
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
 	m := testenv.StartMinIO(t)

@@ -64,6 +64,7 @@ func forms(secret []byte) []string {
 // logs, the session records or any file of the repository, and the
 // repository's files are 0600 and its folders 0700.
 func TestSecretsStaySecret(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	secret := make([]byte, bundle.KeySize)
 	_, err := rand.Read(secret)
@@ -133,6 +134,7 @@ func TestSecretsStaySecret(t *testing.T) {
 // A temporary folder path with shell metacharacters is refused before
 // anything runs in the guest: the session fails and says why.
 func TestShellMetacharactersInTheFolderRefused(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	dir := filepath.Join(testenv.UserDir(t, "postgres"), "wal; touch pwned")
 	r := newRealJob(t, fakeImages, func(c *walbackup.Config) { c.WALDir = dir })
@@ -158,6 +160,7 @@ func TestShellMetacharactersInTheFolderRefused(t *testing.T) {
 // A guest whose host key changed is refused before anything is uploaded;
 // the session fails and names the host key.
 func TestChangedHostKeyFailsTheSession(t *testing.T) {
+	t.Parallel()
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})

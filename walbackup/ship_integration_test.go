@@ -25,6 +25,7 @@ import (
 // archived segment ends up in the repository exactly once, byte-identical,
 // and gone from the guest.
 func TestShipOnceRealWAL(t *testing.T) {
+	t.Parallel()
 	testenv.SkipIfShort(t)
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})

@@ -158,6 +158,7 @@ func treeSums(t *testing.T, dir string) map[string]string {
 // them where the caller says, and a restore in place puts them back at
 // their original locations, the old ones moved aside.
 func TestRestoreWithTablespaces(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	f, w := newTablespaceFixture(t)
 	f.pg.Exec(t, "postgres", "CHECKPOINT") // nothing left for the original to write

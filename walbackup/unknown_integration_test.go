@@ -52,6 +52,7 @@ func (m *magicD118) Write(p []byte) (int, error) {
 // the last commit is then refused by PostgreSQL itself, with its reason,
 // and what the restore wrote is moved aside, named as failed.
 func TestRestoreThroughUnknownSummaries(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	var unreadable atomic.Bool
 	var mu sync.Mutex
