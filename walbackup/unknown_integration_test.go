@@ -19,20 +19,21 @@ import (
 	"github.com/pglogship/pglogship/walbackup"
 )
 
-// magicD118 hands a segment to the WAL summarizer with the page magic of
-// PostgreSQL 18 in its first page, which the reader knew nothing of
-// before it supported 18. Only what the summarizer reads is changed.
-type magicD118 struct {
+// magicFuture hands a segment to the WAL summarizer with a page magic no
+// release the reader knows writes (0xD1FF) in its first page, as
+// PostgreSQL 18's 0xD118 was before the reader supported 18. Only what
+// the summarizer reads is changed.
+type magicFuture struct {
 	w   io.Writer
 	off int
 }
 
-func (m *magicD118) Write(p []byte) (int, error) {
+func (m *magicFuture) Write(p []byte) (int, error) {
 	b := p
 	if m.off < 2 {
 		b = append([]byte(nil), p...)
 		for i := 0; i < len(b) && m.off+i < 2; i++ {
-			b[i] = []byte{0x18, 0xD1}[m.off+i]
+			b[i] = []byte{0xFF, 0xD1}[m.off+i]
 		}
 	}
 	m.off += len(p)
@@ -43,8 +44,9 @@ func (m *magicD118) Write(p []byte) (int, error) {
 }
 
 // WAL whose summaries cannot be computed (every segment of the workload,
-// shipped after the restore point, reads to the summarizer as PostgreSQL
-// 18's did before the reader knew 18) is unknown, not empty: the session
+// shipped after the restore point, reads to the summarizer as a release's
+// the reader does not know, as 18's did before it knew 18) is unknown, not
+// empty: the session
 // warns with the reason when it ships it, Interval names the range and
 // the reason, and restores to times, a named restore point and a
 // transaction in it succeed row for row instead of being refused with
@@ -63,7 +65,7 @@ func TestRestoreThroughUnknownSummaries(t *testing.T) {
 				if !unreadable.Load() {
 					return w
 				}
-				return &magicD118{w: w}
+				return &magicFuture{w: w}
 			})
 			observe := c.Observer
 			c.Observer = func(e walbackup.Event) {
@@ -90,12 +92,12 @@ func TestRestoreThroughUnknownSummaries(t *testing.T) {
 	}
 	mu.Unlock()
 	require.NotEmpty(t, warned, "a warning when the WAL is shipped")
-	assert.Contains(t, warned, "unsupported page magic D118", "naming the reason")
+	assert.Contains(t, warned, "unsupported page magic D1FF", "naming the reason")
 
 	iv, err := f.job.Interval(ctx, "db1", 0)
 	require.NoError(t, err)
 	require.NotEmpty(t, iv.Unknown)
-	assert.Contains(t, iv.Unknown[0].Reason, "page magic D118")
+	assert.Contains(t, iv.Unknown[0].Reason, "page magic D1FF")
 	assert.True(t, iv.Latest.Time.Before(f.txns[0].commit), "no commit of the workload is known: %s", iv)
 
 	plan, err := f.job.Plan(ctx, walbackup.RestoreRequest{Machine: "db1", Target: walbackup.ToTime(f.txns[len(f.txns)/2].commit)})
