@@ -4,6 +4,14 @@
 // (and on unix sockets in private directories) and is stopped and removed in
 // t.Cleanup.
 //
+// PostgresConfig.Major picks the release: 13 to 18 are supported, 12 is
+// there to be refused. Debian's is used where installed (15 on Debian 12);
+// the others are the npm registry's self-contained server binaries
+// (Releases, each pinned by its integrity hash), fetched once into
+// ReleasesDir() by scripts/setup or on first use. Those trees hold only
+// initdb, pg_ctl and postgres: Psql and pgbench use Debian's, which talk to
+// every release.
+//
 // StartMinIO runs a MinIO server (the S3-compatible store for
 // repository/s3) with random root credentials and its data in a temporary
 // folder. MinIO is built from its Go module at MinIOVersion into
@@ -11,7 +19,9 @@
 // tests, since a cold build takes minutes).
 //
 // StartVM boots a real Debian 12 VM under QEMU with PostgreSQL 15 (cluster
-// 15/main, archive_mode on, wal_level replica) and OpenSSH, reachable only
+// 15/main, archive_mode on, wal_level replica), or with VMConfig.Major 18
+// the npm registry's PostgreSQL 18 baked into the image (GuestReleaseDataDir
+// on port GuestReleasePort), and OpenSSH, reachable only
 // through a forwarded port on 127.0.0.1, with QMP and qemu-guest-agent on
 // unix sockets. Its image is built once by GuestImage (as root, with
 // debootstrap from the Debian mirror) and cached in CacheDir()/vm, keyed on
