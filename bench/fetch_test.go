@@ -103,9 +103,7 @@ func BenchmarkFetch(b *testing.B) {
 	var pb *testenv.PgBackRest
 	var stored int64
 	if withPeer {
-		pb = testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{Settings: map[string]string{
-			"archive-async": "y", "process-max": "2", "compress-type": "zst",
-		}})
+		pb = asyncPeer(b, pg)
 		var push strings.Builder
 		for _, s := range segs {
 			fmt.Fprintf(&push, "%s || exit 1\n", strings.Join(pb.Args("--pg1-path="+data, "--no-archive-async", "archive-push", "pg_wal/"+filepath.Base(s)), " "))

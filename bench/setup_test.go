@@ -253,3 +253,12 @@ func ratioOr(a, b time.Duration) string {
 	}
 	return ratio(a, b)
 }
+
+// asyncPeer is pgBackRest as the asynchronous peer of the shipping and
+// fetching comparisons: process-max 2, zst at its default level.
+func asyncPeer(b *testing.B, pg *testenv.Postgres) *testenv.PgBackRest {
+	b.Helper()
+	return testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{Settings: map[string]string{
+		"archive-async": "y", "process-max": "2", "compress-type": "zst",
+	}})
+}

@@ -105,9 +105,7 @@ func BenchmarkShip(b *testing.B) {
 	var pb *testenv.PgBackRest
 	var data string
 	if withPeer {
-		pb = testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{Settings: map[string]string{
-			"archive-async": "y", "process-max": "2", "compress-type": "zst",
-		}})
+		pb = asyncPeer(b, pg)
 		data = standIn(b, pg, segs, true)
 	}
 	push := func(sample bool) result {
