@@ -86,6 +86,9 @@ type tombstone struct {
 
 const tombstoneNote = "never committed; its objects were removed as garbage, and this name stays taken so it never commits"
 
+// maxTombstone bounds what is read as a tombstone; real ones are tiny.
+const maxTombstone = 4096
+
 // AbandonRestorePoint claims the manifest name of the restore point id,
 // which has not committed, with a tombstone, before its objects are
 // removed: Put never overwrites, so of a late WriteManifest (a writer
@@ -120,14 +123,14 @@ func isAbandoned(ctx context.Context, repo Getter, inst Instance, id string) boo
 		return false
 	}
 	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, MaxManifest+1))
+	b, err := io.ReadAll(io.LimitReader(rc, maxTombstone+1))
 	return err == nil && tombstoneOf(b) != ""
 }
 
 // tombstoneOf returns the id a tombstone abandons, or "" for anything else.
 func tombstoneOf(b []byte) string {
 	var t tombstone
-	if len(b) > 4096 || json.Unmarshal(b, &t) != nil {
+	if len(b) > maxTombstone || json.Unmarshal(b, &t) != nil {
 		return ""
 	}
 	return t.Abandoned

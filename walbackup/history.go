@@ -15,9 +15,6 @@ import (
 // of that one file sealed for the object's name, so that nobody without
 // the key can plant a history that sends recovery down another timeline.
 
-// bundleMagic starts every bundle (docs/repository-format.md).
-const bundleMagic = "PGLSBNDL"
-
 // maxSealedHistory bounds a sealed history object: the file and a
 // bundle's header, index and trailer.
 const maxSealedHistory = maxHistory + 64<<10
@@ -63,7 +60,7 @@ func readHistoryObject(ctx context.Context, repo repository.Getter, obj, name st
 	if int64(len(b)) > limit {
 		return nil, fmt.Errorf("history file %s: over %d bytes", obj, limit)
 	}
-	sealed := bytes.HasPrefix(b, []byte(bundleMagic))
+	sealed := bundle.IsBundle(b)
 	switch {
 	case key == nil && sealed:
 		return nil, fmt.Errorf("history file %s: %w", obj, bundle.ErrKeyRequired)

@@ -353,11 +353,9 @@ func (j *Job) deleteUncommitted(ctx context.Context, inst repository.Instance, i
 	// objects it names. A tombstone there stays: an expiry took the name so
 	// that nothing commits under it.
 	manifest := inst.ManifestName(id)
-	_, err := repository.ReadManifest(octx, j.cfg.Repository, inst, id, nil)
-	if !errors.Is(err, repository.ErrAbandoned) {
+	var err error
+	if _, rerr := repository.ReadManifest(octx, j.cfg.Repository, inst, id, nil); !errors.Is(rerr, repository.ErrAbandoned) {
 		err = j.cfg.Repository.Delete(octx, manifest)
-	} else {
-		err = nil
 	}
 	var names []string
 	if err == nil {

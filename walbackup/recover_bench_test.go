@@ -379,7 +379,7 @@ func waitPromoted(b *testing.B, pg *testenv.Postgres) {
 func pgbench(b *testing.B, pg *testenv.Postgres, args ...string) {
 	b.Helper()
 	args = append([]string{"-h", pg.Host, "-p", strconv.Itoa(pg.Port), "-U", pg.User}, append(args, "postgres")...)
-	cmd := exec.Command(testenv.PgbenchFor(b, pg.BinDir), args...)
+	cmd := exec.Command(testenv.ClientTool(b, pg.BinDir, "pgbench"), args...)
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+pg.Password)
 	out, err := cmd.CombinedOutput()
 	require.NoError(b, err, "pgbench: %s", out)

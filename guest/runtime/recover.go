@@ -289,9 +289,13 @@ func checkRelease(ctx context.Context, pgCtl string, major int) error {
 	if len(fields) == 0 {
 		return fmt.Errorf("%s --version: no version in %q", pgCtl, out)
 	}
+	// "18.4", "18beta1", "19devel": the major is the leading digits.
 	version := fields[len(fields)-1]
-	first, _, _ := strings.Cut(version, ".")
-	got, err := strconv.Atoi(strings.TrimRightFunc(first, func(r rune) bool { return r < '0' || r > '9' }))
+	digits := strings.IndexFunc(version, func(r rune) bool { return r < '0' || r > '9' })
+	if digits < 0 {
+		digits = len(version)
+	}
+	got, err := strconv.Atoi(version[:digits])
 	if err != nil {
 		return fmt.Errorf("%s --version: no version in %q", pgCtl, out)
 	}

@@ -71,7 +71,7 @@ func (h *Hypervisor) restore(ctx context.Context, chain []hypervisor.Image, src 
 	}
 	pr := &progressReader{total: total, progress: progress}
 	var top string
-	size, _ := strconv.ParseInt(chain[0].Meta[MetaVirtualSize], 10, 64)
+	size := virtualSize(chain[0])
 	for i, img := range chain {
 		file := filepath.Join(tmp, fmt.Sprintf("%03d.qcow2", i))
 		if img.Meta[MetaSealed] == SealedBundle {
@@ -131,8 +131,8 @@ func checkChain(chain []hypervisor.Image) error {
 		case img.Meta[MetaFormat] != FormatQcow2 || img.Meta[MetaCompression] != CompressionZstd ||
 			img.Meta[MetaSealed] != "" && img.Meta[MetaSealed] != SealedBundle:
 			return fmt.Errorf("image %s is not a zstd-compressed qcow2 image of this hypervisor", img.Prefix)
-		case img.Meta[MetaVirtualSize] == "":
-			return fmt.Errorf("image %s does not record its disk size", img.Prefix)
+		case virtualSize(img) <= 0:
+			return fmt.Errorf("image %s records no disk size (%q)", img.Prefix, img.Meta[MetaVirtualSize])
 		case len(img.Objects) != 1:
 			return fmt.Errorf("image %s has %d objects, want 1", img.Prefix, len(img.Objects))
 		case i == 0:
@@ -146,6 +146,15 @@ func checkChain(chain []hypervisor.Image) error {
 		}
 	}
 	return nil
+}
+
+// virtualSize is the disk size img records, or -1.
+func virtualSize(img hypervisor.Image) int64 {
+	n, err := strconv.ParseInt(img.Meta[MetaVirtualSize], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // notExist returns an error wrapping fs.ErrExist when path exists.

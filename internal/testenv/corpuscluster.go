@@ -47,11 +47,8 @@ func StartCorpusPostgres(tb testing.TB, n int, cfg PostgresConfig) *Postgres {
 	if out, err := exec.Command("cp", "-a", src, data).CombinedOutput(); err != nil {
 		tb.Fatalf("walcorpus: copy the cluster: %v\n%s", err, out)
 	}
-	bin := PostgresBinDir(tb)
-	if major := CorpusMajor(tb); major != 0 {
-		bin = PostgresBinDirOf(tb, major)
-	}
-	return StartPostgresOn(tb, data, &Postgres{account: acct, User: roles.User, Password: roles.Password, BinDir: bin}, cfg)
+	return StartPostgresOn(tb, data, &Postgres{account: acct, User: roles.User, Password: roles.Password,
+		BinDir: binDirOf(tb, CorpusMajor(tb))}, cfg)
 }
 
 // CorpusControlFile is the pg_control of the cluster that wrote

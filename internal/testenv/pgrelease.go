@@ -100,6 +100,15 @@ func PostgresBinDirOf(t testing.TB, major int) string {
 	return dir
 }
 
+// binDirOf is PostgresBinDirOf(major), or PostgresBinDir's for 0.
+func binDirOf(t testing.TB, major int) string {
+	t.Helper()
+	if major == 0 {
+		return PostgresBinDir(t)
+	}
+	return PostgresBinDirOf(t, major)
+}
+
 type testLogWriter struct{ t testing.TB }
 
 func (w testLogWriter) Write(p []byte) (int, error) {

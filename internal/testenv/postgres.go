@@ -91,11 +91,7 @@ func StartPostgres(t testing.TB, cfg PostgresConfig) *Postgres {
 	t.Helper()
 	settings := mergeSettings(t, cfg)
 	acct := serverAccount(t)
-	binDir := ""
-	if cfg.Major != 0 {
-		binDir = PostgresBinDirOf(t, cfg.Major)
-	}
-	p := newPostgres(t, acct, "", binDir)
+	p := newPostgres(t, acct, "", binDirOf(t, cfg.Major))
 	p.Password = randomHex(t, 16)
 	args := append([]string(nil), cfg.InitdbArgs...)
 	if cfg.ExternalWAL {
@@ -254,16 +250,12 @@ func mergeSettings(t testing.TB, cfg PostgresConfig) map[string]string {
 }
 
 // newPostgres makes the private folder for the socket and the log, and
-// the data directory's place in it unless dataDir is given. binDir ""
-// is PostgresBinDir's.
+// the data directory's place in it unless dataDir is given.
 func newPostgres(t testing.TB, acct osAccount, dataDir, binDir string) *Postgres {
 	t.Helper()
 	base := privateDir(t, "pglogship-pg-")
 	if dataDir == "" {
 		dataDir = filepath.Join(base, "data")
-	}
-	if binDir == "" {
-		binDir = PostgresBinDir(t)
 	}
 	p := &Postgres{
 		Host:      "127.0.0.1",
@@ -454,7 +446,7 @@ func (p *Postgres) Exec(t testing.TB, database, sql string, args ...any) {
 // without the trailing newline.
 func (p *Postgres) Psql(t testing.TB, database, sql string) string {
 	t.Helper()
-	cmd := commandAs(p.account, psqlFor(t, p.BinDir),
+	cmd := commandAs(p.account, ClientTool(t, p.BinDir, "psql"),
 		"-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
 		"-h", p.SocketDir, "-p", strconv.Itoa(p.Port), "-d", database, "-c", sql)
 	cmd.Dir = p.baseDir
@@ -510,18 +502,18 @@ func mustWriteFile(t testing.TB, path string, data []byte, perm os.FileMode) {
 	}
 }
 
-// psqlFor returns the psql of binDir, or, for a release tree without one
-// (the npm registry's have none), Debian's newest: psql talks to servers
-// of other releases.
-func psqlFor(t testing.TB, binDir string) string {
+// ClientTool returns the client program name (psql, pgbench) of binDir,
+// or, for a release tree without one (the npm registry's have none),
+// Debian's newest: these talk to servers of other releases.
+func ClientTool(t testing.TB, binDir, name string) string {
 	t.Helper()
-	if missingIn(binDir, []string{"psql"}) == "" {
-		return filepath.Join(binDir, "psql")
+	if missingIn(binDir, []string{name}) == "" {
+		return filepath.Join(binDir, name)
 	}
-	if dir := newestDebianPGBinDir(); dir != "" && missingIn(dir, []string{"psql"}) == "" {
-		return filepath.Join(dir, "psql")
+	if dir := newestDebianPGBinDir(); dir != "" && missingIn(dir, []string{name}) == "" {
+		return filepath.Join(dir, name)
 	}
-	return requireBinary(t, "psql", installPostgres)
+	return requireBinary(t, name, installPostgres)
 }
 
 // Major returns the server's major release, read from the server.

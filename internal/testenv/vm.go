@@ -105,14 +105,14 @@ func StartVM(t testing.TB, cfg VMConfig) *VM {
 	if cfg.CPUs == 0 {
 		cfg.CPUs = DefaultVMCPUs
 	}
-	switch cfg.Major {
-	case 0:
-		cfg.Major, _ = strconv.Atoi(GuestPostgresVersion)
+	port := 5432
+	switch debian, _ := strconv.Atoi(GuestPostgresVersion); cfg.Major {
+	case 0, debian:
+		cfg.Major = debian
 	case GuestReleaseMajor:
+		port = GuestReleasePort
 	default:
-		if strconv.Itoa(cfg.Major) != GuestPostgresVersion {
-			t.Fatalf("testenv: the guest image has PostgreSQL %s and %d, not %d", GuestPostgresVersion, GuestReleaseMajor, cfg.Major)
-		}
+		t.Fatalf("testenv: the guest image has PostgreSQL %d and %d, not %d", debian, GuestReleaseMajor, cfg.Major)
 	}
 	img := GuestImage(t)
 	qemu := requireBinary(t, "qemu-system-x86_64", installQemuSystem)
@@ -126,10 +126,7 @@ func StartVM(t testing.TB, cfg VMConfig) *VM {
 		ClientKeyFile: img.ClientKeyFile,
 		Accel:         accel,
 		Major:         cfg.Major,
-		Port:          5432,
-	}
-	if cfg.Major == GuestReleaseMajor {
-		v.Port = GuestReleasePort
+		Port:          port,
 	}
 	v.KnownHostsFile = filepath.Join(v.Dir, "known_hosts")
 	v.SerialLog = filepath.Join(v.Dir, "serial.log")

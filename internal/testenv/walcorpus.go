@@ -127,7 +127,7 @@ func generateCorpus(tb testing.TB, dir string, n int) {
 	pgbench := func(args ...string) {
 		tb.Helper()
 		base := []string{"-h", pg.Host, "-p", strconv.Itoa(pg.Port), "-U", pg.User}
-		cmd := exec.Command(PgbenchFor(tb, pg.BinDir), append(append(base, args...), "postgres")...)
+		cmd := exec.Command(ClientTool(tb, pg.BinDir, "pgbench"), append(append(base, args...), "postgres")...)
 		cmd.Env = append(os.Environ(), "PGPASSWORD="+pg.Password)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			tb.Fatalf("walcorpus: pgbench %v: %v\n%s", args, err, out)
@@ -188,18 +188,4 @@ func copyNewFile(from, to string) error {
 		return err
 	}
 	return out.Close()
-}
-
-// PgbenchFor returns the pgbench of binDir, or Debian's for a release tree
-// without one: pgbench talks to servers of other releases.
-func PgbenchFor(tb testing.TB, binDir string) string {
-	tb.Helper()
-	if missingIn(binDir, []string{"pgbench"}) == "" {
-		return filepath.Join(binDir, "pgbench")
-	}
-	if dir := newestDebianPGBinDir(); dir != "" && missingIn(dir, []string{"pgbench"}) == "" {
-		return filepath.Join(dir, "pgbench")
-	}
-	tb.Fatalf("walcorpus: no pgbench in %s or Debian's PostgreSQL: install it with: %s", binDir, installPostgres)
-	return ""
 }

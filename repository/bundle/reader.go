@@ -357,6 +357,10 @@ func (c *chunkReader) next() error {
 	return nil
 }
 
+// IsBundle tells whether b starts as a bundle does (its header's magic),
+// to tell a bundle from another object before opening it.
+func IsBundle(b []byte) bool { return bytes.HasPrefix(b, []byte(headerMagic)) }
+
 // OpenBytes opens a bundle held in memory whole, stored as name; see Open.
 func OpenBytes(ctx context.Context, b []byte, name string, key *Key) (*Reader, error) {
 	return Open(ctx, bytesGetter(b), name, int64(len(b)), key)
