@@ -345,21 +345,20 @@ func shipHistory(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 		return 0, fmt.Errorf("ship %s: %w", name, err)
 	}
 	err = repo.Put(ctx, obj, bytes.NewReader(stored))
-	if errors.Is(err, repository.ErrConflict) && key != nil {
-		// A sealed copy never has the same bytes twice (random nonces):
-		// what it holds decides.
-		if back, rerr := readHistoryObject(ctx, repo, obj, name, key); rerr == nil && bytes.Equal(back, content) {
-			err = nil
-		}
-	}
-	if err != nil {
+	sealedConflict := errors.Is(err, repository.ErrConflict) && key != nil
+	if err != nil && !sealedConflict {
 		return 0, fmt.Errorf("store %s: %w", obj, err)
 	}
-	back, err := readHistoryObject(ctx, repo, obj, name, key)
-	if err != nil || !bytes.Equal(back, content) {
-		return 0, fmt.Errorf("read back %s: %w", obj, errors.Join(err, ErrChecksum))
+	back, rerr := readHistoryObject(ctx, repo, obj, name, key)
+	switch {
+	case rerr == nil && bytes.Equal(back, content):
+		return int64(len(content)), nil
+	case sealedConflict:
+		// A sealed copy never has the same bytes twice (random nonces):
+		// what it holds decided, and it holds other lines.
+		return 0, fmt.Errorf("store %s: %w", obj, err)
 	}
-	return int64(len(content)), nil
+	return 0, fmt.Errorf("read back %s: %w", obj, errors.Join(rerr, ErrChecksum))
 }
 
 // summarizer reads each segment's records as it is bundled, for the

@@ -363,6 +363,15 @@ func TestShipOnceSealsHistoryFiles(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, g.Waiting())
 
+	// Another history of the same timeline: the sealed copy holds other
+	// lines, which is a split brain, and the stored copy stays.
+	g.AddWAL("00000002.history", []byte("1\t0/6000000\tanother branch\n"))
+	_, err = walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Key: key})
+	require.ErrorIs(t, err, walbackup.ErrSplitBrain)
+	got.Reset()
+	require.NoError(t, walbackup.FetchWAL(ctx, repo, inst, "00000002.history", key, &got))
+	assert.Equal(t, history, got.Bytes())
+
 	// Planted in clear, and moved from another instance.
 	planted := repository.Instance{Job: inst.Job, Machine: inst.Machine, SystemID: inst.SystemID + 1}
 	require.NoError(t, repo.Put(ctx, planted.HistoryName("00000003.history"), strings.NewReader("2\t0/6000000\tforged\n")))
