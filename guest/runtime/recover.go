@@ -193,7 +193,7 @@ func checkNotRunning(dataDir string) error {
 		return nil
 	case err != nil:
 		return fmt.Errorf("read %s: %w", pidFile, err)
-	case pf.pid > 0 && alive(pf.pid) && worksIn(pf.pid, dataDir):
+	case pf.pid > 0 && alive(pf.pid) && isPostmaster("/proc", pf, dataDir):
 		return fmt.Errorf("%w: %s names process %d, which is alive and works in it", guest.ErrServerRunning, pidFile, pf.pid)
 	}
 	return nil
@@ -205,22 +205,77 @@ func alive(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// worksIn tells whether process pid's working directory is dir; when that
-// cannot be read (another user's process, no /proc), it assumes so.
-func worksIn(pid int, dir string) bool {
-	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
-	if err != nil {
+// isPostmaster tells whether the live process pf.pid is the postmaster that
+// wrote pf. A postmaster chdirs into its data directory; when another
+// user's working directory cannot be read, the process must have started
+// when the pid file says (a number reused after a reboot started later).
+// With neither readable it assumes so: refusing is the safe side.
+func isPostmaster(proc string, pf pidFile, dir string) bool {
+	if cwd, err := os.Readlink(filepath.Join(proc, strconv.Itoa(pf.pid), "cwd")); err == nil {
+		if real, err := filepath.EvalSymlinks(dir); err == nil {
+			dir = real
+		}
+		return cwd == dir
+	}
+	started, err := processStart(proc, pf.pid)
+	if err != nil || pf.started == 0 {
 		return true
 	}
-	if real, err := filepath.EvalSymlinks(dir); err == nil {
-		dir = real
+	d := started - pf.started
+	return d >= -postmasterStartSlack && d <= postmasterStartSlack
+}
+
+// postmasterStartSlack is how far, in seconds, a postmaster's start as the
+// kernel saw it may be from the one it wrote: it writes it right after it
+// starts, and /proc rounds to clock ticks.
+const postmasterStartSlack = 5
+
+// userHZ is the unit of /proc/PID/stat's start time: Linux shows clock
+// ticks to user space at 100 Hz on every architecture.
+const userHZ = 100
+
+// processStart returns when process pid started, in seconds since the
+// epoch, from procfs: the boot time in stat plus the start in ticks in
+// PID/stat.
+func processStart(proc string, pid int) (int64, error) {
+	st, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
 	}
-	return cwd == dir
+	// The command name in parentheses may hold spaces: count after it.
+	i := bytes.LastIndexByte(st, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("process %d: unreadable stat", pid)
+	}
+	fields := strings.Fields(string(st[i+1:]))
+	const startField = 22 - 3 // field 22 of stat, counted after pid and comm, from 1
+	if len(fields) <= startField {
+		return 0, fmt.Errorf("process %d: short stat", pid)
+	}
+	ticks, err := strconv.ParseInt(fields[startField], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("process %d: start time: %w", pid, err)
+	}
+	sys, err := os.ReadFile(filepath.Join(proc, "stat"))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(sys), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			boot, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("boot time: %w", err)
+			}
+			return boot + ticks/userHZ, nil
+		}
+	}
+	return 0, errors.New("boot time missing from stat")
 }
 
 // pidFile is what postmaster.pid says.
 type pidFile struct {
 	pid       int
+	started   int64 // seconds since the epoch, 0 when not written
 	port      int
 	socketDir string
 	listen    string
@@ -245,6 +300,7 @@ func readPidFile(dataDir string) (pidFile, error) {
 	if pf.pid, err = strconv.Atoi(field(1)); err != nil {
 		return pidFile{}, fmt.Errorf("postmaster.pid without a pid yet: %w", fs.ErrNotExist)
 	}
+	pf.started, _ = strconv.ParseInt(field(3), 10, 64)
 	pf.port, _ = strconv.Atoi(field(4))
 	pf.socketDir, pf.listen, pf.status = field(5), field(6), field(8)
 	return pf, nil

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
@@ -70,7 +71,7 @@ func TestReadPidFile(t *testing.T) {
 		[]byte("4242\n/data\n1764057600\n5433\n/tmp/sock\n127.0.0.1\n  5433001     32769\nstandby \n"), 0o600))
 	pf, err := readPidFile(dir)
 	require.NoError(t, err)
-	assert.Equal(t, pidFile{pid: 4242, port: 5433, socketDir: "/tmp/sock", listen: "127.0.0.1", status: "standby"}, pf)
+	assert.Equal(t, pidFile{pid: 4242, started: 1764057600, port: 5433, socketDir: "/tmp/sock", listen: "127.0.0.1", status: "standby"}, pf)
 }
 
 // Why a server stopped, from its log: the server's own report (its line
@@ -242,6 +243,28 @@ func TestPlanRecoveryRefuses(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(d, "postmaster.pid"), []byte(pid), 0o600))
 		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: d})
 		require.NotErrorIs(t, err, guest.ErrServerRunning)
+	})
+	t.Run("another user's process", func(t *testing.T) {
+		// Its working directory cannot be read (the runtime is not root):
+		// the start times decide. The CI's QEMU restore met a pid reused
+		// at boot by a root process.
+		proc, d := t.TempDir(), dataDir(t)
+		require.NoError(t, os.WriteFile(filepath.Join(proc, "stat"), []byte("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n"), 0o600))
+		require.NoError(t, os.MkdirAll(filepath.Join(proc, "241"), 0o700))
+		// Started 12.34 s after boot; the name holds a space and a ')'.
+		stat := "241 (a b) c) S 1 241 241 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 1234 1000 100\n"
+		require.NoError(t, os.WriteFile(filepath.Join(proc, "241", "stat"), []byte(stat), 0o600))
+		start, err := processStart(proc, 241)
+		require.NoError(t, err)
+		require.Equal(t, int64(1700000012), start)
+		require.True(t, isPostmaster(proc, pidFile{pid: 241, started: 1700000011}, d), "the postmaster itself")
+		require.False(t, isPostmaster(proc, pidFile{pid: 241, started: 1690000000}, d), "a pid file of an earlier boot")
+		require.True(t, isPostmaster(proc, pidFile{pid: 241}, d), "no start time written: refuse")
+		require.True(t, isPostmaster(proc, pidFile{pid: 242, started: 1690000000}, d), "nothing readable: refuse")
+		// The running test's own start, read from the real /proc.
+		now, err := processStart("/proc", os.Getpid())
+		require.NoError(t, err)
+		require.InDelta(t, time.Now().Unix(), now, 3600)
 	})
 	t.Run("bin directory", func(t *testing.T) {
 		_, err := r.planRecovery(context.Background(), guest.RecoveryConfig{DataDir: dataDir(t), BinDir: t.TempDir(), OSUser: osUserForTest(t)})
