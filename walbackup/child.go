@@ -36,6 +36,7 @@ type machineState struct {
 	failing bool                    // the last ship failed; retried with backoff
 	failed  int64                   // pg_stat_archiver's failed_count when last looked at
 	reached bool                    // a runtime ran in this session
+	direct  *Direct                 // set while the WAL ships directly
 
 	// While shipping fails: when it started and how much WAL waited then,
 	// to estimate when the guest's temporary folder fills up.
@@ -112,6 +113,7 @@ func (j *Job) deployAll(ctx context.Context, cs *childSession, retry bool) {
 		ms.reached = true
 		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: runtime deployed, PostgreSQL %d, system identifier %d",
 			ms.m.ID, ms.version, ms.inst.SystemID))
+		j.route(ctx, cs, ms, false)
 		octx, cancel := j.op(ctx)
 		ids, err := repository.RestorePointIDs(octx, j.cfg.Repository, ms.inst)
 		cancel()
@@ -209,7 +211,25 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		if !retry {
 			j.checkArchiver(ctx, cs, ms)
 		}
+		if ms.direct == nil && j.cfg.Shipping.Mode == ShipDirect {
+			// Direct only: look again whether the guest reaches the
+			// repository now; until it does, the WAL waits.
+			if !j.route(ctx, cs, ms, retry) {
+				ms.failing = true
+				continue
+			}
+		}
 		got, err := j.shipMachine(ctx, ms)
+		if err != nil && ms.direct != nil && j.cfg.Shipping.Mode == ShipAuto && unreachable(err) && !j.route(ctx, cs, ms, false) {
+			// The guest lost the repository: auto falls back to the host
+			// at once, for the rest of the session.
+			more, merr := j.shipMachine(ctx, ms)
+			got.merge(more)
+			err = merr
+		}
+		if got.Files > 0 && err != nil && !errors.Is(err, ErrSplitBrain) {
+			j.count(cs, ms, got) // verified and gone from the guest before the failure
+		}
 		if errors.Is(err, ErrSplitBrain) {
 			// Not a reason to retry: what could ship did, the rest is
 			// kept aside; an operator must look.
@@ -245,9 +265,79 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d files (%d bytes, %d stored) from %s to %s%s",
 			ms.m.ID, got.Files, got.RawBytes, got.StoredBytes, got.First, got.Last, after))
 		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.rec, Machine: ms.m.ID, Files: got.Files, Bytes: got.RawBytes,
-			Lag: j.cfg.Clock.Now().Sub(due)})
+			Lag: j.cfg.Clock.Now().Sub(due), Direct: got.Direct})
 	}
 	j.update(ctx, cs)
+}
+
+// route chooses the path of a machine's WAL: directly from the guest when
+// the mode allows it, the job can authorise it and the guest reaches the
+// repository, else through the host (or, in mode direct, nowhere until it
+// can). It says which and why in the session log and to the observer,
+// and reports whether the WAL can ship now. quiet keeps a failed retry's
+// warning out of the session log.
+func (j *Job) route(ctx context.Context, cs *childSession, ms *machineState, quiet bool) bool {
+	d, why := j.directFor(ms)
+	if d != nil {
+		octx, cancel := j.op(ctx)
+		err := d.probe(octx)
+		cancel()
+		if err != nil {
+			d, why = nil, probeFailure(err)
+		}
+	}
+	was := ms.direct != nil
+	ms.direct = d
+	var msg string
+	switch {
+	case d != nil:
+		msg = fmt.Sprintf("machine %s: WAL ships directly from the guest to the repository (shipping mode %s; the guest reaches it)", ms.m.ID, j.cfg.Shipping.Mode)
+	case j.cfg.Shipping.Mode == ShipDirect:
+		j.report(ctx, cs, quiet, session.SeverityWarning, fmt.Sprintf("machine %s: WAL not shipped, kept in the guest: shipping mode direct, and %s", ms.m.ID, why))
+		return false
+	case was:
+		msg = fmt.Sprintf("machine %s: WAL ships through the host from now on (shipping mode %s): %s", ms.m.ID, j.cfg.Shipping.Mode, why)
+	default:
+		msg = fmt.Sprintf("machine %s: WAL ships through the host (shipping mode %s): %s", ms.m.ID, j.cfg.Shipping.Mode, why)
+	}
+	sev := session.SeverityInfo
+	if was && d == nil {
+		sev = session.SeverityWarning
+	}
+	j.log(ctx, cs, sev, msg)
+	j.cfg.Observer(Event{Kind: EventShippingPath, Session: cs.rec, Machine: ms.m.ID, Direct: d != nil, Message: msg})
+	return d != nil
+}
+
+// directFor returns how the machine's WAL could ship directly, or why it
+// cannot.
+func (j *Job) directFor(ms *machineState) (*Direct, string) {
+	if j.cfg.Shipping.Mode == ShipHost {
+		return nil, "the job ships through the host"
+	}
+	if j.cfg.Key != nil {
+		return nil, "bundles are sealed with the job's key, which stays on the host"
+	}
+	g, ok := ms.rt.(guest.DirectShipper)
+	if !ok {
+		return nil, "the guest's runtime cannot ship directly"
+	}
+	d := &Direct{Guest: g, TTL: j.cfg.Shipping.AuthorizationTTL, MaxBytes: j.cfg.Shipping.DirectBundleBytes, Clock: j.cfg.Clock}
+	if up, ok := j.cfg.Repository.(repository.DirectUploader); ok {
+		d.Uploads = up
+		return d, ""
+	}
+	if ms.m.RepositoryPath != "" {
+		d.Dir = ms.m.RepositoryPath
+		return d, ""
+	}
+	return nil, "the repository cannot authorise uploads (S3-compatible stores can) and the machine has no RepositoryPath"
+}
+
+// unreachable tells a direct send that failed because the guest lost the
+// repository (or its authorisation) from other failures.
+func unreachable(err error) bool {
+	return errors.Is(err, guest.ErrUnreachable) || errors.Is(err, guest.ErrUploadDenied)
 }
 
 // shipMachine runs ShipOnce under a watchdog: it may take as long as the
@@ -255,7 +345,13 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 func (j *Job) shipMachine(ctx context.Context, ms *machineState) (Shipped, error) {
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	got, err := ShipOnce(wctx, watchedRuntime{ms.rt, w}, watchedRepo{j.cfg.Repository, w}, ms.inst, ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), tap: j.cfg.summaryFilter})
+	opts := ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), tap: j.cfg.summaryFilter}
+	if ms.direct != nil {
+		d := *ms.direct
+		d.Guest = watchedDirect{d.Guest, w}
+		opts.Direct = &d
+	}
+	got, err := ShipOnce(wctx, watchedRuntime{ms.rt, w}, watchedRepo{j.cfg.Repository, w}, ms.inst, opts)
 	return got, explain(wctx, err)
 }
 

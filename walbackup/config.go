@@ -39,6 +39,11 @@ func ChildJobName(parent string) string { return parent + " PostgreSQL Log Backu
 type Machine struct {
 	ID      string // the hypervisor's machine id
 	Address string // where the guest OS answers SSH (host:port); unused by local deployers
+	// RepositoryPath is where the guest sees the root of a file system
+	// repository itself (an NFS mount of its own), for direct shipping
+	// into it; empty when it does not. S3-compatible repositories need
+	// none: they authorise each upload.
+	RepositoryPath string
 }
 
 // Config configures a Job. Zero values take the Default... constants, except
@@ -82,6 +87,8 @@ type Config struct {
 	// unreachable) the job tries again; the delay doubles with each retry
 	// until the next interval, which always tries.
 	RetryDelay time.Duration
+	// Shipping says how WAL travels from the guests to the repository.
+	Shipping Shipping
 
 	summaryFilter func(segment string, w io.Writer) io.Writer // tests: what the WAL summarizer reads (export_test.go)
 }
@@ -108,6 +115,7 @@ func (c *Config) setDefaults() {
 	if c.FullImageEvery == 0 {
 		c.FullImageEvery = DefaultFullImageEvery
 	}
+	c.Shipping.setDefaults()
 }
 
 func (c *Config) validate() error {
@@ -123,6 +131,9 @@ func (c *Config) validate() error {
 		return errors.New("hypervisor, guest deployer, repository and session store are required")
 	case c.OperationTimeout < 0 || c.RetryDelay < 0:
 		return errors.New("operation timeout and retry delay cannot be negative")
+	}
+	if err := c.Shipping.validate(c); err != nil {
+		return err
 	}
 	if err := c.Retention.validate(); err != nil {
 		return err
@@ -150,6 +161,9 @@ const (
 	EventSessionEnded   EventKind = "session_ended"
 	EventBatchShipped   EventKind = "batch_shipped"
 	EventWarning        EventKind = "warning"
+	// EventShippingPath: the path a machine's WAL takes from now on was
+	// chosen; Direct says which, Message why.
+	EventShippingPath EventKind = "shipping_path"
 	// EventIdle: the job has done everything due and waits for the next
 	// interval, retry, parent run or command; Event.Next says when it wakes
 	// by itself. Tests step virtual time on it.
@@ -166,4 +180,7 @@ type Event struct {
 	Lag     time.Duration // how late the batch was stored after its interval was due
 	Message string
 	Next    time.Time // EventIdle: when the job wakes next unless a command comes first
+	// Direct: EventShippingPath and EventBatchShipped: the WAL goes (went)
+	// from the guest to the repository without passing through the host.
+	Direct bool
 }

@@ -200,13 +200,17 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 
 	// The restore point is usable only with the WAL from its start to its
 	// stop in the repository: ship it now, then check it is all there.
-	got, err := j.ship(ctx, rt, inst)
+	got, err := j.ship(ctx, m, rt, inst)
 	if err != nil {
 		return nil, fmt.Errorf("ship the backup's wal: %w", err)
 	}
 	if got.Files > 0 {
-		j.parentLog(ctx, *rec, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d WAL files from %s to %s for the restore point",
-			m.ID, got.Files, got.First, got.Last))
+		how := "through the host"
+		if got.Direct {
+			how = "directly from the guest"
+		}
+		j.parentLog(ctx, *rec, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d WAL files from %s to %s for the restore point, %s",
+			m.ID, got.Files, got.First, got.Last, how))
 	}
 	if msg := unsummarizedWarning(m.ID, got.Unsummarized); msg != "" {
 		j.parentLog(ctx, *rec, session.SeverityWarning, msg)
@@ -316,11 +320,29 @@ func (j *Job) incrementalBase(ctx context.Context, inst repository.Instance) (*r
 	return base, nil
 }
 
-// ship runs ShipOnce on rt under a watchdog.
-func (j *Job) ship(ctx context.Context, rt guest.Runtime, inst repository.Instance) (Shipped, error) {
+// ship runs ShipOnce on rt under a watchdog, on the path the child
+// would take: directly when the mode allows it and the guest reaches the
+// repository.
+func (j *Job) ship(ctx context.Context, m Machine, rt guest.Runtime, inst repository.Instance) (Shipped, error) {
+	d, why := j.directFor(&machineState{m: m, rt: rt})
+	if d != nil {
+		octx, cancel := j.op(ctx)
+		if err := d.probe(octx); err != nil {
+			d, why = nil, probeFailure(err)
+		}
+		cancel()
+	}
+	if d == nil && j.cfg.Shipping.Mode == ShipDirect {
+		return Shipped{}, fmt.Errorf("shipping mode direct, and %s", why)
+	}
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	got, err := ShipOnce(wctx, watchedRuntime{rt, w}, watchedRepo{j.cfg.Repository, w}, inst, ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), tap: j.cfg.summaryFilter})
+	opts := ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), tap: j.cfg.summaryFilter}
+	if d != nil {
+		d.Guest = watchedDirect{d.Guest, w}
+		opts.Direct = d
+	}
+	got, err := ShipOnce(wctx, watchedRuntime{rt, w}, watchedRepo{j.cfg.Repository, w}, inst, opts)
 	return got, explain(wctx, err)
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/wal"
@@ -21,7 +21,7 @@ import (
 
 // ErrChecksum means a file's content changed between the guest and the
 // repository: the guest's checksum and the stored bundle's disagree.
-var ErrChecksum = errors.New("wal file checksum mismatch between guest and repository")
+var ErrChecksum = walbundle.ErrChecksum
 
 // ErrSplitBrain means the guest archived a WAL file whose name the
 // repository already holds with other content: two instances with one
@@ -38,6 +38,9 @@ type Shipped struct {
 	First, Last string   // first and last file name shipped, in WAL order
 	Names       []string // every file shipped, in WAL order
 	Objects     []string // repository objects written
+	// Direct: the segments went from the guest to the repository
+	// without passing through the host.
+	Direct bool
 	// Unsummarized are the shipped segments whose records could not all
 	// be read for their WAL summary (a format the reader does not know,
 	// a record it cannot parse). They are stored and restorable like any
@@ -48,20 +51,19 @@ type Shipped struct {
 
 // UnknownSummary is a shipped segment whose summary covers only its
 // records before From, because the reader could not read on from there.
-type UnknownSummary struct {
-	Segment string
-	From    wal.LSN // 0: the whole segment
-	Reason  string
-}
+type UnknownSummary = walbundle.Unknown
 
 // ShipOptions tune ShipOnce.
 type ShipOptions struct {
 	Key *bundle.Key // encrypts the bundles when set
+	// Direct, when set, ships the segments through the guest's own
+	// connection to the repository instead of through the host.
+	Direct *Direct
 	// Time is when the batch is shipped, recorded in each bundle for
 	// retention by age; the job passes its clock's time.
 	Time time.Time
 
-	tap func(segment string, w io.Writer) io.Writer // tests: what the summarizer reads
+	tap walbundle.Filter // tests: what the summarizer reads
 }
 
 // ShipOnce moves the WAL waiting in one guest into the repository: one
@@ -77,6 +79,7 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		return out, fmt.Errorf("list ready wal: %w", err)
 	}
 	var histories []string
+	sizes := make(map[string]int64, len(files))
 	groups := map[uint32][]string{}
 	var order []uint32
 	for _, f := range files {
@@ -84,6 +87,7 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		if err != nil {
 			continue // Ready lists only WAL names; be safe anyway
 		}
+		sizes[f.Name] = f.Size
 		if fn.Kind == wal.History {
 			histories = append(histories, f.Name)
 			continue
@@ -135,6 +139,26 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		if len(names) == 0 {
 			continue
 		}
+		if opts.Direct != nil {
+			sent, err := shipDirect(ctx, opts.Direct, repo, inst, tli, names, sizes, opts)
+			for _, b := range sent {
+				// Verified: these leave the guest even if a later bundle failed.
+				out.Unsummarized = append(out.Unsummarized, b.unknown...)
+				for _, n := range b.names {
+					out.add(n, 0, 0)
+				}
+				out.RawBytes += b.raw
+				out.StoredBytes += b.stored
+				out.Objects = append(out.Objects, b.object)
+				shipped = append(shipped, b.names...)
+			}
+			out.Direct = true
+			if err != nil {
+				out.Names = slices.Sorted(slices.Values(shipped))
+				return out, errors.Join(err, removeShipped(ctx, rt, shipped))
+			}
+			continue
+		}
 		obj, raw, stored, unknown, err := shipBundle(ctx, rt, repo, inst, tli, names, opts)
 		if err != nil {
 			return out, err
@@ -151,12 +175,24 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 	if len(shipped) == 0 {
 		return out, nil
 	}
-	if err := rt.Remove(ctx, shipped); err != nil {
-		return out, fmt.Errorf("remove shipped wal from the guest: %w", err)
+	if err := removeShipped(ctx, rt, shipped); err != nil {
+		return out, err
 	}
 	out.Names = shipped
 	slices.Sort(out.Names)
 	return out, errors.Join(conflicts...)
+}
+
+// removeShipped removes files the repository holds verified from the
+// guest.
+func removeShipped(ctx context.Context, rt guest.Runtime, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	if err := rt.Remove(ctx, names); err != nil {
+		return fmt.Errorf("remove shipped wal from the guest: %w", err)
+	}
+	return nil
 }
 
 // storedSums splits a timeline's batch into the names the repository does
@@ -219,6 +255,19 @@ func keepAside(ctx context.Context, rt guest.Runtime, repo repository.Repository
 	return err
 }
 
+// merge adds what a second ShipOnce of the same guest moved.
+func (s *Shipped) merge(o Shipped) {
+	for _, n := range o.Names {
+		s.add(n, 0, 0)
+	}
+	s.Names = slices.Sorted(slices.Values(append(s.Names, o.Names...)))
+	s.RawBytes += o.RawBytes
+	s.StoredBytes += o.StoredBytes
+	s.Objects = append(s.Objects, o.Objects...)
+	s.Unsummarized = append(s.Unsummarized, o.Unsummarized...)
+	s.Direct = s.Direct && o.Direct
+}
+
 func (s *Shipped) add(name string, raw, stored int64) {
 	s.Files++
 	s.RawBytes += raw
@@ -247,56 +296,36 @@ func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repositor
 // raw bytes, each file's SHA-256 and the bundle's size.
 func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj string, names []string,
 	opts ShipOptions) (raw int64, want map[string][32]byte, stored int64, unknown []UnknownSummary, err error) {
-	key := opts.Key
 	want = make(map[string][32]byte, len(names))
 	pr, pw := io.Pipe()
 	readErr := make(chan error, 1)
 	written := sha256.New() // of the object, for the read-back
 	go func() {
 		err := func() error {
-			w, err := bundle.NewWriter(io.MultiWriter(pw, written), obj, key)
+			b, err := walbundle.New(io.MultiWriter(pw, written), obj, opts.Key, opts.Time, opts.tap)
 			if err != nil {
 				return err
 			}
-			w.SetCreated(opts.Time)
-			sums := newSummarizer(opts.tap)
-			w.SetTap(sums.tap)
 			err = rt.Read(ctx, names, func(f guest.Frame) error {
-				var e bundle.Entry
-				var err error
+				codec := bundle.Raw
 				if f.Codec == guest.CodecZstd {
-					e, err = w.AddZstd(f.Name, f.Data, f.Checksum)
-				} else {
-					e, err = w.Add(f.Name, bundle.Raw, f.Data)
+					codec = bundle.Zstd
 				}
-				if err != nil {
-					return err
-				}
-				meta, u := sums.end(f.Name)
-				if meta != nil {
-					if err := w.SetMeta(f.Name, meta); err != nil {
-						return err
-					}
-				}
-				if u != nil {
-					unknown = append(unknown, *u)
-				}
-				size, sum := f.Checksum()
-				if size != e.RawSize || sum != e.SHA256 {
-					return fmt.Errorf("%w: %s", ErrChecksum, f.Name)
-				}
-				want[f.Name] = sum
-				raw += size
-				return nil
+				_, err := b.Add(f.Name, codec, f.Data, f.Checksum)
+				return err
 			})
 			if err != nil {
 				return err
 			}
-			if len(want) != len(names) {
-				return fmt.Errorf("guest sent %d of %d files", len(want), len(names))
+			res, err := b.Close()
+			if err != nil {
+				return err
 			}
-			_, err = w.Close()
-			return err
+			if len(res.Files) != len(names) {
+				return fmt.Errorf("guest sent %d of %d files", len(res.Files), len(names))
+			}
+			raw, want, unknown = res.RawBytes, res.Sums(), res.Unknown
+			return nil
 		}()
 		pw.CloseWithError(err)
 		readErr <- err
@@ -313,7 +342,7 @@ func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 	if err != nil {
 		return 0, nil, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
 	}
-	if err := bundle.VerifyStored(ctx, repo, obj, st.Size, key, want, [32]byte(written.Sum(nil))); err != nil {
+	if err := bundle.VerifyStored(ctx, repo, obj, st.Size, opts.Key, want, [32]byte(written.Sum(nil))); err != nil {
 		return 0, nil, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
 	}
 	return raw, want, st.Size, unknown, nil
@@ -359,86 +388,6 @@ func shipHistory(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 		return 0, fmt.Errorf("store %s: %w", obj, err)
 	}
 	return 0, fmt.Errorf("read back %s: %w", obj, errors.Join(rerr, ErrChecksum))
-}
-
-// summarizer reads each segment's records as it is bundled, for the
-// summary restores use (commit times, xids, named restore points). It is
-// best effort: shipping goes on whatever it cannot read, and it says what
-// that was. A segment it cannot read on to its end keeps a summary with
-// Stop set (or none, once the reader failed), so it is never taken for a
-// segment without commits.
-type summarizer struct {
-	r      *wal.Reader
-	cur    string
-	failed string // why the reader can read no more of this bundle
-	filter func(segment string, w io.Writer) io.Writer
-}
-
-func newSummarizer(filter func(string, io.Writer) io.Writer) *summarizer {
-	s := &summarizer{filter: filter}
-	r, err := wal.NewReader(wal.ReaderConfig{})
-	if err != nil {
-		s.failed = err.Error()
-	}
-	s.r = r
-	return s
-}
-
-func (s *summarizer) tap(name string) io.Writer {
-	f, err := wal.ParseFileName(name)
-	if err != nil || f.Kind != wal.Segment {
-		return nil
-	}
-	s.cur = name
-	if s.failed != "" {
-		return nil
-	}
-	if err := s.r.BeginSegment(name); err != nil {
-		s.failed = err.Error()
-		return nil
-	}
-	var w io.Writer = lenient{s}
-	if s.filter != nil {
-		w = s.filter(name, w)
-	}
-	return w
-}
-
-// end returns the JSON summary of the segment name (nil when there is
-// none) and, when it does not cover the whole segment, what is unknown.
-func (s *summarizer) end(name string) ([]byte, *UnknownSummary) {
-	if s.cur != name {
-		return nil, nil // not a segment
-	}
-	s.cur = ""
-	if s.failed != "" {
-		return nil, &UnknownSummary{Segment: name, Reason: s.failed}
-	}
-	sum, err := s.r.EndSegment()
-	if err != nil {
-		s.failed = err.Error()
-		return nil, &UnknownSummary{Segment: name, Reason: s.failed}
-	}
-	b, err := json.Marshal(sum)
-	if err != nil {
-		return nil, &UnknownSummary{Segment: name, Reason: err.Error()}
-	}
-	if sum.Stop != nil {
-		return b, &UnknownSummary{Segment: name, From: sum.Stop.LSN, Reason: sum.Stop.Reason}
-	}
-	return b, nil
-}
-
-// lenient feeds the reader but never fails the bundle's write.
-type lenient struct{ s *summarizer }
-
-func (l lenient) Write(p []byte) (int, error) {
-	if l.s.failed == "" {
-		if _, err := l.s.r.Write(p); err != nil {
-			l.s.failed = err.Error()
-		}
-	}
-	return len(p), nil
 }
 
 // unsummarizedWarning says which shipped segments have no complete

@@ -21,12 +21,11 @@ import (
 	"github.com/pglogship/pglogship/walbackup"
 )
 
-// Real PostgreSQL, the real runtime, a real file-system repository: every
-// archived segment ends up in the repository exactly once, byte-identical,
-// and gone from the guest.
-func TestShipOnceRealWAL(t *testing.T) {
-	t.Parallel()
-	testenv.SkipIfShort(t)
+// deployedRuntime starts a real PostgreSQL and deploys the real runtime
+// for it through the local deployer, archiving into dir; the runtime is
+// closed when the test ends.
+func deployedRuntime(t *testing.T) (*testenv.Postgres, guest.Runtime, string, repository.Instance) {
+	t.Helper()
 	ctx := context.Background()
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
 	d, err := local.New(local.Config{
@@ -37,12 +36,22 @@ func TestShipOnceRealWAL(t *testing.T) {
 	require.NoError(t, err)
 	rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost"})
 	require.NoError(t, err)
-	defer rt.Close(ctx)
+	t.Cleanup(func() { _ = rt.Close(ctx) })
 	dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
 	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: dir}))
 	scan, err := rt.Scan(ctx)
 	require.NoError(t, err)
-	inst := repository.Instance{Job: "Daily DB Job", Machine: "localhost", SystemID: scan.SystemID}
+	return pg, rt, dir, repository.Instance{Job: "Daily DB Job", Machine: "localhost", SystemID: scan.SystemID}
+}
+
+// Real PostgreSQL, the real runtime, a real file-system repository: every
+// archived segment ends up in the repository exactly once, byte-identical,
+// and gone from the guest.
+func TestShipOnceRealWAL(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	pg, rt, dir, inst := deployedRuntime(t)
 	repo, err := fs.New(fs.Config{Root: t.TempDir()})
 	require.NoError(t, err)
 

@@ -121,3 +121,21 @@ func (r watchedReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// watchedDirect kicks the watchdog around every direct shipping call.
+type watchedDirect struct {
+	guest.DirectShipper
+	w *watchdog
+}
+
+func (r watchedDirect) StageBundle(ctx context.Context, req guest.StageRequest) (guest.Staged, error) {
+	r.w.kick()
+	defer r.w.kick()
+	return r.DirectShipper.StageBundle(ctx, req)
+}
+
+func (r watchedDirect) SendBundle(ctx context.Context, object string, to guest.Destination) error {
+	r.w.kick()
+	defer r.w.kick()
+	return r.DirectShipper.SendBundle(ctx, object, to)
+}

@@ -25,6 +25,7 @@ var (
 	_ guest.SpaceReporter = (*Runtime)(nil)
 	_ guest.ServerControl = (*Runtime)(nil)
 	_ guest.DataFiles     = (*Runtime)(nil)
+	_ guest.DirectShipper = (*Runtime)(nil)
 )
 
 // Runtime is a connected runtime component.
@@ -450,4 +451,42 @@ func LogLines(r io.Reader, logger *slog.Logger) {
 			return
 		}
 	}
+}
+
+// StageBundle implements guest.DirectShipper.
+func (rt *Runtime) StageBundle(ctx context.Context, req guest.StageRequest) (guest.Staged, error) {
+	if err := rt.lock(); err != nil {
+		return guest.Staged{}, err
+	}
+	defer rt.mu.Unlock()
+	var out guest.Staged
+	err := rt.call(ctx, runtime.OpStage, req, &out)
+	return out, err
+}
+
+// SendBundle implements guest.DirectShipper.
+func (rt *Runtime) SendBundle(ctx context.Context, object string, to guest.Destination) error {
+	if err := rt.lock(); err != nil {
+		return err
+	}
+	defer rt.mu.Unlock()
+	return rt.call(ctx, runtime.OpSend, runtime.SendArgs{Object: object, To: to}, nil)
+}
+
+// DropBundle implements guest.DirectShipper.
+func (rt *Runtime) DropBundle(ctx context.Context, object string) error {
+	if err := rt.lock(); err != nil {
+		return err
+	}
+	defer rt.mu.Unlock()
+	return rt.call(ctx, runtime.OpDrop, runtime.DropArgs{Object: object}, nil)
+}
+
+// ProbeDestination implements guest.DirectShipper.
+func (rt *Runtime) ProbeDestination(ctx context.Context, to guest.Destination) error {
+	if err := rt.lock(); err != nil {
+		return err
+	}
+	defer rt.mu.Unlock()
+	return rt.call(ctx, runtime.OpProbe, to, nil)
 }

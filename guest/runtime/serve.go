@@ -101,6 +101,9 @@ var errorCodes = map[string]error{
 	"target_not_reached":    guest.ErrTargetNotReached,
 	"recovery_failed":       guest.ErrRecoveryFailed,
 	"release_mismatch":      guest.ErrReleaseMismatch,
+	"object_exists":         guest.ErrObjectExists,
+	"upload_denied":         guest.ErrUploadDenied,
+	"unreachable":           guest.ErrUnreachable,
 }
 
 // ErrorCode returns the wire code for err, or "".
@@ -216,7 +219,7 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 			return nil, err
 		}
 		s.dir = cfg.Dir
-		return nil, nil
+		return nil, clearOutgoing(s.dir)
 	case OpReady, OpSpace:
 		if s.dir == "" {
 			return nil, errors.New("archiving not prepared in this session")
@@ -270,6 +273,40 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 			return nil, err
 		}
 		return nil, s.rt.StopServer(ctx, a.DataDir)
+	case OpStage, OpSend, OpDrop:
+		if s.dir == "" {
+			return nil, errors.New("archiving not prepared in this session")
+		}
+		switch req.Op {
+		case OpStage:
+			var a guest.StageRequest
+			if err := json.Unmarshal(req.Args, &a); err != nil {
+				return nil, err
+			}
+			for _, n := range a.Names {
+				if _, err := wal.ParseFileName(n); err != nil {
+					return nil, err // also keeps names from leaving the folder
+				}
+			}
+			return s.stage(ctx, a)
+		case OpSend:
+			var a SendArgs
+			if err := json.Unmarshal(req.Args, &a); err != nil {
+				return nil, err
+			}
+			return nil, s.send(ctx, a)
+		}
+		var a DropArgs
+		if err := json.Unmarshal(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return nil, s.drop(a.Object)
+	case OpProbe:
+		var to guest.Destination
+		if err := json.Unmarshal(req.Args, &to); err != nil {
+			return nil, err
+		}
+		return nil, probe(ctx, to)
 	case OpClose:
 		return nil, nil
 	}
@@ -357,6 +394,11 @@ func remove(dir string, names []string) error {
 			return err
 		}
 	}
+	return syncDir(dir)
+}
+
+// syncDir fsyncs a folder, making the names made or removed in it durable.
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -77,3 +77,12 @@ func open(ctx context.Context, src Getter, name string, size int64, key *Key, wa
 	}
 	return r, nil
 }
+
+// VerifyIndex checks that the stored bundle name (of size bytes) opens
+// with key and that its index lists exactly the files of want with their
+// SHA-256, without reading the files: for a store that checked the
+// object's own checksum as it stored it.
+func VerifyIndex(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string][32]byte) error {
+	_, err := open(ctx, src, name, size, key, want)
+	return err
+}

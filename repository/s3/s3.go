@@ -133,12 +133,20 @@ type Config struct {
 	Transport http.RoundTripper
 	// Clock bounds the cleanup after a failed Put; nil means clock.New().
 	Clock clock.Clock
+	// GuestEndpoint is host or host:port where guests reach the store
+	// when they ship WAL directly (a QEMU guest on user networking sees
+	// the host as 10.0.2.2); empty means Endpoint. Authorisations are
+	// signed for it.
+	GuestEndpoint string
+	// GuestCAPEM is the PEM of the certificate authorities guests trust
+	// for the store's TLS (a private CA); empty means their system roots.
+	GuestCAPEM string
 }
 
 // String describes the configuration without the secret key.
 func (c Config) String() string {
-	return fmt.Sprintf("s3.Config{Endpoint:%q Bucket:%q Prefix:%q AccessKey:%q SecretKey:[redacted] Insecure:%t Region:%q PartSize:%d}",
-		c.Endpoint, c.Bucket, c.Prefix, c.AccessKey, c.Insecure, c.Region, c.PartSize)
+	return fmt.Sprintf("s3.Config{Endpoint:%q Bucket:%q Prefix:%q AccessKey:%q SecretKey:[redacted] Insecure:%t Region:%q PartSize:%d GuestEndpoint:%q}",
+		c.Endpoint, c.Bucket, c.Prefix, c.AccessKey, c.Insecure, c.Region, c.PartSize, c.GuestEndpoint)
 }
 
 // GoString is String, so %#v does not print the secret key either.
@@ -159,6 +167,8 @@ type Repo struct {
 	partSize int64
 	clk      clock.Clock
 	bufs     sync.Pool // *[]byte of partSize
+	presign  *minio.Client
+	guestCA  string
 }
 
 // New checks cfg and prepares the client. It does not contact the store:
@@ -171,6 +181,8 @@ func New(cfg Config) (*Repo, error) {
 		return nil, fmt.Errorf("open s3 repository: endpoint %q must be host or host:port (HTTPS unless Insecure)", cfg.Endpoint)
 	case cfg.AccessKey == "" || cfg.SecretKey == "":
 		return nil, errors.New("open s3 repository: access key and secret key are required")
+	case strings.Contains(cfg.GuestEndpoint, "://") || strings.ContainsAny(cfg.GuestEndpoint, "/@?#"):
+		return nil, fmt.Errorf("open s3 repository: guest endpoint %q must be host or host:port", cfg.GuestEndpoint)
 	}
 	prefix := strings.TrimSuffix(cfg.Prefix, "/")
 	if prefix != "" {
@@ -197,7 +209,12 @@ func New(cfg Config) (*Repo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open s3 repository %s: %w", cfg.Endpoint, err)
 	}
-	r := &Repo{core: minio.Core{Client: client}, bucket: cfg.Bucket, prefix: prefix, partSize: cfg.PartSize, clk: cfg.Clock}
+	presign, err := newPresigner(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open s3 repository %s: guest endpoint: %w", cfg.Endpoint, err)
+	}
+	r := &Repo{core: minio.Core{Client: client}, bucket: cfg.Bucket, prefix: prefix, partSize: cfg.PartSize, clk: cfg.Clock,
+		presign: presign, guestCA: cfg.GuestCAPEM}
 	r.bufs.New = func() any { b := make([]byte, r.partSize); return &b }
 	return r, nil
 }

@@ -1,0 +1,112 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pglogship/pglogship/wal"
+)
+
+// Errors of direct shipping.
+var (
+	// ErrObjectExists: the repository already holds the object a bundle
+	// was sent to (an earlier send whose answer was lost, or another
+	// writer); the host compares what is there.
+	ErrObjectExists = errors.New("the repository already holds the object")
+	// ErrUploadDenied: the store refused the authorisation (expired, or
+	// not for this request).
+	ErrUploadDenied = errors.New("the store refused the upload's authorisation")
+	// ErrUnreachable: the guest cannot reach the repository (no route, no
+	// answer, or an answer that is not the store's).
+	ErrUnreachable = errors.New("the guest cannot reach the repository")
+)
+
+// DirectShipper is implemented by runtimes that bundle WAL in the guest
+// and send the bundle to the repository themselves, so the WAL does not
+// pass through the host (check with a type assertion). The host stays in
+// control: it names each object, authorises each send, and verifies what
+// the repository stored before it removes the WAL from the guest.
+type DirectShipper interface {
+	// StageBundle bundles the named files of the temporary folder into a
+	// file in the guest, as the object req.Object: each segment checked
+	// against the cluster, summarized and compressed once. Nothing leaves
+	// the guest. Staging an object again replaces its staged file.
+	StageBundle(ctx context.Context, req StageRequest) (Staged, error)
+	// SendBundle sends a staged bundle to the repository. Errors match
+	// ErrObjectExists, ErrUploadDenied or ErrUnreachable where they can.
+	SendBundle(ctx context.Context, object string, to Destination) error
+	// DropBundle removes a staged bundle. Idempotent.
+	DropBundle(ctx context.Context, object string) error
+	// ProbeDestination tells whether the guest reaches the repository
+	// there: nil, or an error matching ErrUnreachable or ErrUploadDenied.
+	ProbeDestination(ctx context.Context, to Destination) error
+}
+
+// StageRequest is what StageBundle bundles.
+type StageRequest struct {
+	Object  string    `json:"object"`  // the repository object the bundle will be, bound into it
+	Names   []string  `json:"names"`   // files of the temporary folder, in WAL order
+	Created time.Time `json:"created"` // recorded in the bundle, for retention by age
+}
+
+// Staged is a bundle ready in the guest.
+type Staged struct {
+	Object   string           `json:"object"`
+	Size     int64            `json:"size"`   // of the bundle
+	SHA256   [32]byte         `json:"sha256"` // of the bundle's bytes
+	Files    []BundleFile     `json:"files"`
+	Unknown  []UnknownSummary `json:"unknown,omitempty"`
+	RawBytes int64            `json:"raw_bytes"`
+}
+
+// BundleFile is one file in a bundle: its size as PostgreSQL wrote it
+// and the SHA-256 of that content.
+type BundleFile struct {
+	Name    string   `json:"name"`
+	RawSize int64    `json:"raw_size"`
+	SHA256  [32]byte `json:"sha256"`
+}
+
+// UnknownSummary is a bundled segment whose WAL summary covers only its
+// records before From, because the reader could not read on from there.
+type UnknownSummary struct {
+	Segment string  `json:"segment"`
+	From    wal.LSN `json:"from,omitempty"` // 0: the whole segment
+	Reason  string  `json:"reason"`
+}
+
+// Destination is where SendBundle sends: one HTTP request the repository
+// authorised (URL set), or a folder where the guest sees the repository's
+// root itself (Dir set: a file system repository mounted in the guest).
+type Destination struct {
+	Method string            `json:"method,omitempty"`
+	URL    string            `json:"url,omitempty"`
+	Header map[string]string `json:"header,omitempty"`
+	// CAPEM is the PEM of the certificate authorities to trust for the
+	// store's TLS; empty means the guest's system roots.
+	CAPEM string `json:"ca_pem,omitempty"`
+	// ProbeStatus is the HTTP status a probe expects.
+	ProbeStatus int `json:"probe_status,omitempty"`
+
+	Dir string `json:"dir,omitempty"`
+}
+
+// String describes the destination without an authorisation's signature.
+func (d Destination) String() string {
+	if d.Dir != "" {
+		return "folder " + d.Dir
+	}
+	u := d.URL
+	for i := 0; i < len(u); i++ {
+		if u[i] == '?' {
+			u = u[:i] + "?[redacted]"
+			break
+		}
+	}
+	return fmt.Sprintf("%s %s", d.Method, u)
+}
+
+// GoString is String, so %#v does not print the signature either.
+func (d Destination) GoString() string { return d.String() }

@@ -1,0 +1,287 @@
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/internal/walbundle"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/bundle"
+)
+
+// Operations of direct shipping (guest.DirectShipper).
+const (
+	OpStage = "bundle_stage" // guest.StageRequest -> guest.Staged
+	OpSend  = "bundle_send"  // SendArgs
+	OpDrop  = "bundle_drop"  // DropArgs
+	OpProbe = "probe"        // guest.Destination
+)
+
+// SendArgs says where OpSend sends a staged bundle.
+type SendArgs struct {
+	Object string            `json:"object"`
+	To     guest.Destination `json:"to"`
+}
+
+// DropArgs names the staged bundle OpDrop removes.
+type DropArgs struct {
+	Object string `json:"object"`
+}
+
+// outgoing is the folder, inside the temporary folder, that holds staged
+// bundles; its name is no WAL file's, so Ready never lists it.
+const outgoing = ".outgoing"
+
+// stagedPath is where the bundle of object is staged.
+func (s *server) stagedPath(object string) string {
+	h := sha256.Sum256([]byte(object))
+	return filepath.Join(s.dir, outgoing, hex.EncodeToString(h[:16])+".bundle")
+}
+
+// clearOutgoing removes bundles staged by an earlier runtime: they were
+// never verified, and their WAL is still in the folder.
+func clearOutgoing(dir string) error {
+	return os.RemoveAll(filepath.Join(dir, outgoing))
+}
+
+// stage bundles the named files of the temporary folder into a staged
+// file: the same pipeline as the host's (walbundle), fed with the files
+// as they lie here, each segment checked against the cluster first.
+func (s *server) stage(ctx context.Context, req guest.StageRequest) (guest.Staged, error) {
+	if err := repository.ValidName(req.Object); err != nil {
+		return guest.Staged{}, err
+	}
+	if len(req.Names) == 0 {
+		return guest.Staged{}, errors.New("stage a bundle: no files")
+	}
+	if err := os.MkdirAll(filepath.Join(s.dir, outgoing), 0o700); err != nil {
+		return guest.Staged{}, fmt.Errorf("stage a bundle: %w", err)
+	}
+	path := s.stagedPath(req.Object)
+	f, err := os.OpenFile(path+".tmp", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return guest.Staged{}, fmt.Errorf("stage a bundle: %w", err)
+	}
+	defer os.Remove(path + ".tmp") // no-op once renamed
+	defer f.Close()
+	h := sha256.New()
+	cw := &countingWriter{w: io.MultiWriter(f, h)}
+	b, err := walbundle.New(cw, req.Object, nil, req.Created, nil)
+	if err != nil {
+		return guest.Staged{}, err
+	}
+	chk := &Sender{inst: s.inst}
+	for _, name := range req.Names {
+		if err := ctx.Err(); err != nil {
+			return guest.Staged{}, err
+		}
+		in, err := chk.open(s.dir, name)
+		if err != nil {
+			return guest.Staged{}, err
+		}
+		_, err = b.Add(name, bundle.Raw, in, nil)
+		in.Close()
+		if err != nil {
+			return guest.Staged{}, err
+		}
+	}
+	res, err := b.Close()
+	if err != nil {
+		return guest.Staged{}, err
+	}
+	if err := f.Close(); err != nil {
+		return guest.Staged{}, err
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return guest.Staged{}, err
+	}
+	return guest.Staged{Object: req.Object, Size: cw.n, SHA256: [32]byte(h.Sum(nil)), Files: res.Files, Unknown: res.Unknown,
+		RawBytes: res.RawBytes}, nil
+}
+
+// send sends a staged bundle where the host said.
+func (s *server) send(ctx context.Context, a SendArgs) error {
+	if err := repository.ValidName(a.Object); err != nil {
+		return err
+	}
+	f, err := os.Open(s.stagedPath(a.Object))
+	if err != nil {
+		return fmt.Errorf("send %s: not staged: %w", a.Object, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if a.To.Dir != "" {
+		return putInto(ctx, a.To.Dir, a.Object, f)
+	}
+	return request(ctx, a.To, f, st.Size(), http.StatusOK)
+}
+
+// drop removes a staged bundle.
+func (s *server) drop(object string) error {
+	if err := repository.ValidName(object); err != nil {
+		return err
+	}
+	if err := os.Remove(s.stagedPath(object)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// probe tells whether the destination is reachable from here.
+func probe(ctx context.Context, to guest.Destination) error {
+	if to.Dir != "" {
+		var rnd [8]byte
+		_, _ = rand.Read(rnd[:])
+		p := filepath.Join(to.Dir, ".probe-"+hex.EncodeToString(rnd[:]))
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("%w: %v", guest.ErrUnreachable, err)
+		}
+		f.Close()
+		return os.Remove(p)
+	}
+	return request(ctx, to, nil, 0, to.ProbeStatus)
+}
+
+// request makes the authorised HTTP request with body and wants status.
+func request(ctx context.Context, to guest.Destination, body io.Reader, size int64, want int) error {
+	if !strings.HasPrefix(to.URL, "http://") && !strings.HasPrefix(to.URL, "https://") {
+		return fmt.Errorf("destination %s: not an http(s) URL", to)
+	}
+	req, err := http.NewRequestWithContext(ctx, to.Method, to.URL, body)
+	if err != nil {
+		return fmt.Errorf("destination %s: %v", to, err)
+	}
+	if body != nil {
+		req.ContentLength = size
+		req.GetBody = nil
+	}
+	for k, v := range to.Header {
+		req.Header.Set(k, v)
+	}
+	client, err := httpClient(to.CAPEM)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: %s: %v", guest.ErrUnreachable, to, redactURL(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == want || want == http.StatusOK && resp.StatusCode/100 == 2 {
+		return nil
+	}
+	what := storeError(resp)
+	switch resp.StatusCode {
+	case http.StatusPreconditionFailed:
+		return fmt.Errorf("%w: %s: %s", guest.ErrObjectExists, to, what)
+	case http.StatusForbidden:
+		return fmt.Errorf("%w: %s: %s", guest.ErrUploadDenied, to, what)
+	}
+	if want != http.StatusOK && resp.StatusCode/100 != 5 && what == resp.Status {
+		// Not the store's answer (no S3 error document): something else
+		// listens there.
+		return fmt.Errorf("%w: %s answered %s", guest.ErrUnreachable, to, resp.Status)
+	}
+	return fmt.Errorf("%s: %s", to, what)
+}
+
+// redactURL keeps an authorisation's signature out of a client error.
+func redactURL(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, "?"); i >= 0 {
+		if j := strings.IndexAny(msg[i:], "\": "); j >= 0 {
+			return msg[:i] + "?[redacted]" + msg[i+j:]
+		}
+		return msg[:i] + "?[redacted]"
+	}
+	return msg
+}
+
+// storeError reads an S3 error document's code and message, or returns
+// the status.
+func storeError(resp *http.Response) string {
+	var doc struct {
+		Code    string `xml:"Code"`
+		Message string `xml:"Message"`
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if xml.Unmarshal(b, &doc) != nil || doc.Code == "" {
+		return resp.Status
+	}
+	return fmt.Sprintf("%s: %s: %s", resp.Status, doc.Code, doc.Message)
+}
+
+func httpClient(caPEM string) (*http.Client, error) {
+	if caPEM == "" {
+		return http.DefaultClient, nil
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(caPEM)) {
+		return nil, errors.New("destination: no certificate in the CA PEM")
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}, nil
+}
+
+// putInto copies the bundle to root/object the way the fs repository
+// commits: a temporary file beside it, fsynced, then linked to its name
+// (which refuses an existing one) and the folder fsynced.
+func putInto(ctx context.Context, root, object string, r io.Reader) error {
+	if !filepath.IsAbs(root) {
+		return fmt.Errorf("destination folder %q: must be absolute", root)
+	}
+	if st, err := os.Stat(root); err != nil || !st.IsDir() {
+		return fmt.Errorf("%w: folder %s: %v", guest.ErrUnreachable, root, err)
+	}
+	path := filepath.Join(root, filepath.FromSlash(object))
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(dir, ".tmp-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	_, err = io.Copy(f, repository.ContextReader(ctx, r))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%w: %s", guest.ErrObjectExists, object)
+		}
+		return err
+	}
+	return syncDir(dir)
+}

@@ -1,0 +1,256 @@
+package walbackup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/bundle"
+)
+
+// ShippingMode says which path a job's WAL takes to the repository.
+type ShippingMode string
+
+const (
+	// ShipAuto ships directly whenever the guest reaches the repository,
+	// checked at every session start and after a failed direct send, and
+	// through the host otherwise.
+	ShipAuto ShippingMode = "auto"
+	// ShipDirect ships only directly: when the guest cannot reach the
+	// repository, the WAL waits in the guest and the session warns.
+	ShipDirect ShippingMode = "direct"
+	// ShipHost ships through the host (the log shipping server) always.
+	ShipHost ShippingMode = "host"
+)
+
+// Defaults for Shipping.
+const (
+	// DefaultAuthorizationTTL is how long an upload authorisation handed
+	// to a guest lives.
+	DefaultAuthorizationTTL = 15 * time.Minute
+	// DefaultDirectBundleBytes caps the raw WAL of one directly shipped
+	// bundle, which is one upload and one staged file in the guest.
+	DefaultDirectBundleBytes = 1 << 30
+)
+
+// Shipping configures how WAL travels from the guests to the repository.
+//
+// Direct shipping: the runtime bundles the WAL in the guest (compressed,
+// summarized) and sends the bundle to the repository itself. The host
+// stays in control: it names every object and, for an S3-compatible
+// store, hands the guest one authorisation per bundle (a presigned PUT
+// of exactly that object, size-bound by the content's SHA-256 the store
+// checks, only while the name is free, for AuthorizationTTL); a file
+// system repository is written through the guest's own mount
+// (Machine.RepositoryPath). No credential of the host's enters the guest.
+// The host then verifies what the store holds (size and the store's own
+// checksum, or a full read-back; and the bundle's index) before the WAL
+// leaves the guest. Timeline history files, a few hundred bytes, always
+// go through the host. With Config.Key set, bundles are sealed on the
+// host, so the WAL goes through the host.
+type Shipping struct {
+	Mode ShippingMode // empty means ShipAuto
+	// AuthorizationTTL is how long an upload authorisation lives, at most
+	// an hour; 0 means DefaultAuthorizationTTL.
+	AuthorizationTTL time.Duration
+	// DirectBundleBytes caps the raw WAL per directly shipped bundle; 0
+	// means DefaultDirectBundleBytes.
+	DirectBundleBytes int64
+}
+
+func (s *Shipping) setDefaults() {
+	if s.Mode == "" {
+		s.Mode = ShipAuto
+	}
+	if s.AuthorizationTTL == 0 {
+		s.AuthorizationTTL = DefaultAuthorizationTTL
+	}
+	if s.DirectBundleBytes == 0 {
+		s.DirectBundleBytes = DefaultDirectBundleBytes
+	}
+}
+
+func (s *Shipping) validate(c *Config) error {
+	switch {
+	case s.Mode != ShipAuto && s.Mode != ShipDirect && s.Mode != ShipHost:
+		return fmt.Errorf("shipping mode %q: must be %q, %q or %q", s.Mode, ShipAuto, ShipDirect, ShipHost)
+	case s.AuthorizationTTL < 0 || s.AuthorizationTTL > time.Hour:
+		return fmt.Errorf("shipping authorisation lifetime %s: must be at most an hour", s.AuthorizationTTL)
+	case s.DirectBundleBytes < 0:
+		return errors.New("direct bundle size cannot be negative")
+	}
+	if s.Mode != ShipDirect {
+		return nil
+	}
+	if c.Key != nil {
+		return errors.New("shipping mode direct: bundles are sealed with the key on the host, so with a key the WAL must go through it (use mode auto or host)")
+	}
+	if _, ok := c.Repository.(repository.DirectUploader); ok {
+		return nil
+	}
+	for _, m := range c.Machines {
+		if m.RepositoryPath == "" {
+			return fmt.Errorf("shipping mode direct: the repository cannot authorise uploads (S3-compatible stores can), and machine %s has no RepositoryPath where it sees the repository itself", m.ID)
+		}
+	}
+	return nil
+}
+
+// Direct is how ShipOnce ships through the guest's own connection to the
+// repository (see Shipping).
+type Direct struct {
+	Guest guest.DirectShipper
+	// Uploads authorises each upload and reports the store's checksum of
+	// what it stored; nil when the guest writes into Dir.
+	Uploads repository.DirectUploader
+	Dir     string // the repository's root as the guest sees it
+	TTL     time.Duration
+	// MaxBytes caps the raw WAL per bundle.
+	MaxBytes int64
+	Clock    clock.Clock // bounds the clean-up after a failed send
+}
+
+// cleanupTimeout bounds removing a staged bundle or an unverified object.
+const cleanupTimeout = time.Minute
+
+// destination returns where the guest sends object (of size bytes with
+// SHA-256 sum): an authorised request, or its own folder.
+func (d *Direct) destination(ctx context.Context, object string, size int64, sum [32]byte) (guest.Destination, error) {
+	if d.Uploads == nil {
+		return guest.Destination{Dir: d.Dir}, nil
+	}
+	a, err := d.Uploads.AuthorizePut(ctx, object, size, sum, d.TTL)
+	if err != nil {
+		return guest.Destination{}, err
+	}
+	return destinationOf(a), nil
+}
+
+func destinationOf(a repository.Authorization) guest.Destination {
+	return guest.Destination{Method: a.Method, URL: a.URL, Header: a.Header, CAPEM: a.CAPEM, ProbeStatus: a.ProbeStatus}
+}
+
+// probe tells whether the guest reaches the repository.
+func (d *Direct) probe(ctx context.Context) error {
+	to := guest.Destination{Dir: d.Dir}
+	if d.Uploads != nil {
+		a, err := d.Uploads.AuthorizeProbe(ctx, d.TTL)
+		if err != nil {
+			return err
+		}
+		to = destinationOf(a)
+	}
+	return d.Guest.ProbeDestination(ctx, to)
+}
+
+// shipDirect ships one timeline's new files through the guest's own
+// connection, in bundles of at most MaxBytes of raw WAL, each verified
+// before the next. It returns the objects stored and verified, with what
+// they hold; on error, those before it stay counted (their WAL is in the
+// repository) and the rest waits in the guest.
+func shipDirect(ctx context.Context, d *Direct, repo repository.Repository, inst repository.Instance, tli uint32,
+	names []string, sizes map[string]int64, opts ShipOptions) ([]directBundle, error) {
+	var out []directBundle
+	for len(names) > 0 {
+		n, raw := 0, int64(0)
+		for n < len(names) && (n == 0 || raw+sizes[names[n]] <= d.MaxBytes) {
+			raw += sizes[names[n]]
+			n++
+		}
+		b, err := shipDirectBundle(ctx, d, repo, inst, tli, names[:n], sizes, opts)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, b)
+		names = names[n:]
+	}
+	return out, nil
+}
+
+// directBundle is one bundle the guest sent and the host verified.
+type directBundle struct {
+	object  string
+	names   []string
+	raw     int64
+	stored  int64
+	unknown []UnknownSummary
+}
+
+// shipDirectBundle stages one bundle in the guest, sends it, and verifies
+// what the repository stored. A bundle that fails verification is
+// deleted: nothing unverified stays to be read by a restore.
+func shipDirectBundle(ctx context.Context, d *Direct, repo repository.Repository, inst repository.Instance, tli uint32,
+	names []string, sizes map[string]int64, opts ShipOptions) (directBundle, error) {
+	obj := inst.NewBundleName(tli, names[0], names[len(names)-1])
+	staged, err := d.Guest.StageBundle(ctx, guest.StageRequest{Object: obj, Names: names, Created: opts.Time})
+	if err != nil {
+		return directBundle{}, fmt.Errorf("bundle %s..%s in the guest: %w", names[0], names[len(names)-1], err)
+	}
+	defer func() {
+		cctx, cancel := clock.WithTimeout(d.Clock, context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		_ = d.Guest.DropBundle(cctx, obj)
+	}()
+	want := make(map[string][32]byte, len(staged.Files))
+	var raw int64
+	for i, f := range staged.Files {
+		if i >= len(names) || f.Name != names[i] || f.RawSize != sizes[f.Name] {
+			return directBundle{}, fmt.Errorf("bundle %s: the guest staged %s (%d bytes) where %s was due", obj, f.Name, f.RawSize, names[min(i, len(names)-1)])
+		}
+		want[f.Name] = f.SHA256
+		raw += f.RawSize
+	}
+	if len(staged.Files) != len(names) || staged.Object != obj {
+		return directBundle{}, fmt.Errorf("bundle %s: the guest staged %d of %d files", obj, len(staged.Files), len(names))
+	}
+	to, err := d.destination(ctx, obj, staged.Size, staged.SHA256)
+	if err != nil {
+		return directBundle{}, fmt.Errorf("authorise %s: %w", obj, err)
+	}
+	if err := d.Guest.SendBundle(ctx, obj, to); err != nil && !errors.Is(err, guest.ErrObjectExists) {
+		return directBundle{}, fmt.Errorf("send %s from the guest: %w", obj, err)
+	}
+	// Sent, or already there (an earlier send's answer was lost): what the
+	// store holds decides.
+	if err := verifyDirect(ctx, d, repo, obj, staged, want); err != nil {
+		if !errors.Is(err, repository.ErrNotFound) {
+			cctx, cancel := clock.WithTimeout(d.Clock, context.WithoutCancel(ctx), cleanupTimeout)
+			defer cancel()
+			if derr := repo.Delete(cctx, obj); derr != nil {
+				err = errors.Join(err, fmt.Errorf("delete the unverified %s: %w", obj, derr))
+			}
+		}
+		return directBundle{}, fmt.Errorf("verify %s: %w", obj, err)
+	}
+	return directBundle{object: obj, names: names, raw: raw, stored: staged.Size, unknown: staged.Unknown}, nil
+}
+
+// verifyDirect checks a directly sent bundle: its size and SHA-256 as the
+// store computed them (S3) or as read back (a file system), and its index
+// against the files the guest staged.
+func verifyDirect(ctx context.Context, d *Direct, repo repository.Repository, obj string, staged guest.Staged, want map[string][32]byte) error {
+	if d.Uploads == nil {
+		return bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.SHA256)
+	}
+	st, sum, err := d.Uploads.StoredChecksum(ctx, obj)
+	if err != nil {
+		return err
+	}
+	if st.Size != staged.Size || sum != staged.SHA256 {
+		return fmt.Errorf("%w: the store holds %d bytes with SHA-256 %x, the guest staged %d bytes with %x",
+			ErrChecksum, st.Size, sum, staged.Size, staged.SHA256)
+	}
+	return bundle.VerifyIndex(ctx, repo, obj, st.Size, nil, want)
+}
+
+// probeFailure says why a probe failed, naming the guest once.
+func probeFailure(err error) string {
+	if errors.Is(err, guest.ErrUnreachable) {
+		return err.Error()
+	}
+	return "the guest cannot reach the repository: " + err.Error()
+}

@@ -1,0 +1,299 @@
+package walbackup_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/benbjohnson/clock"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/remote"
+	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/s3"
+	"github.com/pglogship/pglogship/wal"
+	"github.com/pglogship/pglogship/walbackup"
+)
+
+// hostBytes counts the WAL that passes through the host: segment bytes
+// the runtime streams to it, and bundle bytes it puts.
+type hostBytes struct {
+	segments, bundles atomic.Int64
+}
+
+func isSegment(name string) bool {
+	f, err := wal.ParseFileName(name)
+	return err == nil && f.Kind != wal.History
+}
+
+// countingS3 is the S3 repository, counting the WAL bundle bytes the host
+// puts (not an image's);
+// it stays a repository.DirectUploader.
+type countingS3 struct {
+	*s3.Repo
+	c *hostBytes
+}
+
+func (r countingS3) Put(ctx context.Context, name string, rd io.Reader) error {
+	if _, ok := repository.ParseBundleName(name); ok && strings.Contains(name, "/wal/") {
+		rd = io.TeeReader(rd, writerFunc(func(p []byte) { r.c.bundles.Add(int64(len(p))) }))
+	}
+	return r.Repo.Put(ctx, name, rd)
+}
+
+// countingDeployer hands out runtimes that count the segment bytes they
+// stream to the host.
+type countingDeployer struct {
+	guest.Deployer
+	c *hostBytes
+}
+
+func (d countingDeployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, error) {
+	rt, err := d.Deployer.Deploy(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return countingRuntime{rt.(*remote.Runtime), d.c}, nil
+}
+
+type countingRuntime struct {
+	*remote.Runtime
+	c *hostBytes
+}
+
+func (r countingRuntime) Read(ctx context.Context, names []string, fn func(guest.Frame) error) error {
+	return r.Runtime.Read(ctx, names, func(f guest.Frame) error {
+		if isSegment(f.Name) {
+			f.Data = io.TeeReader(f.Data, writerFunc(func(p []byte) { r.c.segments.Add(int64(len(p))) }))
+		}
+		return fn(f)
+	})
+}
+
+func minIORepo(t *testing.T, m *testenv.MinIO, bucket, guestEndpoint string) *s3.Repo {
+	t.Helper()
+	r, err := s3.New(s3.Config{Endpoint: m.Endpoint, GuestEndpoint: guestEndpoint, Bucket: bucket, Prefix: "site1", Insecure: true,
+		AccessKey: m.AccessKey, SecretKey: m.SecretKey, Region: "us-east-1"})
+	require.NoError(t, err)
+	require.NoError(t, r.Check(context.Background()))
+	return r
+}
+
+// Direct shipping into a real MinIO: the child job (and the parent's
+// backup WAL) ship real WAL with no WAL byte passing through the host,
+// every bundle carries the store's own checksum, the session record says
+// which path and why, and restores from the directly shipped WAL are row
+// exact to the latest state and to random times.
+func TestDirectShippingToMinIO(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	m := testenv.StartMinIO(t)
+	bucket := m.NewBucket(t)
+	s3repo := minIORepo(t, m, bucket, "")
+	var c hostBytes
+	f := newPITRFixture(t, pitrWorkload{txns: 50, tweak: func(cfg *walbackup.Config) {
+		cfg.Repository = countingS3{s3repo, &c}
+		cfg.Guests = countingDeployer{cfg.Guests, &c}
+		cfg.Shipping.Mode = walbackup.ShipDirect
+	}})
+	ctx := context.Background()
+	inst := f.instance(t)
+
+	assert.Zero(t, c.segments.Load(), "no segment byte streamed to the host")
+	assert.Zero(t, c.bundles.Load(), "no bundle byte put by the host")
+	refs, err := repository.Bundles(ctx, s3repo, inst, 1)
+	require.NoError(t, err)
+	require.NotEmpty(t, refs)
+	for _, r := range refs {
+		obj, _, err := s3repo.StoredChecksum(ctx, r.Object.Name)
+		require.NoError(t, err, "%s was stored under an authorisation, with the store's checksum", r.Object.Name)
+		assert.Equal(t, r.Object.Size, obj.Size)
+	}
+	log := sessionLog(t, f.harness, walbackup.ChildJobName("Daily DB Job"))
+	assert.Contains(t, log, "WAL ships directly from the guest to the repository (shipping mode direct", log)
+	assert.Empty(t, m.IncompleteUploads(t))
+
+	t.Run("latest", func(t *testing.T) {
+		pg, res, err := f.restore(t, walbackup.Latest())
+		require.NoError(t, err, "%s", res.Recovery.Log)
+		assert.Equal(t, f.want(len(f.txns)), items(t, pg), "every shipped transaction")
+		pg.Stop(t)
+	})
+	f.restoreAtRandom(t, 16, 4, []int{f.namedAt, f.lsnAt}, nil)
+}
+
+// unreachableMinIO is a MinIO the host reaches and guests do not: its
+// guest endpoint is where nothing listens.
+func unreachableMinIO(t *testing.T) (*testenv.MinIO, string, *s3.Repo) {
+	t.Helper()
+	testenv.SkipIfShort(t)
+	m := testenv.StartMinIO(t)
+	bucket := m.NewBucket(t)
+	return m, bucket, minIORepo(t, m, bucket, "127.0.0.1:1")
+}
+
+// In mode auto, a guest that cannot reach the store (its endpoint, as the
+// guest would see it, answers nothing) ships through the host, and the
+// session record says so and why.
+func TestAutoShipsThroughTheHostWhenTheGuestCannotReachTheStore(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	m, bucket, s3repo := unreachableMinIO(t)
+	var c hostBytes
+	r := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
+		cfg.Repository = countingS3{s3repo, &c}
+		cfg.Guests = countingDeployer{cfg.Guests, &c}
+	})
+	ctx := context.Background()
+	require.NoError(t, r.job.Enable(ctx))
+	events := r.idle(t)
+	r.pg.SwitchWAL(t, 3)
+	events = append(events, r.step(t, walbackup.DefaultLogBackupInterval)...)
+	var path *walbackup.Event
+	for i, e := range events {
+		if e.Kind == walbackup.EventShippingPath {
+			path = &events[i]
+		}
+	}
+	require.NotNil(t, path, "the observer is told the path")
+	assert.False(t, path.Direct)
+	assert.Contains(t, path.Message, "cannot reach the repository")
+	log := sessionLog(t, r.harness, walbackup.ChildJobName("Daily DB Job"))
+	assert.Contains(t, log, "WAL ships through the host (shipping mode auto): the guest cannot reach the repository", log)
+	assert.Positive(t, c.segments.Load(), "the WAL went through the host")
+	assert.NotEmpty(t, m.Keys(t, bucket), "into the store")
+	ss := r.sessions(t, walbackup.ChildJobName("Daily DB Job"))
+	require.NotEmpty(t, ss)
+	assert.GreaterOrEqual(t, ss[0].Counters.Files, int64(3), log)
+	require.NoError(t, r.job.Disable(ctx))
+}
+
+// In mode direct, the same guest ships nothing: the WAL waits in the
+// guest and every interval warns.
+func TestDirectModeWarnsWhenTheGuestCannotReachTheStore(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	m, bucket, s3repo := unreachableMinIO(t)
+	r := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
+		cfg.Repository = s3repo
+		cfg.Shipping.Mode = walbackup.ShipDirect
+	})
+	ctx := context.Background()
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	r.pg.SwitchWAL(t, 2)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	log := sessionLog(t, r.harness, walbackup.ChildJobName("Daily DB Job"))
+	assert.Contains(t, log, "warning machine db1: WAL not shipped, kept in the guest: shipping mode direct, and the guest cannot reach the repository", log)
+	assert.Empty(t, m.Keys(t, bucket), "nothing shipped")
+	files, err := os.ReadDir(r.walDir)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, len(files), 2, "the WAL waits in the guest")
+	require.NoError(t, r.job.Disable(ctx))
+}
+
+// faultyGuest wraps a real runtime's direct shipping with faults.
+type faultyGuest struct {
+	guest.DirectShipper
+	beforeSend func()
+	afterSend  func() error // replaces a successful send's answer
+	lie        bool         // the guest reports other checksums than it bundled
+}
+
+func (g *faultyGuest) StageBundle(ctx context.Context, req guest.StageRequest) (guest.Staged, error) {
+	s, err := g.DirectShipper.StageBundle(ctx, req)
+	if err == nil && g.lie {
+		s.Files[0].SHA256[0] ^= 1
+	}
+	return s, err
+}
+
+func (g *faultyGuest) SendBundle(ctx context.Context, object string, to guest.Destination) error {
+	if g.beforeSend != nil {
+		g.beforeSend()
+	}
+	err := g.DirectShipper.SendBundle(ctx, object, to)
+	if err == nil && g.afterSend != nil {
+		return g.afterSend()
+	}
+	return err
+}
+
+// Direct shipping's faults on a real runtime, PostgreSQL and MinIO, one
+// ShipOnce each: an authorisation that expires before its upload, a guest
+// whose bundle does not match what it reported, and a host that crashes
+// between the upload and the verification. None loses WAL or counts it
+// twice; nothing unverified stays in the repository.
+func TestDirectShippingFaults(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	m := testenv.StartMinIO(t)
+	bucket := m.NewBucket(t)
+	repo := minIORepo(t, m, bucket, "")
+	pg, rt, _, inst := deployedRuntime(t)
+	direct := func(g *faultyGuest, ttl time.Duration) walbackup.ShipOptions {
+		g.DirectShipper = rt.(guest.DirectShipper)
+		return walbackup.ShipOptions{Direct: &walbackup.Direct{Guest: g, Uploads: repo, TTL: ttl, MaxBytes: 1 << 30, Clock: clock.New()}}
+	}
+	waiting := func() []string {
+		files, err := rt.Ready(ctx)
+		require.NoError(t, err)
+		var names []string
+		for _, f := range files {
+			names = append(names, f.Name)
+		}
+		return names
+	}
+	pg.SwitchWAL(t, 3)
+	before := waiting()
+	require.GreaterOrEqual(t, len(before), 3)
+
+	t.Run("the authorisation expires before the upload", func(t *testing.T) {
+		_, err := walbackup.ShipOnce(ctx, rt, repo, inst, direct(&faultyGuest{beforeSend: func() { time.Sleep(2 * time.Second) }}, time.Second))
+		require.ErrorIs(t, err, guest.ErrUploadDenied)
+		assert.Equal(t, before, waiting(), "the WAL stays in the guest")
+		assert.Empty(t, m.Keys(t, bucket), "nothing stored")
+	})
+	t.Run("a bundle that is not what the guest reported", func(t *testing.T) {
+		_, err := walbackup.ShipOnce(ctx, rt, repo, inst, direct(&faultyGuest{lie: true}, time.Minute))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "sha256 differs")
+		assert.Equal(t, before, waiting(), "the WAL stays in the guest")
+		assert.Empty(t, m.Keys(t, bucket), "the unverified bundle was deleted")
+	})
+	t.Run("the host crashes between the upload and the verification", func(t *testing.T) {
+		lost := errors.New("host crashed")
+		_, err := walbackup.ShipOnce(ctx, rt, repo, inst, direct(&faultyGuest{afterSend: func() error { return lost }}, time.Minute))
+		require.ErrorIs(t, err, lost)
+		assert.Equal(t, before, waiting(), "the WAL stays in the guest")
+		require.Len(t, m.Keys(t, bucket), 1, "stored, not verified")
+		// The next session finds the stored files, checks them against the
+		// guest's and lets them go; nothing is stored twice.
+		got, err := walbackup.ShipOnce(ctx, rt, repo, inst, direct(&faultyGuest{}, time.Minute))
+		require.NoError(t, err)
+		assert.Equal(t, len(before), got.Files)
+		assert.Empty(t, waiting())
+		assert.Len(t, m.Keys(t, bucket), 1, "no second bundle")
+		in := stored(t, repo, inst, 1)
+		assert.Len(t, in, len(before))
+	})
+	t.Run("the store's checksum is what the host checks", func(t *testing.T) {
+		pg.SwitchWAL(t, 2)
+		got, err := walbackup.ShipOnce(ctx, rt, repo, inst, direct(&faultyGuest{}, time.Minute))
+		require.NoError(t, err)
+		require.True(t, got.Direct)
+		require.Len(t, got.Objects, 1)
+		_, sum, err := repo.StoredChecksum(ctx, got.Objects[0])
+		require.NoError(t, err)
+		assert.NotEqual(t, [32]byte{}, sum)
+	})
+}
