@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	iofs "io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"github.com/pglogship/pglogship/guest/remote"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
+	fsrepo "github.com/pglogship/pglogship/repository/fs"
 	"github.com/pglogship/pglogship/repository/s3"
 	"github.com/pglogship/pglogship/wal"
 	"github.com/pglogship/pglogship/walbackup"
@@ -94,10 +97,7 @@ func minIORepo(t *testing.T, m *testenv.MinIO, bucket, guestEndpoint string) *s3
 // exact to the latest state and to random times.
 func TestDirectShippingToMinIO(t *testing.T) {
 	t.Parallel()
-	testenv.SkipIfShort(t)
-	m := testenv.StartMinIO(t)
-	bucket := m.NewBucket(t)
-	s3repo := minIORepo(t, m, bucket, "")
+	m, _, s3repo := minIOBucketRepo(t, "")
 	var c hostBytes
 	f := newPITRFixture(t, pitrWorkload{txns: 50, tweak: func(cfg *walbackup.Config) {
 		cfg.Repository = countingS3{s3repo, &c}
@@ -133,11 +133,18 @@ func TestDirectShippingToMinIO(t *testing.T) {
 // unreachableMinIO is a MinIO the host reaches and guests do not: its
 // guest endpoint is where nothing listens.
 func unreachableMinIO(t *testing.T) (*testenv.MinIO, string, *s3.Repo) {
+	return minIOBucketRepo(t, "127.0.0.1:1")
+}
+
+// minIOBucketRepo starts a MinIO with an empty bucket and opens the
+// repository in it, signing guests' authorisations for guestEndpoint
+// (empty: where the host reaches it).
+func minIOBucketRepo(t *testing.T, guestEndpoint string) (*testenv.MinIO, string, *s3.Repo) {
 	t.Helper()
 	testenv.SkipIfShort(t)
 	m := testenv.StartMinIO(t)
 	bucket := m.NewBucket(t)
-	return m, bucket, minIORepo(t, m, bucket, "127.0.0.1:1")
+	return m, bucket, minIORepo(t, m, bucket, guestEndpoint)
 }
 
 // In mode auto, a guest that cannot reach the store (its endpoint, as the
@@ -145,7 +152,6 @@ func unreachableMinIO(t *testing.T) (*testenv.MinIO, string, *s3.Repo) {
 // session record says so and why.
 func TestAutoShipsThroughTheHostWhenTheGuestCannotReachTheStore(t *testing.T) {
 	t.Parallel()
-	testenv.SkipIfShort(t)
 	m, bucket, s3repo := unreachableMinIO(t)
 	var c hostBytes
 	r := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
@@ -180,7 +186,6 @@ func TestAutoShipsThroughTheHostWhenTheGuestCannotReachTheStore(t *testing.T) {
 // guest and every interval warns.
 func TestDirectModeWarnsWhenTheGuestCannotReachTheStore(t *testing.T) {
 	t.Parallel()
-	testenv.SkipIfShort(t)
 	m, bucket, s3repo := unreachableMinIO(t)
 	r := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
 		cfg.Repository = s3repo
@@ -234,11 +239,8 @@ func (g *faultyGuest) SendBundle(ctx context.Context, object string, to guest.De
 // twice; nothing unverified stays in the repository.
 func TestDirectShippingFaults(t *testing.T) {
 	t.Parallel()
-	testenv.SkipIfShort(t)
 	ctx := context.Background()
-	m := testenv.StartMinIO(t)
-	bucket := m.NewBucket(t)
-	repo := minIORepo(t, m, bucket, "")
+	m, bucket, repo := minIOBucketRepo(t, "")
 	pg, rt, _, inst := deployedRuntime(t)
 	direct := func(g *faultyGuest, ttl time.Duration) walbackup.ShipOptions {
 		g.DirectShipper = rt.(guest.DirectShipper)
@@ -296,4 +298,211 @@ func TestDirectShippingFaults(t *testing.T) {
 		require.NoError(t, err)
 		assert.NotEqual(t, [32]byte{}, sum)
 	})
+}
+
+// An upload cut anywhere, from its first byte to its last, stores
+// nothing and keeps the WAL in the guest; the next ship stores it once.
+func TestDirectUploadCutAtAnyPoint(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	m := testenv.StartMinIO(t)
+	bucket := m.NewBucket(t)
+	proxy := testenv.StartProxy(t, m.Endpoint)
+	repo := minIORepo(t, m, bucket, proxy.Addr) // the guest reaches the store through the proxy
+	pg, rt, _, inst := deployedRuntime(t)
+	opts := walbackup.ShipOptions{Direct: &walbackup.Direct{Guest: rt.(guest.DirectShipper), Uploads: repo, TTL: time.Minute,
+		MaxBytes: 1 << 30, Clock: clock.New()}}
+	pg.SwitchWAL(t, 3)
+	files, err := rt.Ready(ctx)
+	require.NoError(t, err)
+	var raw int64
+	for _, f := range files {
+		raw += f.Size
+	}
+	// The request's head is a few hundred bytes, the bundle over a MiB.
+	for _, cut := range []int64{0, 1, 300, 4 << 10, 256 << 10, 1 << 20} {
+		proxy.CutAfter(cut)
+		_, err := walbackup.ShipOnce(ctx, rt, repo, inst, opts)
+		require.Error(t, err, "cut after %d bytes", cut)
+		left, err := rt.Ready(ctx)
+		require.NoError(t, err)
+		require.Equal(t, files, left, "cut after %d bytes: the WAL stays in the guest", cut)
+		require.Empty(t, m.Keys(t, bucket), "cut after %d bytes: nothing stored", cut)
+	}
+	proxy.CutAfter(-1)
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, opts)
+	require.NoError(t, err)
+	assert.Equal(t, len(files), got.Files)
+	assert.Greater(t, got.StoredBytes, int64(1<<20), "every cut above fell inside the upload")
+	assert.Equal(t, raw, got.RawBytes)
+	assert.Len(t, stored(t, repo, inst, 1), len(files))
+	assert.Len(t, m.Keys(t, bucket), 1)
+}
+
+// In mode auto, a guest that loses the store mid-session (here its path
+// to it goes down) falls back to the host in the same interval, says so,
+// and loses nothing; the next session ships directly again once the path
+// is back.
+func TestAutoFallsBackMidSession(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	m := testenv.StartMinIO(t)
+	bucket := m.NewBucket(t)
+	proxy := testenv.StartProxy(t, m.Endpoint)
+	s3repo := minIORepo(t, m, bucket, proxy.Addr)
+	var c hostBytes
+	r := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
+		cfg.Repository = countingS3{s3repo, &c}
+		cfg.Guests = countingDeployer{cfg.Guests, &c}
+	})
+	ctx := context.Background()
+	child := walbackup.ChildJobName("Daily DB Job")
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	r.pg.SwitchWAL(t, 2)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	require.Zero(t, c.segments.Load(), "direct first: %s", sessionLog(t, r.harness, child))
+
+	proxy.Down()
+	r.pg.SwitchWAL(t, 2)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	log := sessionLog(t, r.harness, child)
+	assert.Contains(t, log, "warning machine db1: WAL ships through the host from now on (shipping mode auto): the guest cannot reach the repository", log)
+	assert.Positive(t, c.segments.Load(), "then through the host")
+	files, err := os.ReadDir(r.walDir)
+	require.NoError(t, err)
+	var waiting []string
+	for _, f := range files {
+		if isSegment(f.Name()) {
+			waiting = append(waiting, f.Name())
+		}
+	}
+	assert.Empty(t, waiting, "nothing waits in the guest: %s", log)
+	require.NoError(t, r.job.Disable(ctx))
+	ss := r.sessions(t, child)
+	require.Len(t, ss, 1)
+	inst := r.instance(t)
+	in := stored(t, s3repo, inst, 1)
+	assert.GreaterOrEqual(t, int64(len(in)), ss[0].Counters.Files-1, "every counted file is stored (the .history aside)")
+	assert.GreaterOrEqual(t, ss[0].Counters.Files, int64(4))
+
+	proxy.Up()
+	before := c.segments.Load()
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	r.pg.SwitchWAL(t, 2)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	assert.Equal(t, before, c.segments.Load(), "direct again in the next session: %s", sessionLog(t, r.harness, child))
+	require.NoError(t, r.job.Disable(ctx))
+}
+
+// Direct shipping puts no secret of the store's into the guest: the
+// runtime's environment and arguments and every file in the guest's WAL
+// folder (staged bundles included) hold no form of the secret key, and
+// the authorisations' signatures reach neither the logs nor the session
+// records.
+func TestDirectShippingKeepsTheStoreSecretOutOfTheGuest(t *testing.T) {
+	t.Parallel()
+	m, _, s3repo := minIOBucketRepo(t, "")
+	var c hostBytes
+	r := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
+		cfg.Repository = s3repo
+		cfg.Guests = countingDeployer{cfg.Guests, &c}
+		cfg.Shipping.Mode = walbackup.ShipDirect
+	})
+	ctx := context.Background()
+	child := walbackup.ChildJobName("Daily DB Job")
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	r.pg.SwitchWAL(t, 2)
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	log := sessionLog(t, r.harness, child)
+	require.Contains(t, log, "shipped", log)
+	require.Zero(t, c.segments.Load())
+
+	secrets := forms([]byte(m.SecretKey))
+	// The runtimes this test binary runs, this job's among them: their
+	// environment and command line.
+	procs, err := filepath.Glob("/proc/[0-9]*/exe")
+	require.NoError(t, err)
+	var runtimes int
+	for _, exe := range procs {
+		if target, err := os.Readlink(exe); err != nil || filepath.Base(target) != "pglogship-runtime" {
+			continue
+		}
+		runtimes++
+		for _, f := range []string{"environ", "cmdline"} {
+			b, err := os.ReadFile(filepath.Join(filepath.Dir(exe), f))
+			require.NoError(t, err)
+			for _, s := range secrets {
+				assert.NotContains(t, string(b), s, "the secret key in the runtime's %s", f)
+			}
+		}
+	}
+	require.Positive(t, runtimes, "the runtime is running")
+	var files int
+	require.NoError(t, filepath.WalkDir(r.walDir, func(path string, d iofs.DirEntry, err error) error {
+		require.NoError(t, err)
+		if d.IsDir() {
+			return nil
+		}
+		files++
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		for _, s := range secrets {
+			assert.False(t, strings.Contains(string(b), s), "the secret key in %s", path)
+		}
+		return nil
+	}))
+	require.NoError(t, r.job.Disable(ctx))
+	all := r.logs.String() + sessionLog(t, r.harness, child)
+	for _, s := range append(secrets, "X-Amz-Signature=") {
+		assert.NotContains(t, all, s)
+	}
+}
+
+// Direct shipping into a file system repository the guest reaches
+// itself (its own mount of the repository's folder; here the same
+// folder): no WAL byte passes through the host, the host reads every
+// bundle back before the WAL leaves the guest, and the WAL is stored
+// byte-identical.
+func TestDirectShippingIntoTheGuestsOwnMount(t *testing.T) {
+	t.Parallel()
+	var c hostBytes
+	root := filepath.Join(t.TempDir(), "repository")
+	repo, err := fsrepo.New(fsrepo.Config{Root: root})
+	require.NoError(t, err)
+	r2 := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
+		cfg.Repository = repo
+		cfg.Guests = countingDeployer{cfg.Guests, &c}
+		cfg.Shipping.Mode = walbackup.ShipDirect
+		cfg.Machines[0].RepositoryPath = root
+	})
+	ctx := context.Background()
+	require.NoError(t, r2.job.Enable(ctx))
+	r2.idle(t)
+	r2.pg.SwitchWAL(t, 3)
+	originals := map[string][]byte{}
+	entries, err := os.ReadDir(r2.walDir)
+	require.NoError(t, err)
+	for _, e := range entries {
+		if isSegment(e.Name()) {
+			b, err := os.ReadFile(filepath.Join(r2.walDir, e.Name()))
+			require.NoError(t, err)
+			originals[e.Name()] = b
+		}
+	}
+	require.GreaterOrEqual(t, len(originals), 3)
+	r2.step(t, walbackup.DefaultLogBackupInterval)
+	require.NoError(t, r2.job.Disable(ctx))
+	log := sessionLog(t, r2.harness, walbackup.ChildJobName("Daily DB Job"))
+	assert.Contains(t, log, "WAL ships directly from the guest to the repository (shipping mode direct", log)
+	assert.Zero(t, c.segments.Load(), "no segment byte through the host")
+	in := stored(t, repo, r2.instance(t), 1)
+	for n, b := range originals {
+		assert.Equal(t, b, in[n], "%s byte-identical", n)
+		_, err := os.Stat(filepath.Join(r2.walDir, n))
+		assert.True(t, os.IsNotExist(err), "%s left the guest", n)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/hypervisor/hypervisortest"
 	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/memory"
 	"github.com/pglogship/pglogship/session"
 	smem "github.com/pglogship/pglogship/session/memory"
@@ -331,4 +332,40 @@ func walSegment(name string, payload []byte) []byte {
 		panic(err)
 	}
 	return guesttest.Segment(f, 16<<20, 42, 150000, payload)
+}
+
+// A shipping configuration that cannot work is refused when the job is
+// made, saying what to change.
+func TestShippingModeRefused(t *testing.T) {
+	key, err := bundle.NewKey(make([]byte, bundle.KeySize))
+	require.NoError(t, err)
+	base := walbackup.Config{Name: "j", Machines: []walbackup.Machine{{ID: "vm1"}}, Hypervisor: hypervisortest.New(clock.NewMock()),
+		Guests: guesttest.NewDeployer(nil), Repository: memory.New(), Sessions: smem.New(), LogBackupInterval: walbackup.DefaultLogBackupInterval}
+	for _, c := range []struct {
+		tweak func(*walbackup.Config)
+		want  string
+	}{
+		{func(c *walbackup.Config) { c.Shipping.Mode = "sideways" }, `shipping mode "sideways": must be "auto", "direct" or "host"`},
+		{func(c *walbackup.Config) { c.Shipping.AuthorizationTTL = 2 * time.Hour }, "at most an hour"},
+		{func(c *walbackup.Config) { c.Shipping.Mode, c.Key = walbackup.ShipDirect, key }, "with a key the WAL must go through it"},
+		{func(c *walbackup.Config) { c.Shipping.Mode = walbackup.ShipDirect }, "machine vm1 has no RepositoryPath"},
+	} {
+		cfg := base
+		c.tweak(&cfg)
+		_, err := walbackup.NewJob(cfg)
+		require.ErrorContains(t, err, c.want)
+	}
+	for _, tweak := range []func(*walbackup.Config){
+		func(c *walbackup.Config) {},
+		func(c *walbackup.Config) { c.Key = key }, // auto: through the host
+		func(c *walbackup.Config) {
+			c.Shipping.Mode = walbackup.ShipDirect
+			c.Machines = []walbackup.Machine{{ID: "vm1", RepositoryPath: "/mnt/repository"}}
+		},
+	} {
+		cfg := base
+		tweak(&cfg)
+		_, err := walbackup.NewJob(cfg)
+		require.NoError(t, err)
+	}
 }
