@@ -41,13 +41,49 @@ type result struct {
 	elapsed time.Duration
 	stored  int64 // bytes in the repository, 0 when not measured
 	peakKiB int64 // summed resident memory of its processes, 0 when not measured
+	// CPU time of the shipping's guest side (our runtime, the peer's
+	// processes) and of the host (the process that ships, or receives),
+	// 0 when not measured.
+	guestCPU, hostCPU time.Duration
 }
 
 // tally is what all rounds of one contender measured.
 type tally struct {
-	times  []time.Duration
-	stored int64
-	peak   int64
+	times             []time.Duration
+	stored            int64
+	peak              int64
+	guestCPU, hostCPU []time.Duration
+}
+
+// cpuMean is the mean of the CPU times measured, 0 when none was.
+func cpuMean(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range ds {
+		sum += d
+	}
+	return sum / time.Duration(len(ds))
+}
+
+// machineCPU is the CPU time every process of the machine has used (user,
+// nice, system, irq and softirq from /proc/stat).
+func machineCPU() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		if i < len(f) {
+			n, _ := strconv.ParseInt(f[i], 10, 64)
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
 
 func (t *tally) mean() time.Duration {
@@ -75,6 +111,10 @@ func race(b *testing.B, cs []contender) map[string]*tally {
 			t.times = append(t.times, res.elapsed)
 			t.stored = max(t.stored, res.stored)
 			t.peak = max(t.peak, res.peakKiB)
+			if res.guestCPU > 0 {
+				t.guestCPU = append(t.guestCPU, res.guestCPU)
+				t.hostCPU = append(t.hostCPU, res.hostCPU)
+			}
 			b.Logf("round %d: %-28s %8.3f s", r+1, c.name, res.elapsed.Seconds())
 		}
 	}

@@ -3,6 +3,7 @@ package bench_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,14 +13,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/pglogship/pglogship/clock"
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/runtime"
 	gssh "github.com/pglogship/pglogship/guest/ssh"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/fs"
+	"github.com/pglogship/pglogship/repository/s3"
 	"github.com/pglogship/pglogship/repository/sftp"
 	"github.com/pglogship/pglogship/walbackup"
 )
@@ -61,8 +65,29 @@ func BenchmarkShip(b *testing.B) {
 		HostKeyCallback: cc.HostKeyCallback, Root: filepath.Join(testenv.UserDir(b, sshd.User), "repo")})
 	must(b, err)
 	defer sftpRepo.Close()
+	// MinIO over TLS (pgBackRest speaks S3 over TLS only): ours ships
+	// into it directly from the guest, pgBackRest asynchronously.
+	m := testenv.StartMinIOTLS(b)
+	bucket := m.NewBucket(b)
+	s3Repo, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: bucket, Prefix: "pglogship", AccessKey: m.AccessKey,
+		SecretKey: m.SecretKey, Region: "us-east-1", Transport: m.Transport(b), GuestCAPEM: m.CAPEM})
+	must(b, err)
+	direct := &walbackup.Direct{Guest: rt.(guest.DirectShipper), Uploads: s3Repo, TTL: walbackup.DefaultAuthorizationTTL,
+		MaxBytes: walbackup.DefaultDirectBundleBytes, Clock: clock.New()}
+	// CPU of the guest side: everything the machine ran but the host
+	// process and the store.
+	type cpuMark struct{ machine, host, store time.Duration }
+	markCPU := func() cpuMark {
+		return cpuMark{machineCPU(), testenv.CPUTime([]int{os.Getpid()}, ""), testenv.CPUTime([]int{m.PID}, "")}
+	}
+	since := func(res *result, c cpuMark) {
+		now := markCPU()
+		res.hostCPU = now.host - c.host
+		res.guestCPU = (now.machine - c.machine) - res.hostCPU - (now.store - c.store)
+	}
+
 	runs := 0
-	ship := func(repo repository.Repository, sample bool) result {
+	ship := func(repo repository.Repository, d *walbackup.Direct, sample bool) result {
 		for _, s := range segs {
 			copyFile(b, s, filepath.Join(walDir, filepath.Base(s)))
 		}
@@ -78,10 +103,13 @@ func BenchmarkShip(b *testing.B) {
 			rtm = testenv.SampleRSS(5*time.Millisecond, nil, baseDir)
 		}
 		hostCPU, rtCPU := testenv.CPUTime([]int{os.Getpid()}, ""), testenv.CPUTime(nil, baseDir)
+		cpu := markCPU()
 		start := time.Now()
-		got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Time: start})
+		got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Time: start, Direct: d})
 		res := result{elapsed: time.Since(start), stored: got.StoredBytes}
-		b.Logf("CPU: host process %v, runtime %v", testenv.CPUTime([]int{os.Getpid()}, "")-hostCPU, testenv.CPUTime(nil, baseDir)-rtCPU)
+		since(&res, cpu)
+		b.Logf("CPU: host process %v, runtime %v, guest side %v", testenv.CPUTime([]int{os.Getpid()}, "")-hostCPU,
+			testenv.CPUTime(nil, baseDir)-rtCPU, res.guestCPU)
 		if sample {
 			hostKiB, rtKiB := host.Stop(), rtm.Stop()
 			res.peakKiB = hostKiB + rtKiB
@@ -89,6 +117,9 @@ func BenchmarkShip(b *testing.B) {
 				float64(hostKiB)/1024, float64(rtKiB)/1024)
 		}
 		must(b, err)
+		if got.Direct != (d != nil) {
+			b.Fatalf("shipped directly: %t, want %t", got.Direct, d != nil)
+		}
 		if got.Files != len(segs) || got.RawBytes != raw {
 			b.Fatalf("shipped %d files, %d bytes; want %d, %d", got.Files, got.RawBytes, len(segs), raw)
 		}
@@ -123,42 +154,102 @@ func BenchmarkShip(b *testing.B) {
 			argv := pb.Args("--pg1-path="+data, "--repo1-path="+repo, "--spool-path="+spool, "archive-push", "pg_wal/"+filepath.Base(s))
 			fmt.Fprintf(&script, "%s || exit 1\n", strings.Join(argv, " "))
 		}
+		cpu := markCPU()
 		res := runScript(b, pg, data, script.String(), repo, sample)
 		pb.WaitExited(b, repo)
+		since(&res, cpu)
 		res.stored = duSize(b, filepath.Join(repo, "archive"))
 		return res
 	}
 
-	names := []string{"pglogship over SSH -> fs", "pglogship over SSH -> SFTP", "pgBackRest async push -> posix"}
-	cs := []contender{
-		{names[0], func(int) result { return ship(fsRepo, false) }},
-		{names[1], func(int) result { return ship(sftpRepo, false) }},
-		{names[2], func(int) result { return push(false) }},
+	// pgBackRest into MinIO: a stanza of its own in the bucket, a new
+	// repository path each run (created before the clock starts).
+	var pbS3 *testenv.PgBackRest
+	if withPeer {
+		_, port, err := net.SplitHostPort(m.Endpoint)
+		must(b, err)
+		pbS3 = testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{Stanza: "s3", Settings: map[string]string{
+			"archive-async": "y", "process-max": "2", "compress-type": "zst",
+			"repo1-type": "s3", "repo1-path": "/pgbackrest/setup", "repo1-s3-bucket": bucket, "repo1-s3-endpoint": "127.0.0.1",
+			"repo1-s3-port": port, "repo1-s3-region": "us-east-1", "repo1-s3-key": m.AccessKey, "repo1-s3-key-secret": m.SecretKey,
+			"repo1-s3-uri-style": "path", "repo1-storage-verify-tls": "n",
+		}})
 	}
+	pushes := 0
+	pushS3 := func(sample bool) result {
+		markReady(b, pg, data, segs)
+		pushes++
+		path := fmt.Sprintf("/pgbackrest/run-%d", pushes)
+		pbS3.Run(b, "--repo1-path="+path, "stanza-create")
+		spool := filepath.Join(testenv.UserDir(b, pg.OSUser), "spool")
+		must(b, os.Mkdir(spool, 0o700))
+		chownTo(b, pg, filepath.Dir(spool))
+		syncAll()
+		var script strings.Builder
+		for _, s := range segs {
+			argv := pbS3.Args("--pg1-path="+data, "--repo1-path="+path, "--spool-path="+spool, "archive-push", "pg_wal/"+filepath.Base(s))
+			fmt.Fprintf(&script, "%s || exit 1\n", strings.Join(argv, " "))
+		}
+		cpu := markCPU()
+		res := runScript(b, pg, data, script.String(), spool, sample)
+		pbS3.WaitExited(b, spool)
+		since(&res, cpu)
+		for o := range m.Client(b).ListObjectsIter(ctx, bucket, minio.ListObjectsOptions{Prefix: strings.TrimPrefix(path, "/") + "/archive/", Recursive: true}) {
+			must(b, o.Err)
+			res.stored += o.Size
+		}
+		return res
+	}
+
+	names := []string{"pglogship over SSH -> fs", "pglogship over SSH -> SFTP", "pglogship direct -> MinIO (TLS)",
+		"pgBackRest async push -> posix", "pgBackRest async push -> MinIO (TLS)"}
+	cs := []contender{
+		{names[0], func(int) result { return ship(fsRepo, nil, false) }},
+		{names[1], func(int) result { return ship(sftpRepo, nil, false) }},
+		{names[2], func(int) result { return ship(s3Repo, direct, false) }},
+		{names[3], func(int) result { return push(false) }},
+		{names[4], func(int) result { return pushS3(false) }},
+	}
+	// Each of ours against the peer doing the same: through a host into a
+	// repository, or straight into the store.
+	peerOf := map[string]string{names[0]: names[3], names[1]: names[3], names[2]: names[4]}
 	if !withPeer {
-		names, cs = names[:2], cs[:2]
+		names, cs = names[:3], cs[:3]
 	}
 	b.ResetTimer()
 	tallies := race(b, cs)
 	b.StopTimer()
-	tallies[names[0]].peak = ship(fsRepo, true).peakKiB
-	tallies[names[1]].peak = ship(sftpRepo, true).peakKiB
-	var peer time.Duration
+	tallies[names[0]].peak = ship(fsRepo, nil, true).peakKiB
+	tallies[names[1]].peak = ship(sftpRepo, nil, true).peakKiB
+	tallies[names[2]].peak = ship(s3Repo, direct, true).peakKiB
 	if withPeer {
-		tallies[names[2]].peak = push(true).peakKiB
-		peer = tallies[names[2]].mean()
+		tallies[names[3]].peak = push(true).peakKiB
+		tallies[names[4]].peak = pushS3(true).peakKiB
 	}
 
+	gib := float64(raw) / (1 << 30)
+	perGiB := func(ds []time.Duration) string {
+		if len(ds) == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", cpuMean(ds).Seconds()/gib)
+	}
 	t := newTable(b, "shipping: a backlog of 64 segments (1 GiB) from the guest into the repository",
-		"contender", "s", "MB/s of WAL", "speed-up over pgBackRest async", "peak memory MiB", "stored MB (ratio)")
+		"contender", "s", "MB/s of WAL", "speed-up over its pgBackRest peer", "guest CPU s/GiB (x peer)", "host CPU s/GiB",
+		"peak memory MiB", "stored MB (ratio)")
 	for _, name := range names {
 		tl := tallies[name]
+		speed, cpuX := "-", ""
+		if p, ok := tallies[peerOf[name]]; ok {
+			speed = ratio(p.mean(), tl.mean())
+			if pc := cpuMean(p.guestCPU); pc > 0 {
+				cpuX = fmt.Sprintf(" (%.2f)", float64(cpuMean(tl.guestCPU))/float64(pc))
+			}
+			b.ReportMetric(float64(p.mean())/float64(tl.mean()), "speedup-"+strings.Fields(name)[len(strings.Fields(name))-1])
+		}
 		t.row(name, fmt.Sprintf("%.3f", tl.mean().Seconds()), fmt.Sprintf("%.0f", float64(raw)/1e6/tl.mean().Seconds()),
-			ratioOr(peer, tl.mean()), mib(tl.peak), fmt.Sprintf("%.0f (%.2f)", float64(tl.stored)/1e6, float64(raw)/float64(tl.stored)))
-	}
-	if withPeer {
-		b.ReportMetric(float64(peer)/float64(tallies[names[0]].mean()), "speedup-fs")
-		b.ReportMetric(float64(peer)/float64(tallies[names[1]].mean()), "speedup-sftp")
+			speed, perGiB(tl.guestCPU)+cpuX, perGiB(tl.hostCPU), mib(tl.peak),
+			fmt.Sprintf("%.0f (%.2f)", float64(tl.stored)/1e6, float64(raw)/float64(tl.stored)))
 	}
 	t.flush()
 }

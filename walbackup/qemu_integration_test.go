@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -169,4 +170,73 @@ func hostKeysIn(files *[]string) ssh.HostKeyCallback {
 		}
 		return cb(host, remote, key)
 	}
+}
+
+// A QEMU guest ships its WAL straight into MinIO: the guest's restricted
+// user-mode network reaches exactly the store (at 10.0.2.100:9000, to the
+// host's loopback), the runtime deployed over SSH bundles and uploads under
+// the host's per-object authorisations, and no WAL byte passes through the
+// host; what the store holds is what the guest archived.
+func TestQEMUGuestShipsDirectlyToMinIO(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	m, bucket, repo := minIOBucketRepo(t, "10.0.2.100:9000")
+	_, port, err := net.SplitHostPort(m.Endpoint)
+	require.NoError(t, err)
+	hostPort, err := strconv.Atoi(port)
+	require.NoError(t, err)
+	vm := testenv.StartVM(t, testenv.VMConfig{Forwards: []testenv.Forward{{GuestAddr: "10.0.2.100:9000", HostPort: hostPort}}})
+	deployer, err := gssh.New(gssh.Config{
+		User: "postgres", Auth: []ssh.AuthMethod{ssh.PublicKeys(vm.ClientSigner)}, HostKeyCallback: hostKeysIn(&[]string{vm.KnownHostsFile}),
+		Binaries: map[string]string{"amd64": testenv.BuildRuntime(t)},
+		BaseDir:  testenv.GuestTempDir + "/runtimes",
+		Conn:     runtime.ConnConfig{Host: "/var/run/postgresql", Port: vm.Port, User: "postgres"},
+		Logger:   testenv.Logger(t),
+	})
+	require.NoError(t, err)
+	var c hostBytes
+	h := &harness{store: smem.New(), events: make(chan walbackup.Event, 1024)}
+	h.list = h.store
+	job, err := walbackup.NewJob(walbackup.Config{
+		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1", Address: vm.SSHAddr}},
+		LogBackupInterval: walbackup.DefaultLogBackupInterval, WALDir: testenv.GuestTempDir + "/wal",
+		Hypervisor: fakeImages(nil, nil), Guests: countingDeployer{deployer, &c}, Repository: countingS3{repo, &c}, Sessions: h.store,
+		Clock: clock.New(), Logger: testenv.Logger(t), Observer: func(e walbackup.Event) { h.events <- e },
+		Shipping: walbackup.Shipping{Mode: walbackup.ShipDirect},
+	})
+	require.NoError(t, err)
+	h.job = job
+	require.NoError(t, job.Enable(ctx))
+	h.idle(t)
+	vm.Psql(t, "CREATE TABLE shipped AS SELECT g AS n, md5(g::text) AS s FROM generate_series(1, 200000) g")
+	var archived []string
+	for i := 0; i < 3; i++ {
+		archived = append(archived, vm.SwitchWAL(t))
+	}
+	require.NoError(t, job.Disable(ctx)) // the last ship
+	log := sessionLog(t, h, job.ChildName())
+	assert.Contains(t, log, "WAL ships directly from the guest to the repository (shipping mode direct", log)
+	assert.Regexp(t, `info machine vm1: shipped \d+ files`, log)
+	assert.Zero(t, c.segments.Load(), "no segment byte through the host")
+	assert.Zero(t, c.bundles.Load(), "no bundle byte put by the host")
+
+	id := vm.Psql(t, "SELECT system_identifier FROM pg_control_system()")
+	sysid, err := strconv.ParseUint(id, 10, 64)
+	require.NoError(t, err)
+	in := stored(t, repo, repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: sysid}, 1)
+	for _, name := range archived {
+		require.Contains(t, in, name, "%s is in the store: %s", name, log)
+		sum := vm.Run(t, "postgres", "sha256sum /var/lib/postgresql/"+testenv.GuestPostgresVersion+"/main/pg_wal/"+name+" 2>/dev/null || true")
+		if f := strings.Fields(sum); len(f) > 0 { // still in pg_wal: compare
+			assert.Equal(t, f[0], fmt.Sprintf("%x", sha256.Sum256(in[name])), "%s as the guest archived it", name)
+		}
+	}
+	refs, err := repository.Bundles(ctx, repo, repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: sysid}, 1)
+	require.NoError(t, err)
+	for _, r := range refs {
+		_, _, err := repo.StoredChecksum(ctx, r.Object.Name)
+		require.NoError(t, err, "%s was uploaded by the guest under an authorisation", r.Object.Name)
+	}
+	assert.NotEmpty(t, m.Keys(t, bucket))
 }

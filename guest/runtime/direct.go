@@ -231,16 +231,19 @@ func storeError(resp *http.Response) string {
 	return fmt.Sprintf("%s: %s: %s", resp.Status, doc.Code, doc.Message)
 }
 
+// httpClient makes a client for one request: a fresh connection each
+// time, as a bundle is large and sent once, and a store may have closed
+// an idle one meanwhile (a PUT on it would fail, never be retried).
 func httpClient(caPEM string) (*http.Client, error) {
-	if caPEM == "" {
-		return http.DefaultClient, nil
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM([]byte(caPEM)) {
-		return nil, errors.New("destination: no certificate in the CA PEM")
-	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tr.DisableKeepAlives = true
+	if caPEM != "" {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM([]byte(caPEM)) {
+			return nil, errors.New("destination: no certificate in the CA PEM")
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
 	return &http.Client{Transport: tr}, nil
 }
 

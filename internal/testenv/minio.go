@@ -2,9 +2,17 @@ package testenv
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -102,12 +110,16 @@ func tail(s string, lines int) string {
 // MinIO is a running MinIO server on loopback with random root
 // credentials and its data in a temporary folder.
 type MinIO struct {
-	Endpoint  string // "127.0.0.1:port", plain HTTP
+	Endpoint  string // "127.0.0.1:port", plain HTTP, or HTTPS when CAPEM is set
 	AccessKey string // the root user
 	SecretKey string // the root password
 	DataDir   string
 	LogFile   string
 	PID       int // the server process
+	// CAPEM is the self-signed certificate MinIO serves TLS with (for
+	// 127.0.0.1 and the guests' 10.0.2.100), from StartMinIOTLS; empty
+	// for plain HTTP.
+	CAPEM string
 }
 
 // StartMinIO starts a MinIO server (single drive, console off) on a free
@@ -116,6 +128,18 @@ type MinIO struct {
 // stopped in t.Cleanup. (MinIO also listens on ::1 at the same port: it
 // always adds every loopback address, so nothing leaves the machine.)
 func StartMinIO(t testing.TB) *MinIO {
+	t.Helper()
+	return startMinIO(t, false)
+}
+
+// StartMinIOTLS is StartMinIO serving HTTPS with a self-signed
+// certificate (MinIO.CAPEM), as peers that speak S3 over TLS only need.
+func StartMinIOTLS(t testing.TB) *MinIO {
+	t.Helper()
+	return startMinIO(t, true)
+}
+
+func startMinIO(t testing.TB, withTLS bool) *MinIO {
 	t.Helper()
 	bin := MinIOBinary(t)
 	dir := t.TempDir()
@@ -128,11 +152,19 @@ func StartMinIO(t testing.TB) *MinIO {
 	mustMkdir(t, m.DataDir, 0o700)
 	certs := filepath.Join(dir, "certs") // so nothing is read from or written to ~/.minio
 	mustMkdir(t, certs, 0o700)
+	if withTLS {
+		m.CAPEM = selfSigned(t, certs)
+	}
 	logf, err := os.OpenFile(m.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	t.Cleanup(func() { logf.Close() })
+	t.Cleanup(func() {
+		logf.Close()
+		if t.Failed() {
+			t.Logf("testenv: minio %s log:\n%s", m.Endpoint, logTail(m.LogFile))
+		}
+	})
 
 	const attempts = 3
 	for i := 1; ; i++ {
@@ -166,7 +198,7 @@ func (m *MinIO) start(t testing.TB, bin, certs string, logf *os.File) (exited bo
 	if err != nil {
 		return false, err
 	}
-	client := &http.Client{Timeout: 2 * time.Second}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: m.Transport(t)}
 	deadline := time.Now().Add(minioReadyTimeout)
 	for {
 		if done, waitErr := proc.exited(); done {
@@ -174,7 +206,7 @@ func (m *MinIO) start(t testing.TB, bin, certs string, logf *os.File) (exited bo
 		}
 		// /minio/health/live answers 200 before the object layer and IAM
 		// are up; /minio/health/cluster waits for them and write quorum.
-		resp, err := client.Get("http://" + m.Endpoint + "/minio/health/cluster")
+		resp, err := client.Get(m.URL() + "/minio/health/cluster")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -195,7 +227,8 @@ func (m *MinIO) start(t testing.TB, bin, certs string, logf *os.File) (exited bo
 // Client returns a client of the server with the root credentials.
 func (m *MinIO) Client(t testing.TB) *minio.Client {
 	t.Helper()
-	c, err := minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, "")})
+	c, err := minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		Secure: m.CAPEM != "", Transport: m.Transport(t)})
 	if err != nil {
 		t.Fatalf("testenv: minio client: %v", err)
 	}
@@ -264,4 +297,62 @@ func (m *MinIO) IncompleteUploads(t testing.TB) []string {
 		}
 	}
 	return uploads
+}
+
+// URL is the server's base URL.
+func (m *MinIO) URL() string {
+	if m.CAPEM != "" {
+		return "https://" + m.Endpoint
+	}
+	return "http://" + m.Endpoint
+}
+
+// Transport is an HTTP transport that trusts the server's certificate
+// (the default one for plain HTTP).
+func (m *MinIO) Transport(t testing.TB) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if m.CAPEM == "" {
+		return tr
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(m.CAPEM)) {
+		t.Fatalf("testenv: minio certificate unreadable")
+	}
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return tr
+}
+
+// selfSigned writes MinIO's public.crt and private.key into certs: a
+// self-signed certificate for 127.0.0.1 and 10.0.2.100 (where a QEMU
+// guest reaches a forwarded store), valid for a day. It returns its PEM.
+func selfSigned(t testing.TB, certs string) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: "pglogship test minio"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.2.100")},
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	crt := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	mustWriteFile(t, filepath.Join(certs, "public.crt"), crt, 0o600)
+	mustWriteFile(t, filepath.Join(certs, "private.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	return string(crt)
 }

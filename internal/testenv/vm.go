@@ -65,6 +65,19 @@ type VMConfig struct {
 	// build in GuestReleaseDataDir on GuestReleasePort. The other is
 	// masked at boot.
 	Major int
+	// Forwards are the host services the guest may reach, each at an
+	// address of the user-mode network's own (say 10.0.2.100:9000), each
+	// to a port on the host's loopback; the network stays restricted
+	// otherwise. Services a test starts for its guest: a store it ships
+	// into directly.
+	Forwards []Forward
+}
+
+// Forward lets the guest reach the host's 127.0.0.1:HostPort at
+// GuestAddr (an unused address of 10.0.2.0/24, with its port).
+type Forward struct {
+	GuestAddr string
+	HostPort  int
 }
 
 // VM is a running QEMU machine booted from the guest image. Its only
@@ -197,8 +210,8 @@ func (v *VM) start(t testing.TB, qemu string, img *Image, cfg VMConfig, port int
 		"-blockdev", "node-name=disk0-file,driver=file,filename="+qemuOptValue(v.DiskFile),
 		"-blockdev", "node-name="+diskNode+",driver=qcow2,file=disk0-file",
 		"-device", "virtio-blk-pci,drive="+diskNode,
-		// restrict=on: the guest gets DHCP and the forwarded port, no route out.
-		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22", port),
+		// restrict=on: the guest gets DHCP and the forwarded ports, no route out.
+		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22", port)+guestForwards(t, cfg.Forwards),
 		"-device", "virtio-net-pci,netdev=n0",
 		"-device", "virtio-rng-pci",
 		"-chardev", "socket,id=qmp0,path="+qemuOptValue(v.QMPSocket)+",server=on,wait=off",
@@ -258,6 +271,33 @@ func startChild(name string, args []string, logPath string, exited func(error)) 
 
 // qemuOptValue escapes a value inside a comma-separated QEMU option
 // (t.TempDir keeps commas of test names).
+// guestForwards is the -netdev options that let the guest reach fw: each
+// connection runs tcpfwd, which connects it to the host's loopback and
+// logs each connection's end to tcpfwd.log beside it (shown when the test
+// fails).
+func guestForwards(t testing.TB, fw []Forward) string {
+	if len(fw) == 0 {
+		return ""
+	}
+	bin := filepath.Join(t.TempDir(), "tcpfwd")
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(filepath.Join(filepath.Dir(bin), "tcpfwd.log")); err == nil && t.Failed() {
+			t.Logf("testenv: guest forwards:\n%s", tail(string(b), 40))
+		}
+	})
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/pglogship/pglogship/internal/testenv/tcpfwd")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("testenv: build tcpfwd: %v\n%s", err, b)
+	}
+	var b strings.Builder
+	for _, f := range fw {
+		fmt.Fprintf(&b, ",guestfwd=tcp:%s-cmd:%s 127.0.0.1:%d %s", f.GuestAddr, qemuOptValue(bin), f.HostPort,
+			qemuOptValue(filepath.Join(filepath.Dir(bin), "tcpfwd.log")))
+	}
+	return b.String()
+}
+
 func qemuOptValue(s string) string {
 	return strings.ReplaceAll(s, ",", ",,")
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
 )
 
@@ -116,4 +117,33 @@ func mustRequest(t *testing.T, a repository.Authorization) *http.Request {
 	req, err := http.NewRequest(a.Method, a.URL, nil)
 	require.NoError(t, err)
 	return req
+}
+
+// Over TLS with a private CA: the host trusts it through Config.Transport,
+// and a guest through the authorisation's CAPEM.
+func TestAuthorizePutOverTLS(t *testing.T) {
+	testenv.SkipIfShort(t)
+	m := testenv.StartMinIOTLS(t)
+	bucket := m.NewBucket(t)
+	cfg := config(m, bucket, "tls")
+	cfg.Insecure, cfg.Transport, cfg.GuestCAPEM = false, m.Transport(t), m.CAPEM
+	r := open(t, cfg)
+	ctx := context.Background()
+	data := random(t, 1<<20)
+	a, err := r.AuthorizePut(ctx, "wal/b.bundle", int64(len(data)), sha256.Sum256(data), time.Minute)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(a.URL, "https://"), a.String())
+	require.Equal(t, m.CAPEM, a.CAPEM)
+	req, err := http.NewRequest(a.Method, a.URL, bytes.NewReader(data))
+	require.NoError(t, err)
+	for k, v := range a.Header {
+		req.Header.Set(k, v)
+	}
+	resp, err := (&http.Client{Transport: m.Transport(t)}).Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	_, sum, err := r.StoredChecksum(ctx, "wal/b.bundle")
+	require.NoError(t, err)
+	require.Equal(t, sha256.Sum256(data), sum)
 }
