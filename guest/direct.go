@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/pglogship/pglogship/wal"
@@ -42,6 +43,18 @@ type DirectShipper interface {
 	// ProbeDestination tells whether the guest reaches the repository
 	// there: nil, or an error matching ErrUnreachable or ErrUploadDenied.
 	ProbeDestination(ctx context.Context, to Destination) error
+}
+
+// BundleStreamer is implemented by runtimes that bundle WAL in the guest
+// and stream the bundle's bytes to the host, which stores it: the host
+// path of the same pipeline as direct shipping, so the host neither
+// decompresses nor parses WAL (check with a type assertion).
+type BundleStreamer interface {
+	// StreamBundle bundles the named files as StageBundle does and hands
+	// the bundle's bytes to fn as they are made; it returns what the
+	// bundle holds once fn has read them all. An error from fn stops the
+	// bundle and is returned as is.
+	StreamBundle(ctx context.Context, req StageRequest, fn func(io.Reader) error) (Staged, error)
 }
 
 // StageRequest is what StageBundle bundles.

@@ -195,17 +195,9 @@ func shipDirectBundle(ctx context.Context, d *Direct, repo repository.Repository
 		defer cancel()
 		_ = d.Guest.DropBundle(cctx, obj)
 	}()
-	want := make(map[string][32]byte, len(staged.Files))
-	var raw int64
-	for i, f := range staged.Files {
-		if i >= len(names) || f.Name != names[i] || f.RawSize != sizes[f.Name] {
-			return directBundle{}, fmt.Errorf("bundle %s: the guest staged %s (%d bytes) where %s was due", obj, f.Name, f.RawSize, names[min(i, len(names)-1)])
-		}
-		want[f.Name] = f.SHA256
-		raw += f.RawSize
-	}
-	if len(staged.Files) != len(names) || staged.Object != obj {
-		return directBundle{}, fmt.Errorf("bundle %s: the guest staged %d of %d files", obj, len(staged.Files), len(names))
+	want, raw, err := checkStaged(obj, names, sizes, staged)
+	if err != nil {
+		return directBundle{}, err
 	}
 	to, err := d.destination(ctx, obj, staged.Size, staged.SHA256)
 	if err != nil {
@@ -253,4 +245,23 @@ func probeFailure(err error) string {
 		return err.Error()
 	}
 	return "the guest cannot reach the repository: " + err.Error()
+}
+
+// checkStaged checks that a bundle the guest built holds names, in order,
+// with the sizes the guest listed, and returns each file's SHA-256 and
+// their raw bytes.
+func checkStaged(obj string, names []string, sizes map[string]int64, staged guest.Staged) (map[string][32]byte, int64, error) {
+	if len(staged.Files) != len(names) || staged.Object != obj {
+		return nil, 0, fmt.Errorf("bundle %s: the guest bundled %d of %d files", obj, len(staged.Files), len(names))
+	}
+	want := make(map[string][32]byte, len(staged.Files))
+	var raw int64
+	for i, f := range staged.Files {
+		if f.Name != names[i] || f.RawSize != sizes[f.Name] {
+			return nil, 0, fmt.Errorf("bundle %s: the guest bundled %s (%d bytes) where %s was due", obj, f.Name, f.RawSize, names[i])
+		}
+		want[f.Name] = f.SHA256
+		raw += f.RawSize
+	}
+	return want, raw, nil
 }

@@ -35,7 +35,10 @@ type process struct {
 }
 
 type gate struct {
-	from time.Time // polls before this pass: idle events still under way
+	// from: polls made before it pass, even when their idle event comes
+	// late (the clock may have moved on by then); a poll's time is read
+	// off its next one, due a poll interval later.
+	from time.Time
 	ch   chan struct{}
 }
 
@@ -78,7 +81,7 @@ func (w *world) process(t testing.TB, holder string, store session.Store, ttl ti
 	r, err := walbackup.NewRunner(walbackup.RunnerConfig{Jobs: jobs, Holder: holder, Sessions: sessions, LeaseTTL: ttl,
 		Clock: w.f.clk, Logger: w.f.logger, Observer: func(e walbackup.RunnerEvent) {
 			observe(e)
-			if g := p.gate.Load(); g != nil && e.Kind == walbackup.RunnerIdle && !w.f.clk.Now().Before(g.from) {
+			if g := p.gate.Load(); g != nil && e.Kind == walbackup.RunnerIdle && e.Next.After(g.from) {
 				<-g.ch
 			}
 		}})

@@ -159,7 +159,7 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 			}
 			continue
 		}
-		obj, raw, stored, unknown, err := shipBundle(ctx, rt, repo, inst, tli, names, opts)
+		obj, raw, stored, unknown, err := shipBundle(ctx, rt, repo, inst, tli, names, sizes, opts)
 		if err != nil {
 			return out, err
 		}
@@ -280,15 +280,54 @@ func (s *Shipped) add(name string, raw, stored int64) {
 	}
 }
 
-// shipBundle streams the files into one bundle and verifies it.
+// shipBundle moves the files into one bundle and verifies it: built in
+// the guest and streamed through the host when the runtime can (the same
+// pipeline as direct shipping), else built here from the files the guest
+// streams (a job with a key seals bundles on the host; tests that filter
+// what the summarizer reads need it here).
 func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance,
-	tli uint32, names []string, opts ShipOptions) (obj string, raw, stored int64, unknown []UnknownSummary, err error) {
+	tli uint32, names []string, sizes map[string]int64, opts ShipOptions) (obj string, raw, stored int64, unknown []UnknownSummary, err error) {
 	obj = inst.NewBundleName(tli, names[0], names[len(names)-1])
-	raw, _, stored, unknown, err = writeBundle(ctx, rt, repo, obj, names, opts)
+	if bs, ok := streamerOf(rt); ok && opts.Key == nil && opts.tap == nil {
+		raw, stored, unknown, err = streamBundle(ctx, bs, repo, obj, names, sizes, opts)
+	} else {
+		raw, _, stored, unknown, err = writeBundle(ctx, rt, repo, obj, names, opts)
+	}
 	if err != nil {
 		return "", 0, 0, nil, err
 	}
 	return obj, raw, stored, unknown, nil
+}
+
+// streamBundle has the guest build the bundle obj of names and stream it
+// here, stores it as it comes, and reads it back: its SHA-256 as the
+// guest made it and as it arrived, and its index against the files the
+// guest reported.
+func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.Repository, obj string, names []string,
+	sizes map[string]int64, opts ShipOptions) (raw, stored int64, unknown []UnknownSummary, err error) {
+	arrived := sha256.New()
+	var putErr error
+	staged, err := bs.StreamBundle(ctx, guest.StageRequest{Object: obj, Names: names, Created: opts.Time}, func(r io.Reader) error {
+		putErr = repo.Put(ctx, obj, io.TeeReader(r, arrived))
+		return putErr
+	})
+	switch {
+	case putErr != nil:
+		return 0, 0, nil, fmt.Errorf("store %s: %w", obj, putErr)
+	case err != nil:
+		return 0, 0, nil, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
+	}
+	want, raw, err := checkStaged(obj, names, sizes, staged)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	if [32]byte(arrived.Sum(nil)) != staged.SHA256 {
+		return 0, 0, nil, fmt.Errorf("%w: %s arrived with another SHA-256 than the guest's", ErrChecksum, obj)
+	}
+	if err := bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.SHA256); err != nil {
+		return 0, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
+	}
+	return raw, staged.Size, staged.Unknown, nil
 }
 
 // writeBundle streams the guest files names into the bundle obj, each

@@ -139,3 +139,28 @@ func (r watchedDirect) SendBundle(ctx context.Context, object string, to guest.D
 	defer r.w.kick()
 	return r.DirectShipper.SendBundle(ctx, object, to)
 }
+
+// streamerOf returns rt's guest.BundleStreamer, looking through the
+// watchdog's wrapper (which then kicks it as the bundle streams).
+func streamerOf(rt guest.Runtime) (guest.BundleStreamer, bool) {
+	if w, ok := rt.(watchedRuntime); ok {
+		bs, ok := w.Runtime.(guest.BundleStreamer)
+		if !ok {
+			return nil, false
+		}
+		return watchedStreamer{bs, w.w}, true
+	}
+	bs, ok := rt.(guest.BundleStreamer)
+	return bs, ok
+}
+
+type watchedStreamer struct {
+	guest.BundleStreamer
+	w *watchdog
+}
+
+func (r watchedStreamer) StreamBundle(ctx context.Context, req guest.StageRequest, fn func(io.Reader) error) (guest.Staged, error) {
+	r.w.kick()
+	defer r.w.kick()
+	return r.BundleStreamer.StreamBundle(ctx, req, func(rd io.Reader) error { return fn(watchedReader{rd, r.w}) })
+}

@@ -20,12 +20,13 @@ import (
 )
 
 var (
-	_ guest.Runtime       = (*Runtime)(nil)
-	_ guest.BackupMode    = (*Runtime)(nil)
-	_ guest.SpaceReporter = (*Runtime)(nil)
-	_ guest.ServerControl = (*Runtime)(nil)
-	_ guest.DataFiles     = (*Runtime)(nil)
-	_ guest.DirectShipper = (*Runtime)(nil)
+	_ guest.Runtime        = (*Runtime)(nil)
+	_ guest.BackupMode     = (*Runtime)(nil)
+	_ guest.SpaceReporter  = (*Runtime)(nil)
+	_ guest.ServerControl  = (*Runtime)(nil)
+	_ guest.DataFiles      = (*Runtime)(nil)
+	_ guest.DirectShipper  = (*Runtime)(nil)
+	_ guest.BundleStreamer = (*Runtime)(nil)
 )
 
 // Runtime is a connected runtime component.
@@ -489,4 +490,20 @@ func (rt *Runtime) ProbeDestination(ctx context.Context, to guest.Destination) e
 	}
 	defer rt.mu.Unlock()
 	return rt.call(ctx, runtime.OpProbe, to, nil)
+}
+
+// StreamBundle implements guest.BundleStreamer.
+func (rt *Runtime) StreamBundle(ctx context.Context, req guest.StageRequest, fn func(io.Reader) error) (guest.Staged, error) {
+	if err := rt.lock(); err != nil {
+		return guest.Staged{}, err
+	}
+	defer rt.mu.Unlock()
+	var out guest.Staged
+	err := rt.readFiles(ctx, runtime.OpStream, req, &out, func(f guest.Frame) error {
+		if f.Name != req.Object || f.Codec != guest.CodecNone {
+			return fmt.Errorf("%w: streamed %s (%s), not the bundle %s", proto.ErrProtocol, f.Name, f.Codec, req.Object)
+		}
+		return fn(f.Data)
+	})
+	return out, err
 }

@@ -17,9 +17,9 @@ import (
 	"strings"
 
 	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/guest/proto"
 	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
-	"github.com/pglogship/pglogship/repository/bundle"
 )
 
 // Operations of direct shipping (guest.DirectShipper).
@@ -28,6 +28,9 @@ const (
 	OpSend  = "bundle_send"  // SendArgs
 	OpDrop  = "bundle_drop"  // DropArgs
 	OpProbe = "probe"        // guest.Destination
+	// OpStream bundles like OpStage and streams the bundle as one file
+	// (codec none) before the response, a guest.Staged.
+	OpStream = "bundle_stream"
 )
 
 // SendArgs says where OpSend sends a staged bundle.
@@ -84,19 +87,9 @@ func (s *server) stage(ctx context.Context, req guest.StageRequest) (guest.Stage
 		return guest.Staged{}, err
 	}
 	chk := &Sender{inst: s.inst}
-	for _, name := range req.Names {
-		if err := ctx.Err(); err != nil {
-			return guest.Staged{}, err
-		}
-		in, err := chk.open(s.dir, name)
-		if err != nil {
-			return guest.Staged{}, err
-		}
-		_, err = b.Add(name, bundle.Raw, in, nil)
-		in.Close()
-		if err != nil {
-			return guest.Staged{}, err
-		}
+	open := func(name string) (io.ReadCloser, error) { return chk.open(s.dir, name) }
+	if err := b.AddFiles(ctx, req.Names, open, sendWorkers()); err != nil {
+		return guest.Staged{}, err
 	}
 	res, err := b.Close()
 	if err != nil {
@@ -110,6 +103,49 @@ func (s *server) stage(ctx context.Context, req guest.StageRequest) (guest.Stage
 	}
 	return guest.Staged{Object: req.Object, Size: cw.n, SHA256: [32]byte(h.Sum(nil)), Files: res.Files, Unknown: res.Unknown,
 		RawBytes: res.RawBytes}, nil
+}
+
+// stream bundles the named files like stage and sends the bundle's bytes
+// to the host as one file. Every segment is checked before the file
+// starts, so a bad one refuses the request instead of cutting the stream.
+func (s *server) stream(ctx context.Context, req guest.StageRequest) (guest.Staged, error) {
+	if err := repository.ValidName(req.Object); err != nil {
+		return guest.Staged{}, err
+	}
+	chk := &Sender{inst: s.inst}
+	for _, name := range req.Names {
+		f, err := chk.open(s.dir, name)
+		if err != nil {
+			return guest.Staged{}, err
+		}
+		f.Close()
+	}
+	if err := s.w.WriteJSON(proto.TypeFileStart, proto.FileStart{Name: req.Object, Codec: string(guest.CodecNone)}); err != nil {
+		return guest.Staged{}, err
+	}
+	chunks := proto.NewChunker(proto.MaxData, func(b []byte) error { return s.w.Write(proto.TypeData, b) })
+	h := sha256.New()
+	cw := &countingWriter{w: io.MultiWriter(chunks, h)}
+	b, err := walbundle.New(cw, req.Object, nil, req.Created, nil)
+	if err != nil {
+		return guest.Staged{}, err
+	}
+	open := func(name string) (io.ReadCloser, error) { return chk.open(s.dir, name) }
+	if err := b.AddFiles(ctx, req.Names, open, sendWorkers()); err != nil {
+		return guest.Staged{}, err
+	}
+	res, err := b.Close()
+	if err == nil {
+		err = chunks.Flush()
+	}
+	if err != nil {
+		return guest.Staged{}, err
+	}
+	sum := [32]byte(h.Sum(nil))
+	if err := s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: req.Object, RawSize: cw.n, SHA256: hex.EncodeToString(sum[:])}); err != nil {
+		return guest.Staged{}, err
+	}
+	return guest.Staged{Object: req.Object, Size: cw.n, SHA256: sum, Files: res.Files, Unknown: res.Unknown, RawBytes: res.RawBytes}, nil
 }
 
 // send sends a staged bundle where the host said.

@@ -273,12 +273,12 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 			return nil, err
 		}
 		return nil, s.rt.StopServer(ctx, a.DataDir)
-	case OpStage, OpSend, OpDrop:
+	case OpStage, OpSend, OpDrop, OpStream:
 		if s.dir == "" {
 			return nil, errors.New("archiving not prepared in this session")
 		}
 		switch req.Op {
-		case OpStage:
+		case OpStage, OpStream:
 			var a guest.StageRequest
 			if err := json.Unmarshal(req.Args, &a); err != nil {
 				return nil, err
@@ -287,6 +287,9 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 				if _, err := wal.ParseFileName(n); err != nil {
 					return nil, err // also keeps names from leaving the folder
 				}
+			}
+			if req.Op == OpStream {
+				return s.stream(ctx, a)
 			}
 			return s.stage(ctx, a)
 		case OpSend:

@@ -524,3 +524,41 @@ func TestIndexOverTheLimitIsRefused(t *testing.T) {
 	require.ErrorIs(t, err, repository.ErrTooLarge)
 	assert.Less(t, g.asked, int64(1024), "the index was not read")
 }
+
+// AddEncoded stores a frame its caller compressed and summed: it reads
+// back byte-identical, and a wrong sum given with it is caught when the
+// file is read.
+func TestAddEncoded(t *testing.T) {
+	enc, err := zstd.NewWriter(nil)
+	require.NoError(t, err)
+	data := walLike(5, 3<<20)
+	for _, k := range []*bundle.Key{nil, key(t, 9)} {
+		var buf bytes.Buffer
+		w, err := bundle.NewWriter(&buf, "b", k)
+		require.NoError(t, err)
+		e, err := w.AddEncoded(segName(1), enc.EncodeAll(data, nil), int64(len(data)), sha256.Sum256(data))
+		require.NoError(t, err)
+		assert.Equal(t, int64(len(data)), e.RawSize)
+		bad := sha256.Sum256(data)
+		bad[0] ^= 1
+		_, err = w.AddEncoded(segName(2), enc.EncodeAll(data, nil), int64(len(data)), bad)
+		require.NoError(t, err)
+		_, err = w.AddEncoded(segName(1), nil, 0, [32]byte{})
+		require.ErrorContains(t, err, "repeated name")
+
+		buf.Reset()
+		w, err = bundle.NewWriter(&buf, "b", k)
+		require.NoError(t, err)
+		_, err = w.AddEncoded(segName(1), enc.EncodeAll(data, nil), int64(len(data)), sha256.Sum256(data))
+		require.NoError(t, err)
+		_, err = w.AddEncoded(segName(2), enc.EncodeAll(data, nil), int64(len(data)), bad)
+		require.NoError(t, err)
+		_, err = w.Close()
+		require.NoError(t, err)
+		got, err := readAll(t, store(t, buf.Bytes()), int64(buf.Len()), k, []string{segName(1)})
+		require.NoError(t, err)
+		assert.Equal(t, data, got[segName(1)])
+		_, err = readAll(t, store(t, buf.Bytes()), int64(buf.Len()), k, []string{segName(2)})
+		require.ErrorIs(t, err, bundle.ErrCorrupt)
+	}
+}

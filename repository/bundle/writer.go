@@ -131,19 +131,79 @@ func (w *Writer) AddZstd(name string, r io.Reader, claim func() (int64, [32]byte
 	return w.addChecked(name, Zstd, r, claim)
 }
 
-func (w *Writer) add(name string, codec Codec, r io.Reader, claim func() (int64, [32]byte)) (Entry, error) {
+// AddEncoded appends the file name given whole as one zstd frame, with
+// the raw size and SHA-256 its caller computed from the raw bytes it
+// compressed: nothing is decompressed or checked, so only a writer that
+// read the file itself may call it (the guest bundling its own WAL). The
+// tap does not see the file.
+func (w *Writer) AddEncoded(name string, frame []byte, rawSize int64, sum [32]byte) (Entry, error) {
+	if w.err != nil {
+		return Entry{}, w.err
+	}
+	if w.closed {
+		return Entry{}, errors.New("bundle writer closed")
+	}
+	if name == "" || len(name) > maxName || w.names[name] {
+		return Entry{}, fmt.Errorf("add %q to bundle: empty, too long or repeated name", name)
+	}
+	e, cw, err := w.beginFrame(name)
+	if err == nil {
+		_, err = cw.Write(frame)
+	}
+	if err == nil {
+		err = w.endFrame(&e, cw, rawSize, sum)
+	}
+	if err != nil {
+		w.err = fmt.Errorf("add %s to bundle: %w", name, err)
+		return Entry{}, w.err
+	}
+	w.names[name] = true
+	w.entries = append(w.entries, e)
+	return e, nil
+}
+
+// beginFrame writes a frame's header and returns its entry, started, and
+// the writer of its payload.
+func (w *Writer) beginFrame(name string) (Entry, *chunkWriter, error) {
 	e := Entry{Name: name, Offset: w.out.n}
 	var nonce [12]byte
 	if w.key != nil {
 		if _, err := rand.Read(nonce[:]); err != nil {
-			return e, err
+			return e, nil, err
 		}
 	}
 	fh := frameHeader(name, nonce)
 	if _, err := w.out.Write(fh); err != nil {
+		return e, nil, err
+	}
+	return e, &chunkWriter{w: w, fh: fh, nonce: nonce}, nil
+}
+
+// endFrame ends the payload and writes the footer (raw size and SHA-256,
+// sealed with a key), completing e.
+func (w *Writer) endFrame(e *Entry, cw *chunkWriter, raw int64, sum [32]byte) error {
+	if err := cw.finish(); err != nil {
+		return err
+	}
+	e.RawSize, e.SHA256 = raw, sum
+	footer := make([]byte, 0, footerSize)
+	footer = binary.BigEndian.AppendUint64(footer, uint64(raw))
+	footer = append(footer, sum[:]...)
+	if w.key != nil {
+		footer = w.key.aead.Seal(nil, chunkNonce(cw.nonce, footerChunk), footer, chunkAAD(w.hdr.id, cw.fh, footerChunk, true))
+	}
+	if _, err := w.out.Write(footer); err != nil {
+		return err
+	}
+	e.Length = w.out.n - e.Offset
+	return nil
+}
+
+func (w *Writer) add(name string, codec Codec, r io.Reader, claim func() (int64, [32]byte)) (Entry, error) {
+	e, cw, err := w.beginFrame(name)
+	if err != nil {
 		return e, err
 	}
-	cw := &chunkWriter{w: w, fh: fh, nonce: nonce}
 	sum := sha256.New()
 	var tap io.Writer
 	if w.tap != nil {
@@ -208,25 +268,11 @@ func (w *Writer) add(name string, codec Codec, r io.Reader, claim func() (int64,
 	default:
 		return e, fmt.Errorf("unknown codec %d", codec)
 	}
-	if err := cw.finish(); err != nil {
-		return e, err
-	}
-	e.RawSize = raw
-	copy(e.SHA256[:], sum.Sum(nil))
+	sha := [32]byte(sum.Sum(nil))
 	if trusted {
-		_, e.SHA256 = claim()
+		_, sha = claim()
 	}
-	footer := make([]byte, 0, footerSize)
-	footer = binary.BigEndian.AppendUint64(footer, uint64(raw))
-	footer = append(footer, e.SHA256[:]...)
-	if w.key != nil {
-		footer = w.key.aead.Seal(nil, chunkNonce(nonce, footerChunk), footer, chunkAAD(w.hdr.id, fh, footerChunk, true))
-	}
-	if _, err := w.out.Write(footer); err != nil {
-		return e, err
-	}
-	e.Length = w.out.n - e.Offset
-	return e, nil
+	return e, w.endFrame(&e, cw, raw, sha)
 }
 
 // chunkWriter cuts a frame's payload into length-prefixed chunks, sealing

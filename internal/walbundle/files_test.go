@@ -1,0 +1,69 @@
+package walbundle_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pglogship/pglogship/internal/walbundle"
+	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/memory"
+)
+
+// AddFiles bundles files in the order given, whatever order its workers
+// finish in, byte-identical; a file that cannot be read fails it.
+func TestAddFiles(t *testing.T) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(1, 2))
+	files := map[string][]byte{}
+	var names []string
+	for i := 0; i < 9; i++ {
+		name := fmt.Sprintf("%08X.history", i+2) // not segments: no summaries
+		b := make([]byte, rng.IntN(3<<20))
+		for j := range b {
+			b[j] = byte(rng.IntN(7))
+		}
+		files[name] = b
+		names = append(names, name)
+	}
+	open := func(n string) (io.ReadCloser, error) {
+		if n == "broken" {
+			return nil, errors.New("cannot open broken")
+		}
+		time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond) // workers finish out of order
+		return io.NopCloser(bytes.NewReader(files[n])), nil
+	}
+	for _, workers := range []int{1, 2, 4} {
+		var buf bytes.Buffer
+		b, err := walbundle.New(&buf, "b", nil, time.Now(), nil)
+		require.NoError(t, err)
+		require.NoError(t, b.AddFiles(ctx, names, open, workers))
+		res, err := b.Close()
+		require.NoError(t, err)
+		require.Len(t, res.Files, len(names))
+		repo := memory.New()
+		require.NoError(t, repo.Put(ctx, "b", bytes.NewReader(buf.Bytes())))
+		r, err := bundle.Open(ctx, repo, "b", int64(buf.Len()), nil)
+		require.NoError(t, err)
+		for i, e := range r.Entries() {
+			require.Equal(t, names[i], e.Name, "in the order given")
+			require.Equal(t, sha256.Sum256(files[e.Name]), res.Files[i].SHA256)
+			var out bytes.Buffer
+			_, err := r.WriteFile(ctx, e.Name, &out)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(files[e.Name], out.Bytes()), e.Name)
+		}
+	}
+	b, err := walbundle.New(io.Discard, "b", nil, time.Now(), nil)
+	require.NoError(t, err)
+	err = b.AddFiles(ctx, append(append(names[:3:3], "broken"), names[3:]...), open, 2)
+	require.ErrorContains(t, err, "cannot open broken")
+}
