@@ -96,6 +96,12 @@ func (w *Writer) Add(name string, codec Codec, r io.Reader) (Entry, error) {
 // addChecked checks the writer's state and the name, then adds the file;
 // claim is AddZstd's.
 func (w *Writer) addChecked(name string, codec Codec, r io.Reader, claim func() (int64, [32]byte)) (Entry, error) {
+	return w.addFrame(name, func() (Entry, error) { return w.add(name, codec, r, claim) })
+}
+
+// addFrame checks the writer's state and the name, then adds the file
+// with add; an error there fails the writer for good.
+func (w *Writer) addFrame(name string, add func() (Entry, error)) (Entry, error) {
 	if w.err != nil {
 		return Entry{}, w.err
 	}
@@ -105,7 +111,7 @@ func (w *Writer) addChecked(name string, codec Codec, r io.Reader, claim func() 
 	if name == "" || len(name) > maxName || w.names[name] {
 		return Entry{}, fmt.Errorf("add %q to bundle: empty, too long or repeated name", name)
 	}
-	e, err := w.add(name, codec, r, claim)
+	e, err := add()
 	if err != nil {
 		w.err = fmt.Errorf("add %s to bundle: %w", name, err)
 		return Entry{}, w.err
@@ -137,29 +143,16 @@ func (w *Writer) AddZstd(name string, r io.Reader, claim func() (int64, [32]byte
 // read the file itself may call it (the guest bundling its own WAL). The
 // tap does not see the file.
 func (w *Writer) AddEncoded(name string, frame []byte, rawSize int64, sum [32]byte) (Entry, error) {
-	if w.err != nil {
-		return Entry{}, w.err
-	}
-	if w.closed {
-		return Entry{}, errors.New("bundle writer closed")
-	}
-	if name == "" || len(name) > maxName || w.names[name] {
-		return Entry{}, fmt.Errorf("add %q to bundle: empty, too long or repeated name", name)
-	}
-	e, cw, err := w.beginFrame(name)
-	if err == nil {
-		_, err = cw.Write(frame)
-	}
-	if err == nil {
-		err = w.endFrame(&e, cw, rawSize, sum)
-	}
-	if err != nil {
-		w.err = fmt.Errorf("add %s to bundle: %w", name, err)
-		return Entry{}, w.err
-	}
-	w.names[name] = true
-	w.entries = append(w.entries, e)
-	return e, nil
+	return w.addFrame(name, func() (Entry, error) {
+		e, cw, err := w.beginFrame(name)
+		if err == nil {
+			_, err = cw.Write(frame)
+		}
+		if err == nil {
+			err = w.endFrame(&e, cw, rawSize, sum)
+		}
+		return e, err
+	})
 }
 
 // beginFrame writes a frame's header and returns its entry, started, and
