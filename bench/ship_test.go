@@ -123,7 +123,7 @@ func BenchmarkShip(b *testing.B) {
 		if got.Files != len(segs) || got.RawBytes != raw {
 			b.Fatalf("shipped %d files, %d bytes; want %d, %d", got.Files, got.RawBytes, len(segs), raw)
 		}
-		left, err := os.ReadDir(walDir)
+		left, err := runtime.Ready(walDir)
 		must(b, err)
 		if len(left) != 0 {
 			b.Fatalf("%d files left in the guest", len(left))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 )
@@ -27,6 +28,11 @@ import (
 // recovery's restore_command runs (see Runtime.Recover and FetchFile): it
 // exits 0 with the file at %p, FetchExitNotFound when the archive does not
 // have it, and FetchExitFailed on any other error.
+// memoryLimit is the runtime's soft memory limit (GOMEMLIMIT overrides it):
+// its live memory when it ships is two compressed files, two encoders and
+// read buffers, about 30 MiB.
+const memoryLimit = 48 << 20
+
 func Main() int {
 	fs := flag.NewFlagSet("pglogship-runtime", flag.ContinueOnError)
 	lock := fs.String("lock", "", "lock this file while running")
@@ -40,6 +46,11 @@ func Main() int {
 		return fetchMain(ctx, rest[len(rest)-3:])
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// A guest's database server comes first: collect garbage sooner
+		// than Go's default would, so shipping stays near its live memory.
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	if *lock != "" {
 		if err := HoldLock(*lock); err != nil {
 			fmt.Fprintln(os.Stderr, "pglogship-runtime: lock:", err)

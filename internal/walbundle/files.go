@@ -7,29 +7,32 @@ import (
 	"io"
 	"sync"
 
-	"github.com/pglogship/pglogship/internal/zpool"
+	"github.com/klauspost/compress/zstd"
 )
 
 // Source opens a file to bundle by name; its content must hold still
 // while it is read (WAL in the guest's temporary folder does).
 type Source func(name string) (io.ReadCloser, error)
 
-// packed is one file read, summed and compressed by a worker.
+// packed is one file summed and compressed by a worker.
 type packed struct {
-	raw   *[]byte // the raw content, for the summary; back to the pool once used
-	frame []byte  // one zstd frame
+	frame *[]byte // one zstd frame; back to the pool once written
+	raw   int64
 	sum   [32]byte
 	err   error
 }
 
-var rawBuffers = sync.Pool{New: func() any { return new([]byte) }}
+// frames holds the compressed files between their worker and the writer.
+var frames = sync.Pool{New: func() any { return new([]byte) }}
 
 // AddFiles bundles names in this order, as Add with raw content would one
-// after another, but reads, sums and compresses up to workers of them at
-// once, each on a core of its own, while the files before are summarized
-// and written in order. At most workers files are held in memory, raw and
-// compressed. For the guest, which reads its own files: their sums are
-// its own (Writer.AddEncoded).
+// after another, but sums and compresses up to workers of them at once,
+// each on a core of its own, while the files before are summarized and
+// written in order. Files stream through fixed buffers: at most workers
+// compressed files are held in memory, never a raw one. The summary reads
+// each file a second time (from the page cache), so the files must hold
+// still. For the guest, which reads its own files: the sums are its own
+// (Writer.AddEncoded).
 func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, workers int) error {
 	workers = max(1, workers)
 	var wg sync.WaitGroup
@@ -41,7 +44,7 @@ func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, wor
 		slots[i] = make(chan packed, 1)
 	}
 	turn := make(chan int)
-	free := make(chan struct{}, workers) // a token per file in memory
+	free := make(chan struct{}, workers) // a token per compressed file in memory
 	wg.Add(1)
 	go func() { // hands out the files in order, as memory frees up
 		defer wg.Done()
@@ -63,13 +66,18 @@ func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, wor
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			enc := zpool.GetEncoder(nil)
-			defer zpool.PutEncoder(enc)
+			// zpool's settings, without the frame's own checksum: the
+			// SHA-256 covers the file, and xxhash would cost a tenth more.
+			enc, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest),
+				zstd.WithWindowSize(1<<20), zstd.WithEncoderCRC(false))
+			defer enc.Close()
+			buf := make([]byte, readBuffer)
 			for i := range turn {
-				slots[i] <- pack(names[i], open, enc)
+				slots[i] <- pack(names[i], open, enc, buf)
 			}
 		}()
 	}
+	buf := make([]byte, readBuffer)
 	for i, name := range names {
 		var p packed
 		select {
@@ -77,11 +85,13 @@ func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, wor
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if p.err != nil {
-			return p.err
+		err := p.err
+		if err == nil {
+			err = b.addPacked(name, p, open, buf)
 		}
-		err := b.addPacked(name, p)
-		rawBuffers.Put(p.raw)
+		if p.frame != nil {
+			frames.Put(p.frame)
+		}
 		<-free
 		if err != nil {
 			return err
@@ -90,24 +100,39 @@ func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, wor
 	return nil
 }
 
-// pack reads one file whole, sums it and compresses it into one frame.
-func pack(name string, open Source, enc interface {
-	EncodeAll(src, dst []byte) []byte
-}) packed {
-	p := packed{raw: rawBuffers.Get().(*[]byte)}
+// readBuffer is how much of a file a worker or the summary reads at once.
+const readBuffer = 256 << 10
+
+// frameWriter appends to a pooled frame buffer.
+type frameWriter struct{ b *[]byte }
+
+func (f frameWriter) Write(p []byte) (int, error) {
+	*f.b = append(*f.b, p...)
+	return len(p), nil
+}
+
+// pack streams one file through SHA-256 and the encoder into one frame.
+func pack(name string, open Source, enc *zstd.Encoder, buf []byte) packed {
+	p := packed{frame: frames.Get().(*[]byte)}
+	*p.frame = (*p.frame)[:0]
 	r, err := open(name)
 	if err != nil {
 		p.err = err
 		return p
 	}
 	defer r.Close()
-	buf := (*p.raw)[:0]
+	enc.Reset(frameWriter{p.frame})
+	h := sha256.New()
 	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+		n, err := r.Read(buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			if _, werr := enc.Write(buf[:n]); werr != nil {
+				p.err = werr
+				return p
+			}
+			p.raw += int64(n)
 		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
 		if err == io.EOF {
 			break
 		}
@@ -116,19 +141,28 @@ func pack(name string, open Source, enc interface {
 			return p
 		}
 	}
-	*p.raw = buf
-	p.sum = sha256.Sum256(buf)
-	p.frame = enc.EncodeAll(buf, make([]byte, 0, len(buf)/4))
+	if err := enc.Close(); err != nil {
+		p.err = err
+		return p
+	}
+	p.sum = [32]byte(h.Sum(nil))
 	return p
 }
 
-// addPacked summarizes a packed file and appends its frame.
-func (b *Builder) addPacked(name string, p packed) error {
-	raw := *p.raw
+// addPacked summarizes a file, reading it again, and appends its frame.
+func (b *Builder) addPacked(name string, p packed, open Source, buf []byte) error {
 	if w := b.sums.tap(name); w != nil {
-		_, _ = w.Write(raw) // lenient: never fails
+		r, err := open(name)
+		if err != nil {
+			return err
+		}
+		_, err = io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, buf) // lenient: only reading fails
+		r.Close()
+		if err != nil {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
 	}
-	e, err := b.w.AddEncoded(name, p.frame, int64(len(raw)), p.sum)
+	e, err := b.w.AddEncoded(name, *p.frame, p.raw, p.sum)
 	if err != nil {
 		return err
 	}
