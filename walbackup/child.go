@@ -412,7 +412,7 @@ func (j *Job) replaceIfDead(ctx context.Context, cs *childSession, ms *machineSt
 	octx, cancel = j.op(context.WithoutCancel(ctx))
 	_ = ms.rt.Close(octx) // best effort: a dead runtime may not close
 	cancel()
-	ms.rt = nil
+	ms.rt, ms.direct = nil, nil // the path is chosen again with the next runtime
 }
 
 // endChild ships once more, stops and uninstalls every runtime, and closes
@@ -455,7 +455,7 @@ func (j *Job) closeRuntimes(ctx context.Context, cs *childSession) {
 			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: uninstall runtime: %v", ms.m.ID, err))
 		}
 		cancel()
-		ms.rt = nil
+		ms.rt, ms.direct = nil, nil
 	}
 }
 
