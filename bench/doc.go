@@ -1,8 +1,11 @@
 // Package bench holds the comparisons `make bench` runs against the peer
 // tools on one WAL corpus (1 GiB of real pgbench WAL, generated once and
 // cached by internal/testenv): the archive_command against cp plus sync and
-// pgBackRest's archive-push; shipping a backlog over SSH into fs and SFTP
-// repositories against pgBackRest's asynchronous push; restore_command
+// pgBackRest's archive-push; shipping a backlog through the host over SSH
+// into fs and SFTP repositories, and directly from the guest into MinIO
+// over TLS, against pgBackRest's asynchronous push into posix, through a
+// repository host over SSH and into the same MinIO, with each side's CPU
+// time and peak memory; restore_command
 // fetches against pgBackRest's asynchronous archive-get. Each benchmark runs
 // its contenders in turning order, round after round, in one run (these
 // machines are noisy, so pairs are compared within a run), and appends its

@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -301,4 +302,36 @@ func asyncPeer(b *testing.B, pg *testenv.Postgres) *testenv.PgBackRest {
 	return testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{Settings: map[string]string{
 		"archive-async": "y", "process-max": "2", "compress-type": "zst",
 	}})
+}
+
+// repoHostPeer is pgBackRest pushing through a repository host over SSH
+// (repo1-host), its own "through a backup server" mode, asynchronously
+// with process-max 2 and zst like asyncPeer. The repository host is sshd
+// on loopback as the server's OS user, with a posix repository whose
+// stanza is created there; the database side reaches it with a key and a
+// known_hosts of its own (cmd-ssh). It returns the database side and the
+// repository's folder.
+func repoHostPeer(b *testing.B, pg *testenv.Postgres, sshd *testenv.SSHD) (*testenv.PgBackRest, string) {
+	b.Helper()
+	const stanza = "repohost"
+	repoSide := testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{Stanza: stanza,
+		Settings: map[string]string{"process-max": "2", "compress-type": "zst"}})
+	dir := testenv.UserDir(b, pg.OSUser)
+	key, err := os.ReadFile(sshd.ClientKeyFile)
+	must(b, err)
+	must(b, os.WriteFile(filepath.Join(dir, "id"), key, 0o600))
+	must(b, os.WriteFile(filepath.Join(dir, "known_hosts"), []byte(sshd.KnownHostsLine+"\n"), 0o600))
+	wrapper := fmt.Sprintf("#!/bin/sh\nexec ssh -i %s -o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o BatchMode=yes \"$@\"\n",
+		filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts"))
+	must(b, os.WriteFile(filepath.Join(dir, "ssh"), []byte(wrapper), 0o755))
+	chownTo(b, pg, dir)
+	host, port, err := net.SplitHostPort(sshd.Addr)
+	must(b, err)
+	dbSide := testenv.NewPgBackRest(b, pg, testenv.PgBackRestConfig{Stanza: stanza, NoStanza: true, Settings: map[string]string{
+		"archive-async": "y", "process-max": "2", "compress-type": "zst",
+		"repo1-host": host, "repo1-host-port": port, "repo1-host-user": sshd.User, "repo1-host-cmd": repoSide.Bin,
+		"repo1-host-config": repoSide.Config, "repo1-host-config-include-path": filepath.Join(repoSide.Dir, "conf.d"),
+		"repo1-path": repoSide.Repo, "cmd-ssh": filepath.Join(dir, "ssh"),
+	}})
+	return dbSide, repoSide.Repo
 }

@@ -162,6 +162,31 @@ func BenchmarkShip(b *testing.B) {
 		return res
 	}
 
+	// pgBackRest through a repository host over SSH: the archived WAL is
+	// removed after each run (the stanza stays), so each run pushes it all.
+	var pbHost *testenv.PgBackRest
+	var hostRepo string
+	if withPeer {
+		pbHost, hostRepo = repoHostPeer(b, pg, sshd)
+	}
+	pushHost := func(sample bool) result {
+		markReady(b, pg, data, segs)
+		script, spool := pushScript(b, pg, pbHost, data, segs)
+		cpu := markCPU()
+		res := runScript(b, pg, data, script, spool, sample)
+		pbHost.WaitExited(b, spool)
+		pbHost.WaitExited(b, hostRepo)
+		since(&res, cpu)
+		archive := filepath.Join(hostRepo, "archive", "repohost")
+		res.stored = duSize(b, archive)
+		wals, err := filepath.Glob(filepath.Join(archive, "*", "0000*"))
+		must(b, err)
+		for _, w := range wals {
+			must(b, os.RemoveAll(w))
+		}
+		return res
+	}
+
 	// pgBackRest into MinIO: a stanza of its own in the bucket, a new
 	// repository path each run (created before the clock starts).
 	var pbS3 *testenv.PgBackRest
@@ -181,17 +206,9 @@ func BenchmarkShip(b *testing.B) {
 		pushes++
 		path := fmt.Sprintf("/pgbackrest/run-%d", pushes)
 		pbS3.Run(b, "--repo1-path="+path, "stanza-create")
-		spool := filepath.Join(testenv.UserDir(b, pg.OSUser), "spool")
-		must(b, os.Mkdir(spool, 0o700))
-		chownTo(b, pg, filepath.Dir(spool))
-		syncAll()
-		var script strings.Builder
-		for _, s := range segs {
-			argv := pbS3.Args("--pg1-path="+data, "--repo1-path="+path, "--spool-path="+spool, "archive-push", "pg_wal/"+filepath.Base(s))
-			fmt.Fprintf(&script, "%s || exit 1\n", strings.Join(argv, " "))
-		}
+		script, spool := pushScript(b, pg, pbS3, data, segs, "--repo1-path="+path)
 		cpu := markCPU()
-		res := runScript(b, pg, data, script.String(), spool, sample)
+		res := runScript(b, pg, data, script, spool, sample)
 		pbS3.WaitExited(b, spool)
 		since(&res, cpu)
 		for o := range m.Client(b).ListObjectsIter(ctx, bucket, minio.ListObjectsOptions{Prefix: strings.TrimPrefix(path, "/") + "/archive/", Recursive: true}) {
@@ -202,17 +219,19 @@ func BenchmarkShip(b *testing.B) {
 	}
 
 	names := []string{"pglogship over SSH -> fs", "pglogship over SSH -> SFTP", "pglogship direct -> MinIO (TLS)",
-		"pgBackRest async push -> posix", "pgBackRest async push -> MinIO (TLS)"}
+		"pgBackRest async push -> posix", "pgBackRest async via repo host (SSH)", "pgBackRest async push -> MinIO (TLS)"}
 	cs := []contender{
 		{names[0], func(int) result { return ship(fsRepo, nil, false) }},
 		{names[1], func(int) result { return ship(sftpRepo, nil, false) }},
 		{names[2], func(int) result { return ship(s3Repo, direct, false) }},
 		{names[3], func(int) result { return push(false) }},
-		{names[4], func(int) result { return pushS3(false) }},
+		{names[4], func(int) result { return pushHost(false) }},
+		{names[5], func(int) result { return pushS3(false) }},
 	}
-	// Each of ours against the peer doing the same: through a host into a
-	// repository, or straight into the store.
-	peerOf := map[string]string{names[0]: names[3], names[1]: names[3], names[2]: names[4]}
+	// Each of ours against the peers doing the same: through a host into
+	// a repository (pgBackRest's posix repository and its repository host
+	// over SSH), or straight into the store.
+	peersOf := map[string][]string{names[0]: {names[3], names[4]}, names[1]: {names[3], names[4]}, names[2]: {names[5]}}
 	if !withPeer {
 		names, cs = names[:3], cs[:3]
 	}
@@ -224,7 +243,8 @@ func BenchmarkShip(b *testing.B) {
 	tallies[names[2]].peak = ship(s3Repo, direct, true).peakKiB
 	if withPeer {
 		tallies[names[3]].peak = push(true).peakKiB
-		tallies[names[4]].peak = pushS3(true).peakKiB
+		tallies[names[4]].peak = pushHost(true).peakKiB
+		tallies[names[5]].peak = pushS3(true).peakKiB
 	}
 
 	gib := float64(raw) / (1 << 30)
@@ -235,23 +255,58 @@ func BenchmarkShip(b *testing.B) {
 		return fmt.Sprintf("%.2f", cpuMean(ds).Seconds()/gib)
 	}
 	t := newTable(b, "shipping: a backlog of 64 segments (1 GiB) from the guest into the repository",
-		"contender", "s", "MB/s of WAL", "speed-up over its pgBackRest peer", "guest CPU s/GiB (x peer)", "host CPU s/GiB",
+		"contender", "s", "MB/s of WAL", "speed-up over its pgBackRest peers", "guest CPU s/GiB (x peer)", "host CPU s/GiB",
 		"peak memory MiB", "stored MB (ratio)")
 	for _, name := range names {
 		tl := tallies[name]
-		speed, cpuX := "-", ""
-		if p, ok := tallies[peerOf[name]]; ok {
-			speed = ratio(p.mean(), tl.mean())
-			if pc := cpuMean(p.guestCPU); pc > 0 {
-				cpuX = fmt.Sprintf(" (%.2f)", float64(cpuMean(tl.guestCPU))/float64(pc))
+		var speeds, cpus []string
+		for _, peer := range peersOf[name] {
+			p, ok := tallies[peer]
+			if !ok {
+				continue
 			}
-			b.ReportMetric(float64(p.mean())/float64(tl.mean()), "speedup-"+strings.Fields(name)[len(strings.Fields(name))-1])
+			speeds = append(speeds, ratio(p.mean(), tl.mean())+" ("+strings.TrimPrefix(peer, "pgBackRest async ")+")")
+			if pc := cpuMean(p.guestCPU); pc > 0 {
+				cpus = append(cpus, fmt.Sprintf("%.2f", float64(cpuMean(tl.guestCPU))/float64(pc)))
+			}
+			b.ReportMetric(float64(p.mean())/float64(tl.mean()), "speedup-"+metricName(name)+"-vs-"+metricName(peer))
+		}
+		speed, cpu := "-", perGiB(tl.guestCPU)
+		if len(speeds) > 0 {
+			speed = strings.Join(speeds, ", ")
+		}
+		if len(cpus) > 0 {
+			cpu += " (" + strings.Join(cpus, ", ") + ")"
 		}
 		t.row(name, fmt.Sprintf("%.3f", tl.mean().Seconds()), fmt.Sprintf("%.0f", float64(raw)/1e6/tl.mean().Seconds()),
-			speed, perGiB(tl.guestCPU)+cpuX, perGiB(tl.hostCPU), mib(tl.peak),
+			speed, cpu, perGiB(tl.hostCPU), mib(tl.peak),
 			fmt.Sprintf("%.0f (%.2f)", float64(tl.stored)/1e6, float64(raw)/float64(tl.stored)))
 	}
 	t.flush()
+}
+
+// pushScript is the archiver's calls of pgBackRest's archive-push for every
+// segment, one after another, with a fresh spool folder (returned), the
+// stand-in data directory and the options given.
+func pushScript(b *testing.B, pg *testenv.Postgres, pb *testenv.PgBackRest, data string, segs []string, options ...string) (string, string) {
+	b.Helper()
+	spool := filepath.Join(testenv.UserDir(b, pg.OSUser), "spool")
+	must(b, os.Mkdir(spool, 0o700))
+	chownTo(b, pg, filepath.Dir(spool))
+	syncAll()
+	var script strings.Builder
+	for _, s := range segs {
+		args := append(append([]string{"--pg1-path=" + data}, options...), "--spool-path="+spool, "archive-push", "pg_wal/"+filepath.Base(s))
+		fmt.Fprintf(&script, "%s || exit 1\n", strings.Join(pb.Args(args...), " "))
+	}
+	return script.String(), spool
+}
+
+// metricName is a contender's name as a benchmark metric: its last word
+// (fs, SFTP, posix, (TLS)...) without punctuation, lower case.
+func metricName(name string) string {
+	f := strings.Fields(strings.NewReplacer("(", "", ")", "", ">", "").Replace(name))
+	return strings.ToLower(strings.Join(f[len(f)-2:], "-"))
 }
 
 // syncAll flushes dirty pages left by the set-up, so a timed run does not

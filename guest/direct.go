@@ -104,12 +104,28 @@ type Destination struct {
 	ProbeStatus int `json:"probe_status,omitempty"`
 
 	Dir string `json:"dir,omitempty"`
+	// SFTP: the guest's own account on the repository's SFTP server.
+	SFTP *SFTPAccess `json:"sftp,omitempty"`
+}
+
+// SFTPAccess is a guest's own access to an SFTP repository: a key the
+// guest holds (never one of the host's), and the server's host key, which
+// is always verified.
+type SFTPAccess struct {
+	Addr       string `json:"addr"`        // host:port of the SSH server, as the guest reaches it
+	User       string `json:"user"`        // the guest's account there
+	KeyFile    string `json:"key_file"`    // a private key file in the guest, readable by the runtime
+	KnownHosts string `json:"known_hosts"` // the server's known_hosts line(s)
+	Root       string `json:"root"`        // the repository's root on the server
 }
 
 // String describes the destination without an authorisation's signature.
 func (d Destination) String() string {
 	if d.Dir != "" {
 		return "folder " + d.Dir
+	}
+	if d.SFTP != nil {
+		return fmt.Sprintf("sftp://%s@%s%s", d.SFTP.User, d.SFTP.Addr, d.SFTP.Root)
 	}
 	u := d.URL
 	for i := 0; i < len(u); i++ {

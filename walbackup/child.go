@@ -327,11 +327,11 @@ func (j *Job) directFor(ms *machineState) (*Direct, string) {
 		d.Uploads = up
 		return d, ""
 	}
-	if ms.m.RepositoryPath != "" {
-		d.Dir = ms.m.RepositoryPath
+	if ms.m.RepositoryPath != "" || ms.m.RepositorySFTP != nil {
+		d.Dir, d.SFTP = ms.m.RepositoryPath, ms.m.RepositorySFTP
 		return d, ""
 	}
-	return nil, "the repository cannot authorise uploads (S3-compatible stores can) and the machine has no RepositoryPath"
+	return nil, "the repository cannot authorise uploads (S3-compatible stores can) and the machine has no access of its own to it (RepositoryPath, RepositorySFTP)"
 }
 
 // unreachable tells a direct send that failed because the guest lost the

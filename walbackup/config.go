@@ -44,6 +44,10 @@ type Machine struct {
 	// into it; empty when it does not. S3-compatible repositories need
 	// none: they authorise each upload.
 	RepositoryPath string
+	// RepositorySFTP is the guest's own access to an SFTP repository (a
+	// key of its own in the guest, never the host's), for direct shipping
+	// into it; nil when it has none.
+	RepositorySFTP *guest.SFTPAccess
 }
 
 // Config configures a Job. Zero values take the Default... constants, except

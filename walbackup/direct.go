@@ -45,8 +45,9 @@ const (
 // store, hands the guest one authorisation per bundle (a presigned PUT
 // of exactly that object, size-bound by the content's SHA-256 the store
 // checks, only while the name is free, for AuthorizationTTL); a file
-// system repository is written through the guest's own mount
-// (Machine.RepositoryPath). No credential of the host's enters the guest.
+// system or SFTP repository is written with the guest's own access
+// (Machine.RepositoryPath, Machine.RepositorySFTP). No credential of the
+// host's enters the guest.
 // The host then verifies what the store holds (size and the store's own
 // checksum, or a full read-back; and the bundle's index) before the WAL
 // leaves the guest. Timeline history files, a few hundred bytes, always
@@ -93,8 +94,8 @@ func (s *Shipping) validate(c *Config) error {
 		return nil
 	}
 	for _, m := range c.Machines {
-		if m.RepositoryPath == "" {
-			return fmt.Errorf("shipping mode direct: the repository cannot authorise uploads (S3-compatible stores can), and machine %s has no RepositoryPath where it sees the repository itself", m.ID)
+		if m.RepositoryPath == "" && m.RepositorySFTP == nil {
+			return fmt.Errorf("shipping mode direct: the repository cannot authorise uploads (S3-compatible stores can), and machine %s has no RepositoryPath or RepositorySFTP, its own access to the repository", m.ID)
 		}
 	}
 	return nil
@@ -107,7 +108,8 @@ type Direct struct {
 	// Uploads authorises each upload and reports the store's checksum of
 	// what it stored; nil when the guest writes into Dir.
 	Uploads repository.DirectUploader
-	Dir     string // the repository's root as the guest sees it
+	Dir     string            // the repository's root as the guest sees it
+	SFTP    *guest.SFTPAccess // the guest's own access to an SFTP repository
 	TTL     time.Duration
 	// MaxBytes caps the raw WAL per bundle.
 	MaxBytes int64
@@ -121,7 +123,7 @@ const cleanupTimeout = time.Minute
 // SHA-256 sum): an authorised request, or its own folder.
 func (d *Direct) destination(ctx context.Context, object string, size int64, sum [32]byte) (guest.Destination, error) {
 	if d.Uploads == nil {
-		return guest.Destination{Dir: d.Dir}, nil
+		return guest.Destination{Dir: d.Dir, SFTP: d.SFTP}, nil
 	}
 	a, err := d.Uploads.AuthorizePut(ctx, object, size, sum, d.TTL)
 	if err != nil {
@@ -136,7 +138,7 @@ func destinationOf(a repository.Authorization) guest.Destination {
 
 // probe tells whether the guest reaches the repository.
 func (d *Direct) probe(ctx context.Context) error {
-	to := guest.Destination{Dir: d.Dir}
+	to := guest.Destination{Dir: d.Dir, SFTP: d.SFTP}
 	if d.Uploads != nil {
 		a, err := d.Uploads.AuthorizeProbe(ctx, d.TTL)
 		if err != nil {

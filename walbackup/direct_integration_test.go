@@ -22,6 +22,7 @@ import (
 	"github.com/pglogship/pglogship/repository"
 	fsrepo "github.com/pglogship/pglogship/repository/fs"
 	"github.com/pglogship/pglogship/repository/s3"
+	sftprepo "github.com/pglogship/pglogship/repository/sftp"
 	"github.com/pglogship/pglogship/wal"
 	"github.com/pglogship/pglogship/walbackup"
 )
@@ -46,10 +47,15 @@ type countingS3 struct {
 }
 
 func (r countingS3) Put(ctx context.Context, name string, rd io.Reader) error {
+	return r.count(ctx, name, rd, r.Repo.Put)
+}
+
+// count puts rd with put, counting it when it is a WAL bundle.
+func (r countingS3) count(ctx context.Context, name string, rd io.Reader, put func(context.Context, string, io.Reader) error) error {
 	if _, ok := repository.ParseBundleName(name); ok && strings.Contains(name, "/wal/") {
 		rd = io.TeeReader(rd, writerFunc(func(p []byte) { r.c.bundles.Add(int64(len(p))) }))
 	}
-	return r.Repo.Put(ctx, name, rd)
+	return put(ctx, name, rd)
 }
 
 // countingDeployer hands out runtimes that count the segment bytes they
@@ -479,30 +485,89 @@ func TestDirectShippingIntoTheGuestsOwnMount(t *testing.T) {
 		cfg.Shipping.Mode = walbackup.ShipDirect
 		cfg.Machines[0].RepositoryPath = root
 	})
+	shipDirectlyAndCheck(t, r2, &c, repo)
+}
+
+// shipDirectlyAndCheck runs r's job in mode direct for one interval of
+// real WAL and checks that it shipped directly, with no WAL byte through
+// the host (c counts them), byte-identical into repo, and that the files
+// left the guest.
+func shipDirectlyAndCheck(t *testing.T, r *realJob, c *hostBytes, repo repository.Repository) {
+	t.Helper()
 	ctx := context.Background()
-	require.NoError(t, r2.job.Enable(ctx))
-	r2.idle(t)
-	r2.pg.SwitchWAL(t, 3)
+	require.NoError(t, r.job.Enable(ctx))
+	r.idle(t)
+	r.pg.SwitchWAL(t, 3)
 	originals := map[string][]byte{}
-	entries, err := os.ReadDir(r2.walDir)
+	entries, err := os.ReadDir(r.walDir)
 	require.NoError(t, err)
 	for _, e := range entries {
 		if isSegment(e.Name()) {
-			b, err := os.ReadFile(filepath.Join(r2.walDir, e.Name()))
+			b, err := os.ReadFile(filepath.Join(r.walDir, e.Name()))
 			require.NoError(t, err)
 			originals[e.Name()] = b
 		}
 	}
 	require.GreaterOrEqual(t, len(originals), 3)
-	r2.step(t, walbackup.DefaultLogBackupInterval)
-	require.NoError(t, r2.job.Disable(ctx))
-	log := sessionLog(t, r2.harness, walbackup.ChildJobName("Daily DB Job"))
+	r.step(t, walbackup.DefaultLogBackupInterval)
+	require.NoError(t, r.job.Disable(ctx))
+	log := sessionLog(t, r.harness, walbackup.ChildJobName("Daily DB Job"))
 	assert.Contains(t, log, "WAL ships directly from the guest to the repository (shipping mode direct", log)
 	assert.Zero(t, c.segments.Load(), "no segment byte through the host")
-	in := stored(t, repo, r2.instance(t), 1)
+	assert.Zero(t, c.bundles.Load(), "no bundle byte put by the host")
+	in := stored(t, repo, r.instance(t), 1)
 	for n, b := range originals {
 		assert.Equal(t, b, in[n], "%s byte-identical", n)
-		_, err := os.Stat(filepath.Join(r2.walDir, n))
+		_, err := os.Stat(filepath.Join(r.walDir, n))
 		assert.True(t, os.IsNotExist(err), "%s left the guest", n)
 	}
+}
+
+// countingWALRepo counts the WAL bundle bytes the host puts into any
+// repository.
+type countingWALRepo struct {
+	repository.Repository
+	c *hostBytes
+}
+
+func (r countingWALRepo) Put(ctx context.Context, name string, rd io.Reader) error {
+	return countingS3{nil, r.c}.count(ctx, name, rd, r.Repository.Put)
+}
+
+// Direct shipping into an SFTP repository through the guest's own
+// account: a key of the guest's (not the host's), the server's host key
+// verified; no WAL byte passes through the host, which reads every bundle
+// back; the WAL is stored byte-identical. A server with another host key
+// is refused.
+func TestDirectShippingOverTheGuestsOwnSFTPAccount(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{})
+	root := filepath.Join(testenv.UserDir(t, sshd.User), "repository")
+	cc := sshd.ClientConfig(t)
+	repo, err := sftprepo.New(ctx, sftprepo.Config{Addr: sshd.Addr, User: sshd.User, Auth: cc.Auth, HostKeyCallback: cc.HostKeyCallback, Root: root})
+	require.NoError(t, err)
+	t.Cleanup(func() { repo.Close() })
+	guestKey := filepath.Join(t.TempDir(), "guest_ed25519_key")
+	sshd.AddClientKey(t, guestKey)
+	var c hostBytes
+	r := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
+		cfg.Repository = countingWALRepo{repo, &c}
+		cfg.Guests = countingDeployer{cfg.Guests, &c}
+		cfg.Shipping.Mode = walbackup.ShipDirect
+		cfg.Machines[0].RepositorySFTP = &guest.SFTPAccess{Addr: sshd.Addr, User: sshd.User, KeyFile: guestKey,
+			KnownHosts: sshd.KnownHostsLine, Root: root}
+	})
+	shipDirectlyAndCheck(t, r, &c, repo)
+
+	t.Run("a server with another host key is refused", func(t *testing.T) {
+		other := testenv.StartSSHD(t, testenv.SSHDConfig{})
+		rt, err := r.deployer.Deploy(ctx, guest.Target{Machine: "db1"})
+		require.NoError(t, err)
+		defer rt.Close(ctx)
+		err = rt.(guest.DirectShipper).ProbeDestination(ctx, guest.Destination{SFTP: &guest.SFTPAccess{Addr: sshd.Addr, User: sshd.User,
+			KeyFile: guestKey, KnownHosts: other.KnownHostsLine, Root: root}})
+		require.ErrorIs(t, err, guest.ErrHostKey)
+	})
 }

@@ -38,6 +38,9 @@ type realJob struct {
 	root   string // the repository's folder
 	walDir string
 	logs   *syncBuffer // everything the job, the deployer and the runtime logged
+	// deployer is the local deployer the job was made with (a test may
+	// wrap the job's own).
+	deployer guest.Deployer
 }
 
 func newRealJob(t *testing.T, hv func(clk *clock.Mock, d guest.Deployer) hypervisor.Hypervisor, tweaks ...func(*walbackup.Config)) *realJob {
@@ -61,7 +64,7 @@ func newRealJobOn(t *testing.T, pgcfg testenv.PostgresConfig, hv func(clk *clock
 	root := filepath.Join(t.TempDir(), "repository") // made by the repository itself
 	repo, err := fs.New(fs.Config{Root: root})
 	require.NoError(t, err)
-	r := &realJob{pg: pg, repo: repo, root: root, walDir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal"), logs: logs}
+	r := &realJob{pg: pg, repo: repo, root: root, walDir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal"), logs: logs, deployer: d}
 	r.harness = &harness{clk: clock.NewMock(), store: smem.New(), events: make(chan walbackup.Event, 1024)}
 	r.list = r.store
 	r.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))

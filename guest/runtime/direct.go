@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -11,15 +12,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
 	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
+	sftprepo "github.com/pglogship/pglogship/repository/sftp"
 )
 
 // Operations of direct shipping (guest.DirectShipper).
@@ -165,6 +170,20 @@ func (s *server) send(ctx context.Context, a SendArgs) error {
 	if a.To.Dir != "" {
 		return putInto(ctx, a.To.Dir, a.Object, f)
 	}
+	if a.To.SFTP != nil {
+		repo, err := openSFTP(ctx, a.To.SFTP)
+		if err != nil {
+			return err
+		}
+		defer repo.Close()
+		if err := repo.Put(ctx, a.Object, f); err != nil {
+			if errors.Is(err, repository.ErrConflict) {
+				return fmt.Errorf("%w: %v", guest.ErrObjectExists, err)
+			}
+			return err
+		}
+		return nil
+	}
 	return request(ctx, a.To, f, st.Size(), http.StatusOK)
 }
 
@@ -179,8 +198,67 @@ func (s *server) drop(object string) error {
 	return nil
 }
 
+// openSFTP connects to an SFTP repository with the guest's own key,
+// verifying the server's host key against the line it was given.
+func openSFTP(ctx context.Context, acc *guest.SFTPAccess) (*sftprepo.Repo, error) {
+	key, err := os.ReadFile(acc.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("sftp key: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("sftp key %s: %w", acc.KeyFile, err)
+	}
+	hostKeys, err := knownHostsCallback(acc.KnownHosts)
+	if err != nil {
+		return nil, err
+	}
+	repo, err := sftprepo.New(ctx, sftprepo.Config{Addr: acc.Addr, User: acc.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: hostKeys, Root: acc.Root})
+	if err != nil {
+		if errors.Is(err, guest.ErrHostKey) || strings.Contains(err.Error(), guest.ErrHostKey.Error()) {
+			return nil, fmt.Errorf("%w: %v", guest.ErrHostKey, err)
+		}
+		return nil, fmt.Errorf("%w: %v", guest.ErrUnreachable, err)
+	}
+	return repo, nil
+}
+
+// knownHostsCallback accepts exactly the host keys of the known_hosts
+// lines given for the one server the access names.
+func knownHostsCallback(lines string) (ssh.HostKeyCallback, error) {
+	var keys [][]byte
+	rest := []byte(lines)
+	for len(bytes.TrimSpace(rest)) > 0 {
+		_, _, key, _, next, err := ssh.ParseKnownHosts(rest)
+		if err != nil {
+			return nil, fmt.Errorf("sftp known hosts: %w", err)
+		}
+		keys = append(keys, key.Marshal())
+		rest = next
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("sftp known hosts: no host key given (host keys are always verified)")
+	}
+	return func(host string, _ net.Addr, key ssh.PublicKey) error {
+		for _, k := range keys {
+			if bytes.Equal(k, key.Marshal()) {
+				return nil
+			}
+		}
+		return fmt.Errorf("%w: %s offered %s %s", guest.ErrHostKey, host, key.Type(), ssh.FingerprintSHA256(key))
+	}, nil
+}
+
 // probe tells whether the destination is reachable from here.
 func probe(ctx context.Context, to guest.Destination) error {
+	if to.SFTP != nil {
+		repo, err := openSFTP(ctx, to.SFTP)
+		if err != nil {
+			return err
+		}
+		return repo.Close()
+	}
 	if to.Dir != "" {
 		var rnd [8]byte
 		_, _ = rand.Read(rnd[:])

@@ -104,6 +104,7 @@ var errorCodes = map[string]error{
 	"object_exists":         guest.ErrObjectExists,
 	"upload_denied":         guest.ErrUploadDenied,
 	"unreachable":           guest.ErrUnreachable,
+	"host_key":              guest.ErrHostKey,
 }
 
 // ErrorCode returns the wire code for err, or "".

@@ -23,6 +23,9 @@ type PgBackRestConfig struct {
 	// log-level-console=warn, log-level-file=off), such as
 	// compress-type, archive-async or process-max.
 	Settings map[string]string
+	// NoStanza skips stanza-create: the repository is elsewhere
+	// (repo1-host) and its stanza is made there.
+	NoStanza bool
 }
 
 // PgBackRest is pgBackRest set up for one test cluster and nothing else:
@@ -82,7 +85,9 @@ func NewPgBackRest(t testing.TB, pg *Postgres, cfg PgBackRestConfig) *PgBackRest
 		mustMkdir(t, filepath.Join(dir, sub), 0o700)
 		chown(t, pg.account, filepath.Join(dir, sub))
 	}
-	p.Run(t, "stanza-create")
+	if !cfg.NoStanza {
+		p.Run(t, "stanza-create")
+	}
 	return p
 }
 

@@ -39,6 +39,7 @@ type SSHD struct {
 	KnownHostsFile string // holds KnownHostsLine
 	ClientSigner   ssh.Signer
 	ClientKeyFile  string // OpenSSH private key of ClientSigner (0600)
+	authorizedKeys string
 	LogFile        string // sshd's stderr (LogLevel VERBOSE)
 }
 
@@ -83,6 +84,7 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 	s.HostKey = hostSigner.PublicKey()
 	s.ClientSigner = writeEd25519Key(t, s.ClientKeyFile)
 	authorizedKeys := filepath.Join(dir, "authorized_keys")
+	s.authorizedKeys = authorizedKeys
 	// sshd reads it as the login user, hence world-readable.
 	mustWriteFile(t, authorizedKeys, ssh.MarshalAuthorizedKey(s.ClientSigner.PublicKey()), 0o644)
 
@@ -114,6 +116,23 @@ func StartSSHD(t testing.TB, cfg SSHDConfig) *SSHD {
 		}
 		t.Fatalf("testenv: start sshd on %s for user %s: %v\n%s", s.Addr, login, err, tail)
 	}
+}
+
+// AddClientKey makes another client key, writes its OpenSSH private key to
+// path (0600) and lets it log in too: a second party with a credential of
+// its own (a guest's own access to an SFTP repository).
+func (s *SSHD) AddClientKey(t testing.TB, path string) ssh.Signer {
+	t.Helper()
+	signer := writeEd25519Key(t, path)
+	f, err := os.OpenFile(s.authorizedKeys, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	defer f.Close()
+	if _, err := f.Write(ssh.MarshalAuthorizedKey(signer.PublicKey())); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return signer
 }
 
 // start runs sshd in the foreground and waits until a client logs in. On
