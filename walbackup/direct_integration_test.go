@@ -27,8 +27,8 @@ import (
 	"github.com/pglogship/pglogship/walbackup"
 )
 
-// hostBytes counts the WAL that passes through the host: segment bytes
-// the runtime streams to it, and bundle bytes it puts.
+// hostBytes counts the WAL that passes through the host: segment and
+// bundle bytes the runtime streams to it, and bundle bytes it puts.
 type hostBytes struct {
 	segments, bundles atomic.Int64
 }
@@ -76,6 +76,13 @@ func (d countingDeployer) Deploy(ctx context.Context, t guest.Target) (guest.Run
 type countingRuntime struct {
 	*remote.Runtime
 	c *hostBytes
+}
+
+// StreamBundle counts a bundle the guest streams through the host.
+func (r countingRuntime) StreamBundle(ctx context.Context, req guest.StageRequest, fn func(io.Reader) error) (guest.Staged, error) {
+	return r.Runtime.StreamBundle(ctx, req, func(rd io.Reader) error {
+		return fn(io.TeeReader(rd, writerFunc(func(p []byte) { r.c.segments.Add(int64(len(p))) })))
+	})
 }
 
 func (r countingRuntime) Read(ctx context.Context, names []string, fn func(guest.Frame) error) error {

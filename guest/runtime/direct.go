@@ -285,6 +285,9 @@ func request(ctx context.Context, to guest.Destination, body io.Reader, size int
 	if body != nil {
 		req.ContentLength = size
 		req.GetBody = nil
+		// The store refuses a bad authorisation before the body: asked to
+		// wait, it says why instead of cutting the upload short.
+		req.Header.Set("Expect", "100-continue")
 	}
 	for k, v := range to.Header {
 		req.Header.Set(k, v)
