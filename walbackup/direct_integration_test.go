@@ -47,15 +47,16 @@ type countingS3 struct {
 }
 
 func (r countingS3) Put(ctx context.Context, name string, rd io.Reader) error {
-	return r.count(ctx, name, rd, r.Repo.Put)
+	return r.Repo.Put(ctx, name, r.c.countBundle(name, rd))
 }
 
-// count puts rd with put, counting it when it is a WAL bundle.
-func (r countingS3) count(ctx context.Context, name string, rd io.Reader, put func(context.Context, string, io.Reader) error) error {
+// countBundle returns rd, counting what is read of it into c.bundles
+// when name is a WAL bundle.
+func (c *hostBytes) countBundle(name string, rd io.Reader) io.Reader {
 	if _, ok := repository.ParseBundleName(name); ok && strings.Contains(name, "/wal/") {
-		rd = io.TeeReader(rd, writerFunc(func(p []byte) { r.c.bundles.Add(int64(len(p))) }))
+		return io.TeeReader(rd, writerFunc(func(p []byte) { c.bundles.Add(int64(len(p))) }))
 	}
-	return put(ctx, name, rd)
+	return rd
 }
 
 // countingDeployer hands out runtimes that count the segment bytes they
@@ -538,7 +539,7 @@ type countingWALRepo struct {
 }
 
 func (r countingWALRepo) Put(ctx context.Context, name string, rd io.Reader) error {
-	return countingS3{nil, r.c}.count(ctx, name, rd, r.Repository.Put)
+	return r.Repository.Put(ctx, name, r.c.countBundle(name, rd))
 }
 
 // Direct shipping into an SFTP repository through the guest's own

@@ -85,8 +85,25 @@ func (s *server) stage(ctx context.Context, req guest.StageRequest) (guest.Stage
 	}
 	defer os.Remove(path + ".tmp") // no-op once renamed
 	defer f.Close()
+	staged, err := s.build(ctx, f, req)
+	if err != nil {
+		return guest.Staged{}, err
+	}
+	if err := f.Close(); err != nil {
+		return guest.Staged{}, err
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return guest.Staged{}, err
+	}
+	return staged, nil
+}
+
+// build writes the bundle of req's files to w, each segment opened only
+// once its header matches the cluster, and says what it holds: the
+// pipeline stage and stream share.
+func (s *server) build(ctx context.Context, w io.Writer, req guest.StageRequest) (guest.Staged, error) {
 	h := sha256.New()
-	cw := &countingWriter{w: io.MultiWriter(f, h)}
+	cw := &countingWriter{w: io.MultiWriter(w, h)}
 	b, err := walbundle.New(cw, req.Object, nil, req.Created, nil)
 	if err != nil {
 		return guest.Staged{}, err
@@ -98,12 +115,6 @@ func (s *server) stage(ctx context.Context, req guest.StageRequest) (guest.Stage
 	}
 	res, err := b.Close()
 	if err != nil {
-		return guest.Staged{}, err
-	}
-	if err := f.Close(); err != nil {
-		return guest.Staged{}, err
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
 		return guest.Staged{}, err
 	}
 	return guest.Staged{Object: req.Object, Size: cw.n, SHA256: [32]byte(h.Sum(nil)), Files: res.Files, Unknown: res.Unknown,
@@ -129,28 +140,18 @@ func (s *server) stream(ctx context.Context, req guest.StageRequest) (guest.Stag
 		return guest.Staged{}, err
 	}
 	chunks := proto.NewChunker(proto.MaxData, func(b []byte) error { return s.w.Write(proto.TypeData, b) })
-	h := sha256.New()
-	cw := &countingWriter{w: io.MultiWriter(chunks, h)}
-	b, err := walbundle.New(cw, req.Object, nil, req.Created, nil)
-	if err != nil {
-		return guest.Staged{}, err
-	}
-	open := func(name string) (io.ReadCloser, error) { return chk.open(s.dir, name) }
-	if err := b.AddFiles(ctx, req.Names, open, sendWorkers()); err != nil {
-		return guest.Staged{}, err
-	}
-	res, err := b.Close()
+	staged, err := s.build(ctx, chunks, req)
 	if err == nil {
 		err = chunks.Flush()
 	}
 	if err != nil {
 		return guest.Staged{}, err
 	}
-	sum := [32]byte(h.Sum(nil))
-	if err := s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: req.Object, RawSize: cw.n, SHA256: hex.EncodeToString(sum[:])}); err != nil {
+	end := proto.FileEnd{Name: req.Object, RawSize: staged.Size, SHA256: hex.EncodeToString(staged.SHA256[:])}
+	if err := s.w.WriteJSON(proto.TypeFileEnd, end); err != nil {
 		return guest.Staged{}, err
 	}
-	return guest.Staged{Object: req.Object, Size: cw.n, SHA256: sum, Files: res.Files, Unknown: res.Unknown, RawBytes: res.RawBytes}, nil
+	return staged, nil
 }
 
 // send sends a staged bundle where the host said.

@@ -64,21 +64,27 @@ func (b *Builder) Add(name string, codec bundle.Codec, r io.Reader, claim func()
 	if err != nil {
 		return File{}, err
 	}
-	meta, u := b.sums.end(name)
+	if claim != nil {
+		if size, sum := claim(); size != e.RawSize || sum != e.SHA256 {
+			return File{}, fmt.Errorf("%w: %s", ErrChecksum, name)
+		}
+	}
+	return b.added(e)
+}
+
+// added records a file the writer took: its summary (or why there is
+// none) into the bundle, its sums into the result.
+func (b *Builder) added(e bundle.Entry) (File, error) {
+	meta, u := b.sums.end(e.Name)
 	if meta != nil {
-		if err := b.w.SetMeta(name, meta); err != nil {
+		if err := b.w.SetMeta(e.Name, meta); err != nil {
 			return File{}, err
 		}
 	}
 	if u != nil {
 		b.unknown = append(b.unknown, *u)
 	}
-	if claim != nil {
-		if size, sum := claim(); size != e.RawSize || sum != e.SHA256 {
-			return File{}, fmt.Errorf("%w: %s", ErrChecksum, name)
-		}
-	}
-	f := File{Name: name, RawSize: e.RawSize, SHA256: e.SHA256}
+	f := File{Name: e.Name, RawSize: e.RawSize, SHA256: e.SHA256}
 	b.files = append(b.files, f)
 	b.raw += e.RawSize
 	return f, nil

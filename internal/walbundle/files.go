@@ -166,16 +166,6 @@ func (b *Builder) addPacked(name string, p packed, open Source, buf []byte) erro
 	if err != nil {
 		return err
 	}
-	meta, u := b.sums.end(name)
-	if meta != nil {
-		if err := b.w.SetMeta(name, meta); err != nil {
-			return err
-		}
-	}
-	if u != nil {
-		b.unknown = append(b.unknown, *u)
-	}
-	b.files = append(b.files, File{Name: name, RawSize: e.RawSize, SHA256: e.SHA256})
-	b.raw += e.RawSize
-	return nil
+	_, err = b.added(e)
+	return err
 }
