@@ -277,15 +277,7 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 // and reports whether the WAL can ship now. quiet keeps a failed retry's
 // warning out of the session log.
 func (j *Job) route(ctx context.Context, cs *childSession, ms *machineState, quiet bool) bool {
-	d, why := j.directFor(ms)
-	if d != nil {
-		octx, cancel := j.op(ctx)
-		err := d.probe(octx)
-		cancel()
-		if err != nil {
-			d, why = nil, probeFailure(err)
-		}
-	}
+	d, why := j.reachable(ctx, ms.m, ms.rt)
 	was := ms.direct != nil
 	ms.direct = d
 	var msg string
@@ -309,16 +301,31 @@ func (j *Job) route(ctx context.Context, cs *childSession, ms *machineState, qui
 	return d != nil
 }
 
-// directFor returns how the machine's WAL could ship directly, or why it
-// cannot.
-func (j *Job) directFor(ms *machineState) (*Direct, string) {
+// reachable returns how m's WAL ships directly from rt's guest, or why it
+// cannot: directFor, then the guest's probe of the repository.
+func (j *Job) reachable(ctx context.Context, m Machine, rt guest.Runtime) (*Direct, string) {
+	d, why := j.directFor(m, rt)
+	if d == nil {
+		return nil, why
+	}
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	if err := d.probe(octx); err != nil {
+		return nil, probeFailure(err)
+	}
+	return d, ""
+}
+
+// directFor returns how m's WAL could ship directly from rt's guest, or
+// why it cannot.
+func (j *Job) directFor(m Machine, rt guest.Runtime) (*Direct, string) {
 	if j.cfg.Shipping.Mode == ShipHost {
 		return nil, "the job ships through the host"
 	}
 	if j.cfg.Key != nil {
 		return nil, "bundles are sealed with the job's key, which stays on the host"
 	}
-	g, ok := ms.rt.(guest.DirectShipper)
+	g, ok := rt.(guest.DirectShipper)
 	if !ok {
 		return nil, "the guest's runtime cannot ship directly"
 	}
@@ -327,8 +334,8 @@ func (j *Job) directFor(ms *machineState) (*Direct, string) {
 		d.Uploads = up
 		return d, ""
 	}
-	if ms.m.RepositoryPath != "" || ms.m.RepositorySFTP != nil {
-		d.Dir, d.SFTP = ms.m.RepositoryPath, ms.m.RepositorySFTP
+	if m.RepositoryPath != "" || m.RepositorySFTP != nil {
+		d.Dir, d.SFTP = m.RepositoryPath, m.RepositorySFTP
 		return d, ""
 	}
 	return nil, "the repository cannot authorise uploads (S3-compatible stores can) and the machine has no access of its own to it (RepositoryPath, RepositorySFTP)"

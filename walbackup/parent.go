@@ -324,14 +324,7 @@ func (j *Job) incrementalBase(ctx context.Context, inst repository.Instance) (*r
 // would take: directly when the mode allows it and the guest reaches the
 // repository.
 func (j *Job) ship(ctx context.Context, m Machine, rt guest.Runtime, inst repository.Instance) (Shipped, error) {
-	d, why := j.directFor(&machineState{m: m, rt: rt})
-	if d != nil {
-		octx, cancel := j.op(ctx)
-		if err := d.probe(octx); err != nil {
-			d, why = nil, probeFailure(err)
-		}
-		cancel()
-	}
+	d, why := j.reachable(ctx, m, rt)
 	if d == nil && j.cfg.Shipping.Mode == ShipDirect {
 		return Shipped{}, fmt.Errorf("shipping mode direct, and %s", why)
 	}
