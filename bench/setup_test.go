@@ -42,6 +42,9 @@ type result struct {
 	elapsed time.Duration
 	stored  int64 // bytes in the repository, 0 when not measured
 	peakKiB int64 // summed resident memory of its processes, 0 when not measured
+	// hostKiB and guestKiB split peakKiB for ours: the host process, the
+	// runtime.
+	hostKiB, guestKiB int64
 	// CPU time of the shipping's guest side (our runtime, the peer's
 	// processes) and of the host (the process that ships, or receives),
 	// 0 when not measured.

@@ -112,7 +112,7 @@ func BenchmarkShip(b *testing.B) {
 			testenv.CPUTime(nil, baseDir)-rtCPU, res.guestCPU)
 		if sample {
 			hostKiB, rtKiB := host.Stop(), rtm.Stop()
-			res.peakKiB = hostKiB + rtKiB
+			res.peakKiB, res.hostKiB, res.guestKiB = hostKiB+rtKiB, hostKiB, rtKiB
 			b.Logf("peak resident memory shipping into %T: host process %.1f MiB, runtime %.1f MiB", repo,
 				float64(hostKiB)/1024, float64(rtKiB)/1024)
 		}
@@ -241,6 +241,25 @@ func BenchmarkShip(b *testing.B) {
 	tallies[names[0]].peak = ship(fsRepo, nil, true).peakKiB
 	tallies[names[1]].peak = ship(sftpRepo, nil, true).peakKiB
 	tallies[names[2]].peak = ship(s3Repo, direct, true).peakKiB
+	// Memory must not grow with the volume: ten backlogs of 1 GiB one
+	// after another through the same runtime and host process, each side's
+	// peak over all ten against its peak over the first.
+	for i, ours := range []func() result{
+		func() result { return ship(fsRepo, nil, true) },
+		func() result { return ship(sftpRepo, nil, true) },
+		func() result { return ship(s3Repo, direct, true) },
+	} {
+		var first, all result
+		for n := 0; n < volumeRounds; n++ {
+			r := ours()
+			if n == 0 {
+				first = r
+			}
+			all.hostKiB, all.guestKiB = max(all.hostKiB, r.hostKiB), max(all.guestKiB, r.guestKiB)
+		}
+		b.Logf("peak resident memory, %s: host process %s MiB over the first GiB, %s MiB over %d GiB; runtime %s MiB, %s MiB",
+			names[i], mib(first.hostKiB), mib(all.hostKiB), volumeRounds, mib(first.guestKiB), mib(all.guestKiB))
+	}
 	if withPeer {
 		tallies[names[3]].peak = push(true).peakKiB
 		tallies[names[4]].peak = pushHost(true).peakKiB
@@ -284,6 +303,9 @@ func BenchmarkShip(b *testing.B) {
 	}
 	t.flush()
 }
+
+// volumeRounds is how many 1 GiB backlogs the memory check ships in a row.
+const volumeRounds = 10
 
 // pushScript is the archiver's calls of pgBackRest's archive-push for every
 // segment, one after another, with a fresh spool folder (returned), the

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/pglogship/pglogship/wal"
@@ -106,6 +109,42 @@ type Destination struct {
 	Dir string `json:"dir,omitempty"`
 	// SFTP: the guest's own account on the repository's SFTP server.
 	SFTP *SFTPAccess `json:"sftp,omitempty"`
+
+	// Via is the log shipping server the guest reaches the store (URL or
+	// SFTP) through; nil: the guest connects itself.
+	Via *ShippingServer `json:"via,omitempty"`
+}
+
+// ShippingServer is a log shipping server: an SSH server that the guest
+// logs into with a key of its own and that connects on to the store for
+// it (SSH TCP forwarding), for guests that cannot reach the store
+// themselves. The WAL passes through it, not through the host, and it
+// holds no credential: what it relays is authorised per object as for a
+// guest that connects itself. Its host key is always verified.
+type ShippingServer struct {
+	Addr       string `json:"addr"`        // host:port of the SSH server, as the guest reaches it
+	User       string `json:"user"`        // the guest's account there
+	KeyFile    string `json:"key_file"`    // a private key file in the guest, readable by the runtime
+	KnownHosts string `json:"known_hosts"` // the server's known_hosts line(s)
+}
+
+// String names the server for logs.
+func (s ShippingServer) String() string { return fmt.Sprintf("ssh://%s@%s", s.User, s.Addr) }
+
+// Validate says what is missing or wrong in s.
+func (s ShippingServer) Validate() error {
+	switch {
+	case s.Addr == "" || s.User == "":
+		return errors.New("log shipping server: address and user are required")
+	case !filepath.IsAbs(s.KeyFile):
+		return fmt.Errorf("log shipping server %s: key file %q must be an absolute path in the guest", s, s.KeyFile)
+	case strings.TrimSpace(s.KnownHosts) == "":
+		return fmt.Errorf("log shipping server %s: its known_hosts line is required (host keys are always verified)", s)
+	}
+	if _, _, err := net.SplitHostPort(s.Addr); err != nil {
+		return fmt.Errorf("log shipping server: address %q must be host:port", s.Addr)
+	}
+	return nil
 }
 
 // SFTPAccess is a guest's own access to an SFTP repository: a key the
@@ -121,6 +160,11 @@ type SFTPAccess struct {
 
 // String describes the destination without an authorisation's signature.
 func (d Destination) String() string {
+	if d.Via != nil {
+		e := d
+		e.Via = nil
+		return e.String() + " via " + d.Via.String()
+	}
 	if d.Dir != "" {
 		return "folder " + d.Dir
 	}

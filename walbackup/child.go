@@ -220,9 +220,10 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 			}
 		}
 		got, err := j.shipMachine(ctx, ms)
-		if err != nil && ms.direct != nil && j.cfg.Shipping.Mode == ShipAuto && unreachable(err) && !j.route(ctx, cs, ms, false) {
-			// The guest lost the repository: auto falls back to the host
-			// at once, for the rest of the session.
+		if err != nil && ms.direct != nil && j.cfg.Shipping.Mode != ShipDirect && unreachable(err) && !j.route(ctx, cs, ms, false) {
+			// The guest lost the repository (or the log shipping server):
+			// the WAL falls back to the host at once, for the rest of the
+			// session.
 			more, merr := j.shipMachine(ctx, ms)
 			got.merge(more)
 			err = merr
@@ -265,23 +266,27 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d files (%d bytes, %d stored) from %s to %s%s",
 			ms.m.ID, got.Files, got.RawBytes, got.StoredBytes, got.First, got.Last, after))
 		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.rec, Machine: ms.m.ID, Files: got.Files, Bytes: got.RawBytes,
-			Lag: j.cfg.Clock.Now().Sub(due), Direct: got.Direct})
+			Lag: j.cfg.Clock.Now().Sub(due), Direct: got.Direct, Server: viaOf(got, ms)})
 	}
 	j.update(ctx, cs)
 }
 
-// route chooses the path of a machine's WAL: directly from the guest when
-// the mode allows it, the job can authorise it and the guest reaches the
-// repository, else through the host (or, in mode direct, nowhere until it
-// can). It says which and why in the session log and to the observer,
-// and reports whether the WAL can ship now. quiet keeps a failed retry's
-// warning out of the session log.
+// route chooses the path of a machine's WAL: from the guest when the job
+// can authorise it and the guest reaches the repository (itself, when the
+// mode allows it, or through the named log shipping server), else through
+// the host (or, in mode direct, nowhere until it can). It says which and
+// why in the session log and to the observer, and reports whether the WAL
+// can ship now. quiet keeps a failed retry's warning out of the session
+// log.
 func (j *Job) route(ctx context.Context, cs *childSession, ms *machineState, quiet bool) bool {
 	d, why := j.reachable(ctx, ms.m, ms.rt)
 	was := ms.direct != nil
 	ms.direct = d
 	var msg string
 	switch {
+	case d != nil && d.Via != nil:
+		msg = fmt.Sprintf("machine %s: WAL ships from the guest through log shipping server %s to the repository (shipping mode %s; the guest reaches it there)",
+			ms.m.ID, d.Via, j.cfg.Shipping.Mode)
 	case d != nil:
 		msg = fmt.Sprintf("machine %s: WAL ships directly from the guest to the repository (shipping mode %s; the guest reaches it)", ms.m.ID, j.cfg.Shipping.Mode)
 	case j.cfg.Shipping.Mode == ShipDirect:
@@ -293,35 +298,62 @@ func (j *Job) route(ctx context.Context, cs *childSession, ms *machineState, qui
 		msg = fmt.Sprintf("machine %s: WAL ships through the host (shipping mode %s): %s", ms.m.ID, j.cfg.Shipping.Mode, why)
 	}
 	sev := session.SeverityInfo
-	if was && d == nil {
+	if d == nil && (was || j.cfg.Shipping.Server != nil) {
+		// Lost the way around the host, or the named server is out of reach.
 		sev = session.SeverityWarning
 	}
 	j.log(ctx, cs, sev, msg)
-	j.cfg.Observer(Event{Kind: EventShippingPath, Session: cs.rec, Machine: ms.m.ID, Direct: d != nil, Message: msg})
+	j.cfg.Observer(Event{Kind: EventShippingPath, Session: cs.rec, Machine: ms.m.ID, Direct: d != nil, Server: d.server(), Message: msg})
 	return d != nil
 }
 
-// reachable returns how m's WAL ships directly from rt's guest, or why it
-// cannot: directFor, then the guest's probe of the repository.
+// reachable returns how m's WAL ships from rt's guest without passing
+// through the host, or why it cannot: directly when the mode allows it,
+// else through the named log shipping server, each as directFor allows
+// and as the guest's probe of the repository finds.
 func (j *Job) reachable(ctx context.Context, m Machine, rt guest.Runtime) (*Direct, string) {
-	d, why := j.directFor(m, rt)
-	if d == nil {
+	sh := j.cfg.Shipping
+	why := "the job ships through the host"
+	if sh.Mode != ShipHost {
+		d, w := j.directFor(m, rt, nil)
+		if d != nil {
+			if w = j.probe(ctx, d); w == "" {
+				return d, ""
+			}
+		}
+		why = w
+	}
+	if sh.Server == nil || sh.Mode == ShipDirect {
 		return nil, why
 	}
+	d, w := j.directFor(m, rt, sh.Server)
+	if d != nil {
+		w = j.probe(ctx, d)
+	}
+	if w == "" {
+		return d, ""
+	}
+	if sh.Mode == ShipHost {
+		return nil, fmt.Sprintf("through log shipping server %s: %s", sh.Server, w)
+	}
+	return nil, fmt.Sprintf("%s; through log shipping server %s: %s", why, sh.Server, w)
+}
+
+// probe asks the guest to try d's way to the repository and says why it
+// failed ("" when it works).
+func (j *Job) probe(ctx context.Context, d *Direct) string {
 	octx, cancel := j.op(ctx)
 	defer cancel()
 	if err := d.probe(octx); err != nil {
-		return nil, probeFailure(err)
+		return probeFailure(err)
 	}
-	return d, ""
+	return ""
 }
 
-// directFor returns how m's WAL could ship directly from rt's guest, or
-// why it cannot.
-func (j *Job) directFor(m Machine, rt guest.Runtime) (*Direct, string) {
-	if j.cfg.Shipping.Mode == ShipHost {
-		return nil, "the job ships through the host"
-	}
+// directFor returns how m's WAL could ship from rt's guest without
+// passing through the host, itself or through the log shipping server
+// via, or why it cannot.
+func (j *Job) directFor(m Machine, rt guest.Runtime, via *guest.ShippingServer) (*Direct, string) {
 	if j.cfg.Key != nil {
 		return nil, "bundles are sealed with the job's key, which stays on the host"
 	}
@@ -329,16 +361,31 @@ func (j *Job) directFor(m Machine, rt guest.Runtime) (*Direct, string) {
 	if !ok {
 		return nil, "the guest's runtime cannot ship directly"
 	}
-	d := &Direct{Guest: g, TTL: j.cfg.Shipping.AuthorizationTTL, MaxBytes: j.cfg.Shipping.DirectBundleBytes, Clock: j.cfg.Clock}
+	d := &Direct{Guest: g, TTL: j.cfg.Shipping.AuthorizationTTL, MaxBytes: j.cfg.Shipping.DirectBundleBytes, Clock: j.cfg.Clock, Via: via}
 	if up, ok := j.cfg.Repository.(repository.DirectUploader); ok {
 		d.Uploads = up
 		return d, ""
+	}
+	if via != nil {
+		if m.RepositorySFTP != nil {
+			d.SFTP = m.RepositorySFTP
+			return d, ""
+		}
+		return nil, "the repository cannot authorise uploads (S3-compatible stores can) and the machine has no SFTP access of its own to it (RepositorySFTP) to use there"
 	}
 	if m.RepositoryPath != "" || m.RepositorySFTP != nil {
 		d.Dir, d.SFTP = m.RepositoryPath, m.RepositorySFTP
 		return d, ""
 	}
 	return nil, "the repository cannot authorise uploads (S3-compatible stores can) and the machine has no access of its own to it (RepositoryPath, RepositorySFTP)"
+}
+
+// server names the log shipping server d ships through, if any.
+func (d *Direct) server() string {
+	if d == nil || d.Via == nil {
+		return ""
+	}
+	return d.Via.String()
 }
 
 // unreachable tells a direct send that failed because the guest lost the
@@ -597,4 +644,12 @@ func (j *Job) warnFilling(ctx context.Context, cs *childSession, ms *machineStat
 	full := time.Duration(float64(sp.Free) / float64(grown) * float64(elapsed)).Round(time.Minute)
 	j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: WAL is piling up in the temporary folder: %d bytes waiting, %d bytes free; full in about %v at this rate",
 		ms.m.ID, sp.Waiting, sp.Free, full))
+}
+
+// viaOf names the log shipping server a batch went through, if any.
+func viaOf(got Shipped, ms *machineState) string {
+	if !got.Direct {
+		return ""
+	}
+	return ms.direct.server()
 }

@@ -187,4 +187,7 @@ type Event struct {
 	// Direct: EventShippingPath and EventBatchShipped: the WAL goes (went)
 	// from the guest to the repository without passing through the host.
 	Direct bool
+	// Server: with Direct, the log shipping server it goes through
+	// (Shipping.Server); empty when the guest connects itself.
+	Server string
 }

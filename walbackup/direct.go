@@ -23,7 +23,9 @@ const (
 	// ShipDirect ships only directly: when the guest cannot reach the
 	// repository, the WAL waits in the guest and the session warns.
 	ShipDirect ShippingMode = "direct"
-	// ShipHost ships through the host (the log shipping server) always.
+	// ShipHost ships through a log shipping server always: the one
+	// Shipping.Server names when the guest reaches the repository through
+	// it, else the host.
 	ShipHost ShippingMode = "host"
 )
 
@@ -61,6 +63,18 @@ type Shipping struct {
 	// DirectBundleBytes caps the raw WAL per directly shipped bundle; 0
 	// means DefaultDirectBundleBytes.
 	DirectBundleBytes int64
+	// Server names a log shipping server other than the host, for modes
+	// auto (when the guest cannot reach the repository itself) and host:
+	// the guest logs into it over SSH with a key of its own and the server
+	// connects on to the repository, so the WAL passes through it and not
+	// through the host. Everything else works as in direct shipping (the
+	// host authorises each object and verifies it). The repository must be
+	// reachable from the server at the address the guests are given (an
+	// S3 store's guest endpoint, a machine's RepositorySFTP address), and
+	// the server must allow TCP forwarding for the guest's account. When
+	// the guest cannot reach the repository through it either, the WAL
+	// ships through the host, and the session says so.
+	Server *guest.ShippingServer
 }
 
 func (s *Shipping) setDefaults() {
@@ -83,6 +97,15 @@ func (s *Shipping) validate(c *Config) error {
 		return fmt.Errorf("shipping authorisation lifetime %s: must be at most an hour", s.AuthorizationTTL)
 	case s.DirectBundleBytes < 0:
 		return errors.New("direct bundle size cannot be negative")
+	case s.Server != nil && s.Mode == ShipDirect:
+		return fmt.Errorf("shipping mode direct: the guest connects to the repository itself, so a log shipping server (%s) is never used; use mode auto or host with it", s.Server)
+	case s.Server != nil && c.Key != nil:
+		return fmt.Errorf("log shipping server %s: bundles are sealed with the key on the host, so with a key the WAL must go through the host", s.Server)
+	}
+	if s.Server != nil {
+		if err := s.Server.Validate(); err != nil {
+			return err
+		}
 	}
 	if s.Mode != ShipDirect {
 		return nil
@@ -110,7 +133,10 @@ type Direct struct {
 	Uploads repository.DirectUploader
 	Dir     string            // the repository's root as the guest sees it
 	SFTP    *guest.SFTPAccess // the guest's own access to an SFTP repository
-	TTL     time.Duration
+	// Via is the log shipping server the guest reaches the repository
+	// through; nil: it connects itself.
+	Via *guest.ShippingServer
+	TTL time.Duration
 	// MaxBytes caps the raw WAL per bundle.
 	MaxBytes int64
 	Clock    clock.Clock // bounds the clean-up after a failed send
@@ -123,13 +149,15 @@ const cleanupTimeout = time.Minute
 // SHA-256 sum): an authorised request, or its own folder.
 func (d *Direct) destination(ctx context.Context, object string, size int64, sum [32]byte) (guest.Destination, error) {
 	if d.Uploads == nil {
-		return guest.Destination{Dir: d.Dir, SFTP: d.SFTP}, nil
+		return guest.Destination{Dir: d.Dir, SFTP: d.SFTP, Via: d.Via}, nil
 	}
 	a, err := d.Uploads.AuthorizePut(ctx, object, size, sum, d.TTL)
 	if err != nil {
 		return guest.Destination{}, err
 	}
-	return destinationOf(a), nil
+	to := destinationOf(a)
+	to.Via = d.Via
+	return to, nil
 }
 
 func destinationOf(a repository.Authorization) guest.Destination {
@@ -146,6 +174,7 @@ func (d *Direct) probe(ctx context.Context) error {
 		}
 		to = destinationOf(a)
 	}
+	to.Via = d.Via
 	return d.Guest.ProbeDestination(ctx, to)
 }
 

@@ -3,6 +3,7 @@ package walbackup_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	iofs "io/fs"
 	"os"
@@ -493,14 +494,14 @@ func TestDirectShippingIntoTheGuestsOwnMount(t *testing.T) {
 		cfg.Shipping.Mode = walbackup.ShipDirect
 		cfg.Machines[0].RepositoryPath = root
 	})
-	shipDirectlyAndCheck(t, r2, &c, repo)
+	shipDirectlyAndCheck(t, r2, &c, repo, "WAL ships directly from the guest to the repository (shipping mode direct")
 }
 
-// shipDirectlyAndCheck runs r's job in mode direct for one interval of
-// real WAL and checks that it shipped directly, with no WAL byte through
-// the host (c counts them), byte-identical into repo, and that the files
-// left the guest.
-func shipDirectlyAndCheck(t *testing.T, r *realJob, c *hostBytes, repo repository.Repository) {
+// shipDirectlyAndCheck runs r's job for one interval of real WAL and
+// checks that it shipped the way the session log line path says, with no
+// WAL byte through the host (c counts them), byte-identical into repo, and
+// that the files left the guest.
+func shipDirectlyAndCheck(t *testing.T, r *realJob, c *hostBytes, repo repository.Repository, path string) {
 	t.Helper()
 	ctx := context.Background()
 	require.NoError(t, r.job.Enable(ctx))
@@ -520,7 +521,7 @@ func shipDirectlyAndCheck(t *testing.T, r *realJob, c *hostBytes, repo repositor
 	r.step(t, walbackup.DefaultLogBackupInterval)
 	require.NoError(t, r.job.Disable(ctx))
 	log := sessionLog(t, r.harness, walbackup.ChildJobName("Daily DB Job"))
-	assert.Contains(t, log, "WAL ships directly from the guest to the repository (shipping mode direct", log)
+	assert.Contains(t, log, path, log)
 	assert.Zero(t, c.segments.Load(), "no segment byte through the host")
 	assert.Zero(t, c.bundles.Load(), "no bundle byte put by the host")
 	in := stored(t, repo, r.instance(t), 1)
@@ -567,7 +568,7 @@ func TestDirectShippingOverTheGuestsOwnSFTPAccount(t *testing.T) {
 		cfg.Machines[0].RepositorySFTP = &guest.SFTPAccess{Addr: sshd.Addr, User: sshd.User, KeyFile: guestKey,
 			KnownHosts: sshd.KnownHostsLine, Root: root}
 	})
-	shipDirectlyAndCheck(t, r, &c, repo)
+	shipDirectlyAndCheck(t, r, &c, repo, "WAL ships directly from the guest to the repository (shipping mode direct")
 
 	t.Run("a server with another host key is refused", func(t *testing.T) {
 		other := testenv.StartSSHD(t, testenv.SSHDConfig{})
@@ -577,5 +578,109 @@ func TestDirectShippingOverTheGuestsOwnSFTPAccount(t *testing.T) {
 		err = rt.(guest.DirectShipper).ProbeDestination(ctx, guest.Destination{SFTP: &guest.SFTPAccess{Addr: sshd.Addr, User: sshd.User,
 			KeyFile: guestKey, KnownHosts: other.KnownHostsLine, Root: root}})
 		require.ErrorIs(t, err, guest.ErrHostKey)
+	})
+}
+
+// farDeployer hands out runtimes whose guest cannot open a connection to
+// the repository itself (as behind a firewall): a send or probe that is
+// not through a log shipping server fails as unreachable.
+type farDeployer struct{ countingDeployer }
+
+func (d farDeployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, error) {
+	rt, err := d.countingDeployer.Deploy(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return farRuntime{rt.(countingRuntime)}, nil
+}
+
+type farRuntime struct{ countingRuntime }
+
+func (r farRuntime) ProbeDestination(ctx context.Context, to guest.Destination) error {
+	if to.Via == nil {
+		return fmt.Errorf("%w: no route to %s", guest.ErrUnreachable, to)
+	}
+	return r.countingRuntime.ProbeDestination(ctx, to)
+}
+
+func (r farRuntime) SendBundle(ctx context.Context, object string, to guest.Destination) error {
+	if to.Via == nil {
+		return fmt.Errorf("%w: no route to %s", guest.ErrUnreachable, to)
+	}
+	return r.countingRuntime.SendBundle(ctx, object, to)
+}
+
+// A named log shipping server (Shipping.Server): a real OpenSSH server the
+// guest logs into with a key of its own, which connects on to the real
+// MinIO. A guest that cannot reach the store itself ships through it in
+// mode auto; in mode host the server is used without trying the store
+// first. Either way the WAL passes through the server (a proxy in front of
+// it counts the bytes), none through the host, and it is stored
+// byte-identical and leaves the guest. A server whose host key is not the
+// one given is refused: the WAL then ships through the host, and the
+// session warns.
+func TestShippingThroughANamedLogShippingServer(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{})
+	proxy := testenv.StartProxy(t, sshd.Addr)
+	guestKey := filepath.Join(t.TempDir(), "guest_ed25519_key")
+	sshd.AddClientKey(t, guestKey)
+	server := &guest.ShippingServer{Addr: proxy.Addr, User: sshd.User, KeyFile: guestKey, KnownHosts: sshd.KnownHostsLine}
+
+	for _, mode := range []walbackup.ShippingMode{walbackup.ShipAuto, walbackup.ShipHost} {
+		t.Run(string(mode), func(t *testing.T) {
+			_, _, s3repo := minIOBucketRepo(t, "")
+			var c hostBytes
+			before := proxy.Sent()
+			r := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
+				cfg.Repository = countingS3{s3repo, &c}
+				cfg.Guests = farDeployer{countingDeployer{cfg.Guests, &c}}
+				cfg.Shipping.Mode = mode
+				cfg.Shipping.Server = server
+			})
+			shipDirectlyAndCheck(t, r, &c, s3repo, "WAL ships from the guest through log shipping server "+server.String()+
+				" to the repository (shipping mode "+string(mode)+"; the guest reaches it there)")
+			refs, err := repository.Bundles(context.Background(), s3repo, r.instance(t), 1)
+			require.NoError(t, err)
+			require.NotEmpty(t, refs)
+			var bundles int64
+			for _, b := range refs {
+				bundles += b.Object.Size
+			}
+			assert.Greater(t, proxy.Sent()-before, bundles, "every bundle went through the log shipping server")
+			if mode == walbackup.ShipAuto {
+				log := sessionLog(t, r.harness, walbackup.ChildJobName("Daily DB Job"))
+				assert.NotContains(t, log, "warning machine db1: WAL ships", log)
+			}
+		})
+	}
+
+	t.Run("a server with another host key", func(t *testing.T) {
+		_, _, s3repo := minIOBucketRepo(t, "")
+		other := testenv.StartSSHD(t, testenv.SSHDConfig{})
+		var c hostBytes
+		r := newRealJob(t, fakeImages, func(cfg *walbackup.Config) {
+			cfg.Repository = countingS3{s3repo, &c}
+			cfg.Guests = farDeployer{countingDeployer{cfg.Guests, &c}}
+			cfg.Shipping.Mode = walbackup.ShipHost
+			s := *server
+			s.KnownHosts = other.KnownHostsLine
+			cfg.Shipping.Server = &s
+		})
+		ctx := context.Background()
+		require.NoError(t, r.job.Enable(ctx))
+		r.idle(t)
+		r.pg.SwitchWAL(t, 2)
+		r.step(t, walbackup.DefaultLogBackupInterval)
+		require.NoError(t, r.job.Disable(ctx))
+		log := sessionLog(t, r.harness, walbackup.ChildJobName("Daily DB Job"))
+		assert.Contains(t, log, "warning machine db1: WAL ships through the host (shipping mode host): through log shipping server "+
+			server.String()+": ", log)
+		assert.Contains(t, log, "host key", log)
+		assert.Positive(t, c.segments.Load(), "the WAL went through the host")
+		ss := r.sessions(t, walbackup.ChildJobName("Daily DB Job"))
+		require.NotEmpty(t, ss)
+		assert.GreaterOrEqual(t, ss[0].Counters.Files, int64(2), log)
 	})
 }

@@ -341,6 +341,8 @@ func TestShippingModeRefused(t *testing.T) {
 	require.NoError(t, err)
 	base := walbackup.Config{Name: "j", Machines: []walbackup.Machine{{ID: "vm1"}}, Hypervisor: hypervisortest.New(clock.NewMock()),
 		Guests: guesttest.NewDeployer(nil), Repository: memory.New(), Sessions: smem.New(), LogBackupInterval: walbackup.DefaultLogBackupInterval}
+	server := guest.ShippingServer{Addr: "10.0.0.9:22", User: "shipper", KeyFile: "/etc/pglogship/shipper_key",
+		KnownHosts: "10.0.0.9 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}
 	for _, c := range []struct {
 		tweak func(*walbackup.Config)
 		want  string
@@ -349,6 +351,25 @@ func TestShippingModeRefused(t *testing.T) {
 		{func(c *walbackup.Config) { c.Shipping.AuthorizationTTL = 2 * time.Hour }, "at most an hour"},
 		{func(c *walbackup.Config) { c.Shipping.Mode, c.Key = walbackup.ShipDirect, key }, "with a key the WAL must go through it"},
 		{func(c *walbackup.Config) { c.Shipping.Mode = walbackup.ShipDirect }, "machine vm1 has no RepositoryPath"},
+		{func(c *walbackup.Config) {
+			c.Shipping.Mode, c.Shipping.Server = walbackup.ShipDirect, &server
+			c.Machines = []walbackup.Machine{{ID: "vm1", RepositoryPath: "/mnt/repository"}}
+		}, "a log shipping server (ssh://shipper@10.0.0.9:22) is never used"},
+		{func(c *walbackup.Config) { c.Shipping.Server, c.Key = &server, key }, "log shipping server ssh://shipper@10.0.0.9:22: bundles are sealed"},
+		{func(c *walbackup.Config) {
+			c.Shipping.Server = &guest.ShippingServer{Addr: "10.0.0.9", User: "shipper", KeyFile: "/k", KnownHosts: "x"}
+		},
+			`address "10.0.0.9" must be host:port`},
+		{func(c *walbackup.Config) {
+			s := server
+			s.KeyFile = "key"
+			c.Shipping.Server = &s
+		}, `key file "key" must be an absolute path in the guest`},
+		{func(c *walbackup.Config) {
+			s := server
+			s.KnownHosts = " "
+			c.Shipping.Server = &s
+		}, "known_hosts line is required (host keys are always verified)"},
 	} {
 		cfg := base
 		c.tweak(&cfg)
@@ -358,6 +379,7 @@ func TestShippingModeRefused(t *testing.T) {
 	for _, tweak := range []func(*walbackup.Config){
 		func(c *walbackup.Config) {},
 		func(c *walbackup.Config) { c.Key = key }, // auto: through the host
+		func(c *walbackup.Config) { c.Shipping.Mode, c.Shipping.Server = walbackup.ShipHost, &server },
 		func(c *walbackup.Config) {
 			c.Shipping.Mode = walbackup.ShipDirect
 			c.Machines = []walbackup.Machine{{ID: "vm1", RepositoryPath: "/mnt/repository"}}

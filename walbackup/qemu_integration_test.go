@@ -1,3 +1,9 @@
+// The QEMU tests run without the race detector: under it, compressing a
+// VM's disk image alone takes minutes. make test runs them in a second,
+// plain go test (see the Makefile).
+
+//go:build !race
+
 package walbackup_test
 
 import (

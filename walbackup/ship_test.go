@@ -37,29 +37,53 @@ func fakeGuest(t *testing.T, files map[string][]byte) (*guesttest.Guest, guest.R
 	return g, rt
 }
 
-// stored returns every WAL file in the repository with its content.
+// stored reads every bundle of inst's timelines tlis and returns each
+// file's content, failing the test when a file is stored twice with two
+// contents.
 func stored(t testing.TB, repo repository.Repository, inst repository.Instance, tlis ...uint32) map[string][]byte {
 	t.Helper()
-	ctx := context.Background()
 	out := map[string][]byte{}
 	for _, tli := range tlis {
-		refs, err := repository.Bundles(ctx, repo, inst, tli)
-		require.NoError(t, err)
-		for _, ref := range refs {
-			r, err := bundle.Open(ctx, repo, ref.Object.Name, ref.Object.Size, nil)
+		eachEntry(t, repo, inst, tli, func(r *bundle.Reader, e bundle.Entry) {
+			var buf bytes.Buffer
+			_, err := r.WriteFile(context.Background(), e.Name, &buf)
 			require.NoError(t, err)
-			for _, e := range r.Entries() {
-				var buf bytes.Buffer
-				_, err := r.WriteFile(ctx, e.Name, &buf)
-				require.NoError(t, err)
-				if prev, ok := out[e.Name]; ok {
-					require.Equal(t, prev, buf.Bytes(), "%s stored twice with different content", e.Name)
-				}
-				out[e.Name] = buf.Bytes()
+			if prev, ok := out[e.Name]; ok {
+				require.Equal(t, prev, buf.Bytes(), "%s stored twice with different content", e.Name)
 			}
-		}
+			out[e.Name] = buf.Bytes()
+		})
 	}
 	return out
+}
+
+// storedSums is stored by the bundles' indexes: each file's SHA-256, one
+// per name, without reading the content.
+func storedSums(t testing.TB, repo repository.Repository, inst repository.Instance, tli uint32) map[string][32]byte {
+	t.Helper()
+	out := map[string][32]byte{}
+	eachEntry(t, repo, inst, tli, func(_ *bundle.Reader, e bundle.Entry) {
+		if prev, ok := out[e.Name]; ok {
+			require.Equal(t, prev, e.SHA256, "%s stored twice with different content", e.Name)
+		}
+		out[e.Name] = e.SHA256
+	})
+	return out
+}
+
+// eachEntry calls fn with every file in inst's bundles of timeline tli.
+func eachEntry(t testing.TB, repo repository.Repository, inst repository.Instance, tli uint32, fn func(*bundle.Reader, bundle.Entry)) {
+	t.Helper()
+	ctx := context.Background()
+	refs, err := repository.Bundles(ctx, repo, inst, tli)
+	require.NoError(t, err)
+	for _, ref := range refs {
+		r, err := bundle.Open(ctx, repo, ref.Object.Name, ref.Object.Size, nil)
+		require.NoError(t, err)
+		for _, e := range r.Entries() {
+			fn(r, e)
+		}
+	}
 }
 
 func TestShipOnce(t *testing.T) {

@@ -17,11 +17,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
+	"github.com/pglogship/pglogship/internal/sshutil"
 	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
 	sftprepo "github.com/pglogship/pglogship/repository/sftp"
@@ -169,10 +171,18 @@ func (s *server) send(ctx context.Context, a SendArgs) error {
 		return err
 	}
 	if a.To.Dir != "" {
+		if a.To.Via != nil {
+			return errors.New("destination: a folder in the guest is not reached through a log shipping server")
+		}
 		return putInto(ctx, a.To.Dir, a.Object, f)
 	}
+	dial, done, err := dialVia(ctx, a.To.Via)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if a.To.SFTP != nil {
-		repo, err := openSFTP(ctx, a.To.SFTP)
+		repo, err := openSFTP(ctx, a.To.SFTP, dial)
 		if err != nil {
 			return err
 		}
@@ -185,7 +195,7 @@ func (s *server) send(ctx context.Context, a SendArgs) error {
 		}
 		return nil
 	}
-	return request(ctx, a.To, f, st.Size(), http.StatusOK)
+	return request(ctx, a.To, f, st.Size(), http.StatusOK, dial)
 }
 
 // drop removes a staged bundle.
@@ -199,30 +209,77 @@ func (s *server) drop(object string) error {
 	return nil
 }
 
-// openSFTP connects to an SFTP repository with the guest's own key,
-// verifying the server's host key against the line it was given.
-func openSFTP(ctx context.Context, acc *guest.SFTPAccess) (*sftprepo.Repo, error) {
-	key, err := os.ReadFile(acc.KeyFile)
+// guestKey reads the guest's own private key and the verifier of a
+// server's host key.
+func guestKey(keyFile, knownHosts string) (ssh.AuthMethod, ssh.HostKeyCallback, error) {
+	key, err := os.ReadFile(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("sftp key: %w", err)
+		return nil, nil, fmt.Errorf("ssh key: %w", err)
 	}
 	signer, err := ssh.ParsePrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("sftp key %s: %w", acc.KeyFile, err)
+		return nil, nil, fmt.Errorf("ssh key %s: %w", keyFile, err)
 	}
-	hostKeys, err := knownHostsCallback(acc.KnownHosts)
+	hostKeys, err := knownHostsCallback(knownHosts)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ssh.PublicKeys(signer), hostKeys, nil
+}
+
+// connectError names a failed SSH connection: a host key that did not
+// match, or a server out of reach.
+func connectError(what string, err error) error {
+	if errors.Is(err, guest.ErrHostKey) || strings.Contains(err.Error(), guest.ErrHostKey.Error()) {
+		return fmt.Errorf("%w: %s: %v", guest.ErrHostKey, what, err)
+	}
+	return fmt.Errorf("%w: %s: %v", guest.ErrUnreachable, what, err)
+}
+
+// openSFTP connects to an SFTP repository with the guest's own key,
+// verifying the server's host key against the line it was given; dial
+// reaches it (nil: directly).
+func openSFTP(ctx context.Context, acc *guest.SFTPAccess, dial sshutil.DialFunc) (*sftprepo.Repo, error) {
+	auth, hostKeys, err := guestKey(acc.KeyFile, acc.KnownHosts)
 	if err != nil {
 		return nil, err
 	}
-	repo, err := sftprepo.New(ctx, sftprepo.Config{Addr: acc.Addr, User: acc.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback: hostKeys, Root: acc.Root})
+	repo, err := sftprepo.New(ctx, sftprepo.Config{Addr: acc.Addr, User: acc.User, Auth: []ssh.AuthMethod{auth},
+		HostKeyCallback: hostKeys, Root: acc.Root, Dial: dial})
 	if err != nil {
-		if errors.Is(err, guest.ErrHostKey) || strings.Contains(err.Error(), guest.ErrHostKey.Error()) {
-			return nil, fmt.Errorf("%w: %v", guest.ErrHostKey, err)
-		}
-		return nil, fmt.Errorf("%w: %v", guest.ErrUnreachable, err)
+		return nil, connectError("sftp repository", err)
 	}
 	return repo, nil
+}
+
+// relayTimeout bounds connecting to a log shipping server.
+const relayTimeout = 30 * time.Second
+
+// dialVia logs into the log shipping server via, if any, and returns how
+// to open connections through it (nil: directly) and what closes it.
+func dialVia(ctx context.Context, via *guest.ShippingServer) (sshutil.DialFunc, func(), error) {
+	if via == nil {
+		return nil, func() {}, nil
+	}
+	if err := via.Validate(); err != nil {
+		return nil, nil, err
+	}
+	auth, hostKeys, err := guestKey(via.KeyFile, via.KnownHosts)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := sshutil.Dial(ctx, via.Addr, &ssh.ClientConfig{User: via.User, Auth: []ssh.AuthMethod{auth}, HostKeyCallback: hostKeys}, relayTimeout)
+	if err != nil {
+		return nil, nil, connectError("log shipping server "+via.String(), err)
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := c.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, fmt.Errorf("through log shipping server %s: %w", via, err)
+		}
+		return conn, nil
+	}
+	return dial, func() { c.Close() }, nil
 }
 
 // knownHostsCallback accepts exactly the host keys of the known_hosts
@@ -233,13 +290,13 @@ func knownHostsCallback(lines string) (ssh.HostKeyCallback, error) {
 	for len(bytes.TrimSpace(rest)) > 0 {
 		_, _, key, _, next, err := ssh.ParseKnownHosts(rest)
 		if err != nil {
-			return nil, fmt.Errorf("sftp known hosts: %w", err)
+			return nil, fmt.Errorf("known hosts: %w", err)
 		}
 		keys = append(keys, key.Marshal())
 		rest = next
 	}
 	if len(keys) == 0 {
-		return nil, errors.New("sftp known hosts: no host key given (host keys are always verified)")
+		return nil, errors.New("known hosts: no host key given (host keys are always verified)")
 	}
 	return func(host string, _ net.Addr, key ssh.PublicKey) error {
 		for _, k := range keys {
@@ -253,8 +310,16 @@ func knownHostsCallback(lines string) (ssh.HostKeyCallback, error) {
 
 // probe tells whether the destination is reachable from here.
 func probe(ctx context.Context, to guest.Destination) error {
+	if to.Dir != "" && to.Via != nil {
+		return errors.New("destination: a folder in the guest is not reached through a log shipping server")
+	}
+	dial, done, err := dialVia(ctx, to.Via)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if to.SFTP != nil {
-		repo, err := openSFTP(ctx, to.SFTP)
+		repo, err := openSFTP(ctx, to.SFTP, dial)
 		if err != nil {
 			return err
 		}
@@ -271,11 +336,11 @@ func probe(ctx context.Context, to guest.Destination) error {
 		f.Close()
 		return os.Remove(p)
 	}
-	return request(ctx, to, nil, 0, to.ProbeStatus)
+	return request(ctx, to, nil, 0, to.ProbeStatus, dial)
 }
 
 // request makes the authorised HTTP request with body and wants status.
-func request(ctx context.Context, to guest.Destination, body io.Reader, size int64, want int) error {
+func request(ctx context.Context, to guest.Destination, body io.Reader, size int64, want int, dial sshutil.DialFunc) error {
 	if !strings.HasPrefix(to.URL, "http://") && !strings.HasPrefix(to.URL, "https://") {
 		return fmt.Errorf("destination %s: not an http(s) URL", to)
 	}
@@ -293,7 +358,7 @@ func request(ctx context.Context, to guest.Destination, body io.Reader, size int
 	for k, v := range to.Header {
 		req.Header.Set(k, v)
 	}
-	client, err := httpClient(to.CAPEM)
+	client, err := httpClient(to.CAPEM, dial)
 	if err != nil {
 		return err
 	}
@@ -351,10 +416,15 @@ func storeError(resp *http.Response) string {
 
 // httpClient makes a client for one request: a fresh connection each
 // time, as a bundle is large and sent once, and a store may have closed
-// an idle one meanwhile (a PUT on it would fail, never be retried).
-func httpClient(caPEM string) (*http.Client, error) {
+// an idle one meanwhile (a PUT on it would fail, never be retried). dial
+// opens its connection (nil: directly).
+func httpClient(caPEM string, dial sshutil.DialFunc) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableKeepAlives = true
+	if dial != nil {
+		tr.DialContext = dial
+		tr.Proxy = nil // the log shipping server is the way there
+	}
 	if caPEM != "" {
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM([]byte(caPEM)) {

@@ -16,13 +16,25 @@ import (
 // timeout during both. cfg.HostKeyCallback must be set: host keys are
 // always verified.
 func Dial(ctx context.Context, addr string, cfg *ssh.ClientConfig, timeout time.Duration) (*ssh.Client, error) {
+	return DialVia(ctx, nil, addr, cfg, timeout)
+}
+
+// DialFunc opens a connection, as net.Dialer.DialContext does.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// DialVia is Dial over a connection that dial opens (nil: a direct TCP
+// connection), for example one forwarded by another SSH server.
+func DialVia(ctx context.Context, dial DialFunc, addr string, cfg *ssh.ClientConfig, timeout time.Duration) (*ssh.Client, error) {
 	if cfg.HostKeyCallback == nil {
 		return nil, errors.New("ssh: HostKeyCallback is required (host keys are always verified)")
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	conn, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

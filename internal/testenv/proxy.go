@@ -18,6 +18,7 @@ type Proxy struct {
 	target   string
 	cutAfter atomic.Int64 // client bytes after which a connection is cut; < 0 never
 	down     atomic.Bool
+	sent     atomic.Int64
 	mu       sync.Mutex
 	conns    map[net.Conn]bool
 	wg       sync.WaitGroup
@@ -46,6 +47,20 @@ func StartProxy(t testing.TB, target string) *Proxy {
 // CutAfter cuts every connection made from now on once the client has
 // sent n bytes through it; n < 0 never cuts.
 func (p *Proxy) CutAfter(n int64) { p.cutAfter.Store(n) }
+
+// Sent is how many bytes clients have sent through the proxy.
+func (p *Proxy) Sent() int64 { return p.sent.Load() }
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
 
 // Down refuses new connections (they are closed at once) and cuts the
 // open ones; Up lets them through again.
@@ -112,7 +127,7 @@ func (p *Proxy) serve(c net.Conn, cut int64) {
 		if cut >= 0 {
 			src = io.LimitReader(c, cut)
 		}
-		_, _ = io.Copy(s, src)
+		_, _ = io.Copy(countingWriter{s, &p.sent}, src)
 		done <- struct{}{}
 	}()
 	go func() {

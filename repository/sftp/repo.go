@@ -46,6 +46,8 @@ type Config struct {
 	HostKeyCallback ssh.HostKeyCallback // required: there is no insecure default
 	Root            string              // absolute directory on the server; created 0700 when missing
 	Timeout         time.Duration       // connect and handshake; 0 means DefaultTimeout
+	// Dial opens the connection to Addr; nil: a direct TCP connection.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Repo is a repository on an SFTP server. Safe for concurrent use.
@@ -75,7 +77,7 @@ func New(ctx context.Context, cfg Config) (*Repo, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	client, err := sshutil.Dial(ctx, cfg.Addr, &ssh.ClientConfig{User: cfg.User, Auth: cfg.Auth, HostKeyCallback: cfg.HostKeyCallback}, cfg.Timeout)
+	client, err := sshutil.DialVia(ctx, cfg.Dial, cfg.Addr, &ssh.ClientConfig{User: cfg.User, Auth: cfg.Auth, HostKeyCallback: cfg.HostKeyCallback}, cfg.Timeout)
 	if err != nil {
 		return nil, fmt.Errorf("open sftp repository %s: %w", cfg.Addr, err)
 	}
