@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -10,6 +11,28 @@ import (
 // the caller's: it ran out and another holder took it, or it was released.
 // Whoever gets it must stop the job at once.
 var ErrLeaseLost = errors.New("job lease lost")
+
+// ErrFenced is returned by the writes of a fenced store (Fencer) when the
+// lease they are fenced with is no longer its job's: another holder took
+// it over, or it was released. Nothing was written. It matches
+// ErrLeaseLost too, so a writer that sees it stops the job.
+var ErrFenced = fmt.Errorf("write refused, fenced off by a newer holder of the job's lease: %w", ErrLeaseLost)
+
+// Fencer is implemented by Leasers that can fence writes: a process that
+// lost a job's lease (paused past its end, cut off from the database)
+// must not record anything for the job once another process took it over.
+// Check for it with a type assertion.
+type Fencer interface {
+	// Fenced returns a view of the store whose writes (Create, Update,
+	// Append) are accepted only while l is still its job's lease: the same
+	// holder and token, whether or not it ran out (a lease that ran out
+	// but was taken by no one is still l's, as for RenewLease). The check
+	// and the write are atomic, also across processes: a takeover either
+	// sees the write or refuses it. Otherwise the write changes nothing and
+	// returns an error matching ErrFenced. Reads are not fenced. A lease
+	// with no job or holder gives ErrInvalid at the first write.
+	Fenced(l Lease) Store
+}
 
 // Leaser is implemented by stores that several processes share, so that
 // each job runs in exactly one of them: a process runs a job only while it

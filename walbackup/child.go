@@ -49,7 +49,7 @@ type machineState struct {
 func (j *Job) log(ctx context.Context, cs *childSession, sev session.Severity, msg string) {
 	octx, cancel := j.op(ctx)
 	defer cancel()
-	if _, err := j.cfg.Sessions.Append(octx, cs.rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: sev, Message: msg}); err != nil {
+	if _, err := j.sessions().Append(octx, cs.rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: sev, Message: msg}); err != nil {
 		j.cfg.Logger.Error("append session log", "session", cs.rec.ID, "err", err)
 	}
 	switch sev {
@@ -77,7 +77,7 @@ func (j *Job) report(ctx context.Context, cs *childSession, retry bool, sev sess
 func (j *Job) startChild(ctx context.Context, parentID string) *childSession {
 	now := j.cfg.Clock.Now()
 	octx, cancel := j.op(ctx)
-	rec, err := j.cfg.Sessions.Create(octx, session.Session{Job: j.child, Kind: session.KindChild, ParentID: parentID, State: session.StateStarting, Start: now})
+	rec, err := j.sessions().Create(octx, session.Session{Job: j.child, Kind: session.KindChild, ParentID: parentID, State: session.StateStarting, Start: now})
 	cancel()
 	if err != nil {
 		j.cfg.Logger.Error("create child session", "job", j.child, "err", err)
@@ -444,7 +444,7 @@ func (j *Job) update(ctx context.Context, cs *childSession) {
 	}
 	octx, cancel := j.op(ctx)
 	defer cancel()
-	if err := j.cfg.Sessions.Update(octx, cs.rec); err != nil {
+	if err := j.sessions().Update(octx, cs.rec); err != nil {
 		j.cfg.Logger.Error("update session", "session", cs.rec.ID, "err", err)
 	}
 }

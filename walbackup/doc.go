@@ -42,7 +42,10 @@
 // (its process died or hung), at most LeaseTTL after the last renewal. A
 // shared flag per job (Runner.Enable, Runner.Disable, from any process)
 // says whether it runs at all. Each session's log names the process that
-// ran it and its lease's fencing token.
+// ran it and its lease's fencing token. When the store implements
+// session.Fencer (both of this module's do), a job's session writes are
+// fenced with its lease: once another process took the job over, a stale
+// run's writes are refused (session.ErrFenced) and the run stops.
 //
 // Restores: Interval tells what an instance can be restored to; Plan checks
 // a target (latest, consistent, a time, an LSN, a transaction, a named

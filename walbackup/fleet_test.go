@@ -305,6 +305,11 @@ func newDeadSessions(st session.Store, dead *atomic.Bool) deadSessions {
 	return deadSessions{deadStore: deadStore{st, deadFlag{dead}}, leaser: st.(session.Leaser)}
 }
 
+// Fenced passes the store's fencing on, behind the kill switch.
+func (s deadSessions) Fenced(l session.Lease) session.Store {
+	return deadStore{s.deadStore.Store.(session.Fencer).Fenced(l), s.deadFlag}
+}
+
 // leases is the kill switch of the lease calls.
 func (s deadSessions) leases() deadFlag {
 	if s.leasesDown != nil && s.leasesDown.Load() {

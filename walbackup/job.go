@@ -28,6 +28,9 @@ type Job struct {
 	run runOptions
 
 	parentRunning atomic.Bool
+	// fencedOff is set when a session write of the run was refused
+	// because another process holds the job's lease now.
+	fencedOff atomic.Bool
 
 	pins session.Pinner // the store's, or localPins
 }
@@ -106,7 +109,44 @@ type runOptions struct {
 	// session when it says no (the process was paused past its lease, and
 	// may run elsewhere by now). Nil: always.
 	holds func(now time.Time) bool
+	// lease is the lease the run holds, if any: the session writes of the
+	// run are fenced with it when the store is a session.Fencer.
+	lease *session.Lease
+	// sessions is where the run's sessions are written (launch sets it).
+	sessions session.Store
 }
+
+// fenceWatch is a store whose writes tell the job when they were fenced
+// off: another process took the job over, and this run must stop.
+type fenceWatch struct {
+	session.Store
+	lost *atomic.Bool
+}
+
+func (f fenceWatch) seen(err error) error {
+	if errors.Is(err, session.ErrFenced) {
+		f.lost.Store(true)
+	}
+	return err
+}
+
+func (f fenceWatch) Create(ctx context.Context, s session.Session) (session.Session, error) {
+	out, err := f.Store.Create(ctx, s)
+	return out, f.seen(err)
+}
+
+func (f fenceWatch) Update(ctx context.Context, s session.Session) error {
+	return f.seen(f.Store.Update(ctx, s))
+}
+
+func (f fenceWatch) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
+	out, err := f.Store.Append(ctx, id, e)
+	return out, f.seen(err)
+}
+
+// sessions is the store the current run writes its sessions to; only the
+// loop calls it.
+func (j *Job) sessions() session.Store { return j.run.sessions }
 
 // start launches the loop on loopCtx and waits, within ctx, for the first
 // child session. done is nil when nothing was started.
@@ -136,6 +176,11 @@ func (j *Job) launch(loopCtx context.Context, run runOptions) (done, started <-c
 			j.mu.Unlock()
 			return nil, nil, ErrEnabled
 		}
+	}
+	run.sessions = j.cfg.Sessions
+	j.fencedOff.Store(false)
+	if f, ok := j.cfg.Sessions.(session.Fencer); ok && run.lease != nil {
+		run.sessions = fenceWatch{f.Fenced(*run.lease), &j.fencedOff}
 	}
 	j.cmds, j.done, j.run = make(chan command), make(chan struct{}), run
 	cmds, d := j.cmds, j.done
@@ -214,6 +259,10 @@ func (j *Job) loop(ctx context.Context, cmds <-chan command, done chan<- struct{
 			j.stopChild(ctx, cs, "stopped: this process's lease on the job ran out (it was paused or cut off from the session store); the job may run elsewhere")
 			return
 		}
+		if j.fencedOff.Load() {
+			j.stopChild(ctx, cs, "stopped: another process holds the job's lease now (this run's session writes were fenced off)")
+			return
+		}
 		switch {
 		case isDue(nextParent, now):
 			cs = j.runParent(ctx, cs)
@@ -278,7 +327,7 @@ func (j *Job) missedRun(ctx context.Context) bool {
 	var last time.Time
 	for _, q := range []session.Query{{Job: j.cfg.Name, Limit: 1}, {Job: j.child, Limit: 1}} {
 		octx, cancel := j.op(ctx)
-		p, err := j.cfg.Sessions.List(octx, q)
+		p, err := j.sessions().List(octx, q)
 		cancel()
 		if err != nil {
 			j.cfg.Logger.Error("list sessions to find a missed run", "job", q.Job, "err", err)
@@ -299,7 +348,7 @@ func (j *Job) missedRun(ctx context.Context) bool {
 func (j *Job) closeStale(ctx context.Context) {
 	for _, name := range []string{j.cfg.Name, j.child} {
 		octx, cancel := j.op(ctx)
-		p, err := j.cfg.Sessions.List(octx, session.Query{Job: name})
+		p, err := j.sessions().List(octx, session.Query{Job: name})
 		cancel()
 		if err != nil {
 			j.cfg.Logger.Error("list sessions to close stale ones", "job", name, "err", err)
@@ -315,9 +364,9 @@ func (j *Job) closeStale(ctx context.Context) {
 				s.End = s.Start
 			}
 			octx, cancel := j.op(ctx)
-			err := j.cfg.Sessions.Update(octx, s)
+			err := j.sessions().Update(octx, s)
 			if err == nil {
-				_, err = j.cfg.Sessions.Append(octx, s.ID, session.Entry{Time: s.End, Severity: session.SeverityError, Message: s.Result})
+				_, err = j.sessions().Append(octx, s.ID, session.Entry{Time: s.End, Severity: session.SeverityError, Message: s.Result})
 			}
 			cancel()
 			if err != nil {

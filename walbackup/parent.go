@@ -32,7 +32,7 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	j.parentRunning.Store(true)
 	defer j.parentRunning.Store(false)
 	octx, cancel := j.op(ctx)
-	rec, err := j.cfg.Sessions.Create(octx, session.Session{Job: j.cfg.Name, Kind: session.KindParent, State: session.StateWorking, Start: j.cfg.Clock.Now()})
+	rec, err := j.sessions().Create(octx, session.Session{Job: j.cfg.Name, Kind: session.KindParent, State: session.StateWorking, Start: j.cfg.Clock.Now()})
 	cancel()
 	if err != nil {
 		j.cfg.Logger.Error("create parent session", "job", j.cfg.Name, "err", err)
@@ -90,7 +90,7 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	}
 	if rec.ID != "" {
 		octx, cancel := j.op(ctx)
-		if err := j.cfg.Sessions.Update(octx, rec); err != nil {
+		if err := j.sessions().Update(octx, rec); err != nil {
 			j.cfg.Logger.Error("update parent session", "session", rec.ID, "err", err)
 		}
 		cancel()
@@ -110,7 +110,7 @@ func (j *Job) parentLog(ctx context.Context, rec session.Session, sev session.Se
 	}
 	octx, cancel := j.op(ctx)
 	defer cancel()
-	if _, err := j.cfg.Sessions.Append(octx, rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: sev, Message: msg}); err != nil {
+	if _, err := j.sessions().Append(octx, rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: sev, Message: msg}); err != nil {
 		j.cfg.Logger.Error("append session log", "session", rec.ID, "err", err)
 	}
 }

@@ -365,6 +365,7 @@ func (r *Runner) acquire(ctx, pctx context.Context, rj *runnerJob) {
 	done, _, err := rj.job.launch(jctx, runOptions{
 		note:  fmt.Sprintf("run by %s (lease token %d)", r.cfg.Holder, l.Token),
 		holds: func(now time.Time) bool { return now.Before(time.UnixMicro(rj.until.Load())) },
+		lease: &l,
 	})
 	if err != nil {
 		cancel()

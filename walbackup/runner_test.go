@@ -200,8 +200,9 @@ func TestRunnerRunsEnabledJobsByLease(t *testing.T) {
 	require.ErrorIs(t, p.runner.Run(ctx), walbackup.ErrRunnerRunning)
 }
 
-// A Runner whose lease was taken over stops that job at once (its session
-// ends as stopped) and does not start it again while the other holds it.
+// A Runner whose lease was taken over stops that job at once (without
+// writing its session's end: the store fences that off) and does not start
+// it again while the other holds it.
 func TestRunnerStopsJobWhoseLeaseIsLost(t *testing.T) {
 	ctx := context.Background()
 	f, w, store, p := newRunnerTest(t, 1)
@@ -229,8 +230,11 @@ func TestRunnerStopsJobWhoseLeaseIsLost(t *testing.T) {
 	assert.Contains(t, stopping, "lease lost")
 	cs := childSessions(t, store, job)
 	require.Len(t, cs, 1)
-	assert.Equal(t, session.StateStopped, cs[0].State, "stopped at once, not disabled")
-	assert.Zero(t, w.guests[job].Installed())
+	// Its own end is a write without the lease: fenced off, so the record
+	// stays as the last write under the lease left it, for host-2 to
+	// close when it starts the job.
+	assert.Equal(t, session.StateWorking, cs[0].State, "the stale holder's end was fenced off")
+	assert.Zero(t, w.guests[job].Installed(), "stopped at once, its runtime gone")
 
 	f.step(t, 10*time.Minute)
 	assert.Empty(t, p.runner.Running(), "not started again while host-2 holds it")

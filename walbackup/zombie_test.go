@@ -3,6 +3,7 @@ package walbackup_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,4 +135,91 @@ func TestVerifyReportsARestorePointWithAMissingObject(t *testing.T) {
 	require.Len(t, rep.Problems, 1, "%v", rep.Problems)
 	assert.Equal(t, walbackup.ProblemCorrupt, rep.Problems[0].Kind)
 	assert.Equal(t, obj, rep.Problems[0].Object)
+}
+
+// writeErrors is a fencing session store that records the errors its
+// updates and appends returned (the writes of a running session).
+type writeErrors struct {
+	session.Store
+	mu   *sync.Mutex
+	errs *[]error
+}
+
+func (w writeErrors) Fenced(l session.Lease) session.Store {
+	return writeErrors{w.Store.(session.Fencer).Fenced(l), w.mu, w.errs}
+}
+
+func (w writeErrors) seen(err error) error {
+	if err != nil {
+		w.mu.Lock()
+		*w.errs = append(*w.errs, err)
+		w.mu.Unlock()
+	}
+	return err
+}
+
+func (w writeErrors) Update(ctx context.Context, s session.Session) error {
+	return w.seen(w.Store.Update(ctx, s))
+}
+
+func (w writeErrors) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
+	out, err := w.Store.Append(ctx, id, e)
+	return out, w.seen(err)
+}
+
+// A stale lease holder that has not noticed it lost the job (paused, or
+// its renewals lost) ships once more after another process took the job
+// over: the session update and log entries of that batch are refused with
+// session.ErrFenced, the store keeps only what was written while the
+// lease was its own, and the run stops at once.
+func TestStaleHolderSessionWritesAreFenced(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	var errs []error
+	h := newHarness(t, func(c *walbackup.Config) {
+		c.Schedule = nil
+		c.Sessions = writeErrors{c.Sessions, &mu, &errs}
+	})
+	l1, ok, err := h.store.AcquireLease(ctx, h.job.Name(), "host-1", h.clk.Now(), time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	done, err := walbackup.LaunchUnderLease(ctx, h.job, l1)
+	require.NoError(t, err)
+	h.idle(t)
+	child := walbackup.ChildJobName(h.job.Name())
+	page, err := h.store.List(ctx, session.Query{Job: child})
+	require.NoError(t, err)
+	require.Len(t, page.Sessions, 1)
+	before := page.Sessions[0]
+	logBefore, err := h.store.Log(ctx, before.ID, 0, 0)
+	require.NoError(t, err)
+	require.NotEmpty(t, logBefore, "written under the lease")
+
+	// Another process takes the job over; this one does not know yet.
+	require.NoError(t, h.store.ReleaseLease(ctx, l1))
+	l2, ok, err := h.store.AcquireLease(ctx, h.job.Name(), "host-2", h.clk.Now(), time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	h.addWAL()
+	h.clk.Add(15 * time.Minute)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the fenced-off run did not stop")
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, errs, "the stale holder tried to write")
+	for _, err := range errs {
+		require.ErrorIs(t, err, session.ErrFenced)
+	}
+	after, err := h.store.Get(ctx, before.ID)
+	require.NoError(t, err)
+	assert.Equal(t, before, after, "the session record is as the lease holder left it")
+	logAfter, err := h.store.Log(ctx, before.ID, 0, 0)
+	require.NoError(t, err)
+	assert.Equal(t, logBefore, logAfter, "no log entry of the stale holder")
+	err = h.store.Fenced(l2).Update(ctx, after)
+	require.NoError(t, err, "the new holder writes")
 }

@@ -10,6 +10,41 @@ import (
 
 var _ session.Leaser = (*Store)(nil)
 
+// Fenced implements session.Fencer.
+func (m *Store) Fenced(l session.Lease) session.Store { return fenced{m, l} }
+
+// fenced is a Store whose writes hold only while l is its job's lease.
+// Reads go to the store itself.
+type fenced struct {
+	*Store
+	l session.Lease
+}
+
+func (f fenced) Create(ctx context.Context, s session.Session) (session.Session, error) {
+	return f.create(ctx, s, &f.l)
+}
+
+func (f fenced) Update(ctx context.Context, s session.Session) error { return f.update(ctx, s, &f.l) }
+
+func (f fenced) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
+	return f.append(ctx, id, e, &f.l)
+}
+
+// holds checks, with m.mu held, that fence (nil: none) is still its job's
+// lease.
+func (m *Store) holds(fence *session.Lease) error {
+	if fence == nil {
+		return nil
+	}
+	if err := session.ValidateLease(*fence); err != nil {
+		return err
+	}
+	if r, ok := m.leases[fence.Job]; !ok || r.holder != fence.Holder || r.token != fence.Token {
+		return fmt.Errorf("job %q, holder %q, token %d: %w", fence.Job, fence.Holder, fence.Token, session.ErrFenced)
+	}
+	return nil
+}
+
 // leaseRow is a job's lease; holder "" when released.
 type leaseRow struct {
 	holder string

@@ -17,7 +17,10 @@ import (
 	"github.com/pglogship/pglogship/session"
 )
 
-var _ session.Store = (*Store)(nil)
+var (
+	_ session.Store  = (*Store)(nil)
+	_ session.Fencer = (*Store)(nil)
+)
 
 // Store is an in-memory session.Store. The zero value is not usable; call New.
 type Store struct {
@@ -41,6 +44,20 @@ func New() *Store {
 
 // Create implements session.Store.
 func (m *Store) Create(ctx context.Context, s session.Session) (session.Session, error) {
+	return m.create(ctx, s, nil)
+}
+
+// Update implements session.Store.
+func (m *Store) Update(ctx context.Context, s session.Session) error { return m.update(ctx, s, nil) }
+
+// Append implements session.Store.
+func (m *Store) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
+	return m.append(ctx, id, e, nil)
+}
+
+// create, update and append write when fence is nil or still its job's
+// lease, checked under the same lock as the write.
+func (m *Store) create(ctx context.Context, s session.Session, fence *session.Lease) (session.Session, error) {
 	if err := ctx.Err(); err != nil {
 		return session.Session{}, err
 	}
@@ -53,6 +70,9 @@ func (m *Store) Create(ctx context.Context, s session.Session) (session.Session,
 	s = normalize(s)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.holds(fence); err != nil {
+		return session.Session{}, fmt.Errorf("create session %s: %w", s.ID, err)
+	}
 	if _, ok := m.sessions[s.ID]; ok {
 		return session.Session{}, fmt.Errorf("create session %s: %w", s.ID, session.ErrExists)
 	}
@@ -60,13 +80,15 @@ func (m *Store) Create(ctx context.Context, s session.Session) (session.Session,
 	return s, nil
 }
 
-// Update implements session.Store.
-func (m *Store) Update(ctx context.Context, s session.Session) error {
+func (m *Store) update(ctx context.Context, s session.Session, fence *session.Lease) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.holds(fence); err != nil {
+		return fmt.Errorf("update session %s: %w", s.ID, err)
+	}
 	r, ok := m.sessions[s.ID]
 	if !ok {
 		return fmt.Errorf("update session %s: %w", s.ID, session.ErrNotFound)
@@ -78,8 +100,7 @@ func (m *Store) Update(ctx context.Context, s session.Session) error {
 	return nil
 }
 
-// Append implements session.Store.
-func (m *Store) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
+func (m *Store) append(ctx context.Context, id string, e session.Entry, fence *session.Lease) (session.Entry, error) {
 	if err := ctx.Err(); err != nil {
 		return session.Entry{}, err
 	}
@@ -88,6 +109,9 @@ func (m *Store) Append(ctx context.Context, id string, e session.Entry) (session
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.holds(fence); err != nil {
+		return session.Entry{}, fmt.Errorf("append to session %s: %w", id, err)
+	}
 	r, ok := m.sessions[id]
 	if !ok {
 		return session.Entry{}, fmt.Errorf("append to session %s: %w", id, session.ErrNotFound)

@@ -13,6 +13,57 @@ import (
 
 var _ session.Leaser = (*Store)(nil)
 
+// Fenced implements session.Fencer: each write runs in a transaction that
+// first reads the job's lease row FOR SHARE. A takeover updates that row,
+// so it waits for a fenced write in flight to commit, and a write after
+// it finds another holder or token and is refused.
+func (s *Store) Fenced(l session.Lease) session.Store { return fenced{s, l} }
+
+// Reads go to the store itself.
+type fenced struct {
+	*Store
+	l session.Lease
+}
+
+func (f fenced) Create(ctx context.Context, x session.Session) (out session.Session, err error) {
+	err = f.write(ctx, "create session "+x.ID, func(tx pgx.Tx) error {
+		out, err = f.create(ctx, tx, x)
+		return err
+	})
+	return out, err
+}
+
+func (f fenced) Update(ctx context.Context, x session.Session) error {
+	return f.write(ctx, "update session "+x.ID, func(tx pgx.Tx) error { return f.update(ctx, tx, x) })
+}
+
+func (f fenced) Append(ctx context.Context, id string, e session.Entry) (out session.Entry, err error) {
+	err = f.write(ctx, "append to session "+id, func(tx pgx.Tx) error {
+		out, err = f.append(ctx, tx, id, e)
+		return err
+	})
+	return out, err
+}
+
+// write runs fn in a transaction after checking the fence in it.
+func (f fenced) write(ctx context.Context, what string, fn func(pgx.Tx) error) error {
+	if err := session.ValidateLease(f.l); err != nil {
+		return err
+	}
+	return pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+		var one int
+		err := tx.QueryRow(ctx, `SELECT 1 FROM `+f.table("leases")+` WHERE job = $1 AND holder = $2 AND token = $3 FOR SHARE`,
+			f.l.Job, f.l.Holder, f.l.Token).Scan(&one)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%s: job %q, holder %q, token %d: %w", what, f.l.Job, f.l.Holder, f.l.Token, session.ErrFenced)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: check the job's lease: %w", what, err)
+		}
+		return fn(tx)
+	})
+}
+
 // AcquireLease implements session.Leaser in one statement: the insert, or
 // the update of the job's row under its row lock when it is free, run out
 // or the holder's own, so of concurrent callers only one gets it. When it

@@ -10,13 +10,17 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/wal"
 )
 
-var _ session.Store = (*Store)(nil)
+var (
+	_ session.Store  = (*Store)(nil)
+	_ session.Fencer = (*Store)(nil)
+)
 
 // DefaultSchema is the PostgreSQL schema that holds the tables when
 // Config.Schema is empty.
@@ -134,8 +138,28 @@ func endTime(t time.Time) *time.Time {
 	return &t
 }
 
+// db is what the writes run on: the pool, or a fenced write's
+// transaction.
+type db interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
 // Create implements session.Store.
 func (s *Store) Create(ctx context.Context, x session.Session) (session.Session, error) {
+	return s.create(ctx, s.pool, x)
+}
+
+// Update implements session.Store.
+func (s *Store) Update(ctx context.Context, x session.Session) error { return s.update(ctx, s.pool, x) }
+
+// Append implements session.Store.
+func (s *Store) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
+	return s.append(ctx, s.pool, id, e)
+}
+
+func (s *Store) create(ctx context.Context, q db, x session.Session) (session.Session, error) {
 	if err := session.ValidateNew(x); err != nil {
 		return session.Session{}, err
 	}
@@ -144,7 +168,7 @@ func (s *Store) Create(ctx context.Context, x session.Session) (session.Session,
 	}
 	x.Start = session.Normalize(x.Start)
 	c := x.Counters
-	tag, err := s.pool.Exec(ctx, `INSERT INTO `+s.table("sessions")+` (id, job, kind, parent_id, state, start_time,
+	tag, err := q.Exec(ctx, `INSERT INTO `+s.table("sessions")+` (id, job, kind, parent_id, state, start_time,
 		files, bytes, first_segment, last_segment, first_lsn, last_lsn, result)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_lsn, $12::pg_lsn, $13)
 		ON CONFLICT (id) DO NOTHING`,
@@ -159,9 +183,8 @@ func (s *Store) Create(ctx context.Context, x session.Session) (session.Session,
 	return x, nil
 }
 
-// Update implements session.Store.
-func (s *Store) Update(ctx context.Context, x session.Session) error {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+func (s *Store) update(ctx context.Context, q db, x session.Session) error {
+	err := pgx.BeginFunc(ctx, q, func(tx pgx.Tx) error {
 		cur, err := scanSession(tx.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table("sessions")+` WHERE id = $1 FOR UPDATE`, x.ID))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return session.ErrNotFound
@@ -186,15 +209,14 @@ func (s *Store) Update(ctx context.Context, x session.Session) error {
 	return nil
 }
 
-// Append implements session.Store.
-func (s *Store) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
+func (s *Store) append(ctx context.Context, q db, id string, e session.Entry) (session.Entry, error) {
 	if err := session.ValidateEntry(e); err != nil {
 		return session.Entry{}, err
 	}
 	e.Time = session.Normalize(e.Time)
 	// One statement: the row lock taken by the UPDATE orders concurrent
 	// appenders, so each gets the next number.
-	err := s.pool.QueryRow(ctx, `WITH n AS (
+	err := q.QueryRow(ctx, `WITH n AS (
 			UPDATE `+s.table("sessions")+` SET log_count = log_count + 1 WHERE id = $1 RETURNING log_count
 		)
 		INSERT INTO `+s.table("session_log")+` (session_id, seq, at, severity, message)

@@ -29,6 +29,133 @@ func (s suite) runLeases(t *testing.T) {
 	t.Run("Invalid", s.leaseInvalid)
 	t.Run("JobEnabledShared", s.jobEnabledShared)
 	t.Run("CanceledContext", s.leaseCanceledContext)
+	t.Run("FencedWrites", s.fencedWrites)
+	t.Run("FencedWritesRaceATakeover", s.fencedRace)
+}
+
+// fencers returns a fresh store and a peer on the same data, as Fencers;
+// a store that does not implement it skips the test (optional).
+func (s suite) fencers(t *testing.T) (a, b session.Fencer) {
+	t.Helper()
+	st := s.h.New(t)
+	fa, ok := st.(session.Fencer)
+	if !ok {
+		t.Skip("the store does not implement session.Fencer")
+	}
+	return fa, s.h.Peer(t, st).(session.Fencer)
+}
+
+// A holder's fenced writes land while the lease is its own (also once it
+// ran out, taken by no one); after another holder took the lease over,
+// or after it was released, each write is refused with ErrFenced and
+// changes nothing, while the new holder's land. Reads stay open.
+func (s suite) fencedWrites(t *testing.T) {
+	ctx := context.Background()
+	a, b := s.fencers(t)
+	la := acquire(t, a.(session.Leaser), "job", "host-a", base, true)
+	fa := a.Fenced(la)
+	x, err := fa.Create(ctx, child("job", base))
+	require.NoError(t, err)
+	x.State = session.StateWorking
+	require.NoError(t, fa.Update(ctx, x))
+	_, err = fa.Append(ctx, x.ID, session.Entry{Time: base, Severity: session.SeverityInfo, Message: "mine"})
+	require.NoError(t, err)
+	x.Counters.Files = 1
+	require.NoError(t, fa.Update(ctx, x), "a lease that ran out, taken by no one, still fences in")
+
+	lb := acquire(t, b.(session.Leaser), "job", "host-b", la.Until.Add(time.Second), true)
+	stale := x
+	stale.Counters.Files = 99
+	require.ErrorIs(t, fa.Update(ctx, stale), session.ErrFenced)
+	require.ErrorIs(t, fa.Update(ctx, stale), session.ErrLeaseLost, "ErrFenced is a lost lease")
+	_, err = fa.Append(ctx, x.ID, session.Entry{Time: base, Severity: session.SeverityInfo, Message: "stale"})
+	require.ErrorIs(t, err, session.ErrFenced)
+	_, err = fa.Create(ctx, child("job", base.Add(time.Hour)))
+	require.ErrorIs(t, err, session.ErrFenced)
+
+	got, err := fa.Get(ctx, x.ID)
+	require.NoError(t, err, "reads are not fenced")
+	assert.Equal(t, int64(1), got.Counters.Files, "the stale update changed nothing")
+	log, err := b.(session.Store).Log(ctx, x.ID, 0, 0)
+	require.NoError(t, err)
+	require.Len(t, log, 1, "the stale entry was not appended")
+	page, err := b.(session.Store).List(ctx, session.Query{Job: "job"})
+	require.NoError(t, err)
+	assert.Len(t, page.Sessions, 1, "the stale session was not created")
+
+	fb := b.Fenced(lb)
+	x.State, x.End, x.Result = session.StateSuccess, base.Add(time.Minute), "taken over"
+	require.NoError(t, fb.Update(ctx, x), "the new holder writes")
+
+	// Released: the fence falls too, also for the same holder later.
+	require.NoError(t, b.(session.Leaser).ReleaseLease(ctx, lb))
+	_, err = fb.Create(ctx, child("job", base.Add(2*time.Hour)))
+	require.ErrorIs(t, err, session.ErrFenced)
+	lb2 := acquire(t, b.(session.Leaser), "job", "host-b", lb.Until, true)
+	_, err = fb.Create(ctx, child("job", base.Add(2*time.Hour)))
+	require.ErrorIs(t, err, session.ErrFenced, "an old holding of the same holder stays fenced off")
+	_, err = b.Fenced(lb2).Create(ctx, child("job", base.Add(2*time.Hour)))
+	require.NoError(t, err)
+
+	// Another job's lease fences nothing of this one's; a lease with no
+	// holder is invalid.
+	_, err = a.Fenced(session.Lease{Job: "other", Holder: "host-a", Token: la.Token}).Create(ctx, child("job", base.Add(3*time.Hour)))
+	require.ErrorIs(t, err, session.ErrFenced)
+	_, err = a.Fenced(session.Lease{Job: "job"}).Create(ctx, child("job", base.Add(3*time.Hour)))
+	require.ErrorIs(t, err, session.ErrInvalid)
+}
+
+// Fenced writes from one store value race a takeover from another, round
+// after round: every write either landed before the takeover (the new
+// holder sees it) or was refused; none lands after.
+func (s suite) fencedRace(t *testing.T) {
+	ctx := context.Background()
+	a, b := s.fencers(t)
+	now := base
+	for round := 0; round < 10; round++ {
+		la := acquire(t, a.(session.Leaser), "job", "host-a", now, true)
+		fa := a.Fenced(la)
+		x, err := fa.Create(ctx, child("job", now))
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		landed := make(chan int64, Writers)
+		start := make(chan struct{})
+		for w := 0; w < Writers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				e, err := fa.Append(ctx, x.ID, session.Entry{Time: now, Severity: session.SeverityInfo, Message: "a"})
+				if err != nil {
+					assert.ErrorIs(t, err, session.ErrFenced)
+					return
+				}
+				landed <- e.Seq
+			}()
+		}
+		var lb session.Lease
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			lb = acquire(t, b.(session.Leaser), "job", "host-b", la.Until, true)
+		}()
+		close(start)
+		wg.Wait()
+		close(landed)
+		n := 0
+		for range landed {
+			n++
+		}
+		// After the takeover: what the new holder sees is final.
+		log, err := b.(session.Store).Log(ctx, x.ID, 0, 0)
+		require.NoError(t, err)
+		require.Len(t, log, n, "round %d: every write that landed is seen, none other", round)
+		_, err = fa.Append(ctx, x.ID, session.Entry{Time: now, Severity: session.SeverityInfo, Message: "late"})
+		require.ErrorIs(t, err, session.ErrFenced)
+		require.NoError(t, b.(session.Leaser).ReleaseLease(ctx, lb))
+		now = lb.Until
+	}
 }
 
 // leasers returns a fresh store and a peer on the same data, as Leasers.
