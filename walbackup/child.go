@@ -361,7 +361,8 @@ func (j *Job) directFor(m Machine, rt guest.Runtime, via *guest.ShippingServer) 
 	if !ok {
 		return nil, "the guest's runtime cannot ship directly"
 	}
-	d := &Direct{Guest: g, TTL: j.cfg.Shipping.AuthorizationTTL, MaxBytes: j.cfg.Shipping.DirectBundleBytes, Clock: j.cfg.Clock, Via: via}
+	d := &Direct{Guest: g, TTL: j.cfg.Shipping.AuthorizationTTL, MaxBytes: j.cfg.Shipping.DirectBundleBytes, Clock: j.cfg.Clock, Via: via,
+		fence: j.checkFence}
 	if up, ok := j.cfg.Repository.(repository.DirectUploader); ok {
 		d.Uploads = up
 		return d, ""
@@ -405,7 +406,7 @@ func (j *Job) shipMachine(ctx context.Context, ms *machineState) (Shipped, error
 		d.Guest = watchedDirect{d.Guest, w}
 		opts.Direct = &d
 	}
-	got, err := ShipOnce(wctx, watchedRuntime{ms.rt, w}, watchedRepo{j.cfg.Repository, w}, ms.inst, opts)
+	got, err := ShipOnce(wctx, watchedRuntime{ms.rt, w}, fencedRepo{watchedRepo{j.cfg.Repository, w}, j}, ms.inst, opts)
 	return got, explain(wctx, err)
 }
 

@@ -140,6 +140,8 @@ type Direct struct {
 	// MaxBytes caps the raw WAL per bundle.
 	MaxBytes int64
 	Clock    clock.Clock // bounds the clean-up after a failed send
+
+	fence func(context.Context) error // the job's repository fence; nil: none
 }
 
 // cleanupTimeout bounds removing a staged bundle or an unverified object.
@@ -148,6 +150,11 @@ const cleanupTimeout = time.Minute
 // destination returns where the guest sends object (of size bytes with
 // SHA-256 sum): an authorised request, or its own folder.
 func (d *Direct) destination(ctx context.Context, object string, size int64, sum [32]byte) (guest.Destination, error) {
+	if d.fence != nil {
+		if err := d.fence(ctx); err != nil {
+			return guest.Destination{}, err
+		}
+	}
 	if d.Uploads == nil {
 		return guest.Destination{Dir: d.Dir, SFTP: d.SFTP, Via: d.Via}, nil
 	}

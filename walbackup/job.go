@@ -31,6 +31,8 @@ type Job struct {
 	// fencedOff is set when a session write of the run was refused
 	// because another process holds the job's lease now.
 	fencedOff atomic.Bool
+	// fence is the repository fence of the run under a lease, if any.
+	fence atomic.Pointer[repoFence]
 
 	pins session.Pinner // the store's, or localPins
 }
@@ -179,6 +181,10 @@ func (j *Job) launch(loopCtx context.Context, run runOptions) (done, started <-c
 	}
 	run.sessions = j.cfg.Sessions
 	j.fencedOff.Store(false)
+	j.fence.Store(nil)
+	if run.lease != nil {
+		j.fence.Store(newRepoFence(j.cfg.Repository, j.cfg.Name, *run.lease))
+	}
 	if f, ok := j.cfg.Sessions.(session.Fencer); ok && run.lease != nil {
 		run.sessions = fenceWatch{f.Fenced(*run.lease), &j.fencedOff}
 	}
@@ -237,6 +243,13 @@ func (j *Job) send(ctx context.Context, kind cmdKind) error {
 // in between. When ctx ends the child session is stopped.
 func (j *Job) loop(ctx context.Context, cmds <-chan command, done chan<- struct{}, started chan<- struct{}) {
 	defer close(done)
+	if f := j.fence.Load(); f != nil {
+		octx, cancel := j.op(ctx)
+		if err := f.claim(octx); err != nil {
+			j.cfg.Logger.Warn("claim the repository fence (tried again before the first commit)", "job", j.cfg.Name, "err", err)
+		}
+		cancel()
+	}
 	j.closeStale(ctx)
 	var cs *childSession
 	if j.missedRun(ctx) {

@@ -69,7 +69,7 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	rec.State = session.StateSuccess
 	// Silence from the repository is bounded, as for every other call.
 	ectx, w, stop := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
-	exp, err := j.expire(ectx, watchedRepo{j.cfg.Repository, w})
+	exp, err := j.expire(ectx, fencedRepo{watchedRepo{j.cfg.Repository, w}, j})
 	err = explain(ectx, err)
 	stop()
 	if err != nil {
@@ -223,7 +223,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 		return nil, err
 	}
 	octx, cancel = j.op(ctx)
-	err = repository.WriteManifest(octx, j.cfg.Repository, inst, rp, j.auth())
+	err = repository.WriteManifest(octx, fencedRepo{j.cfg.Repository, j}, inst, rp, j.auth())
 	cancel()
 	if err != nil {
 		return nil, err
@@ -335,7 +335,7 @@ func (j *Job) ship(ctx context.Context, m Machine, rt guest.Runtime, inst reposi
 		d.Guest = watchedDirect{d.Guest, w}
 		opts.Direct = d
 	}
-	got, err := ShipOnce(wctx, watchedRuntime{rt, w}, watchedRepo{j.cfg.Repository, w}, inst, opts)
+	got, err := ShipOnce(wctx, watchedRuntime{rt, w}, fencedRepo{watchedRepo{j.cfg.Repository, w}, j}, inst, opts)
 	return got, explain(wctx, err)
 }
 

@@ -35,6 +35,21 @@ func copyRestorePoint(t *testing.T, repo repository.Repository, from string, at 
 	return c.ID
 }
 
+// firstRestorePoint waits for the running job's first child session,
+// ships WAL for an interval and takes a restore point, its first.
+func firstRestorePoint(t *testing.T, h *harness) []string {
+	t.Helper()
+	h.idle(t)
+	h.addWAL()
+	h.step(t, 15*time.Minute)
+	require.NoError(t, h.job.StartParent(context.Background()))
+	h.idle(t)
+	rps, err := repository.RestorePointIDs(context.Background(), h.repo, inst42)
+	require.NoError(t, err)
+	require.Len(t, rps, 1)
+	return rps
+}
+
 // A process paused past its lease in the middle of a parent session, its
 // image stored but its manifest not yet written, comes back after another
 // process took a newer restore point and expired the paused one's objects
@@ -50,14 +65,7 @@ func TestPausedWriterCannotCommitAfterItsObjectsWereRemoved(t *testing.T) {
 		cfg = *c
 	})
 	require.NoError(t, h.job.Enable(ctx))
-	h.idle(t)
-	h.addWAL()
-	h.step(t, 15*time.Minute)
-	require.NoError(t, h.job.StartParent(ctx))
-	h.idle(t)
-	rp1, err := repository.RestorePointIDs(ctx, h.repo, inst42)
-	require.NoError(t, err)
-	require.Len(t, rp1, 1)
+	rp1 := firstRestorePoint(t, h)
 
 	// The other process: same job, same repository and store.
 	cfg.Observer = nil
@@ -222,4 +230,67 @@ func TestStaleHolderSessionWritesAreFenced(t *testing.T) {
 	assert.Equal(t, logBefore, logAfter, "no log entry of the stale holder")
 	err = h.store.Fenced(l2).Update(ctx, after)
 	require.NoError(t, err, "the new holder writes")
+}
+
+// A stale lease holder's repository commits are refused once another run
+// claimed the next generation of the job's repository fence, also with a
+// session store that fences nothing: its bundle (the WAL stays in the
+// guest), its restore point's manifest and its retention deletes; the
+// repository keeps only what was committed before.
+func TestStaleHolderRepositoryCommitsAreFenced(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, func(c *walbackup.Config) {
+		c.Schedule = nil
+		c.Retention = walbackup.Retention{RestorePoints: 1}
+		c.Sessions = struct{ session.Store }{c.Sessions} // no session.Fencer
+	})
+	l1, ok, err := h.store.AcquireLease(ctx, h.job.Name(), "host-1", h.clk.Now(), time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	_, err = walbackup.LaunchUnderLease(ctx, h.job, l1)
+	require.NoError(t, err)
+	rps := firstRestorePoint(t, h) // committed under the lease
+	bundles, err := repository.Bundles(ctx, h.repo, inst42, 1)
+	require.NoError(t, err)
+	require.NotEmpty(t, bundles)
+
+	// Another process takes the job over and claims the next generation of
+	// the fence, as its run does when it starts.
+	require.NoError(t, h.store.ReleaseLease(ctx, l1))
+	_, ok, err = h.store.AcquireLease(ctx, h.job.Name(), "host-2", h.clk.Now(), time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	var fence []string
+	require.NoError(t, h.repo.List(ctx, "jobs/", func(o repository.Object) error {
+		if strings.Contains(o.Name, "/_fence/") {
+			fence = append(fence, o.Name)
+		}
+		return nil
+	}))
+	require.Equal(t, []string{"jobs/" + repository.Component(h.job.Name()) + "/_fence/00000000000000000001"}, fence,
+		"the run claimed the first generation")
+	require.NoError(t, h.repo.Put(ctx, strings.TrimSuffix(fence[0], "1")+"2", strings.NewReader("host-2\n")))
+
+	h.addWAL()
+	events := h.step(t, 15*time.Minute)
+	require.NoError(t, h.job.StartParent(ctx))
+	events = append(events, h.idle(t)...)
+	var refused []string
+	for _, e := range events {
+		if strings.Contains(e.Message, session.ErrFenced.Error()) {
+			refused = append(refused, e.Message)
+		}
+	}
+	require.NotEmpty(t, refused, "the stale run was told its commits are fenced off: %v", events)
+	after, err := repository.Bundles(ctx, h.repo, inst42, 1)
+	require.NoError(t, err)
+	assert.Equal(t, bundles, after, "no bundle of the stale run")
+	assert.NotEmpty(t, h.guest.Waiting(), "the WAL stays in the guest")
+	got, err := repository.RestorePointIDs(ctx, h.repo, inst42)
+	require.NoError(t, err)
+	assert.Equal(t, rps, got, "no restore point of the stale run, and nothing expired")
+	parent, err := session.Latest(ctx, h.store, h.job.Name(), session.KindParent)
+	require.NoError(t, err)
+	assert.NotEqual(t, session.StateSuccess, parent.State, parent.Result)
+	require.NoError(t, h.job.Disable(ctx))
 }
