@@ -9,7 +9,7 @@ STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 export PGLOGSHIP_CACHE := $(CACHE)
 export STATICCHECK_VERSION
 
-.PHONY: all setup test check fmt vet staticcheck unit demo fuzz bench crash
+.PHONY: all setup test check fmt vet staticcheck unit demo fuzz bench crash soak
 
 all: test
 
@@ -46,6 +46,14 @@ demo: setup
 ## crash: the crash-injection tests with 1000 kill points instead of make test's 100.
 crash:
 	PGLOGSHIP_CRASH_TRIALS=1000 go test -count=1 -timeout 30m -run 'KilledAtRandomPoints' ./walbackup/
+
+## soak: crash trials at scale: 1000 kill points over shipping, parents and
+## expiry, 500 cuts of a ship, and the lease and fencing tests 20 times over,
+## all with -race.
+soak:
+	PGLOGSHIP_CRASH_TRIALS=1000 go test -race -count=1 -timeout 60m -run 'KilledAtRandomPoints|CutOffAtRandomPoints' ./walbackup/
+	go test -race -count=20 -timeout 60m -run 'Runner|Paused|Stale' ./walbackup/
+	go test -race -count=20 -timeout 60m -run 'Conformance/.*/Leases' ./session/...
 
 ## fuzz: a short run of every fuzz target.
 fuzz:

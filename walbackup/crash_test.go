@@ -14,12 +14,13 @@ import (
 	"github.com/pglogship/pglogship/walbackup"
 )
 
-// Shipping is cut off at 50 random points (the context is canceled in the
-// middle of a guest or repository operation, as when the host dies); after
-// a restart every segment is in the repository or still in the guest, none
-// is lost and none is stored with two contents.
+// Shipping is cut off at random points (50 by default, half the crash
+// trials; the context is canceled in the middle of a guest or repository
+// operation, as when the host dies); after a restart every segment is in
+// the repository or still in the guest, none is lost and none is stored
+// with two contents.
 func TestShipCutOffAtRandomPoints(t *testing.T) {
-	for trial := 0; trial < 50; trial++ {
+	for trial := 0; trial < crashTrials(t)/2; trial++ {
 		t.Run(fmt.Sprint(trial), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(trial), 7))
 			files := map[string][]byte{}
