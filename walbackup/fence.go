@@ -67,6 +67,7 @@ func (f *repoFence) claim(ctx context.Context) error {
 		err := f.repo.Put(ctx, f.folder+fmt.Sprintf("%020d", g), strings.NewReader(body))
 		if err == nil {
 			f.gen.Store(g)
+			f.prune(ctx, g)
 			return nil
 		}
 		if !errors.Is(err, repository.ErrConflict) {
@@ -74,6 +75,26 @@ func (f *repoFence) claim(ctx context.Context) error {
 		}
 	}
 	return errors.New("claim the repository fence: other runs claimed every generation tried")
+}
+
+// keptGenerations is how many of the newest fence objects claim keeps: the
+// greatest alone decides, the few before it help people read the history.
+const keptGenerations = 3
+
+// prune removes the fence objects more than keptGenerations below g, so
+// the folder does not grow with every run. Best effort: a leftover only
+// costs a longer listing.
+func (f *repoFence) prune(ctx context.Context, g int64) {
+	var old []string
+	_ = f.repo.List(ctx, f.folder, func(o repository.Object) error {
+		if n, err := strconv.ParseInt(strings.TrimPrefix(o.Name, f.folder), 10, 64); err == nil && n <= g-keptGenerations {
+			old = append(old, o.Name)
+		}
+		return nil
+	})
+	for _, name := range old {
+		_ = f.repo.Delete(ctx, name)
+	}
 }
 
 // check refuses when another run claimed a newer generation; a run that
