@@ -10,9 +10,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/memory"
 	"github.com/pglogship/pglogship/session"
+	smem "github.com/pglogship/pglogship/session/memory"
+	"github.com/pglogship/pglogship/session/postgres"
 	"github.com/pglogship/pglogship/walbackup"
 )
 
@@ -37,14 +40,14 @@ func copyRestorePoint(t *testing.T, repo repository.Repository, from string, at 
 
 // firstRestorePoint waits for the running job's first child session,
 // ships WAL for an interval and takes a restore point, its first.
-func firstRestorePoint(t *testing.T, h *harness) []string {
+func firstRestorePoint(t *testing.T, h *harness, repo repository.Repository) []string {
 	t.Helper()
 	h.idle(t)
 	h.addWAL()
 	h.step(t, 15*time.Minute)
 	require.NoError(t, h.job.StartParent(context.Background()))
 	h.idle(t)
-	rps, err := repository.RestorePointIDs(context.Background(), h.repo, inst42)
+	rps, err := repository.RestorePointIDs(context.Background(), repo, inst42)
 	require.NoError(t, err)
 	require.Len(t, rps, 1)
 	return rps
@@ -65,7 +68,7 @@ func TestPausedWriterCannotCommitAfterItsObjectsWereRemoved(t *testing.T) {
 		cfg = *c
 	})
 	require.NoError(t, h.job.Enable(ctx))
-	rp1 := firstRestorePoint(t, h)
+	rp1 := firstRestorePoint(t, h, h.repo)
 
 	// The other process: same job, same repository and store.
 	cfg.Observer = nil
@@ -145,6 +148,28 @@ func TestVerifyReportsARestorePointWithAMissingObject(t *testing.T) {
 	assert.Equal(t, obj, rep.Problems[0].Object)
 }
 
+// fencingStore is a session store that leases jobs and fences writes.
+type fencingStore interface {
+	session.Store
+	session.Leaser
+	session.Fencer
+}
+
+// fencingStores open a repository and a session store for the fencing
+// tests: in memory, and real (MinIO and PostgreSQL, as processes on
+// several hosts share them).
+var fencingStores = map[string]func(t *testing.T) (repository.Repository, fencingStore){
+	"memory": func(*testing.T) (repository.Repository, fencingStore) { return memory.New(), smem.New() },
+	"MinIO and PostgreSQL": func(t *testing.T) (repository.Repository, fencingStore) {
+		_, _, repo := minIOBucketRepo(t, "")
+		pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+		st, err := postgres.Open(context.Background(), postgres.Config{ConnString: pg.ConnString("postgres"), Schema: "fencing"})
+		require.NoError(t, err)
+		t.Cleanup(st.Close)
+		return repo, st
+	},
+}
+
 // writeErrors is a fencing session store that records the errors its
 // updates and appends returned (the writes of a running session).
 type writeErrors struct {
@@ -181,31 +206,41 @@ func (w writeErrors) Append(ctx context.Context, id string, e session.Entry) (se
 // session.ErrFenced, the store keeps only what was written while the
 // lease was its own, and the run stops at once.
 func TestStaleHolderSessionWritesAreFenced(t *testing.T) {
+	for name, open := range fencingStores {
+		t.Run(name, func(t *testing.T) {
+			repo, store := open(t)
+			staleHolderSessionWrites(t, repo, store)
+		})
+	}
+}
+
+func staleHolderSessionWrites(t *testing.T, repo repository.Repository, store fencingStore) {
 	ctx := context.Background()
 	var mu sync.Mutex
 	var errs []error
 	h := newHarness(t, func(c *walbackup.Config) {
 		c.Schedule = nil
-		c.Sessions = writeErrors{c.Sessions, &mu, &errs}
+		c.Repository = repo
+		c.Sessions = writeErrors{store, &mu, &errs}
 	})
-	l1, ok, err := h.store.AcquireLease(ctx, h.job.Name(), "host-1", h.clk.Now(), time.Minute)
+	l1, ok, err := store.AcquireLease(ctx, h.job.Name(), "host-1", h.clk.Now(), time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 	done, err := walbackup.LaunchUnderLease(ctx, h.job, l1)
 	require.NoError(t, err)
 	h.idle(t)
 	child := walbackup.ChildJobName(h.job.Name())
-	page, err := h.store.List(ctx, session.Query{Job: child})
+	page, err := store.List(ctx, session.Query{Job: child})
 	require.NoError(t, err)
 	require.Len(t, page.Sessions, 1)
 	before := page.Sessions[0]
-	logBefore, err := h.store.Log(ctx, before.ID, 0, 0)
+	logBefore, err := store.Log(ctx, before.ID, 0, 0)
 	require.NoError(t, err)
 	require.NotEmpty(t, logBefore, "written under the lease")
 
 	// Another process takes the job over; this one does not know yet.
-	require.NoError(t, h.store.ReleaseLease(ctx, l1))
-	l2, ok, err := h.store.AcquireLease(ctx, h.job.Name(), "host-2", h.clk.Now(), time.Minute)
+	require.NoError(t, store.ReleaseLease(ctx, l1))
+	l2, ok, err := store.AcquireLease(ctx, h.job.Name(), "host-2", h.clk.Now(), time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 	h.addWAL()
@@ -222,13 +257,13 @@ func TestStaleHolderSessionWritesAreFenced(t *testing.T) {
 	for _, err := range errs {
 		require.ErrorIs(t, err, session.ErrFenced)
 	}
-	after, err := h.store.Get(ctx, before.ID)
+	after, err := store.Get(ctx, before.ID)
 	require.NoError(t, err)
 	assert.Equal(t, before, after, "the session record is as the lease holder left it")
-	logAfter, err := h.store.Log(ctx, before.ID, 0, 0)
+	logAfter, err := store.Log(ctx, before.ID, 0, 0)
 	require.NoError(t, err)
 	assert.Equal(t, logBefore, logAfter, "no log entry of the stale holder")
-	err = h.store.Fenced(l2).Update(ctx, after)
+	err = store.Fenced(l2).Update(ctx, after)
 	require.NoError(t, err, "the new holder writes")
 }
 
@@ -238,30 +273,40 @@ func TestStaleHolderSessionWritesAreFenced(t *testing.T) {
 // guest), its restore point's manifest and its retention deletes; the
 // repository keeps only what was committed before.
 func TestStaleHolderRepositoryCommitsAreFenced(t *testing.T) {
+	for name, open := range fencingStores {
+		t.Run(name, func(t *testing.T) {
+			repo, store := open(t)
+			staleHolderRepositoryCommits(t, repo, store)
+		})
+	}
+}
+
+func staleHolderRepositoryCommits(t *testing.T, repo repository.Repository, store fencingStore) {
 	ctx := context.Background()
 	h := newHarness(t, func(c *walbackup.Config) {
 		c.Schedule = nil
 		c.Retention = walbackup.Retention{RestorePoints: 1}
-		c.Sessions = struct{ session.Store }{c.Sessions} // no session.Fencer
+		c.Repository = repo
+		c.Sessions = struct{ session.Store }{store} // no session.Fencer
 	})
-	l1, ok, err := h.store.AcquireLease(ctx, h.job.Name(), "host-1", h.clk.Now(), time.Minute)
+	l1, ok, err := store.AcquireLease(ctx, h.job.Name(), "host-1", h.clk.Now(), time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 	_, err = walbackup.LaunchUnderLease(ctx, h.job, l1)
 	require.NoError(t, err)
-	rps := firstRestorePoint(t, h) // committed under the lease
-	bundles, err := repository.Bundles(ctx, h.repo, inst42, 1)
+	rps := firstRestorePoint(t, h, repo) // committed under the lease
+	bundles, err := repository.Bundles(ctx, repo, inst42, 1)
 	require.NoError(t, err)
 	require.NotEmpty(t, bundles)
 
 	// Another process takes the job over and claims the next generation of
 	// the fence, as its run does when it starts.
-	require.NoError(t, h.store.ReleaseLease(ctx, l1))
-	_, ok, err = h.store.AcquireLease(ctx, h.job.Name(), "host-2", h.clk.Now(), time.Minute)
+	require.NoError(t, store.ReleaseLease(ctx, l1))
+	_, ok, err = store.AcquireLease(ctx, h.job.Name(), "host-2", h.clk.Now(), time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 	var fence []string
-	require.NoError(t, h.repo.List(ctx, "jobs/", func(o repository.Object) error {
+	require.NoError(t, repo.List(ctx, "jobs/", func(o repository.Object) error {
 		if strings.Contains(o.Name, "/_fence/") {
 			fence = append(fence, o.Name)
 		}
@@ -269,7 +314,7 @@ func TestStaleHolderRepositoryCommitsAreFenced(t *testing.T) {
 	}))
 	require.Equal(t, []string{"jobs/" + repository.Component(h.job.Name()) + "/_fence/00000000000000000001"}, fence,
 		"the run claimed the first generation")
-	require.NoError(t, h.repo.Put(ctx, strings.TrimSuffix(fence[0], "1")+"2", strings.NewReader("host-2\n")))
+	require.NoError(t, repo.Put(ctx, strings.TrimSuffix(fence[0], "1")+"2", strings.NewReader("host-2\n")))
 
 	h.addWAL()
 	events := h.step(t, 15*time.Minute)
@@ -282,14 +327,14 @@ func TestStaleHolderRepositoryCommitsAreFenced(t *testing.T) {
 		}
 	}
 	require.NotEmpty(t, refused, "the stale run was told its commits are fenced off: %v", events)
-	after, err := repository.Bundles(ctx, h.repo, inst42, 1)
+	after, err := repository.Bundles(ctx, repo, inst42, 1)
 	require.NoError(t, err)
 	assert.Equal(t, bundles, after, "no bundle of the stale run")
 	assert.NotEmpty(t, h.guest.Waiting(), "the WAL stays in the guest")
-	got, err := repository.RestorePointIDs(ctx, h.repo, inst42)
+	got, err := repository.RestorePointIDs(ctx, repo, inst42)
 	require.NoError(t, err)
 	assert.Equal(t, rps, got, "no restore point of the stale run, and nothing expired")
-	parent, err := session.Latest(ctx, h.store, h.job.Name(), session.KindParent)
+	parent, err := session.Latest(ctx, store, h.job.Name(), session.KindParent)
 	require.NoError(t, err)
 	assert.NotEqual(t, session.StateSuccess, parent.State, parent.Result)
 	require.NoError(t, h.job.Disable(ctx))
