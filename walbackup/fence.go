@@ -117,12 +117,17 @@ func (f *repoFence) check(ctx context.Context) error {
 }
 
 // checkFence refuses a commit of a run whose lease another process took
-// over; nil outside a run under a lease.
+// over, and has the run stop; nil outside a run under a lease.
 func (j *Job) checkFence(ctx context.Context) error {
-	if f := j.fence.Load(); f != nil {
-		return f.check(ctx)
+	f := j.fence.Load()
+	if f == nil {
+		return nil
 	}
-	return nil
+	err := f.check(ctx)
+	if errors.Is(err, session.ErrFenced) {
+		j.fencedOff.Store(true) // the run stops at its next wake
+	}
+	return err
 }
 
 // fencedRepo checks the run's fence before every write.

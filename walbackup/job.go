@@ -28,8 +28,8 @@ type Job struct {
 	run runOptions
 
 	parentRunning atomic.Bool
-	// fencedOff is set when a session write of the run was refused
-	// because another process holds the job's lease now.
+	// fencedOff is set when a write of the run (session or repository)
+	// was refused because another process holds the job's lease now.
 	fencedOff atomic.Bool
 	// fence is the repository fence of the run under a lease, if any.
 	fence atomic.Pointer[repoFence]
@@ -273,7 +273,7 @@ func (j *Job) loop(ctx context.Context, cmds <-chan command, done chan<- struct{
 			return
 		}
 		if j.fencedOff.Load() {
-			j.stopChild(ctx, cs, "stopped: another process holds the job's lease now (this run's session writes were fenced off)")
+			j.stopChild(ctx, cs, "stopped: another process holds the job's lease now (this run's writes were fenced off)")
 			return
 		}
 		switch {

@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -270,34 +271,64 @@ func staleHolderSessionWrites(t *testing.T, repo repository.Repository, store fe
 // A stale lease holder's repository commits are refused once another run
 // claimed the next generation of the job's repository fence, also with a
 // session store that fences nothing: its bundle (the WAL stays in the
-// guest), its restore point's manifest and its retention deletes; the
-// repository keeps only what was committed before.
+// guest), and its restore point's manifest when the claim comes after the
+// stale run's parent session stored its images and backup WAL. Each refusal carries
+// session.ErrFenced, the run stops at once, and the repository keeps only
+// what was committed before.
 func TestStaleHolderRepositoryCommitsAreFenced(t *testing.T) {
 	for name, open := range fencingStores {
-		t.Run(name, func(t *testing.T) {
-			repo, store := open(t)
-			staleHolderRepositoryCommits(t, repo, store)
-		})
+		for _, commit := range []string{"bundle", "manifest"} {
+			t.Run(name+"/"+commit, func(t *testing.T) {
+				repo, store := open(t)
+				staleHolderRepositoryCommit(t, repo, store, commit == "manifest")
+			})
+		}
 	}
 }
 
-func staleHolderRepositoryCommits(t *testing.T, repo repository.Repository, store fencingStore) {
+// claimingRepo runs claim, once it is set, inside the first put of WAL
+// after an image: a parent session's backup WAL, its last commit before
+// the manifest.
+type claimingRepo struct {
+	repository.Repository
+	claim *func()
+	image *bool
+}
+
+func (r claimingRepo) Put(ctx context.Context, name string, rd io.Reader) error {
+	if c := *r.claim; c != nil {
+		if strings.Contains(name, "/restorepoints/") {
+			*r.image = true
+		} else if *r.image && strings.Contains(name, "/wal/") {
+			*r.claim = nil
+			c()
+		}
+	}
+	return r.Repository.Put(ctx, name, rd)
+}
+
+func staleHolderRepositoryCommit(t *testing.T, repo repository.Repository, store fencingStore, manifest bool) {
 	ctx := context.Background()
+	var claim func()
+	var image bool
 	h := newHarness(t, func(c *walbackup.Config) {
 		c.Schedule = nil
 		c.Retention = walbackup.Retention{RestorePoints: 1}
-		c.Repository = repo
+		c.Repository = claimingRepo{repo, &claim, &image}
 		c.Sessions = struct{ session.Store }{store} // no session.Fencer
 	})
 	l1, ok, err := store.AcquireLease(ctx, h.job.Name(), "host-1", h.clk.Now(), time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
-	_, err = walbackup.LaunchUnderLease(ctx, h.job, l1)
+	done, err := walbackup.LaunchUnderLease(ctx, h.job, l1)
 	require.NoError(t, err)
 	rps := firstRestorePoint(t, h, repo) // committed under the lease
+	h.addWAL()
+	h.step(t, 15*time.Minute)
 	bundles, err := repository.Bundles(ctx, repo, inst42, 1)
 	require.NoError(t, err)
 	require.NotEmpty(t, bundles)
+	require.Empty(t, h.guest.Waiting(), "shipped under the lease")
 
 	// Another process takes the job over and claims the next generation of
 	// the fence, as its run does when it starts.
@@ -314,28 +345,52 @@ func staleHolderRepositoryCommits(t *testing.T, repo repository.Repository, stor
 	}))
 	require.Equal(t, []string{"jobs/" + repository.Component(h.job.Name()) + "/_fence/00000000000000000001"}, fence,
 		"the run claimed the first generation")
-	require.NoError(t, repo.Put(ctx, strings.TrimSuffix(fence[0], "1")+"2", strings.NewReader("host-2\n")))
+	claimNext := func() {
+		require.NoError(t, repo.Put(ctx, strings.TrimSuffix(fence[0], "1")+"2", strings.NewReader("host-2\n")))
+	}
 
 	h.addWAL()
-	events := h.step(t, 15*time.Minute)
-	require.NoError(t, h.job.StartParent(ctx))
-	events = append(events, h.idle(t)...)
+	if manifest {
+		claim = claimNext // after the images and the backup WAL passed the fence
+		require.NoError(t, h.job.StartParent(ctx))
+	} else {
+		claimNext()
+		h.clk.Add(15 * time.Minute)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the fenced-off run did not stop")
+	}
 	var refused []string
-	for _, e := range events {
+	for len(h.events) > 0 {
+		e := <-h.events
+		for _, msg := range []string{e.Message, e.Session.Result} {
+			if strings.Contains(msg, session.ErrFenced.Error()) {
+				refused = append(refused, msg)
+			}
+		}
+	}
+	parent, err := session.Latest(ctx, store, h.job.Name(), session.KindParent)
+	require.NoError(t, err)
+	log, err := store.Log(ctx, parent.ID, 0, 0)
+	require.NoError(t, err)
+	for _, e := range log {
 		if strings.Contains(e.Message, session.ErrFenced.Error()) {
 			refused = append(refused, e.Message)
 		}
 	}
-	require.NotEmpty(t, refused, "the stale run was told its commits are fenced off: %v", events)
+	require.NotEmpty(t, refused, "the stale run was told its commits are fenced off")
+	got, err := repository.RestorePointIDs(ctx, repo, inst42)
+	require.NoError(t, err)
+	assert.Equal(t, rps, got, "no restore point of the stale run, and nothing expired")
+	if manifest {
+		assert.Equal(t, session.StateFailed, parent.State, parent.Result)
+		assert.Contains(t, strings.Join(refused, "\n"), "machine vm1: no restore point: ")
+		return
+	}
 	after, err := repository.Bundles(ctx, repo, inst42, 1)
 	require.NoError(t, err)
 	assert.Equal(t, bundles, after, "no bundle of the stale run")
 	assert.NotEmpty(t, h.guest.Waiting(), "the WAL stays in the guest")
-	got, err := repository.RestorePointIDs(ctx, repo, inst42)
-	require.NoError(t, err)
-	assert.Equal(t, rps, got, "no restore point of the stale run, and nothing expired")
-	parent, err := session.Latest(ctx, store, h.job.Name(), session.KindParent)
-	require.NoError(t, err)
-	assert.NotEqual(t, session.StateSuccess, parent.State, parent.Result)
-	require.NoError(t, h.job.Disable(ctx))
 }
