@@ -205,6 +205,9 @@ func (j *Job) planRetry(cs *childSession) {
 // when this batch was due, for the lag the observer sees.
 func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retry bool) {
 	for _, ms := range cs.machines {
+		if j.fencedOff.Load() {
+			break // another process holds the job now
+		}
 		if ms.rt == nil || retry && !ms.failing {
 			continue
 		}
@@ -390,9 +393,10 @@ func (d *Direct) server() string {
 }
 
 // unreachable tells a direct send that failed because the guest lost the
-// repository (or its authorisation) from other failures.
+// repository (or its authorisation, or the server's host key changed)
+// from other failures.
 func unreachable(err error) bool {
-	return errors.Is(err, guest.ErrUnreachable) || errors.Is(err, guest.ErrUploadDenied)
+	return errors.Is(err, guest.ErrUnreachable) || errors.Is(err, guest.ErrUploadDenied) || errors.Is(err, guest.ErrHostKey)
 }
 
 // shipMachine runs ShipOnce under a watchdog: it may take as long as the

@@ -112,8 +112,12 @@ type runOptions struct {
 	// may run elsewhere by now). Nil: always.
 	holds func(now time.Time) bool
 	// lease is the lease the run holds, if any: the session writes of the
-	// run are fenced with it when the store is a session.Fencer.
+	// run are fenced with it when the store is a session.Fencer, and its
+	// repository commits with the job's fence.
 	lease *session.Lease
+	// confirm asks the session store whether lease is still the run's
+	// (session.ErrLeaseLost when not), before the run claims the fence.
+	confirm func(context.Context) error
 	// sessions is where the run's sessions are written (launch sets it).
 	sessions session.Store
 }
@@ -183,7 +187,7 @@ func (j *Job) launch(loopCtx context.Context, run runOptions) (done, started <-c
 	j.fencedOff.Store(false)
 	j.fence.Store(nil)
 	if run.lease != nil {
-		j.fence.Store(newRepoFence(j.cfg.Repository, j.cfg.Name, *run.lease))
+		j.fence.Store(newRepoFence(j.cfg.Repository, j.cfg.Name, *run.lease, run.confirm))
 	}
 	if f, ok := j.cfg.Sessions.(session.Fencer); ok && run.lease != nil {
 		run.sessions = fenceWatch{f.Fenced(*run.lease), &j.fencedOff}

@@ -43,6 +43,11 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	}
 	var failed []string
 	for _, m := range j.cfg.Machines {
+		if j.fencedOff.Load() {
+			// Another process holds the job now: no more images.
+			failed = append(failed, m.ID)
+			continue
+		}
 		rp, err := j.restorePoint(ctx, &rec, m)
 		if err != nil {
 			failed = append(failed, m.ID)
@@ -67,14 +72,18 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 			m.ID, rp.ID, kind, len(rp.Objects), size, rp.StartLSN, rp.StopLSN, rp.Timeline))
 	}
 	rec.State = session.StateSuccess
-	// Silence from the repository is bounded, as for every other call.
-	ectx, w, stop := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
-	exp, err := j.expire(ectx, fencedRepo{watchedRepo{j.cfg.Repository, w}, j})
-	err = explain(ectx, err)
-	stop()
-	if err != nil {
+	var exp Expired
+	var expErr error
+	if !j.fencedOff.Load() {
+		// Silence from the repository is bounded, as for every other call.
+		ectx, w, stop := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
+		exp, expErr = j.expire(ectx, fencedRepo{watchedRepo{j.cfg.Repository, w}, j})
+		expErr = explain(ectx, expErr)
+		stop()
+	}
+	if expErr != nil {
 		rec.State = session.StateWarning
-		j.parentLog(ctx, rec, session.SeverityWarning, fmt.Sprintf("expiry: %v (what it did not remove is removed by the next one)", err))
+		j.parentLog(ctx, rec, session.SeverityWarning, fmt.Sprintf("expiry: %v (what it did not remove is removed by the next one)", expErr))
 	} else if len(exp.RestorePoints)+len(exp.Bundles)+len(exp.Garbage) > 0 {
 		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("expiry removed restore points %v, %d WAL bundles and %d unfinished restore points",
 			exp.RestorePoints, len(exp.Bundles), len(exp.Garbage)))

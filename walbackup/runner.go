@@ -366,6 +366,10 @@ func (r *Runner) acquire(ctx, pctx context.Context, rj *runnerJob) {
 		note:  fmt.Sprintf("run by %s (lease token %d)", r.cfg.Holder, l.Token),
 		holds: func(now time.Time) bool { return now.Before(time.UnixMicro(rj.until.Load())) },
 		lease: &l,
+		confirm: func(ctx context.Context) error {
+			_, err := r.leaser.RenewLease(ctx, l, r.cfg.Clock.Now(), r.cfg.LeaseTTL)
+			return err
+		},
 	})
 	if err != nil {
 		cancel()

@@ -343,10 +343,10 @@ func staleHolderRepositoryCommit(t *testing.T, repo repository.Repository, store
 		}
 		return nil
 	}))
-	require.Equal(t, []string{"jobs/" + repository.Component(h.job.Name()) + "/_fence/00000000000000000001"}, fence,
-		"the run claimed the first generation")
+	folder := "jobs/" + repository.Component(h.job.Name()) + "/_fence/"
+	require.Equal(t, []string{folder + "0000000001-00000000000000000001"}, fence, "the run claimed its lease's generation")
 	claimNext := func() {
-		require.NoError(t, repo.Put(ctx, strings.TrimSuffix(fence[0], "1")+"2", strings.NewReader("host-2\n")))
+		require.NoError(t, repo.Put(ctx, folder+"0000000001-00000000000000000002", strings.NewReader("host-2\n")))
 	}
 
 	h.addWAL()

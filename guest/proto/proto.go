@@ -31,7 +31,9 @@ import (
 )
 
 // Version is the protocol version this package speaks.
-const Version = 1
+// 2: a destination may name a log shipping server (guest.Destination.Via),
+// which a runtime of version 1 would ignore and connect directly.
+const Version = 2
 
 // Limits that bound what a peer can make the other allocate.
 const (

@@ -272,6 +272,9 @@ func dialVia(ctx context.Context, via *guest.ShippingServer) (sshutil.DialFunc, 
 	if err != nil {
 		return nil, nil, connectError("log shipping server "+via.String(), err)
 	}
+	// Connections through the server have no deadlines: closing the
+	// client is what ends a send the caller gave up on.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := c.DialContext(ctx, network, addr)
 		if err != nil {
@@ -279,7 +282,10 @@ func dialVia(ctx context.Context, via *guest.ShippingServer) (sshutil.DialFunc, 
 		}
 		return conn, nil
 	}
-	return dial, func() { c.Close() }, nil
+	return dial, func() {
+		stop()
+		c.Close()
+	}, nil
 }
 
 // knownHostsCallback accepts exactly the host keys of the known_hosts

@@ -107,7 +107,8 @@ func (s suite) fencedWrites(t *testing.T) {
 
 // Fenced writes from one store value race a takeover from another, round
 // after round: every write either landed before the takeover (the new
-// holder sees it) or was refused; none lands after.
+// holder sees it as soon as it holds the lease) or was refused; none lands
+// after.
 func (s suite) fencedRace(t *testing.T) {
 	ctx := context.Background()
 	a, b := s.fencers(t)
@@ -134,11 +135,15 @@ func (s suite) fencedRace(t *testing.T) {
 			}()
 		}
 		var lb session.Lease
+		var seen []session.Entry // the log as the new holder finds it
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			<-start
 			lb = acquire(t, b.(session.Leaser), "job", "host-b", la.Until, true)
+			var err error
+			seen, err = b.(session.Store).Log(ctx, x.ID, 0, 0)
+			assert.NoError(t, err)
 		}()
 		close(start)
 		wg.Wait()
@@ -147,10 +152,11 @@ func (s suite) fencedRace(t *testing.T) {
 		for range landed {
 			n++
 		}
-		// After the takeover: what the new holder sees is final.
+		// What the new holder found when it took over is final.
 		log, err := b.(session.Store).Log(ctx, x.ID, 0, 0)
 		require.NoError(t, err)
 		require.Len(t, log, n, "round %d: every write that landed is seen, none other", round)
+		require.Equal(t, seen, log, "round %d: nothing landed after the takeover", round)
 		_, err = fa.Append(ctx, x.ID, session.Entry{Time: now, Severity: session.SeverityInfo, Message: "late"})
 		require.ErrorIs(t, err, session.ErrFenced)
 		require.NoError(t, b.(session.Leaser).ReleaseLease(ctx, lb))
