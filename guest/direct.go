@@ -65,6 +65,9 @@ type StageRequest struct {
 	Object  string    `json:"object"`  // the repository object the bundle will be, bound into it
 	Names   []string  `json:"names"`   // files of the temporary folder, in WAL order
 	Created time.Time `json:"created"` // recorded in the bundle, for retention by age
+	// Raw stages the one named timeline history file as it is, not a
+	// bundle: history files are stored as objects of their own.
+	Raw bool `json:"raw,omitempty"`
 }
 
 // Staged is a bundle ready in the guest.

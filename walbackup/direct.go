@@ -2,6 +2,7 @@ package walbackup
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -52,9 +53,9 @@ const (
 // host's enters the guest.
 // The host then verifies what the store holds (size and the store's own
 // checksum, or a full read-back; and the bundle's index) before the WAL
-// leaves the guest. Timeline history files, a few hundred bytes, always
-// go through the host. With Config.Key set, bundles are sealed on the
-// host, so the WAL goes through the host.
+// leaves the guest. Timeline history files go the same way, each as an
+// object of its own, read back by the host. With Config.Key set, bundles
+// are sealed on the host, so the WAL goes through the host.
 type Shipping struct {
 	Mode ShippingMode // empty means ShipAuto
 	// AuthorizationTTL is how long an upload authorisation lives, at most
@@ -207,6 +208,42 @@ func shipDirect(ctx context.Context, d *Direct, repo repository.Repository, inst
 		names = names[n:]
 	}
 	return out, nil
+}
+
+// shipHistoryDirect has the guest send a timeline history file as its own
+// object, as shipHistory stores it, and reads it back (a few hundred
+// bytes) before it counts. The same name with other content is a split
+// brain: ErrConflict.
+func shipHistoryDirect(ctx context.Context, d *Direct, repo repository.Repository, inst repository.Instance, name string) (int64, error) {
+	obj := inst.HistoryName(name)
+	staged, err := d.Guest.StageBundle(ctx, guest.StageRequest{Object: obj, Names: []string{name}, Raw: true})
+	if err != nil {
+		return 0, fmt.Errorf("stage %s in the guest: %w", name, err)
+	}
+	defer func() {
+		cctx, cancel := clock.WithTimeout(d.Clock, context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		_ = d.Guest.DropBundle(cctx, obj)
+	}()
+	if len(staged.Files) != 1 || staged.Files[0].Name != name || staged.Files[0].RawSize != staged.Size || staged.Files[0].SHA256 != staged.SHA256 {
+		return 0, fmt.Errorf("stage %s in the guest: it staged something else", name)
+	}
+	to, err := d.destination(ctx, obj, staged.Size, staged.SHA256)
+	if err != nil {
+		return 0, fmt.Errorf("authorise %s: %w", obj, err)
+	}
+	sendErr := d.Guest.SendBundle(ctx, obj, to)
+	if sendErr != nil && !errors.Is(sendErr, guest.ErrObjectExists) {
+		return 0, fmt.Errorf("send %s: %w", obj, sendErr)
+	}
+	back, err := readHistoryObject(ctx, repo, obj, name, nil)
+	switch {
+	case err == nil && int64(len(back)) == staged.Size && sha256.Sum256(back) == staged.SHA256:
+		return staged.Size, nil
+	case err == nil && sendErr != nil:
+		return 0, fmt.Errorf("store %s: %w", obj, repository.ErrConflict) // other lines under its name
+	}
+	return 0, fmt.Errorf("read back %s: %w", obj, errors.Join(err, ErrChecksum))
 }
 
 // directBundle is one bundle the guest sent and the host verified.

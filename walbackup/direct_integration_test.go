@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -683,4 +685,61 @@ func TestShippingThroughANamedLogShippingServer(t *testing.T) {
 		require.NotEmpty(t, ss)
 		assert.GreaterOrEqual(t, ss[0].Counters.Files, int64(2), log)
 	})
+}
+
+// Shipping directly, a timeline history file goes from the guest to the
+// store too, as an object of its own under an authorisation (the store
+// kept its checksum), not through the host; it is read back before it
+// leaves the guest. Other content already under its name is a split
+// brain, kept aside, never overwritten.
+func TestDirectShippingSendsHistoryFiles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, _, repo := minIOBucketRepo(t, "")
+	_, rt, dir, inst := deployedRuntime(t)
+	var c hostBytes
+	counted := countingRuntime{rt.(*remote.Runtime), &c}
+	history := func(name, content string) {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
+		st, err := os.Stat(dir)
+		require.NoError(t, err)
+		sys := st.Sys().(*syscall.Stat_t)
+		require.NoError(t, os.Chown(p, int(sys.Uid), int(sys.Gid)))
+	}
+	direct := walbackup.ShipOptions{Direct: &walbackup.Direct{Guest: counted, Uploads: repo, TTL: time.Minute, MaxBytes: 1 << 30,
+		Clock: clock.New()}}
+
+	content := "1\t0/3000000\tno recovery target specified\n"
+	history("00000002.history", content)
+	got, err := walbackup.ShipOnce(ctx, counted, repo, inst, direct)
+	require.NoError(t, err)
+	obj := inst.HistoryName("00000002.history")
+	assert.Contains(t, got.Objects, obj)
+	assert.True(t, got.Direct)
+	assert.Zero(t, c.segments.Load(), "no byte of it through the host")
+	stored, sum, err := repo.StoredChecksum(ctx, obj)
+	require.NoError(t, err, "stored under an authorisation, with the store's checksum")
+	assert.Equal(t, int64(len(content)), stored.Size)
+	assert.Equal(t, sha256.Sum256([]byte(content)), sum)
+	rc, err := repo.Get(ctx, obj, 0, -1)
+	require.NoError(t, err)
+	b, err := io.ReadAll(rc)
+	rc.Close()
+	require.NoError(t, err)
+	assert.Equal(t, content, string(b))
+	_, err = os.Stat(filepath.Join(dir, "00000002.history"))
+	assert.True(t, os.IsNotExist(err), "gone from the guest once verified")
+
+	// Another history of timeline 2 (a second promotion to the same
+	// timeline elsewhere): kept aside, the stored one untouched.
+	history("00000002.history", "1\t0/4000000\tno recovery target specified\n")
+	_, err = walbackup.ShipOnce(ctx, counted, repo, inst, direct)
+	require.ErrorIs(t, err, walbackup.ErrSplitBrain)
+	rc, err = repo.Get(ctx, obj, 0, -1)
+	require.NoError(t, err)
+	b, err = io.ReadAll(rc)
+	rc.Close()
+	require.NoError(t, err)
+	assert.Equal(t, content, string(b), "never overwritten")
 }

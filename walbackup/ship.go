@@ -100,7 +100,13 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 	var shipped []string
 	var conflicts []error
 	for _, name := range histories {
-		n, err := shipHistory(ctx, rt, repo, inst, name, opts.Key)
+		var n int64
+		var err error
+		if opts.Direct != nil && opts.Key == nil {
+			n, err = shipHistoryDirect(ctx, opts.Direct, repo, inst, name)
+		} else {
+			n, err = shipHistory(ctx, rt, repo, inst, name, opts.Key)
+		}
 		if errors.Is(err, repository.ErrConflict) {
 			// Another history of the same timeline: keep this one aside.
 			_, err = compareStored(ctx, rt, repo, inst, name, [32]byte{}, opts)

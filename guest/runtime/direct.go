@@ -27,6 +27,7 @@ import (
 	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
 	sftprepo "github.com/pglogship/pglogship/repository/sftp"
+	"github.com/pglogship/pglogship/wal"
 )
 
 // Operations of direct shipping (guest.DirectShipper).
@@ -77,6 +78,9 @@ func (s *server) stage(ctx context.Context, req guest.StageRequest) (guest.Stage
 	if len(req.Names) == 0 {
 		return guest.Staged{}, errors.New("stage a bundle: no files")
 	}
+	if req.Raw {
+		return s.stageRaw(req)
+	}
 	if err := os.MkdirAll(filepath.Join(s.dir, outgoing), 0o700); err != nil {
 		return guest.Staged{}, fmt.Errorf("stage a bundle: %w", err)
 	}
@@ -99,6 +103,36 @@ func (s *server) stage(ctx context.Context, req guest.StageRequest) (guest.Stage
 	}
 	return staged, nil
 }
+
+// stageRaw stages one timeline history file of the temporary folder as it
+// is, to be sent as its own object.
+func (s *server) stageRaw(req guest.StageRequest) (guest.Staged, error) {
+	name := req.Names[0]
+	if f, err := wal.ParseFileName(name); len(req.Names) != 1 || err != nil || f.Kind != wal.History {
+		return guest.Staged{}, fmt.Errorf("stage %v as it is: only one timeline history file can be", req.Names)
+	}
+	b, err := os.ReadFile(filepath.Join(s.dir, name))
+	if err != nil {
+		return guest.Staged{}, fmt.Errorf("stage %s: %w", name, err)
+	}
+	if len(b) > maxHistorySize {
+		return guest.Staged{}, fmt.Errorf("stage %s: %d bytes, more than a history file holds (%d)", name, len(b), maxHistorySize)
+	}
+	if err := os.MkdirAll(filepath.Join(s.dir, outgoing), 0o700); err != nil {
+		return guest.Staged{}, fmt.Errorf("stage %s: %w", name, err)
+	}
+	if err := os.WriteFile(s.stagedPath(req.Object), b, 0o600); err != nil {
+		return guest.Staged{}, fmt.Errorf("stage %s: %w", name, err)
+	}
+	sum := sha256.Sum256(b)
+	n := int64(len(b))
+	return guest.Staged{Object: req.Object, Size: n, SHA256: sum, Files: []guest.BundleFile{{Name: name, RawSize: n, SHA256: sum}},
+		RawBytes: n}, nil
+}
+
+// maxHistorySize bounds a history file staged as it is (a few hundred
+// bytes in practice; one line per timeline switch).
+const maxHistorySize = 1 << 20
 
 // build writes the bundle of req's files to w, each segment opened only
 // once its header matches the cluster, and says what it holds: the

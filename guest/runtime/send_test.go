@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -152,4 +153,38 @@ func TestSendAllInOrder(t *testing.T) {
 	require.ErrorIs(t, err, wal.ErrBadSegment)
 	require.ErrorContains(t, err, names[3])
 	check(t, &wire, names[:3])
+}
+
+// A history file is staged as it is, with its checksum; anything else
+// asked for as it is (a segment, several files, a missing file) is
+// refused and stages nothing.
+func TestStageRaw(t *testing.T) {
+	dir := t.TempDir()
+	s := &server{dir: dir}
+	content := []byte("1\t0/3000000\tno recovery target specified\n")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "00000002.history"), content, 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "000000010000000000000001"), []byte("segment"), 0o600))
+	ctx := context.Background()
+
+	got, err := s.stage(ctx, guest.StageRequest{Object: "jobs/j/m/1/wal/history/00000002.history", Names: []string{"00000002.history"}, Raw: true})
+	require.NoError(t, err)
+	sum := sha256.Sum256(content)
+	assert.Equal(t, int64(len(content)), got.Size)
+	assert.Equal(t, sum, got.SHA256)
+	assert.Equal(t, []guest.BundleFile{{Name: "00000002.history", RawSize: int64(len(content)), SHA256: sum}}, got.Files)
+	staged, err := os.ReadFile(s.stagedPath(got.Object))
+	require.NoError(t, err)
+	assert.Equal(t, content, staged)
+
+	for name, names := range map[string][]string{
+		"a segment":    {"000000010000000000000001"},
+		"two files":    {"00000002.history", "00000002.history"},
+		"missing file": {"00000003.history"},
+		"not WAL":      {"../00000002.history"},
+	} {
+		_, err := s.stage(ctx, guest.StageRequest{Object: "jobs/j/m/1/wal/history/x", Names: names, Raw: true})
+		assert.Error(t, err, name)
+	}
+	_, err = os.Stat(s.stagedPath("jobs/j/m/1/wal/history/x"))
+	assert.True(t, os.IsNotExist(err), "nothing staged")
 }
