@@ -61,22 +61,25 @@ func parseGeneration(name string) (epoch, token int64, ok bool) {
 	return epoch, token, generation(epoch, token) == name
 }
 
-// generations lists the fence's generations in ascending order.
+// generations lists the fence's generations in ascending order (List
+// calls back in name order).
 func (f *repoFence) generations(ctx context.Context) ([]string, error) {
 	var gens []string
 	err := f.repo.List(ctx, f.folder, func(o repository.Object) error {
-		if g := strings.TrimPrefix(o.Name, f.folder); g != o.Name {
-			if _, _, ok := parseGeneration(g); ok {
-				gens = append(gens, g)
-			}
+		if g := strings.TrimPrefix(o.Name, f.folder); validGeneration(g) {
+			gens = append(gens, g)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read the repository fence: %w", err)
 	}
-	sort.Strings(gens)
 	return gens, nil
+}
+
+func validGeneration(name string) bool {
+	_, _, ok := parseGeneration(name)
+	return ok
 }
 
 // claim records the run's generation: its lease token, in the newest

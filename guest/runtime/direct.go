@@ -204,17 +204,14 @@ func (s *server) send(ctx context.Context, a SendArgs) error {
 	if err != nil {
 		return err
 	}
-	if a.To.Dir != "" {
-		if a.To.Via != nil {
-			return errors.New("destination: a folder in the guest is not reached through a log shipping server")
-		}
-		return putInto(ctx, a.To.Dir, a.Object, f)
-	}
-	dial, done, err := dialVia(ctx, a.To.Via)
+	dial, done, err := dialVia(ctx, a.To)
 	if err != nil {
 		return err
 	}
 	defer done()
+	if a.To.Dir != "" {
+		return putInto(ctx, a.To.Dir, a.Object, f)
+	}
 	if a.To.SFTP != nil {
 		repo, err := openSFTP(ctx, a.To.SFTP, dial)
 		if err != nil {
@@ -289,11 +286,15 @@ func openSFTP(ctx context.Context, acc *guest.SFTPAccess, dial sshutil.DialFunc)
 // relayTimeout bounds connecting to a log shipping server.
 const relayTimeout = 30 * time.Second
 
-// dialVia logs into the log shipping server via, if any, and returns how
-// to open connections through it (nil: directly) and what closes it.
-func dialVia(ctx context.Context, via *guest.ShippingServer) (sshutil.DialFunc, func(), error) {
+// dialVia logs into to's log shipping server, if any, and returns how to
+// open connections through it (nil: directly) and what closes it.
+func dialVia(ctx context.Context, to guest.Destination) (sshutil.DialFunc, func(), error) {
+	via := to.Via
 	if via == nil {
 		return nil, func() {}, nil
+	}
+	if to.Dir != "" {
+		return nil, nil, errors.New("destination: a folder in the guest is not reached through a log shipping server")
 	}
 	if err := via.Validate(); err != nil {
 		return nil, nil, err
@@ -350,10 +351,7 @@ func knownHostsCallback(lines string) (ssh.HostKeyCallback, error) {
 
 // probe tells whether the destination is reachable from here.
 func probe(ctx context.Context, to guest.Destination) error {
-	if to.Dir != "" && to.Via != nil {
-		return errors.New("destination: a folder in the guest is not reached through a log shipping server")
-	}
-	dial, done, err := dialVia(ctx, to.Via)
+	dial, done, err := dialVia(ctx, to)
 	if err != nil {
 		return err
 	}
