@@ -44,20 +44,30 @@ func BenchmarkShip(b *testing.B) {
 	// Ours.
 	sshd := testenv.StartSSHD(b, testenv.SSHDConfig{User: pg.OSUser})
 	cc := sshd.ClientConfig(b)
-	baseDir := filepath.Join(testenv.UserDir(b, sshd.User), "runtimes")
-	deployer, err := gssh.New(gssh.Config{
-		User: sshd.User, Auth: cc.Auth, HostKeyCallback: cc.HostKeyCallback,
-		Binaries: map[string]string{goruntime.GOARCH: testenv.BuildRuntime(b)}, BaseDir: baseDir,
-		Conn:   runtime.ConnConfig{Host: pg.SocketDir, Port: pg.Port, User: pg.User},
-		Logger: testenv.Logger(b),
-	})
-	must(b, err)
-	rt, err := deployer.Deploy(ctx, guest.Target{Machine: "db1", Address: sshd.Addr})
-	must(b, err)
-	defer rt.Close(ctx)
 	walDir := filepath.Join(testenv.UserDir(b, pg.OSUser), "wal")
-	must(b, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: walDir}))
-	scan, err := rt.Scan(ctx)
+	// A runtime per codec (the codec is the session's), each in a folder
+	// of its own so its CPU and memory are told apart.
+	type side struct {
+		rt      guest.Runtime
+		baseDir string
+	}
+	deploy := func(codec guest.Codec) side {
+		baseDir := filepath.Join(testenv.UserDir(b, sshd.User), "runtimes-"+string(codec))
+		deployer, err := gssh.New(gssh.Config{
+			User: sshd.User, Auth: cc.Auth, HostKeyCallback: cc.HostKeyCallback,
+			Binaries: map[string]string{goruntime.GOARCH: testenv.BuildRuntime(b)}, BaseDir: baseDir,
+			Conn:   runtime.ConnConfig{Host: pg.SocketDir, Port: pg.Port, User: pg.User},
+			Logger: testenv.Logger(b),
+		})
+		must(b, err)
+		rt, err := deployer.Deploy(ctx, guest.Target{Machine: "db1", Address: sshd.Addr})
+		must(b, err)
+		b.Cleanup(func() { rt.Close(ctx) })
+		must(b, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: walDir, Codec: codec}))
+		return side{rt, baseDir}
+	}
+	zs, s2s := deploy(guest.CodecZstd), deploy(guest.CodecS2)
+	scan, err := zs.rt.Scan(ctx)
 	must(b, err)
 	fsRepo, err := fs.New(fs.Config{Root: b.TempDir()})
 	must(b, err)
@@ -72,8 +82,11 @@ func BenchmarkShip(b *testing.B) {
 	s3Repo, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: bucket, Prefix: "pglogship", AccessKey: m.AccessKey,
 		SecretKey: m.SecretKey, Region: "us-east-1", Transport: m.Transport(b), GuestCAPEM: m.CAPEM})
 	must(b, err)
-	direct := &walbackup.Direct{Guest: rt.(guest.DirectShipper), Uploads: s3Repo, TTL: walbackup.DefaultAuthorizationTTL,
-		MaxBytes: walbackup.DefaultDirectBundleBytes, Clock: clock.New()}
+	directOf := func(sd side) *walbackup.Direct {
+		return &walbackup.Direct{Guest: sd.rt.(guest.DirectShipper), Uploads: s3Repo, TTL: walbackup.DefaultAuthorizationTTL,
+			MaxBytes: walbackup.DefaultDirectBundleBytes, Clock: clock.New()}
+	}
+	direct, directS2 := directOf(zs), directOf(s2s)
 	// CPU of the guest side: everything the machine ran but the host
 	// process and the store.
 	type cpuMark struct{ machine, host, store time.Duration }
@@ -87,7 +100,8 @@ func BenchmarkShip(b *testing.B) {
 	}
 
 	runs := 0
-	ship := func(repo repository.Repository, d *walbackup.Direct, sample bool) result {
+	ship := func(sd side, repo repository.Repository, d *walbackup.Direct, sample bool) result {
+		rt, baseDir := sd.rt, sd.baseDir
 		for _, s := range segs {
 			copyFile(b, s, filepath.Join(walDir, filepath.Base(s)))
 		}
@@ -218,37 +232,51 @@ func BenchmarkShip(b *testing.B) {
 		return res
 	}
 
+	// Ours with each codec, zstd (the default) and S2; then the peers.
 	names := []string{"pglogship over SSH -> fs", "pglogship over SSH -> SFTP", "pglogship direct -> MinIO (TLS)",
+		"pglogship S2 over SSH -> fs", "pglogship S2 over SSH -> SFTP", "pglogship S2 direct -> MinIO (TLS)",
 		"pgBackRest async push -> posix", "pgBackRest async via repo host (SSH)", "pgBackRest async push -> MinIO (TLS)"}
-	cs := []contender{
-		{names[0], func(int) result { return ship(fsRepo, nil, false) }},
-		{names[1], func(int) result { return ship(sftpRepo, nil, false) }},
-		{names[2], func(int) result { return ship(s3Repo, direct, false) }},
-		{names[3], func(int) result { return push(false) }},
-		{names[4], func(int) result { return pushHost(false) }},
-		{names[5], func(int) result { return pushS3(false) }},
+	ours := []func(sample bool) result{
+		func(sample bool) result { return ship(zs, fsRepo, nil, sample) },
+		func(sample bool) result { return ship(zs, sftpRepo, nil, sample) },
+		func(sample bool) result { return ship(zs, s3Repo, direct, sample) },
+		func(sample bool) result { return ship(s2s, fsRepo, nil, sample) },
+		func(sample bool) result { return ship(s2s, sftpRepo, nil, sample) },
+		func(sample bool) result { return ship(s2s, s3Repo, directS2, sample) },
 	}
+	var cs []contender
+	for i, f := range ours {
+		cs = append(cs, contender{names[i], func(int) result { return f(false) }})
+	}
+	cs = append(cs, contender{names[6], func(int) result { return push(false) }},
+		contender{names[7], func(int) result { return pushHost(false) }},
+		contender{names[8], func(int) result { return pushS3(false) }})
 	// Each of ours against the peers doing the same: through a host into
 	// a repository (pgBackRest's posix repository and its repository host
 	// over SSH), or straight into the store.
-	peersOf := map[string][]string{names[0]: {names[3], names[4]}, names[1]: {names[3], names[4]}, names[2]: {names[5]}}
+	peersOf := map[string][]string{}
+	for i := range ours {
+		switch i % 3 {
+		case 2:
+			peersOf[names[i]] = []string{names[8]}
+		default:
+			peersOf[names[i]] = []string{names[6], names[7]}
+		}
+	}
 	if !withPeer {
-		names, cs = names[:3], cs[:3]
+		names, cs = names[:len(ours)], cs[:len(ours)]
 	}
 	b.ResetTimer()
 	tallies := race(b, cs)
 	b.StopTimer()
-	tallies[names[0]].peak = ship(fsRepo, nil, true).peakKiB
-	tallies[names[1]].peak = ship(sftpRepo, nil, true).peakKiB
-	tallies[names[2]].peak = ship(s3Repo, direct, true).peakKiB
+	for i, f := range ours {
+		tallies[names[i]].peak = f(true).peakKiB
+	}
 	// Memory must not grow with the volume: ten backlogs of 1 GiB one
 	// after another through the same runtime and host process, each side's
 	// peak over all ten against its peak over the first.
-	for i, ours := range []func() result{
-		func() result { return ship(fsRepo, nil, true) },
-		func() result { return ship(sftpRepo, nil, true) },
-		func() result { return ship(s3Repo, direct, true) },
-	} {
+	for i, f := range ours {
+		ours := func() result { return f(true) }
 		var first, all result
 		for n := 0; n < volumeRounds; n++ {
 			r := ours()
@@ -261,9 +289,9 @@ func BenchmarkShip(b *testing.B) {
 			names[i], mib(first.hostKiB), mib(all.hostKiB), volumeRounds, mib(first.guestKiB), mib(all.guestKiB))
 	}
 	if withPeer {
-		tallies[names[3]].peak = push(true).peakKiB
-		tallies[names[4]].peak = pushHost(true).peakKiB
-		tallies[names[5]].peak = pushS3(true).peakKiB
+		tallies[names[6]].peak = push(true).peakKiB
+		tallies[names[7]].peak = pushHost(true).peakKiB
+		tallies[names[8]].peak = pushS3(true).peakKiB
 	}
 
 	gib := float64(raw) / (1 << 30)
@@ -328,7 +356,11 @@ func pushScript(b *testing.B, pg *testenv.Postgres, pb *testenv.PgBackRest, data
 // (fs, SFTP, posix, (TLS)...) without punctuation, lower case.
 func metricName(name string) string {
 	f := strings.Fields(strings.NewReplacer("(", "", ")", "", ">", "").Replace(name))
-	return strings.ToLower(strings.Join(f[len(f)-2:], "-"))
+	m := strings.ToLower(strings.Join(f[len(f)-2:], "-"))
+	if strings.Contains(name, " S2 ") {
+		return "s2" + m
+	}
+	return m
 }
 
 // syncAll flushes dirty pages left by the set-up, so a timed run does not

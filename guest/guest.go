@@ -130,6 +130,10 @@ type ArchiveConfig struct {
 	// MinFreeBytes is the free space Dir must have; 0 means one WAL
 	// segment.
 	MinFreeBytes int64
+	// Codec compresses the WAL of this session, streamed (Read) or
+	// bundled in the guest (direct shipping): CodecZstd (also when empty)
+	// or CodecS2.
+	Codec Codec `json:",omitempty"`
 }
 
 // Instance describes a PostgreSQL instance found by Scan.
@@ -179,7 +183,14 @@ type Codec string
 const (
 	CodecNone Codec = "none"
 	CodecZstd Codec = "zstd"
+	// CodecS2 is an S2 stream (github.com/klauspost/compress/s2): about
+	// three times faster to compress than zstd, at half its ratio on WAL.
+	CodecS2 Codec = "s2"
 )
+
+// Compressed tells whether c is a codec WAL is shipped with: "" (meaning
+// CodecZstd), CodecZstd or CodecS2.
+func (c Codec) Compressed() bool { return c == "" || c == CodecZstd || c == CodecS2 }
 
 // Frame is one WAL file as Runtime.Read streams it.
 type Frame struct {

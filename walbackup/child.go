@@ -146,7 +146,7 @@ func (j *Job) deploy(ctx context.Context, ms *machineState) error {
 		return err
 	}
 	var inst guest.Instance
-	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.cfg.WALDir})
+	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.cfg.WALDir, Codec: j.cfg.Shipping.Compression})
 	if err == nil {
 		inst, err = rt.Scan(octx)
 	}

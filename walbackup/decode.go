@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/klauspost/compress/zstd"
+	"github.com/pglogship/pglogship/internal/zpool"
 
 	"github.com/pglogship/pglogship/guest"
 )
@@ -15,13 +15,21 @@ const maxHistory = 1 << 20
 // decode returns the raw content of a small frame.
 func decode(f guest.Frame) ([]byte, error) {
 	r := f.Data
-	if f.Codec == guest.CodecZstd {
-		dec, err := zstd.NewReader(f.Data, zstd.WithDecoderConcurrency(1))
+	switch f.Codec {
+	case guest.CodecZstd:
+		dec, err := zpool.GetDecoder(f.Data)
 		if err != nil {
 			return nil, err
 		}
-		defer dec.Close()
+		defer zpool.PutDecoder(dec)
 		r = dec
+	case guest.CodecS2:
+		dec := zpool.GetS2Reader(f.Data)
+		defer zpool.PutS2Reader(dec)
+		r = dec
+	case guest.CodecNone:
+	default:
+		return nil, fmt.Errorf("%s: the guest sent unknown codec %q", f.Name, f.Codec)
 	}
 	b, err := io.ReadAll(io.LimitReader(r, maxHistory+1))
 	if err != nil {

@@ -101,7 +101,7 @@ func (x *walIndex) fetch(ctx context.Context, name string, w io.Writer) error {
 	case !ok:
 		return fmt.Errorf("fetch wal %s: %w", name, repository.ErrNotFound)
 	}
-	if zr, isZ := w.(guest.ZstdReceiver); isZ {
+	if zr, isZ := w.(guest.ZstdReceiver); isZ && e.Codec == bundle.Zstd {
 		_, err = r.WriteCompressed(ctx, name, zr.Zstd(e.RawSize, e.SHA256))
 	} else {
 		_, err = r.WriteFile(ctx, name, w)

@@ -348,6 +348,8 @@ func TestShippingModeRefused(t *testing.T) {
 		want  string
 	}{
 		{func(c *walbackup.Config) { c.Shipping.Mode = "sideways" }, `shipping mode "sideways": must be "auto", "direct" or "host"`},
+		{func(c *walbackup.Config) { c.Shipping.Compression = "lz4" }, `shipping compression "lz4": must be "zstd" or "s2"`},
+		{func(c *walbackup.Config) { c.Shipping.Compression = guest.CodecNone }, `shipping compression "none": must be "zstd" or "s2"`},
 		{func(c *walbackup.Config) { c.Shipping.AuthorizationTTL = 2 * time.Hour }, "at most an hour"},
 		{func(c *walbackup.Config) { c.Shipping.Mode, c.Key = walbackup.ShipDirect, key }, "with a key the WAL must go through it"},
 		{func(c *walbackup.Config) { c.Shipping.Mode = walbackup.ShipDirect }, "machine vm1 has no RepositoryPath"},

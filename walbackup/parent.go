@@ -149,7 +149,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 	}
 	// Archiving must run: pg_backup_stop waits for the backup's WAL.
 	octx, cancel = j.op(ctx)
-	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.cfg.WALDir})
+	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.cfg.WALDir, Codec: j.cfg.Shipping.Compression})
 	var gi guest.Instance
 	if err == nil {
 		gi, err = rt.Scan(octx)

@@ -352,11 +352,11 @@ func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 				return err
 			}
 			err = rt.Read(ctx, names, func(f guest.Frame) error {
-				codec := bundle.Raw
-				if f.Codec == guest.CodecZstd {
-					codec = bundle.Zstd
+				codec, err := walbundle.FrameCodec(f.Codec)
+				if err != nil {
+					return err
 				}
-				_, err := b.Add(f.Name, codec, f.Data, f.Checksum)
+				_, err = b.Add(f.Name, codec, f.Data, f.Checksum)
 				return err
 			})
 			if err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"testing"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -173,11 +174,14 @@ func guestBackupMode(t *testing.T, h Harness) {
 func decodeFrame(t testing.TB, f guest.Frame) []byte {
 	t.Helper()
 	var r io.Reader = f.Data
-	if f.Codec == guest.CodecZstd {
+	switch f.Codec {
+	case guest.CodecZstd:
 		dec, err := zstd.NewReader(f.Data)
 		require.NoError(t, err)
 		defer dec.Close()
 		r = dec
+	case guest.CodecS2:
+		r = s2.NewReader(f.Data)
 	}
 	var buf bytes.Buffer
 	_, err := io.Copy(&buf, r)

@@ -78,6 +78,9 @@ func (r *Runtime) connect(ctx context.Context) (*pgx.Conn, error) { return Conne
 // switching to a new WAL segment and waiting until the archiver has copied
 // it. Idempotent.
 func (r *Runtime) PrepareArchive(ctx context.Context, cfg guest.ArchiveConfig) error {
+	if !cfg.Codec.Compressed() {
+		return fmt.Errorf("prepare archiving: unknown codec %q: want %q or %q", cfg.Codec, guest.CodecZstd, guest.CodecS2)
+	}
 	cmd, err := ArchiveCommand(cfg.Dir)
 	if err != nil {
 		return fmt.Errorf("%w: %v", guest.ErrTempFolder, err)

@@ -24,6 +24,18 @@ type Sender struct {
 	hash   *asyncw.Writer // SHA-256 on another core while Stream compresses; made by Stream
 	chunks *proto.Chunker // made by Stream
 	inst   guest.Instance
+	codec  guest.Codec // CodecZstd or CodecS2; empty means zstd
+}
+
+// encoder returns a stream encoder of s's codec writing to w, and how to
+// give it back.
+func (s *Sender) encoder(w io.Writer) (io.WriteCloser, guest.Codec, func()) {
+	if s.codec == guest.CodecS2 {
+		e := zpool.GetS2Writer(w)
+		return e, guest.CodecS2, func() { zpool.PutS2Writer(e) }
+	}
+	e := zpool.GetEncoder(w)
+	return e, guest.CodecZstd, func() { zpool.PutEncoder(e) }
 }
 
 // NewSender returns a Sender that checks segments against inst and writes
@@ -66,20 +78,20 @@ func (s *Sender) open(dir, name string) (*os.File, error) {
 	return f, nil
 }
 
-// Stream sends what r yields as the file name: FileStart, zstd-compressed
+// Stream sends what r yields as the file name: FileStart, compressed
 // Data frames of at most MaxData, and a FileEnd with the size and SHA-256 of
 // the raw bytes. An error after FileStart leaves the host with an
 // unfinished file, which it must discard.
 func (s *Sender) Stream(name string, r io.Reader) error {
-	if err := s.w.WriteJSON(proto.TypeFileStart, proto.FileStart{Name: name, Codec: string(guest.CodecZstd)}); err != nil {
+	enc, codec, put := s.encoder(s)
+	defer put()
+	if err := s.w.WriteJSON(proto.TypeFileStart, proto.FileStart{Name: name, Codec: string(codec)}); err != nil {
 		return err
 	}
 	if s.hash == nil {
 		s.hash = asyncw.New(256<<10, 4)
 		s.chunks = proto.NewChunker(proto.MaxData, func(b []byte) error { return s.w.Write(proto.TypeData, b) })
 	}
-	enc := zpool.GetEncoder(s)
-	defer zpool.PutEncoder(enc)
 	sum := sha256.New()
 	s.hash.Reset(sum)
 	n, err := io.Copy(io.MultiWriter(enc, s.hash), r)
@@ -122,11 +134,12 @@ func (s *Sender) Write(p []byte) (int, error) { return s.chunks.Write(p) }
 
 // packed is one file compressed ahead by SendAll, waiting for its turn.
 type packed struct {
-	data []byte        // the zstd stream
-	buf  *bytes.Buffer // holds data; back to packBuffers once sent
-	raw  int64
-	sum  [32]byte
-	err  error // from opening, checking or reading: nothing was sent
+	data  []byte // the compressed stream
+	codec guest.Codec
+	buf   *bytes.Buffer // holds data; back to packBuffers once sent
+	raw   int64
+	sum   [32]byte
+	err   error // from opening, checking or reading: nothing was sent
 }
 
 // SendAll sends the files names in dir in that order, as Send would one
@@ -166,7 +179,7 @@ func (s *Sender) SendAll(dir string, names []string, workers int) error {
 		if p.err != nil {
 			return p.err
 		}
-		if err := s.w.WriteJSON(proto.TypeFileStart, proto.FileStart{Name: n, Codec: string(guest.CodecZstd)}); err != nil {
+		if err := s.w.WriteJSON(proto.TypeFileStart, proto.FileStart{Name: n, Codec: string(p.codec)}); err != nil {
 			return err
 		}
 		for b := p.data; len(b) > 0; {
@@ -193,8 +206,8 @@ func (s *Sender) pack(dir, name string) (p packed) {
 	}
 	defer f.Close()
 	buf := getPackBuffer()
-	enc := zpool.GetEncoder(buf)
-	defer zpool.PutEncoder(enc)
+	enc, codec, put := s.encoder(buf)
+	defer put()
 	sum := sha256.New()
 	n, err := io.Copy(io.MultiWriter(enc, sum), f)
 	if err == nil {
@@ -204,7 +217,7 @@ func (s *Sender) pack(dir, name string) (p packed) {
 		putPackBuffer(buf)
 		return packed{err: fmt.Errorf("send %s: %w", name, err)}
 	}
-	p = packed{data: buf.Bytes(), buf: buf, raw: n}
+	p = packed{data: buf.Bytes(), codec: codec, buf: buf, raw: n}
 	copy(p.sum[:], sum.Sum(nil))
 	return p
 }

@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -32,9 +34,16 @@ func receive(t *testing.T, r *proto.Reader) (proto.FileStart, []byte, proto.File
 		if typ == proto.TypeFileEnd {
 			var end proto.FileEnd
 			require.NoError(t, proto.DecodeJSON(p, &end))
-			dec, err := zstd.NewReader(nil)
-			require.NoError(t, err)
-			raw, err := dec.DecodeAll(compressed.Bytes(), nil)
+			var raw []byte
+			switch start.Codec {
+			case string(guest.CodecS2):
+				raw, err = io.ReadAll(s2.NewReader(&compressed))
+			default:
+				require.Equal(t, string(guest.CodecZstd), start.Codec)
+				dec, derr := zstd.NewReader(nil)
+				require.NoError(t, derr)
+				raw, err = dec.DecodeAll(compressed.Bytes(), nil)
+			}
 			require.NoError(t, err)
 			return start, raw, end
 		}
@@ -104,8 +113,9 @@ func TestSendRefusesBadSegment(t *testing.T) {
 }
 
 // SendAll compressing several files at once sends the same stream as Send
-// one after another: every file in order, whole; a bad segment in the
-// middle stops it before its FileStart, after the ones before it.
+// one after another: every file in order, whole, with the session's codec;
+// a bad segment in the middle stops it before its FileStart, after the
+// ones before it.
 func TestSendAllInOrder(t *testing.T) {
 	testenv.SkipIfShort(t)
 	segs := testenv.WALCorpus(t, 64)[:6]
@@ -120,25 +130,30 @@ func TestSendAllInOrder(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.Base(p)), b, 0o600))
 		names = append(names, filepath.Base(p))
 	}
-	check := func(t *testing.T, wire *bytes.Buffer, names []string) {
+	check := func(t *testing.T, wire *bytes.Buffer, names []string, codec guest.Codec) {
 		r := proto.NewReader(wire)
 		for _, n := range names {
 			start, raw, end := receive(t, r)
 			want, err := os.ReadFile(filepath.Join(dir, n))
 			require.NoError(t, err)
 			require.Equal(t, n, start.Name)
+			require.Equal(t, string(codec), start.Codec)
 			require.True(t, bytes.Equal(want, raw), "%s byte-identical", n)
 			sum := sha256.Sum256(want)
 			require.Equal(t, hex.EncodeToString(sum[:]), end.SHA256)
 		}
 		require.Zero(t, wire.Len(), "nothing more")
 	}
-	for _, workers := range []int{1, 2, 4} {
+	for _, run := range []struct {
+		workers int
+		codec   guest.Codec
+	}{{1, guest.CodecZstd}, {2, guest.CodecZstd}, {4, guest.CodecZstd}, {1, guest.CodecS2}, {2, guest.CodecS2}} {
 		var wire bytes.Buffer
 		s, err := NewSender(proto.NewWriter(&wire), inst)
 		require.NoError(t, err)
-		require.NoError(t, s.SendAll(dir, names, workers))
-		check(t, &wire, names)
+		s.codec = run.codec
+		require.NoError(t, s.SendAll(dir, names, run.workers))
+		check(t, &wire, names, run.codec)
 	}
 
 	bad := filepath.Join(dir, names[3])
@@ -152,7 +167,7 @@ func TestSendAllInOrder(t *testing.T) {
 	err = s.SendAll(dir, names, 2)
 	require.ErrorIs(t, err, wal.ErrBadSegment)
 	require.ErrorContains(t, err, names[3])
-	check(t, &wire, names[:3])
+	check(t, &wire, names[:3], guest.CodecZstd)
 }
 
 // A history file is staged as it is, with its checksum; anything else

@@ -180,6 +180,7 @@ type server struct {
 	newRuntime func(ConnConfig) *Runtime
 	rt         *Runtime
 	dir        string
+	codec      guest.Codec // of the session's WAL (ArchiveConfig.Codec)
 	inst       guest.Instance
 	dataDir    string // found by the first data operation
 }
@@ -219,7 +220,7 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		if s.inst, err = Scan(ctx, conn); err != nil {
 			return nil, err
 		}
-		s.dir = cfg.Dir
+		s.dir, s.codec = cfg.Dir, cfg.Codec
 		return nil, clearOutgoing(s.dir)
 	case OpReady, OpSpace:
 		if s.dir == "" {
@@ -383,6 +384,7 @@ func (s *server) read(names []string) error {
 	if err != nil {
 		return err
 	}
+	snd.codec = s.codec
 	return snd.SendAll(s.dir, names, sendWorkers())
 }
 

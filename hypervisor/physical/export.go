@@ -14,6 +14,7 @@ import (
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/hypervisor"
+	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
 )
@@ -231,9 +232,9 @@ func (e *export) streamFiles(ctx context.Context, out io.Writer, vanished map[st
 			if !ok || got[f.Name] {
 				return fmt.Errorf("the guest sent %q, which was not asked for or twice", f.Name)
 			}
-			codec := bundle.Raw
-			if f.Codec == guest.CodecZstd {
-				codec = bundle.Zstd
+			codec, err := walbundle.FrameCodec(f.Codec)
+			if err != nil {
+				return err
 			}
 			be, err := w.Add(f.Name, codec, f.Data)
 			if err != nil {

@@ -56,8 +56,8 @@ func New(w io.Writer, object string, key *bundle.Key, created time.Time, filter 
 func (b *Builder) Add(name string, codec bundle.Codec, r io.Reader, claim func() (int64, [32]byte)) (File, error) {
 	var e bundle.Entry
 	var err error
-	if codec == bundle.Zstd && claim != nil {
-		e, err = b.w.AddZstd(name, r, claim)
+	if codec != bundle.Raw && claim != nil {
+		e, err = b.w.AddCompressed(name, codec, r, claim)
 	} else {
 		e, err = b.w.Add(name, codec, r)
 	}
@@ -198,4 +198,19 @@ func (l lenient) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// FrameCodec is the bundle codec of a frame the guest sent: how Add must
+// take its bytes. A codec the host does not know is an error, never taken
+// for raw bytes.
+func FrameCodec(c guest.Codec) (bundle.Codec, error) {
+	switch c {
+	case guest.CodecNone:
+		return bundle.Raw, nil
+	case guest.CodecZstd:
+		return bundle.Zstd, nil
+	case guest.CodecS2:
+		return bundle.S2, nil
+	}
+	return 0, fmt.Errorf("the guest sent a frame with unknown codec %q", c)
 }

@@ -46,8 +46,18 @@ func BenchmarkBuild(b *testing.B) {
 	}
 }
 
-// BenchmarkAddFiles is BenchmarkBuild through AddFiles, two files at once.
+// BenchmarkAddFiles is BenchmarkBuild through AddFiles, two files at once,
+// with each codec.
 func BenchmarkAddFiles(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		codec bundle.Codec
+	}{{"zstd", bundle.Zstd}, {"s2", bundle.S2}} {
+		b.Run(c.name, func(b *testing.B) { benchmarkAddFiles(b, c.codec) })
+	}
+}
+
+func benchmarkAddFiles(b *testing.B, codec bundle.Codec) {
 	segs := testenv.WALCorpus(b, 64)
 	b.SetBytes(64 * testenv.CorpusSegmentSize)
 	names := make([]string, len(segs))
@@ -61,7 +71,7 @@ func BenchmarkAddFiles(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := bl.AddFiles(context.Background(), names, open, 2); err != nil {
+		if err := bl.AddFiles(context.Background(), names, open, 2, codec); err != nil {
 			b.Fatal(err)
 		}
 		res, err := bl.Close()

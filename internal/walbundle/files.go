@@ -8,6 +8,9 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/pglogship/pglogship/internal/zpool"
+	"github.com/pglogship/pglogship/repository/bundle"
 )
 
 // Source opens a file to bundle by name; its content must hold still
@@ -16,7 +19,7 @@ type Source func(name string) (io.ReadCloser, error)
 
 // packed is one file summed and compressed by a worker.
 type packed struct {
-	frame *[]byte // one zstd frame; back to the pool once written
+	frame *[]byte // the compressed file; back to the pool once written
 	raw   int64
 	sum   [32]byte
 	err   error
@@ -26,14 +29,18 @@ type packed struct {
 var frames = sync.Pool{New: func() any { return new([]byte) }}
 
 // AddFiles bundles names in this order, as Add with raw content would one
-// after another, but sums and compresses up to workers of them at once,
+// after another but compressed with codec (Zstd or S2), and sums and
+// compresses up to workers of them at once,
 // each on a core of its own, while the files before are summarized and
 // written in order. Files stream through fixed buffers: at most workers
 // compressed files are held in memory, never a raw one. The summary reads
 // each file a second time (from the page cache), so the files must hold
 // still. For the guest, which reads its own files: the sums are its own
 // (Writer.AddEncoded).
-func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, workers int) error {
+func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, workers int, codec bundle.Codec) error {
+	if codec != bundle.Zstd && codec != bundle.S2 {
+		return fmt.Errorf("bundle files: codec %d is not a compressed one", codec)
+	}
 	workers = max(1, workers)
 	var wg sync.WaitGroup
 	defer wg.Wait() // after cancel: deferred calls run last first
@@ -66,11 +73,19 @@ func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, wor
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// zpool's settings, without the frame's own checksum: the
-			// SHA-256 covers the file, and xxhash would cost a tenth more.
-			enc, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest),
-				zstd.WithWindowSize(1<<20), zstd.WithEncoderCRC(false))
-			defer enc.Close()
+			var enc encoder
+			if codec == bundle.S2 {
+				w := zpool.GetS2Writer(nil)
+				defer zpool.PutS2Writer(w)
+				enc = w
+			} else {
+				// zpool's settings, without the frame's own checksum: the
+				// SHA-256 covers the file, and xxhash would cost a tenth more.
+				z, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest),
+					zstd.WithWindowSize(1<<20), zstd.WithEncoderCRC(false))
+				defer z.Close()
+				enc = z
+			}
 			buf := make([]byte, readBuffer)
 			for i := range turn {
 				slots[i] <- pack(names[i], open, enc, buf)
@@ -87,7 +102,7 @@ func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, wor
 		}
 		err := p.err
 		if err == nil {
-			err = b.addPacked(name, p, open, buf)
+			err = b.addPacked(name, codec, p, open, buf)
 		}
 		if p.frame != nil {
 			frames.Put(p.frame)
@@ -111,8 +126,14 @@ func (f frameWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// encoder is a zstd or S2 stream writer.
+type encoder interface {
+	io.WriteCloser
+	Reset(io.Writer)
+}
+
 // pack streams one file through SHA-256 and the encoder into one frame.
-func pack(name string, open Source, enc *zstd.Encoder, buf []byte) packed {
+func pack(name string, open Source, enc encoder, buf []byte) packed {
 	p := packed{frame: frames.Get().(*[]byte)}
 	*p.frame = (*p.frame)[:0]
 	r, err := open(name)
@@ -150,7 +171,7 @@ func pack(name string, open Source, enc *zstd.Encoder, buf []byte) packed {
 }
 
 // addPacked summarizes a file, reading it again, and appends its frame.
-func (b *Builder) addPacked(name string, p packed, open Source, buf []byte) error {
+func (b *Builder) addPacked(name string, codec bundle.Codec, p packed, open Source, buf []byte) error {
 	if w := b.sums.tap(name); w != nil {
 		r, err := open(name)
 		if err != nil {
@@ -162,7 +183,7 @@ func (b *Builder) addPacked(name string, p packed, open Source, buf []byte) erro
 			return fmt.Errorf("read %s: %w", name, err)
 		}
 	}
-	e, err := b.w.AddEncoded(name, *p.frame, p.raw, p.sum)
+	e, err := b.w.AddEncoded(name, codec, *p.frame, p.raw, p.sum)
 	if err != nil {
 		return err
 	}

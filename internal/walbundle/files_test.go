@@ -19,7 +19,8 @@ import (
 )
 
 // AddFiles bundles files in the order given, whatever order its workers
-// finish in, byte-identical; a file that cannot be read fails it.
+// finish in, byte-identical, with either codec; a file that cannot be
+// read fails it, and a codec that does not compress is refused.
 func TestAddFiles(t *testing.T) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -41,11 +42,15 @@ func TestAddFiles(t *testing.T) {
 		time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond) // workers finish out of order
 		return io.NopCloser(bytes.NewReader(files[n])), nil
 	}
-	for _, workers := range []int{1, 2, 4} {
+	for _, run := range []struct {
+		workers int
+		codec   bundle.Codec
+	}{{1, bundle.Zstd}, {2, bundle.Zstd}, {4, bundle.Zstd}, {1, bundle.S2}, {2, bundle.S2}} {
+		workers := run.workers
 		var buf bytes.Buffer
 		b, err := walbundle.New(&buf, "b", nil, time.Now(), nil)
 		require.NoError(t, err)
-		require.NoError(t, b.AddFiles(ctx, names, open, workers))
+		require.NoError(t, b.AddFiles(ctx, names, open, workers, run.codec))
 		res, err := b.Close()
 		require.NoError(t, err)
 		require.Len(t, res.Files, len(names))
@@ -55,6 +60,7 @@ func TestAddFiles(t *testing.T) {
 		require.NoError(t, err)
 		for i, e := range r.Entries() {
 			require.Equal(t, names[i], e.Name, "in the order given")
+			require.Equal(t, run.codec, e.Codec)
 			require.Equal(t, sha256.Sum256(files[e.Name]), res.Files[i].SHA256)
 			var out bytes.Buffer
 			_, err := r.WriteFile(ctx, e.Name, &out)
@@ -64,6 +70,9 @@ func TestAddFiles(t *testing.T) {
 	}
 	b, err := walbundle.New(io.Discard, "b", nil, time.Now(), nil)
 	require.NoError(t, err)
-	err = b.AddFiles(ctx, append(append(names[:3:3], "broken"), names[3:]...), open, 2)
+	err = b.AddFiles(ctx, append(append(names[:3:3], "broken"), names[3:]...), open, 2, bundle.S2)
 	require.ErrorContains(t, err, "cannot open broken")
+	b, err = walbundle.New(io.Discard, "b", nil, time.Now(), nil)
+	require.NoError(t, err)
+	require.ErrorContains(t, b.AddFiles(ctx, names, open, 2, bundle.Raw), "not a compressed one")
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -174,7 +175,7 @@ func TestBitFlipDetected(t *testing.T) {
 // AddZstd takes the sender's SHA-256 when the frame's content checksum
 // proves the raw bytes, computes it when the frame has none, and refuses a
 // stream whose content does not match its checksum.
-func TestAddZstd(t *testing.T) {
+func TestAddCompressedZstd(t *testing.T) {
 	data := walLike(1, 200000)
 	sum := sha256.Sum256(data)
 	claim := func() (int64, [32]byte) { return int64(len(data)), sum }
@@ -186,7 +187,7 @@ func TestAddZstd(t *testing.T) {
 	add := func(stream []byte, claim func() (int64, [32]byte)) (bundle.Entry, error) {
 		w, err := bundle.NewWriter(io.Discard, "b", nil)
 		require.NoError(t, err)
-		return w.AddZstd(segName(1), bytes.NewReader(stream), claim)
+		return w.AddCompressed(segName(1), bundle.Zstd, bytes.NewReader(stream), claim)
 	}
 
 	e, err := add(compress(true), claim)
@@ -444,7 +445,7 @@ func TestCreatedTime(t *testing.T) {
 func TestTapAndMeta(t *testing.T) {
 	ctx := context.Background()
 	for _, k := range []*bundle.Key{nil, key(t, 9)} {
-		for _, codec := range []bundle.Codec{bundle.Raw, bundle.Zstd} {
+		for _, codec := range []bundle.Codec{bundle.Raw, bundle.Zstd, bundle.S2} {
 			repo := memory.New()
 			var buf bytes.Buffer
 			w, err := bundle.NewWriter(&buf, "b", k)
@@ -460,12 +461,15 @@ func TestTapAndMeta(t *testing.T) {
 			for _, f := range []file{{"a", []byte("alpha")}, {"skip", []byte("beta")}} {
 				in := bytes.NewReader(f.data)
 				var r io.Reader = in
-				if codec == bundle.Zstd {
+				switch codec {
+				case bundle.Zstd:
 					var z bytes.Buffer
 					enc, _ := zstd.NewWriter(&z)
 					_, _ = enc.Write(f.data)
 					enc.Close()
 					r = &z
+				case bundle.S2:
+					r = bytes.NewReader(s2Stream(t, f.data, 0))
 				}
 				_, err := w.Add(f.name, codec, r)
 				require.NoError(t, err)
@@ -536,22 +540,22 @@ func TestAddEncoded(t *testing.T) {
 		var buf bytes.Buffer
 		w, err := bundle.NewWriter(&buf, "b", k)
 		require.NoError(t, err)
-		e, err := w.AddEncoded(segName(1), enc.EncodeAll(data, nil), int64(len(data)), sha256.Sum256(data))
+		e, err := w.AddEncoded(segName(1), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), sha256.Sum256(data))
 		require.NoError(t, err)
 		assert.Equal(t, int64(len(data)), e.RawSize)
 		bad := sha256.Sum256(data)
 		bad[0] ^= 1
-		_, err = w.AddEncoded(segName(2), enc.EncodeAll(data, nil), int64(len(data)), bad)
+		_, err = w.AddEncoded(segName(2), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), bad)
 		require.NoError(t, err)
-		_, err = w.AddEncoded(segName(1), nil, 0, [32]byte{})
+		_, err = w.AddEncoded(segName(1), bundle.Zstd, nil, 0, [32]byte{})
 		require.ErrorContains(t, err, "repeated name")
 
 		buf.Reset()
 		w, err = bundle.NewWriter(&buf, "b", k)
 		require.NoError(t, err)
-		_, err = w.AddEncoded(segName(1), enc.EncodeAll(data, nil), int64(len(data)), sha256.Sum256(data))
+		_, err = w.AddEncoded(segName(1), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), sha256.Sum256(data))
 		require.NoError(t, err)
-		_, err = w.AddEncoded(segName(2), enc.EncodeAll(data, nil), int64(len(data)), bad)
+		_, err = w.AddEncoded(segName(2), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), bad)
 		require.NoError(t, err)
 		_, err = w.Close()
 		require.NoError(t, err)
@@ -561,4 +565,111 @@ func TestAddEncoded(t *testing.T) {
 		_, err = readAll(t, store(t, buf.Bytes()), int64(buf.Len()), k, []string{segName(2)})
 		require.ErrorIs(t, err, bundle.ErrCorrupt)
 	}
+}
+
+// s2Stream returns data as an S2 stream of blocks of blockSize (0: 1 MiB).
+func s2Stream(t testing.TB, data []byte, blockSize int) []byte {
+	t.Helper()
+	if blockSize == 0 {
+		blockSize = 1 << 20
+	}
+	var buf bytes.Buffer
+	w := s2.NewWriter(&buf, s2.WriterBlockSize(blockSize), s2.WriterConcurrency(1))
+	_, err := w.Write(data)
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	return buf.Bytes()
+}
+
+// S2 frames, added from a stream with or without the sender's claim and
+// whole as the guest adds them, are stored as S2, said so in the index,
+// read back raw (WriteFile) or as the stored S2 stream (WriteCompressed),
+// encrypted or not. A stream whose content does not match its blocks'
+// CRCs, or with blocks larger than a reader accepts, is refused; a frame
+// whose header says another codec than the index is corrupt.
+func TestS2Frames(t *testing.T) {
+	ctx := context.Background()
+	files := []file{{segName(1), walLike(1, 3*bundle.ChunkSize+5)}, {segName(2), nil}, {segName(3), walLike(3, 5000)}}
+	for _, k := range []*bundle.Key{nil, key(t, 9)} {
+		t.Run(fmt.Sprintf("encrypted=%v", k != nil), func(t *testing.T) {
+			var buf bytes.Buffer
+			w, err := bundle.NewWriter(&buf, "b", k)
+			require.NoError(t, err)
+			for i, f := range files {
+				stream := s2Stream(t, f.data, 0)
+				sum := sha256.Sum256(f.data)
+				var e bundle.Entry
+				switch i {
+				case 0:
+					e, err = w.Add(f.name, bundle.S2, bytes.NewReader(stream))
+				case 1:
+					e, err = w.AddCompressed(f.name, bundle.S2, bytes.NewReader(stream), func() (int64, [32]byte) { return int64(len(f.data)), sum })
+				default:
+					e, err = w.AddEncoded(f.name, bundle.S2, stream, int64(len(f.data)), sum)
+				}
+				require.NoError(t, err)
+				assert.Equal(t, bundle.S2, e.Codec)
+				assert.Equal(t, sum, e.SHA256)
+				assert.Equal(t, int64(len(f.data)), e.RawSize)
+			}
+			_, err = w.Close()
+			require.NoError(t, err)
+			b := buf.Bytes()
+			r, err := bundle.Open(ctx, store(t, b), "b", int64(len(b)), k)
+			require.NoError(t, err)
+			for _, f := range files {
+				var raw, stored bytes.Buffer
+				e, err := r.WriteFile(ctx, f.name, &raw)
+				require.NoError(t, err)
+				assert.Equal(t, bundle.S2, e.Codec)
+				assert.True(t, bytes.Equal(f.data, raw.Bytes()), f.name)
+				_, err = r.WriteCompressed(ctx, f.name, &stored)
+				require.NoError(t, err)
+				got, err := io.ReadAll(s2.NewReader(&stored))
+				require.NoError(t, err)
+				assert.True(t, bytes.Equal(f.data, got), f.name)
+			}
+			require.NoError(t, bundle.Verify(ctx, store(t, b), "b", int64(len(b)), k, map[string][32]byte{
+				files[0].name: sha256.Sum256(files[0].data), files[1].name: sha256.Sum256(files[1].data), files[2].name: sha256.Sum256(files[2].data)}))
+		})
+	}
+
+	data := walLike(5, 300000)
+	sum := sha256.Sum256(data)
+	claim := func() (int64, [32]byte) { return int64(len(data)), sum }
+	add := func(stream []byte) error {
+		w, err := bundle.NewWriter(io.Discard, "b", nil)
+		require.NoError(t, err)
+		_, err = w.AddCompressed(segName(1), bundle.S2, bytes.NewReader(stream), claim)
+		return err
+	}
+	require.NoError(t, add(s2Stream(t, data, 0)))
+	t.Run("content changed after the CRCs", func(t *testing.T) {
+		stream := s2Stream(t, data, 0)
+		other := s2Stream(t, append(bytes.Clone(data[:1000]), append([]byte{data[1000] ^ 1}, data[1001:]...)...), 0)
+		// The first block's CRC (after the stream identifier and the
+		// block's header) of the original, over the changed content.
+		copy(other[14:18], stream[14:18])
+		require.ErrorContains(t, add(other), "decompress")
+	})
+	t.Run("blocks over a reader's limit", func(t *testing.T) {
+		big := walLike(6, 3<<20)
+		sum := sha256.Sum256(big)
+		w, err := bundle.NewWriter(io.Discard, "b", nil)
+		require.NoError(t, err)
+		_, err = w.AddCompressed(segName(1), bundle.S2, bytes.NewReader(s2Stream(t, big, 4<<20)), func() (int64, [32]byte) { return int64(len(big)), sum })
+		require.ErrorContains(t, err, "decompress")
+	})
+	t.Run("frame codec differs from the index", func(t *testing.T) {
+		b := write(t, files[2:], nil, bundle.Raw) // one zstd frame
+		i := bytes.Index(b, []byte("FRM1"))
+		require.Positive(t, i)
+		b[i+4] = 2 // says S2 where the index says zstd
+		r, err := bundle.Open(ctx, store(t, b), "b", int64(len(b)), nil)
+		require.NoError(t, err, "the frame is not read until the file is")
+		_, err = r.WriteFile(ctx, files[2].name, io.Discard)
+		var ce *bundle.CorruptError
+		require.ErrorAs(t, err, &ce)
+		assert.Contains(t, ce.Reason, "frame header does not match the index")
+	})
 }

@@ -33,8 +33,7 @@ const (
 	// finalBit marks the last chunk of a frame in its length word.
 	finalBit = 1 << 31
 
-	codecZstd = 1
-	maxName   = 1024
+	maxName = 1024
 	// footerSize is raw size 8 + sha256 32, before sealing.
 	footerSize = 40
 	// footerChunk is the chunk number used for the footer's nonce.
@@ -58,6 +57,8 @@ type Entry struct {
 	SHA256  [32]byte // of the raw content
 	Offset  int64    // where its frame starts in the bundle
 	Length  int64    // the frame's length in bytes
+	// Codec is how the frame's payload is compressed: Zstd or S2.
+	Codec Codec
 	// Meta is what the writer said about the file (Writer.SetMeta), a JSON
 	// value, or nil.
 	Meta json.RawMessage
@@ -76,6 +77,8 @@ type entryJSON struct {
 	Offset  int64           `json:"offset"`
 	Length  int64           `json:"length"`
 	Meta    json.RawMessage `json:"meta,omitempty"`
+	// Codec is "s2" for an S2 stream; absent for zstd, the first codec.
+	Codec string `json:"codec,omitempty"`
 }
 
 func encodeIndex(entries []Entry, created time.Time) ([]byte, error) {
@@ -84,7 +87,10 @@ func encodeIndex(entries []Entry, created time.Time) ([]byte, error) {
 		idx.Created = created.UTC().Format(time.RFC3339Nano)
 	}
 	for i, e := range entries {
-		idx.Files[i] = entryJSON{e.Name, e.RawSize, hex.EncodeToString(e.SHA256[:]), e.Offset, e.Length, e.Meta}
+		idx.Files[i] = entryJSON{e.Name, e.RawSize, hex.EncodeToString(e.SHA256[:]), e.Offset, e.Length, e.Meta, ""}
+		if e.Codec == S2 {
+			idx.Files[i].Codec = codecNameS2
+		}
 	}
 	return json.Marshal(idx)
 }
@@ -110,9 +116,14 @@ func decodeIndex(b []byte, indexOffset int64) ([]Entry, time.Time, error) {
 	next := int64(headerSize)
 	seen := make(map[string]bool, len(idx.Files))
 	for i, f := range idx.Files {
-		e := Entry{Name: f.Name, RawSize: f.RawSize, Offset: f.Offset, Length: f.Length, Meta: f.Meta}
+		e := Entry{Name: f.Name, RawSize: f.RawSize, Offset: f.Offset, Length: f.Length, Meta: f.Meta, Codec: Zstd}
+		if f.Codec == codecNameS2 {
+			e.Codec = S2
+		}
 		sum, err := hex.DecodeString(f.SHA256)
 		switch {
+		case f.Codec != "" && f.Codec != codecNameS2:
+			return nil, time.Time{}, fmt.Errorf("index entry %d (%s): unknown codec %q", i, f.Name, f.Codec)
 		case err != nil || len(sum) != 32:
 			return nil, time.Time{}, fmt.Errorf("index entry %d: bad sha256", i)
 		case f.Name == "" || len(f.Name) > maxName || seen[f.Name]:
@@ -201,12 +212,16 @@ func parseTrailer(b []byte, size int64) (trailer, error) {
 	return t, nil
 }
 
-// frameHeader is magic 4, codec 1, name length 2, name, nonce 12. It is the
-// additional data of every sealed chunk of the frame.
-func frameHeader(name string, nonce [12]byte) []byte {
+// codecNameS2 names the S2 codec in the index.
+const codecNameS2 = "s2"
+
+// frameHeader is magic 4, codec 1 (the Codec's value: 1 zstd, 2 S2), name
+// length 2, name, nonce 12. It is the additional data of every sealed
+// chunk of the frame.
+func frameHeader(name string, codec Codec, nonce [12]byte) []byte {
 	b := make([]byte, 0, 4+1+2+len(name)+12)
 	b = append(b, frameMagic...)
-	b = append(b, codecZstd)
+	b = append(b, byte(codec))
 	b = binary.BigEndian.AppendUint16(b, uint16(len(name)))
 	b = append(b, name...)
 	return append(b, nonce[:]...)

@@ -147,8 +147,9 @@ func (r *Reader) WriteFile(ctx context.Context, name string, w io.Writer) (Entry
 	return r.writeFrame(ctx, name, w, true)
 }
 
-// WriteCompressed streams the named file to w as it is stored, a zstd
-// stream (opened, when the bundle is encrypted), without decompressing it:
+// WriteCompressed streams the named file to w as it is stored, a zstd or
+// S2 stream as the Entry's Codec says (opened, when the bundle is
+// encrypted), without decompressing it:
 // for a receiver that decompresses it anyway, such as a guest across a
 // link. Every chunk is checked as it streams and the frame's footer against
 // the index at the end, but not the content: whoever decompresses the
@@ -181,7 +182,7 @@ func (r *Reader) writeFrame(ctx context.Context, name string, w io.Writer, decom
 }
 
 // readFrame checks the frame of e and writes its content to w: raw and
-// checked against e when decompress is set, else the stored zstd stream.
+// checked against e when decompress is set, else the stored stream.
 func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer, decompress bool) error {
 	bad := func(format string, args ...any) error { return r.corrupt(e.Name, fmt.Sprintf(format, args...)) }
 	fixed := make([]byte, 7)
@@ -189,7 +190,7 @@ func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer, decompress bo
 		return bad("frame header: %v", err)
 	}
 	nameLen := int(binary.BigEndian.Uint16(fixed[5:]))
-	if string(fixed[:4]) != frameMagic || fixed[4] != codecZstd || nameLen != len(e.Name) {
+	if string(fixed[:4]) != frameMagic || Codec(fixed[4]) != e.Codec || nameLen != len(e.Name) {
 		return bad("frame header does not match the index")
 	}
 	rest := make([]byte, nameLen+12)
@@ -211,14 +212,19 @@ func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer, decompress bo
 	sum := sha256.New()
 	var n int64
 	var err error
-	if decompress {
+	switch {
+	case decompress && e.Codec == S2:
+		dec := zpool.GetS2Reader(cr)
+		defer zpool.PutS2Reader(dec)
+		n, err = io.Copy(io.MultiWriter(out, sum), dec)
+	case decompress:
 		dec, derr := zpool.GetDecoder(cr)
 		if derr != nil {
 			return derr
 		}
 		defer zpool.PutDecoder(dec)
 		n, err = io.Copy(io.MultiWriter(out, sum), dec)
-	} else {
+	default:
 		_, err = io.Copy(out, cr) // to the end of the chunks
 	}
 	switch {
