@@ -319,14 +319,19 @@ func (r *runtime) Read(ctx context.Context, names []string, fn func(guest.Frame)
 		if !ok {
 			return fmt.Errorf("read %s: not in the temporary folder", n)
 		}
-		size, sum := int64(len(data)), sha256.Sum256(data)
-		f := guest.Frame{Name: n, Codec: guest.CodecNone, Data: bytes.NewReader(data),
-			Checksum: func() (int64, [32]byte) { return size, sum }}
-		if err := fn(f); err != nil {
+		if err := fn(rawFrame(n, data)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// rawFrame is a file's frame as the fakes send it: not compressed, with
+// its checksum known from the start.
+func rawFrame(name string, data []byte) guest.Frame {
+	size, sum := int64(len(data)), sha256.Sum256(data)
+	return guest.Frame{Name: name, Codec: guest.CodecNone, Data: bytes.NewReader(data),
+		Checksum: func() (int64, [32]byte) { return size, sum }}
 }
 
 func (r *runtime) Remove(ctx context.Context, names []string) error {

@@ -18,6 +18,14 @@
 // restores and drills hold on what they read, which expiry in every process
 // sees.
 //
+// The database may restart under a running process: a statement that
+// fails because its pooled connection died with the old server (it never
+// ran) is sent once more on a new connection, after the pool's idle
+// connections are dropped; a write that fails otherwise is returned. Only a
+// connection lost while a COMMIT was on its way is ambiguous: an update or
+// lease call sent again is idempotent, a log entry could then be recorded
+// twice, and a session created twice gives session.ErrExists.
+//
 // The connection string may hold a password; it is never logged nor placed
 // in an error.
 package postgres

@@ -50,7 +50,7 @@ func (f fenced) write(ctx context.Context, what string, fn func(pgx.Tx) error) e
 	if err := session.ValidateLease(f.l); err != nil {
 		return err
 	}
-	return pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+	return pgx.BeginFunc(ctx, f.db, func(tx pgx.Tx) error {
 		var one int
 		err := tx.QueryRow(ctx, `SELECT 1 FROM `+f.table("leases")+` WHERE job = $1 AND holder = $2 AND token = $3 FOR SHARE`,
 			f.l.Job, f.l.Holder, f.l.Token).Scan(&one)
@@ -79,7 +79,7 @@ func (s *Store) AcquireLease(ctx context.Context, job, holder string, now time.T
 		l  = session.Lease{Job: job}
 		ok bool
 	)
-	err := s.pool.QueryRow(ctx, `WITH got AS (
+	err := s.db.QueryRow(ctx, `WITH got AS (
 			INSERT INTO `+leases+` AS l (job, holder, token, expires_at) VALUES ($1, $2, 1, $4)
 			ON CONFLICT (job) DO UPDATE SET
 				token = CASE WHEN l.holder = EXCLUDED.holder THEN l.token ELSE l.token + 1 END,
@@ -109,7 +109,7 @@ func (s *Store) RenewLease(ctx context.Context, l session.Lease, now time.Time, 
 		return session.Lease{}, err
 	}
 	until := session.Normalize(now.Add(ttl))
-	err := s.pool.QueryRow(ctx, `UPDATE `+s.table("leases")+` SET expires_at = $4
+	err := s.db.QueryRow(ctx, `UPDATE `+s.table("leases")+` SET expires_at = $4
 		WHERE job = $1 AND holder = $2 AND token = $3 RETURNING expires_at`,
 		l.Job, l.Holder, l.Token, until).Scan(&l.Until)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -127,7 +127,7 @@ func (s *Store) ReleaseLease(ctx context.Context, l session.Lease) error {
 	if err := session.ValidateLease(l); err != nil {
 		return err
 	}
-	_, err := s.pool.Exec(ctx, `UPDATE `+s.table("leases")+` SET holder = ''
+	_, err := s.db.Exec(ctx, `UPDATE `+s.table("leases")+` SET holder = ''
 		WHERE job = $1 AND holder = $2 AND token = $3`, l.Job, l.Holder, l.Token)
 	if err != nil {
 		return fmt.Errorf("release lease of job %q: %w", l.Job, err)
@@ -140,7 +140,7 @@ func (s *Store) SetJobEnabled(ctx context.Context, job string, enabled bool) err
 	if err := session.ValidateJobName(job); err != nil {
 		return err
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO `+s.table("job_state")+` (job, enabled) VALUES ($1, $2)
+	_, err := s.db.Exec(ctx, `INSERT INTO `+s.table("job_state")+` (job, enabled) VALUES ($1, $2)
 		ON CONFLICT (job) DO UPDATE SET enabled = EXCLUDED.enabled`, job, enabled)
 	if err != nil {
 		return fmt.Errorf("set job %q enabled: %w", job, err)
@@ -154,7 +154,7 @@ func (s *Store) JobEnabled(ctx context.Context, job string) (bool, error) {
 		return false, err
 	}
 	var enabled bool
-	err := s.pool.QueryRow(ctx, `SELECT enabled FROM `+s.table("job_state")+` WHERE job = $1`, job).Scan(&enabled)
+	err := s.db.QueryRow(ctx, `SELECT enabled FROM `+s.table("job_state")+` WHERE job = $1`, job).Scan(&enabled)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}

@@ -23,7 +23,7 @@ func (s *Store) Pin(ctx context.Context, p session.Pin, now time.Time) error {
 		rps = []string{}
 	}
 	pins := s.table("pins")
-	_, err := s.pool.Exec(ctx, `WITH gone AS (
+	_, err := s.db.Exec(ctx, `WITH gone AS (
 			DELETE FROM `+pins+` WHERE job = $1 AND expires_at <= $10 AND id <> $2
 		)
 		INSERT INTO `+pins+` (job, id, purpose, machine, system_id, restore_points, timeline, start_lsn, expires_at)
@@ -44,7 +44,7 @@ func (s *Store) Unpin(ctx context.Context, job, id string) error {
 	if err := session.ValidateUnpin(job, id); err != nil {
 		return err
 	}
-	if _, err := s.pool.Exec(ctx, `DELETE FROM `+s.table("pins")+` WHERE job = $1 AND id = $2`, job, id); err != nil {
+	if _, err := s.db.Exec(ctx, `DELETE FROM `+s.table("pins")+` WHERE job = $1 AND id = $2`, job, id); err != nil {
 		return fmt.Errorf("unpin %s of job %q: %w", id, job, err)
 	}
 	return nil
@@ -55,7 +55,7 @@ func (s *Store) Pins(ctx context.Context, job string, now time.Time) ([]session.
 	if err := session.ValidatePinsQuery(job, now); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT id, purpose, machine, system_id, restore_points, timeline, start_lsn::text, expires_at
+	rows, err := s.db.Query(ctx, `SELECT id, purpose, machine, system_id, restore_points, timeline, start_lsn::text, expires_at
 		FROM `+s.table("pins")+` WHERE job = $1 AND expires_at > $2 ORDER BY id`, job, session.Normalize(now))
 	if err != nil {
 		return nil, fmt.Errorf("pins of job %q: %w", job, err)

@@ -46,6 +46,7 @@ var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 // concurrent use. Close it when done.
 type Store struct {
 	pool   *pgxpool.Pool
+	db     pooled // the pool, sending a statement again after a dead connection
 	schema string // quoted
 }
 
@@ -77,7 +78,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open session store: %w", err)
 	}
-	s := &Store{pool: pool, schema: pgx.Identifier{cfg.Schema}.Sanitize()}
+	s := &Store{pool: pool, db: pooled{pool}, schema: pgx.Identifier{cfg.Schema}.Sanitize()}
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return migrate(ctx, tx, cfg.Schema) })
 	if err != nil {
 		pool.Close()
@@ -148,15 +149,15 @@ type db interface {
 
 // Create implements session.Store.
 func (s *Store) Create(ctx context.Context, x session.Session) (session.Session, error) {
-	return s.create(ctx, s.pool, x)
+	return s.create(ctx, s.db, x)
 }
 
 // Update implements session.Store.
-func (s *Store) Update(ctx context.Context, x session.Session) error { return s.update(ctx, s.pool, x) }
+func (s *Store) Update(ctx context.Context, x session.Session) error { return s.update(ctx, s.db, x) }
 
 // Append implements session.Store.
 func (s *Store) Append(ctx context.Context, id string, e session.Entry) (session.Entry, error) {
-	return s.append(ctx, s.pool, id, e)
+	return s.append(ctx, s.db, id, e)
 }
 
 func (s *Store) create(ctx context.Context, q db, x session.Session) (session.Session, error) {
@@ -233,7 +234,7 @@ func (s *Store) append(ctx context.Context, q db, id string, e session.Entry) (s
 
 // Get implements session.Store.
 func (s *Store) Get(ctx context.Context, id string) (session.Session, error) {
-	x, err := scanSession(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table("sessions")+` WHERE id = $1`, id))
+	x, err := scanSession(s.db.QueryRow(ctx, `SELECT `+columns+` FROM `+s.table("sessions")+` WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = session.ErrNotFound
 	}
@@ -267,7 +268,7 @@ func (s *Store) List(ctx context.Context, q session.Query) (session.Page, error)
 		fmt.Fprintf(&where, ` AND (start_time, id) < ($%d, $%d)`, len(args)-1, len(args))
 	}
 	args = append(args, limit+1) // one more tells whether a next page exists
-	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM `+s.table("sessions")+` WHERE `+where.String()+
+	rows, err := s.db.Query(ctx, `SELECT `+columns+` FROM `+s.table("sessions")+` WHERE `+where.String()+
 		fmt.Sprintf(` ORDER BY start_time DESC, id DESC LIMIT $%d`, len(args)), args...)
 	if err != nil {
 		return session.Page{}, fmt.Errorf("list sessions of %q: %w", q.Job, err)
@@ -287,7 +288,7 @@ func (s *Store) List(ctx context.Context, q session.Query) (session.Page, error)
 
 // Log implements session.Store.
 func (s *Store) Log(ctx context.Context, id string, after int64, limit int) ([]session.Entry, error) {
-	rows, err := s.pool.Query(ctx, `SELECT seq, at, severity, message FROM `+s.table("session_log")+`
+	rows, err := s.db.Query(ctx, `SELECT seq, at, severity, message FROM `+s.table("session_log")+`
 		WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`, id, after, session.PageSize(limit))
 	if err != nil {
 		return nil, fmt.Errorf("log of session %s: %w", id, err)
@@ -305,7 +306,7 @@ func (s *Store) Log(ctx context.Context, id string, after int64, limit int) ([]s
 	if len(entries) == 0 {
 		// Tell an empty log from a missing session.
 		var exists bool
-		err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+s.table("sessions")+` WHERE id = $1)`, id).Scan(&exists)
+		err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+s.table("sessions")+` WHERE id = $1)`, id).Scan(&exists)
 		if err != nil {
 			return nil, fmt.Errorf("log of session %s: %w", id, err)
 		}

@@ -178,3 +178,60 @@ func TestOpenBadConfig(t *testing.T) {
 	require.ErrorContains(t, err, "cannot parse connection string")
 	assert.NotContains(t, err.Error(), "hunter2")
 }
+
+// After the configuration database restarts, every pooled connection is
+// dead; the first call of each kind still succeeds (on a new connection),
+// reads, writes, fenced writes and lease calls alike.
+func TestStoreSurvivesServerRestart(t *testing.T) {
+	testenv.SkipIfShort(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	st := open(t, postgres.Config{ConnString: pg.ConnString("postgres"), MaxConns: 4})
+	ctx := context.Background()
+	now := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
+	l, ok, err := st.AcquireLease(ctx, "job", "host-1", now, time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	fenced := st.Fenced(l)
+	s, err := fenced.Create(ctx, session.Session{Job: "job", Kind: session.KindChild, State: session.StateWorking, Start: now})
+	require.NoError(t, err)
+	// Fill the pool with idle connections, which the restart kills.
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := st.Get(ctx, s.ID)
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+
+	restart := func() {
+		out, err := pg.PgCtl("restart", "-m", "fast", "-w", "-l", pg.LogFile)
+		require.NoError(t, err, "%s", out)
+	}
+	for _, c := range []struct {
+		name string
+		call func() error
+	}{
+		{"update", func() error { s.Result = "after a restart"; return st.Update(ctx, s) }},
+		{"fenced update", func() error { s.Result = "fenced, after a restart"; return fenced.Update(ctx, s) }},
+		{"append", func() error {
+			_, err := fenced.Append(ctx, s.ID, session.Entry{Time: now, Severity: session.SeverityInfo, Message: "still here"})
+			return err
+		}},
+		{"renew", func() error { _, err := st.RenewLease(ctx, l, now, time.Minute); return err }},
+		{"get", func() error { _, err := st.Get(ctx, s.ID); return err }},
+		{"list", func() error { _, err := st.List(ctx, session.Query{Job: "job"}); return err }},
+		{"enabled", func() error { _, err := st.JobEnabled(ctx, "job"); return err }},
+	} {
+		restart()
+		require.NoError(t, c.call(), "%s: the first call after a restart", c.name)
+	}
+	got, err := st.Get(ctx, s.ID)
+	require.NoError(t, err)
+	assert.Equal(t, "fenced, after a restart", got.Result)
+	log, err := st.Log(ctx, s.ID, 0, 10)
+	require.NoError(t, err)
+	require.Len(t, log, 1, "appended once")
+}
