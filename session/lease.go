@@ -142,3 +142,48 @@ func ValidateJobName(job string) error {
 	}
 	return nil
 }
+
+// LeaseBatcher is implemented by Leasers that answer a poll of many jobs
+// in a few round trips (check with a type assertion). A walbackup.Runner
+// polls every job it lists each LeaseTTL/3; without a LeaseBatcher that is
+// two calls per job and poll, with one it is two calls per poll, whatever
+// the number of jobs, and an AcquireLease only for a job whose lease is
+// free or ran out.
+type LeaseBatcher interface {
+	// JobStates reports, for each of jobs in that order, what
+	// JobEnabled reports and the job's lease as the store holds it now:
+	// the zero Lease (but for Job) when never taken, an empty Holder when
+	// released. At most MaxBatch jobs; names as for Leaser.
+	JobStates(ctx context.Context, jobs []string) ([]JobState, error)
+
+	// RenewLeases renews each of ls as RenewLease would, atomically per
+	// lease, in one round trip: renewed[i] is ls[i] renewed, or the zero
+	// Lease when lost[i] (another holder took it, or it was released).
+	// At most MaxBatch leases. An error concerns the whole call: nothing
+	// is known then of any lease.
+	RenewLeases(ctx context.Context, ls []Lease, now time.Time, ttl time.Duration) (renewed []Lease, lost []bool, err error)
+}
+
+// MaxBatch is the most jobs or leases one LeaseBatcher call takes.
+const MaxBatch = 1000
+
+// JobState is a job's shared state as LeaseBatcher.JobStates reads it.
+type JobState struct {
+	Job     string
+	Enabled bool
+	Lease   Lease // Holder empty: free
+}
+
+// ValidateBatch checks the size and the job names of a LeaseBatcher call,
+// for stores to share.
+func ValidateBatch(jobs []string) error {
+	if len(jobs) > MaxBatch {
+		return fmt.Errorf("%w: %d jobs in one call, at most %d", ErrInvalid, len(jobs), MaxBatch)
+	}
+	for _, j := range jobs {
+		if err := ValidateJobName(j); err != nil {
+			return err
+		}
+	}
+	return nil
+}

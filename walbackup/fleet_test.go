@@ -33,6 +33,7 @@ type fleet struct {
 	logger *slog.Logger
 	events chan fleetEvent
 	actors map[string]*actor // "runner <holder>", "job <holder> <name>"
+	nbusy  int               // actors busy: settle waits for none, in O(1) per event
 	seen   []fleetEvent      // every event handled, in order
 	// settled, when set, runs each time everything waits again.
 	settled func()
@@ -52,8 +53,13 @@ type actor struct {
 	next time.Time
 }
 
-func newFleet(logger *slog.Logger) *fleet {
-	f := &fleet{clk: clock.NewMock(), logger: logger, events: make(chan fleetEvent, 1<<16), actors: map[string]*actor{}}
+func newFleet(logger *slog.Logger) *fleet { return newFleetOf(logger, 1<<16) }
+
+// newFleetOf is newFleet with room for events events between two reads:
+// the mock clock delivers timers on the stepping goroutine, which reads
+// the events, so a job blocked on a full channel would stop the clock.
+func newFleetOf(logger *slog.Logger, events int) *fleet {
+	f := &fleet{clk: clock.NewMock(), logger: logger, events: make(chan fleetEvent, events), actors: map[string]*actor{}}
 	f.clk.Set(time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC))
 	return f
 }
@@ -74,37 +80,46 @@ func (f *fleet) handle(e fleetEvent) {
 	f.seen = append(f.seen, e)
 	if e.job != nil {
 		if e.job.Kind == walbackup.EventIdle {
-			f.actors[jobKey(e.holder, e.name)] = &actor{next: e.job.Next}
+			f.put(jobKey(e.holder, e.name), &actor{next: e.job.Next})
 		}
 		return
 	}
 	switch r := e.runner; r.Kind {
 	case walbackup.RunnerIdle:
-		f.actors[runnerKey(e.holder)] = &actor{next: r.Next}
+		f.put(runnerKey(e.holder), &actor{next: r.Next})
 	case walbackup.RunnerStopped:
-		delete(f.actors, runnerKey(e.holder))
+		f.drop(runnerKey(e.holder))
 	case walbackup.RunnerJobStarted, walbackup.RunnerJobStopping, walbackup.RunnerJobDisabling:
-		f.actors[jobKey(e.holder, r.Job)] = &actor{busy: true}
+		f.put(jobKey(e.holder, r.Job), &actor{busy: true})
 	case walbackup.RunnerJobEnded:
-		delete(f.actors, jobKey(e.holder, r.Job))
+		f.drop(jobKey(e.holder, r.Job))
 	}
 }
 
+// put and drop change the actors, keeping count of the busy ones.
+func (f *fleet) put(key string, a *actor) {
+	f.drop(key)
+	f.actors[key] = a
+	if a.busy {
+		f.nbusy++
+	}
+}
+
+func (f *fleet) drop(key string) {
+	if old, ok := f.actors[key]; ok && old.busy {
+		f.nbusy--
+	}
+	delete(f.actors, key)
+}
+
 // busy marks an actor as working, before the test makes it work.
-func (f *fleet) busy(key string) { f.actors[key] = &actor{busy: true} }
+func (f *fleet) busy(key string) { f.put(key, &actor{busy: true}) }
 
 // settle handles events until every actor waits.
 func (f *fleet) settle(t testing.TB) {
 	t.Helper()
 	for {
-		busy := ""
-		for k, a := range f.actors {
-			if a.busy {
-				busy = k
-				break
-			}
-		}
-		if busy == "" {
+		if f.nbusy == 0 {
 			if f.settled != nil {
 				f.settled()
 			}
@@ -114,7 +129,12 @@ func (f *fleet) settle(t testing.TB) {
 		case e := <-f.events:
 			f.handle(e)
 		case <-time.After(60 * time.Second):
-			t.Fatalf("%s never became idle", busy)
+			for k, a := range f.actors {
+				if a.busy {
+					t.Fatalf("%s never became idle", k)
+				}
+			}
+			t.Fatalf("fleet: %d actors counted busy, none is", f.nbusy)
 		}
 	}
 }
@@ -138,6 +158,7 @@ func (f *fleet) step(t testing.TB, d time.Duration) {
 		for _, a := range f.actors {
 			if !a.next.IsZero() && !a.next.After(wake) {
 				a.busy, a.next = true, time.Time{}
+				f.nbusy++
 			}
 		}
 		f.clk.Set(wake)
@@ -176,7 +197,7 @@ func (f *fleet) startRunner(t testing.TB, holder string, r *walbackup.Runner) (s
 			}
 			for k := range f.actors {
 				if strings.HasPrefix(k, jobKey(holder, "")) || k == runnerKey(holder) {
-					delete(f.actors, k)
+					f.drop(k)
 				}
 			}
 		})
@@ -339,6 +360,23 @@ func (s deadSessions) SetJobEnabled(ctx context.Context, job string, enabled boo
 
 func (s deadSessions) JobEnabled(ctx context.Context, job string) (bool, error) {
 	return guard(s.leases(), func() (bool, error) { return s.leaser.JobEnabled(ctx, job) })
+}
+
+// deadBatchSessions is deadSessions with the store's LeaseBatcher, behind
+// the same kill switch: a Runner over it polls in batches.
+type deadBatchSessions struct{ deadSessions }
+
+func (s deadBatchSessions) JobStates(ctx context.Context, jobs []string) ([]session.JobState, error) {
+	return guard(s.leases(), func() ([]session.JobState, error) {
+		return s.leaser.(session.LeaseBatcher).JobStates(ctx, jobs)
+	})
+}
+
+func (s deadBatchSessions) RenewLeases(ctx context.Context, ls []session.Lease, now time.Time, ttl time.Duration) ([]session.Lease, []bool, error) {
+	if err := s.leases().check(); err != nil {
+		return nil, nil, err
+	}
+	return s.leaser.(session.LeaseBatcher).RenewLeases(ctx, ls, now, ttl)
 }
 
 // deadRepo is a process's view of the shared repository: after the kill

@@ -120,6 +120,7 @@ type RunnerEvent struct {
 type Runner struct {
 	cfg      RunnerConfig
 	leaser   session.Leaser
+	batcher  session.LeaseBatcher // nil: the store polls a job at a time
 	interval time.Duration
 	jobs     []*runnerJob // in poll order
 	byName   map[string]*runnerJob
@@ -173,6 +174,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	r := &Runner{cfg: cfg, leaser: leaser, interval: cfg.LeaseTTL / 3, byName: map[string]*runnerJob{},
 		nudge: make(chan struct{}, 1), active: map[string]<-chan struct{}{}}
+	r.batcher, _ = cfg.Sessions.(session.LeaseBatcher)
 	for _, j := range cfg.Jobs {
 		if j == nil {
 			return nil, errors.New("new runner: nil job")
@@ -293,8 +295,16 @@ func (r *Runner) poll(ctx context.Context) time.Time {
 	// renewals of the next poll.
 	pctx, cancel := clock.WithTimeout(r.cfg.Clock, ctx, r.interval)
 	defer cancel()
+	if r.batcher != nil {
+		for i := 0; i < len(r.jobs); i += session.MaxBatch {
+			r.pollBatch(ctx, pctx, r.jobs[i:min(i+session.MaxBatch, len(r.jobs))])
+		}
+	} else {
+		for _, rj := range r.jobs {
+			r.pollJob(ctx, pctx, rj)
+		}
+	}
 	for _, rj := range r.jobs {
-		r.pollJob(ctx, pctx, rj)
 		if rj.foreign.After(start) && rj.foreign.Before(next) {
 			next = rj.foreign
 		}
@@ -334,6 +344,75 @@ func (r *Runner) pollJob(ctx, pctx context.Context, rj *runnerJob) {
 		r.acquire(ctx, pctx, rj)
 	case rj.held:
 		r.renew(pctx, rj) // the flag is unknown: keep what we hold, start nothing
+	}
+}
+
+// pollBatch is pollJob for jobs at once through the store's LeaseBatcher:
+// their flags and leases in one call, the leases held renewed in another,
+// and an AcquireLease only for a job whose lease is not another holder's
+// running one.
+func (r *Runner) pollBatch(ctx, pctx context.Context, jobs []*runnerJob) {
+	names := make([]string, len(jobs))
+	for i, rj := range jobs {
+		names[i] = rj.job.Name()
+	}
+	states, err := r.batcher.JobStates(pctx, names)
+	if err == nil && len(states) != len(jobs) {
+		err = fmt.Errorf("the store answered for %d of %d jobs", len(states), len(jobs))
+	}
+	if err != nil {
+		r.cfg.Logger.Warn("read whether jobs are enabled and who holds them", "jobs", len(jobs), "holder", r.cfg.Holder, "err", err)
+		states = nil
+	}
+	now := r.cfg.Clock.Now()
+	var renew []*runnerJob
+	for i, rj := range jobs {
+		if rj.done != nil && isClosed(rj.done) {
+			rj.reset()
+		}
+		if rj.stopping {
+			continue // canceled; its lease is not ours to renew
+		}
+		known := states != nil
+		enabled := known && states[i].Enabled
+		switch {
+		case rj.done != nil:
+			if known && !enabled && !rj.disabling {
+				r.disable(ctx, rj)
+			}
+			renew = append(renew, rj) // also while it disables: it still runs
+		case rj.held && known && !enabled:
+			r.release(pctx, rj)
+		case known && enabled:
+			if l := states[i].Lease; l.Holder != "" && l.Holder != r.cfg.Holder && now.Before(l.Until) {
+				rj.held, rj.foreign = false, l.Until // runs elsewhere: nothing to ask
+				continue
+			}
+			r.acquire(ctx, pctx, rj)
+		case rj.held:
+			renew = append(renew, rj) // the flag is unknown: keep what we hold, start nothing
+		}
+	}
+	if len(renew) == 0 {
+		return
+	}
+	ls := make([]session.Lease, len(renew))
+	for i, rj := range renew {
+		ls[i] = rj.lease
+	}
+	renewed, lost, err := r.batcher.RenewLeases(pctx, ls, now, r.cfg.LeaseTTL)
+	if err == nil && (len(renewed) != len(ls) || len(lost) != len(ls)) {
+		err = fmt.Errorf("the store answered for %d of %d leases", len(renewed), len(ls))
+	}
+	for i, rj := range renew {
+		switch {
+		case err != nil:
+			r.renewed(rj, session.Lease{}, err)
+		case lost[i]:
+			r.renewed(rj, session.Lease{}, session.ErrLeaseLost)
+		default:
+			r.renewed(rj, renewed[i], nil)
+		}
 	}
 }
 
@@ -396,6 +475,11 @@ func (r *Runner) acquire(ctx, pctx context.Context, rj *runnerJob) {
 // left, before anyone else may take it.
 func (r *Runner) renew(pctx context.Context, rj *runnerJob) {
 	l, err := r.leaser.RenewLease(pctx, rj.lease, r.cfg.Clock.Now(), r.cfg.LeaseTTL)
+	r.renewed(rj, l, err)
+}
+
+// renewed acts on the outcome of renewing rj's lease: l, or err.
+func (r *Runner) renewed(rj *runnerJob, l session.Lease, err error) {
 	switch {
 	case err == nil:
 		rj.setLease(l)

@@ -2,6 +2,7 @@ package walbackup_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sort"
 	"testing"
@@ -23,15 +24,20 @@ func TestRunnersShareJobsByLeasePostgres(t *testing.T) {
 	t.Parallel()
 	testenv.SkipIfShort(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{})
-	pg.CreateDatabase(t, "config")
-	runnersScenario(t, func(t testing.TB) session.Store {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		st, err := postgres.Open(ctx, postgres.Config{ConnString: pg.ConnString("config")})
-		require.NoError(t, err)
-		t.Cleanup(st.Close)
-		return st
-	})
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch=%t", batch), func(t *testing.T) {
+			db := fmt.Sprintf("config_%t", batch)
+			pg.CreateDatabase(t, db)
+			runnersScenario(t, batch, func(t testing.TB) session.Store {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				st, err := postgres.Open(ctx, postgres.Config{ConnString: pg.ConnString(db)})
+				require.NoError(t, err)
+				t.Cleanup(st.Close)
+				return st
+			})
+		})
+	}
 }
 
 // runnersScenario is the must-show: three processes and 30 jobs;
@@ -39,12 +45,14 @@ func TestRunnersShareJobsByLeasePostgres(t *testing.T) {
 // Runners and from the session records); one process is killed and its
 // jobs resume elsewhere within the lease's time to live, with nothing lost;
 // a job disabled through one process stops on whichever ran it.
-// openStore returns each process's own store value on the shared database.
-func runnersScenario(t *testing.T, openStore func(testing.TB) session.Store) {
+// openStore returns each process's own store value on the shared database;
+// with batch, the Runners poll through the store's LeaseBatcher.
+func runnersScenario(t *testing.T, batch bool, openStore func(testing.TB) session.Store) {
 	const jobs = 30
 	ttl := walbackup.DefaultLeaseTTL
 	f := newFleet(testenv.LoggerAt(t, slog.LevelWarn))
 	w := newWorld(f, jobs)
+	w.batch = batch
 	var procs []*process
 	var stores []session.Store
 	for _, holder := range []string{"host-1", "host-2", "host-3"} {

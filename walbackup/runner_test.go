@@ -50,6 +50,9 @@ type world struct {
 	names  []string
 	repo   *memory.Repo
 	seq    map[string]int
+	// batch makes the processes' stores LeaseBatchers, so their Runners
+	// poll in batches rather than a job at a time.
+	batch bool
 }
 
 func newWorld(f *fleet, jobs int) *world {
@@ -67,8 +70,12 @@ func newWorld(f *fleet, jobs int) *world {
 func (w *world) process(t testing.TB, holder string, store session.Store, ttl time.Duration) *process {
 	t.Helper()
 	p := &process{holder: holder, jobs: map[string]*walbackup.Job{}}
-	sessions := newDeadSessions(store, &p.dead)
-	sessions.leasesDown = &p.leaseDn
+	ds := newDeadSessions(store, &p.dead)
+	ds.leasesDown = &p.leaseDn
+	var sessions session.Store = ds
+	if w.batch {
+		sessions = deadBatchSessions{ds}
+	}
 	var jobs []*walbackup.Job
 	for _, name := range w.names {
 		guests := map[string]*guesttest.Guest{"vm1": w.guests[name]}
@@ -294,7 +301,7 @@ func TestPausedProcessDoesNotShipPastItsLease(t *testing.T) {
 	g := &gate{from: f.clk.Now().Add(walbackup.DefaultLeaseTTL / 3), ch: make(chan struct{})}
 	p1.gate.Store(g)
 	f.step(t, walbackup.DefaultLeaseTTL/3)
-	delete(f.actors, runnerKey("host-1")) // so the fleet does not wait for it
+	f.drop(runnerKey("host-1")) // so the fleet does not wait for it
 	until := leaseOf(t, store, job, f.clk.Now()).Until
 	p2 := w.process(t, "host-2", store, 0)
 	w.addWAL(2)
@@ -363,8 +370,12 @@ func TestRunnerStopHandsJobsOver(t *testing.T) {
 // memory store; this is the three-process test of the issue on it (the
 // real PostgreSQL store runs it in runner_integration_test.go).
 func TestRunnersShareJobsByLeaseMemory(t *testing.T) {
-	store := smem.New()
-	runnersScenario(t, func(testing.TB) session.Store { return store })
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch=%t", batch), func(t *testing.T) {
+			store := smem.New()
+			runnersScenario(t, batch, func(testing.TB) session.Store { return store })
+		})
+	}
 }
 
 type onlyStore struct{ session.Store }

@@ -140,3 +140,55 @@ func (m *Store) JobEnabled(ctx context.Context, job string) (bool, error) {
 	defer m.mu.Unlock()
 	return m.enabled[job], nil
 }
+
+var _ session.LeaseBatcher = (*Store)(nil)
+
+// JobStates implements session.LeaseBatcher.
+func (m *Store) JobStates(ctx context.Context, jobs []string) ([]session.JobState, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := session.ValidateBatch(jobs); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]session.JobState, len(jobs))
+	for i, j := range jobs {
+		out[i] = session.JobState{Job: j, Enabled: m.enabled[j], Lease: session.Lease{Job: j}}
+		if r, ok := m.leases[j]; ok {
+			out[i].Lease = session.Lease{Job: j, Holder: r.holder, Token: r.token, Until: r.until}
+		}
+	}
+	return out, nil
+}
+
+// RenewLeases implements session.LeaseBatcher.
+func (m *Store) RenewLeases(ctx context.Context, ls []session.Lease, now time.Time, ttl time.Duration) ([]session.Lease, []bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	if len(ls) > session.MaxBatch {
+		return nil, nil, session.ValidateBatch(make([]string, len(ls)))
+	}
+	for _, l := range ls {
+		if err := session.ValidateLeaseRequest(l.Job, l.Holder, now, ttl); err != nil {
+			return nil, nil, err
+		}
+	}
+	until := session.Normalize(now.Add(ttl))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	renewed, lost := make([]session.Lease, len(ls)), make([]bool, len(ls))
+	for i, l := range ls {
+		r, ok := m.leases[l.Job]
+		if !ok || r.holder != l.Holder || r.token != l.Token {
+			lost[i] = true
+			continue
+		}
+		r.until = until
+		l.Until = until
+		renewed[i] = l
+	}
+	return renewed, lost, nil
+}

@@ -163,3 +163,85 @@ func (s *Store) JobEnabled(ctx context.Context, job string) (bool, error) {
 	}
 	return enabled, nil
 }
+
+var _ session.LeaseBatcher = (*Store)(nil)
+
+// JobStates implements session.LeaseBatcher in one statement.
+func (s *Store) JobStates(ctx context.Context, jobs []string) ([]session.JobState, error) {
+	if err := session.ValidateBatch(jobs); err != nil {
+		return nil, err
+	}
+	rows, err := s.db.Query(ctx, `SELECT j.job, COALESCE(e.enabled, false), COALESCE(l.holder, ''), COALESCE(l.token, 0), l.expires_at
+		FROM unnest($1::text[]) WITH ORDINALITY AS j(job, n)
+		LEFT JOIN `+s.table("job_state")+` e ON e.job = j.job
+		LEFT JOIN `+s.table("leases")+` l ON l.job = j.job
+		ORDER BY j.n`, jobs)
+	if err != nil {
+		return nil, fmt.Errorf("read the state of %d jobs: %w", len(jobs), err)
+	}
+	defer rows.Close()
+	out := make([]session.JobState, 0, len(jobs))
+	for rows.Next() {
+		var st session.JobState
+		var until *time.Time
+		if err := rows.Scan(&st.Job, &st.Enabled, &st.Lease.Holder, &st.Lease.Token, &until); err != nil {
+			return nil, fmt.Errorf("read the state of %d jobs: %w", len(jobs), err)
+		}
+		st.Lease.Job = st.Job
+		if until != nil {
+			st.Lease.Until = session.Normalize(*until)
+		}
+		out = append(out, st)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the state of %d jobs: %w", len(jobs), err)
+	}
+	return out, nil
+}
+
+// RenewLeases implements session.LeaseBatcher in one statement: each row
+// is updated under its lock only while the lease is still the caller's.
+func (s *Store) RenewLeases(ctx context.Context, ls []session.Lease, now time.Time, ttl time.Duration) ([]session.Lease, []bool, error) {
+	if len(ls) > session.MaxBatch {
+		return nil, nil, session.ValidateBatch(make([]string, len(ls)))
+	}
+	jobs, holders, tokens := make([]string, len(ls)), make([]string, len(ls)), make([]int64, len(ls))
+	for i, l := range ls {
+		if err := session.ValidateLeaseRequest(l.Job, l.Holder, now, ttl); err != nil {
+			return nil, nil, err
+		}
+		jobs[i], holders[i], tokens[i] = l.Job, l.Holder, l.Token
+	}
+	until := session.Normalize(now.Add(ttl))
+	rows, err := s.db.Query(ctx, `UPDATE `+s.table("leases")+` AS l SET expires_at = $4
+		FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(job, holder, token)
+		WHERE l.job = r.job AND l.holder = r.holder AND l.token = r.token
+		RETURNING l.job, l.expires_at`, jobs, holders, tokens, until)
+	if err != nil {
+		return nil, nil, fmt.Errorf("renew %d leases: %w", len(ls), err)
+	}
+	defer rows.Close()
+	got := make(map[string]time.Time, len(ls))
+	for rows.Next() {
+		var job string
+		var t time.Time
+		if err := rows.Scan(&job, &t); err != nil {
+			return nil, nil, fmt.Errorf("renew %d leases: %w", len(ls), err)
+		}
+		got[job] = session.Normalize(t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("renew %d leases: %w", len(ls), err)
+	}
+	renewed, lost := make([]session.Lease, len(ls)), make([]bool, len(ls))
+	for i, l := range ls {
+		t, ok := got[l.Job]
+		if !ok {
+			lost[i] = true
+			continue
+		}
+		l.Until = t
+		renewed[i] = l
+	}
+	return renewed, lost, nil
+}

@@ -31,6 +31,75 @@ func (s suite) runLeases(t *testing.T) {
 	t.Run("CanceledContext", s.leaseCanceledContext)
 	t.Run("FencedWrites", s.fencedWrites)
 	t.Run("FencedWritesRaceATakeover", s.fencedRace)
+	t.Run("Batch", s.leaseBatch)
+}
+
+// JobStates reads what JobEnabled and the lease calls say of each job, in
+// the order asked, also jobs never seen; RenewLeases renews each lease
+// still its holder's (also one that ran out, taken by no one) and reports
+// the others lost, changing nothing of them; both refuse a call over
+// MaxBatch. A store that does not implement session.LeaseBatcher skips
+// it (optional).
+func (s suite) leaseBatch(t *testing.T) {
+	ctx := context.Background()
+	st := s.h.New(t)
+	bt, ok := st.(session.LeaseBatcher)
+	if !ok {
+		t.Skip("the store does not implement session.LeaseBatcher")
+	}
+	a := st.(session.Leaser)
+	b := s.h.Peer(t, st).(session.Leaser)
+	require.NoError(t, a.SetJobEnabled(ctx, "on", true))
+	require.NoError(t, a.SetJobEnabled(ctx, "off", false))
+	lOn := acquire(t, a, "on", "host-a", base, true)
+	lOff := acquire(t, a, "off", "host-a", base, true)
+	lTaken := acquire(t, a, "taken", "host-a", base, true)
+	lGone := acquire(t, a, "gone", "host-a", base, true)
+	later := lOn.Until.Add(time.Second) // every lease ran out
+	acquire(t, b, "taken", "host-b", later, true)
+	require.NoError(t, a.ReleaseLease(ctx, lGone))
+
+	states, err := bt.JobStates(ctx, []string{"taken", "never", "on", "off", "gone"})
+	require.NoError(t, err)
+	require.Len(t, states, 5)
+	for i, want := range []session.JobState{
+		{Job: "taken", Lease: session.Lease{Job: "taken", Holder: "host-b", Token: lTaken.Token + 1, Until: later.Add(ttl)}},
+		{Job: "never", Lease: session.Lease{Job: "never"}},
+		{Job: "on", Enabled: true, Lease: lOn},
+		{Job: "off", Lease: lOff},
+		{Job: "gone", Lease: session.Lease{Job: "gone", Token: lGone.Token, Until: lGone.Until}},
+	} {
+		got := states[i]
+		assert.Equal(t, want.Job, got.Job, "in the order asked")
+		assert.Equal(t, want.Enabled, got.Enabled, want.Job)
+		assert.Equal(t, want.Lease.Holder, got.Lease.Holder, want.Job)
+		assert.Equal(t, want.Lease.Token, got.Lease.Token, want.Job)
+		if want.Lease.Holder != "" {
+			assert.True(t, want.Lease.Until.Equal(got.Lease.Until), "%s: until %v, want %v", want.Job, got.Lease.Until, want.Lease.Until)
+		}
+	}
+
+	renewed, lost, err := bt.RenewLeases(ctx, []session.Lease{lOn, lTaken, lOff, lGone}, later, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, []bool{false, true, false, true}, lost)
+	assert.True(t, renewed[0].Until.Equal(later.Add(time.Hour)), "ran out, taken by no one: still the holder's")
+	assert.Equal(t, lOn.Token, renewed[0].Token)
+	assert.True(t, renewed[2].Until.Equal(later.Add(time.Hour)))
+	_, err = a.RenewLease(ctx, lTaken, later, time.Minute)
+	require.ErrorIs(t, err, session.ErrLeaseLost, "the lost one was not renewed")
+	states, err = bt.JobStates(ctx, []string{"taken", "on"})
+	require.NoError(t, err)
+	assert.Equal(t, "host-b", states[0].Lease.Holder, "a lost lease is left as it is")
+	assert.True(t, states[1].Lease.Until.Equal(later.Add(time.Hour)))
+
+	_, err = bt.JobStates(ctx, make([]string, session.MaxBatch+1))
+	require.ErrorIs(t, err, session.ErrInvalid)
+	_, err = bt.JobStates(ctx, []string{""})
+	require.ErrorIs(t, err, session.ErrInvalid)
+	_, _, err = bt.RenewLeases(ctx, make([]session.Lease, session.MaxBatch+1), later, time.Minute)
+	require.ErrorIs(t, err, session.ErrInvalid)
+	_, _, err = bt.RenewLeases(ctx, []session.Lease{{Job: "on"}}, later, time.Minute)
+	require.ErrorIs(t, err, session.ErrInvalid)
 }
 
 // fencers returns a fresh store and a peer on the same data, as Fencers;
