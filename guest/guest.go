@@ -164,6 +164,31 @@ type ArchiverStats struct {
 	LastFailedTime  time.Time
 }
 
+// Cluster is a PostgreSQL cluster found in the guest (ClusterLister).
+type Cluster struct {
+	DataDir string
+	Major   int  // from PG_VERSION
+	Running bool // a postmaster serves it now; then:
+	PID     int  // the postmaster's process id
+	// Port and SocketDir are where it listens (postmaster.pid): the port,
+	// and its first unix socket directory (empty when it has none).
+	Port      int
+	SocketDir string
+}
+
+// ClusterLister is implemented by runtimes that can find every
+// PostgreSQL cluster of their guest, beyond the one they connect to
+// (check with a type assertion): several clusters side by side, of one
+// release or several, as Debian's pg_lsclusters shows them.
+type ClusterLister interface {
+	// Clusters lists the clusters running postmasters serve, and the data
+	// directories in the usual places that none serves (Running false),
+	// sorted by data directory. Read-only. The instances a Job protects are
+	// still the one each runtime connects to: one instance per machine
+	// (several per machine are being built on this).
+	Clusters(ctx context.Context) ([]Cluster, error)
+}
+
 // Tablespace is a tablespace outside the data directory.
 type Tablespace struct {
 	OID      uint32

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -47,6 +48,11 @@ func TestDeployShipRemoveClose(t *testing.T) {
 	inst, err := rt.Scan(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, pg.DataDir, inst.DataDir)
+	clusters, err := rt.(guest.ClusterLister).Clusters(ctx)
+	require.NoError(t, err)
+	assert.True(t, slices.ContainsFunc(clusters, func(c guest.Cluster) bool {
+		return c.DataDir == inst.DataDir && c.Running && c.Port == pg.Port && c.Major == inst.Version/10000
+	}), "the runtime finds its cluster among %+v", clusters)
 	dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "wal")
 	require.NoError(t, rt.PrepareArchive(ctx, guest.ArchiveConfig{Dir: dir}))
 

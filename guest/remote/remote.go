@@ -244,6 +244,19 @@ func (rt *Runtime) CheckServer(ctx context.Context, cfg guest.CheckConfig) (gues
 	return out, err
 }
 
+// Clusters implements guest.ClusterLister.
+func (rt *Runtime) Clusters(ctx context.Context) ([]guest.Cluster, error) {
+	if err := rt.lock(); err != nil {
+		return nil, err
+	}
+	defer rt.mu.Unlock()
+	var out []guest.Cluster
+	if err := rt.call(ctx, runtime.OpClusters, nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StopServer implements guest.ServerControl.
 func (rt *Runtime) StopServer(ctx context.Context, dataDir string) error {
 	if err := rt.lock(); err != nil {

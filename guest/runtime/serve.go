@@ -46,6 +46,8 @@ const (
 	OpCheckServer = "check_server"
 	// OpStopServer stops a server: StopServerArgs.
 	OpStopServer = "stop_server"
+	// OpClusters lists the guest's clusters: -> []guest.Cluster.
+	OpClusters = "clusters"
 )
 
 // StopServerArgs names the data directory whose server OpStopServer stops.
@@ -269,6 +271,8 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 			return nil, err
 		}
 		return s.rt.CheckServer(ctx, cfg)
+	case OpClusters:
+		return FindClusters(ctx, "/proc", nil)
 	case OpStopServer:
 		var a StopServerArgs
 		if err := json.Unmarshal(req.Args, &a); err != nil {
