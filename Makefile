@@ -48,8 +48,8 @@ crash:
 	PGLOGSHIP_CRASH_TRIALS=1000 go test -count=1 -timeout 30m -run 'KilledAtRandomPoints' ./walbackup/
 
 ## soak: crash trials at scale: 1000 kill points over shipping, parents and
-## expiry, 500 cuts of a ship, and the lease and fencing tests 20 times over,
-## all with -race.
+## expiry, 500 cuts of a ship, 500 deaths of one of two host processes
+## sharing jobs, and the lease and fencing tests 20 times over, all with -race.
 soak:
 	PGLOGSHIP_CRASH_TRIALS=1000 go test -race -count=1 -timeout 60m -run 'KilledAtRandomPoints|CutOffAtRandomPoints' ./walbackup/
 	go test -race -count=20 -timeout 60m -run 'Runner|Paused|Stale' ./walbackup/

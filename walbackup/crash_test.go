@@ -6,11 +6,14 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/pglogship/pglogship/guest/guesttest"
+	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/memory"
+	smem "github.com/pglogship/pglogship/session/memory"
 	"github.com/pglogship/pglogship/walbackup"
 )
 
@@ -74,5 +77,80 @@ func requireNothingLost(t *testing.T, files, in map[string][]byte, waiting []str
 		if ok {
 			require.Equal(t, want, got, "%s stored with other content", n)
 		}
+	}
+}
+
+// Two host processes share four jobs on one store (memory, polled a job at
+// a time or in batches); one dies at a random call of its own (a session
+// write, a lease call, a guest or repository call around an interval's
+// ship: 50 points by default, half of PGLOGSHIP_CRASH_TRIALS in make
+// soak), in the middle of whatever it did;
+// the other takes its jobs over. In the end no WAL file is lost or stored
+// with two contents, and from the session records no two child sessions
+// of a job ever ran at once.
+func TestRunnersKilledAtRandomPoints(t *testing.T) {
+	t.Parallel()
+	ttl := walbackup.DefaultLeaseTTL
+	var died atomic.Int64
+	trials := crashTrials(t) / 2
+	t.Cleanup(func() { t.Logf("the victim died in %d of %d trials", died.Load(), trials) })
+	for trial := 0; trial < trials; trial++ {
+		t.Run(fmt.Sprint(trial), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(trial), 17))
+			f := newFleet(discardLogger())
+			w := newWorld(f, 4)
+			w.batch = rng.IntN(2) == 0
+			store := smem.New()
+			p1 := w.process(t, "host-1", store, ttl)
+			p2 := w.process(t, "host-2", store, ttl)
+			for i, name := range w.names {
+				[]*process{p1, p2}[i%2].set(t, f, name, true)
+			}
+			w.addWAL(1 + rng.IntN(3))
+			victim, survivor := p1, p2
+			if rng.IntN(2) == 0 {
+				victim, survivor = p2, p1
+			}
+			f.step(t, 15*time.Minute-time.Second)
+			victim.trip.Store(int64(1 + rng.IntN(40)))
+			f.step(t, time.Second) // the victim ships, and may die doing it
+			w.addWAL(1)
+			f.step(t, 5*time.Minute)
+			if victim.dead.Load() {
+				died.Add(1)
+				victim.stop() // what was left of it
+			}
+			victim.trip.Store(0)
+			// Whatever happened, nothing is lost so far.
+			for i, name := range w.names {
+				g := w.guests[name]
+				in := stored(t, w.repo, repository.Instance{Job: name, Machine: "vm1", SystemID: uint64(1000 + i)}, 1)
+				requireNothingLost(t, g.Archived(), in, g.Waiting(), fmt.Sprintf("trial %d, %s", trial, name))
+			}
+			// The survivor runs every job once the victim's leases ran out.
+			for k := 0; k < 3; k++ {
+				f.step(t, ttl)
+			}
+			if victim.dead.Load() {
+				require.Len(t, survivor.runner.Running(), len(w.names), "the survivor runs every job")
+			}
+			w.addWAL(1)
+			f.step(t, 15*time.Minute)
+			live := []*process{survivor}
+			if !victim.dead.Load() {
+				live = append(live, victim)
+			}
+			for _, name := range w.names {
+				live[0].set(t, f, name, false) // a last ship wherever it runs
+			}
+			f.step(t, ttl)
+			w.requireAllShipped(t)
+			for _, name := range w.names {
+				requireNoOverlap(t, childSessions(t, store, name), name)
+			}
+			for _, p := range live {
+				p.stop()
+			}
+		})
 	}
 }

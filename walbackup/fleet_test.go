@@ -322,8 +322,8 @@ type deadSessions struct {
 	leasesDown *atomic.Bool
 }
 
-func newDeadSessions(st session.Store, dead *atomic.Bool) deadSessions {
-	return deadSessions{deadStore: deadStore{st, deadFlag{dead}}, leaser: st.(session.Leaser)}
+func newDeadSessions(st session.Store, d deadFlag) deadSessions {
+	return deadSessions{deadStore: deadStore{st, d}, leaser: st.(session.Leaser)}
 }
 
 // Fenced passes the store's fencing on, behind the kill switch.
@@ -334,7 +334,7 @@ func (s deadSessions) Fenced(l session.Lease) session.Store {
 // leases is the kill switch of the lease calls.
 func (s deadSessions) leases() deadFlag {
 	if s.leasesDown != nil && s.leasesDown.Load() {
-		return deadFlag{s.leasesDown}
+		return deadFlag{dead: s.leasesDown}
 	}
 	return s.deadFlag
 }

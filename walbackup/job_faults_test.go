@@ -186,9 +186,17 @@ func (s deadStore) Append(ctx context.Context, id string, e session.Entry) (sess
 
 // deadFlag is the kill switch of a host's wrappers: once dead is set,
 // every call they guard fails with errHostDied.
-type deadFlag struct{ dead *atomic.Bool }
+type deadFlag struct {
+	dead *atomic.Bool
+	// countdown, when set and armed (positive), kills the host at the
+	// call that takes it to zero: a crash at a chosen point.
+	countdown *atomic.Int64
+}
 
 func (d deadFlag) check() error {
+	if d.countdown != nil && d.countdown.Add(-1) == 0 {
+		d.dead.Store(true)
+	}
 	if d.dead.Load() {
 		return errHostDied
 	}
@@ -295,7 +303,7 @@ func TestJobKilledAtRandomPoints(t *testing.T) {
 			}
 			g.SetFault(func(guesttest.Op, string) error { return fault(false) })
 			repo.SetFault(func(op memory.Op, _ string) error { return fault(op == memory.OpDelete) })
-			h := newJobHarness(t, g, repo, deadStore{store, deadFlag{&dead}}, retain)
+			h := newJobHarness(t, g, repo, deadStore{store, deadFlag{dead: &dead}}, retain)
 			ran := make(chan error, 1)
 			go func() { ran <- h.job.Run(ctx) }()
 			alive := func() bool {

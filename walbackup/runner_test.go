@@ -26,7 +26,8 @@ type process struct {
 	runner  *walbackup.Runner
 	jobs    map[string]*walbackup.Job
 	dead    atomic.Bool
-	leaseDn atomic.Bool // only its lease calls fail
+	trip    atomic.Int64 // armed (positive): the process dies at the call that counts it down to zero
+	leaseDn atomic.Bool  // only its lease calls fail
 	// gate, while set, holds the Runner's goroutine after each poll from
 	// its time on until it is closed: the process is paused (its jobs'
 	// goroutines are not).
@@ -70,7 +71,7 @@ func newWorld(f *fleet, jobs int) *world {
 func (w *world) process(t testing.TB, holder string, store session.Store, ttl time.Duration) *process {
 	t.Helper()
 	p := &process{holder: holder, jobs: map[string]*walbackup.Job{}}
-	ds := newDeadSessions(store, &p.dead)
+	ds := newDeadSessions(store, p.deadFlag())
 	ds.leasesDown = &p.leaseDn
 	var sessions session.Store = ds
 	if w.batch {
@@ -79,8 +80,8 @@ func (w *world) process(t testing.TB, holder string, store session.Store, ttl ti
 	var jobs []*walbackup.Job
 	for _, name := range w.names {
 		guests := map[string]*guesttest.Guest{"vm1": w.guests[name]}
-		j := w.f.newJob(t, holder, name, guests, deadDeployer{guesttest.NewDeployer(guests), deadFlag{&p.dead}},
-			deadRepo{w.repo, deadFlag{&p.dead}}, sessions)
+		j := w.f.newJob(t, holder, name, guests, deadDeployer{guesttest.NewDeployer(guests), p.deadFlag()},
+			deadRepo{w.repo, p.deadFlag()}, sessions)
 		p.jobs[name] = j
 		jobs = append(jobs, j)
 	}
@@ -97,6 +98,9 @@ func (w *world) process(t testing.TB, holder string, store session.Store, ttl ti
 	p.stop = w.f.startRunner(t, holder, r)
 	return p
 }
+
+// deadFlag is p's kill switch, counting down to a crash when armed.
+func (p *process) deadFlag() deadFlag { return deadFlag{dead: &p.dead, countdown: &p.trip} }
 
 // kill makes every call of p fail and ends its context abruptly: its
 // sessions and leases stay as they were.
