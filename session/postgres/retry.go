@@ -57,7 +57,54 @@ func (p pooled) Query(ctx context.Context, sql string, args ...any) (rows pgx.Ro
 		rows, err = p.pool.Query(ctx, sql, args...)
 		return err
 	})
-	return rows, err
+	if err != nil {
+		return nil, err
+	}
+	return &pooledRows{Rows: rows, p: p, ctx: ctx, sql: sql, args: args}, nil
+}
+
+// pooledRows sends its query once more when the first row fails on a
+// dead connection: pgx reports the server's goodbye on the connection
+// there, not from Query.
+type pooledRows struct {
+	pgx.Rows
+	p       pooled
+	ctx     context.Context
+	sql     string
+	args    []any
+	started bool
+	err     error // of the query sent again
+}
+
+func (r *pooledRows) Next() bool {
+	if r.err != nil {
+		return false
+	}
+	if r.Rows.Next() {
+		r.started = true
+		return true
+	}
+	if r.started || !deadConn(r.Rows.Err()) {
+		r.started = true
+		return false
+	}
+	r.started = true
+	r.Rows.Close()
+	r.p.pool.Reset()
+	rows, err := r.p.pool.Query(r.ctx, r.sql, r.args...)
+	if err != nil {
+		r.err = err
+		return false
+	}
+	r.Rows = rows
+	return r.Rows.Next()
+}
+
+func (r *pooledRows) Err() error {
+	if r.err != nil {
+		return r.err
+	}
+	return r.Rows.Err()
 }
 
 func (p pooled) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
