@@ -326,25 +326,38 @@ func (r *Runner) pollJob(ctx, pctx context.Context, rj *runnerJob) {
 	if rj.stopping {
 		return // canceled; its lease is not ours to renew
 	}
-	name := rj.job.Name()
-	enabled, err := r.leaser.JobEnabled(pctx, name)
-	known := err == nil
+	enabled, err := r.leaser.JobEnabled(pctx, rj.job.Name())
 	if err != nil {
-		r.cfg.Logger.Warn("read whether a job is enabled", "job", name, "holder", r.cfg.Holder, "err", err)
+		r.cfg.Logger.Warn("read whether a job is enabled", "job", rj.job.Name(), "holder", r.cfg.Holder, "err", err)
 	}
+	if r.decide(ctx, pctx, rj, err == nil, enabled, nil) {
+		r.renew(pctx, rj)
+	}
+}
+
+// decide brings one job in line with its flag (when known) and tells
+// whether the lease it holds is to be renewed. seen, when set, is the
+// job's lease as the store holds it now (a batch read): a running lease
+// of another holder is then not asked for.
+func (r *Runner) decide(ctx, pctx context.Context, rj *runnerJob, known, enabled bool, seen *session.Lease) (renew bool) {
 	switch {
 	case rj.done != nil:
 		if known && !enabled && !rj.disabling {
 			r.disable(ctx, rj)
 		}
-		r.renew(pctx, rj) // also while it disables: it still runs
+		return true // also while it disables: it still runs
 	case rj.held && known && !enabled:
 		r.release(pctx, rj)
 	case known && enabled:
+		if seen != nil && seen.Holder != "" && seen.Holder != r.cfg.Holder && r.cfg.Clock.Now().Before(seen.Until) {
+			rj.held, rj.foreign = false, seen.Until // runs elsewhere: nothing to ask
+			return false
+		}
 		r.acquire(ctx, pctx, rj)
 	case rj.held:
-		r.renew(pctx, rj) // the flag is unknown: keep what we hold, start nothing
+		return true // the flag is unknown: keep what we hold, start nothing
 	}
+	return false
 }
 
 // pollBatch is pollJob for jobs at once through the store's LeaseBatcher:
@@ -364,7 +377,6 @@ func (r *Runner) pollBatch(ctx, pctx context.Context, jobs []*runnerJob) {
 		r.cfg.Logger.Warn("read whether jobs are enabled and who holds them", "jobs", len(jobs), "holder", r.cfg.Holder, "err", err)
 		states = nil
 	}
-	now := r.cfg.Clock.Now()
 	var renew []*runnerJob
 	for i, rj := range jobs {
 		if rj.done != nil && isClosed(rj.done) {
@@ -373,24 +385,13 @@ func (r *Runner) pollBatch(ctx, pctx context.Context, jobs []*runnerJob) {
 		if rj.stopping {
 			continue // canceled; its lease is not ours to renew
 		}
-		known := states != nil
-		enabled := known && states[i].Enabled
-		switch {
-		case rj.done != nil:
-			if known && !enabled && !rj.disabling {
-				r.disable(ctx, rj)
-			}
-			renew = append(renew, rj) // also while it disables: it still runs
-		case rj.held && known && !enabled:
-			r.release(pctx, rj)
-		case known && enabled:
-			if l := states[i].Lease; l.Holder != "" && l.Holder != r.cfg.Holder && now.Before(l.Until) {
-				rj.held, rj.foreign = false, l.Until // runs elsewhere: nothing to ask
-				continue
-			}
-			r.acquire(ctx, pctx, rj)
-		case rj.held:
-			renew = append(renew, rj) // the flag is unknown: keep what we hold, start nothing
+		var seen *session.Lease
+		enabled := false
+		if states != nil {
+			seen, enabled = &states[i].Lease, states[i].Enabled
+		}
+		if r.decide(ctx, pctx, rj, states != nil, enabled, seen) {
+			renew = append(renew, rj)
 		}
 	}
 	if len(renew) == 0 {
@@ -400,7 +401,7 @@ func (r *Runner) pollBatch(ctx, pctx context.Context, jobs []*runnerJob) {
 	for i, rj := range renew {
 		ls[i] = rj.lease
 	}
-	renewed, lost, err := r.batcher.RenewLeases(pctx, ls, now, r.cfg.LeaseTTL)
+	renewed, lost, err := r.batcher.RenewLeases(pctx, ls, r.cfg.Clock.Now(), r.cfg.LeaseTTL)
 	if err == nil && (len(renewed) != len(ls) || len(lost) != len(ls)) {
 		err = fmt.Errorf("the store answered for %d of %d leases", len(renewed), len(ls))
 	}

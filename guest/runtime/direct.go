@@ -26,7 +26,6 @@ import (
 	"github.com/pglogship/pglogship/internal/sshutil"
 	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
-	"github.com/pglogship/pglogship/repository/bundle"
 	sftprepo "github.com/pglogship/pglogship/repository/sftp"
 	"github.com/pglogship/pglogship/wal"
 )
@@ -147,9 +146,9 @@ func (s *server) build(ctx context.Context, w io.Writer, req guest.StageRequest)
 	}
 	chk := &Sender{inst: s.inst}
 	open := func(name string) (io.ReadCloser, error) { return chk.open(s.dir, name) }
-	codec := bundle.Zstd
-	if s.codec == guest.CodecS2 {
-		codec = bundle.S2
+	codec, err := walbundle.FrameCodec(s.codec)
+	if err != nil {
+		return guest.Staged{}, err
 	}
 	if err := b.AddFiles(ctx, req.Names, open, sendWorkers(), codec); err != nil {
 		return guest.Staged{}, err

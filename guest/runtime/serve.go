@@ -223,6 +223,9 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 			return nil, err
 		}
 		s.dir, s.codec = cfg.Dir, cfg.Codec
+		if s.codec == "" {
+			s.codec = guest.CodecZstd
+		}
 		return nil, clearOutgoing(s.dir)
 	case OpReady, OpSpace:
 		if s.dir == "" {

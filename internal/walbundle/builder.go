@@ -200,9 +200,9 @@ func (l lenient) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// FrameCodec is the bundle codec of a frame the guest sent: how Add must
-// take its bytes. A codec the host does not know is an error, never taken
-// for raw bytes.
+// FrameCodec is the bundle codec of bytes encoded as c: how Add must take
+// a frame the guest sent, or how the guest compresses. A codec not known
+// is an error, never taken for raw bytes.
 func FrameCodec(c guest.Codec) (bundle.Codec, error) {
 	switch c {
 	case guest.CodecNone:
