@@ -187,3 +187,39 @@ func ValidateBatch(jobs []string) error {
 	}
 	return nil
 }
+
+// Roster is implemented by Leasers through which the processes sharing a
+// store see each other (check with a type assertion). A walbackup.Runner
+// announces itself at every poll and runs no more than its share of the
+// enabled jobs, so jobs spread evenly over the live processes and move to
+// one that joins; without a Roster each Runner takes whatever is free when
+// it polls.
+//
+// Announcements run out on the callers' clocks, as leases do. Holder names
+// are as for Leaser; a zero time is refused with ErrInvalid. Safe for
+// concurrent use by several store values on one database.
+type Roster interface {
+	// Announce records holder as present until until, replacing what it
+	// recorded before. Idempotent.
+	Announce(ctx context.Context, holder string, until time.Time) error
+
+	// Present returns the holders whose announcement runs past now,
+	// sorted, at most MaxBatch of them.
+	Present(ctx context.Context, now time.Time) ([]string, error)
+
+	// Withdraw removes holder's announcement, for a process that stops.
+	// Idempotent.
+	Withdraw(ctx context.Context, holder string) error
+}
+
+// ValidateAnnouncement checks a Roster call's holder and, when needTime,
+// its time, so every store refuses the same input with ErrInvalid.
+func ValidateAnnouncement(holder string, t time.Time, needTime bool) error {
+	if holder == "" || len(holder) > MaxNameLen {
+		return invalid("holder must be 1 to %d bytes", MaxNameLen)
+	}
+	if needTime && t.IsZero() {
+		return invalid("announcement needs a time")
+	}
+	return nil
+}

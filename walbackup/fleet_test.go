@@ -89,7 +89,7 @@ func (f *fleet) handle(e fleetEvent) {
 		f.put(runnerKey(e.holder), &actor{next: r.Next})
 	case walbackup.RunnerStopped:
 		f.drop(runnerKey(e.holder))
-	case walbackup.RunnerJobStarted, walbackup.RunnerJobStopping, walbackup.RunnerJobDisabling:
+	case walbackup.RunnerJobStarted, walbackup.RunnerJobStopping, walbackup.RunnerJobDisabling, walbackup.RunnerJobHandingOver:
 		f.put(jobKey(e.holder, r.Job), &actor{busy: true})
 	case walbackup.RunnerJobEnded:
 		f.drop(jobKey(e.holder, r.Job))
@@ -378,6 +378,37 @@ func (s deadBatchSessions) RenewLeases(ctx context.Context, ls []session.Lease, 
 	}
 	return s.leaser.(session.LeaseBatcher).RenewLeases(ctx, ls, now, ttl)
 }
+
+// rosterPart is the store's session.Roster behind a process's kill switch
+// of its lease calls.
+type rosterPart struct{ ds deadSessions }
+
+func (p rosterPart) roster() session.Roster { return p.ds.leaser.(session.Roster) }
+
+func (p rosterPart) Announce(ctx context.Context, holder string, until time.Time) error {
+	return guard0(p.ds.leases(), func() error { return p.roster().Announce(ctx, holder, until) })
+}
+
+func (p rosterPart) Present(ctx context.Context, now time.Time) ([]string, error) {
+	return guard(p.ds.leases(), func() ([]string, error) { return p.roster().Present(ctx, now) })
+}
+
+func (p rosterPart) Withdraw(ctx context.Context, holder string) error {
+	return guard0(p.ds.leases(), func() error { return p.roster().Withdraw(ctx, holder) })
+}
+
+// deadRosterSessions and deadBatchRosterSessions add the Roster: Runners
+// over them keep to their shares.
+type (
+	deadRosterSessions struct {
+		deadSessions
+		rosterPart
+	}
+	deadBatchRosterSessions struct {
+		deadBatchSessions
+		rosterPart
+	}
+)
 
 // deadRepo is a process's view of the shared repository: after the kill
 // every call fails.

@@ -76,6 +76,11 @@ const (
 	// disabled cleanly (a last ship, runtimes uninstalled), then its lease
 	// released.
 	RunnerJobDisabling RunnerEventKind = "job_disabling"
+	// RunnerJobHandingOver: the Runner runs more than its share of the
+	// enabled jobs (session.Roster): the job is stopped at once, its lease
+	// kept and renewed until its run has ended (its child session ended
+	// stopped), then released for a process below its share to take.
+	RunnerJobHandingOver RunnerEventKind = "job_handing_over"
 	// RunnerJobEnded: the job's run in this process has ended.
 	RunnerJobEnded RunnerEventKind = "job_ended"
 	// RunnerIdle: a poll is done; the Runner wakes by itself at Event.Next.
@@ -89,7 +94,7 @@ type RunnerEvent struct {
 	Kind    RunnerEventKind
 	Job     string        // the parent job's name, for the job events
 	Lease   session.Lease // RunnerJobStarted: the lease the job runs under
-	Message string        // RunnerJobStopping: why
+	Message string        // RunnerJobStopping, RunnerJobHandingOver: why
 	Next    time.Time     // RunnerIdle: when the Runner polls next unless told to sooner
 }
 
@@ -115,18 +120,29 @@ type RunnerEvent struct {
 // Leases are decided on each host's clock (see session.Leaser): the clocks
 // of the hosts must agree to well within LeaseTTL/3.
 //
-// Jobs spread over the processes only loosely: each Runner takes what is
-// free when it polls, starting at a place in the list of its own.
+// When the store is a session.Roster, each Runner announces itself at
+// every poll and runs at most its share of the enabled jobs: their number
+// divided by the processes present, rounded up. A Runner above its share
+// (a process joined) hands the surplus over: it stops those runs, keeps
+// their leases until they have ended, and releases them for the others
+// to take at their next polls. Without a Roster jobs spread only loosely:
+// each Runner takes what is free when it polls, starting at a place in
+// the list of its own.
 type Runner struct {
 	cfg      RunnerConfig
 	leaser   session.Leaser
 	batcher  session.LeaseBatcher // nil: the store polls a job at a time
+	roster   session.Roster       // nil: no shares, jobs spread loosely
 	interval time.Duration
 	jobs     []*runnerJob // in poll order
 	byName   map[string]*runnerJob
 	nudge    chan struct{}
 	running  atomic.Bool
 	wg       sync.WaitGroup // goroutines of a Run besides the jobs' own
+
+	// Of the poll under way: the most jobs this Runner should hold (0:
+	// no limit) and how many it holds.
+	share, holding int
 
 	mu     sync.Mutex
 	active map[string]<-chan struct{} // runs under way and not being stopped, by job
@@ -141,6 +157,7 @@ type runnerJob struct {
 	done      <-chan struct{} // the run under way; nil when none
 	cancel    context.CancelFunc
 	stopping  bool      // the run was canceled
+	handing   bool      // the run was canceled to hand the job over; the lease is kept until it ends
 	disabling bool      // Disable was sent
 	foreign   time.Time // when another holder's lease runs out, as last seen
 }
@@ -175,6 +192,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	r := &Runner{cfg: cfg, leaser: leaser, interval: cfg.LeaseTTL / 3, byName: map[string]*runnerJob{},
 		nudge: make(chan struct{}, 1), active: map[string]<-chan struct{}{}}
 	r.batcher, _ = cfg.Sessions.(session.LeaseBatcher)
+	r.roster, _ = cfg.Sessions.(session.Roster)
 	for _, j := range cfg.Jobs {
 		if j == nil {
 			return nil, errors.New("new runner: nil job")
@@ -285,9 +303,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// poll brings every job in line with its flag and lease, and returns when
-// to poll next: after the interval, or sooner when a lease held elsewhere
-// runs out before.
+// poll brings every job in line with its flag and lease, and with this
+// Runner's share of the jobs, and returns when to poll next: after the
+// interval, or sooner when a lease held elsewhere runs out before.
 func (r *Runner) poll(ctx context.Context) time.Time {
 	start := r.cfg.Clock.Now()
 	next := start.Add(r.interval)
@@ -295,15 +313,32 @@ func (r *Runner) poll(ctx context.Context) time.Time {
 	// renewals of the next poll.
 	pctx, cancel := clock.WithTimeout(r.cfg.Clock, ctx, r.interval)
 	defer cancel()
-	if r.batcher != nil {
-		for i := 0; i < len(r.jobs); i += session.MaxBatch {
-			r.pollBatch(ctx, pctx, r.jobs[i:min(i+session.MaxBatch, len(r.jobs))])
-		}
-	} else {
-		for _, rj := range r.jobs {
-			r.pollJob(ctx, pctx, rj)
+	views := r.read(pctx)
+	r.share = r.fairShare(pctx, start, views)
+	r.holding = 0
+	for _, rj := range r.jobs {
+		if rj.held {
+			r.holding++
 		}
 	}
+	var renew []*runnerJob
+	for i, rj := range r.jobs {
+		if rj.done != nil && isClosed(rj.done) {
+			handed := rj.handing
+			rj.reset()
+			if handed && rj.held {
+				r.release(pctx, rj)
+			}
+		}
+		if rj.stopping {
+			continue // canceled; its lease is not ours to renew
+		}
+		if r.decide(ctx, pctx, rj, views[i]) {
+			renew = append(renew, rj)
+		}
+	}
+	r.renewAll(pctx, renew)
+	r.shed()
 	for _, rj := range r.jobs {
 		if rj.foreign.After(start) && rj.foreign.Before(next) {
 			next = rj.foreign
@@ -312,46 +347,110 @@ func (r *Runner) poll(ctx context.Context) time.Time {
 	return next
 }
 
+// jobView is what a poll read of a job in the store.
+type jobView struct {
+	known, enabled bool
+	// seen, from a batch read, is the job's lease as the store holds it:
+	// a running lease of another holder is then not asked for.
+	seen *session.Lease
+}
+
+// read reads every job's flag, and with a LeaseBatcher its lease too, in
+// r.jobs order; a job whose read failed is not known.
+func (r *Runner) read(pctx context.Context) []jobView {
+	views := make([]jobView, len(r.jobs))
+	if r.batcher == nil {
+		for i, rj := range r.jobs {
+			enabled, err := r.leaser.JobEnabled(pctx, rj.job.Name())
+			if err != nil {
+				r.cfg.Logger.Warn("read whether a job is enabled", "job", rj.job.Name(), "holder", r.cfg.Holder, "err", err)
+				continue
+			}
+			views[i] = jobView{known: true, enabled: enabled}
+		}
+		return views
+	}
+	for lo := 0; lo < len(r.jobs); lo += session.MaxBatch {
+		jobs := r.jobs[lo:min(lo+session.MaxBatch, len(r.jobs))]
+		names := make([]string, len(jobs))
+		for i, rj := range jobs {
+			names[i] = rj.job.Name()
+		}
+		states, err := r.batcher.JobStates(pctx, names)
+		if err == nil && len(states) != len(jobs) {
+			err = fmt.Errorf("the store answered for %d of %d jobs", len(states), len(jobs))
+		}
+		if err != nil {
+			r.cfg.Logger.Warn("read whether jobs are enabled and who holds them", "jobs", len(jobs), "holder", r.cfg.Holder, "err", err)
+			continue
+		}
+		for i := range states {
+			views[lo+i] = jobView{known: true, enabled: states[i].Enabled, seen: &states[i].Lease}
+		}
+	}
+	return views
+}
+
+// fairShare announces this Runner and returns the most jobs it should
+// run: the enabled jobs over the processes present, rounded up; 0 (no
+// limit) without a Roster, alone, or when a read failed this poll, so an
+// outage of the store never makes a Runner give jobs up.
+func (r *Runner) fairShare(pctx context.Context, now time.Time, views []jobView) int {
+	if r.roster == nil {
+		return 0
+	}
+	if err := r.roster.Announce(pctx, r.cfg.Holder, now.Add(r.cfg.LeaseTTL)); err != nil {
+		r.cfg.Logger.Warn("announce this runner", "holder", r.cfg.Holder, "err", err)
+		return 0
+	}
+	present, err := r.roster.Present(pctx, now)
+	if err != nil {
+		r.cfg.Logger.Warn("read which runners are present", "holder", r.cfg.Holder, "err", err)
+		return 0
+	}
+	n := len(present)
+	if !slices.Contains(present, r.cfg.Holder) {
+		n++
+	}
+	enabled := 0
+	for _, v := range views {
+		if !v.known {
+			return 0
+		}
+		if v.enabled {
+			enabled++
+		}
+	}
+	if n < 2 || enabled == 0 {
+		return 0
+	}
+	return (enabled + n - 1) / n
+}
+
 // reset forgets a run that has ended.
 func (rj *runnerJob) reset() {
 	rj.cancel()
-	rj.done, rj.cancel, rj.stopping, rj.disabling = nil, nil, false, false
+	rj.done, rj.cancel, rj.stopping, rj.handing, rj.disabling = nil, nil, false, false, false
 }
 
-// pollJob handles one job. Jobs run on ctx; store calls use pctx.
-func (r *Runner) pollJob(ctx, pctx context.Context, rj *runnerJob) {
-	if rj.done != nil && isClosed(rj.done) {
-		rj.reset()
-	}
-	if rj.stopping {
-		return // canceled; its lease is not ours to renew
-	}
-	enabled, err := r.leaser.JobEnabled(pctx, rj.job.Name())
-	if err != nil {
-		r.cfg.Logger.Warn("read whether a job is enabled", "job", rj.job.Name(), "holder", r.cfg.Holder, "err", err)
-	}
-	if r.decide(ctx, pctx, rj, err == nil, enabled, nil) {
-		r.renew(pctx, rj)
-	}
-}
-
-// decide brings one job in line with its flag (when known) and tells
-// whether the lease it holds is to be renewed. seen, when set, is the
-// job's lease as the store holds it now (a batch read): a running lease
-// of another holder is then not asked for.
-func (r *Runner) decide(ctx, pctx context.Context, rj *runnerJob, known, enabled bool, seen *session.Lease) (renew bool) {
+// decide brings one job in line with its flag (when known) and this
+// Runner's share, and tells whether the lease it holds is to be renewed.
+func (r *Runner) decide(ctx, pctx context.Context, rj *runnerJob, v jobView) (renew bool) {
 	switch {
 	case rj.done != nil:
-		if known && !enabled && !rj.disabling {
+		if v.known && !v.enabled && !rj.disabling && !rj.handing {
 			r.disable(ctx, rj)
 		}
-		return true // also while it disables: it still runs
-	case rj.held && known && !enabled:
+		return true // also while it disables or hands over: it still runs
+	case rj.held && v.known && !v.enabled:
 		r.release(pctx, rj)
-	case known && enabled:
-		if seen != nil && seen.Holder != "" && seen.Holder != r.cfg.Holder && r.cfg.Clock.Now().Before(seen.Until) {
-			rj.held, rj.foreign = false, seen.Until // runs elsewhere: nothing to ask
+	case v.known && v.enabled:
+		if l := v.seen; l != nil && l.Holder != "" && l.Holder != r.cfg.Holder && r.cfg.Clock.Now().Before(l.Until) {
+			rj.held, rj.foreign = false, l.Until // runs elsewhere: nothing to ask
 			return false
+		}
+		if r.share > 0 && r.holding >= r.share && !rj.held {
+			return false // its share taken: left for a process below it
 		}
 		r.acquire(ctx, pctx, rj)
 	case rj.held:
@@ -360,60 +459,51 @@ func (r *Runner) decide(ctx, pctx context.Context, rj *runnerJob, known, enabled
 	return false
 }
 
-// pollBatch is pollJob for jobs at once through the store's LeaseBatcher:
-// their flags and leases in one call, the leases held renewed in another,
-// and an AcquireLease only for a job whose lease is not another holder's
-// running one.
-func (r *Runner) pollBatch(ctx, pctx context.Context, jobs []*runnerJob) {
-	names := make([]string, len(jobs))
-	for i, rj := range jobs {
-		names[i] = rj.job.Name()
-	}
-	states, err := r.batcher.JobStates(pctx, names)
-	if err == nil && len(states) != len(jobs) {
-		err = fmt.Errorf("the store answered for %d of %d jobs", len(states), len(jobs))
-	}
-	if err != nil {
-		r.cfg.Logger.Warn("read whether jobs are enabled and who holds them", "jobs", len(jobs), "holder", r.cfg.Holder, "err", err)
-		states = nil
-	}
-	var renew []*runnerJob
-	for i, rj := range jobs {
-		if rj.done != nil && isClosed(rj.done) {
-			rj.reset()
+// renewAll renews the leases of jobs, in batches when the store takes them.
+func (r *Runner) renewAll(pctx context.Context, jobs []*runnerJob) {
+	if r.batcher == nil {
+		for _, rj := range jobs {
+			r.renew(pctx, rj)
 		}
-		if rj.stopping {
-			continue // canceled; its lease is not ours to renew
-		}
-		var seen *session.Lease
-		enabled := false
-		if states != nil {
-			seen, enabled = &states[i].Lease, states[i].Enabled
-		}
-		if r.decide(ctx, pctx, rj, states != nil, enabled, seen) {
-			renew = append(renew, rj)
-		}
-	}
-	if len(renew) == 0 {
 		return
 	}
-	ls := make([]session.Lease, len(renew))
-	for i, rj := range renew {
-		ls[i] = rj.lease
-	}
-	renewed, lost, err := r.batcher.RenewLeases(pctx, ls, r.cfg.Clock.Now(), r.cfg.LeaseTTL)
-	if err == nil && (len(renewed) != len(ls) || len(lost) != len(ls)) {
-		err = fmt.Errorf("the store answered for %d of %d leases", len(renewed), len(ls))
-	}
-	for i, rj := range renew {
-		switch {
-		case err != nil:
-			r.renewed(rj, session.Lease{}, err)
-		case lost[i]:
-			r.renewed(rj, session.Lease{}, session.ErrLeaseLost)
-		default:
-			r.renewed(rj, renewed[i], nil)
+	for lo := 0; lo < len(jobs); lo += session.MaxBatch {
+		batch := jobs[lo:min(lo+session.MaxBatch, len(jobs))]
+		ls := make([]session.Lease, len(batch))
+		for i, rj := range batch {
+			ls[i] = rj.lease
 		}
+		renewed, lost, err := r.batcher.RenewLeases(pctx, ls, r.cfg.Clock.Now(), r.cfg.LeaseTTL)
+		if err == nil && (len(renewed) != len(ls) || len(lost) != len(ls)) {
+			err = fmt.Errorf("the store answered for %d of %d leases", len(renewed), len(ls))
+		}
+		for i, rj := range batch {
+			switch {
+			case err != nil:
+				r.renewed(rj, session.Lease{}, err)
+			case lost[i]:
+				r.renewed(rj, session.Lease{}, session.ErrLeaseLost)
+			default:
+				r.renewed(rj, renewed[i], nil)
+			}
+		}
+	}
+}
+
+// shed hands over the runs beyond this Runner's share, the last ones in
+// its poll order (another process's order starts elsewhere).
+func (r *Runner) shed() {
+	if r.share == 0 {
+		return
+	}
+	var running []*runnerJob
+	for _, rj := range r.jobs {
+		if rj.done != nil && !rj.stopping && !rj.handing && !rj.disabling {
+			running = append(running, rj)
+		}
+	}
+	for _, rj := range running[min(r.share, len(running)):] {
+		r.handOver(rj, fmt.Sprintf("this process runs %d jobs, above its share of %d", len(running), r.share))
 	}
 }
 
@@ -437,6 +527,9 @@ func (r *Runner) acquire(ctx, pctx context.Context, rj *runnerJob) {
 	if !ok {
 		rj.held, rj.foreign = false, l.Until
 		return
+	}
+	if !rj.held {
+		r.holding++
 	}
 	rj.setLease(l)
 	rj.held, rj.foreign = true, time.Time{}
@@ -502,6 +595,16 @@ func (rj *runnerJob) setLease(l session.Lease) {
 	rj.until.Store(l.Until.UnixMicro())
 }
 
+// handOver stops the job's run to give the job to another process; its
+// lease is renewed until the run has ended and released by the next poll.
+func (r *Runner) handOver(rj *runnerJob, why string) {
+	rj.handing = true
+	r.setActive(rj.job.Name(), rj.done, false)
+	r.cfg.Logger.Info("handing a job over", "job", rj.job.Name(), "holder", r.cfg.Holder, "why", why)
+	r.cfg.Observer(RunnerEvent{Kind: RunnerJobHandingOver, Job: rj.job.Name(), Message: why})
+	rj.cancel()
+}
+
 // stop cancels the job's run, if any.
 func (r *Runner) stop(rj *runnerJob, why string) {
 	if rj.done == nil || rj.stopping {
@@ -530,6 +633,7 @@ func (r *Runner) disable(ctx context.Context, rj *runnerJob) {
 
 func (r *Runner) release(ctx context.Context, rj *runnerJob) {
 	rj.held = false
+	r.holding--
 	if err := r.leaser.ReleaseLease(ctx, rj.lease); err != nil {
 		r.cfg.Logger.Warn("release a job's lease (it runs out by itself)", "job", rj.lease.Job, "holder", r.cfg.Holder, "err", err)
 	}
@@ -554,5 +658,10 @@ func (r *Runner) stopAll(ctx context.Context) {
 			r.release(rctx, rj)
 		}
 		rj.foreign = time.Time{}
+	}
+	if r.roster != nil {
+		if err := r.roster.Withdraw(rctx, r.cfg.Holder); err != nil {
+			r.cfg.Logger.Warn("withdraw this runner (its announcement runs out by itself)", "holder", r.cfg.Holder, "err", err)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package walbackup_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -54,6 +55,8 @@ type world struct {
 	// batch makes the processes' stores LeaseBatchers, so their Runners
 	// poll in batches rather than a job at a time.
 	batch bool
+	// roster makes them Rosters, so their Runners keep to their shares.
+	roster bool
 }
 
 func newWorld(f *fleet, jobs int) *world {
@@ -74,8 +77,13 @@ func (w *world) process(t testing.TB, holder string, store session.Store, ttl ti
 	ds := newDeadSessions(store, p.deadFlag())
 	ds.leasesDown = &p.leaseDn
 	var sessions session.Store = ds
-	if w.batch {
+	switch {
+	case w.batch && w.roster:
+		sessions = deadBatchRosterSessions{deadBatchSessions{ds}, rosterPart{ds}}
+	case w.batch:
 		sessions = deadBatchSessions{ds}
+	case w.roster:
+		sessions = deadRosterSessions{ds, rosterPart{ds}}
 	}
 	var jobs []*walbackup.Job
 	for _, name := range w.names {
@@ -378,6 +386,84 @@ func TestRunnersShareJobsByLeaseMemory(t *testing.T) {
 		t.Run(fmt.Sprintf("batch=%t", batch), func(t *testing.T) {
 			store := smem.New()
 			runnersScenario(t, batch, func(testing.TB) session.Store { return store })
+		})
+	}
+}
+
+// With a Roster, Runners run the enabled jobs in even shares: a process
+// that joins gets its share from the one that ran them all, by clean
+// hand-overs (the run stopped and its session ended before the lease is
+// released, no two runs of a job at once), one that stops or dies leaves
+// its share to the others, and nothing is lost on the way.
+func TestRunnersShareJobsEvenly(t *testing.T) {
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch=%t", batch), func(t *testing.T) {
+			f := newFleet(testenv.LoggerAt(t, slog.LevelWarn))
+			w := newWorld(f, 12)
+			w.batch, w.roster = batch, true
+			store := smem.New()
+			p1 := w.process(t, "host-1", store, 0)
+			for _, name := range w.names {
+				p1.set(t, f, name, true)
+			}
+			f.step(t, time.Minute)
+			require.Equal(t, w.names, p1.runner.Running(), "alone, it runs every job")
+			w.addWAL(1)
+
+			counts := func(ps ...*process) []int {
+				var out []int
+				all := map[string]string{}
+				for _, p := range ps {
+					running := p.runner.Running()
+					out = append(out, len(running))
+					for _, name := range running {
+						require.Empty(t, all[name], "%s runs in %s and %s", name, all[name], p.holder)
+						all[name] = p.holder
+					}
+				}
+				require.Len(t, all, len(w.names), "every job runs: %v", out)
+				return out
+			}
+			handedOver := func(holder string) int {
+				n := 0
+				for _, e := range f.seen {
+					if e.runner != nil && e.holder == holder && e.runner.Kind == walbackup.RunnerJobHandingOver {
+						n++
+					}
+				}
+				return n
+			}
+
+			p2 := w.process(t, "host-2", store, 0)
+			p3 := w.process(t, "host-3", store, 0)
+			f.step(t, walbackup.DefaultLeaseTTL)
+			assert.Equal(t, []int{4, 4, 4}, counts(p1, p2, p3))
+			assert.Equal(t, 8, handedOver("host-1"), "host-1 handed over what was beyond its share, once")
+			for _, name := range w.names {
+				cs := childSessions(t, store, name)
+				requireNoOverlap(t, cs, name)
+				if len(cs) > 1 {
+					assert.Equal(t, session.StateStopped, cs[0].State, "%s: the handed-over session ended cleanly", name)
+				}
+			}
+			f.step(t, time.Minute)
+			assert.Equal(t, 8, handedOver("host-1"), "shares that hold are left alone")
+			assert.Zero(t, handedOver("host-2")+handedOver("host-3"))
+
+			w.addWAL(1)
+			p3.stop()
+			f.step(t, walbackup.DefaultLeaseTTL)
+			assert.Equal(t, []int{6, 6}, counts(p1, p2), "a stopped process's share goes to the others")
+			p2.kill()
+			f.step(t, 2*walbackup.DefaultLeaseTTL)
+			assert.Equal(t, []int{12}, counts(p1), "so does a dead one's, once its leases and announcement ran out")
+
+			w.addWAL(1)
+			f.step(t, 15*time.Minute)
+			w.requireAllShipped(t)
+			for _, name := range w.names {
+				requireNoOverlap(t, childSessions(t, store, name), name)
+			}
 		})
 	}
 }

@@ -25,11 +25,11 @@ import (
 
 // storeCounts counts what Runners and jobs ask of their session stores.
 type storeCounts struct {
-	sessions, enabled, acquire, renew, release atomic.Int64
+	sessions, enabled, acquire, renew, release, roster atomic.Int64
 }
 
 func (c *storeCounts) total() int64 {
-	return c.sessions.Load() + c.enabled.Load() + c.acquire.Load() + c.renew.Load() + c.release.Load()
+	return c.sessions.Load() + c.enabled.Load() + c.acquire.Load() + c.renew.Load() + c.release.Load() + c.roster.Load()
 }
 
 // countingStore is a process's session store, counting its calls; its
@@ -98,9 +98,25 @@ func (s countingStore) JobEnabled(ctx context.Context, job string) (bool, error)
 	return s.leaser.JobEnabled(ctx, job)
 }
 
-// countingBatchStore is countingStore with the store's LeaseBatcher: a
-// call counts once, however many jobs it answers for.
+// countingBatchStore is countingStore with the store's LeaseBatcher (a
+// call counts once, however many jobs it answers for) and Roster, so the
+// processes keep to even shares.
 type countingBatchStore struct{ countingStore }
+
+func (s countingBatchStore) Announce(ctx context.Context, holder string, until time.Time) error {
+	s.n.roster.Add(1)
+	return s.leaser.(session.Roster).Announce(ctx, holder, until)
+}
+
+func (s countingBatchStore) Present(ctx context.Context, now time.Time) ([]string, error) {
+	s.n.roster.Add(1)
+	return s.leaser.(session.Roster).Present(ctx, now)
+}
+
+func (s countingBatchStore) Withdraw(ctx context.Context, holder string) error {
+	s.n.roster.Add(1)
+	return s.leaser.(session.Roster).Withdraw(ctx, holder)
+}
 
 func (s countingBatchStore) JobStates(ctx context.Context, jobs []string) ([]session.JobState, error) {
 	s.n.enabled.Add(1)
@@ -128,8 +144,8 @@ func envInt(name string, def int) int {
 // machine archives one segment. It reports, per second of the interval,
 // the session store calls of every process together, split into lease
 // calls (enabled flags, acquire, renew) and session records, with the
-// Runners polling a job at a time (a store without session.LeaseBatcher)
-// or in batches; PUTs per
+// Runners polling a job at a time (a store with session.Leaser only) or in
+// batches and keeping to even shares (session.LeaseBatcher and Roster); PUTs per
 // instance per interval; CPU time and heap per machine; how the jobs
 // spread; and the wall time of one poll round (every Runner's poll, with
 // nothing to ship), which must stay well under the poll interval (10 s),

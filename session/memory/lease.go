@@ -3,6 +3,7 @@ package memory
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/pglogship/pglogship/session"
@@ -191,4 +192,54 @@ func (m *Store) RenewLeases(ctx context.Context, ls []session.Lease, now time.Ti
 		renewed[i] = l
 	}
 	return renewed, lost, nil
+}
+
+var _ session.Roster = (*Store)(nil)
+
+// Announce implements session.Roster.
+func (m *Store) Announce(ctx context.Context, holder string, until time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := session.ValidateAnnouncement(holder, until, true); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.roster[holder] = session.Normalize(until)
+	return nil
+}
+
+// Present implements session.Roster.
+func (m *Store) Present(ctx context.Context, now time.Time) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if now.IsZero() {
+		return nil, fmt.Errorf("%w: who is present needs the current time", session.ErrInvalid)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for h, until := range m.roster {
+		if now.Before(until) {
+			out = append(out, h)
+		}
+	}
+	slices.Sort(out)
+	return out[:min(len(out), session.MaxBatch)], nil
+}
+
+// Withdraw implements session.Roster.
+func (m *Store) Withdraw(ctx context.Context, holder string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := session.ValidateAnnouncement(holder, time.Time{}, false); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.roster, holder)
+	return nil
 }

@@ -1,7 +1,8 @@
 // Package memory is a session.Store that keeps records in process memory.
 // It also implements session.Leaser, for the leases and wanted job states of
-// one process (or of tests that run several runners in one process), and
-// session.Pinner, for the restores of one process.
+// one process (or of tests that run several runners in one process),
+// session.Roster, for the runners of one process, and session.Pinner, for
+// the restores of one process.
 //
 // It is complete and safe for concurrent use, and forgets everything when the
 // process exits: use it for tests, demos and host programs that keep no
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/pglogship/pglogship/session"
 )
@@ -29,6 +31,7 @@ type Store struct {
 	leases   map[string]*leaseRow              // by job
 	enabled  map[string]bool                   // by job
 	pins     map[string]map[string]session.Pin // by job, then id
+	roster   map[string]time.Time              // announcements by holder
 }
 
 type record struct {
@@ -39,7 +42,7 @@ type record struct {
 // New returns an empty store.
 func New() *Store {
 	return &Store{sessions: make(map[string]*record), leases: make(map[string]*leaseRow), enabled: make(map[string]bool),
-		pins: make(map[string]map[string]session.Pin)}
+		pins: make(map[string]map[string]session.Pin), roster: make(map[string]time.Time)}
 }
 
 // Create implements session.Store.

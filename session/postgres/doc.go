@@ -16,7 +16,9 @@
 // lease ran out is decided with the caller's clock, never the database's.
 // It implements session.Pinner too, in the pins table: the pins running
 // restores and drills hold on what they read, which expiry in every process
-// sees.
+// sees. And session.Roster, in the runners table: one row per process
+// sharing the store, its announcement renewed at every poll; rows run out
+// a day ago are dropped by the next announcement.
 //
 // The database may restart under a running process: a statement that
 // fails because its pooled connection died with the old server (it never

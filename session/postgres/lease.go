@@ -245,3 +245,49 @@ func (s *Store) RenewLeases(ctx context.Context, ls []session.Lease, now time.Ti
 	}
 	return renewed, lost, nil
 }
+
+var _ session.Roster = (*Store)(nil)
+
+// Announce implements session.Roster in one statement, which also drops
+// announcements that ran out a day before this one's end.
+func (s *Store) Announce(ctx context.Context, holder string, until time.Time) error {
+	if err := session.ValidateAnnouncement(holder, until, true); err != nil {
+		return err
+	}
+	runners := s.table("runners")
+	_, err := s.db.Exec(ctx, `WITH gone AS (DELETE FROM `+runners+` WHERE expires_at < $2::timestamptz - interval '1 day' AND holder <> $1)
+		INSERT INTO `+runners+` (holder, expires_at) VALUES ($1, $2)
+		ON CONFLICT (holder) DO UPDATE SET expires_at = EXCLUDED.expires_at`, holder, session.Normalize(until))
+	if err != nil {
+		return fmt.Errorf("announce %q: %w", holder, err)
+	}
+	return nil
+}
+
+// Present implements session.Roster.
+func (s *Store) Present(ctx context.Context, now time.Time) ([]string, error) {
+	if now.IsZero() {
+		return nil, fmt.Errorf("%w: who is present needs the current time", session.ErrInvalid)
+	}
+	rows, err := s.db.Query(ctx, `SELECT holder FROM `+s.table("runners")+` WHERE expires_at > $1 ORDER BY holder LIMIT $2`,
+		session.Normalize(now), session.MaxBatch)
+	if err != nil {
+		return nil, fmt.Errorf("read who is present: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("read who is present: %w", err)
+	}
+	return out, nil
+}
+
+// Withdraw implements session.Roster.
+func (s *Store) Withdraw(ctx context.Context, holder string) error {
+	if err := session.ValidateAnnouncement(holder, time.Time{}, false); err != nil {
+		return err
+	}
+	if _, err := s.db.Exec(ctx, `DELETE FROM `+s.table("runners")+` WHERE holder = $1`, holder); err != nil {
+		return fmt.Errorf("withdraw %q: %w", holder, err)
+	}
+	return nil
+}

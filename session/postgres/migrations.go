@@ -70,6 +70,11 @@ var migrations = []string{
 		expires_at     timestamptz NOT NULL,
 		PRIMARY KEY (job, id)
 	);`,
+	// 4: the processes sharing the store (session.Roster).
+	`CREATE TABLE {s}.runners (
+		holder     text COLLATE "C" PRIMARY KEY,
+		expires_at timestamptz NOT NULL
+	);`,
 }
 
 // SchemaVersion is the schema version this package writes.

@@ -32,6 +32,51 @@ func (s suite) runLeases(t *testing.T) {
 	t.Run("FencedWrites", s.fencedWrites)
 	t.Run("FencedWritesRaceATakeover", s.fencedRace)
 	t.Run("Batch", s.leaseBatch)
+	t.Run("Roster", s.roster)
+}
+
+// Announcements are seen by both store values until they run out at the
+// reader's now; an announcement again moves its end either way; Withdraw
+// removes one at once and is idempotent; bad input is refused. A store
+// that does not implement session.Roster skips it (optional).
+func (s suite) roster(t *testing.T) {
+	ctx := context.Background()
+	st := s.h.New(t)
+	a, ok := st.(session.Roster)
+	if !ok {
+		t.Skip("the store does not implement session.Roster")
+	}
+	b := s.h.Peer(t, st).(session.Roster)
+	present := func(r session.Roster, now time.Time) []string {
+		t.Helper()
+		got, err := r.Present(ctx, now)
+		require.NoError(t, err)
+		return got
+	}
+	assert.Empty(t, present(a, base), "nobody announced")
+	require.NoError(t, a.Announce(ctx, "host-b", base.Add(ttl)))
+	require.NoError(t, b.Announce(ctx, "host-a", base.Add(2*ttl)))
+	require.NoError(t, b.Announce(ctx, "host-c", base.Add(ttl/2)))
+	assert.Equal(t, []string{"host-a", "host-b", "host-c"}, present(a, base), "sorted, from both store values")
+	assert.Equal(t, []string{"host-a", "host-b"}, present(b, base.Add(ttl/2)), "run out at its end")
+	assert.Equal(t, []string{"host-a"}, present(a, base.Add(ttl)))
+
+	require.NoError(t, a.Announce(ctx, "host-a", base.Add(ttl/4)))
+	assert.Equal(t, []string{"host-b"}, present(b, base.Add(ttl/2)), "an announcement again replaces the end, also an earlier one")
+	require.NoError(t, b.Announce(ctx, "host-c", base.Add(3*ttl)))
+	assert.Equal(t, []string{"host-c"}, present(a, base.Add(2*ttl)), "announced again after it ran out")
+
+	require.NoError(t, a.Withdraw(ctx, "host-b"))
+	require.NoError(t, b.Withdraw(ctx, "host-b"), "idempotent")
+	require.NoError(t, b.Withdraw(ctx, "never announced"))
+	assert.Equal(t, []string{"host-a", "host-c"}, present(b, base))
+
+	require.ErrorIs(t, a.Announce(ctx, "", base), session.ErrInvalid)
+	require.ErrorIs(t, a.Announce(ctx, string(make([]byte, session.MaxNameLen+1)), base), session.ErrInvalid)
+	require.ErrorIs(t, a.Announce(ctx, "host-a", time.Time{}), session.ErrInvalid)
+	_, err := a.Present(ctx, time.Time{})
+	require.ErrorIs(t, err, session.ErrInvalid)
+	require.ErrorIs(t, a.Withdraw(ctx, ""), session.ErrInvalid)
 }
 
 // JobStates reads what JobEnabled and the lease calls say of each job, in

@@ -13,7 +13,8 @@
 // database, as two processes would. A store that implements session.Leaser
 // is checked for it too (the Leases subtests): one holder at a time under
 // concurrent acquirers on both store values, expiry and takeover, lost and
-// released leases, growing fencing tokens, and the shared enabled flag. A
+// released leases, growing fencing tokens, the shared enabled flag, and
+// (when implemented) batches, fenced writes and the roster of processes. A
 // store that implements session.Pinner is checked for it (the Pins
 // subtests): round trips on both store values, renewal and running out at
 // the caller's now, idempotent removal, concurrent pins, and refused input.
