@@ -28,6 +28,26 @@ import (
 // and the named restore point, short enough for make test.
 const layoutTxns = 40
 
+// layoutReleases are the releases each layout runs on: the oldest and the
+// newest that pglogship supports.
+var layoutReleases = []int{testenv.SupportedMajors[0], testenv.SupportedMajors[len(testenv.SupportedMajors)-1]}
+
+// onReleases runs layout as a parallel subtest per release of majors (0:
+// Debian's).
+func onReleases(t *testing.T, majors []int, layout func(t *testing.T, major int)) {
+	t.Parallel()
+	for _, major := range majors {
+		name := fmt.Sprintf("PostgreSQL %d", major)
+		if major == 0 {
+			name = "Debian's PostgreSQL"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			layout(t, major)
+		})
+	}
+}
+
 // restoreAtRandom restores f to count random times, at least one in each
 // stretch of transactions between marks (indexes into f.txns), each into a
 // new directory, and checks the items table row for row and, with check,
@@ -70,9 +90,10 @@ func (f *pitrFixture) restoreAtRandom(t *testing.T, seed uint64, count int, mark
 // pg_wal is a link to a directory outside the data directory (initdb -X):
 // the restored pg_wal is a directory of its own, and the restored server
 // never writes into the original's WAL directory.
-func TestLayoutExternalWAL(t *testing.T) {
-	t.Parallel()
-	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{ExternalWAL: true}, txns: layoutTxns})
+func TestLayoutExternalWAL(t *testing.T) { onReleases(t, layoutReleases, layoutExternalWAL) }
+
+func layoutExternalWAL(t *testing.T, major int) {
+	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{Major: major, ExternalWAL: true}, txns: layoutTxns})
 	f.restoreAtRandom(t, 1, 3, nil, func(t *testing.T, pg *testenv.Postgres, _ int) {
 		st, err := os.Lstat(filepath.Join(pg.DataDir, "pg_wal"))
 		require.NoError(t, err)
@@ -84,21 +105,37 @@ func TestLayoutExternalWAL(t *testing.T) {
 }
 
 // WAL segments of 64 MiB (initdb --wal-segsize=64).
-func TestLayoutWALSegmentSize(t *testing.T) {
-	t.Parallel()
-	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{InitdbArgs: []string{"--wal-segsize=64"}}, txns: layoutTxns})
+func TestLayoutWALSegmentSize(t *testing.T) { onReleases(t, layoutReleases, layoutWALSegmentSize) }
+
+func layoutWALSegmentSize(t *testing.T, major int) {
+	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{Major: major, InitdbArgs: []string{"--wal-segsize=64"}}, txns: layoutTxns})
 	f.restoreAtRandom(t, 2, 3, nil, func(t *testing.T, pg *testenv.Postgres, _ int) {
 		assert.Equal(t, "64MB", pg.Psql(t, "postgres", "SHOW wal_segment_size"))
 	})
 }
 
 // Data checksums on: the restored cluster has them, and every page of it
-// passes pg_checksums once the server is stopped.
-func TestLayoutDataChecksums(t *testing.T) {
-	t.Parallel()
-	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{InitdbArgs: []string{"--data-checksums"}}, txns: layoutTxns})
+// passes pg_checksums once the server is stopped (Debian's release), or,
+// where the release's tree has no pg_checksums (the npm registry's), every
+// page of the database is read into the cold shared buffers of the
+// restarted server, which verifies each checksum as it reads.
+func TestLayoutDataChecksums(t *testing.T) { onReleases(t, layoutReleases, layoutDataChecksums) }
+
+func layoutDataChecksums(t *testing.T, major int) {
+	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{Major: major, InitdbArgs: []string{"--data-checksums"}}, txns: layoutTxns})
 	f.restoreAtRandom(t, 3, 3, nil, func(t *testing.T, pg *testenv.Postgres, _ int) {
 		assert.Equal(t, "on", pg.Psql(t, "postgres", "SHOW data_checksums"))
+		if _, err := os.Stat(filepath.Join(pg.BinDir, "pg_checksums")); err != nil {
+			out, err := pg.PgCtl("restart", "-m", "fast", "-w", "-l", pg.LogFile)
+			require.NoError(t, err, "%s", out)
+			pg.Exec(t, "postgres", "CREATE EXTENSION pg_prewarm")
+			blocks, err := strconv.Atoi(pg.Psql(t, "postgres", `SELECT sum(pg_prewarm(oid, 'buffer')) FROM pg_class
+				WHERE relkind IN ('r', 'i', 't', 'm', 'S') AND relpersistence = 'p'`))
+			require.NoError(t, err)
+			assert.Greater(t, blocks, 100, "every page of the database read")
+			assert.Equal(t, "0", pg.Psql(t, "postgres", "SELECT checksum_failures FROM pg_stat_database WHERE datname = 'postgres'"))
+			return
+		}
 		pg.Stop(t)
 		out, err := pg.Tool("pg_checksums", "--check", "-D", pg.DataDir)
 		require.NoError(t, err, "%s", out)
@@ -109,7 +146,8 @@ func TestLayoutDataChecksums(t *testing.T) {
 // A Debian cluster (pg_createcluster), whose configuration files live in
 // /etc/postgresql: the restore starts with the original's postgresql.conf
 // (RecoveryOptions.ConfigFile) on the restored data directory, never the
-// original's, and leaves the original's files alone.
+// original's, and leaves the original's files alone. On Debian's release
+// only: pg_createcluster makes clusters of the releases Debian installed.
 func TestLayoutDebianCluster(t *testing.T) {
 	t.Parallel()
 	f := newPITRFixture(t, pitrWorkload{pg: testenv.PostgresConfig{Debian: true}, txns: layoutTxns})
@@ -139,11 +177,12 @@ func TestLayoutDebianCluster(t *testing.T) {
 // it, both filled: restored empty, as PostgreSQL defines (made anew from
 // their init fork at the end of recovery), the later one only once made,
 // while the logged rows are exact.
-func TestLayoutUnloggedTables(t *testing.T) {
-	t.Parallel()
+func TestLayoutUnloggedTables(t *testing.T) { onReleases(t, layoutReleases, layoutUnloggedTables) }
+
+func layoutUnloggedTables(t *testing.T, major int) {
 	made := -1             // the transaction that made the later table
 	rows, rows2 := 1000, 0 // in scratch and scratch2 on the original
-	f := newPITRFixture(t, pitrWorkload{txns: layoutTxns,
+	f := newPITRFixture(t, pitrWorkload{txns: layoutTxns, pg: testenv.PostgresConfig{Major: major},
 		before: func(t *testing.T, f *pitrFixture) {
 			f.pg.Exec(t, "postgres", "CREATE UNLOGGED TABLE scratch (n int); INSERT INTO scratch SELECT generate_series(1, 1000)")
 		},
@@ -207,7 +246,10 @@ func inTransaction(t *testing.T, conn *pgx.Conn, sql string) uint32 {
 // can be committed there; one prepared later does not exist; one committed
 // by the target has its rows.
 func TestLayoutPreparedTransaction(t *testing.T) {
-	t.Parallel()
+	onReleases(t, layoutReleases, layoutPreparedTransaction)
+}
+
+func layoutPreparedTransaction(t *testing.T, major int) {
 	ctx := context.Background()
 	type prepared struct {
 		gid              string
@@ -227,7 +269,7 @@ func TestLayoutPreparedTransaction(t *testing.T) {
 		p.at = at
 	}
 	f := newPITRFixture(t, pitrWorkload{txns: layoutTxns,
-		pg: testenv.PostgresConfig{Settings: map[string]string{"max_prepared_transactions": "4"}},
+		pg: testenv.PostgresConfig{Major: major, Settings: map[string]string{"max_prepared_transactions": "4"}},
 		before: func(t *testing.T, f *pitrFixture) {
 			f.pg.Exec(t, "postgres", "CREATE TABLE pending (id int, gid text)")
 			conn := f.pg.Connect(t, "postgres")
@@ -291,11 +333,14 @@ func sortedInts(s []int) bool {
 // an interrupted drop: listed, invalid (datconnlimit -2), refusing
 // connections.
 func TestLayoutDatabaseCreatedAndDropped(t *testing.T) {
-	t.Parallel()
+	onReleases(t, layoutReleases, layoutDatabaseCreatedAndDropped)
+}
+
+func layoutDatabaseCreatedAndDropped(t *testing.T, major int) {
 	ctx := context.Background()
 	var created, filled, dropped int
 	f := newPITRFixture(t, pitrWorkload{txns: layoutTxns,
-		pg: testenv.PostgresConfig{Settings: map[string]string{"autovacuum": "off"}}, // for recordLast
+		pg: testenv.PostgresConfig{Major: major, Settings: map[string]string{"autovacuum": "off"}}, // for recordLast
 		before: func(t *testing.T, f *pitrFixture) {
 			f.pg.CreateDatabase(t, "doomed")
 			f.pg.Exec(t, "doomed", "CREATE TABLE kept (n int); INSERT INTO kept SELECT generate_series(1, 500)")

@@ -34,12 +34,12 @@ type tablespaceWorkload struct {
 	later     int   // f.txns index of the DDL that makes a table in ts2
 }
 
-func newTablespaceFixture(t *testing.T) (*pitrFixture, *tablespaceWorkload) {
+func newTablespaceFixture(t *testing.T, major int) (*pitrFixture, *tablespaceWorkload) {
 	ctx := context.Background()
 	w := &tablespaceWorkload{locations: map[string]string{}, oids: map[string]uint32{}}
 	var second *pgx.Conn
 	f := newPITRFixture(t, pitrWorkload{txns: layoutTxns,
-		pg: testenv.PostgresConfig{Settings: map[string]string{"autovacuum": "off"}}, // the originals stay quiet to be compared
+		pg: testenv.PostgresConfig{Major: major, Settings: map[string]string{"autovacuum": "off"}}, // the originals stay quiet to be compared
 		before: func(t *testing.T, f *pitrFixture) {
 			for _, name := range []string{"ts1", "ts2"} {
 				dir := filepath.Join(testenv.UserDir(t, f.pg.OSUser), "location of "+name)
@@ -156,11 +156,15 @@ func treeSums(t *testing.T, dir string) map[string]string {
 // its data directory, linked from pg_tblspc, and the original's
 // tablespace directories untouched, byte for byte. Then a mapping puts
 // them where the caller says, and a restore in place puts them back at
-// their original locations, the old ones moved aside.
+// their original locations, the old ones moved aside. On the oldest and
+// the newest release, and on Debian's (0).
 func TestRestoreWithTablespaces(t *testing.T) {
-	t.Parallel()
+	onReleases(t, append([]int{0}, layoutReleases...), restoreWithTablespaces)
+}
+
+func restoreWithTablespaces(t *testing.T, major int) {
 	ctx := context.Background()
-	f, w := newTablespaceFixture(t)
+	f, w := newTablespaceFixture(t, major)
 	f.pg.Exec(t, "postgres", "CHECKPOINT") // nothing left for the original to write
 	originals := map[string]map[string]string{}
 	for name, dir := range w.locations {
@@ -189,9 +193,7 @@ func TestRestoreWithTablespaces(t *testing.T) {
 		dir := filepath.Join(testenv.UserDir(t, f.pg.OSUser), "scratch")
 		scratch := testenv.PostgresFor(t, dir, f.pg)
 		res, err := f.job.Drill(ctx, walbackup.DrillRequest{Machine: "db1", SQL: []string{"SELECT count(*) FROM items"},
-			Scratch: walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}, Recovery: walbackup.RecoveryOptions{
-				Port: scratch.Port, SocketDir: scratch.SocketDir, OSUser: f.pg.OSUser,
-				Settings: map[string]string{"listen_addresses": "127.0.0.1"}}}})
+			Scratch: walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}, Recovery: f.recoveryOptions(scratch)}})
 		require.NoError(t, err)
 		assert.True(t, res.Passed, "%v", res.Failures)
 		assert.Contains(t, res.Databases, "second", "the database in ts2 connects")
@@ -202,8 +204,7 @@ func TestRestoreWithTablespaces(t *testing.T) {
 	base := testenv.UserDir(t, f.pg.OSUser)
 	dataDir := filepath.Join(base, "mapped")
 	pg := testenv.PostgresFor(t, dataDir, f.pg)
-	recovery := walbackup.RecoveryOptions{Port: pg.Port, SocketDir: pg.SocketDir, OSUser: f.pg.OSUser,
-		Settings: map[string]string{"listen_addresses": "127.0.0.1"}}
+	recovery := f.recoveryOptions(pg)
 	t.Run("mapping", func(t *testing.T) {
 		to := walbackup.RestoreTo{Image: dataDir, Guest: walbackup.Machine{ID: "db1"}, Recovery: recovery}
 		to.Tablespaces = map[string]string{"no such tablespace": filepath.Join(base, "x")}
@@ -227,7 +228,7 @@ func TestRestoreWithTablespaces(t *testing.T) {
 			before[name] = treeSums(t, dir)
 		}
 		to := walbackup.RestoreTo{Image: f.pg.DataDir, Guest: walbackup.Machine{ID: "db1"}, Force: true,
-			Recovery: walbackup.RecoveryOptions{OSUser: f.pg.OSUser}}
+			Recovery: walbackup.RecoveryOptions{OSUser: f.pg.OSUser, BinDir: f.pg.BinDir}}
 		res, err := f.job.Restore(ctx, walbackup.RestoreRequest{Machine: "db1", Target: walbackup.Latest()}, to)
 		require.NoError(t, err, "%s", res.Recovery.Log)
 		assert.Equal(t, f.want(len(f.txns)), items(t, f.pg))

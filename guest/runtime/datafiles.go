@@ -194,8 +194,10 @@ func (w *dataWalker) walk(abs, rel string, st fs.FileInfo) error {
 	return nil
 }
 
+// hash sums the regular file at path; a link put there since it was
+// listed is not followed.
 func (w *dataWalker) hash(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return "", err
 	}

@@ -163,3 +163,18 @@ func TestSendDataFiles(t *testing.T) {
 	require.ErrorIs(t, err, guest.ErrUnsafePath)
 	assert.Zero(t, wire.Len(), "nothing is sent when one path is refused")
 }
+
+// A file swapped for a link between the listing and the checksum read is
+// not followed: the sum is of nothing outside the data directory.
+func TestHashDoesNotFollowALink(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "outside")
+	require.NoError(t, os.WriteFile(secret, []byte("not the server's"), 0o600))
+	link := filepath.Join(dir, "16384")
+	require.NoError(t, os.Symlink(secret, link))
+	w := &dataWalker{buf: make([]byte, 4096)}
+	_, err := w.hash(link)
+	require.ErrorIs(t, err, syscall.ELOOP)
+	_, err = w.hash(secret)
+	require.NoError(t, err, "a regular file is summed")
+}

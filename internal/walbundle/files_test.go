@@ -76,3 +76,25 @@ func TestAddFiles(t *testing.T) {
 	require.NoError(t, err)
 	require.ErrorContains(t, b.AddFiles(ctx, names, open, 2, bundle.Raw), "not a compressed one")
 }
+
+// A segment whose WAL cannot be read (a page magic no release writes) is
+// bundled as it is and reported unknown with the reason, on the path the
+// guest builds bundles by (direct shipping and the runtime's stream),
+// never summarized as empty.
+func TestUnreadableSegmentIsUnknown(t *testing.T) {
+	ctx := context.Background()
+	seg := bytes.Repeat([]byte("no"), 8<<20) // 16 MiB, page magic 0x6F6E
+	name := "000000010000000000000003"
+	open := func(string) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(seg)), nil }
+	for _, codec := range []bundle.Codec{bundle.Zstd, bundle.S2} {
+		b, err := walbundle.New(io.Discard, "b", nil, time.Now(), nil)
+		require.NoError(t, err)
+		require.NoError(t, b.AddFiles(ctx, []string{name}, open, 2, codec))
+		res, err := b.Close()
+		require.NoError(t, err)
+		require.Len(t, res.Files, 1, "bundled all the same")
+		require.Len(t, res.Unknown, 1)
+		require.Equal(t, name, res.Unknown[0].Segment)
+		require.Contains(t, res.Unknown[0].Reason, "magic")
+	}
+}
