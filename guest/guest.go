@@ -31,6 +31,10 @@ var (
 	// ErrHostKey: the guest's host key is not the one expected (it changed,
 	// or the address reaches another machine). Nothing was sent to it.
 	ErrHostKey = errors.New("guest host key refused")
+	// ErrNoInstance: no running PostgreSQL serves the data directory a
+	// Target names (stopped, moved, or never there), or the server found
+	// there serves another one.
+	ErrNoInstance = errors.New("no running postgresql instance with that data directory")
 )
 
 // Target says which guest to deploy into. Credentials belong to the
@@ -38,6 +42,13 @@ var (
 type Target struct {
 	Machine string // machine id, for logs and records
 	Address string // host:port of the guest's SSH server; unused by local deployers
+	// DataDir picks one of several PostgreSQL instances of the guest by
+	// its data directory: the runtime reaches it at the port and socket
+	// directory its postmaster.pid names, with the deployer's user and
+	// credentials, and refuses to start (ErrNoInstance) unless the server
+	// it reached serves that directory. Empty: the instance the deployer's
+	// connection settings reach.
+	DataDir string
 }
 
 // Deployer installs the runtime component into guests.
@@ -183,9 +194,9 @@ type Cluster struct {
 type ClusterLister interface {
 	// Clusters lists the clusters running postmasters serve, and the data
 	// directories in the usual places that none serves (Running false),
-	// sorted by data directory. Read-only. The instances a Job protects are
-	// still the one each runtime connects to: one instance per machine
-	// (several per machine are being built on this).
+	// sorted by data directory. Read-only. A job with
+	// walbackup.Machine.AllInstances protects every running one, each
+	// through a runtime deployed for it (Target.DataDir).
 	Clusters(ctx context.Context) ([]Cluster, error)
 }
 

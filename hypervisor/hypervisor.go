@@ -75,6 +75,20 @@ type SnapshotOptions struct {
 	// base the hypervisor no longer tracks, gives a full image (Image.Full
 	// says which was taken).
 	Base *Image
+	// DataDir picks the PostgreSQL instance an InstanceImager images, by
+	// its data directory (guest.Target.DataDir); empty: the one its
+	// deployer reaches. Other hypervisors image the whole machine and
+	// ignore it.
+	DataDir string
+}
+
+// InstanceImager is implemented by hypervisors whose images hold one
+// PostgreSQL instance (file-level images), chosen by
+// SnapshotOptions.DataDir, so a machine with several instances gets an
+// image of each. Check with a type assertion.
+type InstanceImager interface {
+	// ImagesInstances does nothing: it marks the implementation.
+	ImagesInstances()
 }
 
 // Hypervisor takes and restores machine images. Methods are safe for

@@ -40,6 +40,10 @@ type Manifest struct {
 	Job      string `json:"job"`
 	Machine  string `json:"machine"`
 	SystemID uint64 `json:"system_id,string"`
+	// DataDir is where the instance's data directory was when the image
+	// was taken (which of a machine's instances it is); empty in
+	// manifests written before it was recorded.
+	DataDir  string `json:"data_dir,omitempty"`
 	Timeline uint32 `json:"timeline"`
 	// WALSegmentSize is the cluster's WAL segment size in bytes; 0 in a
 	// manifest means the default, 16 MiB.

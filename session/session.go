@@ -92,7 +92,29 @@ type Counters struct {
 	LastSegment  string  // last WAL segment shipped
 	FirstLSN     wal.LSN // start of the WAL range covered
 	LastLSN      wal.LSN // end of the WAL range covered
+	// Instances are a child session's counters per PostgreSQL instance,
+	// one for each instance it protects; the fields above sum them up.
+	// At most MaxInstances.
+	Instances []InstanceCounters
 }
+
+// InstanceCounters are what a child session shipped of one instance.
+type InstanceCounters struct {
+	Machine string `json:"machine"`
+	// DataDir names the instance when its machine has several; empty for
+	// a machine's only instance.
+	DataDir      string  `json:"data_dir,omitempty"`
+	SystemID     uint64  `json:"system_id,string,omitempty"` // 0 until the instance was reached
+	Files        int64   `json:"files"`
+	Bytes        int64   `json:"bytes"`
+	FirstSegment string  `json:"first_segment,omitempty"`
+	LastSegment  string  `json:"last_segment,omitempty"`
+	FirstLSN     wal.LSN `json:"first_lsn"`
+	LastLSN      wal.LSN `json:"last_lsn"`
+}
+
+// MaxInstances is the most per-instance counters a session keeps.
+const MaxInstances = 10000
 
 // Session is one run of a parent or child job.
 //
@@ -193,6 +215,18 @@ func validateCommon(s Session) error {
 		return invalid("segment names are at most %d bytes", MaxNameLen)
 	case len(s.Result) > MaxMessageLen:
 		return invalid("result is at most %d bytes", MaxMessageLen)
+	case len(c.Instances) > MaxInstances:
+		return invalid("at most %d instances' counters", MaxInstances)
+	}
+	for _, ic := range c.Instances {
+		switch {
+		case ic.Files < 0 || ic.Bytes < 0:
+			return invalid("counters cannot be negative")
+		case ic.Machine == "" || len(ic.Machine) > MaxNameLen || len(ic.DataDir) > MaxNameLen:
+			return invalid("an instance's machine is 1 to %d bytes, its data directory at most that", MaxNameLen)
+		case len(ic.FirstSegment) > MaxNameLen || len(ic.LastSegment) > MaxNameLen:
+			return invalid("segment names are at most %d bytes", MaxNameLen)
+		}
 	}
 	return nil
 }

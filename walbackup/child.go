@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/pglogship/pglogship/guest"
@@ -22,12 +24,18 @@ type childSession struct {
 	nextRetry time.Time // zero when no retry is planned
 	retries   int       // retries since the last interval
 	machines  []*machineState
+	pending   []Machine // AllInstances machines whose instances are not known yet
 	warnings  int
 	errors    int
 }
 
+// machineState is one instance of a machine in a child session: the
+// machine's only one, or one of its Machine.Instances.
 type machineState struct {
 	m       Machine
+	dataDir string // the instance's data directory; empty: the machine's only instance
+	name    string // for messages: the machine, and the instance when it has several
+	counter int    // its index in the session's Counters.Instances
 	rt      guest.Runtime
 	inst    repository.Instance
 	segSize int64
@@ -83,11 +91,11 @@ func (j *Job) startChild(ctx context.Context, parentID string) *childSession {
 		j.cfg.Logger.Error("create child session", "job", j.child, "err", err)
 	}
 	cs := &childSession{rec: rec, due: now, nextTick: now.Add(j.cfg.LogBackupInterval)}
-	for _, m := range j.cfg.Machines {
-		cs.machines = append(cs.machines, &machineState{m: m})
-	}
 	if j.run.note != "" && rec.ID != "" {
 		j.log(ctx, cs, session.SeverityInfo, j.run.note)
+	}
+	for _, m := range j.cfg.Machines {
+		j.addInstances(ctx, cs, m, false)
 	}
 	j.deployAll(ctx, cs, false)
 	cs.rec.State = session.StateWorking
@@ -97,28 +105,79 @@ func (j *Job) startChild(ctx context.Context, parentID string) *childSession {
 	return cs
 }
 
+// addInstances adds m's instances to the session, each with its counters;
+// a machine whose instances cannot be found now (AllInstances, the guest
+// unreachable) is tried again with the next deploys.
+func (j *Job) addInstances(ctx context.Context, cs *childSession, m Machine, retry bool) bool {
+	dirs, err := j.instancesNow(ctx, m)
+	if err != nil {
+		j.report(ctx, cs, retry, session.SeverityWarning, fmt.Sprintf("machine %s: %v; its WAL waits in the guest and the job keeps trying", m.ID, err))
+		if !slices.ContainsFunc(cs.pending, func(p Machine) bool { return p.ID == m.ID }) {
+			cs.pending = append(cs.pending, m)
+		}
+		return false
+	}
+	for _, dir := range dirs {
+		cs.machines = append(cs.machines, &machineState{m: m, dataDir: dir, name: instanceName(m.ID, dir),
+			counter: len(cs.rec.Counters.Instances)})
+		cs.rec.Counters.Instances = append(cs.rec.Counters.Instances, session.InstanceCounters{Machine: m.ID, DataDir: dir})
+	}
+	if m.AllInstances {
+		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: %d PostgreSQL instances found: %s", m.ID, len(dirs), strings.Join(dirs, ", ")))
+		j.warnGone(ctx, cs, m, dirs)
+	}
+	return true
+}
+
+// warnGone reports each instance of m with restore points whose data
+// directory is not among dirs, the instances running now: its chain stays
+// for retention to expire.
+func (j *Job) warnGone(ctx context.Context, cs *childSession, m Machine, dirs []string) {
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	insts, err := repository.Instances(octx, j.cfg.Repository, j.cfg.Name, m.ID)
+	if err != nil {
+		return // the ships that follow report the repository
+	}
+	for _, inst := range insts {
+		rps, err := repository.RestorePoints(octx, j.cfg.Repository, inst, j.auth())
+		if err != nil || len(rps) == 0 {
+			continue
+		}
+		if dir := rps[len(rps)-1].DataDir; dir != "" && !slices.Contains(dirs, dir) {
+			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: instance %s (system identifier %d) no longer runs: nothing of it is shipped; its restore points and WAL are kept as retention says",
+				m.ID, dir, inst.SystemID))
+		}
+	}
+}
+
 func (j *Job) deployAll(ctx context.Context, cs *childSession, retry bool) {
+	pending := cs.pending
+	cs.pending = nil
+	for _, m := range pending {
+		j.addInstances(ctx, cs, m, retry)
+	}
 	for _, ms := range cs.machines {
 		if ms.rt != nil {
 			continue
 		}
-		if err := j.deploy(ctx, ms); err != nil {
+		if err := j.deploy(ctx, cs, ms); err != nil {
 			sev, what := session.SeverityWarning, "unreachable, its WAL waits in the guest and the job keeps trying"
 			if mustFix(err) {
 				sev, what = session.SeverityError, "refused, fix this and the job ships what waits"
 			}
-			j.report(ctx, cs, retry, sev, fmt.Sprintf("machine %s: %s: %v", ms.m.ID, what, err))
+			j.report(ctx, cs, retry, sev, fmt.Sprintf("machine %s: %s: %v", ms.name, what, err))
 			continue
 		}
 		ms.reached = true
 		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: runtime deployed, PostgreSQL %d, system identifier %d",
-			ms.m.ID, ms.version, ms.inst.SystemID))
+			ms.name, ms.version, ms.inst.SystemID))
 		j.route(ctx, cs, ms, false)
 		octx, cancel := j.op(ctx)
 		ids, err := repository.RestorePointIDs(octx, j.cfg.Repository, ms.inst)
 		cancel()
 		if err == nil && len(ids) == 0 {
-			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: no restore point in the repository yet: the WAL shipped now can be restored only once the parent job has taken an image", ms.m.ID))
+			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: no restore point in the repository yet: the WAL shipped now can be restored only once the parent job has taken an image", ms.name))
 		}
 	}
 }
@@ -127,7 +186,7 @@ func (j *Job) deployAll(ctx context.Context, cs *childSession, retry bool) {
 // met, a refused host key, no runtime for the guest) from a guest that is
 // only unreachable for now.
 func mustFix(err error) bool {
-	for _, e := range []error{guest.ErrHostKey, guest.ErrNoRuntime, guest.ErrPostgresTooOld, guest.ErrPostgresTooNew, guest.ErrWALLevel,
+	for _, e := range []error{ErrSameSystemID, guest.ErrHostKey, guest.ErrNoRuntime, guest.ErrPostgresTooOld, guest.ErrPostgresTooNew, guest.ErrWALLevel,
 		guest.ErrArchiveModeOff, guest.ErrArchiveCommandTaken, guest.ErrTempFolder} {
 		if errors.Is(err, e) {
 			return true
@@ -138,28 +197,37 @@ func mustFix(err error) bool {
 
 // deploy starts the runtime in one guest, prepares archiving and scans the
 // instance; on error nothing is left running.
-func (j *Job) deploy(ctx context.Context, ms *machineState) error {
+func (j *Job) deploy(ctx context.Context, cs *childSession, ms *machineState) error {
 	octx, cancel := j.op(ctx)
 	defer cancel()
-	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: ms.m.ID, Address: ms.m.Address})
+	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: ms.m.ID, Address: ms.m.Address, DataDir: ms.dataDir})
 	if err != nil {
 		return err
 	}
 	var inst guest.Instance
-	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.cfg.WALDir, Codec: j.cfg.Shipping.Compression})
+	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.walDir(ms.dataDir), Codec: j.cfg.Shipping.Compression})
 	if err == nil {
 		inst, err = rt.Scan(octx)
+	}
+	for _, o := range cs.machines {
+		if err == nil && o != ms && o.m.ID == ms.m.ID && o.rt != nil && o.inst.SystemID == inst.SystemID {
+			err = fmt.Errorf("%w: %s is a copy of instance %s (system identifier %d): its WAL would mix into that chain; protect one of them",
+				ErrSameSystemID, ms.dataDir, o.dataDir, inst.SystemID)
+		}
 	}
 	if err != nil {
 		cctx, ccancel := j.op(context.WithoutCancel(ctx))
 		defer ccancel()
 		if cerr := rt.Close(cctx); cerr != nil {
-			j.cfg.Logger.Warn("close runtime after a failed start", "machine", ms.m.ID, "err", cerr)
+			j.cfg.Logger.Warn("close runtime after a failed start", "machine", ms.name, "err", cerr)
 		}
 		return err
 	}
 	ms.rt = rt
 	ms.inst = repository.Instance{Job: j.cfg.Name, Machine: ms.m.ID, SystemID: inst.SystemID}
+	if ms.inst.SystemID != 0 {
+		cs.rec.Counters.Instances[ms.counter].SystemID = ms.inst.SystemID
+	}
 	ms.segSize, ms.version = inst.WALSegmentSize, inst.Version
 	ms.failed = inst.Archiver.FailedCount
 	ms.last = j.lastStored(octx, ms.inst, inst.Timeline)
@@ -190,6 +258,12 @@ func (j *Job) retry(ctx context.Context, cs *childSession) {
 // comes before the next interval.
 func (j *Job) planRetry(cs *childSession) {
 	cs.nextRetry = time.Time{}
+	if len(cs.pending) > 0 {
+		if at := j.cfg.Clock.Now().Add(j.cfg.RetryDelay << min(cs.retries, 20)); at.Before(cs.nextTick) {
+			cs.nextRetry = at
+		}
+		return
+	}
 	for _, ms := range cs.machines {
 		if ms.rt == nil || ms.failing {
 			at := j.cfg.Clock.Now().Add(j.cfg.RetryDelay << min(cs.retries, 20))
@@ -237,13 +311,13 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		if errors.Is(err, ErrSplitBrain) {
 			// Not a reason to retry: what could ship did, the rest is
 			// kept aside; an operator must look.
-			j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: %v", ms.m.ID, err))
+			j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: %v", ms.name, err))
 			err = nil
 		}
 		if err != nil {
 			ms.failing = true
 			j.report(ctx, cs, retry, session.SeverityWarning,
-				fmt.Sprintf("machine %s: WAL not shipped, kept in the guest (retried with backoff): %v", ms.m.ID, err))
+				fmt.Sprintf("machine %s: WAL not shipped, kept in the guest (retried with backoff): %v", ms.name, err))
 			if !retry {
 				j.warnFilling(ctx, cs, ms)
 			}
@@ -253,12 +327,12 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		ms.failing, ms.stuckSince = false, time.Time{}
 		if got.Files == 0 {
 			if !retry {
-				j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: no new WAL", ms.m.ID))
+				j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: no new WAL", ms.name))
 			}
 			continue
 		}
 		j.checkGaps(ctx, cs, ms, got.Names)
-		if msg := unsummarizedWarning(ms.m.ID, got.Unsummarized); msg != "" {
+		if msg := unsummarizedWarning(ms.name, got.Unsummarized); msg != "" {
 			j.log(ctx, cs, session.SeverityWarning, msg)
 		}
 		j.count(cs, ms, got)
@@ -267,8 +341,8 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 			after = fmt.Sprintf(" on retry %d", cs.retries)
 		}
 		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d files (%d bytes, %d stored) from %s to %s%s",
-			ms.m.ID, got.Files, got.RawBytes, got.StoredBytes, got.First, got.Last, after))
-		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.rec, Machine: ms.m.ID, Files: got.Files, Bytes: got.RawBytes,
+			ms.name, got.Files, got.RawBytes, got.StoredBytes, got.First, got.Last, after))
+		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Files: got.Files, Bytes: got.RawBytes,
 			Lag: j.cfg.Clock.Now().Sub(due), Direct: got.Direct, Server: viaOf(got, ms)})
 	}
 	j.update(ctx, cs)
@@ -289,16 +363,16 @@ func (j *Job) route(ctx context.Context, cs *childSession, ms *machineState, qui
 	switch {
 	case d != nil && d.Via != nil:
 		msg = fmt.Sprintf("machine %s: WAL ships from the guest through log shipping server %s to the repository (shipping mode %s; the guest reaches it there)",
-			ms.m.ID, d.Via, j.cfg.Shipping.Mode)
+			ms.name, d.Via, j.cfg.Shipping.Mode)
 	case d != nil:
-		msg = fmt.Sprintf("machine %s: WAL ships directly from the guest to the repository (shipping mode %s; the guest reaches it)", ms.m.ID, j.cfg.Shipping.Mode)
+		msg = fmt.Sprintf("machine %s: WAL ships directly from the guest to the repository (shipping mode %s; the guest reaches it)", ms.name, j.cfg.Shipping.Mode)
 	case j.cfg.Shipping.Mode == ShipDirect:
-		j.report(ctx, cs, quiet, session.SeverityWarning, fmt.Sprintf("machine %s: WAL not shipped, kept in the guest: shipping mode direct, and %s", ms.m.ID, why))
+		j.report(ctx, cs, quiet, session.SeverityWarning, fmt.Sprintf("machine %s: WAL not shipped, kept in the guest: shipping mode direct, and %s", ms.name, why))
 		return false
 	case was:
-		msg = fmt.Sprintf("machine %s: WAL ships through the host from now on (shipping mode %s): %s", ms.m.ID, j.cfg.Shipping.Mode, why)
+		msg = fmt.Sprintf("machine %s: WAL ships through the host from now on (shipping mode %s): %s", ms.name, j.cfg.Shipping.Mode, why)
 	default:
-		msg = fmt.Sprintf("machine %s: WAL ships through the host (shipping mode %s): %s", ms.m.ID, j.cfg.Shipping.Mode, why)
+		msg = fmt.Sprintf("machine %s: WAL ships through the host (shipping mode %s): %s", ms.name, j.cfg.Shipping.Mode, why)
 	}
 	sev := session.SeverityInfo
 	if d == nil && (was || j.cfg.Shipping.Server != nil) {
@@ -306,7 +380,7 @@ func (j *Job) route(ctx context.Context, cs *childSession, ms *machineState, qui
 		sev = session.SeverityWarning
 	}
 	j.log(ctx, cs, sev, msg)
-	j.cfg.Observer(Event{Kind: EventShippingPath, Session: cs.rec, Machine: ms.m.ID, Direct: d != nil, Server: d.server(), Message: msg})
+	j.cfg.Observer(Event{Kind: EventShippingPath, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Direct: d != nil, Server: d.server(), Message: msg})
 	return d != nil
 }
 
@@ -414,9 +488,19 @@ func (j *Job) shipMachine(ctx context.Context, ms *machineState) (Shipped, error
 	return got, explain(wctx, err)
 }
 
-// count adds a batch to the session's counters.
+// count adds a batch to the session's counters and to its instance's.
 func (j *Job) count(cs *childSession, ms *machineState, got Shipped) {
-	c := &cs.rec.Counters
+	addBatch(&cs.rec.Counters, got, ms.segSize)
+	ic := &cs.rec.Counters.Instances[ms.counter]
+	c := session.Counters{Files: ic.Files, Bytes: ic.Bytes, FirstSegment: ic.FirstSegment, LastSegment: ic.LastSegment,
+		FirstLSN: ic.FirstLSN, LastLSN: ic.LastLSN}
+	addBatch(&c, got, ms.segSize)
+	ic.Files, ic.Bytes, ic.FirstSegment, ic.LastSegment, ic.FirstLSN, ic.LastLSN = c.Files, c.Bytes, c.FirstSegment, c.LastSegment,
+		c.FirstLSN, c.LastLSN
+}
+
+// addBatch adds what a batch shipped to c; segSize 0 leaves the LSN range.
+func addBatch(c *session.Counters, got Shipped, segSize int64) {
 	c.Files += int64(got.Files)
 	c.Bytes += got.RawBytes
 	if c.FirstSegment == "" || got.First < c.FirstSegment {
@@ -425,7 +509,7 @@ func (j *Job) count(cs *childSession, ms *machineState, got Shipped) {
 	if got.Last > c.LastSegment {
 		c.LastSegment = got.Last
 	}
-	if ms.segSize <= 0 {
+	if segSize <= 0 {
 		return
 	}
 	for _, n := range got.Names {
@@ -433,7 +517,7 @@ func (j *Job) count(cs *childSession, ms *machineState, got Shipped) {
 		if err != nil || f.Kind != wal.Segment {
 			continue
 		}
-		start, end := f.StartLSN(ms.segSize), f.Next(ms.segSize).StartLSN(ms.segSize)
+		start, end := f.StartLSN(segSize), f.Next(segSize).StartLSN(segSize)
 		if c.FirstLSN == 0 || start < c.FirstLSN {
 			c.FirstLSN = start
 		}
@@ -467,7 +551,7 @@ func (j *Job) replaceIfDead(ctx context.Context, cs *childSession, ms *machineSt
 	if err == nil {
 		return // the runtime is fine; the repository or the file was not
 	}
-	j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: the runtime stopped answering (%v); it is deployed again", ms.m.ID, err))
+	j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: the runtime stopped answering (%v); it is deployed again", ms.name, err))
 	octx, cancel = j.op(context.WithoutCancel(ctx))
 	_ = ms.rt.Close(octx) // best effort: a dead runtime may not close
 	cancel()
@@ -480,8 +564,11 @@ func (j *Job) endChild(ctx context.Context, cs *childSession, why string) {
 	j.shipAll(ctx, cs, j.cfg.Clock.Now(), false)
 	for _, ms := range cs.machines {
 		if !ms.reached {
-			j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: not reached during the whole session: its WAL waits in the guest", ms.m.ID))
+			j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: not reached during the whole session: its WAL waits in the guest", ms.name))
 		}
+	}
+	for _, m := range cs.pending {
+		j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: its instances were not found during the whole session: their WAL waits in the guest", m.ID))
 	}
 	j.closeRuntimes(ctx, cs)
 	state := session.StateSuccess
@@ -511,7 +598,7 @@ func (j *Job) closeRuntimes(ctx context.Context, cs *childSession) {
 		}
 		octx, cancel := j.op(ctx)
 		if err := ms.rt.Close(octx); err != nil {
-			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: uninstall runtime: %v", ms.m.ID, err))
+			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: uninstall runtime: %v", ms.name, err))
 		}
 		cancel()
 		ms.rt, ms.direct = nil, nil
@@ -592,7 +679,7 @@ func (j *Job) checkGaps(ctx context.Context, cs *childSession, ms *machineState,
 		default:
 			if want := prev.Next(ms.segSize); want != f {
 				j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: gap in timeline %d: segments %s up to before %s are missing",
-					ms.m.ID, f.Timeline, want, f))
+					ms.name, f.Timeline, want, f))
 			}
 		}
 		ms.last[f.Timeline] = f
@@ -618,7 +705,7 @@ func (j *Job) checkArchiver(ctx context.Context, cs *childSession, ms *machineSt
 			cancel()
 		}
 		j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: archive_command failed %d times since the last interval, last for %s at %s; PostgreSQL keeps that WAL in pg_wal and retries it. The temporary folder %s has %d bytes free",
-			ms.m.ID, a.FailedCount-ms.failed, a.LastFailedWAL, a.LastFailedTime.UTC().Format(time.RFC3339), j.cfg.WALDir, sp.Free))
+			ms.name, a.FailedCount-ms.failed, a.LastFailedWAL, a.LastFailedTime.UTC().Format(time.RFC3339), j.walDir(ms.dataDir), sp.Free))
 	}
 	ms.failed = a.FailedCount // also when a restart reset the counters
 }
@@ -648,7 +735,7 @@ func (j *Job) warnFilling(ctx context.Context, cs *childSession, ms *machineStat
 	}
 	full := time.Duration(float64(sp.Free) / float64(grown) * float64(elapsed)).Round(time.Minute)
 	j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: WAL is piling up in the temporary folder: %d bytes waiting, %d bytes free; full in about %v at this rate",
-		ms.m.ID, sp.Waiting, sp.Free, full))
+		ms.name, sp.Waiting, sp.Free, full))
 }
 
 // viaOf names the log shipping server a batch went through, if any.

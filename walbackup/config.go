@@ -1,10 +1,15 @@
 package walbackup
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/pglogship/pglogship/clock"
@@ -48,6 +53,24 @@ type Machine struct {
 	// key of its own in the guest, never the host's), for direct shipping
 	// into it; nil when it has none.
 	RepositorySFTP *guest.SFTPAccess
+	// Instances are the data directories of the PostgreSQL instances to
+	// protect on this machine (several clusters side by side, of one
+	// release or several). Each is reached through the runtime as
+	// guest.Target.DataDir says, has its own temporary WAL folder under
+	// WALDir (InstanceWALDir), its own WAL chain and restore points (its
+	// system identifier keys them), and its own counters in each child
+	// session; the parent holds every one in backup mode around the
+	// machine's image. Empty: the one instance the deployer's connection
+	// settings reach, with WALDir itself as its folder.
+	Instances []string
+	// AllInstances protects every instance the guest runs, as its
+	// runtime finds them (guest.ClusterLister: the running postmasters),
+	// in place of Instances: found again at every child and parent session
+	// start. An instance that appears is shipped from then on and gets its
+	// first restore point at the next parent session; one whose restore
+	// points exist but that no longer runs is reported as a warning, its
+	// chain kept for retention.
+	AllInstances bool
 }
 
 // Config configures a Job. Zero values take the Default... constants, except
@@ -153,8 +176,73 @@ func (c *Config) validate() error {
 			return fmt.Errorf("machine id %q: empty or repeated", m.ID)
 		}
 		seen[m.ID] = true
+		if _, ok := c.Hypervisor.(hypervisor.InstanceImager); (len(m.Instances) > 0 || m.AllInstances) && !ok {
+			return fmt.Errorf("machine %s: %w", m.ID, ErrImagePerInstance)
+		}
+		if len(m.Instances) > 0 && m.AllInstances {
+			return fmt.Errorf("machine %s: Instances and AllInstances both set: list the instances, or let the job find them all", m.ID)
+		}
+		dirs := map[string]bool{}
+		for _, d := range m.Instances {
+			switch {
+			case !filepath.IsAbs(d) || filepath.Clean(d) != d:
+				return fmt.Errorf("machine %s: instance %q: a data directory must be an absolute, clean path", m.ID, d)
+			case dirs[d]:
+				return fmt.Errorf("machine %s: instance %s listed twice", m.ID, d)
+			}
+			dirs[d] = true
+		}
 	}
 	return nil
+}
+
+// ErrImagePerInstance: a machine lists several instances
+// (Machine.Instances) but the hypervisor images whole machines: each
+// instance needs an image of its own, which hypervisors that implement
+// hypervisor.InstanceImager (hypervisor/physical) take.
+var ErrImagePerInstance = errors.New("several instances per machine need a hypervisor that images one instance at a time " +
+	"(hypervisor/physical); disk images of such machines are not supported yet")
+
+// InstanceWALDir is the temporary WAL folder of the instance whose data
+// directory is dataDir, under walDir (Config.WALDir): a folder of its own
+// named after the data directory, so the instances of one machine never
+// share one; walDir itself for a machine's only instance (dataDir empty).
+func InstanceWALDir(walDir, dataDir string) string {
+	if dataDir == "" {
+		return walDir
+	}
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' {
+			return r
+		}
+		return '_'
+	}, strings.Trim(dataDir, "/"))
+	sum := sha256.Sum256([]byte(dataDir))
+	if len(name) > 100 {
+		name = name[len(name)-100:]
+	}
+	return filepath.Join(walDir, name+"-"+hex.EncodeToString(sum[:4]))
+}
+
+// instancesOf lists the data directories of m's instances: "" for the one
+// instance of a machine that lists none.
+func instancesOf(m Machine) []string {
+	if len(m.Instances) == 0 {
+		return []string{""}
+	}
+	return m.Instances
+}
+
+// walDir is the temporary WAL folder of the instance dataDir.
+func (j *Job) walDir(dataDir string) string { return InstanceWALDir(j.cfg.WALDir, dataDir) }
+
+// instanceName names an instance in messages: the machine, with the data
+// directory when the machine has several.
+func instanceName(machine, dataDir string) string {
+	if dataDir == "" {
+		return machine
+	}
+	return machine + " instance " + dataDir
 }
 
 // EventKind names what an Event reports.
@@ -179,15 +267,58 @@ type Event struct {
 	Kind    EventKind
 	Session session.Session // the session concerned, if any
 	Machine string
-	Files   int
-	Bytes   int64         // raw WAL bytes shipped
-	Lag     time.Duration // how late the batch was stored after its interval was due
-	Message string
-	Next    time.Time // EventIdle: when the job wakes next unless a command comes first
+	// Instance is the data directory of the machine's instance concerned,
+	// when it has several (Machine.Instances).
+	Instance string
+	Files    int
+	Bytes    int64         // raw WAL bytes shipped
+	Lag      time.Duration // how late the batch was stored after its interval was due
+	Message  string
+	Next     time.Time // EventIdle: when the job wakes next unless a command comes first
 	// Direct: EventShippingPath and EventBatchShipped: the WAL goes (went)
 	// from the guest to the repository without passing through the host.
 	Direct bool
 	// Server: with Direct, the log shipping server it goes through
 	// (Shipping.Server); empty when the guest connects itself.
 	Server string
+}
+
+// instancesNow returns the data directories of m's instances for a
+// session: Machine.Instances, or with AllInstances the clusters its guest
+// runs now, asked of a runtime deployed for the purpose.
+func (j *Job) instancesNow(ctx context.Context, m Machine) ([]string, error) {
+	if !m.AllInstances {
+		return instancesOf(m), nil
+	}
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: m.ID, Address: m.Address})
+	if err != nil {
+		return nil, fmt.Errorf("find the instances: %w", err)
+	}
+	defer func() {
+		cctx, ccancel := j.op(context.WithoutCancel(ctx))
+		defer ccancel()
+		if err := rt.Close(cctx); err != nil {
+			j.cfg.Logger.Warn("uninstall the runtime that found the instances", "machine", m.ID, "err", err)
+		}
+	}()
+	cl, ok := rt.(guest.ClusterLister)
+	if !ok {
+		return nil, errors.New("find the instances: the guest's runtime cannot list its clusters")
+	}
+	clusters, err := cl.Clusters(octx)
+	if err != nil {
+		return nil, fmt.Errorf("find the instances: %w", err)
+	}
+	var dirs []string
+	for _, c := range clusters {
+		if c.Running {
+			dirs = append(dirs, c.DataDir)
+		}
+	}
+	if len(dirs) == 0 {
+		return nil, fmt.Errorf("find the instances: no PostgreSQL instance runs on the machine (%d clusters found, none running)", len(clusters))
+	}
+	return dirs, nil
 }

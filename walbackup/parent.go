@@ -22,6 +22,11 @@ var ErrParentRunning = errors.New("a parent session of this job is already runni
 // so no application-aware image can be taken.
 var ErrNoBackupMode = errors.New("runtime cannot hold backup mode")
 
+// ErrSameSystemID: two instances of one machine (Machine.Instances) have
+// one system identifier, one a copy of the other (a standby, a cloned
+// data directory): their WAL and restore points would share one chain.
+var ErrSameSystemID = errors.New("two instances of the machine have the same system identifier")
+
 // runParent ends the child session (cs may be nil when none runs), takes a
 // restore point of every machine, and starts the next child session after
 // it.
@@ -43,33 +48,27 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	}
 	var failed []string
 	for _, m := range j.cfg.Machines {
-		if j.fencedOff.Load() {
-			// Another process holds the job now: no more images.
-			failed = append(failed, m.ID)
-			continue
-		}
-		rp, err := j.restorePoint(ctx, &rec, m)
+		dirs, err := j.instancesNow(ctx, m)
 		if err != nil {
 			failed = append(failed, m.ID)
 			j.parentLog(ctx, rec, session.SeverityError, fmt.Sprintf("machine %s: no restore point: %v", m.ID, err))
 			continue
 		}
-		kind := "full"
-		if !rp.Full {
-			kind = "incremental on " + rp.Base
+		for _, dir := range dirs {
+			name := instanceName(m.ID, dir)
+			if j.fencedOff.Load() {
+				// Another process holds the job now: no more images.
+				failed = append(failed, name)
+				continue
+			}
+			rp, err := j.restorePoint(ctx, &rec, m, dir)
+			if err != nil {
+				failed = append(failed, name)
+				j.parentLog(ctx, rec, session.SeverityError, fmt.Sprintf("machine %s: no restore point: %v", name, err))
+				continue
+			}
+			j.countRestorePoint(ctx, &rec, name, rp)
 		}
-		var size int64
-		for _, o := range rp.Objects {
-			size += o.Size
-		}
-		rec.Counters.Files += int64(len(rp.Objects))
-		rec.Counters.Bytes += size
-		if rec.Counters.FirstLSN == 0 || rp.StartLSN < rec.Counters.FirstLSN {
-			rec.Counters.FirstLSN = rp.StartLSN
-		}
-		rec.Counters.LastLSN = max(rec.Counters.LastLSN, rp.StopLSN)
-		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("machine %s: restore point %s, %s image of %d objects (%d bytes), backup from %s to %s on timeline %d",
-			m.ID, rp.ID, kind, len(rp.Objects), size, rp.StartLSN, rp.StopLSN, rp.Timeline))
 	}
 	rec.State = session.StateSuccess
 	var exp Expired
@@ -112,6 +111,27 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	return next
 }
 
+// countRestorePoint adds a restore point to the parent session's counters
+// and log; name is its machine (and instance).
+func (j *Job) countRestorePoint(ctx context.Context, rec *session.Session, name string, rp *repository.Manifest) {
+	kind := "full"
+	if !rp.Full {
+		kind = "incremental on " + rp.Base
+	}
+	var size int64
+	for _, o := range rp.Objects {
+		size += o.Size
+	}
+	rec.Counters.Files += int64(len(rp.Objects))
+	rec.Counters.Bytes += size
+	if rec.Counters.FirstLSN == 0 || rp.StartLSN < rec.Counters.FirstLSN {
+		rec.Counters.FirstLSN = rp.StartLSN
+	}
+	rec.Counters.LastLSN = max(rec.Counters.LastLSN, rp.StopLSN)
+	j.parentLog(ctx, *rec, session.SeverityInfo, fmt.Sprintf("machine %s: restore point %s, %s image of %d objects (%d bytes), backup from %s to %s on timeline %d",
+		name, rp.ID, kind, len(rp.Objects), size, rp.StartLSN, rp.StopLSN, rp.Timeline))
+}
+
 func (j *Job) parentLog(ctx context.Context, rec session.Session, sev session.Severity, msg string) {
 	if rec.ID == "" {
 		j.cfg.Logger.Warn(msg, "job", j.cfg.Name)
@@ -129,9 +149,10 @@ func (j *Job) parentLog(ctx context.Context, rec session.Session, sev session.Se
 // start to its stop shipped into the repository, and then the manifest,
 // which commits it. On error nothing is committed and the objects already
 // written are deleted.
-func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine) (*repository.Manifest, error) {
+func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine, dataDir string) (*repository.Manifest, error) {
+	name := instanceName(m.ID, dataDir)
 	octx, cancel := j.op(ctx)
-	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: m.ID, Address: m.Address})
+	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: m.ID, Address: m.Address, DataDir: dataDir})
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("deploy runtime: %w", err)
@@ -140,7 +161,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 		octx, cancel := j.op(context.WithoutCancel(ctx))
 		defer cancel()
 		if err := rt.Close(octx); err != nil {
-			j.cfg.Logger.Warn("uninstall runtime after the parent session", "machine", m.ID, "err", err)
+			j.cfg.Logger.Warn("uninstall runtime after the parent session", "machine", name, "err", err)
 		}
 	}()
 	bm, ok := rt.(guest.BackupMode)
@@ -149,7 +170,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 	}
 	// Archiving must run: pg_backup_stop waits for the backup's WAL.
 	octx, cancel = j.op(ctx)
-	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.cfg.WALDir, Codec: j.cfg.Shipping.Compression})
+	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.walDir(dataDir), Codec: j.cfg.Shipping.Compression})
 	var gi guest.Instance
 	if err == nil {
 		gi, err = rt.Scan(octx)
@@ -165,7 +186,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 	}
 	id := repository.NewRestorePointID(j.cfg.Clock.Now())
 	rp := &repository.Manifest{Version: repository.ManifestVersion, ID: id, Job: j.cfg.Name, Machine: m.ID, SystemID: gi.SystemID,
-		WALSegmentSize: gi.WALSegmentSize, StartTime: j.cfg.Clock.Now()}
+		DataDir: gi.DataDir, WALSegmentSize: gi.WALSegmentSize, StartTime: j.cfg.Clock.Now()}
 
 	octx, cancel = j.op(ctx)
 	start, err := bm.StartBackup(octx, "pglogship "+id)
@@ -180,7 +201,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 			octx, cancel := j.op(context.WithoutCancel(ctx))
 			defer cancel()
 			if _, err := bm.StopBackup(octx); err != nil {
-				j.cfg.Logger.Warn("end backup mode after a failed image", "machine", m.ID, "err", err)
+				j.cfg.Logger.Warn("end backup mode after a failed image", "machine", name, "err", err)
 			}
 		}
 	}()
@@ -202,7 +223,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 		rp.BackupLabel, rp.TablespaceMap = stop.BackupLabel, stop.TablespaceMap
 		return nil
 	}
-	img, err := j.image(ctx, inst, id, m, base, endBackup)
+	img, err := j.image(ctx, inst, id, m, dataDir, base, endBackup)
 	if err != nil {
 		return nil, err
 	}
@@ -219,11 +240,11 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 			how = "directly from the guest"
 		}
 		j.parentLog(ctx, *rec, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d WAL files from %s to %s for the restore point, %s",
-			m.ID, got.Files, got.First, got.Last, how))
+			name, got.Files, got.First, got.Last, how))
 	}
-	if msg := unsummarizedWarning(m.ID, got.Unsummarized); msg != "" {
+	if msg := unsummarizedWarning(name, got.Unsummarized); msg != "" {
 		j.parentLog(ctx, *rec, session.SeverityWarning, msg)
-		j.cfg.Observer(Event{Kind: EventWarning, Session: *rec, Machine: m.ID, Message: msg})
+		j.cfg.Observer(Event{Kind: EventWarning, Session: *rec, Machine: m.ID, Instance: dataDir, Message: msg})
 	}
 	if err := j.walCovered(ctx, inst, rp.Timeline, rp.StartLSN, rp.StopLSN, gi.WALSegmentSize); err != nil {
 		return nil, err
@@ -245,9 +266,9 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine)
 // point's folder, calling endBackup as early as the image allows: right
 // after a Fixed snapshot, else once the export is done. The export may take
 // as long as the image needs while its progress moves.
-func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m Machine, base *repository.Manifest,
+func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m Machine, dataDir string, base *repository.Manifest,
 	endBackup func() error) (hypervisor.Image, error) {
-	opts := hypervisor.SnapshotOptions{Quiesce: j.cfg.Quiesce}
+	opts := hypervisor.SnapshotOptions{Quiesce: j.cfg.Quiesce, DataDir: dataDir}
 	if base != nil {
 		opts.Base = imageOf(base, inst)
 	}

@@ -188,7 +188,11 @@ type RestoreRequest struct {
 	// SystemID picks one of the machine's clusters; 0 means the one with
 	// the newest restore point.
 	SystemID uint64
-	Target   Target
+	// DataDir picks one of the machine's instances by the data directory
+	// its restore points were taken of (Machine.Instances), instead of by
+	// SystemID; empty: as SystemID says.
+	DataDir string
+	Target  Target
 	// RestorePoint starts from this restore point; empty means the newest
 	// one before the target.
 	RestorePoint string
@@ -218,7 +222,7 @@ type Plan struct {
 // Interval reports what a machine's cluster (systemID, or 0 for the one
 // with the newest restore point) can be restored to.
 func (j *Job) Interval(ctx context.Context, machine string, systemID uint64) (Interval, error) {
-	inst, rps, err := j.restorePoints(ctx, machine, systemID)
+	inst, rps, err := j.restorePoints(ctx, machine, systemID, "")
 	if err != nil {
 		return Interval{}, err
 	}
@@ -235,7 +239,7 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 	if err := req.Target.validate(); err != nil {
 		return nil, err
 	}
-	inst, rps, err := j.restorePoints(ctx, req.Machine, req.SystemID)
+	inst, rps, err := j.restorePoints(ctx, req.Machine, req.SystemID, req.DataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -377,7 +381,16 @@ func describe(p Point) string {
 
 // restorePoints finds the machine's cluster and its restore points,
 // oldest first.
-func (j *Job) restorePoints(ctx context.Context, machine string, systemID uint64) (repository.Instance, []*repository.Manifest, error) {
+// SystemIDOf returns the system identifier of machine's instance whose
+// newest restore point was taken of the data directory dataDir, for
+// Interval and the other calls that pick an instance by it.
+// ErrNoRestorePoint when none was.
+func (j *Job) SystemIDOf(ctx context.Context, machine, dataDir string) (uint64, error) {
+	inst, _, err := j.restorePoints(ctx, machine, 0, dataDir)
+	return inst.SystemID, err
+}
+
+func (j *Job) restorePoints(ctx context.Context, machine string, systemID uint64, dataDir string) (repository.Instance, []*repository.Manifest, error) {
 	insts, err := repository.Instances(ctx, j.cfg.Repository, j.cfg.Name, machine)
 	if err != nil {
 		return repository.Instance{}, nil, err
@@ -392,6 +405,9 @@ func (j *Job) restorePoints(ctx context.Context, machine string, systemID uint64
 		if err != nil {
 			return repository.Instance{}, nil, err
 		}
+		if dataDir != "" && len(rps) > 0 && rps[len(rps)-1].DataDir != dataDir {
+			continue
+		}
 		if len(rps) > 0 && (bestRPs == nil || rps[len(rps)-1].ID > bestRPs[len(bestRPs)-1].ID) {
 			best, bestRPs = inst, rps
 		}
@@ -400,6 +416,9 @@ func (j *Job) restorePoints(ctx context.Context, machine string, systemID uint64
 		what := "machine " + machine
 		if systemID != 0 {
 			what += fmt.Sprintf(" (system identifier %d)", systemID)
+		}
+		if dataDir != "" {
+			what += " instance " + dataDir
 		}
 		return repository.Instance{}, nil, fmt.Errorf("%s of job %q: %w", what, j.cfg.Name, ErrNoRestorePoint)
 	}

@@ -427,6 +427,7 @@ func recoverySettings(plan *Plan, opts RecoveryOptions) map[string]string {
 type DrillRequest struct {
 	Machine  string
 	SystemID uint64 // 0: the cluster with the newest restore point
+	DataDir  string // picks the instance by its data directory instead (RestoreRequest.DataDir)
 	// RestorePoint is the restore point to prove; empty: the newest.
 	RestorePoint string
 	// Scratch is where the drill restores and starts the instance: a new
@@ -464,7 +465,8 @@ func (j *Job) Drill(ctx context.Context, req DrillRequest) (DrillResult, error) 
 	if req.Scratch.Image == "" || req.Scratch.Guest.ID == "" {
 		return res, errors.New("drill: the scratch image path and the guest that starts it are required")
 	}
-	plan, err := j.Plan(ctx, RestoreRequest{Machine: req.Machine, SystemID: req.SystemID, Target: Consistent(), RestorePoint: req.RestorePoint})
+	plan, err := j.Plan(ctx, RestoreRequest{Machine: req.Machine, SystemID: req.SystemID, DataDir: req.DataDir, Target: Consistent(),
+		RestorePoint: req.RestorePoint})
 	if err != nil {
 		return res, err
 	}

@@ -65,10 +65,16 @@ func TestSessionListFromBothStores(t *testing.T) {
 			require.NoError(t, err)
 			require.Len(t, p.Sessions, 2)
 			c2, c1 := p.Sessions[0], p.Sessions[1]
+			want1 := session.InstanceCounters{Machine: "vm1", SystemID: 42, Files: 5, Bytes: 5000, FirstSegment: "000000010000000000000001",
+				LastSegment: "000000010000000000000005", FirstLSN: 0x1000000, LastLSN: 0x6000000}
+			want2 := session.InstanceCounters{Machine: "vm1", SystemID: 42, Files: 4, Bytes: 4000, FirstSegment: "000000010000000000000007",
+				LastSegment: "00000001000000000000000A", FirstLSN: 0x7000000, LastLSN: 0xB000000}
 			assert.Equal(t, session.Counters{Files: 5, Bytes: 5000, FirstSegment: "000000010000000000000001",
-				LastSegment: "000000010000000000000005", FirstLSN: 0x1000000, LastLSN: 0x6000000}, c1.Counters)
+				LastSegment: "000000010000000000000005", FirstLSN: 0x1000000, LastLSN: 0x6000000,
+				Instances: []session.InstanceCounters{want1}}, c1.Counters, "with the one instance's own")
 			assert.Equal(t, session.Counters{Files: 4, Bytes: 4000, FirstSegment: "000000010000000000000007",
-				LastSegment: "00000001000000000000000A", FirstLSN: 0x7000000, LastLSN: 0xB000000}, c2.Counters)
+				LastSegment: "00000001000000000000000A", FirstLSN: 0x7000000, LastLSN: 0xB000000,
+				Instances: []session.InstanceCounters{want2}}, c2.Counters)
 			assert.Equal(t, session.StateWarning, c1.State, "no restore point before child 1's WAL")
 			assert.Equal(t, session.StateSuccess, c2.State, "child 2 follows a restore point")
 			for _, c := range []session.Session{c1, c2} {

@@ -172,6 +172,13 @@ func (g *Guest) Deploys() int {
 }
 
 // Instance returns the instance as PrepareArchive left it.
+// ArchiveConfig is what the last PrepareArchive set up.
+func (g *Guest) ArchiveConfig() guest.ArchiveConfig {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.archive
+}
+
 func (g *Guest) Instance() guest.Instance {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -209,21 +216,75 @@ func (g *Guest) inject(ctx context.Context, op Op, name string) error {
 	return err
 }
 
-// Deployer deploys into fake guests, found by machine id.
+// Deployer deploys into fake guests, found by machine id, or, for a
+// Target naming a data directory, by InstanceKey.
 type Deployer struct {
+	mu     sync.Mutex
 	guests map[string]*Guest
 }
 
-// NewDeployer returns a deployer for the given guests, keyed by machine id.
+// NewDeployer returns a deployer for the given guests, keyed by machine id
+// or by InstanceKey for one of several instances of a machine. The map is
+// the deployer's from then on: Set changes it.
 func NewDeployer(guests map[string]*Guest) *Deployer {
 	return &Deployer{guests: guests}
 }
 
+// InstanceKey is the key of a machine's instance among a Deployer's
+// guests: a Target with that machine and DataDir deploys into it.
+func InstanceKey(machine, dataDir string) string { return machine + " " + dataDir }
+
+// Set puts g under key, or removes the guest there when g is nil: an
+// instance that starts or stops.
+func (d *Deployer) Set(key string, g *Guest) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if g == nil {
+		delete(d.guests, key)
+		return
+	}
+	d.guests[key] = g
+}
+
+// find returns the guest a Target deploys into: by InstanceKey when it
+// names a data directory, else by machine id, else the machine's first
+// instance (the one a deployer's own connection settings would reach).
+func (d *Deployer) find(t guest.Target) (*Guest, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t.DataDir != "" {
+		if g, ok := d.guests[InstanceKey(t.Machine, t.DataDir)]; ok {
+			return g, nil
+		}
+		return nil, fmt.Errorf("deploy to %s: instance %s: %w", t.Machine, t.DataDir, guest.ErrNoInstance)
+	}
+	if g, ok := d.guests[t.Machine]; ok {
+		return g, nil
+	}
+	if keys := d.instanceKeys(t.Machine); len(keys) > 0 {
+		return d.guests[keys[0]], nil
+	}
+	return nil, fmt.Errorf("deploy to %s: no such fake guest", t.Machine)
+}
+
+// instanceKeys lists the InstanceKeys of machine's guests, sorted; d.mu
+// held.
+func (d *Deployer) instanceKeys(machine string) []string {
+	var keys []string
+	for k := range d.guests {
+		if strings.HasPrefix(k, InstanceKey(machine, "")) {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
 // Deploy implements guest.Deployer.
 func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, error) {
-	g, ok := d.guests[t.Machine]
-	if !ok {
-		return nil, fmt.Errorf("deploy to %s: no such fake guest", t.Machine)
+	g, err := d.find(t)
+	if err != nil {
+		return nil, err
 	}
 	if err := g.inject(ctx, OpDeploy, t.Machine); err != nil {
 		return nil, fmt.Errorf("deploy to %s: %w", t.Machine, err)
@@ -232,15 +293,36 @@ func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, e
 	g.installed++
 	g.deploys++
 	g.mu.Unlock()
-	return &runtime{g: g, gen: g.killed}, nil
+	return &runtime{g: g, gen: g.killed, d: d, machine: t.Machine}, nil
+}
+
+// Clusters implements guest.ClusterLister: the machine's instances under
+// their InstanceKeys, each running, with its guest's release.
+func (r *runtime) Clusters(ctx context.Context) ([]guest.Cluster, error) {
+	if err := r.enter(ctx, OpScan, ""); err != nil {
+		return nil, err
+	}
+	r.d.mu.Lock()
+	defer r.d.mu.Unlock()
+	var out []guest.Cluster
+	for _, k := range r.d.instanceKeys(r.machine) {
+		g := r.d.guests[k]
+		g.mu.Lock()
+		major := g.inst.Version / 10000
+		g.mu.Unlock()
+		out = append(out, guest.Cluster{DataDir: strings.TrimPrefix(k, InstanceKey(r.machine, "")), Major: major, Running: true})
+	}
+	return out, nil
 }
 
 type runtime struct {
-	g      *Guest
-	gen    int // the guest's kill generation when deployed
-	mu     sync.Mutex
-	closed bool
-	backup *fakeBackup // backup mode held by this runtime
+	g       *Guest
+	d       *Deployer
+	machine string
+	gen     int // the guest's kill generation when deployed
+	mu      sync.Mutex
+	closed  bool
+	backup  *fakeBackup // backup mode held by this runtime
 }
 
 // ErrKilled is what the runtimes of a guest return after KillRuntimes.

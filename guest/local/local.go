@@ -96,7 +96,7 @@ func (d *Deployer) Deploy(ctx context.Context, t guest.Target) (guest.Runtime, e
 		})
 		return stopErr
 	}
-	rt, err := remote.Open(ctx, stdout, stdin, stop, d.cfg.Conn)
+	rt, err := remote.Open(ctx, stdout, stdin, stop, runtime.InitArgs{Conn: d.cfg.Conn, DataDir: t.DataDir})
 	if err != nil {
 		return nil, fmt.Errorf("deploy runtime on %s: %w", t.Machine, err)
 	}

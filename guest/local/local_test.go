@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -269,4 +271,57 @@ func TestDataFilesOverTheWire(t *testing.T) {
 	}
 	_, err = df.ListDataFiles(ctx, guest.DataListOptions{})
 	require.NoError(t, err, "a refused path does not break the session")
+}
+
+// A Target's DataDir picks one of several instances of the guest, of
+// different releases: the runtime reaches each at the port of its
+// postmaster.pid with the deployer's credentials and serves that one. A
+// directory no server runs on, a stale pid file naming another server's
+// port, and a relative path are refused with guest.ErrNoInstance or a
+// clear error, before anything is changed.
+func TestDeployPicksTheInstanceByDataDirectory(t *testing.T) {
+	testenv.SkipIfShort(t)
+	ctx := context.Background()
+	a := testenv.StartPostgres(t, testenv.PostgresConfig{})
+	b := testenv.StartPostgres(t, testenv.PostgresConfig{Major: 17})
+	require.Equal(t, a.User, b.User)
+	b.Exec(t, "postgres", fmt.Sprintf("ALTER ROLE %q PASSWORD '%s'", b.User, a.Password)) // one account for both, as a deployer has
+	d, err := local.New(local.Config{
+		Binary: testenv.BuildRuntime(t),
+		Conn:   runtime.ConnConfig{Host: a.Host, Port: a.Port, User: a.User, Password: a.Password},
+		Logger: testenv.Logger(t),
+	})
+	require.NoError(t, err)
+	deploy := func(dataDir string) (guest.Runtime, error) {
+		rt, err := d.Deploy(ctx, guest.Target{Machine: "localhost", DataDir: dataDir})
+		if err == nil {
+			t.Cleanup(func() { rt.Close(context.Background()) })
+		}
+		return rt, err
+	}
+	for _, pg := range []*testenv.Postgres{b, a} {
+		rt, err := deploy(pg.DataDir)
+		require.NoError(t, err)
+		inst, err := rt.Scan(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, pg.DataDir, inst.DataDir)
+		assert.Equal(t, pg.Major(t), inst.Version/10000)
+		assert.Equal(t, pg.Psql(t, "postgres", "SELECT system_identifier FROM pg_control_system()"), strconv.FormatUint(inst.SystemID, 10))
+	}
+
+	stopped := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(stopped, "PG_VERSION"), []byte("16\n"), 0o600))
+	_, err = deploy(stopped)
+	require.ErrorIs(t, err, guest.ErrNoInstance)
+	assert.ErrorContains(t, err, "is it running?")
+
+	pid, err := os.ReadFile(filepath.Join(b.DataDir, "postmaster.pid"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(stopped, "postmaster.pid"), pid, 0o600)) // stale: names b's port
+	_, err = deploy(stopped)
+	require.ErrorIs(t, err, guest.ErrNoInstance)
+	assert.ErrorContains(t, err, "serves "+b.DataDir)
+
+	_, err = deploy("relative/data")
+	require.ErrorContains(t, err, "absolute path")
 }

@@ -42,11 +42,12 @@ type Runtime struct {
 }
 
 // Open shakes hands with the component on the streams, tells it how to
-// reach PostgreSQL, and returns the Runtime. stop must end the transport
+// reach PostgreSQL (init: the deployer's connection settings and the
+// Target's instance), and returns the Runtime. stop must end the transport
 // (kill the process, close the session) and wait for it; it is called by
 // Close, and also to unblock a call whose context ends. On error, stop has
 // been called.
-func Open(ctx context.Context, in io.Reader, out io.Writer, stop func(context.Context) error, conn runtime.ConnConfig) (*Runtime, error) {
+func Open(ctx context.Context, in io.Reader, out io.Writer, stop func(context.Context) error, init runtime.InitArgs) (*Runtime, error) {
 	rt := &Runtime{w: proto.NewWriter(out), r: proto.NewReader(in), stop: stop}
 	err := rt.guard(ctx, func() error {
 		hello, err := proto.Handshake(rt.w, rt.r, proto.Hello{Role: "host"}, "runtime")
@@ -54,7 +55,7 @@ func Open(ctx context.Context, in io.Reader, out io.Writer, stop func(context.Co
 		return err
 	})
 	if err == nil {
-		err = rt.call(ctx, runtime.OpInit, runtime.InitArgs{Conn: conn}, nil)
+		err = rt.call(ctx, runtime.OpInit, init, nil)
 	}
 	if err != nil {
 		stop(context.WithoutCancel(ctx))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -168,4 +169,64 @@ func readLines(path string) ([]string, error) {
 		lines = append(lines, sc.Text())
 	}
 	return lines, sc.Err()
+}
+
+// InstanceConn returns conn pointed at the running instance whose data
+// directory is dataDir, as its postmaster.pid says: its port, and its
+// socket directory when conn connects over a socket (or names no host;
+// 127.0.0.1 when the instance has no socket). A TCP host is kept. The
+// caller checks the server it reaches (checkDataDir): a stale pid file may
+// name another server's port.
+func InstanceConn(conn ConnConfig, dataDir string) (ConnConfig, error) {
+	if !filepath.IsAbs(dataDir) {
+		return conn, fmt.Errorf("instance %q: the data directory must be an absolute path", dataDir)
+	}
+	lines, err := readLines(filepath.Join(dataDir, "postmaster.pid"))
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return conn, fmt.Errorf("instance %s: the runtime's user cannot read its postmaster.pid (run it as the server's user or root): %w",
+			dataDir, guest.ErrNoInstance)
+	case err != nil || len(lines) < 5:
+		return conn, fmt.Errorf("instance %s: no postmaster.pid (is it running?): %w", dataDir, guest.ErrNoInstance)
+	}
+	port, err := strconv.Atoi(strings.TrimSpace(lines[3]))
+	if err != nil || port <= 0 || port > 65535 {
+		return conn, fmt.Errorf("instance %s: postmaster.pid names no port: %w", dataDir, guest.ErrNoInstance)
+	}
+	conn.Port = port
+	if conn.Host == "" || conn.socket() {
+		conn.Host = "127.0.0.1"
+		if sock := strings.TrimSpace(lines[4]); strings.HasPrefix(sock, "/") {
+			conn.Host = sock
+		}
+	}
+	return conn, nil
+}
+
+// checkDataDir checks that the server r reaches serves dataDir (the same
+// directory, links resolved).
+func (r *Runtime) checkDataDir(ctx context.Context, dataDir string) error {
+	conn, err := r.connect(ctx)
+	if err != nil {
+		return fmt.Errorf("instance %s: %w", dataDir, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var served string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('data_directory')").Scan(&served); err != nil {
+		return fmt.Errorf("instance %s: %w", dataDir, err)
+	}
+	if sameDir(served, dataDir) {
+		return nil
+	}
+	return fmt.Errorf("instance %s: the server at port %d serves %s: %w", dataDir, r.cfg.Conn.Port, served, guest.ErrNoInstance)
+}
+
+// sameDir tells whether a and b name one directory.
+func sameDir(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	ra, errA := filepath.EvalSymlinks(a)
+	rb, errB := filepath.EvalSymlinks(b)
+	return errA == nil && errB == nil && ra == rb
 }

@@ -81,6 +81,12 @@ type BackupArgs struct {
 // other users of the guest could read the password.
 type InitArgs struct {
 	Conn ConnConfig `json:"conn"`
+	// DataDir picks the instance by its data directory (guest.Target):
+	// the runtime reaches it at the port and socket directory of its
+	// postmaster.pid, with Conn's user and credentials, and checks that
+	// the server it reached serves that directory. Empty: the one Conn
+	// reaches.
+	DataDir string `json:"data_dir,omitempty"`
 }
 
 // NamesArgs names files in the temporary folder.
@@ -107,6 +113,7 @@ var errorCodes = map[string]error{
 	"upload_denied":         guest.ErrUploadDenied,
 	"unreachable":           guest.ErrUnreachable,
 	"host_key":              guest.ErrHostKey,
+	"no_instance":           guest.ErrNoInstance,
 }
 
 // ErrorCode returns the wire code for err, or "".
@@ -197,7 +204,19 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		if err := json.Unmarshal(req.Args, &a); err != nil {
 			return nil, err
 		}
-		s.rt = s.newRuntime(a.Conn)
+		if a.DataDir == "" {
+			s.rt = s.newRuntime(a.Conn)
+			return nil, nil
+		}
+		conn, err := InstanceConn(a.Conn, a.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		rt := s.newRuntime(conn)
+		if err := rt.checkDataDir(ctx, a.DataDir); err != nil {
+			return nil, err
+		}
+		s.rt = rt
 		return nil, nil
 	case OpScan:
 		conn, err := s.rt.connect(ctx)

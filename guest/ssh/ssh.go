@@ -242,7 +242,7 @@ func (d *Deployer) deploy(ctx context.Context, client *ssh.Client, t guest.Targe
 		})
 		return stopErr
 	}
-	return remote.Open(ctx, stdout, stdin, stop, d.cfg.Conn)
+	return remote.Open(ctx, stdout, stdin, stop, runtime.InitArgs{Conn: d.cfg.Conn, DataDir: t.DataDir})
 }
 
 // prepareBase creates base 0700 when it is missing and refuses one that

@@ -14,7 +14,14 @@ import (
 	"github.com/pglogship/pglogship/repository/bundle"
 )
 
-var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
+var (
+	_ hypervisor.Hypervisor     = (*Hypervisor)(nil)
+	_ hypervisor.InstanceImager = (*Hypervisor)(nil)
+)
+
+// ImagesInstances implements hypervisor.InstanceImager: an image holds the
+// files of the instance SnapshotOptions.DataDir names.
+func (h *Hypervisor) ImagesInstances() {}
 
 // Errors of this package, returned wrapped.
 var (
@@ -132,7 +139,7 @@ func (h *Hypervisor) Snapshot(ctx context.Context, machineID string, opts hyperv
 	h.held[machineID] = true
 	h.mu.Unlock()
 
-	rt, err := h.cfg.Guests.Deploy(ctx, guest.Target{Machine: m.ID, Address: m.Address})
+	rt, err := h.cfg.Guests.Deploy(ctx, guest.Target{Machine: m.ID, Address: m.Address, DataDir: opts.DataDir})
 	if err != nil {
 		h.unhold(machineID)
 		return nil, fmt.Errorf("snapshot %s: %w", machineID, err)

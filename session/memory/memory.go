@@ -80,7 +80,7 @@ func (m *Store) create(ctx context.Context, s session.Session, fence *session.Le
 		return session.Session{}, fmt.Errorf("create session %s: %w", s.ID, session.ErrExists)
 	}
 	m.sessions[s.ID] = &record{s: s}
-	return s, nil
+	return normalize(s), nil
 }
 
 func (m *Store) update(ctx context.Context, s session.Session, fence *session.Lease) error {
@@ -136,7 +136,7 @@ func (m *Store) Get(ctx context.Context, id string) (session.Session, error) {
 	if !ok {
 		return session.Session{}, fmt.Errorf("get session %s: %w", id, session.ErrNotFound)
 	}
-	return r.s, nil
+	return normalize(r.s), nil
 }
 
 // List implements session.Store.
@@ -165,7 +165,7 @@ func (m *Store) List(ctx context.Context, q session.Query) (session.Page, error)
 		if after != nil && !after.Before(r.s) {
 			continue
 		}
-		matches = append(matches, r.s)
+		matches = append(matches, normalize(r.s))
 	}
 	m.mu.Unlock()
 	slices.SortFunc(matches, newestFirst)
@@ -212,8 +212,11 @@ func (m *Store) Log(ctx context.Context, id string, after int64, limit int) ([]s
 	return slices.Clone(r.log[start:end]), nil
 }
 
+// normalize returns s as the store keeps it: times normalized, and a copy
+// of its slices, so neither the caller's nor a reader's changes reach it.
 func normalize(s session.Session) session.Session {
 	s.Start = session.Normalize(s.Start)
 	s.End = session.Normalize(s.End)
+	s.Counters.Instances = slices.Clone(s.Counters.Instances)
 	return s
 }

@@ -75,6 +75,8 @@ var migrations = []string{
 		holder     text COLLATE "C" PRIMARY KEY,
 		expires_at timestamptz NOT NULL
 	);`,
+	// 5: a child session's counters per instance (session.InstanceCounters).
+	`ALTER TABLE {s}.sessions ADD COLUMN instances jsonb NOT NULL DEFAULT '[]';`,
 }
 
 // SchemaVersion is the schema version this package writes.

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,7 +97,7 @@ func (s *Store) Close() { s.pool.Close() }
 func (s *Store) table(name string) string { return s.schema + "." + name }
 
 const columns = `id, job, kind, parent_id, state, start_time, end_time, files, bytes,
-	first_segment, last_segment, first_lsn::text, last_lsn::text, result`
+	first_segment, last_segment, first_lsn::text, last_lsn::text, result, instances`
 
 func scanSession(row pgx.Row) (session.Session, error) {
 	var (
@@ -108,9 +109,10 @@ func scanSession(row pgx.Row) (session.Session, error) {
 		firstSeg  string
 		lastSeg   string
 		files, by int64
+		instances []byte
 	)
 	err := row.Scan(&x.ID, &x.Job, &kind, &x.ParentID, &st, &x.Start, &end, &files, &by,
-		&firstSeg, &lastSeg, &firstLSN, &lastLSN, &x.Result)
+		&firstSeg, &lastSeg, &firstLSN, &lastLSN, &x.Result, &instances)
 	if err != nil {
 		return session.Session{}, err
 	}
@@ -126,8 +128,24 @@ func scanSession(row pgx.Row) (session.Session, error) {
 	if c.LastLSN, err = wal.ParseLSN(lastLSN); err != nil {
 		return session.Session{}, err
 	}
+	if err := json.Unmarshal(instances, &c.Instances); err != nil {
+		return session.Session{}, fmt.Errorf("session %s: its instances' counters: %w", x.ID, err)
+	}
+	if len(c.Instances) == 0 {
+		c.Instances = nil
+	}
 	x.Counters = c
 	return x, nil
+}
+
+// instancesJSON is the instances column's value: a JSON array, also when
+// there are none.
+func instancesJSON(ics []session.InstanceCounters) (string, error) {
+	if ics == nil {
+		ics = []session.InstanceCounters{}
+	}
+	b, err := json.Marshal(ics)
+	return string(b), err
 }
 
 // endTime maps the zero time to NULL.
@@ -169,12 +187,16 @@ func (s *Store) create(ctx context.Context, q db, x session.Session) (session.Se
 	}
 	x.Start = session.Normalize(x.Start)
 	c := x.Counters
+	instances, err := instancesJSON(c.Instances)
+	if err != nil {
+		return session.Session{}, fmt.Errorf("create session %s: %w", x.ID, err)
+	}
 	tag, err := q.Exec(ctx, `INSERT INTO `+s.table("sessions")+` (id, job, kind, parent_id, state, start_time,
-		files, bytes, first_segment, last_segment, first_lsn, last_lsn, result)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_lsn, $12::pg_lsn, $13)
+		files, bytes, first_segment, last_segment, first_lsn, last_lsn, result, instances)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::pg_lsn, $12::pg_lsn, $13, $14)
 		ON CONFLICT (id) DO NOTHING`,
 		x.ID, x.Job, string(x.Kind), x.ParentID, string(x.State), x.Start,
-		c.Files, c.Bytes, c.FirstSegment, c.LastSegment, c.FirstLSN.String(), c.LastLSN.String(), x.Result)
+		c.Files, c.Bytes, c.FirstSegment, c.LastSegment, c.FirstLSN.String(), c.LastLSN.String(), x.Result, instances)
 	if err != nil {
 		return session.Session{}, fmt.Errorf("create session %s: %w", x.ID, err)
 	}
@@ -197,11 +219,15 @@ func (s *Store) update(ctx context.Context, q db, x session.Session) error {
 			return err
 		}
 		c := x.Counters
+		instances, err := instancesJSON(c.Instances)
+		if err != nil {
+			return err
+		}
 		_, err = tx.Exec(ctx, `UPDATE `+s.table("sessions")+` SET state = $2, end_time = $3, files = $4, bytes = $5,
-			first_segment = $6, last_segment = $7, first_lsn = $8::pg_lsn, last_lsn = $9::pg_lsn, result = $10
+			first_segment = $6, last_segment = $7, first_lsn = $8::pg_lsn, last_lsn = $9::pg_lsn, result = $10, instances = $11
 			WHERE id = $1`,
 			x.ID, string(x.State), endTime(x.End), c.Files, c.Bytes, c.FirstSegment, c.LastSegment,
-			c.FirstLSN.String(), c.LastLSN.String(), x.Result)
+			c.FirstLSN.String(), c.LastLSN.String(), x.Result, instances)
 		return err
 	})
 	if err != nil {

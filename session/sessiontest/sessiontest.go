@@ -135,6 +135,12 @@ func (s suite) createInvalid(t *testing.T) {
 		"no start":        func(x *session.Session) { x.Start = time.Time{} },
 		"end time":        func(x *session.Session) { x.End = base.Add(time.Hour) },
 		"negative files":  func(x *session.Session) { x.Counters.Files = -1 },
+		"instance without machine": func(x *session.Session) {
+			x.Counters.Instances = []session.InstanceCounters{{DataDir: "/data"}}
+		},
+		"negative instance bytes": func(x *session.Session) {
+			x.Counters.Instances = []session.InstanceCounters{{Machine: "vm1", Bytes: -1}}
+		},
 	}
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -176,6 +182,13 @@ func (s suite) lifecycle(t *testing.T) {
 		Files: 3, Bytes: 3 << 24,
 		FirstSegment: "000000010000000000000001", LastSegment: "000000010000000000000003",
 		FirstLSN: 0x1000028, LastLSN: 0x3FFFFFF | 1<<40,
+		Instances: []session.InstanceCounters{
+			{Machine: "vm1", DataDir: "/var/lib/postgresql/15/main", SystemID: 1<<63 + 5, Files: 2, Bytes: 2 << 24,
+				FirstSegment: "000000010000000000000001", LastSegment: "000000010000000000000002", FirstLSN: 0x1000028, LastLSN: 0x3000000},
+			{Machine: "vm1", DataDir: "/var/lib/postgresql/17/main", SystemID: 7, Files: 1, Bytes: 1 << 24,
+				FirstSegment: "000000010000000000000003", LastSegment: "000000010000000000000003", FirstLSN: 0x3000000, LastLSN: 0x3FFFFFF | 1<<40},
+			{Machine: "vm2"},
+		},
 	}
 	require.NoError(t, st.Update(ctx, cur), "a working session may be updated again")
 	require.NoError(t, st.Update(ctx, cur), "repeating an update is harmless")
@@ -188,8 +201,14 @@ func (s suite) lifecycle(t *testing.T) {
 	got, err := st.Get(ctx, cur.ID)
 	require.NoError(t, err)
 	assert.Equal(t, session.StateWarning, got.State)
-	assert.Equal(t, cur.Counters, got.Counters)
+	assert.Equal(t, cur.Counters, got.Counters, "with each instance's counters, in order")
 	assert.Equal(t, wal.LSN(0x3FFFFFF|1<<40), got.Counters.LastLSN)
+	mine, err := st.Get(ctx, cur.ID)
+	require.NoError(t, err)
+	mine.Counters.Instances[0].Files = 99
+	reread, err := st.Get(ctx, cur.ID)
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), reread.Counters.Instances[0].Files, "a record read is the caller's copy")
 	assert.Equal(t, "1 warning", got.Result)
 	assert.True(t, got.End.Equal(base.Add(15*time.Minute).Truncate(time.Microsecond)))
 	assert.Equal(t, time.UTC, got.End.Location())
