@@ -9,7 +9,7 @@ STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 export PGLOGSHIP_CACHE := $(CACHE)
 export STATICCHECK_VERSION
 
-.PHONY: all setup test check fmt vet staticcheck unit demo fuzz bench crash soak
+.PHONY: all setup test check fmt vet staticcheck unit demo fuzz bench crash soak scale
 
 all: test
 
@@ -55,6 +55,14 @@ soak:
 	go test -race -count=20 -timeout 60m -run 'Runner|Paused|Stale' ./walbackup/
 	go test -race -count=20 -timeout 60m -run 'Conformance/Leases' ./session/memory/
 	go test -race -count=20 -timeout 60m -run 'Conformance/.*/Leases' ./session/postgres/
+
+## scale: the sizing runs of docs/scale.md: Runners in one process on a real
+## PostgreSQL store (1000 machines, 1 and 3 processes, mock clock), then
+## 10,000 machines over 5 fleethost processes on the real clock through one
+## whole 15-minute interval (about 20 minutes).
+scale: setup
+	go test -run '^$$' -bench 'FleetScale' -benchtime 1x -timeout 60m ./walbackup/
+	go test -run '^$$' -bench 'FleetProcesses' -benchtime 1x -timeout 60m ./walbackup/
 
 ## fuzz: a short run of every fuzz target.
 fuzz:

@@ -43,6 +43,7 @@ type fleetLine struct {
 	Session string    `json:"session"`
 	Files   int       `json:"files"`
 	Token   int64     `json:"token"`
+	LagMS   int64     `json:"lag_ms"`
 	Message string    `json:"message"`
 }
 
@@ -90,8 +91,63 @@ func (l *fleetLog) holders() map[string]string {
 	return where
 }
 
+// startFleetHost starts a fleethost process named holder with the
+// configuration cfg (written into dir), gathering its stdout lines into
+// log and its stderr lines; it is killed in cleanup if still running.
+func startFleetHost(tb testing.TB, log *fleetLog, bin, dir, holder string, cfg map[string]any) *hostProc {
+	tb.Helper()
+	b, err := json.Marshal(cfg)
+	require.NoError(tb, err)
+	path := filepath.Join(dir, holder+".json")
+	require.NoError(tb, os.WriteFile(path, b, 0o600))
+	p := &hostProc{holder: holder, cmd: exec.Command(bin, path), exited: make(chan struct{})}
+	stdout, err := p.cmd.StdoutPipe()
+	require.NoError(tb, err)
+	stderr, err := p.cmd.StderrPipe()
+	require.NoError(tb, err)
+	require.NoError(tb, p.cmd.Start())
+	tb.Logf("process %s started: pid %d", holder, p.cmd.Process.Pid)
+	var pipes sync.WaitGroup
+	pipes.Add(2)
+	go func() {
+		defer pipes.Done()
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var x fleetLine
+			if json.Unmarshal(sc.Bytes(), &x) == nil {
+				log.add(x)
+			}
+		}
+	}()
+	go func() {
+		defer pipes.Done()
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.stderr = append(p.stderr, sc.Text())
+			p.mu.Unlock()
+		}
+	}()
+	go func() {
+		pipes.Wait()
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	tb.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Signal(syscall.SIGCONT)
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	return p
+}
+
 // waitUntil polls cond until it holds, failing after timeout.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -240,58 +296,11 @@ func TestSeparateHostProcessesShareJobs(t *testing.T) {
 	log := &fleetLog{}
 	procs := map[string]*hostProc{}
 	start := func(holder string) *hostProc {
-		cfg := map[string]any{"holder": holder, "store": storePG.ConnString("config"), "lease_ttl": ttl.String(),
-			"interval": interval.String(), "read_delay": "150ms", "runtime": rtBin,
+		p := startFleetHost(t, log, bin, tmp, holder, map[string]any{"holder": holder, "store": storePG.ConnString("config"),
+			"lease_ttl": ttl.String(), "interval": interval.String(), "read_delay": "150ms", "runtime": rtBin,
 			"s3": map[string]string{"endpoint": m.Endpoint, "bucket": bucket, "prefix": "fleet", "access_key": m.AccessKey,
 				"secret_key": m.SecretKey},
-			"jobs": jobs}
-		b, err := json.Marshal(cfg)
-		require.NoError(t, err)
-		path := filepath.Join(tmp, holder+".json")
-		require.NoError(t, os.WriteFile(path, b, 0o600))
-		p := &hostProc{holder: holder, cmd: exec.Command(bin, path), exited: make(chan struct{})}
-		stdout, err := p.cmd.StdoutPipe()
-		require.NoError(t, err)
-		stderr, err := p.cmd.StderrPipe()
-		require.NoError(t, err)
-		require.NoError(t, p.cmd.Start())
-		t.Logf("process %s started: pid %d", holder, p.cmd.Process.Pid)
-		var pipes sync.WaitGroup
-		pipes.Add(2)
-		go func() {
-			defer pipes.Done()
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				var x fleetLine
-				if json.Unmarshal(sc.Bytes(), &x) == nil {
-					log.add(x)
-				}
-			}
-		}()
-		go func() {
-			defer pipes.Done()
-			sc := bufio.NewScanner(stderr)
-			sc.Buffer(make([]byte, 64<<10), 1<<20)
-			for sc.Scan() {
-				p.mu.Lock()
-				p.stderr = append(p.stderr, sc.Text())
-				p.mu.Unlock()
-			}
-		}()
-		go func() {
-			pipes.Wait()
-			p.err = p.cmd.Wait()
-			close(p.exited)
-		}()
-		t.Cleanup(func() {
-			select {
-			case <-p.exited:
-			default:
-				_ = p.cmd.Process.Signal(syscall.SIGCONT)
-				_ = p.cmd.Process.Kill()
-				<-p.exited
-			}
-		})
+			"jobs": jobs})
 		procs[holder] = p
 		return p
 	}

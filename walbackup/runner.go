@@ -125,7 +125,10 @@ type RunnerEvent struct {
 // divided by the processes present, rounded up. A Runner above its share
 // (a process joined) hands the surplus over: it stops those runs, keeps
 // their leases until they have ended, and releases them for the others
-// to take at their next polls. Without a Roster jobs spread only loosely:
+// to take at their next polls. A job left free for a lease's time to live
+// while the processes present are at their shares (one that does not list
+// it, say) runs beyond the share rather than nowhere, with a warning, and
+// is never handed over for it. Without a Roster jobs spread only loosely:
 // each Runner takes what is free when it polls, starting at a place in
 // the list of its own.
 type Runner struct {
@@ -158,6 +161,8 @@ type runnerJob struct {
 	cancel    context.CancelFunc
 	stopping  bool      // the run was canceled
 	handing   bool      // the run was canceled to hand the job over; the lease is kept until it ends
+	beyond    bool      // taken past this Runner's share: free too long (see decide); never handed over for it
+	capped    time.Time // since when the share kept this Runner from taking the job; zero when it did not
 	disabling bool      // Disable was sent
 	foreign   time.Time // when another holder's lease runs out, as last seen
 }
@@ -430,7 +435,7 @@ func (r *Runner) fairShare(pctx context.Context, now time.Time, views []jobView)
 // reset forgets a run that has ended.
 func (rj *runnerJob) reset() {
 	rj.cancel()
-	rj.done, rj.cancel, rj.stopping, rj.handing, rj.disabling = nil, nil, false, false, false
+	rj.done, rj.cancel, rj.stopping, rj.handing, rj.disabling, rj.beyond = nil, nil, false, false, false, false
 }
 
 // decide brings one job in line with its flag (when known) and this
@@ -446,13 +451,31 @@ func (r *Runner) decide(ctx, pctx context.Context, rj *runnerJob, v jobView) (re
 		r.release(pctx, rj)
 	case v.known && v.enabled:
 		if l := v.seen; l != nil && l.Holder != "" && l.Holder != r.cfg.Holder && r.cfg.Clock.Now().Before(l.Until) {
-			rj.held, rj.foreign = false, l.Until // runs elsewhere: nothing to ask
+			rj.held, rj.foreign, rj.capped = false, l.Until, time.Time{} // runs elsewhere: nothing to ask
 			return false
 		}
+		beyond := false
 		if r.share > 0 && r.holding >= r.share && !rj.held {
-			return false // its share taken: left for a process below it
+			// Its share taken: left for a process below it, unless none
+			// took it for a lease's time to live (one that lists other
+			// jobs, or cannot start them): then it runs here, beyond the
+			// share, rather than nowhere.
+			now := r.cfg.Clock.Now()
+			if rj.capped.IsZero() {
+				rj.capped = now
+			}
+			if now.Sub(rj.capped) < r.cfg.LeaseTTL {
+				return false
+			}
+			beyond = true
 		}
-		r.acquire(ctx, pctx, rj)
+		if r.acquire(ctx, pctx, rj) {
+			rj.capped, rj.beyond = time.Time{}, beyond
+			if beyond {
+				r.cfg.Logger.Warn("a job nobody took for a lease's time to live runs here beyond this process's share; do all processes list the same jobs?",
+					"job", rj.job.Name(), "holder", r.cfg.Holder, "share", r.share)
+			}
+		}
 	case rj.held:
 		return true // the flag is unknown: keep what we hold, start nothing
 	}
@@ -498,7 +521,7 @@ func (r *Runner) shed() {
 	}
 	var running []*runnerJob
 	for _, rj := range r.jobs {
-		if rj.done != nil && !rj.stopping && !rj.handing && !rj.disabling {
+		if rj.done != nil && !rj.stopping && !rj.handing && !rj.disabling && !rj.beyond {
 			running = append(running, rj)
 		}
 	}
@@ -516,17 +539,18 @@ func isClosed(c <-chan struct{}) bool {
 	}
 }
 
-// acquire takes the job's lease if it can and starts the job.
-func (r *Runner) acquire(ctx, pctx context.Context, rj *runnerJob) {
+// acquire takes the job's lease if it can and starts the job; it tells
+// whether the job runs here now.
+func (r *Runner) acquire(ctx, pctx context.Context, rj *runnerJob) bool {
 	name := rj.job.Name()
 	l, ok, err := r.leaser.AcquireLease(pctx, name, r.cfg.Holder, r.cfg.Clock.Now(), r.cfg.LeaseTTL)
 	if err != nil {
 		r.cfg.Logger.Warn("acquire a job's lease", "job", name, "holder", r.cfg.Holder, "err", err)
-		return
+		return false
 	}
 	if !ok {
-		rj.held, rj.foreign = false, l.Until
-		return
+		rj.held, rj.foreign, rj.capped = false, l.Until, time.Time{}
+		return false
 	}
 	if !rj.held {
 		r.holding++
@@ -550,7 +574,7 @@ func (r *Runner) acquire(ctx, pctx context.Context, rj *runnerJob) {
 			"holder", r.cfg.Holder, "err", err)
 		r.cfg.Observer(RunnerEvent{Kind: RunnerJobEnded, Job: name})
 		r.release(pctx, rj)
-		return
+		return false
 	}
 	r.cfg.Logger.Info("job started under lease", "job", name, "holder", r.cfg.Holder, "token", l.Token)
 	rj.done, rj.cancel = done, cancel
@@ -562,6 +586,7 @@ func (r *Runner) acquire(ctx, pctx context.Context, rj *runnerJob) {
 		r.setActive(name, done, false)
 		r.cfg.Observer(RunnerEvent{Kind: RunnerJobEnded, Job: name})
 	}()
+	return true
 }
 
 // renew extends the lease of a job the Runner holds. A lost lease stops

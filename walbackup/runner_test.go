@@ -73,6 +73,12 @@ func newWorld(f *fleet, jobs int) *world {
 // store (a store value of its own, as a process would open).
 func (w *world) process(t testing.TB, holder string, store session.Store, ttl time.Duration) *process {
 	t.Helper()
+	return w.processOf(t, holder, store, ttl, w.names)
+}
+
+// processOf is process over only the jobs names of the world.
+func (w *world) processOf(t testing.TB, holder string, store session.Store, ttl time.Duration, names []string) *process {
+	t.Helper()
 	p := &process{holder: holder, jobs: map[string]*walbackup.Job{}}
 	ds := newDeadSessions(store, p.deadFlag())
 	ds.leasesDown = &p.leaseDn
@@ -86,7 +92,7 @@ func (w *world) process(t testing.TB, holder string, store session.Store, ttl ti
 		sessions = deadRosterSessions{ds, rosterPart{ds}}
 	}
 	var jobs []*walbackup.Job
-	for _, name := range w.names {
+	for _, name := range names {
 		guests := map[string]*guesttest.Guest{"vm1": w.guests[name]}
 		j := w.f.newJob(t, holder, name, guests, deadDeployer{guesttest.NewDeployer(guests), p.deadFlag()},
 			deadRepo{w.repo, p.deadFlag()}, sessions)
@@ -466,6 +472,46 @@ func TestRunnersShareJobsEvenly(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A process that does not list every job (a configuration mistake) counts
+// as present: the other keeps to its share at first, then, once a job was
+// left free for a lease's time to live, runs it beyond its share rather
+// than leave it unprotected, and never hands such a job over.
+func TestRunnerTakesJobsNobodyTakes(t *testing.T) {
+	f := newFleet(testenv.LoggerAt(t, slog.LevelError))
+	w := newWorld(f, 6)
+	w.batch, w.roster = true, true
+	store := smem.New()
+	p1 := w.process(t, "host-1", store, 0)
+	p2 := w.processOf(t, "host-2", store, 0, w.names[:1]) // lists one job only
+	for _, name := range w.names {
+		p1.set(t, f, name, true)
+	}
+	f.step(t, walbackup.DefaultLeaseTTL/3)
+	running := len(p1.runner.Running()) + len(p2.runner.Running())
+	assert.Less(t, running, len(w.names), "shares of 3 first: the jobs host-2 does not list wait")
+	f.step(t, 2*walbackup.DefaultLeaseTTL)
+	assert.Len(t, p1.runner.Running(), len(w.names)-len(p2.runner.Running()), "then every job runs")
+	assert.LessOrEqual(t, len(p2.runner.Running()), 1)
+	before := 0
+	for _, e := range f.seen {
+		if e.runner != nil && e.runner.Kind == walbackup.RunnerJobHandingOver {
+			before++
+		}
+	}
+	f.step(t, 10*time.Minute)
+	after := 0
+	for _, e := range f.seen {
+		if e.runner != nil && e.runner.Kind == walbackup.RunnerJobHandingOver {
+			after++
+		}
+	}
+	assert.Equal(t, before, after, "nothing runs beyond the share is handed back and forth")
+	assert.Len(t, p1.runner.Running(), len(w.names)-len(p2.runner.Running()))
+	w.addWAL(1)
+	f.step(t, 15*time.Minute)
+	w.requireAllShipped(t)
 }
 
 type onlyStore struct{ session.Store }

@@ -78,6 +78,7 @@ type Line struct {
 	Session string    `json:"session,omitempty"`
 	Files   int       `json:"files,omitempty"`
 	Token   int64     `json:"token,omitempty"`
+	LagMS   int64     `json:"lag_ms,omitempty"` // a batch's Event.Lag
 	Message string    `json:"message,omitempty"`
 }
 
@@ -155,7 +156,8 @@ func run(path string) error {
 				if e.Kind == walbackup.EventIdle {
 					return
 				}
-				out.print(Line{Source: "job", Kind: string(e.Kind), Job: name, Session: e.Session.ID, Files: e.Files, Message: e.Message})
+				out.print(Line{Source: "job", Kind: string(e.Kind), Job: name, Session: e.Session.ID, Files: e.Files,
+					LagMS: e.Lag.Milliseconds(), Message: e.Message})
 			},
 		})
 		if err != nil {
