@@ -52,9 +52,24 @@ type machineState struct {
 	stuckWaiting int64
 }
 
-// log appends to the session's log. quiet entries (failed retries) go to
-// the logger only, so an outage does not flood the session record.
-func (j *Job) log(ctx context.Context, cs *childSession, sev session.Severity, msg string) {
+// about says which instance a warning concerns: a machine, and the data
+// directory of one of its instances when it has several.
+type about struct{ machine, instance string }
+
+func (ms *machineState) about() about { return about{ms.m.ID, ms.dataDir} }
+
+// log appends an informational line to the session's log.
+func (j *Job) log(ctx context.Context, cs *childSession, msg string) {
+	j.record(ctx, cs, session.SeverityInfo, "", about{}, msg)
+}
+
+// alert records a warning or an error of the session about a: in its log,
+// and to the observer with what it is about.
+func (j *Job) alert(ctx context.Context, cs *childSession, sev session.Severity, f Failure, a about, msg string) {
+	j.record(ctx, cs, sev, f, a, msg)
+}
+
+func (j *Job) record(ctx context.Context, cs *childSession, sev session.Severity, f Failure, a about, msg string) {
 	octx, cancel := j.op(ctx)
 	defer cancel()
 	if _, err := j.sessions().Append(octx, cs.rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: sev, Message: msg}); err != nil {
@@ -63,21 +78,22 @@ func (j *Job) log(ctx context.Context, cs *childSession, sev session.Severity, m
 	switch sev {
 	case session.SeverityWarning:
 		cs.warnings++
-		j.cfg.Observer(Event{Kind: EventWarning, Session: cs.rec, Message: msg})
 	case session.SeverityError:
 		cs.errors++
-		j.cfg.Observer(Event{Kind: EventWarning, Session: cs.rec, Message: msg})
+	default:
+		return
 	}
+	j.cfg.Observer(Event{Kind: EventWarning, Session: cs.rec, Machine: a.machine, Instance: a.instance, Failure: f, Message: msg})
 }
 
 // report records a machine's failure: in the session log at sev, or, on a
-// retry, in the logger only.
-func (j *Job) report(ctx context.Context, cs *childSession, retry bool, sev session.Severity, msg string) {
+// retry, in the logger only (an outage does not flood the session record).
+func (j *Job) report(ctx context.Context, cs *childSession, retry bool, sev session.Severity, f Failure, a about, msg string) {
 	if retry {
 		j.cfg.Logger.Warn(msg, "job", j.child, "session", cs.rec.ID, "retry", cs.retries)
 		return
 	}
-	j.log(ctx, cs, sev, msg)
+	j.alert(ctx, cs, sev, f, a, msg)
 }
 
 // startChild creates a child session and deploys the runtime into every
@@ -92,7 +108,7 @@ func (j *Job) startChild(ctx context.Context, parentID string) *childSession {
 	}
 	cs := &childSession{rec: rec, due: now, nextTick: now.Add(j.cfg.LogBackupInterval)}
 	if j.run.note != "" && rec.ID != "" {
-		j.log(ctx, cs, session.SeverityInfo, j.run.note)
+		j.log(ctx, cs, j.run.note)
 	}
 	for _, m := range j.cfg.Machines {
 		j.addInstances(ctx, cs, m, false)
@@ -111,7 +127,8 @@ func (j *Job) startChild(ctx context.Context, parentID string) *childSession {
 func (j *Job) addInstances(ctx context.Context, cs *childSession, m Machine, retry bool) bool {
 	dirs, err := j.instancesNow(ctx, m)
 	if err != nil {
-		j.report(ctx, cs, retry, session.SeverityWarning, fmt.Sprintf("machine %s: %v; its WAL waits in the guest and the job keeps trying", m.ID, err))
+		j.report(ctx, cs, retry, session.SeverityWarning, FailureUnreachable, about{machine: m.ID},
+			fmt.Sprintf("machine %s: %v; its WAL waits in the guest and the job keeps trying", m.ID, err))
 		if !slices.ContainsFunc(cs.pending, func(p Machine) bool { return p.ID == m.ID }) {
 			cs.pending = append(cs.pending, m)
 		}
@@ -123,7 +140,7 @@ func (j *Job) addInstances(ctx context.Context, cs *childSession, m Machine, ret
 		cs.rec.Counters.Instances = append(cs.rec.Counters.Instances, session.InstanceCounters{Machine: m.ID, DataDir: dir})
 	}
 	if m.AllInstances {
-		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: %d PostgreSQL instances found: %s", m.ID, len(dirs), strings.Join(dirs, ", ")))
+		j.log(ctx, cs, fmt.Sprintf("machine %s: %d PostgreSQL instances found: %s", m.ID, len(dirs), strings.Join(dirs, ", ")))
 		j.warnGone(ctx, cs, m, dirs)
 	}
 	return true
@@ -145,7 +162,7 @@ func (j *Job) warnGone(ctx context.Context, cs *childSession, m Machine, dirs []
 			continue
 		}
 		if dir := rps[len(rps)-1].DataDir; dir != "" && !slices.Contains(dirs, dir) {
-			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: instance %s (system identifier %d) no longer runs: nothing of it is shipped; its restore points and WAL are kept as retention says",
+			j.alert(ctx, cs, session.SeverityWarning, FailureInstanceGone, about{m.ID, dir}, fmt.Sprintf("machine %s: instance %s (system identifier %d) no longer runs: nothing of it is shipped; its restore points and WAL are kept as retention says",
 				m.ID, dir, inst.SystemID))
 		}
 	}
@@ -162,22 +179,22 @@ func (j *Job) deployAll(ctx context.Context, cs *childSession, retry bool) {
 			continue
 		}
 		if err := j.deploy(ctx, cs, ms); err != nil {
-			sev, what := session.SeverityWarning, "unreachable, its WAL waits in the guest and the job keeps trying"
+			sev, f, what := session.SeverityWarning, FailureUnreachable, "unreachable, its WAL waits in the guest and the job keeps trying"
 			if mustFix(err) {
-				sev, what = session.SeverityError, "refused, fix this and the job ships what waits"
+				sev, f, what = session.SeverityError, FailureRefused, "refused, fix this and the job ships what waits"
 			}
-			j.report(ctx, cs, retry, sev, fmt.Sprintf("machine %s: %s: %v", ms.name, what, err))
+			j.report(ctx, cs, retry, sev, f, ms.about(), fmt.Sprintf("machine %s: %s: %v", ms.name, what, err))
 			continue
 		}
 		ms.reached = true
-		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: runtime deployed, PostgreSQL %d, system identifier %d",
+		j.log(ctx, cs, fmt.Sprintf("machine %s: runtime deployed, PostgreSQL %d, system identifier %d",
 			ms.name, ms.version, ms.inst.SystemID))
 		j.route(ctx, cs, ms, false)
 		octx, cancel := j.op(ctx)
 		ids, err := repository.RestorePointIDs(octx, j.cfg.Repository, ms.inst)
 		cancel()
 		if err == nil && len(ids) == 0 {
-			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: no restore point in the repository yet: the WAL shipped now can be restored only once the parent job has taken an image", ms.name))
+			j.alert(ctx, cs, session.SeverityWarning, FailureNoRestorePoint, ms.about(), fmt.Sprintf("machine %s: no restore point in the repository yet: the WAL shipped now can be restored only once the parent job has taken an image", ms.name))
 		}
 	}
 }
@@ -311,12 +328,12 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		if errors.Is(err, ErrSplitBrain) {
 			// Not a reason to retry: what could ship did, the rest is
 			// kept aside; an operator must look.
-			j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: %v", ms.name, err))
+			j.alert(ctx, cs, session.SeverityError, FailureSplitBrain, ms.about(), fmt.Sprintf("machine %s: %v", ms.name, err))
 			err = nil
 		}
 		if err != nil {
 			ms.failing = true
-			j.report(ctx, cs, retry, session.SeverityWarning,
+			j.report(ctx, cs, retry, session.SeverityWarning, FailureShip, ms.about(),
 				fmt.Sprintf("machine %s: WAL not shipped, kept in the guest (retried with backoff): %v", ms.name, err))
 			if !retry {
 				j.warnFilling(ctx, cs, ms)
@@ -327,25 +344,46 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		ms.failing, ms.stuckSince = false, time.Time{}
 		if got.Files == 0 {
 			if !retry {
-				j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: no new WAL", ms.name))
+				j.log(ctx, cs, fmt.Sprintf("machine %s: no new WAL", ms.name))
 			}
 			continue
 		}
 		j.checkGaps(ctx, cs, ms, got.Names)
 		if msg := unsummarizedWarning(ms.name, got.Unsummarized); msg != "" {
-			j.log(ctx, cs, session.SeverityWarning, msg)
+			j.alert(ctx, cs, session.SeverityWarning, FailureSummaryUnknown, ms.about(), msg)
 		}
 		j.count(cs, ms, got)
 		after := ""
 		if retry {
 			after = fmt.Sprintf(" on retry %d", cs.retries)
 		}
-		j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d files (%d bytes, %d stored) from %s to %s%s",
+		j.log(ctx, cs, fmt.Sprintf("machine %s: shipped %d files (%d bytes, %d stored) from %s to %s%s",
 			ms.name, got.Files, got.RawBytes, got.StoredBytes, got.First, got.Last, after))
 		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Files: got.Files, Bytes: got.RawBytes,
 			Lag: j.cfg.Clock.Now().Sub(due), Direct: got.Direct, Server: viaOf(got, ms)})
 	}
+	if !retry {
+		for _, ms := range cs.machines {
+			j.reportFolder(ctx, cs, ms)
+		}
+	}
 	j.update(ctx, cs)
+}
+
+// reportFolder tells the observer how full an instance's temporary WAL
+// folder is, when its runtime can say (guest.SpaceReporter).
+func (j *Job) reportFolder(ctx context.Context, cs *childSession, ms *machineState) {
+	sr, ok := ms.rt.(guest.SpaceReporter)
+	if !ok || ms.failing {
+		return // a failing one was asked by warnFilling already
+	}
+	octx, cancel := j.op(ctx)
+	sp, err := sr.FolderSpace(octx)
+	cancel()
+	if err != nil {
+		return // the ship's own report says what is wrong with the guest
+	}
+	j.cfg.Observer(Event{Kind: EventFolder, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Waiting: sp.Waiting, Free: sp.Free})
 }
 
 // route chooses the path of a machine's WAL: from the guest when the job
@@ -367,19 +405,20 @@ func (j *Job) route(ctx context.Context, cs *childSession, ms *machineState, qui
 	case d != nil:
 		msg = fmt.Sprintf("machine %s: WAL ships directly from the guest to the repository (shipping mode %s; the guest reaches it)", ms.name, j.cfg.Shipping.Mode)
 	case j.cfg.Shipping.Mode == ShipDirect:
-		j.report(ctx, cs, quiet, session.SeverityWarning, fmt.Sprintf("machine %s: WAL not shipped, kept in the guest: shipping mode direct, and %s", ms.name, why))
+		j.report(ctx, cs, quiet, session.SeverityWarning, FailureShippingPath, ms.about(),
+			fmt.Sprintf("machine %s: WAL not shipped, kept in the guest: shipping mode direct, and %s", ms.name, why))
 		return false
 	case was:
 		msg = fmt.Sprintf("machine %s: WAL ships through the host from now on (shipping mode %s): %s", ms.name, j.cfg.Shipping.Mode, why)
 	default:
 		msg = fmt.Sprintf("machine %s: WAL ships through the host (shipping mode %s): %s", ms.name, j.cfg.Shipping.Mode, why)
 	}
-	sev := session.SeverityInfo
 	if d == nil && (was || j.cfg.Shipping.Server != nil) {
 		// Lost the way around the host, or the named server is out of reach.
-		sev = session.SeverityWarning
+		j.alert(ctx, cs, session.SeverityWarning, FailureShippingPath, ms.about(), msg)
+	} else {
+		j.log(ctx, cs, msg)
 	}
-	j.log(ctx, cs, sev, msg)
 	j.cfg.Observer(Event{Kind: EventShippingPath, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Direct: d != nil, Server: d.server(), Message: msg})
 	return d != nil
 }
@@ -551,7 +590,7 @@ func (j *Job) replaceIfDead(ctx context.Context, cs *childSession, ms *machineSt
 	if err == nil {
 		return // the runtime is fine; the repository or the file was not
 	}
-	j.log(ctx, cs, session.SeverityInfo, fmt.Sprintf("machine %s: the runtime stopped answering (%v); it is deployed again", ms.name, err))
+	j.log(ctx, cs, fmt.Sprintf("machine %s: the runtime stopped answering (%v); it is deployed again", ms.name, err))
 	octx, cancel = j.op(context.WithoutCancel(ctx))
 	_ = ms.rt.Close(octx) // best effort: a dead runtime may not close
 	cancel()
@@ -564,11 +603,12 @@ func (j *Job) endChild(ctx context.Context, cs *childSession, why string) {
 	j.shipAll(ctx, cs, j.cfg.Clock.Now(), false)
 	for _, ms := range cs.machines {
 		if !ms.reached {
-			j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: not reached during the whole session: its WAL waits in the guest", ms.name))
+			j.alert(ctx, cs, session.SeverityError, FailureUnreachable, ms.about(),
+				fmt.Sprintf("machine %s: not reached during the whole session: its WAL waits in the guest", ms.name))
 		}
 	}
 	for _, m := range cs.pending {
-		j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: its instances were not found during the whole session: their WAL waits in the guest", m.ID))
+		j.alert(ctx, cs, session.SeverityError, FailureUnreachable, about{machine: m.ID}, fmt.Sprintf("machine %s: its instances were not found during the whole session: their WAL waits in the guest", m.ID))
 	}
 	j.closeRuntimes(ctx, cs)
 	state := session.StateSuccess
@@ -598,7 +638,7 @@ func (j *Job) closeRuntimes(ctx context.Context, cs *childSession) {
 		}
 		octx, cancel := j.op(ctx)
 		if err := ms.rt.Close(octx); err != nil {
-			j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: uninstall runtime: %v", ms.name, err))
+			j.alert(ctx, cs, session.SeverityWarning, FailureRuntime, ms.about(), fmt.Sprintf("machine %s: uninstall runtime: %v", ms.name, err))
 		}
 		cancel()
 		ms.rt, ms.direct = nil, nil
@@ -678,7 +718,7 @@ func (j *Job) checkGaps(ctx context.Context, cs *childSession, ms *machineState,
 			continue // shipped again after a crash: not newer
 		default:
 			if want := prev.Next(ms.segSize); want != f {
-				j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: gap in timeline %d: segments %s up to before %s are missing",
+				j.alert(ctx, cs, session.SeverityWarning, FailureGap, ms.about(), fmt.Sprintf("machine %s: gap in timeline %d: segments %s up to before %s are missing",
 					ms.name, f.Timeline, want, f))
 			}
 		}
@@ -704,7 +744,7 @@ func (j *Job) checkArchiver(ctx context.Context, cs *childSession, ms *machineSt
 			sp, _ = sr.FolderSpace(octx)
 			cancel()
 		}
-		j.log(ctx, cs, session.SeverityError, fmt.Sprintf("machine %s: archive_command failed %d times since the last interval, last for %s at %s; PostgreSQL keeps that WAL in pg_wal and retries it. The temporary folder %s has %d bytes free",
+		j.alert(ctx, cs, session.SeverityError, FailureArchiveCommand, ms.about(), fmt.Sprintf("machine %s: archive_command failed %d times since the last interval, last for %s at %s; PostgreSQL keeps that WAL in pg_wal and retries it. The temporary folder %s has %d bytes free",
 			ms.name, a.FailedCount-ms.failed, a.LastFailedWAL, a.LastFailedTime.UTC().Format(time.RFC3339), j.walDir(ms.dataDir), sp.Free))
 	}
 	ms.failed = a.FailedCount // also when a restart reset the counters
@@ -724,6 +764,7 @@ func (j *Job) warnFilling(ctx context.Context, cs *childSession, ms *machineStat
 	if err != nil {
 		return
 	}
+	j.cfg.Observer(Event{Kind: EventFolder, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Waiting: sp.Waiting, Free: sp.Free})
 	now := j.cfg.Clock.Now()
 	if ms.stuckSince.IsZero() {
 		ms.stuckSince, ms.stuckWaiting = now, sp.Waiting
@@ -734,7 +775,7 @@ func (j *Job) warnFilling(ctx context.Context, cs *childSession, ms *machineStat
 		return
 	}
 	full := time.Duration(float64(sp.Free) / float64(grown) * float64(elapsed)).Round(time.Minute)
-	j.log(ctx, cs, session.SeverityWarning, fmt.Sprintf("machine %s: WAL is piling up in the temporary folder: %d bytes waiting, %d bytes free; full in about %v at this rate",
+	j.alert(ctx, cs, session.SeverityWarning, FailureFolderFilling, ms.about(), fmt.Sprintf("machine %s: WAL is piling up in the temporary folder: %d bytes waiting, %d bytes free; full in about %v at this rate",
 		ms.name, sp.Waiting, sp.Free, full))
 }
 

@@ -104,7 +104,11 @@ type Config struct {
 	FullImageEvery int
 	Clock          clock.Clock
 	Logger         *slog.Logger
-	Observer       func(Event) // optional; called from the job's goroutine, must not block
+	// Observer, optional, hears what the job does (metrics.Collector
+	// turns it into Prometheus metrics). It is called from the job's
+	// goroutine, and with EventDrill from Drill's caller; it must not
+	// block.
+	Observer func(Event)
 	// OperationTimeout bounds each call to a guest, the repository or the
 	// session store by progress, not length: shipping may take as long as
 	// the WAL needs while bytes keep moving, but a call with no progress
@@ -224,6 +228,17 @@ func InstanceWALDir(walDir, dataDir string) string {
 	return filepath.Join(walDir, name+"-"+hex.EncodeToString(sum[:4]))
 }
 
+// instanceOf is what Event.Instance says of dataDir on machine: the data
+// directory when the machine has several instances, else nothing.
+func (j *Job) instanceOf(machine, dataDir string) string {
+	for _, m := range j.cfg.Machines {
+		if m.ID == machine && (len(m.Instances) > 0 || m.AllInstances) {
+			return dataDir
+		}
+	}
+	return ""
+}
+
 // instancesOf lists the data directories of m's instances: "" for the one
 // instance of a machine that lists none.
 func instancesOf(m Machine) []string {
@@ -260,6 +275,60 @@ const (
 	// interval, retry, parent run or command; Event.Next says when it wakes
 	// by itself. Tests step virtual time on it.
 	EventIdle EventKind = "idle"
+	// EventRestorePoint: a parent session committed a restore point of
+	// Machine (Instance): Event.RestorePoint, consistent as of Event.Time.
+	EventRestorePoint EventKind = "restore_point"
+	// EventFolder: how full an instance's temporary WAL folder in its guest
+	// is, after each interval's ship: Event.Waiting and Event.Free bytes.
+	EventFolder EventKind = "folder"
+	// EventDrill: a restore drill of Event.RestorePoint ended; Event.Passed
+	// says how.
+	EventDrill EventKind = "drill"
+)
+
+// Failure names what a warning or an error is about (Event.Failure), so
+// alerts and metrics tell them apart without reading messages.
+type Failure string
+
+const (
+	// FailureUnreachable: a guest or one of its instances could not be
+	// reached (or found); its WAL waits there and the job keeps trying.
+	FailureUnreachable Failure = "guest_unreachable"
+	// FailureRefused: the guest refused (a requirement of PostgreSQL not
+	// met, a host key that changed, no runtime for it): an operator must
+	// act.
+	FailureRefused Failure = "guest_refused"
+	// FailureShip: WAL was not shipped this time (the repository or the
+	// guest failed); it stays in the guest and is retried.
+	FailureShip Failure = "ship_failed"
+	// FailureSplitBrain: a file already stored with other content was
+	// kept aside.
+	FailureSplitBrain Failure = "split_brain"
+	// FailureGap: segments are missing between the newest stored and the
+	// ones shipped now.
+	FailureGap Failure = "wal_gap"
+	// FailureArchiveCommand: PostgreSQL's archive_command failed in the
+	// guest since the last interval.
+	FailureArchiveCommand Failure = "archive_command_failing"
+	// FailureFolderFilling: WAL piles up in the guest's temporary folder
+	// while shipping fails; Event.Message says when it is full.
+	FailureFolderFilling Failure = "folder_filling"
+	// FailureNoRestorePoint: WAL ships with no restore point before it,
+	// or a parent session took none of an instance.
+	FailureNoRestorePoint Failure = "no_restore_point"
+	// FailureSummaryUnknown: the WAL summaries of shipped segments could
+	// not be computed (restores to times and names inside are not proven).
+	FailureSummaryUnknown Failure = "wal_summary_unknown"
+	// FailureShippingPath: WAL lost its way around the host (direct or
+	// through the log shipping server) and goes through the host, or, in
+	// mode direct, waits.
+	FailureShippingPath Failure = "shipping_path"
+	// FailureInstanceGone: an instance with restore points no longer runs.
+	FailureInstanceGone Failure = "instance_gone"
+	// FailureExpiry: retention could not remove everything it should.
+	FailureExpiry Failure = "expiry"
+	// FailureRuntime: the runtime could not be uninstalled from a guest.
+	FailureRuntime Failure = "runtime_uninstall"
 )
 
 // Event is what the job tells its observer, for metrics and tests.
@@ -281,6 +350,17 @@ type Event struct {
 	// Server: with Direct, the log shipping server it goes through
 	// (Shipping.Server); empty when the guest connects itself.
 	Server string
+	// Failure: EventWarning: what it is about.
+	Failure Failure
+	// RestorePoint and Time: EventRestorePoint and EventDrill: the restore
+	// point, and (EventRestorePoint) the time it is consistent as of.
+	RestorePoint string
+	Time         time.Time
+	// Waiting and Free: EventFolder: bytes waiting in the instance's
+	// temporary WAL folder, and free on its file system.
+	Waiting, Free int64
+	// Passed: EventDrill: the drill's checks passed.
+	Passed bool
 }
 
 // instancesNow returns the data directories of m's instances for a

@@ -51,7 +51,8 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 		dirs, err := j.instancesNow(ctx, m)
 		if err != nil {
 			failed = append(failed, m.ID)
-			j.parentLog(ctx, rec, session.SeverityError, fmt.Sprintf("machine %s: no restore point: %v", m.ID, err))
+			j.parentAlert(ctx, rec, session.SeverityError, FailureNoRestorePoint, about{machine: m.ID},
+				fmt.Sprintf("machine %s: no restore point: %v", m.ID, err))
 			continue
 		}
 		for _, dir := range dirs {
@@ -64,10 +65,12 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 			rp, err := j.restorePoint(ctx, &rec, m, dir)
 			if err != nil {
 				failed = append(failed, name)
-				j.parentLog(ctx, rec, session.SeverityError, fmt.Sprintf("machine %s: no restore point: %v", name, err))
+				j.parentAlert(ctx, rec, session.SeverityError, FailureNoRestorePoint, about{m.ID, dir},
+					fmt.Sprintf("machine %s: no restore point: %v", name, err))
 				continue
 			}
 			j.countRestorePoint(ctx, &rec, name, rp)
+			j.cfg.Observer(Event{Kind: EventRestorePoint, Session: rec, Machine: m.ID, Instance: dir, RestorePoint: rp.ID, Time: rp.StopTime})
 		}
 	}
 	rec.State = session.StateSuccess
@@ -82,7 +85,8 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	}
 	if expErr != nil {
 		rec.State = session.StateWarning
-		j.parentLog(ctx, rec, session.SeverityWarning, fmt.Sprintf("expiry: %v (what it did not remove is removed by the next one)", expErr))
+		j.parentAlert(ctx, rec, session.SeverityWarning, FailureExpiry, about{},
+			fmt.Sprintf("expiry: %v (what it did not remove is removed by the next one)", expErr))
 	} else if len(exp.RestorePoints)+len(exp.Bundles)+len(exp.Garbage) > 0 {
 		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("expiry removed restore points %v, %d WAL bundles and %d unfinished restore points",
 			exp.RestorePoints, len(exp.Bundles), len(exp.Garbage)))
@@ -106,7 +110,7 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 	j.cfg.Observer(Event{Kind: EventSessionEnded, Session: rec})
 	next := j.startChild(ctx, rec.ID)
 	if len(failed) > 0 {
-		j.log(ctx, next, session.SeverityWarning, fmt.Sprintf("the parent session failed for %v: WAL shipped in this session has no restore point before it", failed))
+		j.alert(ctx, next, session.SeverityWarning, FailureNoRestorePoint, about{}, fmt.Sprintf("the parent session failed for %v: WAL shipped in this session has no restore point before it", failed))
 	}
 	return next
 }
@@ -130,6 +134,13 @@ func (j *Job) countRestorePoint(ctx context.Context, rec *session.Session, name 
 	rec.Counters.LastLSN = max(rec.Counters.LastLSN, rp.StopLSN)
 	j.parentLog(ctx, *rec, session.SeverityInfo, fmt.Sprintf("machine %s: restore point %s, %s image of %d objects (%d bytes), backup from %s to %s on timeline %d",
 		name, rp.ID, kind, len(rp.Objects), size, rp.StartLSN, rp.StopLSN, rp.Timeline))
+}
+
+// parentAlert is parentLog for a warning or an error, which the observer
+// hears of too, with what it is about.
+func (j *Job) parentAlert(ctx context.Context, rec session.Session, sev session.Severity, f Failure, a about, msg string) {
+	j.parentLog(ctx, rec, sev, msg)
+	j.cfg.Observer(Event{Kind: EventWarning, Session: rec, Machine: a.machine, Instance: a.instance, Failure: f, Message: msg})
 }
 
 func (j *Job) parentLog(ctx context.Context, rec session.Session, sev session.Severity, msg string) {
@@ -243,8 +254,7 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine,
 			name, got.Files, got.First, got.Last, how))
 	}
 	if msg := unsummarizedWarning(name, got.Unsummarized); msg != "" {
-		j.parentLog(ctx, *rec, session.SeverityWarning, msg)
-		j.cfg.Observer(Event{Kind: EventWarning, Session: *rec, Machine: m.ID, Instance: dataDir, Message: msg})
+		j.parentAlert(ctx, *rec, session.SeverityWarning, FailureSummaryUnknown, about{m.ID, dataDir}, msg)
 	}
 	if err := j.walCovered(ctx, inst, rp.Timeline, rp.StartLSN, rp.StopLSN, gi.WALSegmentSize); err != nil {
 		return nil, err

@@ -551,5 +551,7 @@ func (j *Job) recordDrill(ctx context.Context, plan *Plan, res *DrillResult, sta
 	if err := j.cfg.Repository.Put(octx, name, bytes.NewReader(b)); err != nil {
 		return fmt.Errorf("record the drill of restore point %s: %w", plan.RestorePoint.ID, err)
 	}
+	j.cfg.Observer(Event{Kind: EventDrill, Machine: plan.Instance.Machine, Instance: j.instanceOf(plan.Instance.Machine, plan.RestorePoint.DataDir),
+		RestorePoint: plan.RestorePoint.ID, Passed: res.Passed})
 	return nil
 }
