@@ -39,8 +39,10 @@ staticcheck: setup
 unit:
 	go test -short -count=1 ./...
 
-## demo: runs the main job end to end on the embedded default.
-demo: setup
+## demo: runs the main job end to end on the embedded default; it installs
+## only PostgreSQL (scripts/setup --demo), not what the tests need.
+demo:
+	@scripts/setup --demo
 	scripts/demo-postgres go run ./examples/quickstart
 
 ## crash: the crash-injection tests with 1000 kill points instead of make test's 100.
