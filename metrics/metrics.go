@@ -31,7 +31,8 @@ const ns = "pglogship"
 
 // instanceLabels name an instance: the parent job, the machine, and the
 // data directory of one of its several instances ("" for its only one).
-var instanceLabels = []string{"job", "machine", "instance"}
+// Not job and instance: Prometheus gives those to the scrape target.
+var instanceLabels = []string{"backup_job", "machine", "data_dir"}
 
 // Collector gathers the metrics of jobs and Runners. Safe for concurrent
 // use; its observers never block.
@@ -91,20 +92,20 @@ func New(clk clock.Clock) *Collector {
 			withKind...),
 		lag: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "wal_batch_lag_seconds",
 			Help:    "How long after its interval was due each batch was stored.",
-			Buckets: []float64{1, 5, 15, 60, 300, 900, 3600}}, []string{"job"}),
+			Buckets: []float64{1, 5, 15, 60, 300, 900, 3600}}, []string{"backup_job"}),
 		lastShipped: gauge("wal_last_shipped_timestamp_seconds", "When the instance's newest WAL was stored (Unix time).", instanceLabels...),
-		sessions:    counter("sessions_total", "Sessions ended, by kind (parent, child) and final state.", "job", "kind", "state"),
-		running:     gauge("sessions_running", "Sessions under way, by kind.", "job", "kind"),
+		sessions:    counter("sessions_total", "Sessions ended, by kind (parent, child) and final state.", "backup_job", "kind", "state"),
+		running:     gauge("sessions_running", "Sessions under way, by kind.", "backup_job", "kind"),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "session_duration_seconds",
 			Help:    "How long ended sessions ran, by kind.",
-			Buckets: []float64{60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600}}, []string{"job", "kind"}),
-		failures:      counter("failures_total", "Warnings and errors, by what they are about (walbackup.Failure).", "job", "failure"),
+			Buckets: []float64{60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600}}, []string{"backup_job", "kind"}),
+		failures:      counter("failures_total", "Warnings and errors, by what they are about (walbackup.Failure).", "backup_job", "failure"),
 		waiting:       gauge("guest_folder_waiting_bytes", "WAL bytes waiting in the instance's temporary folder in its guest.", instanceLabels...),
 		free:          gauge("guest_folder_free_bytes", "Bytes free on the file system of the instance's temporary folder.", instanceLabels...),
 		restorePoints: counter("restore_points_total", "Restore points committed by parent sessions.", instanceLabels...),
 		restorePointTime: gauge("restore_point_newest_timestamp_seconds",
 			"When the instance's newest restore point is consistent as of (Unix time).", instanceLabels...),
-		drills:       counter("drills_total", "Restore drills, by result (passed, failed).", "job", "machine", "result"),
+		drills:       counter("drills_total", "Restore drills, by result (passed, failed).", "backup_job", "machine", "result"),
 		drillPassed:  gauge("drill_last_passed", "1 when the instance's last restore drill passed, 0 when it failed.", instanceLabels...),
 		runnerEvents: counter("runner_events_total", "What Runners did with jobs (walbackup.RunnerEventKind).", "holder", "kind"),
 		runnerJobs:   gauge("runner_jobs_running", "Jobs a Runner runs now.", "holder"),
@@ -178,6 +179,30 @@ func (c *Collector) Runner(holder string) func(walbackup.RunnerEvent) {
 			c.runnerJobs.WithLabelValues(holder).Inc()
 		case walbackup.RunnerJobEnded:
 			c.runnerJobs.WithLabelValues(holder).Dec()
+			c.forget(e.Job)
+		}
+	}
+}
+
+// forget drops the gauges and ages of job, whose run in this process has
+// ended (handed over, stopped): the process that runs it now reports
+// them, and a stale age here would raise false alerts. Counters stay.
+func (c *Collector) forget(job string) {
+	for _, g := range []*prometheus.GaugeVec{c.lastShipped, c.waiting, c.free, c.restorePointTime, c.drillPassed, c.running} {
+		g.DeletePartialMatch(prometheus.Labels{"backup_job": job})
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range []map[[3]string]time.Time{c.shipped, c.newest} {
+		for k := range m {
+			if k[0] == job {
+				delete(m, k)
+			}
+		}
+	}
+	for k := range c.folders {
+		if k[0] == job {
+			delete(c.folders, k)
 		}
 	}
 }
@@ -194,6 +219,12 @@ func (c *Collector) observe(job string, e walbackup.Event) {
 		c.files.WithLabelValues(key[:]...).Add(float64(e.Files))
 		c.batches.WithLabelValues(job, e.Machine, e.Instance, path).Inc()
 		c.lag.WithLabelValues(job).Observe(e.Lag.Seconds())
+		now := c.clk.Now()
+		c.lastShipped.WithLabelValues(key[:]...).Set(float64(now.UnixNano()) / 1e9)
+		c.mu.Lock()
+		c.shipped[key] = now
+		c.mu.Unlock()
+	case walbackup.EventCaughtUp:
 		now := c.clk.Now()
 		c.lastShipped.WithLabelValues(key[:]...).Set(float64(now.UnixNano()) / 1e9)
 		c.mu.Lock()

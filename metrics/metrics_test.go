@@ -36,16 +36,18 @@ type world struct {
 	job    *walbackup.Job
 	guest  *guesttest.Guest
 	reg    *prometheus.Registry
+	runner func(walbackup.RunnerEvent)
 	events chan walbackup.Event
 	next   time.Time
 	seq    int
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t *testing.T, holder ...string) *world {
 	w := &world{clk: clock.NewMock(), events: make(chan walbackup.Event, 1024), reg: prometheus.NewRegistry()}
 	w.clk.Set(time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC))
 	c := metrics.New(w.clk)
 	w.reg.MustRegister(c)
+	w.runner = c.Runner(append(holder, "host")[0])
 	w.guest = guesttest.NewGuest(guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: 42, Timeline: 1,
 		WALSegmentSize: 16 << 20})
 	w.guest.SetFree(1 << 30)
@@ -147,7 +149,7 @@ func TestJobMetrics(t *testing.T) {
 	w.step(t, 15*time.Minute)
 	w.step(t, 5*time.Minute)
 	text := w.scrape(t)
-	inst := []string{"job=Daily DB Job", "machine=vm1", `instance=`}
+	inst := []string{"backup_job=Daily DB Job", "machine=vm1", `data_dir=`}
 	assert.Equal(t, 3.0, value(t, text, "pglogship_wal_shipped_files_total", inst...))
 	assert.Equal(t, float64(len("segment 1")+len("segment 2")+len("segment 3")), value(t, text, "pglogship_wal_shipped_bytes_total", inst...))
 	assert.Equal(t, 1.0, value(t, text, "pglogship_wal_batches_total", append(inst, "path=host")...))
@@ -183,7 +185,8 @@ func TestJobMetrics(t *testing.T) {
 	w.step(t, 15*time.Minute)
 	text = w.scrape(t)
 	assert.GreaterOrEqual(t, value(t, text, "pglogship_failures_total", "failure=ship_failed"), 2.0)
-	assert.GreaterOrEqual(t, value(t, text, "pglogship_rpo_seconds", inst...), (75 * time.Minute).Seconds())
+	assert.Equal(t, (30 * time.Minute).Seconds(), value(t, text, "pglogship_rpo_seconds", inst...),
+		"two intervals since everything was shipped (the last interval that found no new WAL)")
 	waiting := value(t, text, "pglogship_guest_folder_waiting_bytes", inst...)
 	assert.Positive(t, waiting)
 	fullIn := value(t, text, "pglogship_guest_folder_full_in_seconds", inst...)
@@ -195,6 +198,33 @@ func TestJobMetrics(t *testing.T) {
 	text = w.scrape(t)
 	assert.Equal(t, 0.0, value(t, text, "pglogship_guest_folder_waiting_bytes", inst...), "shipped again")
 	assert.Less(t, value(t, text, "pglogship_rpo_seconds", inst...), 1.0)
+
+	// An idle database: no new WAL for an interval is no growing RPO.
+	w.step(t, 15*time.Minute)
+	w.step(t, time.Minute)
+	text = w.scrape(t)
+	assert.Equal(t, 60.0, value(t, text, "pglogship_rpo_seconds", inst...), "caught up at the last interval, a minute ago")
+}
+
+// When a job's run ends in this process (handed over to another), its
+// gauges and ages go: the process that runs it now reports them.
+func TestJobForgottenWhenItsRunEnds(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t, "host-1")
+	require.NoError(t, w.job.Enable(ctx))
+	w.idle(t)
+	w.addWAL(1)
+	w.step(t, 15*time.Minute)
+	inst := []string{"backup_job=Daily DB Job", "machine=vm1", `data_dir=`}
+	text := w.scrape(t)
+	require.Equal(t, 0.0, value(t, text, "pglogship_rpo_seconds", inst...))
+	require.NoError(t, w.job.Disable(ctx)) // its run here ends, as a hand-over ends it
+	w.runner(walbackup.RunnerEvent{Kind: walbackup.RunnerJobEnded, Job: "Daily DB Job"})
+	w.clk.Add(time.Hour)
+	text = w.scrape(t)
+	assert.True(t, math.IsNaN(value(t, text, "pglogship_rpo_seconds", inst...)), "no stale RPO")
+	assert.True(t, math.IsNaN(value(t, text, "pglogship_wal_last_shipped_timestamp_seconds", inst...)))
+	assert.Equal(t, 1.0, value(t, text, "pglogship_wal_shipped_files_total", inst...), "counters stay")
 }
 
 // A Runner's observer: the jobs it runs and what it did with them.

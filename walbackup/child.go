@@ -52,6 +52,14 @@ type machineState struct {
 	stuckWaiting int64
 }
 
+// snapshot is the session record as the observer gets it: a copy of its
+// own, which the job's later counting does not change.
+func (cs *childSession) snapshot() session.Session {
+	rec := cs.rec
+	rec.Counters.Instances = slices.Clone(rec.Counters.Instances)
+	return rec
+}
+
 // about says which instance a warning concerns: a machine, and the data
 // directory of one of its instances when it has several.
 type about struct{ machine, instance string }
@@ -83,7 +91,7 @@ func (j *Job) record(ctx context.Context, cs *childSession, sev session.Severity
 	default:
 		return
 	}
-	j.cfg.Observer(Event{Kind: EventWarning, Session: cs.rec, Machine: a.machine, Instance: a.instance, Failure: f, Message: msg})
+	j.cfg.Observer(Event{Kind: EventWarning, Session: cs.snapshot(), Machine: a.machine, Instance: a.instance, Failure: f, Message: msg})
 }
 
 // report records a machine's failure: in the session log at sev, or, on a
@@ -116,7 +124,7 @@ func (j *Job) startChild(ctx context.Context, parentID string) *childSession {
 	j.deployAll(ctx, cs, false)
 	cs.rec.State = session.StateWorking
 	j.update(ctx, cs)
-	j.cfg.Observer(Event{Kind: EventSessionStarted, Session: cs.rec})
+	j.cfg.Observer(Event{Kind: EventSessionStarted, Session: cs.snapshot()})
 	j.planRetry(cs)
 	return cs
 }
@@ -135,6 +143,12 @@ func (j *Job) addInstances(ctx context.Context, cs *childSession, m Machine, ret
 		return false
 	}
 	for _, dir := range dirs {
+		if len(dir) > session.MaxNameLen || len(cs.rec.Counters.Instances) >= session.MaxInstances {
+			j.alert(ctx, cs, session.SeverityError, FailureRefused, about{machine: m.ID},
+				fmt.Sprintf("machine %s: instance %.80q not protected: data directories of at most %d bytes, at most %d instances per job",
+					m.ID, dir, session.MaxNameLen, session.MaxInstances))
+			continue
+		}
 		cs.machines = append(cs.machines, &machineState{m: m, dataDir: dir, name: instanceName(m.ID, dir),
 			counter: len(cs.rec.Counters.Instances)})
 		cs.rec.Counters.Instances = append(cs.rec.Counters.Instances, session.InstanceCounters{Machine: m.ID, DataDir: dir})
@@ -228,9 +242,17 @@ func (j *Job) deploy(ctx context.Context, cs *childSession, ms *machineState) er
 	}
 	for _, o := range cs.machines {
 		if err == nil && o != ms && o.m.ID == ms.m.ID && o.rt != nil && o.inst.SystemID == inst.SystemID {
-			err = fmt.Errorf("%w: %s is a copy of instance %s (system identifier %d): its WAL would mix into that chain; protect one of them",
-				ErrSameSystemID, ms.dataDir, o.dataDir, inst.SystemID)
+			err = sameSystemID(ms.dataDir, o.dataDir, inst.SystemID)
 		}
+	}
+	if err == nil && ms.dataDir != "" {
+		var others []string
+		for _, o := range cs.machines {
+			if o.m.ID == ms.m.ID {
+				others = append(others, o.dataDir)
+			}
+		}
+		err = j.checkChainOwner(octx, repository.Instance{Job: j.cfg.Name, Machine: ms.m.ID, SystemID: inst.SystemID}, ms.dataDir, others)
 	}
 	if err != nil {
 		cctx, ccancel := j.op(context.WithoutCancel(ctx))
@@ -324,6 +346,8 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		}
 		if got.Files > 0 && err != nil && !errors.Is(err, ErrSplitBrain) {
 			j.count(cs, ms, got) // verified and gone from the guest before the failure
+			j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.snapshot(), Machine: ms.m.ID, Instance: ms.dataDir, Files: got.Files,
+				Bytes: got.RawBytes, Lag: j.cfg.Clock.Now().Sub(due), Direct: got.Direct, Server: viaOf(got, ms)})
 		}
 		if errors.Is(err, ErrSplitBrain) {
 			// Not a reason to retry: what could ship did, the rest is
@@ -343,6 +367,7 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		}
 		ms.failing, ms.stuckSince = false, time.Time{}
 		if got.Files == 0 {
+			j.cfg.Observer(Event{Kind: EventCaughtUp, Session: cs.snapshot(), Machine: ms.m.ID, Instance: ms.dataDir})
 			if !retry {
 				j.log(ctx, cs, fmt.Sprintf("machine %s: no new WAL", ms.name))
 			}
@@ -359,7 +384,7 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 		}
 		j.log(ctx, cs, fmt.Sprintf("machine %s: shipped %d files (%d bytes, %d stored) from %s to %s%s",
 			ms.name, got.Files, got.RawBytes, got.StoredBytes, got.First, got.Last, after))
-		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Files: got.Files, Bytes: got.RawBytes,
+		j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.snapshot(), Machine: ms.m.ID, Instance: ms.dataDir, Files: got.Files, Bytes: got.RawBytes,
 			Lag: j.cfg.Clock.Now().Sub(due), Direct: got.Direct, Server: viaOf(got, ms)})
 	}
 	if !retry {
@@ -383,7 +408,7 @@ func (j *Job) reportFolder(ctx context.Context, cs *childSession, ms *machineSta
 	if err != nil {
 		return // the ship's own report says what is wrong with the guest
 	}
-	j.cfg.Observer(Event{Kind: EventFolder, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Waiting: sp.Waiting, Free: sp.Free})
+	j.cfg.Observer(Event{Kind: EventFolder, Session: cs.snapshot(), Machine: ms.m.ID, Instance: ms.dataDir, Waiting: sp.Waiting, Free: sp.Free})
 }
 
 // route chooses the path of a machine's WAL: from the guest when the job
@@ -419,7 +444,7 @@ func (j *Job) route(ctx context.Context, cs *childSession, ms *machineState, qui
 	} else {
 		j.log(ctx, cs, msg)
 	}
-	j.cfg.Observer(Event{Kind: EventShippingPath, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Direct: d != nil, Server: d.server(), Message: msg})
+	j.cfg.Observer(Event{Kind: EventShippingPath, Session: cs.snapshot(), Machine: ms.m.ID, Instance: ms.dataDir, Direct: d != nil, Server: d.server(), Message: msg})
 	return d != nil
 }
 
@@ -648,7 +673,7 @@ func (j *Job) closeRuntimes(ctx context.Context, cs *childSession) {
 func (j *Job) finish(ctx context.Context, cs *childSession, state session.State, why string) {
 	cs.rec.State, cs.rec.End, cs.rec.Result = state, j.cfg.Clock.Now(), why
 	j.update(ctx, cs)
-	j.cfg.Observer(Event{Kind: EventSessionEnded, Session: cs.rec})
+	j.cfg.Observer(Event{Kind: EventSessionEnded, Session: cs.snapshot()})
 }
 
 // lastStored finds the newest segment the repository holds for a timeline,
@@ -764,7 +789,7 @@ func (j *Job) warnFilling(ctx context.Context, cs *childSession, ms *machineStat
 	if err != nil {
 		return
 	}
-	j.cfg.Observer(Event{Kind: EventFolder, Session: cs.rec, Machine: ms.m.ID, Instance: ms.dataDir, Waiting: sp.Waiting, Free: sp.Free})
+	j.cfg.Observer(Event{Kind: EventFolder, Session: cs.snapshot(), Machine: ms.m.ID, Instance: ms.dataDir, Waiting: sp.Waiting, Free: sp.Free})
 	now := j.cfg.Clock.Now()
 	if ms.stuckSince.IsZero() {
 		ms.stuckSince, ms.stuckWaiting = now, sp.Waiting

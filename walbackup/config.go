@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -175,6 +176,7 @@ func (c *Config) validate() error {
 		}
 	}
 	seen := map[string]bool{}
+	instances := 0 // each with its counters in every child session
 	for _, m := range c.Machines {
 		if m.ID == "" || seen[m.ID] {
 			return fmt.Errorf("machine id %q: empty or repeated", m.ID)
@@ -187,8 +189,11 @@ func (c *Config) validate() error {
 			return fmt.Errorf("machine %s: Instances and AllInstances both set: list the instances, or let the job find them all", m.ID)
 		}
 		dirs := map[string]bool{}
+		instances += max(len(m.Instances), 1)
 		for _, d := range m.Instances {
 			switch {
+			case len(d) > session.MaxNameLen:
+				return fmt.Errorf("machine %s: instance %.40q...: a data directory of at most %d bytes", m.ID, d, session.MaxNameLen)
 			case !filepath.IsAbs(d) || filepath.Clean(d) != d:
 				return fmt.Errorf("machine %s: instance %q: a data directory must be an absolute, clean path", m.ID, d)
 			case dirs[d]:
@@ -196,6 +201,9 @@ func (c *Config) validate() error {
 			}
 			dirs[d] = true
 		}
+	}
+	if instances > session.MaxInstances {
+		return fmt.Errorf("%d instances in one job, at most %d: split the machines over several jobs", instances, session.MaxInstances)
 	}
 	return nil
 }
@@ -282,8 +290,11 @@ const (
 	// is, after each interval's ship: Event.Waiting and Event.Free bytes.
 	EventFolder EventKind = "folder"
 	// EventDrill: a restore drill of Event.RestorePoint ended; Event.Passed
-	// says how.
+	// says how (false also when the drill failed before its checks).
 	EventDrill EventKind = "drill"
+	// EventCaughtUp: an interval's ship found no new WAL: everything the
+	// instance archived is in the repository (its RPO is current).
+	EventCaughtUp EventKind = "caught_up"
 )
 
 // Failure names what a warning or an error is about (Event.Failure), so
@@ -401,4 +412,29 @@ func (j *Job) instancesNow(ctx context.Context, m Machine) ([]string, error) {
 		return nil, fmt.Errorf("find the instances: no PostgreSQL instance runs on the machine (%d clusters found, none running)", len(clusters))
 	}
 	return dirs, nil
+}
+
+// sameSystemID is the error of an instance (dataDir) whose system
+// identifier another instance of its machine (owner) has.
+func sameSystemID(dataDir, owner string, sysID uint64) error {
+	return fmt.Errorf("%w: %s is a copy of instance %s (system identifier %d): its WAL would mix into that chain; protect one of them",
+		ErrSameSystemID, dataDir, owner, sysID)
+}
+
+// checkChainOwner refuses the instance dataDir when the chain of its
+// system identifier belongs to another of the machine's instances
+// (instances): the one its newest restore point was taken of. So of two
+// copies the chain's own instance keeps it whichever is reached first; a
+// chain whose owner is none of the machine's instances now (its data
+// directory moved) goes on with this one.
+func (j *Job) checkChainOwner(ctx context.Context, inst repository.Instance, dataDir string, instances []string) error {
+	rps, err := repository.RestorePoints(ctx, j.cfg.Repository, inst, j.auth())
+	if err != nil || len(rps) == 0 {
+		return nil // no chain yet, or the ships that follow report the repository
+	}
+	owner := rps[len(rps)-1].DataDir
+	if owner == "" || owner == dataDir || !slices.Contains(instances, owner) {
+		return nil
+	}
+	return sameSystemID(dataDir, owner, inst.SystemID)
 }

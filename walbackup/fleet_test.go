@@ -380,17 +380,27 @@ func (s deadBatchSessions) RenewLeases(ctx context.Context, ls []session.Lease, 
 }
 
 // rosterPart is the store's session.Roster behind a process's kill switch
-// of its lease calls.
-type rosterPart struct{ ds deadSessions }
+// of its lease calls, and one of its own (down, optional).
+type rosterPart struct {
+	ds   deadSessions
+	down *atomic.Bool
+}
 
 func (p rosterPart) roster() session.Roster { return p.ds.leaser.(session.Roster) }
 
+func (p rosterPart) flag() deadFlag {
+	if p.down != nil && p.down.Load() {
+		return deadFlag{dead: p.down}
+	}
+	return p.ds.leases()
+}
+
 func (p rosterPart) Announce(ctx context.Context, holder string, until time.Time) error {
-	return guard0(p.ds.leases(), func() error { return p.roster().Announce(ctx, holder, until) })
+	return guard0(p.flag(), func() error { return p.roster().Announce(ctx, holder, until) })
 }
 
 func (p rosterPart) Present(ctx context.Context, now time.Time) ([]string, error) {
-	return guard(p.ds.leases(), func() ([]string, error) { return p.roster().Present(ctx, now) })
+	return guard(p.flag(), func() ([]string, error) { return p.roster().Present(ctx, now) })
 }
 
 func (p rosterPart) Withdraw(ctx context.Context, holder string) error {

@@ -2,7 +2,9 @@ package walbackup_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,6 +130,8 @@ func TestInstancesRefused(t *testing.T) {
 		"relative":     {walbackup.Machine{ID: "vm1", Instances: []string{"a/b"}}, "absolute, clean"},
 		"unclean":      {walbackup.Machine{ID: "vm1", Instances: []string{"/a/../b"}}, "absolute, clean"},
 		"twice":        {walbackup.Machine{ID: "vm1", Instances: []string{"/a", "/a"}}, "listed twice"},
+		"long":         {walbackup.Machine{ID: "vm1", Instances: []string{"/" + strings.Repeat("d", session.MaxNameLen)}}, "at most 512 bytes"},
+		"too many":     {walbackup.Machine{ID: "vm1", Instances: manyDirs(session.MaxInstances + 1)}, "instances in one job, at most"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg := base()
@@ -142,4 +146,55 @@ func TestInstancesRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A copy of an instance (another data directory with the same system
+// identifier: a standby, a cloned directory) never ships into the
+// original's chain: refused beside it in a session, and refused on its
+// own when the original is out of reach, because the chain's restore
+// points name the original; the parent takes no restore point of it.
+func TestCopyOfAnInstanceRefused(t *testing.T) {
+	ctx := context.Background()
+	a, b := fakeInstance(101, 150004, "/pg/a"), fakeInstance(101, 150004, "/pg/b")
+	d := guesttest.NewDeployer(map[string]*guesttest.Guest{guesttest.InstanceKey("vm1", "/pg/a"): a, guesttest.InstanceKey("vm1", "/pg/b"): b})
+	h := newHarness(t, func(c *walbackup.Config) {
+		c.Machines = []walbackup.Machine{{ID: "vm1", Instances: []string{"/pg/a", "/pg/b"}}}
+		c.Guests = d
+		c.Hypervisor = perInstance{c.Hypervisor.(*hypervisortest.Fake)}
+	})
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	assert.Contains(t, sessionLog(t, h, h.job.ChildName()), "/pg/b is a copy of instance /pg/a (system identifier 101)")
+	require.NoError(t, h.job.StartParent(ctx))
+	h.idle(t)
+	parents := h.sessions(t, "Daily DB Job")
+	assert.Equal(t, session.StateFailed, parents[0].State)
+	assert.Contains(t, parents[0].Result, "vm1 instance /pg/b")
+
+	// The original out of reach: the copy alone is still refused.
+	a.SetFault(func(op guesttest.Op, _ string) error {
+		if op == guesttest.OpDeploy {
+			return errors.New("unreachable (injected)")
+		}
+		return nil
+	})
+	b.SwitchWAL([]byte("the copy's own WAL"))
+	h.step(t, time.Minute)
+	require.NoError(t, h.job.StartParent(ctx))
+	h.idle(t)
+	h.step(t, 15*time.Minute)
+	log := sessionLog(t, h, h.job.ChildName())
+	assert.Contains(t, log, "/pg/b is a copy of instance /pg/a (system identifier 101)")
+	for name, content := range stored(t, h.repo, repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: 101}, 1) {
+		assert.NotEqual(t, "the copy's own WAL", string(content), "%s: the copy's WAL is not in the chain", name)
+	}
+	assert.NotEmpty(t, b.Waiting(), "the copy's WAL stays in its guest")
+}
+
+func manyDirs(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("/pg/%d", i)
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package walbackup
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -55,6 +56,7 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 				fmt.Sprintf("machine %s: no restore point: %v", m.ID, err))
 			continue
 		}
+		seen := map[uint64]string{} // the system identifiers imaged so far, and whose
 		for _, dir := range dirs {
 			name := instanceName(m.ID, dir)
 			if j.fencedOff.Load() {
@@ -62,7 +64,7 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 				failed = append(failed, name)
 				continue
 			}
-			rp, err := j.restorePoint(ctx, &rec, m, dir)
+			rp, err := j.restorePoint(ctx, &rec, m, dir, dirs, seen)
 			if err != nil {
 				failed = append(failed, name)
 				j.parentAlert(ctx, rec, session.SeverityError, FailureNoRestorePoint, about{m.ID, dir},
@@ -160,7 +162,10 @@ func (j *Job) parentLog(ctx context.Context, rec session.Session, sev session.Se
 // start to its stop shipped into the repository, and then the manifest,
 // which commits it. On error nothing is committed and the objects already
 // written are deleted.
-func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine, dataDir string) (*repository.Manifest, error) {
+// restorePoint takes a restore point of m's instance dataDir ("" for its
+// only one); dirs are all of m's instances this session, seen the system
+// identifiers imaged so far (a copy of one is refused).
+func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine, dataDir string, dirs []string, seen map[uint64]string) (*repository.Manifest, error) {
 	name := instanceName(m.ID, dataDir)
 	octx, cancel := j.op(ctx)
 	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: m.ID, Address: m.Address, DataDir: dataDir})
@@ -191,13 +196,25 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine,
 		return nil, err
 	}
 	inst := repository.Instance{Job: j.cfg.Name, Machine: m.ID, SystemID: gi.SystemID}
+	if dataDir != "" {
+		if owner, ok := seen[gi.SystemID]; ok {
+			return nil, sameSystemID(dataDir, owner, gi.SystemID)
+		}
+		octx, cancel := j.op(ctx)
+		err := j.checkChainOwner(octx, inst, dataDir, dirs)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		seen[gi.SystemID] = dataDir
+	}
 	base, err := j.incrementalBase(ctx, inst)
 	if err != nil {
 		return nil, err
 	}
 	id := repository.NewRestorePointID(j.cfg.Clock.Now())
 	rp := &repository.Manifest{Version: repository.ManifestVersion, ID: id, Job: j.cfg.Name, Machine: m.ID, SystemID: gi.SystemID,
-		DataDir: gi.DataDir, WALSegmentSize: gi.WALSegmentSize, StartTime: j.cfg.Clock.Now()}
+		DataDir: cmp.Or(dataDir, gi.DataDir), WALSegmentSize: gi.WALSegmentSize, StartTime: j.cfg.Clock.Now()}
 
 	octx, cancel = j.op(ctx)
 	start, err := bm.StartBackup(octx, "pglogship "+id)

@@ -459,9 +459,9 @@ type DrillResult struct {
 // result with the restore point, then stops the instance and removes
 // Scratch.Image. The error is for a drill that could not run; a restore
 // point that fails the checks gives a result with Passed false.
-func (j *Job) Drill(ctx context.Context, req DrillRequest) (DrillResult, error) {
+func (j *Job) Drill(ctx context.Context, req DrillRequest) (res DrillResult, err error) {
 	start := j.cfg.Clock.Now()
-	res := DrillResult{Time: start}
+	res = DrillResult{Time: start}
 	if req.Scratch.Image == "" || req.Scratch.Guest.ID == "" {
 		return res, errors.New("drill: the scratch image path and the guest that starts it are required")
 	}
@@ -470,6 +470,10 @@ func (j *Job) Drill(ctx context.Context, req DrillRequest) (DrillResult, error) 
 	if err != nil {
 		return res, err
 	}
+	defer func() { // also a drill that failed before its checks
+		j.cfg.Observer(Event{Kind: EventDrill, Machine: plan.Instance.Machine, Instance: j.instanceOf(plan.Instance.Machine, plan.RestorePoint.DataDir),
+			RestorePoint: plan.RestorePoint.ID, Passed: err == nil && res.Passed})
+	}()
 	res.RestorePoint = plan.RestorePoint.ID
 	hold, err := j.Hold(ctx, plan, "drill")
 	if err != nil {
@@ -551,7 +555,5 @@ func (j *Job) recordDrill(ctx context.Context, plan *Plan, res *DrillResult, sta
 	if err := j.cfg.Repository.Put(octx, name, bytes.NewReader(b)); err != nil {
 		return fmt.Errorf("record the drill of restore point %s: %w", plan.RestorePoint.ID, err)
 	}
-	j.cfg.Observer(Event{Kind: EventDrill, Machine: plan.Instance.Machine, Instance: j.instanceOf(plan.Instance.Machine, plan.RestorePoint.DataDir),
-		RestorePoint: plan.RestorePoint.ID, Passed: res.Passed})
 	return nil
 }

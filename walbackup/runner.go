@@ -144,8 +144,8 @@ type Runner struct {
 	wg       sync.WaitGroup // goroutines of a Run besides the jobs' own
 
 	// Of the poll under way: the most jobs this Runner should hold (0:
-	// no limit) and how many it holds.
-	share, holding int
+	// no limit) and how many it holds; and the share last read fresh.
+	share, holding, lastShare int
 
 	mu     sync.Mutex
 	active map[string]<-chan struct{} // runs under way and not being stopped, by job
@@ -161,7 +161,7 @@ type runnerJob struct {
 	cancel    context.CancelFunc
 	stopping  bool      // the run was canceled
 	handing   bool      // the run was canceled to hand the job over; the lease is kept until it ends
-	beyond    bool      // taken past this Runner's share: free too long (see decide); never handed over for it
+	beyond    bool      // held past this Runner's share: it was free too long (see decide); never handed over for it
 	capped    time.Time // since when the share kept this Runner from taking the job; zero when it did not
 	disabling bool      // Disable was sent
 	foreign   time.Time // when another holder's lease runs out, as last seen
@@ -319,7 +319,11 @@ func (r *Runner) poll(ctx context.Context) time.Time {
 	pctx, cancel := clock.WithTimeout(r.cfg.Clock, ctx, r.interval)
 	defer cancel()
 	views := r.read(pctx)
-	r.share = r.fairShare(pctx, start, views)
+	var fresh bool
+	r.share, fresh = r.fairShare(pctx, start, views)
+	if fresh {
+		r.lastShare = r.share
+	}
 	r.holding = 0
 	for _, rj := range r.jobs {
 		if rj.held {
@@ -343,7 +347,9 @@ func (r *Runner) poll(ctx context.Context) time.Time {
 		}
 	}
 	r.renewAll(pctx, renew)
-	r.shed()
+	if fresh {
+		r.shed()
+	}
 	for _, rj := range r.jobs {
 		if rj.foreign.After(start) && rj.foreign.Before(next) {
 			next = rj.foreign
@@ -397,50 +403,56 @@ func (r *Runner) read(pctx context.Context) []jobView {
 }
 
 // fairShare announces this Runner and returns the most jobs it should
-// run: the enabled jobs over the processes present, rounded up; 0 (no
-// limit) without a Roster, alone, or when a read failed this poll, so an
-// outage of the store never makes a Runner give jobs up.
-func (r *Runner) fairShare(pctx context.Context, now time.Time, views []jobView) int {
+// run, 0 meaning no limit (no Roster, or alone): the enabled jobs over the
+// processes present, rounded up; fresh says it was read in this poll.
+// When this poll's reads failed it announces nothing (the others should
+// not count on a process that cannot read the store) and keeps the share
+// it last knew, unfresh: a store outage makes a Runner neither give jobs
+// up nor take more.
+func (r *Runner) fairShare(pctx context.Context, now time.Time, views []jobView) (share int, fresh bool) {
 	if r.roster == nil {
-		return 0
-	}
-	if err := r.roster.Announce(pctx, r.cfg.Holder, now.Add(r.cfg.LeaseTTL)); err != nil {
-		r.cfg.Logger.Warn("announce this runner", "holder", r.cfg.Holder, "err", err)
-		return 0
-	}
-	present, err := r.roster.Present(pctx, now)
-	if err != nil {
-		r.cfg.Logger.Warn("read which runners are present", "holder", r.cfg.Holder, "err", err)
-		return 0
-	}
-	n := len(present)
-	if !slices.Contains(present, r.cfg.Holder) {
-		n++
+		return 0, true
 	}
 	enabled := 0
 	for _, v := range views {
 		if !v.known {
-			return 0
+			return r.lastShare, false
 		}
 		if v.enabled {
 			enabled++
 		}
 	}
-	if n < 2 || enabled == 0 {
-		return 0
+	if err := r.roster.Announce(pctx, r.cfg.Holder, now.Add(r.cfg.LeaseTTL)); err != nil {
+		r.cfg.Logger.Warn("announce this runner", "holder", r.cfg.Holder, "err", err)
+		return r.lastShare, false
 	}
-	return (enabled + n - 1) / n
+	present, err := r.roster.Present(pctx, now)
+	if err != nil {
+		r.cfg.Logger.Warn("read which runners are present", "holder", r.cfg.Holder, "err", err)
+		return r.lastShare, false
+	}
+	n := len(present)
+	if !slices.Contains(present, r.cfg.Holder) {
+		n++
+	}
+	if n < 2 || enabled == 0 {
+		return 0, true
+	}
+	return (enabled + n - 1) / n, true
 }
 
 // reset forgets a run that has ended.
 func (rj *runnerJob) reset() {
 	rj.cancel()
-	rj.done, rj.cancel, rj.stopping, rj.handing, rj.disabling, rj.beyond = nil, nil, false, false, false, false
+	rj.done, rj.cancel, rj.stopping, rj.handing, rj.disabling = nil, nil, false, false, false
 }
 
 // decide brings one job in line with its flag (when known) and this
 // Runner's share, and tells whether the lease it holds is to be renewed.
 func (r *Runner) decide(ctx, pctx context.Context, rj *runnerJob, v jobView) (renew bool) {
+	if !v.known || !v.enabled || rj.held {
+		rj.capped = time.Time{} // the share keeps it from nothing now
+	}
 	switch {
 	case rj.done != nil:
 		if v.known && !v.enabled && !rj.disabling && !rj.handing {
@@ -451,7 +463,7 @@ func (r *Runner) decide(ctx, pctx context.Context, rj *runnerJob, v jobView) (re
 		r.release(pctx, rj)
 	case v.known && v.enabled:
 		if l := v.seen; l != nil && l.Holder != "" && l.Holder != r.cfg.Holder && r.cfg.Clock.Now().Before(l.Until) {
-			rj.held, rj.foreign, rj.capped = false, l.Until, time.Time{} // runs elsewhere: nothing to ask
+			rj.held, rj.beyond, rj.foreign, rj.capped = false, false, l.Until, time.Time{} // runs elsewhere: nothing to ask
 			return false
 		}
 		beyond := false
@@ -470,7 +482,7 @@ func (r *Runner) decide(ctx, pctx context.Context, rj *runnerJob, v jobView) (re
 			beyond = true
 		}
 		if r.acquire(ctx, pctx, rj) {
-			rj.capped, rj.beyond = time.Time{}, beyond
+			rj.capped, rj.beyond = time.Time{}, rj.beyond || beyond
 			if beyond {
 				r.cfg.Logger.Warn("a job nobody took for a lease's time to live runs here beyond this process's share; do all processes list the same jobs?",
 					"job", rj.job.Name(), "holder", r.cfg.Holder, "share", r.share)
@@ -514,7 +526,9 @@ func (r *Runner) renewAll(pctx context.Context, jobs []*runnerJob) {
 }
 
 // shed hands over the runs beyond this Runner's share, the last ones in
-// its poll order (another process's order starts elsewhere).
+// its poll order (another process's order starts elsewhere), but none
+// whose parent session runs (an image under way): those wait for a later
+// poll.
 func (r *Runner) shed() {
 	if r.share == 0 {
 		return
@@ -525,8 +539,12 @@ func (r *Runner) shed() {
 			running = append(running, rj)
 		}
 	}
-	for _, rj := range running[min(r.share, len(running)):] {
-		r.handOver(rj, fmt.Sprintf("this process runs %d jobs, above its share of %d", len(running), r.share))
+	excess := len(running) - r.share
+	for i := len(running) - 1; i >= 0 && excess > 0; i-- {
+		if rj := running[i]; !rj.job.parentRunning.Load() {
+			r.handOver(rj, fmt.Sprintf("this process runs %d jobs, above its share of %d", len(running), r.share))
+			excess--
+		}
 	}
 }
 
@@ -549,7 +567,7 @@ func (r *Runner) acquire(ctx, pctx context.Context, rj *runnerJob) bool {
 		return false
 	}
 	if !ok {
-		rj.held, rj.foreign, rj.capped = false, l.Until, time.Time{}
+		rj.held, rj.beyond, rj.foreign, rj.capped = false, false, l.Until, time.Time{}
 		return false
 	}
 	if !rj.held {
@@ -603,12 +621,12 @@ func (r *Runner) renewed(rj *runnerJob, l session.Lease, err error) {
 	case err == nil:
 		rj.setLease(l)
 	case errors.Is(err, session.ErrLeaseLost):
-		rj.held = false
+		rj.held, rj.beyond = false, false
 		r.stop(rj, "lease lost: another process took the job over")
 	default:
 		r.cfg.Logger.Warn("renew a job's lease", "job", rj.lease.Job, "holder", r.cfg.Holder, "until", rj.lease.Until, "err", err)
 		if !r.cfg.Clock.Now().Before(rj.lease.Until.Add(-r.interval)) {
-			rj.held = false
+			rj.held, rj.beyond = false, false
 			r.stop(rj, fmt.Sprintf("lease not renewed before it runs out at %v: %v", rj.lease.Until, err))
 		}
 	}
@@ -657,7 +675,7 @@ func (r *Runner) disable(ctx context.Context, rj *runnerJob) {
 }
 
 func (r *Runner) release(ctx context.Context, rj *runnerJob) {
-	rj.held = false
+	rj.held, rj.beyond = false, false
 	r.holding--
 	if err := r.leaser.ReleaseLease(ctx, rj.lease); err != nil {
 		r.cfg.Logger.Warn("release a job's lease (it runs out by itself)", "job", rj.lease.Job, "holder", r.cfg.Holder, "err", err)
@@ -678,15 +696,17 @@ func (r *Runner) stopAll(ctx context.Context) {
 	r.wg.Wait()
 	rctx, cancel := clock.WithTimeout(r.cfg.Clock, context.WithoutCancel(ctx), r.interval)
 	defer cancel()
+	// Gone from the roster first, so the others' shares grow before the
+	// jobs are free.
+	if r.roster != nil {
+		if err := r.roster.Withdraw(rctx, r.cfg.Holder); err != nil {
+			r.cfg.Logger.Warn("withdraw this runner (its announcement runs out by itself)", "holder", r.cfg.Holder, "err", err)
+		}
+	}
 	for _, rj := range r.jobs {
 		if rj.held {
 			r.release(rctx, rj)
 		}
 		rj.foreign = time.Time{}
-	}
-	if r.roster != nil {
-		if err := r.roster.Withdraw(rctx, r.cfg.Holder); err != nil {
-			r.cfg.Logger.Warn("withdraw this runner (its announcement runs out by itself)", "holder", r.cfg.Holder, "err", err)
-		}
 	}
 }

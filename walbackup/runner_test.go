@@ -29,6 +29,8 @@ type process struct {
 	dead    atomic.Bool
 	trip    atomic.Int64 // armed (positive): the process dies at the call that counts it down to zero
 	leaseDn atomic.Bool  // only its lease calls fail
+	// rosterDn: only its roster calls fail (with a roster world).
+	rosterDn atomic.Bool
 	// gate, while set, holds the Runner's goroutine after each poll from
 	// its time on until it is closed: the process is paused (its jobs'
 	// goroutines are not).
@@ -85,11 +87,11 @@ func (w *world) processOf(t testing.TB, holder string, store session.Store, ttl 
 	var sessions session.Store = ds
 	switch {
 	case w.batch && w.roster:
-		sessions = deadBatchRosterSessions{deadBatchSessions{ds}, rosterPart{ds}}
+		sessions = deadBatchRosterSessions{deadBatchSessions{ds}, rosterPart{ds, &p.rosterDn}}
 	case w.batch:
 		sessions = deadBatchSessions{ds}
 	case w.roster:
-		sessions = deadRosterSessions{ds, rosterPart{ds}}
+		sessions = deadRosterSessions{ds, rosterPart{ds, &p.rosterDn}}
 	}
 	var jobs []*walbackup.Job
 	for _, name := range names {
@@ -509,6 +511,48 @@ func TestRunnerTakesJobsNobodyTakes(t *testing.T) {
 	}
 	assert.Equal(t, before, after, "nothing runs beyond the share is handed back and forth")
 	assert.Len(t, p1.runner.Running(), len(w.names)-len(p2.runner.Running()))
+	w.addWAL(1)
+	f.step(t, 15*time.Minute)
+	w.requireAllShipped(t)
+}
+
+// A Runner whose roster calls fail keeps the share it last knew: it
+// neither hands jobs over nor takes more than that while it cannot tell
+// who is present, so one failed read does not make jobs move back and
+// forth; every job keeps running, and once the roster answers again the
+// shares even out.
+func TestRunnerKeepsItsShareWhileTheRosterFails(t *testing.T) {
+	f := newFleet(testenv.LoggerAt(t, slog.LevelError))
+	w := newWorld(f, 12)
+	w.batch, w.roster = true, true
+	store := smem.New()
+	p1 := w.process(t, "host-1", store, 0)
+	for _, name := range w.names {
+		p1.set(t, f, name, true)
+	}
+	p2, p3 := w.process(t, "host-2", store, 0), w.process(t, "host-3", store, 0)
+	f.step(t, walbackup.DefaultLeaseTTL)
+	require.Len(t, p1.runner.Running(), 4)
+	handOvers := func() int {
+		n := 0
+		for _, e := range f.seen {
+			if e.runner != nil && e.runner.Kind == walbackup.RunnerJobHandingOver {
+				n++
+			}
+		}
+		return n
+	}
+	before := handOvers()
+	p1.rosterDn.Store(true)
+	p3.kill()
+	f.step(t, 3*walbackup.DefaultLeaseTTL)
+	assert.Equal(t, before, handOvers(), "no job moved for an unknown roster")
+	assert.Len(t, p1.runner.Running(), 4, "host-1 kept its share, and took no more while it could not tell who is present")
+	assert.Len(t, append(p1.runner.Running(), p2.runner.Running()...), len(w.names), "every job runs")
+	p1.rosterDn.Store(false)
+	f.step(t, 2*walbackup.DefaultLeaseTTL)
+	assert.Len(t, append(p1.runner.Running(), p2.runner.Running()...), len(w.names))
+	assert.LessOrEqual(t, len(p1.runner.Running()), 6+2, "about even again (jobs taken beyond a share stay)")
 	w.addWAL(1)
 	f.step(t, 15*time.Minute)
 	w.requireAllShipped(t)
