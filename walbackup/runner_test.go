@@ -432,15 +432,7 @@ func TestRunnersShareJobsEvenly(t *testing.T) {
 				require.Len(t, all, len(w.names), "every job runs: %v", out)
 				return out
 			}
-			handedOver := func(holder string) int {
-				n := 0
-				for _, e := range f.seen {
-					if e.runner != nil && e.holder == holder && e.runner.Kind == walbackup.RunnerJobHandingOver {
-						n++
-					}
-				}
-				return n
-			}
+			handedOver := func(holder string) int { return handOvers(f, holder) }
 
 			p2 := w.process(t, "host-2", store, 0)
 			p3 := w.process(t, "host-3", store, 0)
@@ -496,20 +488,9 @@ func TestRunnerTakesJobsNobodyTakes(t *testing.T) {
 	f.step(t, 2*walbackup.DefaultLeaseTTL)
 	assert.Len(t, p1.runner.Running(), len(w.names)-len(p2.runner.Running()), "then every job runs")
 	assert.LessOrEqual(t, len(p2.runner.Running()), 1)
-	before := 0
-	for _, e := range f.seen {
-		if e.runner != nil && e.runner.Kind == walbackup.RunnerJobHandingOver {
-			before++
-		}
-	}
+	before := handOvers(f, "")
 	f.step(t, 10*time.Minute)
-	after := 0
-	for _, e := range f.seen {
-		if e.runner != nil && e.runner.Kind == walbackup.RunnerJobHandingOver {
-			after++
-		}
-	}
-	assert.Equal(t, before, after, "nothing runs beyond the share is handed back and forth")
+	assert.Equal(t, before, handOvers(f, ""), "nothing runs beyond the share is handed back and forth")
 	assert.Len(t, p1.runner.Running(), len(w.names)-len(p2.runner.Running()))
 	w.addWAL(1)
 	f.step(t, 15*time.Minute)
@@ -533,20 +514,11 @@ func TestRunnerKeepsItsShareWhileTheRosterFails(t *testing.T) {
 	p2, p3 := w.process(t, "host-2", store, 0), w.process(t, "host-3", store, 0)
 	f.step(t, walbackup.DefaultLeaseTTL)
 	require.Len(t, p1.runner.Running(), 4)
-	handOvers := func() int {
-		n := 0
-		for _, e := range f.seen {
-			if e.runner != nil && e.runner.Kind == walbackup.RunnerJobHandingOver {
-				n++
-			}
-		}
-		return n
-	}
-	before := handOvers()
+	before := handOvers(f, "")
 	p1.rosterDn.Store(true)
 	p3.kill()
 	f.step(t, 3*walbackup.DefaultLeaseTTL)
-	assert.Equal(t, before, handOvers(), "no job moved for an unknown roster")
+	assert.Equal(t, before, handOvers(f, ""), "no job moved for an unknown roster")
 	assert.Len(t, p1.runner.Running(), 4, "host-1 kept its share, and took no more while it could not tell who is present")
 	assert.Len(t, append(p1.runner.Running(), p2.runner.Running()...), len(w.names), "every job runs")
 	p1.rosterDn.Store(false)
@@ -556,6 +528,17 @@ func TestRunnerKeepsItsShareWhileTheRosterFails(t *testing.T) {
 	w.addWAL(1)
 	f.step(t, 15*time.Minute)
 	w.requireAllShipped(t)
+}
+
+// handOvers counts the hand-overs the fleet saw, of holder ("": of all).
+func handOvers(f *fleet, holder string) int {
+	n := 0
+	for _, e := range f.seen {
+		if e.runner != nil && (holder == "" || e.holder == holder) && e.runner.Kind == walbackup.RunnerJobHandingOver {
+			n++
+		}
+	}
+	return n
 }
 
 type onlyStore struct{ session.Store }
