@@ -219,17 +219,9 @@ func (c *Collector) observe(job string, e walbackup.Event) {
 		c.files.WithLabelValues(key[:]...).Add(float64(e.Files))
 		c.batches.WithLabelValues(job, e.Machine, e.Instance, path).Inc()
 		c.lag.WithLabelValues(job).Observe(e.Lag.Seconds())
-		now := c.clk.Now()
-		c.lastShipped.WithLabelValues(key[:]...).Set(float64(now.UnixNano()) / 1e9)
-		c.mu.Lock()
-		c.shipped[key] = now
-		c.mu.Unlock()
+		c.allShipped(key)
 	case walbackup.EventCaughtUp:
-		now := c.clk.Now()
-		c.lastShipped.WithLabelValues(key[:]...).Set(float64(now.UnixNano()) / 1e9)
-		c.mu.Lock()
-		c.shipped[key] = now
-		c.mu.Unlock()
+		c.allShipped(key)
 	case walbackup.EventSessionStarted:
 		c.running.WithLabelValues(job, kindOf(e.Session)).Inc()
 	case walbackup.EventSessionEnded:
@@ -273,6 +265,16 @@ func (c *Collector) observe(job string, e walbackup.Event) {
 		c.drills.WithLabelValues(job, e.Machine, result).Inc()
 		c.drillPassed.WithLabelValues(key[:]...).Set(passed)
 	}
+}
+
+// allShipped records that everything instance key had archived is stored
+// as of now.
+func (c *Collector) allShipped(key [3]string) {
+	now := c.clk.Now()
+	c.lastShipped.WithLabelValues(key[:]...).Set(float64(now.UnixNano()) / 1e9)
+	c.mu.Lock()
+	c.shipped[key] = now
+	c.mu.Unlock()
 }
 
 // kindOf is a session's kind as a label.

@@ -68,16 +68,12 @@ func (ms *machineState) about() about { return about{ms.m.ID, ms.dataDir} }
 
 // log appends an informational line to the session's log.
 func (j *Job) log(ctx context.Context, cs *childSession, msg string) {
-	j.record(ctx, cs, session.SeverityInfo, "", about{}, msg)
+	j.alert(ctx, cs, session.SeverityInfo, "", about{}, msg)
 }
 
 // alert records a warning or an error of the session about a: in its log,
-// and to the observer with what it is about.
+// and to the observer with what it is about (f).
 func (j *Job) alert(ctx context.Context, cs *childSession, sev session.Severity, f Failure, a about, msg string) {
-	j.record(ctx, cs, sev, f, a, msg)
-}
-
-func (j *Job) record(ctx context.Context, cs *childSession, sev session.Severity, f Failure, a about, msg string) {
 	octx, cancel := j.op(ctx)
 	defer cancel()
 	if _, err := j.sessions().Append(octx, cs.rec.ID, session.Entry{Time: j.cfg.Clock.Now(), Severity: sev, Message: msg}); err != nil {
@@ -389,26 +385,30 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 	}
 	if !retry {
 		for _, ms := range cs.machines {
-			j.reportFolder(ctx, cs, ms)
+			if ms.rt != nil && !ms.failing { // a failing one was asked by warnFilling
+				j.folder(ctx, cs, ms)
+			}
 		}
 	}
 	j.update(ctx, cs)
 }
 
-// reportFolder tells the observer how full an instance's temporary WAL
-// folder is, when its runtime can say (guest.SpaceReporter).
-func (j *Job) reportFolder(ctx context.Context, cs *childSession, ms *machineState) {
+// folder asks how full an instance's temporary WAL folder is, when its
+// runtime can say (guest.SpaceReporter), and tells the observer; ok is
+// false when it could not be read.
+func (j *Job) folder(ctx context.Context, cs *childSession, ms *machineState) (sp guest.Space, ok bool) {
 	sr, ok := ms.rt.(guest.SpaceReporter)
-	if !ok || ms.failing {
-		return // a failing one was asked by warnFilling already
+	if !ok {
+		return sp, false
 	}
 	octx, cancel := j.op(ctx)
 	sp, err := sr.FolderSpace(octx)
 	cancel()
 	if err != nil {
-		return // the ship's own report says what is wrong with the guest
+		return sp, false // the ship's own report says what is wrong with the guest
 	}
 	j.cfg.Observer(Event{Kind: EventFolder, Session: cs.snapshot(), Machine: ms.m.ID, Instance: ms.dataDir, Waiting: sp.Waiting, Free: sp.Free})
+	return sp, true
 }
 
 // route chooses the path of a machine's WAL: from the guest when the job
@@ -763,12 +763,7 @@ func (j *Job) checkArchiver(ctx context.Context, cs *childSession, ms *machineSt
 	}
 	a := inst.Archiver
 	if a.FailedCount > ms.failed {
-		var sp guest.Space // asked only now: the message is its one use
-		if sr, ok := ms.rt.(guest.SpaceReporter); ok {
-			octx, cancel := j.op(ctx)
-			sp, _ = sr.FolderSpace(octx)
-			cancel()
-		}
+		sp, _ := j.folder(ctx, cs, ms) // asked only now: the message is its one use
 		j.alert(ctx, cs, session.SeverityError, FailureArchiveCommand, ms.about(), fmt.Sprintf("machine %s: archive_command failed %d times since the last interval, last for %s at %s; PostgreSQL keeps that WAL in pg_wal and retries it. The temporary folder %s has %d bytes free",
 			ms.name, a.FailedCount-ms.failed, a.LastFailedWAL, a.LastFailedTime.UTC().Format(time.RFC3339), j.walDir(ms.dataDir), sp.Free))
 	}
@@ -779,17 +774,10 @@ func (j *Job) checkArchiver(ctx context.Context, cs *childSession, ms *machineSt
 // folder will be full at the rate WAL has been piling up; then archiving
 // fails and PostgreSQL keeps WAL in pg_wal instead.
 func (j *Job) warnFilling(ctx context.Context, cs *childSession, ms *machineState) {
-	sr, ok := ms.rt.(guest.SpaceReporter)
+	sp, ok := j.folder(ctx, cs, ms)
 	if !ok {
 		return
 	}
-	octx, cancel := j.op(ctx)
-	sp, err := sr.FolderSpace(octx)
-	cancel()
-	if err != nil {
-		return
-	}
-	j.cfg.Observer(Event{Kind: EventFolder, Session: cs.snapshot(), Machine: ms.m.ID, Instance: ms.dataDir, Waiting: sp.Waiting, Free: sp.Free})
 	now := j.cfg.Clock.Now()
 	if ms.stuckSince.IsZero() {
 		ms.stuckSince, ms.stuckWaiting = now, sp.Waiting

@@ -91,16 +91,57 @@ func (l *fleetLog) holders() map[string]string {
 	return where
 }
 
-// startFleetHost starts a fleethost process named holder with the
-// configuration cfg (written into dir), gathering its stdout lines into
-// log and its stderr lines; it is killed in cleanup if still running.
-func startFleetHost(tb testing.TB, log *fleetLog, bin, dir, holder string, cfg map[string]any) *hostProc {
+// fleetEnv is what fleethost processes share: their binary, a folder, a
+// real PostgreSQL session store (database "config", with a store value of
+// the test's own) and a MinIO bucket with the repository on it.
+type fleetEnv struct {
+	dir, bin string
+	storePG  *testenv.Postgres
+	records  *postgres.Store
+	minio    *testenv.MinIO
+	bucket   string
+	repo     *s3.Repo
+}
+
+func newFleetEnv(tb testing.TB, pg testenv.PostgresConfig) *fleetEnv {
+	tb.Helper()
+	e := &fleetEnv{dir: tb.TempDir()}
+	e.bin = filepath.Join(e.dir, "fleethost")
+	if out, err := exec.Command("go", "build", "-o", e.bin, "github.com/pglogship/pglogship/internal/fleethost").CombinedOutput(); err != nil {
+		tb.Fatalf("build fleethost: %v\n%s", err, out)
+	}
+	e.storePG = testenv.StartPostgres(tb, pg)
+	e.storePG.CreateDatabase(tb, "config")
+	var err error
+	e.records, err = postgres.Open(context.Background(), postgres.Config{ConnString: e.storePG.ConnString("config")})
+	require.NoError(tb, err)
+	tb.Cleanup(e.records.Close)
+	e.minio = testenv.StartMinIO(tb)
+	e.bucket = e.minio.NewBucket(tb)
+	e.repo, err = s3.New(s3.Config{Endpoint: e.minio.Endpoint, Bucket: e.bucket, Prefix: "fleet", Insecure: true,
+		AccessKey: e.minio.AccessKey, SecretKey: e.minio.SecretKey, Region: "us-east-1"})
+	require.NoError(tb, err)
+	return e
+}
+
+// config is the fleethost configuration of holder over jobs.
+func (e *fleetEnv) config(holder string, ttl, interval time.Duration, jobs any) map[string]any {
+	return map[string]any{"holder": holder, "store": e.storePG.ConnString("config"), "lease_ttl": ttl.String(),
+		"interval": interval.String(), "jobs": jobs,
+		"s3": map[string]string{"endpoint": e.minio.Endpoint, "bucket": e.bucket, "prefix": "fleet", "access_key": e.minio.AccessKey,
+			"secret_key": e.minio.SecretKey}}
+}
+
+// start starts a fleethost process named holder with the configuration
+// cfg, gathering its stdout lines into log and its stderr lines; it is
+// killed in cleanup if still running.
+func (e *fleetEnv) start(tb testing.TB, log *fleetLog, holder string, cfg map[string]any) *hostProc {
 	tb.Helper()
 	b, err := json.Marshal(cfg)
 	require.NoError(tb, err)
-	path := filepath.Join(dir, holder+".json")
+	path := filepath.Join(e.dir, holder+".json")
 	require.NoError(tb, os.WriteFile(path, b, 0o600))
-	p := &hostProc{holder: holder, cmd: exec.Command(bin, path), exited: make(chan struct{})}
+	p := &hostProc{holder: holder, cmd: exec.Command(e.bin, path), exited: make(chan struct{})}
 	stdout, err := p.cmd.StdoutPipe()
 	require.NoError(tb, err)
 	stderr, err := p.cmd.StderrPipe()
@@ -184,24 +225,9 @@ func TestSeparateHostProcessesShareJobs(t *testing.T) {
 		// a few store round trips.
 		slack = 3 * time.Second
 	)
-	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "fleethost")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/pglogship/pglogship/internal/fleethost").CombinedOutput(); err != nil {
-		t.Fatalf("build fleethost: %v\n%s", err, out)
-	}
+	env := newFleetEnv(t, testenv.PostgresConfig{})
+	tmp, storePG, records, repo := env.dir, env.storePG, env.records, env.repo
 	rtBin := testenv.BuildRuntime(t)
-
-	storePG := testenv.StartPostgres(t, testenv.PostgresConfig{})
-	storePG.CreateDatabase(t, "config")
-	records, err := postgres.Open(ctx, postgres.Config{ConnString: storePG.ConnString("config")})
-	require.NoError(t, err)
-	t.Cleanup(records.Close)
-	m := testenv.StartMinIO(t)
-	bucket := m.NewBucket(t)
-	s3cfg := s3.Config{Endpoint: m.Endpoint, Bucket: bucket, Prefix: "fleet", Insecure: true, AccessKey: m.AccessKey,
-		SecretKey: m.SecretKey, Region: "us-east-1"}
-	repo, err := s3.New(s3cfg)
-	require.NoError(t, err)
 
 	// The guests.
 	type dirGuest struct {
@@ -296,11 +322,9 @@ func TestSeparateHostProcessesShareJobs(t *testing.T) {
 	log := &fleetLog{}
 	procs := map[string]*hostProc{}
 	start := func(holder string) *hostProc {
-		p := startFleetHost(t, log, bin, tmp, holder, map[string]any{"holder": holder, "store": storePG.ConnString("config"),
-			"lease_ttl": ttl.String(), "interval": interval.String(), "read_delay": "150ms", "runtime": rtBin,
-			"s3": map[string]string{"endpoint": m.Endpoint, "bucket": bucket, "prefix": "fleet", "access_key": m.AccessKey,
-				"secret_key": m.SecretKey},
-			"jobs": jobs})
+		cfg := env.config(holder, ttl, interval, jobs)
+		cfg["read_delay"], cfg["runtime"] = "150ms", rtBin
+		p := env.start(t, log, holder, cfg)
 		procs[holder] = p
 		return p
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -18,8 +17,6 @@ import (
 	"github.com/pglogship/pglogship/guest/guesttest"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
-	"github.com/pglogship/pglogship/repository/s3"
-	"github.com/pglogship/pglogship/session/postgres"
 	"github.com/pglogship/pglogship/wal"
 	"github.com/pglogship/pglogship/walbackup"
 )
@@ -50,21 +47,8 @@ func BenchmarkFleetProcesses(b *testing.B) {
 		require.NoError(b, err)
 		interval = d
 	}
-	tmp := b.TempDir()
-	bin := filepath.Join(tmp, "fleethost")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/pglogship/pglogship/internal/fleethost").CombinedOutput(); err != nil {
-		b.Fatalf("build fleethost: %v\n%s", err, out)
-	}
-	storePG := testenv.StartPostgres(b, testenv.PostgresConfig{Settings: map[string]string{"max_connections": "200"}})
-	storePG.CreateDatabase(b, "config")
-	records, err := postgres.Open(ctx, postgres.Config{ConnString: storePG.ConnString("config")})
-	require.NoError(b, err)
-	b.Cleanup(records.Close)
-	m := testenv.StartMinIO(b)
-	bucket := m.NewBucket(b)
-	repo, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: bucket, Prefix: "fleet", Insecure: true, AccessKey: m.AccessKey,
-		SecretKey: m.SecretKey, Region: "us-east-1"})
-	require.NoError(b, err)
+	env := newFleetEnv(b, testenv.PostgresConfig{Settings: map[string]string{"max_connections": "200"}})
+	tmp, storePG, records, repo := env.dir, env.storePG, env.records, env.repo
 
 	type dirGuest struct {
 		dir  string
@@ -97,11 +81,7 @@ func BenchmarkFleetProcesses(b *testing.B) {
 	var ps []*hostProc
 	for p := 0; p < procs; p++ {
 		holder := fmt.Sprintf("host-%d", p+1)
-		ps = append(ps, startFleetHost(b, log, bin, tmp, holder, map[string]any{"holder": holder,
-			"store": storePG.ConnString("config"), "lease_ttl": walbackup.DefaultLeaseTTL.String(), "interval": interval.String(),
-			"s3": map[string]string{"endpoint": m.Endpoint, "bucket": bucket, "prefix": "fleet", "access_key": m.AccessKey,
-				"secret_key": m.SecretKey},
-			"jobs": jobs}))
+		ps = append(ps, env.start(b, log, holder, env.config(holder, walbackup.DefaultLeaseTTL, interval, jobs)))
 	}
 	since := func(kind walbackup.EventKind, t time.Time) map[string]bool {
 		out := map[string]bool{}

@@ -406,14 +406,7 @@ func TestRunnersShareJobsByLeaseMemory(t *testing.T) {
 func TestRunnersShareJobsEvenly(t *testing.T) {
 	for _, batch := range []bool{false, true} {
 		t.Run(fmt.Sprintf("batch=%t", batch), func(t *testing.T) {
-			f := newFleet(testenv.LoggerAt(t, slog.LevelWarn))
-			w := newWorld(f, 12)
-			w.batch, w.roster = batch, true
-			store := smem.New()
-			p1 := w.process(t, "host-1", store, 0)
-			for _, name := range w.names {
-				p1.set(t, f, name, true)
-			}
+			f, w, store, p1 := rosterWorld(t, batch)
 			f.step(t, time.Minute)
 			require.Equal(t, w.names, p1.runner.Running(), "alone, it runs every job")
 			w.addWAL(1)
@@ -503,14 +496,7 @@ func TestRunnerTakesJobsNobodyTakes(t *testing.T) {
 // forth; every job keeps running, and once the roster answers again the
 // shares even out.
 func TestRunnerKeepsItsShareWhileTheRosterFails(t *testing.T) {
-	f := newFleet(testenv.LoggerAt(t, slog.LevelError))
-	w := newWorld(f, 12)
-	w.batch, w.roster = true, true
-	store := smem.New()
-	p1 := w.process(t, "host-1", store, 0)
-	for _, name := range w.names {
-		p1.set(t, f, name, true)
-	}
+	f, w, store, p1 := rosterWorld(t, true)
 	p2, p3 := w.process(t, "host-2", store, 0), w.process(t, "host-3", store, 0)
 	f.step(t, walbackup.DefaultLeaseTTL)
 	require.Len(t, p1.runner.Running(), 4)
@@ -528,6 +514,22 @@ func TestRunnerKeepsItsShareWhileTheRosterFails(t *testing.T) {
 	w.addWAL(1)
 	f.step(t, 15*time.Minute)
 	w.requireAllShipped(t)
+}
+
+// rosterWorld is a world of 12 jobs on a memory store that is a Roster,
+// polled in batches or not, with a process "host-1" that runs and enabled
+// every job.
+func rosterWorld(t *testing.T, batch bool) (*fleet, *world, *smem.Store, *process) {
+	t.Helper()
+	f := newFleet(testenv.LoggerAt(t, slog.LevelWarn))
+	w := newWorld(f, 12)
+	w.batch, w.roster = batch, true
+	store := smem.New()
+	p1 := w.process(t, "host-1", store, 0)
+	for _, name := range w.names {
+		p1.set(t, f, name, true)
+	}
+	return f, w, store, p1
 }
 
 // handOvers counts the hand-overs the fleet saw, of holder ("": of all).
