@@ -85,7 +85,9 @@ type SnapshotOptions struct {
 // InstanceImager is implemented by hypervisors whose images hold one
 // PostgreSQL instance (file-level images), chosen by
 // SnapshotOptions.DataDir, so a machine with several instances gets an
-// image of each. Check with a type assertion.
+// image of each. Check with a type assertion. Without it, a machine's
+// instances share one image of the whole machine, taken with each of them
+// in backup mode (walbackup: Manifest.SharedImage).
 type InstanceImager interface {
 	// ImagesInstances does nothing: it marks the implementation.
 	ImagesInstances()

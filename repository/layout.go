@@ -57,6 +57,26 @@ func (i Instance) Prefix() string {
 // RestorePoint is the folder of one restore point's objects.
 func (i Instance) RestorePoint(id string) string { return i.Prefix() + "/restorepoints/" + id }
 
+// SharedImage is the folder of an image taken once for all instances of
+// the machine (Manifest.SharedImage), named by the id of the restore
+// points that use it: "jobs/<job>/<machine>/images/<id>". It is not under
+// any instance's prefix, since every instance's chain may use it.
+func (i Instance) SharedImage(id string) string { return SharedImages(i.Job, i.Machine) + id }
+
+// SharedImages is the folder of a machine's shared images, with a
+// trailing slash.
+func SharedImages(job, machine string) string {
+	return "jobs/" + Component(job) + "/" + Component(machine) + "/images/"
+}
+
+// ImagePrefix is where the image objects of restore point m are.
+func (i Instance) ImagePrefix(m *Manifest) string {
+	if m.SharedImage {
+		return i.SharedImage(m.ID)
+	}
+	return i.RestorePoint(m.ID)
+}
+
 // ManifestName is the restore point's manifest; writing it commits the
 // restore point.
 func (i Instance) ManifestName(id string) string { return i.RestorePoint(id) + "/manifest.json" }

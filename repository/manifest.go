@@ -59,7 +59,14 @@ type Manifest struct {
 	// Full is false for an incremental image, which needs Base.
 	Full bool   `json:"full"`
 	Base string `json:"base,omitempty"` // id of the restore point this one builds on
-	// Objects are the image's objects, under the restore point's folder.
+	// SharedImage: the image is the machine's, taken once for all its
+	// instances (each in backup mode) by a hypervisor that images whole
+	// machines, and its objects are under Instance.SharedImage(ID), not
+	// under the restore point's folder. Base is then a restore point with
+	// a shared image too.
+	SharedImage bool `json:"shared_image,omitempty"`
+	// Objects are the image's objects, under the restore point's folder
+	// (or the shared image's).
 	Objects []ManifestObject `json:"objects"`
 	// Meta is what the hypervisor needs for the next incremental image or a
 	// restore. Never secrets.

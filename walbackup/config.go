@@ -182,9 +182,6 @@ func (c *Config) validate() error {
 			return fmt.Errorf("machine id %q: empty or repeated", m.ID)
 		}
 		seen[m.ID] = true
-		if _, ok := c.Hypervisor.(hypervisor.InstanceImager); (len(m.Instances) > 0 || m.AllInstances) && !ok {
-			return fmt.Errorf("machine %s: %w", m.ID, ErrImagePerInstance)
-		}
 		if len(m.Instances) > 0 && m.AllInstances {
 			return fmt.Errorf("machine %s: Instances and AllInstances both set: list the instances, or let the job find them all", m.ID)
 		}
@@ -207,13 +204,6 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
-
-// ErrImagePerInstance: a machine lists several instances
-// (Machine.Instances) but the hypervisor images whole machines: each
-// instance needs an image of its own, which hypervisors that implement
-// hypervisor.InstanceImager (hypervisor/physical) take.
-var ErrImagePerInstance = errors.New("several instances per machine need a hypervisor that images one instance at a time " +
-	"(hypervisor/physical); disk images of such machines are not supported yet")
 
 // InstanceWALDir is the temporary WAL folder of the instance whose data
 // directory is dataDir, under walDir (Config.WALDir): a folder of its own

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -54,6 +55,9 @@ type Expired struct {
 	RestorePoints []string // ids
 	Bundles       []string // WAL bundle objects
 	Garbage       []string // objects of restore points that never committed
+	// Images are the machines' shared images (ids) that no restore point
+	// uses any more.
+	Images []string
 	// Held are the restore points (ids) retention no longer keeps, or the
 	// objects of one whose manifest is gone, that a running restore or
 	// drill holds (Job.Hold): left in place, for a later expiry to remove
@@ -95,8 +99,94 @@ func (j *Job) expire(ctx context.Context, repo repository.Repository) (Expired, 
 				errs = append(errs, fmt.Errorf("expire %s/%d: %w", inst.Machine, inst.SystemID, err))
 			}
 		}
+		if err := j.expireSharedImages(ctx, repo, m.ID, insts, &out); err != nil {
+			errs = append(errs, fmt.Errorf("expire the shared images of %s: %w", m.ID, err))
+		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// expireSharedImages deletes the machine's shared images that no restore
+// point uses any more: no committed manifest of any of its instances (insts)
+// names one, and no running restore or drill holds it. Only images older
+// than the newest restore point go, so the one a parent session writes now
+// stays. One whose restore points this expiry did not remove (a parent
+// that failed before it committed any) is first claimed by a tombstone at
+// each instance's manifest name, so no late writer commits a restore point
+// that names it.
+func (j *Job) expireSharedImages(ctx context.Context, repo repository.Repository, machine string, insts []repository.Instance, out *Expired) error {
+	folder := repository.SharedImages(j.cfg.Name, machine)
+	found := map[string]bool{}
+	if err := repo.List(ctx, folder, func(o repository.Object) error {
+		id, _, _ := strings.Cut(strings.TrimPrefix(o.Name, folder), "/")
+		found[id] = true
+		return nil
+	}); err != nil {
+		return err
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	used := map[string]bool{}
+	newest := ""
+	for _, inst := range insts {
+		rps, err := repository.RestorePoints(ctx, repo, inst, j.auth())
+		if err != nil {
+			return err
+		}
+		for _, m := range rps {
+			used[m.ID] = used[m.ID] || m.SharedImage
+			newest = max(newest, m.ID)
+		}
+		pins, err := j.pinsOf(ctx, inst)
+		if err != nil {
+			return err
+		}
+		for _, p := range pins {
+			for _, id := range p.RestorePoints {
+				used[id] = true
+			}
+		}
+	}
+	removed := map[string]bool{}
+	for _, id := range out.RestorePoints {
+		removed[id] = true
+	}
+	ids := slices.Sorted(maps.Keys(found))
+	for _, id := range ids {
+		if used[id] || id >= newest {
+			continue
+		}
+		if !removed[id] {
+			committed, err := j.abandonEverywhere(ctx, repo, insts, id)
+			if err != nil {
+				return err
+			}
+			if committed {
+				continue
+			}
+		}
+		if err := j.deletePrefix(ctx, repo, folder+id+"/"); err != nil {
+			return err
+		}
+		out.Images = append(out.Images, id)
+	}
+	return nil
+}
+
+// abandonEverywhere claims restore point id of each instance with a
+// tombstone; true when one of them committed it meanwhile.
+func (j *Job) abandonEverywhere(ctx context.Context, repo repository.Repository, insts []repository.Instance, id string) (bool, error) {
+	for _, inst := range insts {
+		err := repository.AbandonRestorePoint(ctx, repo, inst, id)
+		if errors.Is(err, repository.ErrCommitted) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	return false, nil
 }
 
 func (j *Job) expireInstance(ctx context.Context, repo repository.Repository, inst repository.Instance, out *Expired) error {

@@ -112,9 +112,8 @@ func TestAllInstancesFoundEachSession(t *testing.T) {
 	require.NoError(t, err, "the stopped one's chain is kept")
 }
 
-// A machine that lists instances needs a hypervisor that images one
-// instance at a time; the two ways of naming them exclude each other, and
-// a data directory must be absolute and clean.
+// The two ways of naming a machine's instances exclude each other, and a
+// data directory must be absolute and clean.
 func TestInstancesRefused(t *testing.T) {
 	base := func() walbackup.Config {
 		return walbackup.Config{Name: "j", LogBackupInterval: 15 * time.Minute,
@@ -125,7 +124,6 @@ func TestInstancesRefused(t *testing.T) {
 		m    walbackup.Machine
 		want string
 	}{
-		"disk images":  {walbackup.Machine{ID: "vm1", Instances: []string{"/a"}}, "images one instance at a time"},
 		"all and list": {walbackup.Machine{ID: "vm1", Instances: []string{"/a"}, AllInstances: true}, "both set"},
 		"relative":     {walbackup.Machine{ID: "vm1", Instances: []string{"a/b"}}, "absolute, clean"},
 		"unclean":      {walbackup.Machine{ID: "vm1", Instances: []string{"/a/../b"}}, "absolute, clean"},
@@ -135,15 +133,9 @@ func TestInstancesRefused(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg := base()
-			if name != "disk images" {
-				cfg.Hypervisor = perInstance{cfg.Hypervisor.(*hypervisortest.Fake)}
-			}
 			cfg.Machines = []walbackup.Machine{tc.m}
 			_, err := walbackup.NewJob(cfg)
 			require.ErrorContains(t, err, tc.want)
-			if name == "disk images" {
-				require.ErrorIs(t, err, walbackup.ErrImagePerInstance)
-			}
 		})
 	}
 }
@@ -156,12 +148,7 @@ func TestInstancesRefused(t *testing.T) {
 func TestCopyOfAnInstanceRefused(t *testing.T) {
 	ctx := context.Background()
 	a, b := fakeInstance(101, 150004, "/pg/a"), fakeInstance(101, 150004, "/pg/b")
-	d := guesttest.NewDeployer(map[string]*guesttest.Guest{guesttest.InstanceKey("vm1", "/pg/a"): a, guesttest.InstanceKey("vm1", "/pg/b"): b})
-	h := newHarness(t, func(c *walbackup.Config) {
-		c.Machines = []walbackup.Machine{{ID: "vm1", Instances: []string{"/pg/a", "/pg/b"}}}
-		c.Guests = d
-		c.Hypervisor = perInstance{c.Hypervisor.(*hypervisortest.Fake)}
-	})
+	h := twoInstances(t, a, b, func(c *walbackup.Config) { c.Hypervisor = perInstance{c.Hypervisor.(*hypervisortest.Fake)} })
 	require.NoError(t, h.job.Enable(ctx))
 	h.idle(t)
 	assert.Contains(t, sessionLog(t, h, h.job.ChildName()), "/pg/b is a copy of instance /pg/a (system identifier 101)")
@@ -189,6 +176,17 @@ func TestCopyOfAnInstanceRefused(t *testing.T) {
 		assert.NotEqual(t, "the copy's own WAL", string(content), "%s: the copy's WAL is not in the chain", name)
 	}
 	assert.NotEmpty(t, b.Waiting(), "the copy's WAL stays in its guest")
+}
+
+// twoInstances is the harness with machine vm1 running instances a at
+// /pg/a and b at /pg/b, both listed.
+func twoInstances(t *testing.T, a, b *guesttest.Guest, tweak func(*walbackup.Config)) *harness {
+	d := guesttest.NewDeployer(map[string]*guesttest.Guest{guesttest.InstanceKey("vm1", "/pg/a"): a, guesttest.InstanceKey("vm1", "/pg/b"): b})
+	return newHarness(t, func(c *walbackup.Config) {
+		c.Machines = []walbackup.Machine{{ID: "vm1", Instances: []string{"/pg/a", "/pg/b"}}}
+		c.Guests = d
+		tweak(c)
+	})
 }
 
 func manyDirs(n int) []string {

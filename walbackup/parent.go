@@ -57,22 +57,25 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 			continue
 		}
 		seen := map[uint64]string{} // the system identifiers imaged so far, and whose
-		for _, dir := range dirs {
-			name := instanceName(m.ID, dir)
+		groups, shared := j.imageGroups(m, dirs)
+		for _, group := range groups {
 			if j.fencedOff.Load() {
 				// Another process holds the job now: no more images.
-				failed = append(failed, name)
+				for _, dir := range group {
+					failed = append(failed, instanceName(m.ID, dir))
+				}
 				continue
 			}
-			rp, err := j.restorePoint(ctx, &rec, m, dir, dirs, seen)
-			if err != nil {
-				failed = append(failed, name)
-				j.parentAlert(ctx, rec, session.SeverityError, FailureNoRestorePoint, about{m.ID, dir},
-					fmt.Sprintf("machine %s: no restore point: %v", name, err))
-				continue
+			for _, mb := range j.takeRestorePoints(ctx, m, group, dirs, seen, shared, &rec) {
+				if mb.err != nil {
+					failed = append(failed, mb.name)
+					j.parentAlert(ctx, rec, session.SeverityError, FailureNoRestorePoint, about{m.ID, mb.dir},
+						fmt.Sprintf("machine %s: no restore point: %v", mb.name, mb.err))
+					continue
+				}
+				j.countRestorePoint(ctx, &rec, mb.name, mb.rp)
+				j.cfg.Observer(Event{Kind: EventRestorePoint, Session: rec, Machine: m.ID, Instance: mb.dir, RestorePoint: mb.rp.ID, Time: mb.rp.StopTime})
 			}
-			j.countRestorePoint(ctx, &rec, name, rp)
-			j.cfg.Observer(Event{Kind: EventRestorePoint, Session: rec, Machine: m.ID, Instance: dir, RestorePoint: rp.ID, Time: rp.StopTime})
 		}
 	}
 	rec.State = session.StateSuccess
@@ -89,9 +92,13 @@ func (j *Job) runParent(ctx context.Context, cs *childSession) *childSession {
 		rec.State = session.StateWarning
 		j.parentAlert(ctx, rec, session.SeverityWarning, FailureExpiry, about{},
 			fmt.Sprintf("expiry: %v (what it did not remove is removed by the next one)", expErr))
-	} else if len(exp.RestorePoints)+len(exp.Bundles)+len(exp.Garbage) > 0 {
-		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("expiry removed restore points %v, %d WAL bundles and %d unfinished restore points",
-			exp.RestorePoints, len(exp.Bundles), len(exp.Garbage)))
+	} else if len(exp.RestorePoints)+len(exp.Bundles)+len(exp.Garbage)+len(exp.Images) > 0 {
+		msg := fmt.Sprintf("expiry removed restore points %v, %d WAL bundles and %d unfinished restore points",
+			exp.RestorePoints, len(exp.Bundles), len(exp.Garbage))
+		if len(exp.Images) > 0 {
+			msg += fmt.Sprintf(", and shared images %v", exp.Images)
+		}
+		j.parentLog(ctx, rec, session.SeverityInfo, msg)
 	}
 	if len(exp.Held) > 0 {
 		j.parentLog(ctx, rec, session.SeverityInfo, fmt.Sprintf("expiry left restore points %v and their WAL to running restores or drills: a later expiry removes them",
@@ -123,6 +130,9 @@ func (j *Job) countRestorePoint(ctx context.Context, rec *session.Session, name 
 	kind := "full"
 	if !rp.Full {
 		kind = "incremental on " + rp.Base
+	}
+	if rp.SharedImage {
+		kind = "machine's " + kind // one image for all its instances
 	}
 	var size int64
 	for _, o := range rp.Objects {
@@ -157,110 +167,225 @@ func (j *Job) parentLog(ctx context.Context, rec session.Session, sev session.Se
 	}
 }
 
-// restorePoint takes one machine's application-aware restore point:
-// PostgreSQL in backup mode around the image, the WAL from the backup's
-// start to its stop shipped into the repository, and then the manifest,
-// which commits it. On error nothing is committed and the objects already
-// written are deleted.
-// restorePoint takes a restore point of m's instance dataDir ("" for its
-// only one); dirs are all of m's instances this session, seen the system
-// identifiers imaged so far (a copy of one is refused).
-func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine, dataDir string, dirs []string, seen map[uint64]string) (*repository.Manifest, error) {
-	name := instanceName(m.ID, dataDir)
-	octx, cancel := j.op(ctx)
-	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: m.ID, Address: m.Address, DataDir: dataDir})
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("deploy runtime: %w", err)
+// member is one instance in a restore point: its runtime, what the
+// parent learns of it, and how far it got. Instances imaged together (a
+// shared image) are members of one group.
+type member struct {
+	dir, name string // data directory ("" for the machine's only instance) and name in logs
+	rt        guest.Runtime
+	bm        guest.BackupMode
+	gi        guest.Instance
+	inst      repository.Instance
+	base      *repository.Manifest // the newest restore point an image may build on
+	rp        *repository.Manifest
+	backup    bool // in backup mode
+	committed bool
+	err       error
+}
+
+// imageGroups splits m's instances this session (dirs) into those imaged
+// together. A hypervisor that images an instance at a time
+// (hypervisor.InstanceImager) takes each alone. One that images whole
+// machines takes one image for all the instances of a machine that lists
+// several (Instances or AllInstances), every one in backup mode around it:
+// a shared image, which each instance's restore point names. Otherwise
+// the machine's one instance is imaged alone, its image under its restore
+// point.
+func (j *Job) imageGroups(m Machine, dirs []string) (groups [][]string, shared bool) {
+	if _, ok := j.cfg.Hypervisor.(hypervisor.InstanceImager); ok || (len(m.Instances) == 0 && !m.AllInstances) {
+		for _, dir := range dirs {
+			groups = append(groups, []string{dir})
+		}
+		return groups, false
+	}
+	return [][]string{dirs}, true
+}
+
+// takeRestorePoints takes an application-aware restore point of each instance
+// of group (data directories of m; dirs are all of m's instances this
+// session, seen the system identifiers imaged so far, a copy of one is
+// refused): every instance in backup mode around one snapshot, the image
+// exported once (under the restore point's folder, or the machine's
+// shared image folder when shared), the WAL from each backup's start to its
+// stop shipped, and then each manifest, which commits that instance's
+// restore point. An instance that fails is left out with its error; what
+// an uncommitted restore point wrote is deleted.
+func (j *Job) takeRestorePoints(ctx context.Context, m Machine, group, dirs []string, seen map[uint64]string, shared bool, rec *session.Session) []*member {
+	mbs := make([]*member, len(group))
+	for i, dir := range group {
+		mbs[i] = &member{dir: dir, name: instanceName(m.ID, dir)}
 	}
 	defer func() {
-		octx, cancel := j.op(context.WithoutCancel(ctx))
-		defer cancel()
-		if err := rt.Close(octx); err != nil {
-			j.cfg.Logger.Warn("uninstall runtime after the parent session", "machine", name, "err", err)
+		for _, mb := range mbs {
+			j.leave(ctx, mb)
 		}
 	}()
-	bm, ok := rt.(guest.BackupMode)
-	if !ok {
-		return nil, ErrNoBackupMode
-	}
-	// Archiving must run: pg_backup_stop waits for the backup's WAL.
-	octx, cancel = j.op(ctx)
-	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.walDir(dataDir), Codec: j.cfg.Shipping.Compression})
-	var gi guest.Instance
-	if err == nil {
-		gi, err = rt.Scan(octx)
-	}
-	cancel()
-	if err != nil {
-		return nil, err
-	}
-	inst := repository.Instance{Job: j.cfg.Name, Machine: m.ID, SystemID: gi.SystemID}
-	if dataDir != "" {
-		if owner, ok := seen[gi.SystemID]; ok {
-			return nil, sameSystemID(dataDir, owner, gi.SystemID)
+	var live []*member
+	for _, mb := range mbs {
+		if mb.err = j.prepare(ctx, m, mb, dirs, seen); mb.err == nil {
+			live = append(live, mb)
 		}
-		octx, cancel := j.op(ctx)
-		err := j.checkChainOwner(octx, inst, dataDir, dirs)
-		cancel()
-		if err != nil {
-			return nil, err
-		}
-		seen[gi.SystemID] = dataDir
 	}
-	base, err := j.incrementalBase(ctx, inst)
-	if err != nil {
-		return nil, err
+	if len(live) == 0 {
+		return mbs
 	}
+	base := commonBase(live, shared)
 	id := repository.NewRestorePointID(j.cfg.Clock.Now())
-	rp := &repository.Manifest{Version: repository.ManifestVersion, ID: id, Job: j.cfg.Name, Machine: m.ID, SystemID: gi.SystemID,
-		DataDir: cmp.Or(dataDir, gi.DataDir), WALSegmentSize: gi.WALSegmentSize, StartTime: j.cfg.Clock.Now()}
-
-	octx, cancel = j.op(ctx)
-	start, err := bm.StartBackup(octx, "pglogship "+id)
-	cancel()
-	if err != nil {
-		return nil, err
+	var started []*member
+	for _, mb := range live {
+		mb.rp = &repository.Manifest{Version: repository.ManifestVersion, ID: id, Job: j.cfg.Name, Machine: m.ID, SystemID: mb.gi.SystemID,
+			DataDir: cmp.Or(mb.dir, mb.gi.DataDir), WALSegmentSize: mb.gi.WALSegmentSize, StartTime: j.cfg.Clock.Now(), SharedImage: shared}
+		octx, cancel := j.op(ctx)
+		start, err := mb.bm.StartBackup(octx, "pglogship "+id)
+		cancel()
+		if mb.err = err; err == nil {
+			mb.backup = true
+			mb.rp.StartLSN, mb.rp.Timeline = start.LSN, start.Timeline
+			started = append(started, mb)
+		}
 	}
-	rp.StartLSN, rp.Timeline = start.LSN, start.Timeline
-	stopped := false
+	if len(started) == 0 {
+		return mbs
+	}
+	folder := started[0].inst.RestorePoint(id)
+	if shared {
+		folder = started[0].inst.SharedImage(id)
+	}
 	defer func() {
-		if !stopped { // leave no backup running; closing the runtime would end it too
-			octx, cancel := j.op(context.WithoutCancel(ctx))
-			defer cancel()
-			if _, err := bm.StopBackup(octx); err != nil {
-				j.cfg.Logger.Warn("end backup mode after a failed image", "machine", name, "err", err)
+		committed := false
+		for _, mb := range started {
+			committed = committed || mb.committed
+			if !mb.committed {
+				j.deleteUncommitted(context.WithoutCancel(ctx), mb.inst, id)
 			}
 		}
-	}()
-	committed := false
-	defer func() {
-		if !committed {
-			j.deleteUncommitted(context.WithoutCancel(ctx), inst, id)
+		if shared && !committed {
+			j.deleteFolder(context.WithoutCancel(ctx), folder+"/")
 		}
 	}()
+	// Each instance's backup ends as early as the image allows; one that
+	// cannot end its backup has no restore point, the others go on.
 	endBackup := func() error {
+		var errs []error
+		for _, mb := range started {
+			octx, cancel := j.op(ctx)
+			stop, err := mb.bm.StopBackup(octx)
+			cancel()
+			mb.backup = false
+			if err != nil {
+				mb.err = err
+				errs = append(errs, err)
+				continue
+			}
+			mb.rp.StopLSN, mb.rp.StopTime = stop.LSN, j.cfg.Clock.Now()
+			mb.rp.BackupLabel, mb.rp.TablespaceMap = stop.BackupLabel, stop.TablespaceMap
+		}
+		if len(errs) == len(started) {
+			return errors.Join(errs...)
+		}
+		return nil
+	}
+	dataDir := ""
+	if !shared {
+		dataDir = group[0]
+	}
+	var baseImage *hypervisor.Image
+	if base != nil {
+		baseImage = imageOf(base, started[0].inst)
+	}
+	img, err := j.image(ctx, folder, m, dataDir, baseImage, endBackup)
+	for _, mb := range started {
+		switch {
+		case err != nil:
+			mb.err = cmp.Or(mb.err, err)
+		case mb.err == nil:
+			mb.err = j.commit(ctx, rec, m, mb, img, folder, base)
+		}
+	}
+	return mbs
+}
+
+// prepare deploys mb's runtime, has it archive into the job's WAL folder,
+// and learns the instance: its identity (a copy of another one is refused)
+// and the newest restore point an image may build on.
+func (j *Job) prepare(ctx context.Context, m Machine, mb *member, dirs []string, seen map[uint64]string) error {
+	octx, cancel := j.op(ctx)
+	rt, err := j.cfg.Guests.Deploy(octx, guest.Target{Machine: m.ID, Address: m.Address, DataDir: mb.dir})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("deploy runtime: %w", err)
+	}
+	mb.rt = rt
+	bm, ok := rt.(guest.BackupMode)
+	if !ok {
+		return ErrNoBackupMode
+	}
+	mb.bm = bm
+	// Archiving must run: pg_backup_stop waits for the backup's WAL.
+	octx, cancel = j.op(ctx)
+	err = rt.PrepareArchive(octx, guest.ArchiveConfig{Dir: j.walDir(mb.dir), Codec: j.cfg.Shipping.Compression})
+	if err == nil {
+		mb.gi, err = rt.Scan(octx)
+	}
+	cancel()
+	if err != nil {
+		return err
+	}
+	mb.inst = repository.Instance{Job: j.cfg.Name, Machine: m.ID, SystemID: mb.gi.SystemID}
+	if mb.dir != "" {
+		if owner, ok := seen[mb.gi.SystemID]; ok {
+			return sameSystemID(mb.dir, owner, mb.gi.SystemID)
+		}
 		octx, cancel := j.op(ctx)
-		defer cancel()
-		stop, err := bm.StopBackup(octx)
-		stopped = true
+		err := j.checkChainOwner(octx, mb.inst, mb.dir, dirs)
+		cancel()
 		if err != nil {
 			return err
 		}
-		rp.StopLSN, rp.StopTime = stop.LSN, j.cfg.Clock.Now()
-		rp.BackupLabel, rp.TablespaceMap = stop.BackupLabel, stop.TablespaceMap
-		return nil
+		seen[mb.gi.SystemID] = mb.dir
 	}
-	img, err := j.image(ctx, inst, id, m, dataDir, base, endBackup)
-	if err != nil {
-		return nil, err
-	}
+	mb.base, err = j.incrementalBase(ctx, mb.inst)
+	return err
+}
 
-	// The restore point is usable only with the WAL from its start to its
-	// stop in the repository: ship it now, then check it is all there.
-	got, err := j.ship(ctx, m, rt, inst)
+// leave ends mb's backup if it still runs (closing the runtime would end
+// it too) and uninstalls its runtime.
+func (j *Job) leave(ctx context.Context, mb *member) {
+	if mb.rt == nil {
+		return
+	}
+	octx, cancel := j.op(context.WithoutCancel(ctx))
+	defer cancel()
+	if mb.backup {
+		if _, err := mb.bm.StopBackup(octx); err != nil {
+			j.cfg.Logger.Warn("end backup mode after a failed image", "machine", mb.name, "err", err)
+		}
+	}
+	if err := mb.rt.Close(octx); err != nil {
+		j.cfg.Logger.Warn("uninstall runtime after the parent session", "machine", mb.name, "err", err)
+	}
+}
+
+// commonBase is the restore point the group's image builds on: each
+// member's newest, when they are one image (an instance new to a shared
+// image, or one whose last image failed, needs a full image).
+func commonBase(live []*member, shared bool) *repository.Manifest {
+	for _, mb := range live {
+		if mb.base == nil || mb.base.SharedImage != shared || mb.base.ID != live[0].base.ID {
+			return nil
+		}
+	}
+	return live[0].base
+}
+
+// commit makes mb's restore point usable and commits it: the WAL from
+// its backup's start to its stop shipped into the repository and checked,
+// then the manifest with the image exported to folder.
+func (j *Job) commit(ctx context.Context, rec *session.Session, m Machine, mb *member, img hypervisor.Image, folder string, base *repository.Manifest) error {
+	rp := mb.rp
+	got, err := j.ship(ctx, m, mb.rt, mb.inst)
 	if err != nil {
-		return nil, fmt.Errorf("ship the backup's wal: %w", err)
+		return fmt.Errorf("ship the backup's wal: %w", err)
 	}
 	if got.Files > 0 {
 		how := "through the host"
@@ -268,37 +393,33 @@ func (j *Job) restorePoint(ctx context.Context, rec *session.Session, m Machine,
 			how = "directly from the guest"
 		}
 		j.parentLog(ctx, *rec, session.SeverityInfo, fmt.Sprintf("machine %s: shipped %d WAL files from %s to %s for the restore point, %s",
-			name, got.Files, got.First, got.Last, how))
+			mb.name, got.Files, got.First, got.Last, how))
 	}
-	if msg := unsummarizedWarning(name, got.Unsummarized); msg != "" {
-		j.parentAlert(ctx, *rec, session.SeverityWarning, FailureSummaryUnknown, about{m.ID, dataDir}, msg)
+	if msg := unsummarizedWarning(mb.name, got.Unsummarized); msg != "" {
+		j.parentAlert(ctx, *rec, session.SeverityWarning, FailureSummaryUnknown, about{m.ID, mb.dir}, msg)
 	}
-	if err := j.walCovered(ctx, inst, rp.Timeline, rp.StartLSN, rp.StopLSN, gi.WALSegmentSize); err != nil {
-		return nil, err
+	if err := j.walCovered(ctx, mb.inst, rp.Timeline, rp.StartLSN, rp.StopLSN, mb.gi.WALSegmentSize); err != nil {
+		return err
 	}
-	if err := fillImage(rp, img, inst, base); err != nil {
-		return nil, err
+	if err := fillImage(rp, img, folder, mb.inst, base); err != nil {
+		return err
 	}
-	octx, cancel = j.op(ctx)
-	err = repository.WriteManifest(octx, fencedRepo{j.cfg.Repository, j}, inst, rp, j.auth())
-	cancel()
-	if err != nil {
-		return nil, err
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	if err := repository.WriteManifest(octx, fencedRepo{j.cfg.Repository, j}, mb.inst, rp, j.auth()); err != nil {
+		return err
 	}
-	committed = true
-	return rp, nil
+	mb.committed = true
+	return nil
 }
 
 // image snapshots the machine and exports the image under the restore
 // point's folder, calling endBackup as early as the image allows: right
 // after a Fixed snapshot, else once the export is done. The export may take
 // as long as the image needs while its progress moves.
-func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m Machine, dataDir string, base *repository.Manifest,
+func (j *Job) image(ctx context.Context, folder string, m Machine, dataDir string, base *hypervisor.Image,
 	endBackup func() error) (hypervisor.Image, error) {
-	opts := hypervisor.SnapshotOptions{Quiesce: j.cfg.Quiesce, DataDir: dataDir}
-	if base != nil {
-		opts.Base = imageOf(base, inst)
-	}
+	opts := hypervisor.SnapshotOptions{Quiesce: j.cfg.Quiesce, DataDir: dataDir, Base: base}
 	octx, cancel := j.op(ctx)
 	snap, err := j.cfg.Hypervisor.Snapshot(octx, m.ID, opts)
 	if errors.Is(err, hypervisor.ErrUnsupported) && opts.Quiesce {
@@ -326,7 +447,7 @@ func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m 
 	}
 	wctx, w, stop := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer stop()
-	img, err := snap.Export(wctx, watchedRepo{j.cfg.Repository, w}, inst.RestorePoint(id), func(hypervisor.Progress) { w.kick() })
+	img, err := snap.Export(wctx, watchedRepo{j.cfg.Repository, w}, folder, func(hypervisor.Progress) { w.kick() })
 	if err != nil {
 		return hypervisor.Image{}, fmt.Errorf("export image: %w", explain(wctx, err))
 	}
@@ -429,29 +550,31 @@ func (j *Job) deleteUncommitted(ctx context.Context, inst repository.Instance, i
 	if _, rerr := repository.ReadManifest(octx, j.cfg.Repository, inst, id, nil); !errors.Is(rerr, repository.ErrAbandoned) {
 		err = j.cfg.Repository.Delete(octx, manifest)
 	}
-	var names []string
 	if err == nil {
-		err = j.cfg.Repository.List(octx, inst.RestorePoint(id)+"/", func(o repository.Object) error {
-			if o.Name != manifest {
-				names = append(names, o.Name)
-			}
-			return nil
-		})
-	}
-	for _, n := range names {
-		err = errors.Join(err, j.cfg.Repository.Delete(octx, n))
+		err = j.deletePrefix(octx, j.cfg.Repository, inst.RestorePoint(id)+"/", manifest)
 	}
 	if err != nil {
 		j.cfg.Logger.Warn("delete the objects of an uncommitted restore point; expiry removes them later", "restore_point", id, "err", err)
 	}
 }
 
+// deleteFolder removes the objects of a shared image no restore point
+// committed.
+func (j *Job) deleteFolder(ctx context.Context, folder string) {
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	if err := j.deletePrefix(octx, j.cfg.Repository, folder); err != nil {
+		j.cfg.Logger.Warn("delete the objects of an unused shared image; expiry removes them later", "folder", folder, "err", err)
+	}
+}
+
 // imageOf is the hypervisor's view of a committed restore point.
 func imageOf(m *repository.Manifest, inst repository.Instance) *hypervisor.Image {
-	prefix := inst.RestorePoint(m.ID)
+	prefix := inst.ImagePrefix(m)
 	img := &hypervisor.Image{Machine: m.Machine, Taken: m.StartTime, Full: m.Full, Prefix: prefix, Meta: m.Meta}
 	if !m.Full {
-		img.Base = inst.RestorePoint(m.Base)
+		// A shared image builds on a shared image (ImageChain checks).
+		img.Base = inst.ImagePrefix(&repository.Manifest{ID: m.Base, SharedImage: m.SharedImage})
 	}
 	for _, o := range m.Objects {
 		img.Objects = append(img.Objects, hypervisor.ImageObject{Name: prefix + "/" + o.Name, Size: o.Size, SHA256: o.SHA256})
@@ -459,10 +582,10 @@ func imageOf(m *repository.Manifest, inst repository.Instance) *hypervisor.Image
 	return img
 }
 
-// fillImage records the exported image in the manifest: object names
-// relative to the restore point's folder, and the base by restore point id.
-func fillImage(rp *repository.Manifest, img hypervisor.Image, inst repository.Instance, base *repository.Manifest) error {
-	prefix := inst.RestorePoint(rp.ID) + "/"
+// fillImage records the image exported to folder in the manifest: object
+// names relative to it, and the base by restore point id.
+func fillImage(rp *repository.Manifest, img hypervisor.Image, folder string, inst repository.Instance, base *repository.Manifest) error {
+	prefix := folder + "/"
 	for _, o := range img.Objects {
 		rel, ok := strings.CutPrefix(o.Name, prefix)
 		if !ok {
@@ -472,7 +595,7 @@ func fillImage(rp *repository.Manifest, img hypervisor.Image, inst repository.In
 	}
 	rp.Full, rp.Meta = img.Full, img.Meta
 	if !img.Full {
-		if base == nil || img.Base != inst.RestorePoint(base.ID) {
+		if base == nil || img.Base != inst.ImagePrefix(base) {
 			return fmt.Errorf("incremental image builds on %q, not on the newest restore point", img.Base)
 		}
 		rp.Base = base.ID

@@ -37,15 +37,20 @@ import (
 const guestPgbench = "/usr/lib/postgresql/" + testenv.GuestPostgresVersion + "/bin/pgbench"
 
 // The QEMU hypervisor through the job, on a real VM booted from the cached
-// Debian image with PostgreSQL 18 and pgbench running inside: a full restore point, then an
-// incremental one whose stored size is at most 1.1 times the dirty bytes of
-// the bitmap; each holds PostgreSQL's backup_label; the child job ships the
-// guest's WAL over SSH meanwhile. Then a point-in-time restore inside a
-// VM: the chain restored to a new qcow2, booted with PostgreSQL's start at
-// boot masked, and recovered over SSH by the runtime to a time between two
-// tables made after the incremental image: it holds the data of the image,
-// the first table and not the second. The job runs on the real clock, so
-// restore point times and the guest's commit times agree.
+// Debian image with two PostgreSQL instances of two releases running side
+// by side (the npm registry's 18 with pgbench running inside, and
+// Debian's 15), both listed in the machine's Instances: one image of the
+// VM per parent session, both instances in backup mode around it, stored
+// once and named by both instances' restore points (each with its own
+// backup_label and WAL chain); a full restore point, then an incremental
+// one whose stored size is at most 1.1 times the dirty bytes of the
+// bitmap; the child job ships both instances' WAL over SSH meanwhile.
+// Then a point-in-time restore of each instance inside one VM: the chain
+// restored to a new qcow2, booted with PostgreSQL's start at boot masked,
+// and each instance recovered over SSH by the runtime to a time between
+// two tables made after the incremental image: each holds the data of the
+// image, its first table and not its second. The job runs on the real
+// clock, so restore point times and the guest's commit times agree.
 func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	t.Parallel()
 	testenv.SkipIfShort(t)
@@ -54,6 +59,12 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	// example in examples/qemu-vm runs Debian's 15).
 	vm := testenv.StartVM(t, testenv.VMConfig{Major: testenv.GuestReleaseMajor})
 	require.True(t, strings.HasPrefix(vm.Psql(t, "SELECT version()"), "PostgreSQL 18."))
+	// Debian's cluster beside it (its unit is masked at boot for this VM).
+	vm.Run(t, "postgres", debianPgCtl+" -w -l /tmp/pg15.log start")
+	psql15 := func(sql string) string {
+		return strings.TrimSpace(vm.Run(t, "postgres", fmt.Sprintf("psql -p 5432 -Atqc \"%s\"", sql)))
+	}
+	require.True(t, strings.HasPrefix(psql15("SELECT version()"), "PostgreSQL "+testenv.GuestPostgresVersion+"."))
 	pgbench := fmt.Sprintf("%s -p %d", guestPgbench, vm.Port)
 	knownHosts := []string{vm.KnownHostsFile}
 	deployer, err := gssh.New(gssh.Config{
@@ -75,7 +86,7 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	h := &harness{store: smem.New(), events: make(chan walbackup.Event, 1024)}
 	h.list = h.store
 	job, err := walbackup.NewJob(walbackup.Config{
-		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1", Address: vm.SSHAddr}},
+		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1", Address: vm.SSHAddr, Instances: []string{testenv.GuestReleaseDataDir, debianDataDir}}},
 		LogBackupInterval: walbackup.DefaultLogBackupInterval, WALDir: testenv.GuestTempDir + "/wal", Quiesce: true,
 		Hypervisor: hv, Guests: deployer, Repository: repo, Sessions: h.store, Clock: clk,
 		Logger: testenv.Logger(t), Observer: func(e walbackup.Event) { h.events <- e },
@@ -87,6 +98,7 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	h.idle(t)
 	vm.Run(t, "postgres", pgbench+" -i -s 5 -q postgres")
 	vm.Psql(t, "CHECKPOINT")
+	psql15("CREATE TABLE items AS SELECT g AS id FROM generate_series(1, 1000) g")
 	// pgbench keeps writing for the rest of the test, detached from SSH.
 	vm.Run(t, "postgres", "setsid nohup "+pgbench+" -c 2 -T 900 postgres </dev/null >/tmp/pgbench.log 2>&1 &")
 	time.Sleep(5 * time.Second)
@@ -106,14 +118,20 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	}
 	fullTook := parent()
 	vm.Psql(t, "CREATE TABLE after_full AS SELECT 42 AS answer")
+	psql15("INSERT INTO items SELECT g FROM generate_series(1001, 1500) g")
 	time.Sleep(10 * time.Second) // pgbench dirties more blocks
 	incTook := parent()
 	vm.Psql(t, "CREATE TABLE before_target AS SELECT 1 AS x")
+	psql15("INSERT INTO items SELECT g FROM generate_series(1501, 1700) g")
 	time.Sleep(time.Second)
 	at := vm.Psql(t, "SELECT clock_timestamp()") // the guest's own clock
 	time.Sleep(time.Second)
 	vm.Psql(t, "CREATE TABLE after_target AS SELECT 1 AS x")
+	psql15("INSERT INTO items SELECT g FROM generate_series(1701, 2000) g")
 	vm.SwitchWAL(t)
+	last15 := psql15("SELECT pg_walfile_name(pg_switch_wal())")
+	require.Eventually(t, func() bool { return psql15("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= last15 },
+		2*time.Minute, 200*time.Millisecond, "15 archived %s", last15)
 	require.NoError(t, job.Disable(ctx)) // the last ship
 
 	id := vm.Psql(t, "SELECT system_identifier FROM pg_control_system()")
@@ -127,9 +145,29 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	require.True(t, full.Full)
 	require.False(t, inc.Full)
 	assert.Equal(t, full.ID, inc.Base)
-	for _, m := range rps {
+	id15, err := strconv.ParseUint(psql15("SELECT system_identifier FROM pg_control_system()"), 10, 64)
+	require.NoError(t, err)
+	inst15 := repository.Instance{Job: "Daily DB Job", Machine: "vm1", SystemID: id15}
+	rps15, err := repository.RestorePoints(ctx, repo, inst15, nil)
+	require.NoError(t, err)
+	require.Len(t, rps15, 2)
+	for i, m := range append(rps, rps15...) {
 		assert.Contains(t, m.BackupLabel, "START WAL LOCATION: "+m.StartLSN.String())
+		assert.True(t, m.SharedImage, "one image of the VM for both instances")
+		assert.Equal(t, rps[i%2].ID, m.ID)
+		assert.Equal(t, rps[i%2].Objects, m.Objects)
 	}
+	assert.Equal(t, debianDataDir, rps15[0].DataDir)
+	assert.NotEqual(t, rps[1].BackupLabel, rps15[1].BackupLabel, "each instance's own backup")
+	var stored []string
+	require.NoError(t, repo.List(ctx, "jobs/", func(o repository.Object) error {
+		if strings.HasSuffix(o.Name, full.Objects[0].Name) {
+			stored = append(stored, o.Name)
+		}
+		return nil
+	}))
+	assert.Equal(t, []string{inst.SharedImage(full.ID) + "/" + full.Objects[0].Name, inst.SharedImage(inc.ID) + "/" + inc.Objects[0].Name}, stored,
+		"each image stored once, in the machine's folder")
 	dirty, err := strconv.ParseInt(inc.Meta[qemu.MetaDirtyBytes], 10, 64)
 	require.NoError(t, err)
 	require.Positive(t, dirty)
@@ -141,10 +179,17 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	// Point in time, inside a VM.
 	target, err := time.Parse("2006-01-02 15:04:05.999999-07", at)
 	require.NoError(t, err)
-	plan, err := job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", Target: walbackup.ToTime(target)})
+	plan, err := job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", DataDir: testenv.GuestReleaseDataDir, Target: walbackup.ToTime(target)})
 	require.NoError(t, err)
 	assert.Equal(t, inc.ID, plan.RestorePoint.ID, "the newest restore point before the target")
 	require.Len(t, plan.Chain, 2)
+	plan15, err := job.Plan(ctx, walbackup.RestoreRequest{Machine: "vm1", DataDir: debianDataDir, Target: walbackup.ToTime(target)})
+	require.NoError(t, err)
+	assert.Equal(t, id15, plan15.Instance.SystemID)
+	require.Len(t, plan15.Chain, 2)
+	for i := range plan.Chain {
+		assert.Equal(t, plan.Chain[i].Objects, plan15.Chain[i].Objects, "one disk holds both instances")
+	}
 	disk := filepath.Join(t.TempDir(), "restored.qcow2")
 	start := time.Now()
 	require.NoError(t, job.RestoreImage(ctx, plan, disk, nil))
@@ -164,7 +209,25 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	assert.Equal(t, "42", vm2.Psql(t, "SELECT answer FROM after_full"), "the incremental image is applied")
 	assert.Equal(t, "t", vm2.Psql(t, "SELECT to_regclass('before_target') IS NOT NULL"), "committed before the target")
 	assert.Equal(t, "f", vm2.Psql(t, "SELECT to_regclass('after_target') IS NOT NULL"), "committed after the target")
+
+	// Debian's cluster from the same disk, to the same time, on its own.
+	res15, err := job.Recover(ctx, plan15, walbackup.Machine{ID: "vm2", Address: vm2.SSHAddr}, walbackup.RecoveryOptions{
+		DataDir: debianDataDir, ConfigFile: debianConfig, BinDir: "/usr/lib/postgresql/" + testenv.GuestPostgresVersion + "/bin",
+	})
+	require.NoError(t, err, "%s", res15.Log)
+	assert.True(t, res15.Promoted)
+	got15 := strings.TrimSpace(vm2.Run(t, "postgres", `psql -p 5432 -Atqc "SELECT count(*), min(id), max(id), count(DISTINCT id) FROM items"`))
+	assert.Equal(t, "1700|1|1700|1700", got15, "exactly the rows committed before the target")
+	assert.Equal(t, "500000", vm2.Psql(t, "SELECT count(*) FROM pgbench_accounts"), "the 18 instance runs on beside it")
 }
+
+// debianDataDir and debianPgCtl are the guest image's Debian cluster (15)
+// and how to start it by hand when its unit is masked.
+const (
+	debianDataDir = "/var/lib/postgresql/" + testenv.GuestPostgresVersion + "/main"
+	debianConfig  = "/etc/postgresql/" + testenv.GuestPostgresVersion + "/main/postgresql.conf"
+	debianPgCtl   = "/usr/lib/postgresql/" + testenv.GuestPostgresVersion + "/bin/pg_ctl -D " + debianDataDir + " -o '-c config_file=" + debianConfig + "'"
+)
 
 // hostKeysIn verifies host keys against the known_hosts files listed now,
 // for VMs that boot later with keys of their own address.
@@ -205,7 +268,7 @@ func TestQEMUGuestShipsDirectlyToMinIO(t *testing.T) {
 	h := &harness{store: smem.New(), events: make(chan walbackup.Event, 1024)}
 	h.list = h.store
 	job, err := walbackup.NewJob(walbackup.Config{
-		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1", Address: vm.SSHAddr}},
+		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1", Address: vm.SSHAddr, Instances: []string{testenv.GuestReleaseDataDir, debianDataDir}}},
 		LogBackupInterval: walbackup.DefaultLogBackupInterval, WALDir: testenv.GuestTempDir + "/wal",
 		Hypervisor: fakeImages(nil, nil), Guests: countingDeployer{deployer, &c}, Repository: countingS3{repo, &c}, Sessions: h.store,
 		Clock: clock.New(), Logger: testenv.Logger(t), Observer: func(e walbackup.Event) { h.events <- e },

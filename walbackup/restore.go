@@ -34,6 +34,10 @@ func ImageChain(ctx context.Context, repo repository.ListGetter, inst repository
 	}
 	imgs := make([]hypervisor.Image, len(ms))
 	for i, m := range ms {
+		if i > 0 && m.SharedImage != ms[i-1].SharedImage {
+			return nil, nil, fmt.Errorf("image chain of restore point %s: %s builds on %s, and only one of them has a shared image",
+				id, m.ID, ms[i-1].ID)
+		}
 		imgs[i] = *imageOf(m, inst)
 	}
 	return ms, imgs, nil

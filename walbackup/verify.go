@@ -122,7 +122,7 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 			problem(ProblemManifest, inst.ManifestName(id), "", "%v", err)
 		}
 		for _, o := range m.Objects {
-			name := inst.RestorePoint(id) + "/" + o.Name
+			name := inst.ImagePrefix(m) + "/" + o.Name
 			n, sum, err := j.hashObject(ctx, name)
 			rep.Bytes += n
 			switch {
