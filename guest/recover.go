@@ -31,6 +31,9 @@ var (
 	// PostgreSQL cannot read or replay another major's files and WAL.
 	// Nothing was changed.
 	ErrReleaseMismatch = errors.New("postgresql major release of the binaries differs from the restored cluster's")
+	// ErrNoPgDump: the guest has no pg_dump of the server's major release
+	// where the runtime looked; the error says what to install.
+	ErrNoPgDump = errors.New("no pg_dump of the server's release in the guest")
 )
 
 // FetchFunc writes the WAL file name (a segment, or a .partial, .backup or
@@ -205,4 +208,42 @@ type CheckResult struct {
 	Version   int      `json:"version"`   // server_version_num
 	Databases []string `json:"databases"` // every database that connected
 	Failures  []string `json:"failures,omitempty"`
+}
+
+// Dumper is implemented by runtimes that can export databases of a
+// server in the guest with the guest's own pg_dump (check with a type
+// assertion). An export (walbackup.Job.Export) uses it on the scratch
+// server it restored.
+type Dumper interface {
+	// Dump runs pg_dump of the server's major release (from
+	// cfg.DataDir's PG_VERSION) once per database, in directory format,
+	// into cfg.Dir/<database>, connecting as the runtime connects to its
+	// own instance. cfg.Dir must not exist; it is made, private to the
+	// runtime's user. No pg_dump of that release: ErrNoPgDump, before
+	// anything is made. A failed dump leaves what it wrote, and says why.
+	Dump(ctx context.Context, cfg DumpConfig) (DumpResult, error)
+}
+
+// DumpConfig says which server Dump exports, what and where.
+type DumpConfig struct {
+	DataDir   string   `json:"data_dir"`             // the server's data directory
+	Port      int      `json:"port,omitempty"`       // the server's port; 0: from its postmaster.pid
+	SocketDir string   `json:"socket_dir,omitempty"` // its socket directory; empty: from postmaster.pid with Port 0, else the runtime's own
+	Databases []string `json:"databases"`            // at least one
+	Dir       string   `json:"dir"`                  // a new directory in the guest
+	// BinDir holds pg_dump; empty: the release's usual place, then PATH.
+	BinDir string `json:"bin_dir,omitempty"`
+}
+
+// DumpResult is what Dump wrote.
+type DumpResult struct {
+	Version int            `json:"version"` // pg_dump's major release
+	Dumps   []DatabaseDump `json:"dumps"`
+}
+
+// DatabaseDump is one database's dump.
+type DatabaseDump struct {
+	Database string `json:"database"`
+	Dir      string `json:"dir"`   // pg_dump's directory format
+	Bytes    int64  `json:"bytes"` // of the files in Dir
 }

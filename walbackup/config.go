@@ -282,6 +282,10 @@ const (
 	// EventDrill: a restore drill of Event.RestorePoint ended; Event.Passed
 	// says how (false also when the drill failed before its checks).
 	EventDrill EventKind = "drill"
+	// EventExport: an export of databases (Job.Export) from
+	// Event.RestorePoint ended; Event.Passed says whether every database
+	// was dumped.
+	EventExport EventKind = "export"
 	// EventCaughtUp: an interval's ship found no new WAL: everything the
 	// instance archived is in the repository (its RPO is current).
 	EventCaughtUp EventKind = "caught_up"

@@ -494,20 +494,7 @@ func (j *Job) Drill(ctx context.Context, req DrillRequest) (res DrillResult, err
 		res.Failures = append(res.Failures, err.Error())
 		return res, j.recordDrill(ctx, plan, &res, start)
 	}
-	defer func() {
-		paths := []string{scratch.Image}
-		for _, dir := range placed {
-			paths = append(paths, dir)
-		}
-		for _, p := range paths {
-			if err := os.RemoveAll(p); err != nil {
-				j.cfg.Logger.Warn("remove the drill's scratch image", "path", p, "err", err)
-			}
-		}
-		// The default tablespaces' container, once empty (never what it
-		// did not make).
-		os.Remove(filepath.Dir(hypervisor.DefaultTablespaceDir(scratch.Image, 0)))
-	}()
+	defer j.removeScratch(scratch.Image, placed, "drill")
 	rt, err := j.deployFor(ctx, req.Scratch.Guest)
 	if err != nil {
 		return res, err
@@ -556,4 +543,21 @@ func (j *Job) recordDrill(ctx context.Context, plan *Plan, res *DrillResult, sta
 		return fmt.Errorf("record the drill of restore point %s: %w", plan.RestorePoint.ID, err)
 	}
 	return nil
+}
+
+// removeScratch removes a scratch image a drill or an export restored,
+// with the tablespaces it placed.
+func (j *Job) removeScratch(image string, placed map[uint32]string, what string) {
+	paths := []string{image}
+	for _, dir := range placed {
+		paths = append(paths, dir)
+	}
+	for _, p := range paths {
+		if err := os.RemoveAll(p); err != nil {
+			j.cfg.Logger.Warn("remove the "+what+"'s scratch image", "path", p, "err", err)
+		}
+	}
+	// The default tablespaces' container, once empty (never what it did
+	// not make).
+	os.Remove(filepath.Dir(hypervisor.DefaultTablespaceDir(image, 0)))
 }

@@ -245,6 +245,17 @@ func (rt *Runtime) CheckServer(ctx context.Context, cfg guest.CheckConfig) (gues
 	return out, err
 }
 
+// Dump implements guest.Dumper.
+func (rt *Runtime) Dump(ctx context.Context, cfg guest.DumpConfig) (guest.DumpResult, error) {
+	if err := rt.lock(); err != nil {
+		return guest.DumpResult{}, err
+	}
+	defer rt.mu.Unlock()
+	var out guest.DumpResult
+	err := rt.call(ctx, runtime.OpDump, cfg, &out)
+	return out, err
+}
+
 // Clusters implements guest.ClusterLister.
 func (rt *Runtime) Clusters(ctx context.Context) ([]guest.Cluster, error) {
 	if err := rt.lock(); err != nil {

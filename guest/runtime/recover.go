@@ -380,7 +380,12 @@ func checkRelease(ctx context.Context, pgCtl string, major int) error {
 
 // findPgCtl finds pg_ctl: in binDir when given, else where Debian and the
 // PGDG RPMs put the given major version, else on PATH.
-func findPgCtl(binDir, major string) (string, error) {
+func findPgCtl(binDir, major string) (string, error) { return findTool("pg_ctl", binDir, major) }
+
+// findTool finds PostgreSQL's program name of release major: in binDir
+// when set, else in the usual places of Debian and the PGDG packages,
+// then on PATH.
+func findTool(name, binDir, major string) (string, error) {
 	dirs := []string{"/usr/lib/postgresql/" + major + "/bin", "/usr/pgsql-" + major + "/bin"}
 	if binDir != "" {
 		if err := checkGuestPath("bin directory", binDir); err != nil {
@@ -389,17 +394,17 @@ func findPgCtl(binDir, major string) (string, error) {
 		dirs = []string{binDir}
 	}
 	for _, d := range dirs {
-		p := filepath.Join(d, "pg_ctl")
+		p := filepath.Join(d, name)
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
 			return p, nil
 		}
 	}
 	if binDir != "" {
-		return "", fmt.Errorf("no pg_ctl in %s", binDir)
+		return "", fmt.Errorf("no %s in %s", name, binDir)
 	}
-	p, err := exec.LookPath("pg_ctl")
+	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", fmt.Errorf("no pg_ctl for PostgreSQL %s in %s or on PATH (set the bin directory)", major, strings.Join(dirs, " or "))
+		return "", fmt.Errorf("no %s for PostgreSQL %s in %s or on PATH (set the bin directory)", name, major, strings.Join(dirs, " or "))
 	}
 	return p, nil
 }

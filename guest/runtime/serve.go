@@ -48,6 +48,8 @@ const (
 	OpStopServer = "stop_server"
 	// OpClusters lists the guest's clusters: -> []guest.Cluster.
 	OpClusters = "clusters"
+	// OpDump exports databases: guest.DumpConfig -> guest.DumpResult.
+	OpDump = "dump"
 )
 
 // StopServerArgs names the data directory whose server OpStopServer stops.
@@ -114,6 +116,7 @@ var errorCodes = map[string]error{
 	"unreachable":           guest.ErrUnreachable,
 	"host_key":              guest.ErrHostKey,
 	"no_instance":           guest.ErrNoInstance,
+	"no_pg_dump":            guest.ErrNoPgDump,
 }
 
 // ErrorCode returns the wire code for err, or "".
@@ -295,6 +298,12 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		return s.rt.CheckServer(ctx, cfg)
 	case OpClusters:
 		return FindClusters(ctx, "/proc", nil)
+	case OpDump:
+		var cfg guest.DumpConfig
+		if err := json.Unmarshal(req.Args, &cfg); err != nil {
+			return nil, err
+		}
+		return s.rt.Dump(ctx, cfg)
 	case OpStopServer:
 		var a StopServerArgs
 		if err := json.Unmarshal(req.Args, &a); err != nil {
