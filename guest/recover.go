@@ -247,3 +247,13 @@ type DatabaseDump struct {
 	Dir      string `json:"dir"`   // pg_dump's directory format
 	Bytes    int64  `json:"bytes"` // of the files in Dir
 }
+
+// ReleaseChecker is implemented by runtimes that can say whether the
+// guest has PostgreSQL binaries of a major release (check with a type
+// assertion). A restore asks before it writes anything.
+type ReleaseChecker interface {
+	// CheckRelease finds pg_ctl of release major (in binDir when set,
+	// else the release's usual places, then PATH) and checks its version:
+	// another release, or none found, is ErrReleaseMismatch.
+	CheckRelease(ctx context.Context, major int, binDir string) error
+}

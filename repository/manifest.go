@@ -43,8 +43,13 @@ type Manifest struct {
 	// DataDir is where the instance's data directory was when the image
 	// was taken (which of a machine's instances it is); empty in
 	// manifests written before it was recorded.
-	DataDir  string `json:"data_dir,omitempty"`
-	Timeline uint32 `json:"timeline"`
+	DataDir string `json:"data_dir,omitempty"`
+	// ServerVersion is the instance's server_version_num when the image
+	// was taken (150018 for 15.18), so a restore can refuse a machine of
+	// another major release before it writes anything; 0 in manifests
+	// written before it was recorded.
+	ServerVersion int    `json:"server_version,omitempty"`
+	Timeline      uint32 `json:"timeline"`
 	// WALSegmentSize is the cluster's WAL segment size in bytes; 0 in a
 	// manifest means the default, 16 MiB.
 	WALSegmentSize int64     `json:"wal_segment_size,omitempty"`
@@ -119,6 +124,8 @@ func (m *Manifest) Validate() error {
 		return bad("system id is required")
 	case m.Timeline == 0:
 		return bad("timeline is required")
+	case m.ServerVersion != 0 && (m.ServerVersion < 90000 || m.ServerVersion >= 1000000):
+		return bad("server version %d: a server_version_num", m.ServerVersion)
 	case m.WALSegmentSize != 0 && !wal.ValidSegmentSize(m.WALSegmentSize):
 		return bad("wal segment size %d: a power of two from 1 MiB to 1 GiB", m.WALSegmentSize)
 	case m.StopLSN < m.StartLSN || m.StartLSN == 0:

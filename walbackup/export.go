@@ -83,6 +83,9 @@ func (j *Job) Export(ctx context.Context, req ExportRequest) (res ExportResult, 
 	if !ok || !ok2 {
 		return res, fmt.Errorf("export on %s: %w", req.Staging.Guest.ID, ErrNoDump)
 	}
+	if err := j.checkGuestRelease(ctx, plan, req.Staging.Guest, req.Staging.Recovery.BinDir, rt); err != nil {
+		return res, err
+	}
 	hold, err := j.Hold(ctx, plan, "export")
 	if err != nil {
 		return res, err

@@ -109,7 +109,7 @@ func TestExportTwoDatabasesAtAPointInTime(t *testing.T) {
 		_, err := f.job.Export(ctx, walbackup.ExportRequest{Machine: "db1", Target: walbackup.ToTime(target),
 			Databases: []string{"shop"}, Staging: to, Dir: out, BinDir: t.TempDir()})
 		require.ErrorIs(t, err, guest.ErrNoPgDump)
-		assert.ErrorContains(t, err, "install PostgreSQL 15's client programs")
+		assert.ErrorContains(t, err, fmt.Sprintf("install PostgreSQL %d's client programs", f.pg.Major(t)))
 		assert.NoDirExists(t, out, "nothing dumped")
 		assert.NoDirExists(t, to.Image, "the scratch server is removed")
 	})

@@ -234,7 +234,8 @@ func (j *Job) takeRestorePoints(ctx context.Context, m Machine, group, dirs []st
 	var started []*member
 	for _, mb := range live {
 		mb.rp = &repository.Manifest{Version: repository.ManifestVersion, ID: id, Job: j.cfg.Name, Machine: m.ID, SystemID: mb.gi.SystemID,
-			DataDir: cmp.Or(mb.dir, mb.gi.DataDir), WALSegmentSize: mb.gi.WALSegmentSize, StartTime: j.cfg.Clock.Now(), SharedImage: shared}
+			DataDir: cmp.Or(mb.dir, mb.gi.DataDir), ServerVersion: mb.gi.Version, WALSegmentSize: mb.gi.WALSegmentSize,
+			StartTime: j.cfg.Clock.Now(), SharedImage: shared}
 		octx, cancel := j.op(ctx)
 		start, err := mb.bm.StartBackup(octx, "pglogship "+id)
 		cancel()

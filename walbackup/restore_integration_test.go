@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pglogship/pglogship/clock"
+	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/wal"
@@ -325,6 +326,35 @@ func TestRestoreTargets(t *testing.T) {
 			_, err := f.job.Restore(ctx, walbackup.RestoreRequest{Machine: "db1", Target: target},
 				walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db1"}})
 			require.ErrorIs(t, err, walbackup.ErrOutsideInterval, name)
+			assert.NoDirExists(t, dir, "%s: nothing written", name)
+		}
+	})
+	t.Run("onto another machine", func(t *testing.T) {
+		// Machine db2, through the deployer: its own data directory and
+		// port, the same release.
+		k := len(f.txns) / 3
+		dir := filepath.Join(testenv.UserDir(t, f.pg.OSUser), "db2")
+		pg := testenv.PostgresFor(t, dir, f.pg)
+		require.NotEqual(t, f.pg.Port, pg.Port)
+		res, err := f.job.Restore(ctx, walbackup.RestoreRequest{Machine: "db1", Target: walbackup.ToTime(f.txns[k].commit)},
+			walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db2"}, Recovery: f.recoveryOptions(pg)})
+		require.NoError(t, err, "%s", res.Recovery.Log)
+		assert.Equal(t, f.want(k+1), items(t, pg))
+		pg.Stop(t)
+		assert.NotZero(t, res.Plan.RestorePoint.ServerVersion, "the restore point records its release")
+
+		// A machine whose binaries are of another major release, or that
+		// has none: refused before anything is written.
+		major := f.pg.Major(t)
+		other := testenv.PostgresBinDirOf(t, major%13+14) // another of 13 to 18
+		for name, binDir := range map[string]string{"another release": other, "no binaries": t.TempDir()} {
+			dir := filepath.Join(testenv.UserDir(t, f.pg.OSUser), "db3")
+			opts := f.recoveryOptions(pg)
+			opts.BinDir = binDir
+			_, err := f.job.Restore(ctx, walbackup.RestoreRequest{Machine: "db1", Target: walbackup.Latest()},
+				walbackup.RestoreTo{Image: dir, Guest: walbackup.Machine{ID: "db3"}, Recovery: opts})
+			require.ErrorIs(t, err, guest.ErrReleaseMismatch, name)
+			assert.ErrorContains(t, err, fmt.Sprintf("restore of PostgreSQL %d onto db3", major), name)
 			assert.NoDirExists(t, dir, "%s: nothing written", name)
 		}
 	})

@@ -146,6 +146,11 @@ func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (Re
 	if to.Image == "" {
 		return res, errors.New("restore: no target image path")
 	}
+	if to.Guest.ID != "" {
+		if err := j.checkGuestRelease(ctx, plan, to.Guest, to.Recovery.BinDir, nil); err != nil {
+			return res, err
+		}
+	}
 	hold, err := j.Hold(ctx, plan, "restore")
 	if err != nil {
 		return res, err
@@ -475,6 +480,9 @@ func (j *Job) Drill(ctx context.Context, req DrillRequest) (res DrillResult, err
 			RestorePoint: plan.RestorePoint.ID, Passed: err == nil && res.Passed})
 	}()
 	res.RestorePoint = plan.RestorePoint.ID
+	if err := j.checkGuestRelease(ctx, plan, req.Scratch.Guest, req.Scratch.Recovery.BinDir, nil); err != nil {
+		return res, err
+	}
 	hold, err := j.Hold(ctx, plan, "drill")
 	if err != nil {
 		return res, err
@@ -560,4 +568,34 @@ func (j *Job) removeScratch(image string, placed map[uint32]string, what string)
 	// The default tablespaces' container, once empty (never what it did
 	// not make).
 	os.Remove(filepath.Dir(hypervisor.DefaultTablespaceDir(image, 0)))
+}
+
+// checkGuestRelease refuses to restore plan onto guest g when its
+// PostgreSQL binaries (in binDir, or found by release) are not of the
+// restore point's major release (guest.ErrReleaseMismatch), before anything
+// is written. It asks rt, or a runtime it deploys on g. A restore point
+// that does not record its release, or a runtime that cannot tell, passes:
+// the recovery checks the release again before it starts the server.
+func (j *Job) checkGuestRelease(ctx context.Context, plan *Plan, g Machine, binDir string, rt guest.Runtime) error {
+	v := plan.RestorePoint.ServerVersion
+	if v == 0 {
+		return nil
+	}
+	if rt == nil {
+		var err error
+		if rt, err = j.deployFor(ctx, g); err != nil {
+			return err
+		}
+		defer j.closeRuntime(ctx, rt, g)
+	}
+	rc, ok := rt.(guest.ReleaseChecker)
+	if !ok {
+		return nil
+	}
+	octx, cancel := j.op(ctx)
+	defer cancel()
+	if err := rc.CheckRelease(octx, v/10000, binDir); err != nil {
+		return fmt.Errorf("restore of PostgreSQL %d onto %s: %w", v/10000, g.ID, err)
+	}
+	return nil
 }

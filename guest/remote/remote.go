@@ -245,6 +245,15 @@ func (rt *Runtime) CheckServer(ctx context.Context, cfg guest.CheckConfig) (gues
 	return out, err
 }
 
+// CheckRelease implements guest.ReleaseChecker.
+func (rt *Runtime) CheckRelease(ctx context.Context, major int, binDir string) error {
+	if err := rt.lock(); err != nil {
+		return err
+	}
+	defer rt.mu.Unlock()
+	return rt.call(ctx, runtime.OpCheckRelease, runtime.CheckReleaseArgs{Major: major, BinDir: binDir}, nil)
+}
+
 // Dump implements guest.Dumper.
 func (rt *Runtime) Dump(ctx context.Context, cfg guest.DumpConfig) (guest.DumpResult, error) {
 	if err := rt.lock(); err != nil {

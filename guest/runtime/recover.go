@@ -348,6 +348,18 @@ func serverUser(name, dataDir string) (*osUser, error) {
 	return ou, nil
 }
 
+// CheckRelease implements guest.ReleaseChecker in the guest: see there.
+func (r *Runtime) CheckRelease(ctx context.Context, major int, binDir string) error {
+	if major <= 0 {
+		return fmt.Errorf("check release: major release %d", major)
+	}
+	pgCtl, err := findPgCtl(binDir, strconv.Itoa(major))
+	if err != nil {
+		return fmt.Errorf("%w: %v: install PostgreSQL %d's server binaries or name their bin directory", guest.ErrReleaseMismatch, err, major)
+	}
+	return checkRelease(ctx, pgCtl, major)
+}
+
 // checkRelease refuses pg_ctl of another major release than the cluster's
 // (guest.ErrReleaseMismatch): it would start a postgres that cannot read
 // the files, or, worse, a pg_ctl that guesses. Its version line is

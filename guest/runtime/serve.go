@@ -50,7 +50,16 @@ const (
 	OpClusters = "clusters"
 	// OpDump exports databases: guest.DumpConfig -> guest.DumpResult.
 	OpDump = "dump"
+	// OpCheckRelease checks the guest's binaries of a release:
+	// CheckReleaseArgs.
+	OpCheckRelease = "check_release"
 )
+
+// CheckReleaseArgs are OpCheckRelease's arguments.
+type CheckReleaseArgs struct {
+	Major  int    `json:"major"`
+	BinDir string `json:"bin_dir,omitempty"`
+}
 
 // StopServerArgs names the data directory whose server OpStopServer stops.
 type StopServerArgs struct {
@@ -298,6 +307,12 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		return s.rt.CheckServer(ctx, cfg)
 	case OpClusters:
 		return FindClusters(ctx, "/proc", nil)
+	case OpCheckRelease:
+		var a CheckReleaseArgs
+		if err := json.Unmarshal(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return nil, s.rt.CheckRelease(ctx, a.Major, a.BinDir)
 	case OpDump:
 		var cfg guest.DumpConfig
 		if err := json.Unmarshal(req.Args, &cfg); err != nil {
