@@ -11,16 +11,17 @@ import (
 )
 
 // Kind tells parent sessions (image backups) from child sessions (WAL
-// shipping).
+// shipping) and restore sessions (restores, drills, exports).
 type Kind string
 
 const (
-	KindParent Kind = "parent"
-	KindChild  Kind = "child"
+	KindParent  Kind = "parent"
+	KindChild   Kind = "child"
+	KindRestore Kind = "restore"
 )
 
 // Valid reports whether k is one of the defined kinds.
-func (k Kind) Valid() bool { return k == KindParent || k == KindChild }
+func (k Kind) Valid() bool { return k == KindParent || k == KindChild || k == KindRestore }
 
 // State is where a session is in its life.
 type State string

@@ -69,6 +69,8 @@ func (j *Job) Export(ctx context.Context, req ExportRequest) (res ExportResult, 
 		return res, err
 	}
 	res.RestorePoint = plan.RestorePoint.ID
+	rr := j.recordRestore(ctx, plan, fmt.Sprintf("export of %v on %s", req.Databases, req.Staging.Guest.ID))
+	defer func() { rr.end(ctx, err, fmt.Sprintf("exported %v into %s", req.Databases, req.Dir), res.Recovery) }()
 	defer func() {
 		j.cfg.Observer(Event{Kind: EventExport, Machine: plan.Instance.Machine, Instance: j.instanceOf(plan.Instance.Machine, plan.RestorePoint.DataDir),
 			RestorePoint: plan.RestorePoint.ID, Passed: err == nil})

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/walbackup"
 )
 
@@ -80,6 +81,10 @@ func TestExportTwoDatabasesAtAPointInTime(t *testing.T) {
 		assert.Positive(t, res.Dumps[i].Bytes)
 	}
 	assert.NoDirExists(t, to.Image, "the scratch server is removed")
+	rec := lastRestore(t, f.harness)
+	assert.Equal(t, session.StateSuccess, rec.State)
+	assert.Equal(t, fmt.Sprintf("exported [postgres shop] into %s", out), rec.Result)
+	assert.Equal(t, int64(res.Recovery.Fetched), rec.Counters.Files)
 
 	// Into a fresh server of the release, with pg_restore.
 	fresh := testenv.StartPostgres(t, testenv.PostgresConfig{})
@@ -112,6 +117,9 @@ func TestExportTwoDatabasesAtAPointInTime(t *testing.T) {
 		assert.ErrorContains(t, err, fmt.Sprintf("install PostgreSQL %d's client programs", f.pg.Major(t)))
 		assert.NoDirExists(t, out, "nothing dumped")
 		assert.NoDirExists(t, to.Image, "the scratch server is removed")
+		rec := lastRestore(t, f.harness)
+		assert.Equal(t, session.StateFailed, rec.State, "the outcome is recorded")
+		assert.Contains(t, rec.Result, "install PostgreSQL")
 	})
 	t.Run("bad requests", func(t *testing.T) {
 		to, out := staging(t)
@@ -125,4 +133,12 @@ func TestExportTwoDatabasesAtAPointInTime(t *testing.T) {
 			assert.NoDirExists(t, out, name)
 		}
 	})
+}
+
+// lastRestore is the newest restore, drill or export session of h's job.
+func lastRestore(t *testing.T, h *harness) session.Session {
+	t.Helper()
+	rec, err := session.Latest(context.Background(), h.store, walbackup.RestoreJobName(h.job.Name()), session.KindRestore)
+	require.NoError(t, err)
+	return rec
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/wal"
 	"github.com/pglogship/pglogship/walbackup"
 )
@@ -342,6 +343,10 @@ func TestRestoreTargets(t *testing.T) {
 		assert.Equal(t, f.want(k+1), items(t, pg))
 		pg.Stop(t)
 		assert.NotZero(t, res.Plan.RestorePoint.ServerVersion, "the restore point records its release")
+		rec := lastRestore(t, f.harness)
+		assert.Equal(t, session.StateSuccess, rec.State)
+		assert.Equal(t, "restored into "+dir, rec.Result)
+		assert.Equal(t, res.Recovery.LSN, rec.Counters.LastLSN)
 
 		// A machine whose binaries are of another major release, or that
 		// has none: refused before anything is written.
@@ -356,6 +361,9 @@ func TestRestoreTargets(t *testing.T) {
 			require.ErrorIs(t, err, guest.ErrReleaseMismatch, name)
 			assert.ErrorContains(t, err, fmt.Sprintf("restore of PostgreSQL %d onto db3", major), name)
 			assert.NoDirExists(t, dir, "%s: nothing written", name)
+			rec := lastRestore(t, f.harness)
+			assert.Equal(t, session.StateFailed, rec.State, name)
+			assert.Contains(t, rec.Result, "onto db3", name)
 		}
 	})
 	t.Run("drill", func(t *testing.T) {
@@ -368,6 +376,12 @@ func TestRestoreTargets(t *testing.T) {
 					Settings: map[string]string{"listen_addresses": "127.0.0.1"}}}})
 			require.NoError(t, err)
 			assert.Equal(t, sql == "SELECT count(*) FROM items", res.Passed, "%s: %v", sql, res.Failures)
+			if rec := lastRestore(t, f.harness); res.Passed {
+				assert.Equal(t, session.StateSuccess, rec.State)
+			} else {
+				assert.Equal(t, session.StateFailed, rec.State, "a failed drill is recorded failed")
+				assert.Contains(t, rec.Result, "no_such_table")
+			}
 			assert.Contains(t, res.Databases, "postgres")
 			assert.Contains(t, res.Databases, "template1")
 			assert.NoDirExists(t, dir, "the scratch copy is removed")

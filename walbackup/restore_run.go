@@ -137,11 +137,19 @@ type RestoreResult struct {
 // <path>.failed-<time> for inspection, and with Force moves back what it
 // replaced. The error says which.
 func (j *Job) Restore(ctx context.Context, req RestoreRequest, to RestoreTo) (RestoreResult, error) {
-	start := j.cfg.Clock.Now()
 	plan, err := j.Plan(ctx, req)
 	if err != nil {
 		return RestoreResult{}, err
 	}
+	rr := j.recordRestore(ctx, plan, "restore into "+to.Image)
+	res, err := j.restore(ctx, plan, to)
+	rr.end(ctx, err, "restored into "+to.Image, res.Recovery)
+	return res, err
+}
+
+// restore is Restore of plan.
+func (j *Job) restore(ctx context.Context, plan *Plan, to RestoreTo) (RestoreResult, error) {
+	start := j.cfg.Clock.Now()
 	res := RestoreResult{Plan: plan}
 	if to.Image == "" {
 		return res, errors.New("restore: no target image path")
@@ -480,6 +488,14 @@ func (j *Job) Drill(ctx context.Context, req DrillRequest) (res DrillResult, err
 			RestorePoint: plan.RestorePoint.ID, Passed: err == nil && res.Passed})
 	}()
 	res.RestorePoint = plan.RestorePoint.ID
+	rr := j.recordRestore(ctx, plan, "drill on "+req.Scratch.Guest.ID)
+	defer func() {
+		failed := err
+		if failed == nil && !res.Passed {
+			failed = fmt.Errorf("the drill failed: %s", strings.Join(res.Failures, "; "))
+		}
+		rr.end(ctx, failed, "the drill passed", guest.RecoveryResult{LSN: res.LSN})
+	}()
 	if err := j.checkGuestRelease(ctx, plan, req.Scratch.Guest, req.Scratch.Recovery.BinDir, nil); err != nil {
 		return res, err
 	}

@@ -77,6 +77,9 @@ var migrations = []string{
 	);`,
 	// 5: a child session's counters per instance (session.InstanceCounters).
 	`ALTER TABLE {s}.sessions ADD COLUMN instances jsonb NOT NULL DEFAULT '[]';`,
+	// 6: restore sessions (session.KindRestore).
+	`ALTER TABLE {s}.sessions DROP CONSTRAINT sessions_kind_check;
+	ALTER TABLE {s}.sessions ADD CONSTRAINT sessions_kind_check CHECK (kind IN ('parent', 'child', 'restore'));`,
 }
 
 // SchemaVersion is the schema version this package writes.

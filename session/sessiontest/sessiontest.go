@@ -458,8 +458,11 @@ func (s suite) listPaging(t *testing.T) {
 	var want []session.Session
 	for i := 0; i < 23; i++ {
 		kind := session.KindChild
-		if i%4 == 0 {
+		switch i % 4 {
+		case 0:
 			kind = session.KindParent
+		case 2:
+			kind = session.KindRestore // restores, drills and exports
 		}
 		// Pairs share a start time so the id breaks ties.
 		x, err := st.Create(ctx, session.Session{
@@ -500,13 +503,16 @@ func (s suite) listPaging(t *testing.T) {
 	assert.Equal(t, want, collect(session.Query{Job: "A"}))
 	assert.Equal(t, want, collect(session.Query{Job: "A", Limit: 23}))
 
-	var parents []session.Session
-	for _, x := range want {
-		if x.Kind == session.KindParent {
-			parents = append(parents, x)
+	for _, kind := range []session.Kind{session.KindParent, session.KindRestore} {
+		var of []session.Session
+		for _, x := range want {
+			if x.Kind == kind {
+				of = append(of, x)
+			}
 		}
+		assert.Len(t, of, 6)
+		assert.Equal(t, of, collect(session.Query{Job: "A", Kind: kind, Limit: 2}))
 	}
-	assert.Equal(t, parents, collect(session.Query{Job: "A", Kind: session.KindParent, Limit: 2}))
 	assert.Len(t, collect(session.Query{Job: "B", Limit: 3}), 4)
 
 	p, err := st.List(ctx, session.Query{Job: "nobody"})
