@@ -295,6 +295,16 @@ const (
 	// EventCaughtUp: an interval's ship found no new WAL: everything the
 	// instance archived is in the repository (its RPO is current).
 	EventCaughtUp EventKind = "caught_up"
+	// EventProgress: an image export (parent session) or image restore
+	// (Restore, Drill) moved on: Event.Message names which ("image export",
+	// "image restore"), Bytes are done of Total (0 when unknown). Sent
+	// from the goroutine doing the work, often: observers keep it cheap.
+	EventProgress EventKind = "progress"
+	// EventWALFetched: a restore's recovery fetched the WAL file
+	// Event.Message from the repository (FetchFunc); Bytes were sent to
+	// the guest for it (compressed when the guest takes it so). Sent from
+	// the goroutine serving the recovery.
+	EventWALFetched EventKind = "wal_fetched"
 )
 
 // Failure names what a warning or an error is about (Event.Failure), so
@@ -372,6 +382,8 @@ type Event struct {
 	Waiting, Free int64
 	// Passed: EventDrill: the drill's checks passed.
 	Passed bool
+	// Total: EventProgress: the bytes the work will move, 0 when unknown.
+	Total int64
 }
 
 // instancesNow returns the data directories of m's instances for a

@@ -326,7 +326,10 @@ func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m 
 	}
 	wctx, w, stop := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer stop()
-	img, err := snap.Export(wctx, watchedRepo{j.cfg.Repository, w}, inst.RestorePoint(id), func(hypervisor.Progress) { w.kick() })
+	img, err := snap.Export(wctx, watchedRepo{j.cfg.Repository, w}, inst.RestorePoint(id), func(p hypervisor.Progress) {
+		w.kick()
+		j.cfg.Observer(Event{Kind: EventProgress, Machine: m.ID, Instance: dataDir, Message: "image export", Bytes: p.Done, Total: p.Total})
+	})
 	if err != nil {
 		return hypervisor.Image{}, fmt.Errorf("export image: %w", explain(wctx, err))
 	}
