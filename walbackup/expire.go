@@ -91,7 +91,7 @@ func (j *Job) ExpireDryRun(ctx context.Context) (Expired, error) {
 type dryRun struct{ repository.Repository }
 
 func (dryRun) Put(ctx context.Context, _ string, _ io.Reader) error { return ctx.Err() }
-func (dryRun) Delete(ctx context.Context, _ string) error          { return ctx.Err() }
+func (dryRun) Delete(ctx context.Context, _ string) error           { return ctx.Err() }
 
 // expire is Expire through repo, which the parent session watches.
 func (j *Job) expire(ctx context.Context, repo repository.Repository) (Expired, error) {
