@@ -41,6 +41,11 @@ or already pglogship's. It changes nothing. Exit code 5 when a check fails.`,
 				return err
 			}
 			defer e.Close()
+			if g.job != "" {
+				if _, err := e.cfg.job(g.job); err != nil {
+					return err
+				}
+			}
 			var out []checkJSON
 			add := func(c, target string, err error, okDetail string) {
 				r := checkJSON{Check: c, Target: target, OK: err == nil, Detail: okDetail}

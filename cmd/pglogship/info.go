@@ -129,10 +129,11 @@ func newInfoCmd(g *globals) *cobra.Command {
 
 func gatherInfo(ctx context.Context, g *globals, e *env) (*infoJSON, error) {
 	out := &infoJSON{Config: e.cfg.path, Store: storeShown(e.cfg), Repo: repoShown(e.cfg.Repository), Jobs: []jobJSON{}}
-	for _, b := range e.jobs {
-		if g.job != "" && b.cfg.Name != g.job {
-			continue
-		}
+	jobs, err := g.chosen(e)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range jobs {
 		jj := jobJSON{Name: b.job.Name(), Child: b.job.ChildName(), Interval: intervalOf(b.cfg).String(), Schedule: b.cfg.Schedule,
 			Retention: b.cfg.Retention, Machines: []machineJSON{}}
 		enabled, err := e.store.JobEnabled(ctx, b.job.Name())
@@ -168,10 +169,6 @@ func gatherInfo(ctx context.Context, g *globals, e *env) (*infoJSON, error) {
 			jj.Machines = append(jj.Machines, mj)
 		}
 		out.Jobs = append(out.Jobs, jj)
-	}
-	if g.job != "" && len(out.Jobs) == 0 {
-		_, err := e.cfg.job(g.job)
-		return nil, err
 	}
 	return out, nil
 }
@@ -245,7 +242,7 @@ func printInfo(w io.Writer, in *infoJSON) {
 		if sched == "" {
 			sched = "none (parent started by hand)"
 		}
-		fmt.Fprintf(w, "  enabled %v, WAL every %s, schedule %s, retention %s\n", j.Enabled, j.Interval, sched, retentionShown(j.Retention))
+		fmt.Fprintf(w, "  enabled for run %v, WAL every %s, schedule %s, retention %s\n", j.Enabled, j.Interval, sched, retentionShown(j.Retention))
 		fmt.Fprintf(w, "  last parent session: %s\n  last child session:  %s\n", sessionLine(j.Parent), sessionLine(j.ChildLast))
 		for _, m := range j.Machines {
 			if len(m.Instances) == 0 {

@@ -206,6 +206,37 @@ func (g *globals) selected(e *env) (*builtJob, error) {
 	return nil, fmt.Errorf("job %q was not built", jc.Name)
 }
 
+// chosen returns the jobs --job names (all without it).
+func (g *globals) chosen(e *env) ([]*builtJob, error) {
+	if g.job == "" {
+		return e.jobs, nil
+	}
+	b, err := g.selected(e)
+	if err != nil {
+		return nil, err
+	}
+	return []*builtJob{b}, nil
+}
+
+// openMachine opens what a restore or a drill needs, with progress shown,
+// and picks the job and machine.
+func (g *globals) openMachine(ctx context.Context, pick *pickFlags) (*env, *builtJob, walbackup.Machine, *progress, error) {
+	prog := newProgress(g.stdout, g.stderr)
+	e, err := g.open(ctx, slog.LevelWarn, prog.observe)
+	if err != nil {
+		return nil, nil, walbackup.Machine{}, nil, err
+	}
+	b, err := g.selected(e)
+	if err == nil {
+		var m walbackup.Machine
+		if m, err = pick.pick(b); err == nil {
+			return e, b, m, prog, nil
+		}
+	}
+	e.Close()
+	return nil, nil, walbackup.Machine{}, nil, err
+}
+
 // printJSON writes v as indented JSON.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

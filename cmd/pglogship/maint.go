@@ -46,12 +46,13 @@ of every timeline is continuous. Exit code 5 when it finds a problem.`,
 				return err
 			}
 			defer e.Close()
+			jobs, err := g.chosen(e)
+			if err != nil {
+				return err
+			}
 			var out []verifyJSON
 			problems := 0
-			for _, b := range e.jobs {
-				if g.job != "" && b.cfg.Name != g.job {
-					continue
-				}
+			for _, b := range jobs {
 				rep, err := b.job.Verify(cmd.Context())
 				if err != nil {
 					return fmt.Errorf("verify job %q: %w", b.cfg.Name, err)
@@ -67,10 +68,6 @@ of every timeline is continuous. Exit code 5 when it finds a problem.`,
 				}
 				problems += len(rep.Problems)
 				out = append(out, v)
-			}
-			if g.job != "" && len(out) == 0 {
-				_, err := e.cfg.job(g.job)
-				return err
 			}
 			if g.json {
 				if err := printJSON(g.stdout, out); err != nil {
@@ -124,11 +121,12 @@ With --dry-run it lists what it would remove and changes nothing.`,
 				return err
 			}
 			defer e.Close()
+			jobs, err := g.chosen(e)
+			if err != nil {
+				return err
+			}
 			var out []expireJSON
-			for _, b := range e.jobs {
-				if g.job != "" && b.cfg.Name != g.job {
-					continue
-				}
+			for _, b := range jobs {
 				var x walbackup.Expired
 				if dryRun {
 					x, err = b.job.ExpireDryRun(cmd.Context())
@@ -140,10 +138,6 @@ With --dry-run it lists what it would remove and changes nothing.`,
 				}
 				out = append(out, expireJSON{Job: b.cfg.Name, DryRun: dryRun, RestorePoints: nonNil(x.RestorePoints), Bundles: nonNil(x.Bundles),
 					Garbage: nonNil(x.Garbage), Held: nonNil(x.Held)})
-			}
-			if g.job != "" && len(out) == 0 {
-				_, err := e.cfg.job(g.job)
-				return err
 			}
 			if g.json {
 				return printJSON(g.stdout, out)

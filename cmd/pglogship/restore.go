@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -142,20 +141,11 @@ data directory moved aside (kept, never deleted). That happens only with
 				mapping[k] = v
 			}
 
-			prog := newProgress(g.stdout, g.stderr)
-			e, err := g.open(ctx, slog.LevelWarn, prog.observe)
+			e, b, m, prog, err := g.openMachine(ctx, &pick)
 			if err != nil {
 				return err
 			}
 			defer e.Close()
-			b, err := g.selected(e)
-			if err != nil {
-				return err
-			}
-			m, err := pick.pick(b)
-			if err != nil {
-				return err
-			}
 			req := walbackup.RestoreRequest{Machine: m.ID, SystemID: pick.systemID, DataDir: pick.dataDir, Target: target, RestorePoint: restorePoint}
 			dest := walbackup.RestoreTo{Image: to, Guest: m, Recovery: opts, Tablespaces: mapping}
 			if noStart {
@@ -333,20 +323,11 @@ func newDrillCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
-			prog := newProgress(g.stdout, g.stderr)
-			e, err := g.open(ctx, slog.LevelWarn, prog.observe)
+			e, b, m, prog, err := g.openMachine(ctx, &pick)
 			if err != nil {
 				return err
 			}
 			defer e.Close()
-			b, err := g.selected(e)
-			if err != nil {
-				return err
-			}
-			m, err := pick.pick(b)
-			if err != nil {
-				return err
-			}
 			res, err := b.job.Drill(ctx, walbackup.DrillRequest{Machine: m.ID, SystemID: pick.systemID, DataDir: pick.dataDir,
 				RestorePoint: restorePoint, Scratch: walbackup.RestoreTo{Image: dir, Guest: m, Recovery: opts}, SQL: sqls})
 			prog.finish()
@@ -392,4 +373,3 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
-
