@@ -293,9 +293,11 @@ func TestCommandRestores(t *testing.T) {
 	t.Run("restore to a time", func(t *testing.T) {
 		dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "restored")
 		restored := testenv.PostgresFor(t, dir, pg)
-		stdout, _, code := f.cli(t, "restore", "--time", target, "--to", dir, "--port", strconv.Itoa(restored.Port),
+		stdout, stderr, code := f.cli(t, "restore", "--time", target, "--to", dir, "--port", strconv.Itoa(restored.Port),
 			"--socket-dir", restored.SocketDir, "--os-user", pg.OSUser, "--listen", "127.0.0.1", "--json")
 		require.Equal(t, exitOK, code)
+		assert.Contains(t, stderr, "image restore: ", "progress in plain lines: stdout is no terminal")
+		assert.Contains(t, stderr, "fetched WAL 0000000", "the WAL fetched for the recovery")
 		var res restoreJSON
 		require.NoError(t, json.Unmarshal([]byte(stdout), &res))
 		assert.True(t, res.Promoted)
@@ -441,12 +443,18 @@ id = "db1"
 		{"bad schedule", []string{"-c", write("sched.toml", strings.Replace(mustRead(t, good), "name = \"j\"", "name = \"j\"\nschedule = \"hourly\"", 1)),
 			"info"}, exitConfig, []string{`job "j": schedule`, "daily HH:MM"}},
 		{"secret not set", []string{"-c", good, "info"}, exitConfig, []string{"NO_SUCH_DSN is not set"}},
+		// The environment overrides the file; the store's password stays out of the error.
+		{"store unreachable", []string{"-c", good, "info"}, exitFailed,
+			[]string{"session store (host=127.0.0.1 port=1 user=pglogship dbname=db password=REDACTED)", "check [store]"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := exec.Command(binary(t), c.args...)
 			cmd.Env = append(os.Environ(), envConfig+"=")
-			var e bytes.Buffer
-			cmd.Stderr = &e
+			if c.name == "store unreachable" {
+				cmd.Env = append(cmd.Env, envStoreDSN+"=postgres://pglogship:s3cret-in-the-env@127.0.0.1:1/db?connect_timeout=5")
+			}
+			var o, e bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &o, &e
 			err := cmd.Run()
 			var xe *exec.ExitError
 			require.ErrorAs(t, err, &xe)
@@ -454,6 +462,7 @@ id = "db1"
 			for _, s := range c.says {
 				assert.Contains(t, e.String(), s)
 			}
+			assert.NotContains(t, o.String()+e.String(), "s3cret")
 		})
 	}
 }
