@@ -328,7 +328,7 @@ func (j *Job) image(ctx context.Context, inst repository.Instance, id string, m 
 	defer stop()
 	img, err := snap.Export(wctx, watchedRepo{j.cfg.Repository, w}, inst.RestorePoint(id), func(p hypervisor.Progress) {
 		w.kick()
-		j.cfg.Observer(Event{Kind: EventProgress, Machine: m.ID, Instance: dataDir, Message: "image export", Bytes: p.Done, Total: p.Total})
+		j.cfg.Progress(Event{Kind: EventProgress, Machine: m.ID, Instance: dataDir, Message: "image export", Bytes: p.Done, Total: p.Total})
 	})
 	if err != nil {
 		return hypervisor.Image{}, fmt.Errorf("export image: %w", explain(wctx, err))

@@ -306,7 +306,7 @@ func (j *Job) restoreImage(ctx context.Context, plan *Plan, target string, space
 	src := watchedRepo{j.cfg.Repository, w}
 	kick := func(p hypervisor.Progress) {
 		w.kick()
-		j.cfg.Observer(Event{Kind: EventProgress, Machine: plan.Instance.Machine, Instance: plan.RestorePoint.DataDir, Message: "image restore",
+		j.cfg.Progress(Event{Kind: EventProgress, Machine: plan.Instance.Machine, Instance: plan.RestorePoint.DataDir, Message: "image restore",
 			Bytes: p.Done, Total: p.Total})
 		if progress != nil {
 			progress(p)
@@ -407,7 +407,7 @@ func (j *Job) FetchFunc(inst repository.Instance) guest.FetchFunc {
 			return fmt.Errorf("%w: %w", guest.ErrNoSuchWAL, err)
 		}
 		if err == nil {
-			j.cfg.Observer(Event{Kind: EventWALFetched, Machine: inst.Machine, Message: name, Bytes: cw.n, Files: 1})
+			j.cfg.Progress(Event{Kind: EventWALFetched, Machine: inst.Machine, Message: name, Bytes: cw.n, Files: 1})
 		}
 		return err
 	}

@@ -107,7 +107,7 @@ func newInfoCmd(g *globals) *cobra.Command {
 		Short: "Show jobs, instances, restore points, the restorable interval, last sessions and chain health",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := g.open(cmd.Context(), slog.LevelWarn, nil)
+			e, err := g.open(cmd.Context(), slog.LevelWarn, nil, nil)
 			if err != nil {
 				return err
 			}

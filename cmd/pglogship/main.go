@@ -171,13 +171,14 @@ func (g *globals) setup(defaultLevel slog.Level) (*env, error) {
 	return &env{cfg: cfg, logger: slog.New(h), clk: clock.New()}, nil
 }
 
-// open is setup, the store, the repository and the jobs.
-func (g *globals) open(ctx context.Context, defaultLevel slog.Level, observe func(string, walbackup.Event)) (*env, error) {
+// open is setup, the store, the repository and the jobs, whose events go
+// to observe and progress (either may be nil).
+func (g *globals) open(ctx context.Context, defaultLevel slog.Level, observe, progress func(string, walbackup.Event)) (*env, error) {
 	e, err := g.setup(defaultLevel)
 	if err != nil {
 		return nil, err
 	}
-	e.observe = observe
+	e.observe, e.progress = observe, progress
 	if err := e.openStore(ctx); err != nil {
 		return nil, err
 	}
@@ -222,7 +223,7 @@ func (g *globals) chosen(e *env) ([]*builtJob, error) {
 // and picks the job and machine.
 func (g *globals) openMachine(ctx context.Context, pick *pickFlags) (*env, *builtJob, walbackup.Machine, *progress, error) {
 	prog := newProgress(g.stdout, g.stderr)
-	e, err := g.open(ctx, slog.LevelWarn, prog.observe)
+	e, err := g.open(ctx, slog.LevelWarn, nil, prog.observe)
 	if err != nil {
 		return nil, nil, walbackup.Machine{}, nil, err
 	}

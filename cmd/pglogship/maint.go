@@ -41,7 +41,7 @@ image chain, that no WAL file is stored with two contents, and that the WAL
 of every timeline is continuous. Exit code 5 when it finds a problem.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := g.open(cmd.Context(), slog.LevelWarn, nil)
+			e, err := g.open(cmd.Context(), slog.LevelWarn, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -116,7 +116,7 @@ WAL no kept restore point needs, as every parent session does after it ends.
 With --dry-run it lists what it would remove and changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := g.open(cmd.Context(), slog.LevelWarn, nil)
+			e, err := g.open(cmd.Context(), slog.LevelWarn, nil, nil)
 			if err != nil {
 				return err
 			}

@@ -49,7 +49,7 @@ func runService(ctx context.Context, g *globals, holder, metricsAddr string) err
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	col := metrics.New(nil) // the real clock, as the jobs'
-	e, err := g.open(ctx, slog.LevelInfo, func(job string, ev walbackup.Event) { col.Job(job)(ev) })
+	e, err := g.open(ctx, slog.LevelInfo, func(job string, ev walbackup.Event) { col.Job(job)(ev) }, nil)
 	if err != nil {
 		return err
 	}

@@ -38,8 +38,9 @@ type env struct {
 	store *postgres.Store
 	repo  repository.Repository
 	jobs  []*builtJob
-	// observe, when set before jobs are built, hears every job's events.
-	observe func(job string, e walbackup.Event)
+	// observe and progress, when set before jobs are built, hear every
+	// job's events (walbackup.Config.Observer and Progress).
+	observe, progress func(job string, e walbackup.Event)
 }
 
 // builtJob is a job of the configuration, made.
@@ -160,6 +161,9 @@ func (e *env) buildJob(jc *JobConfig) (*builtJob, error) {
 	}
 	if e.observe != nil {
 		cfg.Observer = func(ev walbackup.Event) { e.observe(name, ev) }
+	}
+	if e.progress != nil {
+		cfg.Progress = func(ev walbackup.Event) { e.progress(name, ev) }
 	}
 	j, err := walbackup.NewJob(cfg)
 	if err != nil {
