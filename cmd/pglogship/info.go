@@ -107,12 +107,12 @@ func newInfoCmd(g *globals) *cobra.Command {
 		Short: "Show jobs, instances, restore points, the restorable interval, last sessions and chain health",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := g.open(cmd.Context(), slog.LevelWarn, nil, nil)
+			e, jobs, err := g.openChosen(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer e.Close()
-			out, err := gatherInfo(cmd.Context(), g, e)
+			out, err := gatherInfo(cmd.Context(), e, jobs)
 			if err != nil {
 				return err
 			}
@@ -127,12 +127,8 @@ func newInfoCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func gatherInfo(ctx context.Context, g *globals, e *env) (*infoJSON, error) {
+func gatherInfo(ctx context.Context, e *env, jobs []*builtJob) (*infoJSON, error) {
 	out := &infoJSON{Config: e.cfg.path, Store: storeShown(e.cfg), Repo: repoShown(e.cfg.Repository), Jobs: []jobJSON{}}
-	jobs, err := g.chosen(e)
-	if err != nil {
-		return nil, err
-	}
 	for _, b := range jobs {
 		jj := jobJSON{Name: b.job.Name(), Child: b.job.ChildName(), Interval: intervalOf(b.cfg).String(), Schedule: b.cfg.Schedule,
 			Retention: b.cfg.Retention, Machines: []machineJSON{}}

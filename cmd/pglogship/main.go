@@ -219,6 +219,21 @@ func (g *globals) chosen(e *env) ([]*builtJob, error) {
 	return []*builtJob{b}, nil
 }
 
+// openChosen opens what the read commands need and returns the jobs
+// --job names (all without it).
+func (g *globals) openChosen(ctx context.Context) (*env, []*builtJob, error) {
+	e, err := g.open(ctx, slog.LevelWarn, nil, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	jobs, err := g.chosen(e)
+	if err != nil {
+		e.Close()
+		return nil, nil, err
+	}
+	return e, jobs, nil
+}
+
 // openMachine opens what a restore or a drill needs, with progress shown,
 // and picks the job and machine.
 func (g *globals) openMachine(ctx context.Context, pick *pickFlags) (*env, *builtJob, walbackup.Machine, *progress, error) {

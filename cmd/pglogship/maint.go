@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"strconv"
 
 	"github.com/spf13/cobra"
@@ -41,15 +40,11 @@ image chain, that no WAL file is stored with two contents, and that the WAL
 of every timeline is continuous. Exit code 5 when it finds a problem.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := g.open(cmd.Context(), slog.LevelWarn, nil, nil)
+			e, jobs, err := g.openChosen(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer e.Close()
-			jobs, err := g.chosen(e)
-			if err != nil {
-				return err
-			}
 			var out []verifyJSON
 			problems := 0
 			for _, b := range jobs {
@@ -116,15 +111,11 @@ WAL no kept restore point needs, as every parent session does after it ends.
 With --dry-run it lists what it would remove and changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := g.open(cmd.Context(), slog.LevelWarn, nil, nil)
+			e, jobs, err := g.openChosen(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer e.Close()
-			jobs, err := g.chosen(e)
-			if err != nil {
-				return err
-			}
 			var out []expireJSON
 			for _, b := range jobs {
 				var x walbackup.Expired
