@@ -85,11 +85,20 @@ type fixture struct {
 	walDir  string
 	storeDS string // the store's connection string: holds the password
 
-	mu  sync.Mutex
-	out []string
+	mu      sync.Mutex
+	out     []string
+	secrets []string // none may appear in any output
+	env     []string // more environment for the command
 }
 
 func newFixture(t *testing.T, interval string) *fixture {
+	t.Helper()
+	return newFixtureOn(t, interval, "")
+}
+
+// newFixtureOn is newFixture with the [repository] section given (empty:
+// an fs repository in the fixture's folder).
+func newFixtureOn(t *testing.T, interval, repoSection string) *fixture {
 	t.Helper()
 	testenv.SkipIfShort(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{Settings: map[string]string{"track_commit_timestamp": "on"}})
@@ -98,6 +107,9 @@ func newFixture(t *testing.T, interval string) *fixture {
 		storeDS: pg.ConnString("postgres"), config: filepath.Join(dir, "pglogship.toml")}
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "store.dsn"), []byte(f.storeDS+"\n"), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "pg.password"), []byte(pg.Password+"\n"), 0o600))
+	if repoSection == "" {
+		repoSection = fmt.Sprintf("[repository]\ntype = \"fs\"\npath = %q\n", f.repo)
+	}
 	cfg := fmt.Sprintf(`# written by the test
 holder = "cli-test"
 lease_ttl = "3s"
@@ -105,9 +117,7 @@ lease_ttl = "3s"
 [store]
 dsn_file = %q
 
-[repository]
-type = "fs"
-path = %q
+%s
 
 [[job]]
 name = %q
@@ -125,13 +135,16 @@ password_file = %q
 
 [[job.machine]]
 id = "db1"
-`, filepath.Join(dir, "store.dsn"), f.repo, testJob, interval, f.walDir, pg.Port, pg.User, filepath.Join(dir, "pg.password"))
+`, filepath.Join(dir, "store.dsn"), repoSection, testJob, interval, f.walDir, pg.Port, pg.User, filepath.Join(dir, "pg.password"))
 	require.NoError(t, os.WriteFile(f.config, []byte(cfg), 0o600))
+	f.secrets = []string{pg.Password}
 	t.Cleanup(func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		for _, o := range f.out {
-			assert.NotContains(t, o, pg.Password, "the password appears in the command's output or logs")
+			for _, secret := range f.secrets {
+				assert.NotContains(t, o, secret, "a secret appears in the command's output or logs")
+			}
 		}
 	})
 	return f
@@ -142,6 +155,7 @@ func (f *fixture) cli(t *testing.T, args ...string) (stdout, stderr string, code
 	t.Helper()
 	cmd := exec.Command(binary(t), args...)
 	cmd.Env = append(os.Environ(), envConfig+"="+f.config)
+	cmd.Env = append(cmd.Env, f.env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -307,6 +321,22 @@ func TestCommandRestores(t *testing.T) {
 		restored.Stop(t)
 	})
 
+	t.Run("progress bar on a terminal", func(t *testing.T) {
+		script, err := exec.LookPath("script")
+		require.NoError(t, err, "script (a terminal for the command) is missing: apt-get install -y bsdutils")
+		dir := filepath.Join(t.TempDir(), "image")
+		cmd := exec.Command(script, "-qec", strings.Join([]string{binary(t), "restore", "--consistent", "--no-start", "--to", dir}, " "), "/dev/null")
+		cmd.Env = append(os.Environ(), envConfig+"="+f.config)
+		out, err := cmd.CombinedOutput()
+		f.keep(string(out))
+		t.Logf("on a terminal:\n%q", out)
+		require.NoError(t, err)
+		assert.Contains(t, string(out), "image restore 100%", "a bar, not plain lines")
+		assert.Regexp(t, `\([0-9.]+/[0-9.]+ [kMG]?B, [0-9.]+ [kMG]?B/s\) \[[0-9]+s:[0-9]+s\]`, string(out),
+			"bytes done of the total, the rate, elapsed time and ETA")
+		assert.FileExists(t, filepath.Join(dir, "PG_VERSION"))
+	})
+
 	t.Run("in place refused without force", func(t *testing.T) {
 		before, err := os.ReadDir(filepath.Dir(pg.DataDir))
 		require.NoError(t, err)
@@ -390,6 +420,50 @@ func TestCommandRunShipsWAL(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, session.StateStopped, child.State, "the child session ended")
 	assert.Contains(t, e.String(), "stopped")
+}
+
+// An S3 repository whose secret key comes from the environment: check
+// writes its probe into the bucket and leaves nothing; info and check show
+// the key redacted, and no output carries it.
+func TestCommandS3Repository(t *testing.T) {
+	t.Parallel()
+	testenv.SkipIfShort(t)
+	m := testenv.StartMinIO(t)
+	bucket := m.NewBucket(t)
+	f := newFixtureOn(t, "1h", fmt.Sprintf(`[repository]
+type = "s3"
+endpoint = %q
+bucket = %q
+prefix = "site1"
+region = "us-east-1"
+insecure = true
+access_key = %q
+secret_key_env = "PGLOGSHIP_TEST_S3_SECRET"
+`, m.Endpoint, bucket, m.AccessKey))
+	f.env = []string{"PGLOGSHIP_TEST_S3_SECRET=" + m.SecretKey}
+	f.secrets = append(f.secrets, m.SecretKey)
+
+	stdout, _, code := f.cli(t, "check", "--json")
+	require.Equal(t, exitOK, code)
+	var checks []checkJSON
+	require.NoError(t, json.Unmarshal([]byte(stdout), &checks))
+	require.Len(t, checks, 3)
+	for _, c := range checks {
+		assert.True(t, c.OK, "%+v", c)
+	}
+	assert.Contains(t, checks[1].Target, "secret key REDACTED")
+	assert.Empty(t, m.Keys(t, bucket), "the probe object is removed")
+
+	human, _, code := f.cli(t, "info")
+	require.Equal(t, exitOK, code)
+	assert.Contains(t, human, "secret key REDACTED")
+
+	f.env = []string{"PGLOGSHIP_TEST_S3_SECRET=wrong-" + m.SecretKey}
+	stdout, _, code = f.cli(t, "check", "--json")
+	assert.Equal(t, exitProblems, code, "a wrong key fails the repository check")
+	checks = nil
+	require.NoError(t, json.Unmarshal([]byte(stdout), &checks))
+	assert.False(t, checks[1].OK)
 }
 
 // Bad flags and a bad configuration file: the exit code says which, the
