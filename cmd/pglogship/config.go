@@ -73,6 +73,10 @@ type JobConfig struct {
 	Shipping       string          `toml:"shipping" json:"shipping,omitempty"`
 	Compression    string          `toml:"compression" json:"compression,omitempty"`
 	FullImageEvery int             `toml:"full_image_every" json:"full_image_every,omitempty"`
+	// KeyFile or KeyEnv hold the key (64 hex digits: 32 bytes) that
+	// encrypts the job's bundles and images; none: not encrypted.
+	KeyFile string `toml:"key_file" json:"key_file,omitempty"`
+	KeyEnv  string `toml:"key_env" json:"key_env,omitempty"`
 	Retention      RetentionConfig `toml:"retention" json:"retention"`
 	Guest          GuestConfig     `toml:"guest" json:"guest"`
 	Machines       []MachineConfig `toml:"machine" json:"machines"`

@@ -171,7 +171,7 @@ func gatherInfo(ctx context.Context, e *env, jobs []*builtJob) (*infoJSON, error
 
 func instanceInfo(ctx context.Context, e *env, b *builtJob, inst repository.Instance) (instanceJSON, error) {
 	ij := instanceJSON{SystemID: strconv.FormatUint(inst.SystemID, 10), RestorePoints: []restorePointJSON{}, Chain: chainJSON{OK: true}}
-	rps, err := repository.RestorePoints(ctx, e.repo, inst, nil)
+	rps, err := repository.RestorePoints(ctx, e.repo, inst, b.auth)
 	if err != nil {
 		return ij, fmt.Errorf("repository: restore points of %s/%d: %w", inst.Machine, inst.SystemID, err)
 	}
@@ -179,7 +179,7 @@ func instanceInfo(ctx context.Context, e *env, b *builtJob, inst repository.Inst
 		ij.DataDir = m.DataDir
 		ij.RestorePoints = append(ij.RestorePoints, restorePointJSON{ID: m.ID, Time: m.StopTime, Timeline: m.Timeline,
 			StartLSN: m.StartLSN.String(), StopLSN: m.StopLSN.String(), Full: m.Full, Base: m.Base})
-		if _, _, err := walbackup.ImageChain(ctx, e.repo, inst, m.ID, nil); err != nil {
+		if _, _, err := walbackup.ImageChain(ctx, e.repo, inst, m.ID, b.auth); err != nil {
 			ij.Chain.OK = false
 			ij.Chain.Problems = append(ij.Chain.Problems, fmt.Sprintf("restore point %s: %v", m.ID, err))
 		}

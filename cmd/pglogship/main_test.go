@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +31,7 @@ import (
 	"github.com/pglogship/pglogship/guest/runtime"
 	"github.com/pglogship/pglogship/hypervisor/physical"
 	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/fs"
 	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/session/postgres"
@@ -89,6 +92,7 @@ type fixture struct {
 	out     []string
 	secrets []string // none may appear in any output
 	env     []string // more environment for the command
+	key     []byte   // encrypts the job's bundles and images
 }
 
 func newFixture(t *testing.T, interval string) *fixture {
@@ -123,6 +127,7 @@ dsn_file = %q
 name = %q
 interval = %q
 wal_dir = %q
+key_env = "PGLOGSHIP_TEST_KEY"
 
 [job.guest]
 type = "local"
@@ -137,7 +142,11 @@ password_file = %q
 id = "db1"
 `, filepath.Join(dir, "store.dsn"), repoSection, testJob, interval, f.walDir, pg.Port, pg.User, filepath.Join(dir, "pg.password"))
 	require.NoError(t, os.WriteFile(f.config, []byte(cfg), 0o600))
-	f.secrets = []string{pg.Password}
+	f.key = make([]byte, 32)
+	_, err := rand.Read(f.key)
+	require.NoError(t, err)
+	f.env = []string{"PGLOGSHIP_TEST_KEY=" + hex.EncodeToString(f.key)}
+	f.secrets = []string{pg.Password, hex.EncodeToString(f.key)}
 	t.Cleanup(func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -186,10 +195,12 @@ func (f *fixture) job(t *testing.T, store session.Store) *walbackup.Job {
 	require.NoError(t, err)
 	repo, err := fs.New(fs.Config{Root: f.repo})
 	require.NoError(t, err)
-	hv, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Logger: testenv.Logger(t)})
+	key, err := bundle.NewKey(f.key)
+	require.NoError(t, err)
+	hv, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Key: key, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
 	j, err := walbackup.NewJob(walbackup.Config{Name: testJob, Machines: []walbackup.Machine{{ID: "db1"}}, LogBackupInterval: time.Hour,
-		WALDir: f.walDir, Hypervisor: hv, Guests: d, Repository: repo, Sessions: store, Clock: clock.New(), Logger: testenv.Logger(t)})
+		WALDir: f.walDir, Hypervisor: hv, Guests: d, Repository: repo, Sessions: store, Key: key, Clock: clock.New(), Logger: testenv.Logger(t)})
 	require.NoError(t, err)
 	return j
 }
@@ -299,6 +310,11 @@ func TestCommandRestores(t *testing.T) {
 		require.Len(t, v, 1)
 		assert.True(t, v[0].OK)
 		assert.Equal(t, 1, v[0].RestorePoints)
+		kept := f.env
+		f.env = []string{"PGLOGSHIP_TEST_KEY=" + strings.Repeat("ab", 32)}
+		_, _, code = f.cli(t, "verify")
+		f.env = kept
+		assert.NotEqual(t, exitOK, code, "the repository is encrypted: another key cannot read it")
 		stdout, _, code = f.cli(t, "expire", "--dry-run", "--json")
 		require.Equal(t, exitOK, code)
 		assert.Contains(t, stdout, `"dry_run": true`)
@@ -326,7 +342,7 @@ func TestCommandRestores(t *testing.T) {
 		require.NoError(t, err, "script (a terminal for the command) is missing: apt-get install -y bsdutils")
 		dir := filepath.Join(t.TempDir(), "image")
 		cmd := exec.Command(script, "-qec", strings.Join([]string{binary(t), "restore", "--consistent", "--no-start", "--to", dir}, " "), "/dev/null")
-		cmd.Env = append(os.Environ(), envConfig+"="+f.config)
+		cmd.Env = append(append(os.Environ(), envConfig+"="+f.config), f.env...)
 		out, err := cmd.CombinedOutput()
 		f.keep(string(out))
 		t.Logf("on a terminal:\n%q", out)
@@ -370,7 +386,7 @@ func TestCommandRunShipsWAL(t *testing.T) {
 	store := f.store(t)
 	addr := freeAddr(t)
 	cmd := exec.Command(binary(t), "run", "--metrics", addr)
-	cmd.Env = append(os.Environ(), envConfig+"="+f.config)
+	cmd.Env = append(append(os.Environ(), envConfig+"="+f.config), f.env...)
 	var o, e syncBuffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	require.NoError(t, cmd.Start())
@@ -440,7 +456,7 @@ insecure = true
 access_key = %q
 secret_key_env = "PGLOGSHIP_TEST_S3_SECRET"
 `, m.Endpoint, bucket, m.AccessKey))
-	f.env = []string{"PGLOGSHIP_TEST_S3_SECRET=" + m.SecretKey}
+	f.env = append(f.env, "PGLOGSHIP_TEST_S3_SECRET="+m.SecretKey)
 	f.secrets = append(f.secrets, m.SecretKey)
 
 	stdout, _, code := f.cli(t, "check", "--json")
@@ -458,7 +474,7 @@ secret_key_env = "PGLOGSHIP_TEST_S3_SECRET"
 	require.Equal(t, exitOK, code)
 	assert.Contains(t, human, "secret key REDACTED")
 
-	f.env = []string{"PGLOGSHIP_TEST_S3_SECRET=wrong-" + m.SecretKey}
+	f.env = append(f.env, "PGLOGSHIP_TEST_S3_SECRET=wrong-"+m.SecretKey) // the last one counts
 	stdout, _, code = f.cli(t, "check", "--json")
 	assert.Equal(t, exitProblems, code, "a wrong key fails the repository check")
 	checks = nil

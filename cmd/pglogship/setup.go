@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
@@ -21,6 +22,7 @@ import (
 	guestssh "github.com/pglogship/pglogship/guest/ssh"
 	"github.com/pglogship/pglogship/hypervisor/physical"
 	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/fs"
 	"github.com/pglogship/pglogship/repository/s3"
 	"github.com/pglogship/pglogship/repository/sftp"
@@ -48,6 +50,7 @@ type builtJob struct {
 	cfg    *JobConfig
 	job    *walbackup.Job
 	guests guest.Deployer
+	auth   repository.Authenticator // the key of an encrypted job; nil
 }
 
 func (e *env) Close() {
@@ -134,6 +137,10 @@ func (e *env) buildJob(jc *JobConfig) (*builtJob, error) {
 	if err != nil {
 		return nil, err
 	}
+	key, err := jobKey(jc, where)
+	if err != nil {
+		return nil, err
+	}
 	var machines []walbackup.Machine
 	var pm []physical.Machine
 	for _, m := range jc.Machines {
@@ -141,7 +148,7 @@ func (e *env) buildJob(jc *JobConfig) (*builtJob, error) {
 			RepositoryPath: m.RepositoryPath})
 		pm = append(pm, physical.Machine{ID: m.ID, Address: m.Address})
 	}
-	hv, err := physical.New(physical.Config{Machines: pm, Guests: guests, Clock: e.clk, Logger: e.logger})
+	hv, err := physical.New(physical.Config{Machines: pm, Guests: guests, Key: key, Clock: e.clk, Logger: e.logger})
 	if err != nil {
 		return nil, configErrorf("%s: %v", where, err)
 	}
@@ -153,7 +160,7 @@ func (e *env) buildJob(jc *JobConfig) (*builtJob, error) {
 	name := jc.Name
 	cfg := walbackup.Config{
 		Name: name, Machines: machines, Schedule: sched, SkipMissedRun: jc.SkipMissedRun, LogBackupInterval: interval,
-		WALDir: jc.WALDir, Hypervisor: hv, Guests: guests, Repository: e.repo, Sessions: e.store,
+		WALDir: jc.WALDir, Hypervisor: hv, Guests: guests, Repository: e.repo, Sessions: e.store, Key: key,
 		Retention:      walbackup.Retention{RestorePoints: jc.Retention.RestorePoints, ImageDays: jc.Retention.ImageDays, WALDays: jc.Retention.WALDays},
 		FullImageEvery: jc.FullImageEvery,
 		Shipping:       walbackup.Shipping{Mode: walbackup.ShippingMode(jc.Shipping), Compression: guest.Codec(jc.Compression)},
@@ -169,7 +176,24 @@ func (e *env) buildJob(jc *JobConfig) (*builtJob, error) {
 	if err != nil {
 		return nil, configErrorf("%s: %v", where, err)
 	}
-	return &builtJob{cfg: jc, job: j, guests: guests}, nil
+	b := &builtJob{cfg: jc, job: j, guests: guests}
+	if key != nil {
+		b.auth = key
+	}
+	return b, nil
+}
+
+// jobKey reads the job's encryption key, if it has one.
+func jobKey(jc *JobConfig, where string) (*bundle.Key, error) {
+	s, err := secret(jc.KeyFile, jc.KeyEnv, where+": key_file/key_env")
+	if err != nil || s == "" {
+		return nil, err
+	}
+	b, err := hex.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(b) != 32 {
+		return nil, configErrorf("%s: key_file/key_env: the key is 64 hex digits (32 bytes; e.g. openssl rand -hex 32)", where)
+	}
+	return bundle.NewKey(b)
 }
 
 // deployer makes the job's guest access: local runtimes are this
