@@ -64,22 +64,22 @@ type RepositoryConfig struct {
 
 // JobConfig is one backup job.
 type JobConfig struct {
-	Name           string          `toml:"name" json:"name"`
-	Enabled        *bool           `toml:"enabled" json:"enabled,omitempty"`
-	Interval       duration        `toml:"interval" json:"interval,omitempty"`
-	Schedule       string          `toml:"schedule" json:"schedule,omitempty"`
-	SkipMissedRun  bool            `toml:"skip_missed_run" json:"skip_missed_run,omitempty"`
-	WALDir         string          `toml:"wal_dir" json:"wal_dir,omitempty"`
-	Shipping       string          `toml:"shipping" json:"shipping,omitempty"`
-	Compression    string          `toml:"compression" json:"compression,omitempty"`
-	FullImageEvery int             `toml:"full_image_every" json:"full_image_every,omitempty"`
+	Name           string   `toml:"name" json:"name"`
+	Enabled        *bool    `toml:"enabled" json:"enabled,omitempty"`
+	Interval       duration `toml:"interval" json:"interval,omitempty"`
+	Schedule       string   `toml:"schedule" json:"schedule,omitempty"`
+	SkipMissedRun  bool     `toml:"skip_missed_run" json:"skip_missed_run,omitempty"`
+	WALDir         string   `toml:"wal_dir" json:"wal_dir,omitempty"`
+	Shipping       string   `toml:"shipping" json:"shipping,omitempty"`
+	Compression    string   `toml:"compression" json:"compression,omitempty"`
+	FullImageEvery int      `toml:"full_image_every" json:"full_image_every,omitempty"`
 	// KeyFile or KeyEnv hold the key (64 hex digits: 32 bytes) that
 	// encrypts the job's bundles and images; none: not encrypted.
-	KeyFile string `toml:"key_file" json:"key_file,omitempty"`
-	KeyEnv  string `toml:"key_env" json:"key_env,omitempty"`
-	Retention      RetentionConfig `toml:"retention" json:"retention"`
-	Guest          GuestConfig     `toml:"guest" json:"guest"`
-	Machines       []MachineConfig `toml:"machine" json:"machines"`
+	KeyFile   string          `toml:"key_file" json:"key_file,omitempty"`
+	KeyEnv    string          `toml:"key_env" json:"key_env,omitempty"`
+	Retention RetentionConfig `toml:"retention" json:"retention"`
+	Guest     GuestConfig     `toml:"guest" json:"guest"`
+	Machines  []MachineConfig `toml:"machine" json:"machines"`
 }
 
 // RetentionConfig is walbackup.Retention.
