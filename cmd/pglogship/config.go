@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/pglogship/pglogship/walbackup"
 )
 
 // Config is the configuration file (TOML), documented in docs/cli.md.
@@ -268,6 +270,19 @@ func (c *Config) validate() error {
 			if m.ID == "" {
 				return configErrorf("%s: [[job.machine]] %d needs id", where, k+1)
 			}
+		}
+		switch j.Shipping {
+		case "", "auto", "direct", "host":
+		default:
+			return configErrorf("%s: shipping %q: use auto, direct or host", where, j.Shipping)
+		}
+		switch j.Compression {
+		case "", "zstd", "s2":
+		default:
+			return configErrorf("%s: compression %q: use zstd or s2", where, j.Compression)
+		}
+		if iv := j.Interval.Duration; iv != 0 && (iv < time.Minute || iv > walbackup.MaxLogBackupInterval) {
+			return configErrorf("%s: interval %s: WAL ships every 1m to %s", where, iv, walbackup.MaxLogBackupInterval)
 		}
 		if _, err := parseSchedule(j.Schedule); err != nil {
 			return configErrorf("%s: schedule: %v", where, err)

@@ -533,6 +533,8 @@ id = "db1"
 		{"bad schedule", []string{"-c", write("sched.toml", strings.Replace(mustRead(t, good), "name = \"j\"", "name = \"j\"\nschedule = \"hourly\"", 1)),
 			"info"}, exitConfig, []string{`job "j": schedule`, "daily HH:MM"}},
 		{"secret not set", []string{"-c", good, "info"}, exitConfig, []string{"NO_SUCH_DSN is not set"}},
+		{"interval too short", []string{"-c", write("iv.toml", strings.Replace(mustRead(t, good), "name = \"j\"", "name = \"j\"\ninterval = \"30s\"", 1)),
+			"info"}, exitConfig, []string{`job "j": interval 30s`, "1m to 8h0m0s"}},
 		// The environment overrides the file; the store's password stays out of the error.
 		{"store unreachable", []string{"-c", good, "info"}, exitFailed,
 			[]string{"session store (host=127.0.0.1 port=1 user=pglogship dbname=db password=REDACTED)", "check [store]"}},
