@@ -10,6 +10,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/pglogship/pglogship/clock"
 	"github.com/pglogship/pglogship/walbackup"
 )
 
@@ -20,6 +21,7 @@ import (
 type progress struct {
 	w   io.Writer
 	tty bool
+	clk clock.Clock
 
 	mu      sync.Mutex
 	bars    map[string]*progressbar.ProgressBar
@@ -31,7 +33,7 @@ type progress struct {
 // newProgress shows progress on stderr; as bars when stdout and stderr
 // are terminals.
 func newProgress(stdout, stderr io.Writer) *progress {
-	return &progress{w: stderr, tty: isTerminal(stdout) && isTerminal(stderr), bars: map[string]*progressbar.ProgressBar{},
+	return &progress{w: stderr, tty: isTerminal(stdout) && isTerminal(stderr), clk: clock.New(), bars: map[string]*progressbar.ProgressBar{},
 		said: map[string]time.Time{}}
 }
 
@@ -52,10 +54,10 @@ func (p *progress) observe(_ string, e walbackup.Event) {
 			return
 		}
 		done := e.Total > 0 && e.Bytes >= e.Total
-		if !done && time.Since(p.said[e.Message]) < 2*time.Second {
+		if !done && p.clk.Since(p.said[e.Message]) < 2*time.Second {
 			return
 		}
-		p.said[e.Message] = time.Now()
+		p.said[e.Message] = p.clk.Now()
 		if e.Total > 0 {
 			fmt.Fprintf(p.w, "%s: %s of %s (%d%%)\n", e.Message, bytesShown(e.Bytes), bytesShown(e.Total), e.Bytes*100/e.Total)
 		} else {
