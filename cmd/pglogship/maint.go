@@ -77,7 +77,13 @@ of every timeline is continuous. Exit code 5 when it finds a problem.`,
 					fmt.Fprintf(g.stdout, "job %q: %s: %d instances, %d restore points, %d bundles, %d WAL files, %s read and checked\n",
 						v.Job, res, v.Instances, v.RestorePoints, v.Bundles, v.WALFiles, bytesShown(v.Bytes))
 					for _, p := range v.Problems {
-						fmt.Fprintf(g.stdout, "  %s: machine %s system id %s %s %s: %s\n", p.Kind, p.Machine, p.SystemID, p.Object, p.Segment, p.Detail)
+						where := "machine " + p.Machine + " system id " + p.SystemID
+						for _, x := range []string{p.Object, p.Segment} {
+							if x != "" {
+								where += " " + x
+							}
+						}
+						fmt.Fprintf(g.stdout, "  %s: %s: %s\n", p.Kind, where, p.Detail)
 					}
 				}
 			}
