@@ -106,13 +106,8 @@ func newInfoCmd(g *globals) *cobra.Command {
 		Use:   "info",
 		Short: "Show jobs, instances, restore points, the restorable interval, last sessions and chain health",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, jobs, err := g.openChosen(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer e.Close()
-			out, err := gatherInfo(cmd.Context(), e, jobs)
+		RunE: g.onJobs(func(ctx context.Context, e *env, jobs []*builtJob) error {
+			out, err := gatherInfo(ctx, e, jobs)
 			if err != nil {
 				return err
 			}
@@ -121,7 +116,7 @@ func newInfoCmd(g *globals) *cobra.Command {
 			}
 			printInfo(g.stdout, out)
 			return nil
-		},
+		}),
 	}
 	jsonFlag(cmd, g)
 	return cmd

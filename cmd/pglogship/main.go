@@ -219,19 +219,21 @@ func (g *globals) chosen(e *env) ([]*builtJob, error) {
 	return []*builtJob{b}, nil
 }
 
-// openChosen opens what the read commands need and returns the jobs
-// --job names (all without it).
-func (g *globals) openChosen(ctx context.Context) (*env, []*builtJob, error) {
-	e, err := g.open(ctx, slog.LevelWarn, nil, nil)
-	if err != nil {
-		return nil, nil, err
+// onJobs is the RunE of a command over the jobs --job names (all without
+// it): it opens what they need, runs fn, and closes it again.
+func (g *globals) onJobs(fn func(ctx context.Context, e *env, jobs []*builtJob) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		e, err := g.open(cmd.Context(), slog.LevelWarn, nil, nil)
+		if err != nil {
+			return err
+		}
+		defer e.Close()
+		jobs, err := g.chosen(e)
+		if err != nil {
+			return err
+		}
+		return fn(cmd.Context(), e, jobs)
 	}
-	jobs, err := g.chosen(e)
-	if err != nil {
-		e.Close()
-		return nil, nil, err
-	}
-	return e, jobs, nil
 }
 
 // openMachine opens what a restore or a drill needs, with progress shown,

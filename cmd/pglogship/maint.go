@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 
@@ -39,16 +40,11 @@ against its manifest, every WAL file in every bundle, every restore point's
 image chain, that no WAL file is stored with two contents, and that the WAL
 of every timeline is continuous. Exit code 5 when it finds a problem.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, jobs, err := g.openChosen(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer e.Close()
+		RunE: g.onJobs(func(ctx context.Context, _ *env, jobs []*builtJob) error {
 			var out []verifyJSON
 			problems := 0
 			for _, b := range jobs {
-				rep, err := b.job.Verify(cmd.Context())
+				rep, err := b.job.Verify(ctx)
 				if err != nil {
 					return fmt.Errorf("verify job %q: %w", b.cfg.Name, err)
 				}
@@ -91,7 +87,7 @@ of every timeline is continuous. Exit code 5 when it finds a problem.`,
 				return &problemsError{fmt.Sprintf("verify found %d problems", problems)}
 			}
 			return nil
-		},
+		}),
 	}
 	jsonFlag(cmd, g)
 	return cmd
@@ -116,19 +112,15 @@ func newExpireCmd(g *globals) *cobra.Command {
 WAL no kept restore point needs, as every parent session does after it ends.
 With --dry-run it lists what it would remove and changes nothing.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, jobs, err := g.openChosen(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer e.Close()
+		RunE: g.onJobs(func(ctx context.Context, _ *env, jobs []*builtJob) error {
 			var out []expireJSON
 			for _, b := range jobs {
 				var x walbackup.Expired
+				var err error
 				if dryRun {
-					x, err = b.job.ExpireDryRun(cmd.Context())
+					x, err = b.job.ExpireDryRun(ctx)
 				} else {
-					x, err = b.job.Expire(cmd.Context())
+					x, err = b.job.Expire(ctx)
 				}
 				if err != nil {
 					return fmt.Errorf("expire job %q: %w", b.cfg.Name, err)
@@ -157,7 +149,7 @@ With --dry-run it lists what it would remove and changes nothing.`,
 				}
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only show what would be removed")
 	jsonFlag(cmd, g)
