@@ -200,7 +200,8 @@ func (f *fixture) job(t *testing.T, store session.Store) *walbackup.Job {
 	hv, err := physical.New(physical.Config{Machines: []physical.Machine{{ID: "db1"}}, Guests: d, Key: key, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
 	j, err := walbackup.NewJob(walbackup.Config{Name: testJob, Machines: []walbackup.Machine{{ID: "db1"}}, LogBackupInterval: time.Hour,
-		WALDir: f.walDir, Hypervisor: hv, Guests: d, Repository: repo, Sessions: store, Key: key, Clock: clock.New(), Logger: testenv.Logger(t)})
+		WALDir: f.walDir, Hypervisor: hv, Guests: d, Repository: repo, Sessions: store, Key: key, Clock: clock.New(), Logger: testenv.Logger(t),
+		FullImageEvery: 1}) // full, incremental, full: expiry can free the first two
 	require.NoError(t, err)
 	return j
 }
@@ -374,6 +375,48 @@ func TestCommandRestores(t *testing.T) {
 		require.Equal(t, exitOK, code)
 		assert.Contains(t, stdout, "PASSED")
 		assert.NoDirExists(t, dir)
+	})
+
+	// Last: two more restore points (an incremental one, then a full one),
+	// and a file (given with --config, over the environment's) that keeps
+	// one.
+	t.Run("expire", func(t *testing.T) {
+		require.NoError(t, job.Enable(ctx))
+		require.NoError(t, job.StartParent(ctx))
+		require.NoError(t, job.StartParent(ctx))
+		require.NoError(t, job.Disable(ctx))
+		restorePoints := func() []string {
+			stdout, _, code := f.cli(t, "info", "--json")
+			require.Equal(t, exitOK, code)
+			var info infoJSON
+			require.NoError(t, json.Unmarshal([]byte(stdout), &info))
+			var ids []string
+			for _, rp := range info.Jobs[0].Machines[0].Instances[0].RestorePoints {
+				ids = append(ids, rp.ID)
+			}
+			return ids
+		}
+		before := restorePoints()
+		require.Len(t, before, 3)
+		keepOne := filepath.Join(f.dir, "keep-one.toml")
+		require.NoError(t, os.WriteFile(keepOne, []byte(mustRead(t, f.config)+"\n[job.retention]\nrestore_points = 1\n"), 0o600))
+		stdout, _, code := f.cli(t, "--config", keepOne, "expire", "--dry-run", "--json")
+		require.Equal(t, exitOK, code)
+		var would []expireJSON
+		require.NoError(t, json.Unmarshal([]byte(stdout), &would))
+		require.Len(t, would, 1)
+		assert.True(t, would[0].DryRun)
+		assert.Equal(t, before[:2], would[0].RestorePoints, "the older full one and the incremental one on it")
+		assert.NotEmpty(t, would[0].Bundles, "the WAL only they need")
+		assert.Equal(t, before, restorePoints(), "a dry run removes nothing")
+
+		stdout, _, code = f.cli(t, "--config", keepOne, "expire", "--json")
+		require.Equal(t, exitOK, code)
+		var did []expireJSON
+		require.NoError(t, json.Unmarshal([]byte(stdout), &did))
+		assert.Equal(t, would[0].RestorePoints, did[0].RestorePoints)
+		assert.Equal(t, would[0].Bundles, did[0].Bundles)
+		assert.Equal(t, before[2:], restorePoints())
 	})
 }
 
