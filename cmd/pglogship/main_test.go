@@ -461,7 +461,10 @@ func TestCommandRunShipsWAL(t *testing.T) {
 	rpo := value(shipped, "pglogship_rpo_seconds")
 	assert.Less(t, rpo, 10.0, "just shipped: the RPO is small")
 	time.Sleep(1500 * time.Millisecond)
-	assert.Greater(t, value(scrape(t, addr), "pglogship_rpo_seconds"), rpo, "the RPO lag grows until the next ship")
+	later := value(scrape(t, addr), "pglogship_rpo_seconds")
+	assert.Greater(t, later, rpo, "the RPO lag grows until the next ship")
+	t.Logf("metrics: shipped bytes 0 -> %.0f, RPO absent -> %.3f s -> %.3f s 1.5 s later",
+		value(shipped, "pglogship_wal_shipped_bytes_total"), rpo, later)
 
 	child, err := session.Latest(context.Background(), store, walbackup.ChildJobName(testJob), session.KindChild)
 	require.NoError(t, err)
