@@ -39,11 +39,12 @@ staticcheck: setup
 unit:
 	go test -short -count=1 ./...
 
-## demo: runs the main job end to end on the embedded default; it installs
+## demo: runs the main job end to end on the embedded default, then
+## `pglogship info` on the configuration the quickstart wrote; it installs
 ## only PostgreSQL (scripts/setup --demo), not what the tests need.
 demo:
 	@scripts/setup --demo
-	scripts/demo-postgres go run ./examples/quickstart
+	scripts/demo-postgres scripts/demo
 
 ## crash: the crash-injection tests with 1000 kill points instead of make test's 100.
 crash:

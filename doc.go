@@ -59,15 +59,30 @@
 //	guest                 deploying the runtime into a guest OS, and the runtime's API
 //	  guest/ssh           OpenSSH guests
 //	  guest/local         PostgreSQL on this host
+//	  guest/runtime       the runtime component itself
 //	repository            named immutable objects, the on-disk format
 //	  repository/memory   in process
 //	  repository/fs, repository/sftp, repository/s3
+//	metrics               a Prometheus collector on the jobs' observers
 //	wal                   LSNs and WAL file names
 //	clock                 the injected time source
+//	cmd/pglogship         the operator command: run, info, sessions, check,
+//	                      verify, restore, drill, expire (docs/cli.md)
+//	cmd/pglogship-runtime the runtime as a binary of its own, for SSH guests
 //
 // Every interface has a conformance suite or a fake for tests (the *test
 // packages), and every timer goes through the Clock in a Config, so the
 // whole lifecycle can be tested in virtual time.
 //
-// Not every package above exists yet; README.md says what does.
+// Every package above exists; README.md says what each one does.
+//
+// # Operators
+//
+// Programs embed the library; operators use the pglogship command
+// (cmd/pglogship, docs/cli.md): `pglogship run` runs the jobs of one
+// configuration file as a service with Prometheus metrics, and info,
+// sessions, check, verify, restore, drill and expire inspect and use what
+// they keep. `make demo` runs examples/quickstart on a throw-away
+// PostgreSQL, then `pglogship info` on the configuration it wrote, which
+// prints the restorable interval.
 package pglogship

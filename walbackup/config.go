@@ -110,6 +110,12 @@ type Config struct {
 	// goroutine, and with EventDrill from Drill's caller; it must not
 	// block.
 	Observer func(Event)
+	// Progress, optional, hears how long work moves on: EventProgress
+	// (image export and restore) and EventWALFetched (each WAL file a
+	// recovery fetched), for a progress bar. Kept apart from Observer
+	// because it is called often, per file, from the goroutine doing the
+	// work; it must be cheap and must not block.
+	Progress func(Event)
 	// OperationTimeout bounds each call to a guest, the repository or the
 	// session store by progress, not length: shipping may take as long as
 	// the WAL needs while bytes keep moving, but a call with no progress
@@ -137,6 +143,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Observer == nil {
 		c.Observer = func(Event) {}
+	}
+	if c.Progress == nil {
+		c.Progress = func(Event) {}
 	}
 	if c.OperationTimeout == 0 {
 		c.OperationTimeout = DefaultOperationTimeout
@@ -289,6 +298,16 @@ const (
 	// EventCaughtUp: an interval's ship found no new WAL: everything the
 	// instance archived is in the repository (its RPO is current).
 	EventCaughtUp EventKind = "caught_up"
+	// EventProgress (to Config.Progress, not Observer): an image export
+	// (parent session) or image restore (Restore, Drill) moved on:
+	// Event.Message names which ("image export", "image restore"), Bytes
+	// are done of Total (0 when unknown).
+	EventProgress EventKind = "progress"
+	// EventWALFetched (to Config.Progress, not Observer): a restore's
+	// recovery fetched the WAL file Event.Message from the repository
+	// (FetchFunc); Bytes were sent to the guest for it (compressed when
+	// the guest takes it so).
+	EventWALFetched EventKind = "wal_fetched"
 )
 
 // Failure names what a warning or an error is about (Event.Failure), so
@@ -366,6 +385,8 @@ type Event struct {
 	Waiting, Free int64
 	// Passed: EventDrill: the drill's checks passed.
 	Passed bool
+	// Total: EventProgress: the bytes the work will move, 0 when unknown.
+	Total int64
 }
 
 // instancesNow returns the data directories of m's instances for a

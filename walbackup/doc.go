@@ -33,7 +33,9 @@
 //     done; when Run's context ends the session stops at once instead.
 //
 // The Observer sees sessions start and end, batches (bytes and lag) and
-// warnings, for metrics.
+// warnings, for metrics; Progress sees image exports and restores move on
+// and each WAL file a recovery fetches, for progress bars. Expire applies
+// the retention, ExpireDryRun says what it would remove.
 //
 // A Runner runs many jobs in one process and shares them with other
 // processes on one session store that implements session.Leaser (the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"sort"
@@ -80,6 +81,21 @@ type Expired struct {
 func (j *Job) Expire(ctx context.Context) (Expired, error) {
 	return j.expire(ctx, j.cfg.Repository)
 }
+
+// ExpireDryRun reports what Expire would remove now, and what it would
+// leave to running restores, without removing or writing anything.
+func (j *Job) ExpireDryRun(ctx context.Context) (Expired, error) {
+	return j.expire(ctx, dryRun{j.cfg.Repository})
+}
+
+// dryRun is a repository whose writes and deletes do nothing, so expire
+// decides through it as it would and changes nothing. Its reads still see
+// every object: each decision of expire rests on a fresh listing or on
+// what it decided before, never on an object being gone.
+type dryRun struct{ repository.Repository }
+
+func (dryRun) Put(ctx context.Context, _ string, _ io.Reader) error { return ctx.Err() }
+func (dryRun) Delete(ctx context.Context, _ string) error           { return ctx.Err() }
 
 // expire is Expire through repo, which the parent session watches.
 func (j *Job) expire(ctx context.Context, repo repository.Repository) (Expired, error) {

@@ -187,3 +187,36 @@ func TestFullImagesBoundChains(t *testing.T) {
 	assert.Equal(t, last[1].ID, last[2].Base)
 	assert.True(t, last[3].Full)
 }
+
+// A dry run reports exactly what the expiry that follows removes, and
+// removes nothing itself.
+func TestExpireDryRun(t *testing.T) {
+	ctx := context.Background()
+	var cfg walbackup.Config
+	h := newHarness(t, func(c *walbackup.Config) { cfg = *c }) // keeps everything
+	days(t, h, 3)
+	objects := func() []string {
+		var names []string
+		require.NoError(t, h.repo.List(ctx, "", func(o repository.Object) error {
+			names = append(names, o.Name)
+			return nil
+		}))
+		return names
+	}
+	before := objects()
+
+	cfg.Retention = walbackup.Retention{RestorePoints: 1}
+	cfg.Observer = nil
+	job, err := walbackup.NewJob(cfg)
+	require.NoError(t, err)
+	would, err := job.ExpireDryRun(ctx)
+	require.NoError(t, err)
+	assert.Len(t, would.RestorePoints, 2, "the two older restore points")
+	assert.NotEmpty(t, would.Bundles, "the WAL only they need")
+	assert.Equal(t, before, objects(), "a dry run changes nothing")
+
+	did, err := job.Expire(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, would, did)
+	assert.Less(t, len(objects()), len(before))
+}

@@ -448,7 +448,10 @@ func (j *Job) image(ctx context.Context, folder string, m Machine, dataDir strin
 	}
 	wctx, w, stop := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer stop()
-	img, err := snap.Export(wctx, watchedRepo{j.cfg.Repository, w}, folder, func(hypervisor.Progress) { w.kick() })
+	img, err := snap.Export(wctx, watchedRepo{j.cfg.Repository, w}, folder, func(p hypervisor.Progress) {
+		w.kick()
+		j.cfg.Progress(Event{Kind: EventProgress, Machine: m.ID, Instance: dataDir, Message: "image export", Bytes: p.Done, Total: p.Total})
+	})
 	if err != nil {
 		return hypervisor.Image{}, fmt.Errorf("export image: %w", explain(wctx, err))
 	}

@@ -319,6 +319,8 @@ func (j *Job) restoreImage(ctx context.Context, plan *Plan, target string, space
 	src := watchedRepo{j.cfg.Repository, w}
 	kick := func(p hypervisor.Progress) {
 		w.kick()
+		j.cfg.Progress(Event{Kind: EventProgress, Machine: plan.Instance.Machine, Instance: plan.RestorePoint.DataDir, Message: "image restore",
+			Bytes: p.Done, Total: p.Total})
 		if progress != nil {
 			progress(p)
 		}
@@ -408,9 +410,17 @@ func (j *Job) recoverWith(ctx context.Context, rt guest.Runtime, plan *Plan, g M
 func (j *Job) FetchFunc(inst repository.Instance) guest.FetchFunc {
 	x := newWALIndex(j.cfg.Repository, inst, j.cfg.Key) // one listing and index read per bundle, not per file
 	return func(ctx context.Context, name string, w io.Writer) error {
-		err := x.fetch(ctx, name, w)
+		cw := &countingWriter{w: w}
+		var dst io.Writer = cw
+		if zr, ok := w.(guest.ZstdReceiver); ok {
+			dst = countingZstd{cw, zr} // keeps the receiver's compressed path
+		}
+		err := x.fetch(ctx, name, dst)
 		if errors.Is(err, repository.ErrNotFound) {
 			return fmt.Errorf("%w: %w", guest.ErrNoSuchWAL, err)
+		}
+		if err == nil {
+			j.cfg.Progress(Event{Kind: EventWALFetched, Machine: inst.Machine, Message: name, Bytes: cw.n, Files: 1})
 		}
 		return err
 	}
@@ -614,4 +624,32 @@ func (j *Job) checkGuestRelease(ctx context.Context, plan *Plan, g Machine, binD
 		return fmt.Errorf("restore of PostgreSQL %d onto %s: %w", v/10000, g.ID, err)
 	}
 	return nil
+}
+
+// countingZstd counts the bytes a guest.ZstdReceiver is handed, raw or
+// compressed.
+type countingZstd struct {
+	*countingWriter
+	zr guest.ZstdReceiver
+}
+
+func (c countingZstd) Zstd(rawSize int64, sum [32]byte) io.Writer {
+	return &countingWriter{w: c.zr.Zstd(rawSize, sum), total: &c.n}
+}
+
+// countingWriter counts what passes through it, for EventWALFetched;
+// into total as well when set.
+type countingWriter struct {
+	w     io.Writer
+	n     int64
+	total *int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	if c.total != nil {
+		*c.total += int64(n)
+	}
+	return n, err
 }

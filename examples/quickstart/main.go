@@ -78,12 +78,16 @@ func run() error {
 		return err
 	}
 
-	// The embedded default: everything on this machine.
-	work, err := os.MkdirTemp("", "pglogship-quickstart-")
-	if err != nil {
-		return err
+	// The embedded default: everything on this machine. With
+	// PGLOGSHIP_DEMO_STATE the state stays there, with a configuration
+	// file for the pglogship command (make demo runs its info on it).
+	work := os.Getenv("PGLOGSHIP_DEMO_STATE")
+	if work == "" {
+		if work, err = os.MkdirTemp("", "pglogship-quickstart-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(work)
 	}
-	defer os.RemoveAll(work)
 	if err := os.Chmod(work, 0o755); err != nil { // the server's OS user reaches the restored copy
 		return err
 	}
@@ -124,6 +128,9 @@ func run() error {
 		return err
 	}
 
+	if err := writeConfig(work); err != nil {
+		return err
+	}
 	fmt.Printf("1. enable %q: the child job %q ships WAL every minute\n", job.Name(), job.ChildName())
 	if err := job.Enable(ctx); err != nil {
 		return err
@@ -226,6 +233,34 @@ func run() error {
 		}
 	}
 	return nil
+}
+
+// writeConfig writes pglogship.toml into work: this job for the
+// pglogship command. The connection string stays in the environment.
+func writeConfig(work string) error {
+	cfg := fmt.Sprintf(`# Written by examples/quickstart: its job, for the pglogship command.
+[store]
+dsn_env = "PGLOGSHIP_DEMO_DSN"
+
+[repository]
+type = "fs"
+path = %q
+
+[[job]]
+name = %q
+interval = "1m"
+wal_dir = %q
+
+[job.guest]
+type = "local"
+
+[job.guest.postgres]
+dsn_env = "PGLOGSHIP_DEMO_DSN"
+
+[[job.machine]]
+id = "localhost"
+`, filepath.Join(work, "repository"), jobName, filepath.Join(work, "wal"))
+	return os.WriteFile(filepath.Join(work, "pglogship.toml"), []byte(cfg), 0o600)
 }
 
 // waitShipped waits until the child job has shipped the segment name.
