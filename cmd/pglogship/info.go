@@ -327,11 +327,11 @@ func newSessionsCmd(g *globals) *cobra.Command {
 	var limit int
 	cmd := &cobra.Command{
 		Use:   "sessions",
-		Short: "List the sessions of the parent and child jobs, newest first",
+		Short: "List the sessions of the parent and child jobs and the restores, drills and exports, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if kind != "" && kind != "parent" && kind != "child" {
-				return usageErrorf("--kind %q: use parent or child", kind)
+			if kind != "" && !session.Kind(kind).Valid() {
+				return usageErrorf("--kind %q: use parent, child or restore", kind)
 			}
 			if limit <= 0 {
 				return usageErrorf("--limit %d: give a positive number", limit)
@@ -349,7 +349,7 @@ func newSessionsCmd(g *globals) *cobra.Command {
 				if g.job != "" && jc.Name != g.job {
 					continue
 				}
-				for _, name := range []string{jc.Name, walbackup.ChildJobName(jc.Name)} {
+				for _, name := range []string{jc.Name, walbackup.ChildJobName(jc.Name), walbackup.RestoreJobName(jc.Name)} {
 					p, err := e.store.List(cmd.Context(), session.Query{Job: name, Kind: session.Kind(kind), Limit: limit})
 					if err != nil {
 						return fmt.Errorf("session store: %w", err)
@@ -384,7 +384,7 @@ func newSessionsCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVar(&kind, "kind", "", "parent or child (default both)")
+	cmd.Flags().StringVar(&kind, "kind", "", "parent, child or restore (restores, drills and exports; default all)")
 	cmd.Flags().IntVar(&limit, "limit", 20, "at most this many sessions")
 	jsonFlag(cmd, g)
 	return cmd

@@ -377,6 +377,33 @@ func TestCommandRestores(t *testing.T) {
 		assert.NoDirExists(t, dir)
 	})
 
+	t.Run("export", func(t *testing.T) {
+		dir := filepath.Join(testenv.UserDir(t, pg.OSUser), "scratch")
+		scratch := testenv.PostgresFor(t, dir, pg)
+		out := filepath.Join(testenv.UserDir(t, pg.OSUser), "dumps")
+		stdout, stderr, code := f.cli(t, "export", "--time", target, "--database", "postgres", "--out", out, "--scratch", dir,
+			"--port", strconv.Itoa(scratch.Port), "--socket-dir", scratch.SocketDir, "--os-user", pg.OSUser, "--listen", "127.0.0.1", "--json")
+		require.Equal(t, exitOK, code, "%s", stderr)
+		var res exportJSON
+		require.NoError(t, json.Unmarshal([]byte(stdout), &res))
+		require.Len(t, res.Dumps, 1)
+		assert.Equal(t, filepath.Join(out, "postgres"), res.Dumps[0].Dir)
+		assert.FileExists(t, filepath.Join(out, "postgres", "toc.dat"))
+		assert.NoDirExists(t, dir, "the scratch copy is removed")
+
+		// The restores, the drill and the export are in the store.
+		stdout, _, code = f.cli(t, "sessions", "--kind", "restore", "--json")
+		require.Equal(t, exitOK, code)
+		var sessions []sessionJSON
+		require.NoError(t, json.Unmarshal([]byte(stdout), &sessions))
+		require.NotEmpty(t, sessions)
+		assert.Equal(t, "restore", sessions[0].Kind)
+		assert.Equal(t, "success", sessions[0].State)
+		assert.Contains(t, sessions[0].Result, "exported [postgres] into "+out)
+		_, _, code = f.cli(t, "sessions", "--kind", "cousin")
+		assert.Equal(t, exitUsage, code)
+	})
+
 	// Last: two more restore points (an incremental one, then a full one),
 	// and a file (given with --config, over the environment's) that keeps
 	// one.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -82,12 +83,11 @@ func (s *serverFlags) options() (walbackup.RecoveryOptions, error) {
 func newRestoreCmd(g *globals) *cobra.Command {
 	var pick pickFlags
 	var srv serverFlags
+	var tf targetFlags
 	var (
-		at, lsn, name, restorePoint, to string
-		xid                             uint32
-		consistent, exclusive           bool
-		inPlace, force, noStart         bool
-		tablespaces                     []string
+		restorePoint, to        string
+		inPlace, force, noStart bool
+		tablespaces             []string
 	)
 	cmd := &cobra.Command{
 		Use:   "restore (--to DIR | --in-place --force) [--time T | --lsn L | --xid X | --name N | --consistent]",
@@ -106,7 +106,7 @@ data directory moved aside (kept, never deleted). That happens only with
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			target, err := restoreTarget(at, lsn, xid, name, consistent, exclusive, cmd)
+			target, err := tf.target(cmd)
 			if err != nil {
 				return err
 			}
@@ -194,13 +194,7 @@ data directory moved aside (kept, never deleted). That happens only with
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&at, "time", "", "restore the transactions committed at or before this time (RFC 3339, e.g. 2026-12-07T09:30:00.123456Z)")
-	f.StringVar(&lsn, "lsn", "", "restore up to and including this LSN (e.g. 0/3000060)")
-	f.Uint32Var(&xid, "xid", 0, "restore up to and including this transaction id's commit")
-	f.StringVar(&name, "name", "", "restore up to this named restore point (pg_create_restore_point)")
-	f.BoolVar(&consistent, "consistent", false, "restore the restore point and only the WAL it needs to be consistent")
-	f.BoolVar(&exclusive, "exclusive", false, "stop just before the --time, --lsn or --xid target instead of after it")
-	f.StringVar(&restorePoint, "restore-point", "", "start from this restore point (default: the newest before the target)")
+	tf.add(cmd, &restorePoint)
 	f.StringVar(&to, "to", "", "restore into this new directory")
 	f.BoolVar(&inPlace, "in-place", false, "replace the running instance (needs --force)")
 	f.BoolVar(&force, "force", false, "allow --in-place")
@@ -227,6 +221,29 @@ type restoreJSON struct {
 	LSN          string  `json:"lsn"`
 	Fetched      int     `json:"wal_files_fetched"`
 	TookSeconds  float64 `json:"took_seconds"`
+}
+
+// targetFlags say to what point a restore or an export goes.
+type targetFlags struct {
+	at, lsn, name         string
+	xid                   uint32
+	consistent, exclusive bool
+}
+
+// add adds the target flags, and --restore-point into restorePoint.
+func (tf *targetFlags) add(cmd *cobra.Command, restorePoint *string) {
+	f := cmd.Flags()
+	f.StringVar(&tf.at, "time", "", "the transactions committed at or before this time (RFC 3339, e.g. 2026-12-07T09:30:00.123456Z)")
+	f.StringVar(&tf.lsn, "lsn", "", "up to and including this LSN (e.g. 0/3000060)")
+	f.Uint32Var(&tf.xid, "xid", 0, "up to and including this transaction id's commit")
+	f.StringVar(&tf.name, "name", "", "up to this named restore point (pg_create_restore_point)")
+	f.BoolVar(&tf.consistent, "consistent", false, "the restore point and only the WAL it needs to be consistent")
+	f.BoolVar(&tf.exclusive, "exclusive", false, "stop just before the --time, --lsn or --xid target instead of after it")
+	f.StringVar(restorePoint, "restore-point", "", "start from this restore point (default: the newest before the target)")
+}
+
+func (tf *targetFlags) target(cmd *cobra.Command) (walbackup.Target, error) {
+	return restoreTarget(tf.at, tf.lsn, tf.xid, tf.name, tf.consistent, tf.exclusive, cmd)
 }
 
 // restoreTarget reads the one target flag given (none: the latest).
@@ -310,26 +327,13 @@ func newDrillCmd(g *globals) *cobra.Command {
 			if scratch == "" {
 				return usageErrorf("--scratch DIR is required: a new directory for the drill's copy (removed afterwards)")
 			}
-			dir, err := filepath.Abs(scratch)
-			if err != nil {
-				return usageErrorf("--scratch: %v", err)
-			}
-			opts, err := srv.options()
-			if err != nil {
-				return err
-			}
-			if opts.Port == 0 {
-				if opts.Port, err = freePort(); err != nil {
-					return err
-				}
-			}
-			e, b, m, prog, err := g.openMachine(ctx, &pick)
+			e, b, to, prog, err := g.openScratch(ctx, &pick, &srv, scratch)
 			if err != nil {
 				return err
 			}
 			defer e.Close()
-			res, err := b.job.Drill(ctx, walbackup.DrillRequest{Machine: m.ID, SystemID: pick.systemID, DataDir: pick.dataDir,
-				RestorePoint: restorePoint, Scratch: walbackup.RestoreTo{Image: dir, Guest: m, Recovery: opts}, SQL: sqls})
+			res, err := b.job.Drill(ctx, walbackup.DrillRequest{Machine: to.Guest.ID, SystemID: pick.systemID, DataDir: pick.dataDir,
+				RestorePoint: restorePoint, Scratch: to, SQL: sqls})
 			prog.finish()
 			if err != nil {
 				return planError(err)
@@ -362,6 +366,28 @@ func newDrillCmd(g *globals) *cobra.Command {
 	srv.add(cmd)
 	jsonFlag(cmd, g)
 	return cmd
+}
+
+// openScratch opens the machine pick names and says where a scratch
+// server (a drill's, an export's) goes: into dir, started there as srv
+// says, on a free port when srv names none.
+func (g *globals) openScratch(ctx context.Context, pick *pickFlags, srv *serverFlags, dir string) (*env, *builtJob, walbackup.RestoreTo, *progress, error) {
+	var to walbackup.RestoreTo
+	var err error
+	if to.Image, err = filepath.Abs(dir); err != nil {
+		return nil, nil, to, nil, usageErrorf("--scratch: %v", err)
+	}
+	if to.Recovery, err = srv.options(); err != nil {
+		return nil, nil, to, nil, err
+	}
+	if to.Recovery.Port == 0 {
+		if to.Recovery.Port, err = freePort(); err != nil {
+			return nil, nil, to, nil, err
+		}
+	}
+	e, b, m, prog, err := g.openMachine(ctx, pick)
+	to.Guest = m
+	return e, b, to, prog, err
 }
 
 // freePort asks the kernel for a free port on the loopback.
