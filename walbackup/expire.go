@@ -110,12 +110,18 @@ func (j *Job) expire(ctx context.Context, repo repository.Repository) (Expired, 
 			errs = append(errs, err)
 			continue
 		}
+		removed := map[repository.Instance]map[string]bool{} // restore points this expiry removed
 		for _, inst := range insts {
+			n := len(out.RestorePoints)
 			if err := j.expireInstance(ctx, repo, inst, &out); err != nil {
 				errs = append(errs, fmt.Errorf("expire %s/%d: %w", inst.Machine, inst.SystemID, err))
 			}
+			removed[inst] = map[string]bool{}
+			for _, id := range out.RestorePoints[n:] {
+				removed[inst][id] = true
+			}
 		}
-		if err := j.expireSharedImages(ctx, repo, m.ID, insts, &out); err != nil {
+		if err := j.expireSharedImages(ctx, repo, m.ID, insts, removed, &out); err != nil {
 			errs = append(errs, fmt.Errorf("expire the shared images of %s: %w", m.ID, err))
 		}
 	}
@@ -126,11 +132,13 @@ func (j *Job) expire(ctx context.Context, repo repository.Repository) (Expired, 
 // point uses any more: no committed manifest of any of its instances (insts)
 // names one, and no running restore or drill holds it. Only images older
 // than the newest restore point go, so the one a parent session writes now
-// stays. One whose restore points this expiry did not remove (a parent
-// that failed before it committed any) is first claimed by a tombstone at
-// each instance's manifest name, so no late writer commits a restore point
-// that names it.
-func (j *Job) expireSharedImages(ctx context.Context, repo repository.Repository, machine string, insts []repository.Instance, out *Expired) error {
+// stays. Restore points this expiry removed (removed, by instance) count
+// as gone even where a dry run left them. An image none of whose restore
+// points this expiry removed (a parent that failed before it committed
+// any) is first claimed by a tombstone at each instance's manifest name,
+// so no late writer commits a restore point that names it.
+func (j *Job) expireSharedImages(ctx context.Context, repo repository.Repository, machine string, insts []repository.Instance,
+	removed map[repository.Instance]map[string]bool, out *Expired) error {
 	folder := repository.SharedImages(j.cfg.Name, machine)
 	found := map[string]bool{}
 	if err := repo.List(ctx, folder, func(o repository.Object) error {
@@ -151,7 +159,9 @@ func (j *Job) expireSharedImages(ctx context.Context, repo repository.Repository
 			return err
 		}
 		for _, m := range rps {
-			used[m.ID] = used[m.ID] || m.SharedImage
+			if !removed[inst][m.ID] {
+				used[m.ID] = used[m.ID] || m.SharedImage
+			}
 			newest = max(newest, m.ID)
 		}
 		pins, err := j.pinsOf(ctx, inst)
@@ -164,16 +174,16 @@ func (j *Job) expireSharedImages(ctx context.Context, repo repository.Repository
 			}
 		}
 	}
-	removed := map[string]bool{}
-	for _, id := range out.RestorePoints {
-		removed[id] = true
+	gone := map[string]bool{}
+	for _, ids := range removed {
+		maps.Copy(gone, ids)
 	}
 	ids := slices.Sorted(maps.Keys(found))
 	for _, id := range ids {
 		if used[id] || id >= newest {
 			continue
 		}
-		if !removed[id] {
+		if !gone[id] {
 			committed, err := j.abandonEverywhere(ctx, repo, insts, id)
 			if err != nil {
 				return err

@@ -135,8 +135,12 @@ func TestSharedImageOfSeveralInstances(t *testing.T) {
 	got, _ := h.hv.Restored(target)
 	assert.Equal(t, "disk 2", string(got))
 	hold.Release(ctx)
-	_, err = h.job.Expire(ctx)
+	dry, err := h.job.ExpireDryRun(ctx)
 	require.NoError(t, err)
+	exp, err := h.job.Expire(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []string{ra.ID, id2}, exp.Images, "b's released restore points took the last images that no one else used")
+	assert.Equal(t, exp, dry, "the dry run says what expiry does")
 	assert.Equal(t, []string{rpsA[0].ID, rpsA[1].ID}, sharedImages(t, h), "released: only what the restore points use")
 	rpsB = restorePoints(t, h, instB)
 	require.Len(t, rpsB, 2)
@@ -160,7 +164,7 @@ func TestSharedImageOfSeveralInstances(t *testing.T) {
 	// commit) is removed by the next expiry, its name claimed in each chain.
 	orphan := repository.NewRestorePointID(h.clk.Now().Add(-time.Hour))
 	require.NoError(t, h.repo.Put(ctx, repository.SharedImages("Daily DB Job", "vm1")+orphan+"/"+hypervisortest.DiskObject, bytes.NewReader([]byte("left"))))
-	exp, err := h.job.Expire(ctx)
+	exp, err = h.job.Expire(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, []string{orphan}, exp.Images)
 	for _, inst := range []repository.Instance{instA, instB} {
