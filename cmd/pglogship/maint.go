@@ -100,6 +100,7 @@ type expireJSON struct {
 	RestorePoints []string `json:"restore_points"`
 	Bundles       []string `json:"bundles"`
 	Garbage       []string `json:"garbage"`
+	Images        []string `json:"shared_images"`
 	Held          []string `json:"held"`
 }
 
@@ -126,7 +127,7 @@ With --dry-run it lists what it would remove and changes nothing.`,
 					return fmt.Errorf("expire job %q: %w", b.cfg.Name, err)
 				}
 				out = append(out, expireJSON{Job: b.cfg.Name, DryRun: dryRun, RestorePoints: nonNil(x.RestorePoints), Bundles: nonNil(x.Bundles),
-					Garbage: nonNil(x.Garbage), Held: nonNil(x.Held)})
+					Garbage: nonNil(x.Garbage), Images: nonNil(x.Images), Held: nonNil(x.Held)})
 			}
 			if g.json {
 				return printJSON(g.stdout, out)
@@ -146,6 +147,9 @@ With --dry-run it lists what it would remove and changes nothing.`,
 				}
 				for _, n := range x.Garbage {
 					fmt.Fprintf(g.stdout, "  unfinished restore point %s\n", n)
+				}
+				for _, id := range x.Images {
+					fmt.Fprintf(g.stdout, "  shared machine image %s\n", id)
 				}
 			}
 			return nil
