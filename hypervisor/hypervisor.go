@@ -115,6 +115,19 @@ type Hypervisor interface {
 	Restore(ctx context.Context, chain []Image, src ObjectGetter, target string, progress func(Progress)) error
 }
 
+// Publisher is implemented by hypervisors that can publish an image chain
+// (check with a type assertion): make a disk a machine boots from right
+// away, on the chain as it is stored (fetched once, never rewritten into
+// one image), with the machine's writes kept in a copy-on-write overlay.
+// Everything lives in dir, a new directory: removing it unpublishes. The
+// backup is only read.
+type Publisher interface {
+	// Publish fetches and verifies chain (as Restore does) into dir and
+	// returns the disk to boot: the overlay on it. An existing dir is an
+	// error matching fs.ErrExist; on error dir is removed.
+	Publish(ctx context.Context, chain []Image, src ObjectGetter, dir string, progress func(Progress)) (disk string, err error)
+}
+
 // TablespaceRestorer is implemented by hypervisors whose images hold a
 // cluster's tablespaces as files under pg_tblspc/<oid> (file-level
 // images). PostgreSQL 15 and later refuse to recover a data directory

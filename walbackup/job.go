@@ -35,6 +35,9 @@ type Job struct {
 	fence atomic.Pointer[repoFence]
 
 	pins session.Pinner // the store's, or localPins
+	// publications are the holds of this process's publications, by
+	// cache directory (Publish, Unpublish).
+	publications sync.Map
 }
 
 type cmdKind int

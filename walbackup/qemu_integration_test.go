@@ -81,7 +81,8 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 		WorkDir: t.TempDir(), Clock: clk, Logger: testenv.Logger(t),
 	})
 	require.NoError(t, err)
-	repo, err := fs.New(fs.Config{Root: t.TempDir()})
+	repoRoot := t.TempDir()
+	repo, err := fs.New(fs.Config{Root: repoRoot})
 	require.NoError(t, err)
 	h := &harness{store: smem.New(), events: make(chan walbackup.Event, 1024)}
 	h.list = h.store
@@ -192,8 +193,10 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	}
 	disk := filepath.Join(t.TempDir(), "restored.qcow2")
 	start := time.Now()
+	restoreStart := start
 	require.NoError(t, job.RestoreImage(ctx, plan, disk, nil))
-	t.Logf("restore of the full and incremental chain: %v", time.Since(start).Round(time.Millisecond))
+	restoreImage := time.Since(start)
+	t.Logf("restore of the full and incremental chain: %v", restoreImage.Round(time.Millisecond))
 	vm2 := testenv.StartVM(t, testenv.VMConfig{Disk: disk, NoPostgres: true, Major: testenv.GuestReleaseMajor})
 	assert.Empty(t, strings.TrimSpace(vm2.Run(t, "root", "pgrep -x postgres || true")), "PostgreSQL waits for the restore")
 	knownHosts = append(knownHosts, vm2.KnownHostsFile)
@@ -205,6 +208,7 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	t.Logf("recovery in the VM to %s: %v, %d WAL files fetched, %d from the spool", at, time.Since(start).Round(time.Millisecond), res.Fetched, res.FromSpool)
 	assert.True(t, res.Promoted)
 	assert.Equal(t, "500000", vm2.Psql(t, "SELECT count(*) FROM pgbench_accounts"))
+	restoreFirstQuery := time.Since(restoreStart)
 	assert.Equal(t, strconv.Itoa(testenv.GuestReleaseMajor), strings.SplitN(vm2.Psql(t, "SHOW server_version"), ".", 2)[0])
 	assert.Equal(t, "42", vm2.Psql(t, "SELECT answer FROM after_full"), "the incremental image is applied")
 	assert.Equal(t, "t", vm2.Psql(t, "SELECT to_regclass('before_target') IS NOT NULL"), "committed before the target")
@@ -219,6 +223,38 @@ func TestQEMURestorePointsOnARealVM(t *testing.T) {
 	got15 := strings.TrimSpace(vm2.Run(t, "postgres", `psql -p 5432 -Atqc "SELECT count(*), min(id), max(id), count(DISTINCT id) FROM items"`))
 	assert.Equal(t, "1700|1|1700|1700", got15, "exactly the rows committed before the target")
 	assert.Equal(t, "500000", vm2.Psql(t, "SELECT count(*) FROM pgbench_accounts"), "the 18 instance runs on beside it")
+	vm2.Stop(t)
+
+	// Published: the same point in time straight from the stored chain,
+	// under a copy-on-write overlay, in a third VM; its writes never reach
+	// the backup, and Unpublish leaves nothing.
+	sums := treeSums(t, repoRoot)
+	cache := filepath.Join(t.TempDir(), "published")
+	start = time.Now()
+	pub, err := job.Publish(ctx, walbackup.PublishRequest{Machine: "vm1", DataDir: testenv.GuestReleaseDataDir, Target: walbackup.ToTime(target),
+		Cache: cache})
+	require.NoError(t, err)
+	publishImage := time.Since(start)
+	vm3 := testenv.StartVM(t, testenv.VMConfig{Disk: pub.Disk, NoPostgres: true, Major: testenv.GuestReleaseMajor})
+	knownHosts = append(knownHosts, vm3.KnownHostsFile)
+	res3, err := job.Recover(ctx, pub.Plan, walbackup.Machine{ID: "vm3", Address: vm3.SSHAddr}, walbackup.RecoveryOptions{
+		DataDir: testenv.GuestReleaseDataDir, BinDir: testenv.GuestReleaseBinDir,
+	})
+	require.NoError(t, err, "%s", res3.Log)
+	assert.Equal(t, "500000", vm3.Psql(t, "SELECT count(*) FROM pgbench_accounts"))
+	publishFirstQuery := time.Since(start)
+	assert.Equal(t, "42", vm3.Psql(t, "SELECT answer FROM after_full"))
+	assert.Equal(t, "t", vm3.Psql(t, "SELECT to_regclass('before_target') IS NOT NULL"))
+	assert.Equal(t, "f", vm3.Psql(t, "SELECT to_regclass('after_target') IS NOT NULL"))
+	vm3.Psql(t, "CREATE TABLE written_while_published AS SELECT g FROM generate_series(1, 100000) g")
+	assert.Equal(t, sums, treeSums(t, repoRoot), "the backup is only read")
+	vm3.Stop(t)
+	require.NoError(t, job.Unpublish(ctx, cache))
+	assert.NoDirExists(t, cache)
+	assert.Equal(t, sums, treeSums(t, repoRoot))
+	t.Logf("time to first query of the same point in time: restore %v (image %v), publish %v (image %v)",
+		restoreFirstQuery.Round(time.Millisecond), restoreImage.Round(time.Millisecond),
+		publishFirstQuery.Round(time.Millisecond), publishImage.Round(time.Millisecond))
 }
 
 // debianDataDir and debianPgCtl are the guest image's Debian cluster (15)

@@ -314,17 +314,8 @@ func (j *Job) restoreImage(ctx context.Context, plan *Plan, target string, space
 	if target == "" {
 		return nil, errors.New("restore image: no target")
 	}
-	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
+	wctx, src, kick, cancel := j.imageReader(ctx, plan, "image restore", progress)
 	defer cancel()
-	src := watchedRepo{j.cfg.Repository, w}
-	kick := func(p hypervisor.Progress) {
-		w.kick()
-		j.cfg.Progress(Event{Kind: EventProgress, Machine: plan.Instance.Machine, Instance: plan.RestorePoint.DataDir, Message: "image restore",
-			Bytes: p.Done, Total: p.Total})
-		if progress != nil {
-			progress(p)
-		}
-	}
 	var placed map[uint32]string
 	var err error
 	if tr, ok := j.cfg.Hypervisor.(hypervisor.TablespaceRestorer); ok {
@@ -340,6 +331,23 @@ func (j *Job) restoreImage(ctx context.Context, plan *Plan, target string, space
 		return nil, fmt.Errorf("restore image of restore point %s to %s: %w", plan.RestorePoint.ID, target, explain(wctx, err))
 	}
 	return placed, nil
+}
+
+// imageReader is how a restore reads plan's images: through the
+// repository under the operation timeout, which progress (reported to
+// Config.Progress as what, and to progress when set) keeps alive.
+func (j *Job) imageReader(ctx context.Context, plan *Plan, what string, progress func(hypervisor.Progress)) (context.Context, hypervisor.ObjectGetter,
+	func(hypervisor.Progress), context.CancelFunc) {
+	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
+	kick := func(p hypervisor.Progress) {
+		w.kick()
+		j.cfg.Progress(Event{Kind: EventProgress, Machine: plan.Instance.Machine, Instance: plan.RestorePoint.DataDir, Message: what,
+			Bytes: p.Done, Total: p.Total})
+		if progress != nil {
+			progress(p)
+		}
+	}
+	return wctx, watchedRepo{j.cfg.Repository, w}, kick, cancel
 }
 
 // Recover starts the restored data directory in the guest in recovery up

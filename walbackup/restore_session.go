@@ -65,6 +65,14 @@ func (r *restoreRecord) end(ctx context.Context, err error, result string, rec g
 	r.rec.End = r.j.cfg.Clock.Now()
 	r.rec.Counters.Files = int64(rec.Fetched)
 	r.rec.Counters.LastLSN = rec.LSN
+	r.update(ctx)
+}
+
+// update writes the record as it is now.
+func (r *restoreRecord) update(ctx context.Context) {
+	if r.rec.ID == "" {
+		return
+	}
 	octx, cancel := r.j.op(context.WithoutCancel(ctx))
 	defer cancel()
 	if err := r.j.cfg.Sessions.Update(octx, r.rec); err != nil {

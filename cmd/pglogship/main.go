@@ -132,7 +132,7 @@ Exit codes: 0 ok, 1 failed, 2 bad flags or arguments, 3 bad configuration,
 	pf.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (default warn; run: info; $"+envLogLevel+")")
 	pf.StringVar(&g.job, "job", "", "the job, by name, when the configuration has several")
 	root.AddCommand(newRunCmd(g), newInfoCmd(g), newSessionsCmd(g), newCheckCmd(g), newVerifyCmd(g), newRestoreCmd(g),
-		newDrillCmd(g), newExportCmd(g), newExpireCmd(g))
+		newDrillCmd(g), newExportCmd(g), newPublishCmd(g), newUnpublishCmd(g), newExpireCmd(g))
 	return root
 }
 

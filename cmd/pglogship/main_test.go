@@ -404,6 +404,27 @@ func TestCommandRestores(t *testing.T) {
 		assert.Equal(t, exitUsage, code)
 	})
 
+	t.Run("publish and unpublish", func(t *testing.T) {
+		cache := filepath.Join(testenv.UserDir(t, pg.OSUser), "published")
+		published := testenv.PostgresFor(t, filepath.Join(cache, "data"), pg)
+		stdout, stderr, code := f.cli(t, "publish", "--time", target, "--cache", cache, "--port", strconv.Itoa(published.Port),
+			"--socket-dir", published.SocketDir, "--os-user", pg.OSUser, "--listen", "127.0.0.1")
+		require.Equal(t, exitOK, code, "%s", stderr)
+		assert.Contains(t, stdout, "unpublish with: pglogship unpublish --cache "+cache)
+		assert.Equal(t, "1:100 2:100", published.Psql(t, "postgres",
+			"SELECT string_agg(batch || ':' || c, ' ' ORDER BY batch) FROM (SELECT batch, count(*) c FROM batches GROUP BY batch) x"),
+			"exactly the rows committed by %s", target)
+		stdout, _, code = f.cli(t, "unpublish", "--cache", cache)
+		require.Equal(t, exitOK, code)
+		assert.Contains(t, stdout, "unpublished "+cache)
+		assert.NoDirExists(t, cache)
+		_, stderr, code = f.cli(t, "unpublish", "--cache", cache)
+		assert.NotEqual(t, exitOK, code)
+		assert.Contains(t, stderr, "not a publication")
+		_, _, code = f.cli(t, "publish", "--cache", cache)
+		assert.Equal(t, exitUsage, code, "no port")
+	})
+
 	// Last: two more restore points (an incremental one, then a full one),
 	// and a file (given with --config, over the environment's) that keeps
 	// one.

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"io"
@@ -494,4 +495,66 @@ func TestQEMUQuiesceFreezesAroundTheTransaction(t *testing.T) {
 	_, err = l.h.Snapshot(ctx, "vm1", hypervisor.SnapshotOptions{Quiesce: true})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	l.requireNothingLeft(t)
+}
+
+// Publish fetches the chain as it is stored, each image backed by the one
+// before, and puts an overlay on it: the overlay reads as the restored
+// disk, a write into it lands in the overlay only (the fetched chain, and
+// the repository, stay as they were), an existing directory is refused,
+// and a chain that does not verify leaves nothing.
+func TestQEMUPublishOverlaysTheChain(t *testing.T) {
+	l := newLab(t, nil)
+	l.q.WriteFile(t, l.randomFile(t, 2*mib), 0, 2*mib)
+	full := l.backup(t, "vm1/images/0001", nil)
+	l.q.Write(t, 0x5a, 4*mib, mib)
+	inc := l.backup(t, "vm1/images/0002", &full)
+	require.False(t, inc.Full)
+	restored := l.restore(t, "restored.qcow2", full, inc)
+	before := l.repoSums(t)
+
+	ctx := ctxT(t)
+	dir := filepath.Join(l.dir, "published")
+	disk, err := l.h.Publish(ctx, []hypervisor.Image{full, inc}, l.repo, dir, nil)
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join(dir, OverlayName), disk)
+	assert.True(t, l.q.Identical(t, restored, disk), "the overlay reads as the restored disk")
+	info := l.q.BackingChain(t, disk)
+	assert.Equal(t, []string{disk, filepath.Join(dir, "001.qcow2"), filepath.Join(dir, "000.qcow2")}, info, "the stored chain, not one converted image")
+	for _, f := range info[1:] {
+		st, err := os.Stat(f)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o400), st.Mode().Perm(), "%s is read-only", f)
+	}
+
+	// A write lands in the overlay only.
+	top := filepath.Join(dir, "001.qcow2")
+	topCopy := filepath.Join(l.dir, "top-before.qcow2")
+	l.q.ConvertOf(t, top, topCopy)
+	out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 64k", disk).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.False(t, l.q.Identical(t, restored, disk), "the write is in the overlay")
+	assert.True(t, l.q.Identical(t, topCopy, top), "the chain under it is unchanged")
+	assert.Equal(t, before, l.repoSums(t), "the repository is only read")
+
+	_, err = l.h.Publish(ctx, []hypervisor.Image{full, inc}, l.repo, dir, nil)
+	require.ErrorIs(t, err, fs.ErrExist)
+	bad := filepath.Join(l.dir, "bad")
+	_, err = l.h.Publish(ctx, []hypervisor.Image{full, inc, inc}, l.repo, bad, nil)
+	require.Error(t, err)
+	assert.NoDirExists(t, bad)
+}
+
+// repoSums is the SHA-256 of every object in the lab's repository.
+func (l *lab) repoSums(t *testing.T) map[string][32]byte {
+	t.Helper()
+	sums := map[string][32]byte{}
+	require.NoError(t, filepath.WalkDir(filepath.Join(l.dir, "repo"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		sums[p] = sha256.Sum256(b)
+		return err
+	}))
+	return sums
 }

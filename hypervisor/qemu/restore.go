@@ -41,16 +41,8 @@ func (h *Hypervisor) Restore(ctx context.Context, chain []hypervisor.Image, src 
 }
 
 func (h *Hypervisor) restore(ctx context.Context, chain []hypervisor.Image, src hypervisor.ObjectGetter, target string, progress func(hypervisor.Progress)) error {
-	if err := checkChain(chain); err != nil {
+	if err := h.checkRestorable(chain); err != nil {
 		return err
-	}
-	for _, img := range chain {
-		switch sealed := img.Meta[MetaSealed] == SealedBundle; {
-		case sealed && h.cfg.Key == nil:
-			return fmt.Errorf("image %s: %w", img.Prefix, bundle.ErrKeyRequired)
-		case !sealed && h.cfg.Key != nil:
-			return fmt.Errorf("image %s: %w: refused, it could be forged", img.Prefix, bundle.ErrNotEncrypted)
-		}
 	}
 	target, err := filepath.Abs(target)
 	if err != nil {
@@ -64,39 +56,10 @@ func (h *Hypervisor) restore(ctx context.Context, chain []hypervisor.Image, src 
 		return err
 	}
 	defer os.RemoveAll(tmp)
-
-	var total int64
-	for _, img := range chain {
-		total += img.Objects[0].Size
+	top, err := h.fetchChain(ctx, chain, src, tmp, progress)
+	if err != nil {
+		return err
 	}
-	pr := &progressReader{total: total, progress: progress}
-	var top string
-	size := virtualSize(chain[0])
-	for i, img := range chain {
-		file := filepath.Join(tmp, fmt.Sprintf("%03d.qcow2", i))
-		if img.Meta[MetaSealed] == SealedBundle {
-			err = h.fetchSealed(ctx, src, img.Objects[0], file, pr)
-		} else {
-			err = fetch(ctx, src, img.Objects[0], file, pr)
-		}
-		if err != nil {
-			return err
-		}
-		// Checked (and authenticated, when sealed) above; now its header,
-		// before qemu-img opens it.
-		if err := checkQcow2(file, size); err != nil {
-			return fmt.Errorf("image %s: %w", img.Prefix, err)
-		}
-		if top != "" {
-			// The backing file is the one before it, written here; formats
-			// are named, never probed.
-			if err := h.qemuImg(ctx, "rebase", "-u", "-f", FormatQcow2, "-F", FormatQcow2, "-b", top, file); err != nil {
-				return err
-			}
-		}
-		top = file
-	}
-	pr.report()
 
 	// Convert next to the target, then link it into place: a link never
 	// replaces an existing file, and the target appears whole or not at all.
@@ -115,6 +78,63 @@ func (h *Hypervisor) restore(ctx context.Context, chain []hypervisor.Image, src 
 		return err
 	}
 	return syncFile(filepath.Dir(target))
+}
+
+// fetchChain fetches and verifies chain (checked by the caller) into dir,
+// one qcow2 file per image, each backed by the one before, and returns the
+// newest.
+func (h *Hypervisor) fetchChain(ctx context.Context, chain []hypervisor.Image, src hypervisor.ObjectGetter, dir string, progress func(hypervisor.Progress)) (string, error) {
+	var err error
+	var total int64
+	for _, img := range chain {
+		total += img.Objects[0].Size
+	}
+	pr := &progressReader{total: total, progress: progress}
+	var top string
+	size := virtualSize(chain[0])
+	for i, img := range chain {
+		file := filepath.Join(dir, fmt.Sprintf("%03d.qcow2", i))
+		if img.Meta[MetaSealed] == SealedBundle {
+			err = h.fetchSealed(ctx, src, img.Objects[0], file, pr)
+		} else {
+			err = fetch(ctx, src, img.Objects[0], file, pr)
+		}
+		if err != nil {
+			return "", err
+		}
+		// Checked (and authenticated, when sealed) above; now its header,
+		// before qemu-img opens it.
+		if err := checkQcow2(file, size); err != nil {
+			return "", fmt.Errorf("image %s: %w", img.Prefix, err)
+		}
+		if top != "" {
+			// The backing file is the one before it, written here; formats
+			// are named, never probed.
+			if err := h.qemuImg(ctx, "rebase", "-u", "-f", FormatQcow2, "-F", FormatQcow2, "-b", top, file); err != nil {
+				return "", err
+			}
+		}
+		top = file
+	}
+	pr.report()
+	return top, nil
+}
+
+// checkRestorable checks chain (checkChain), and that its images are
+// sealed exactly when this hypervisor has a key.
+func (h *Hypervisor) checkRestorable(chain []hypervisor.Image) error {
+	if err := checkChain(chain); err != nil {
+		return err
+	}
+	for _, img := range chain {
+		switch sealed := img.Meta[MetaSealed] == SealedBundle; {
+		case sealed && h.cfg.Key == nil:
+			return fmt.Errorf("image %s: %w", img.Prefix, bundle.ErrKeyRequired)
+		case !sealed && h.cfg.Key != nil:
+			return fmt.Errorf("image %s: %w: refused, it could be forged", img.Prefix, bundle.ErrNotEncrypted)
+		}
+	}
+	return nil
 }
 
 // checkChain checks that chain is a full qcow2 image of this package and

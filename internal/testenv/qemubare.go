@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -271,4 +272,28 @@ func (q *BareQEMU) Stop(t testing.TB) {
 		<-q.exited
 		t.Errorf("testenv: QEMU did not quit within 10 s; killed\n%s", logTail(q.LogFile))
 	}
+}
+
+// BackingChain lists image and the files under it, top first (qemu-img
+// info --backing-chain).
+func (q *BareQEMU) BackingChain(t testing.TB, image string) []string {
+	t.Helper()
+	var infos []struct {
+		Filename string `json:"filename"`
+	}
+	if err := json.Unmarshal([]byte(q.qemuImg(t, "info", "-U", "--backing-chain", "--output=json", image)), &infos); err != nil {
+		t.Fatalf("testenv: qemu-img info %s: %v", image, err)
+	}
+	var out []string
+	for _, i := range infos {
+		out = append(out, i.Filename)
+	}
+	return out
+}
+
+// ConvertOf writes a standalone copy of image (its whole backing chain)
+// to dst.
+func (q *BareQEMU) ConvertOf(t testing.TB, image, dst string) {
+	t.Helper()
+	q.qemuImg(t, "convert", "-U", "-O", "qcow2", image, dst)
 }
