@@ -55,7 +55,11 @@
 // job stored, and picks the restore point, before anything is written;
 // Restore writes the image chain through the hypervisor and has the guest's
 // runtime start PostgreSQL in recovery, fetching WAL from the repository
-// (FetchWAL) and ahead of it; Drill proves a restore point in a scratch
-// location. Expire applies the Retention after each parent session; Verify
-// checks the whole repository.
+// (FetchWAL) and ahead of it, also onto another machine (its PostgreSQL
+// release checked first); Drill proves a restore point in a scratch
+// location; Export dumps databases at a point in time with the guest's own
+// pg_dump; Publish runs an instance straight from the backup (a qcow2
+// overlay on the stored chain for disk images) until Unpublish. Each is
+// recorded as a restore session (RestoreJobName). Expire applies the
+// Retention after each parent session; Verify checks the whole repository.
 package walbackup
