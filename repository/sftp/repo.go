@@ -217,7 +217,9 @@ func (r *Repo) writeTemp(ctx context.Context, dir string, rd io.Reader) (tmp str
 		return "", 0, sum, err
 	}
 	h := sha256.New()
-	size, err = io.Copy(f, io.TeeReader(repository.ContextReader(ctx, rd), h))
+	// Writes in flight at once: File.ReadFrom does so only for a reader
+	// whose size it can tell, and waits out each 32 KiB write otherwise.
+	size, err = f.ReadFromWithConcurrency(io.TeeReader(repository.ContextReader(ctx, rd), h), 0)
 	if err != nil {
 		return "", 0, sum, err
 	}
