@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	goruntime "runtime"
 
 	"github.com/pglogship/pglogship/guest"
@@ -247,7 +246,7 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		if s.codec == "" {
 			s.codec = guest.CodecZstd
 		}
-		s.purge.start(ctx, filepath.Join(s.dir, removed)) // left by an earlier runtime
+		s.purge.start(ctx, s.dir) // what an earlier runtime left in .removed
 		return nil, clearOutgoing(s.dir)
 	case OpReady, OpSpace:
 		if s.dir == "" {
