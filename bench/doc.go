@@ -10,4 +10,9 @@
 // its contenders in turning order, round after round, in one run (these
 // machines are noisy, so pairs are compared within a run), and appends its
 // rows to the summary table named by PGLOGSHIP_BENCH_TABLE.
+//
+// Profiling BenchmarkShip: PGLOGSHIP_BENCH_ONLY=text runs only the
+// contenders whose name holds text (rounds as usual, no table, no memory
+// rounds), and PGLOGSHIP_BENCH_PERF=folder records each of our ships there
+// (perf of the whole machine, pprof of the host process).
 package bench

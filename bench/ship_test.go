@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -118,9 +119,11 @@ func BenchmarkShip(b *testing.B) {
 		}
 		hostCPU, rtCPU := testenv.CPUTime([]int{os.Getpid()}, ""), testenv.CPUTime(nil, baseDir)
 		cpu := markCPU()
+		stopPerf := perfRecord(b, runs)
 		start := time.Now()
 		got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Time: start, Direct: d})
 		res := result{elapsed: time.Since(start), stored: got.StoredBytes}
+		stopPerf()
 		since(&res, cpu)
 		b.Logf("CPU: host process %v, runtime %v, guest side %v", testenv.CPUTime([]int{os.Getpid()}, "")-hostCPU,
 			testenv.CPUTime(nil, baseDir)-rtCPU, res.guestCPU)
@@ -266,6 +269,17 @@ func BenchmarkShip(b *testing.B) {
 	if !withPeer {
 		names, cs = names[:len(ours)], cs[:len(ours)]
 	}
+	if only := os.Getenv("PGLOGSHIP_BENCH_ONLY"); only != "" {
+		// Profiling: the contenders named, timed, nothing else.
+		var sel []contender
+		for _, c := range cs {
+			if strings.Contains(c.name, only) {
+				sel = append(sel, c)
+			}
+		}
+		race(b, sel)
+		return
+	}
 	b.ResetTimer()
 	tallies := race(b, cs)
 	b.StopTimer()
@@ -330,6 +344,30 @@ func BenchmarkShip(b *testing.B) {
 			fmt.Sprintf("%.0f (%.2f)", float64(tl.stored)/1e6, float64(raw)/float64(tl.stored)))
 	}
 	t.flush()
+}
+
+// perfRecord profiles one of ours shipping when PGLOGSHIP_BENCH_PERF names
+// a folder: every process's stacks with perf (run-N.data; the runtime,
+// sshd, the store) and the host process with pprof (host-N.pprof), N
+// counting the ships. It returns what stops both.
+func perfRecord(b *testing.B, run int) func() {
+	dir := os.Getenv("PGLOGSHIP_BENCH_PERF")
+	if dir == "" {
+		return func() {}
+	}
+	cmd := exec.Command("perf", "record", "-a", "-g", "-F", "999", "-o", filepath.Join(dir, fmt.Sprintf("run-%d.data", run)))
+	cmd.Stderr = os.Stderr
+	must(b, cmd.Start())
+	time.Sleep(300 * time.Millisecond) // perf's set-up
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("host-%d.pprof", run)))
+	must(b, err)
+	must(b, pprof.StartCPUProfile(f))
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		must(b, cmd.Process.Signal(os.Interrupt))
+		cmd.Wait()
+	}
 }
 
 // volumeRounds is how many 1 GiB backlogs the memory check ships in a row.

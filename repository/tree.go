@@ -1,9 +1,12 @@
 package repository
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"sort"
 	"strings"
 )
@@ -124,3 +127,53 @@ type section struct {
 }
 
 func (s *section) Close() error { return s.c.Close() }
+
+// StatFile is an open file of a file-like backend that knows its size.
+type StatFile interface {
+	ReaderAtCloser
+	Stat() (fs.FileInfo, error)
+}
+
+// SameFiles tells whether the files a and b of a file-like backend, opened
+// with open, hold the same bytes: how Put compares the object it could not
+// commit with the one already there, instead of summing every object it
+// writes.
+func SameFiles[F StatFile](open func(name string) (F, error), a, b string) (bool, error) {
+	fa, err := open(a)
+	if err != nil {
+		return false, err
+	}
+	defer fa.Close()
+	fb, err := open(b)
+	if err != nil {
+		return false, err
+	}
+	defer fb.Close()
+	sa, err := fa.Stat()
+	if err != nil {
+		return false, err
+	}
+	sb, err := fb.Stat()
+	if err != nil {
+		return false, err
+	}
+	sizeA, sizeB := sa.Size(), sb.Size()
+	if sizeA != sizeB {
+		return false, nil
+	}
+	bufA, bufB := make([]byte, 1<<20), make([]byte, 1<<20)
+	for off := int64(0); off < sizeA; {
+		n := int(min(int64(len(bufA)), sizeA-off))
+		if _, err := fa.ReadAt(bufA[:n], off); err != nil && !(errors.Is(err, io.EOF) && off+int64(n) == sizeA) {
+			return false, err
+		}
+		if _, err := fb.ReadAt(bufB[:n], off); err != nil && !(errors.Is(err, io.EOF) && off+int64(n) == sizeA) {
+			return false, err
+		}
+		if !bytes.Equal(bufA[:n], bufB[:n]) {
+			return false, nil
+		}
+		off += int64(n)
+	}
+	return true, nil
+}

@@ -166,9 +166,7 @@ func TestPostgresRestartedAndPromotedDuringASession(t *testing.T) {
 	var hist bytes.Buffer
 	require.NoError(t, walbackup.FetchWAL(ctx, r.repo, inst, "00000002.history", nil, &hist))
 	assert.Contains(t, hist.String(), "1\t")
-	left, err := os.ReadDir(r.walDir)
-	require.NoError(t, err)
-	assert.Empty(t, left, "everything left the guest")
+	assertShippedAll(t, r.walDir, "everything left the guest")
 	c, err := session.Latest(ctx, r.store, r.job.ChildName(), session.KindChild)
 	require.NoError(t, err)
 	log, err := r.store.Log(ctx, c.ID, 0, 100)

@@ -104,9 +104,7 @@ func shipRealWALOverSSH(t *testing.T, repo repository.Repository, major int) (re
 			originals[e.Name()] = b
 		}
 		h.step(t, walbackup.DefaultLogBackupInterval)
-		left, err := os.ReadDir(walDir)
-		require.NoError(t, err)
-		assert.Empty(t, left, "shipped WAL is gone from the guest")
+		assertShippedAll(t, walDir, "shipped WAL is gone from the guest")
 	}
 	require.NoError(t, job.Disable(ctx))
 
@@ -147,4 +145,18 @@ func shipRealWALOverSSH(t *testing.T, repo repository.Repository, major int) (re
 	}
 	assert.True(t, noBase, "the session says why it warns")
 	return inst, originals
+}
+
+// assertShippedAll checks that no WAL file waits in the guest folder dir
+// once shipping returned, and that the runtime unlinks the shipped files
+// (in the background, out of the folder already) soon after.
+func assertShippedAll(t *testing.T, dir, msg string) {
+	t.Helper()
+	left, err := runtime.Ready(dir)
+	require.NoError(t, err)
+	assert.Empty(t, left, msg)
+	assert.Eventually(t, func() bool {
+		entries, err := os.ReadDir(dir)
+		return err == nil && len(entries) == 0
+	}, time.Minute, 10*time.Millisecond, "%s: the files are unlinked", msg)
 }

@@ -134,9 +134,7 @@ func TestParentOnRealPostgres(t *testing.T) {
 		backupFile = backupFile || strings.HasSuffix(n, ".backup")
 	}
 	assert.True(t, backupFile, "the .backup history file is stored too")
-	left, err := os.ReadDir(r.walDir)
-	require.NoError(t, err)
-	assert.Empty(t, left, "everything left the guest")
+	assertShippedAll(t, r.walDir, "everything left the guest")
 
 	parent, err := session.Latest(ctx, r.store, "Daily DB Job", session.KindParent)
 	require.NoError(t, err)

@@ -103,6 +103,8 @@ func TestDeployShipRemoveClose(t *testing.T) {
 	}
 
 	require.NoError(t, rt.Close(ctx))
+	_, err = os.Stat(filepath.Join(dir, ".removed"))
+	assert.ErrorIs(t, err, os.ErrNotExist, "removed files are unlinked, and their folder, before the runtime ends")
 	require.NoError(t, rt.Close(ctx), "close is idempotent")
 	_, err = rt.Scan(ctx)
 	require.ErrorIs(t, err, guest.ErrClosed)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	goruntime "runtime"
 
 	"github.com/pglogship/pglogship/guest"
@@ -166,6 +165,7 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, newRuntime func(Con
 		return err
 	}
 	s := &server{w: w, r: r, newRuntime: newRuntime}
+	defer s.purge.wait()
 	for {
 		var req proto.Request
 		if err := r.ReadJSON(proto.TypeRequest, &req); err != nil {
@@ -204,6 +204,7 @@ type server struct {
 	codec      guest.Codec // of the session's WAL (ArchiveConfig.Codec)
 	inst       guest.Instance
 	dataDir    string // found by the first data operation
+	purge      purger // unlinks what remove moved out of dir
 }
 
 func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
@@ -257,6 +258,7 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		if s.codec == "" {
 			s.codec = guest.CodecZstd
 		}
+		s.purge.start(ctx, s.dir) // what an earlier runtime left in .removed
 		return nil, clearOutgoing(s.dir)
 	case OpReady, OpSpace:
 		if s.dir == "" {
@@ -282,7 +284,7 @@ func (s *server) handle(ctx context.Context, req proto.Request) (any, error) {
 		if req.Op == OpRead {
 			return nil, s.read(a.Names)
 		}
-		return nil, remove(s.dir, a.Names)
+		return nil, s.remove(ctx, a.Names)
 	case OpBackupStart:
 		var a BackupArgs
 		if err := json.Unmarshal(req.Args, &a); err != nil {
@@ -441,17 +443,6 @@ func (s *server) read(names []string) error {
 // sendWorkers is how many files are compressed at once: two cores at most,
 // so shipping never takes over a busy database server.
 func sendWorkers() int { return min(2, goruntime.GOMAXPROCS(0)) }
-
-// remove deletes shipped files and fsyncs the folder. Files already gone
-// are fine: a retry after a lost response must succeed.
-func remove(dir string, names []string) error {
-	for _, n := range names {
-		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-	}
-	return syncDir(dir)
-}
 
 // syncDir fsyncs a folder, making the names made or removed in it durable.
 func syncDir(dir string) error {

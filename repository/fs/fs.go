@@ -14,7 +14,6 @@ package fs
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -80,14 +79,14 @@ func (r *Repo) Put(ctx context.Context, name string, rd io.Reader) error {
 	if err := mkdirAllSync(dir); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	tmp, sum, size, err := writeTemp(ctx, dir, rd)
+	tmp, err := writeTemp(ctx, dir, rd)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
 	defer os.Remove(tmp) // no-op once renamed
 	err = renameNoReplace(tmp, path)
 	if errors.Is(err, unix.EEXIST) {
-		same, cerr := sameContent(path, size, sum)
+		same, cerr := sameContent(path, tmp)
 		if cerr != nil {
 			return fmt.Errorf("put %s: compare with existing: %w", name, cerr)
 		}
@@ -106,13 +105,13 @@ func (r *Repo) Put(ctx context.Context, name string, rd io.Reader) error {
 }
 
 // writeTemp streams rd into a new temporary file in dir and fsyncs it.
-func writeTemp(ctx context.Context, dir string, rd io.Reader) (path string, sum [32]byte, size int64, err error) {
+func writeTemp(ctx context.Context, dir string, rd io.Reader) (path string, err error) {
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	path = filepath.Join(dir, ".tmp-"+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return "", sum, 0, err
+		return "", err
 	}
 	defer func() {
 		if err != nil {
@@ -120,19 +119,17 @@ func writeTemp(ctx context.Context, dir string, rd io.Reader) (path string, sum 
 			os.Remove(path)
 		}
 	}()
-	h := sha256.New()
-	size, err = io.Copy(io.MultiWriter(f, h), repository.ContextReader(ctx, rd))
+	_, err = io.Copy(f, repository.ContextReader(ctx, rd))
 	if err != nil {
-		return "", sum, 0, err
+		return "", err
 	}
 	if err = f.Sync(); err != nil {
-		return "", sum, 0, err
+		return "", err
 	}
 	if err = f.Close(); err != nil {
-		return "", sum, 0, err
+		return "", err
 	}
-	copy(sum[:], h.Sum(nil))
-	return path, sum, size, nil
+	return path, nil
 }
 
 func renameNoReplace(from, to string) error {
@@ -150,22 +147,8 @@ func renameNoReplace(from, to string) error {
 	return err
 }
 
-func sameContent(path string, size int64, sum [32]byte) (bool, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil || st.Size() != size {
-		return false, err
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return false, err
-	}
-	return [32]byte(h.Sum(nil)) == sum, nil
-}
+// sameContent tells whether the files at a and b hold the same bytes.
+func sameContent(a, b string) (bool, error) { return repository.SameFiles(os.Open, a, b) }
 
 // mkdirAllSync creates dir and its missing parents (0700), fsyncing each
 // parent so the new entries survive a crash.

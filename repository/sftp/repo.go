@@ -15,7 +15,6 @@ package sftp
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -163,7 +162,7 @@ func (r *Repo) Put(ctx context.Context, name string, rd io.Reader) error {
 	if err := r.mkdirAll(dir); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	tmp, size, sum, err := r.writeTemp(ctx, dir, rd)
+	tmp, err := r.writeTemp(ctx, dir, rd)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
@@ -172,7 +171,7 @@ func (r *Repo) Put(ctx context.Context, name string, rd io.Reader) error {
 		if _, serr := r.c.Stat(p); serr != nil {
 			return fmt.Errorf("put %s: %w", name, err)
 		}
-		same, cerr := r.sameContent(p, size, sum)
+		same, cerr := r.sameContent(p, tmp)
 		switch {
 		case cerr != nil:
 			return fmt.Errorf("put %s: compare with existing: %w", name, cerr)
@@ -199,13 +198,13 @@ func (r *Repo) commit(tmp, final string) error {
 	return r.c.Rename(tmp, final)
 }
 
-func (r *Repo) writeTemp(ctx context.Context, dir string, rd io.Reader) (tmp string, size int64, sum [32]byte, err error) {
+func (r *Repo) writeTemp(ctx context.Context, dir string, rd io.Reader) (tmp string, err error) {
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	tmp = path.Join(dir, ".tmp-"+hex.EncodeToString(rnd[:]))
 	f, err := r.c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
 	if err != nil {
-		return "", 0, sum, err
+		return "", err
 	}
 	defer func() {
 		if err != nil {
@@ -214,23 +213,23 @@ func (r *Repo) writeTemp(ctx context.Context, dir string, rd io.Reader) (tmp str
 		}
 	}()
 	if err = f.Chmod(0o600); err != nil {
-		return "", 0, sum, err
+		return "", err
 	}
-	h := sha256.New()
-	size, err = io.Copy(f, io.TeeReader(repository.ContextReader(ctx, rd), h))
+	// Writes in flight at once: File.ReadFrom does so only for a reader
+	// whose size it can tell, and waits out each 32 KiB write otherwise.
+	_, err = f.ReadFromWithConcurrency(repository.ContextReader(ctx, rd), 0)
 	if err != nil {
-		return "", 0, sum, err
+		return "", err
 	}
 	if r.fsync {
 		if err = f.Sync(); err != nil {
-			return "", 0, sum, fmt.Errorf("fsync: %w", err)
+			return "", fmt.Errorf("fsync: %w", err)
 		}
 	}
 	if err = f.Close(); err != nil {
-		return "", 0, sum, err
+		return "", err
 	}
-	copy(sum[:], h.Sum(nil))
-	return tmp, size, sum, nil
+	return tmp, nil
 }
 
 // syncDir makes the new directory entry durable where the server lets a
@@ -246,22 +245,8 @@ func (r *Repo) syncDir(dir string) {
 	}
 }
 
-func (r *Repo) sameContent(p string, size int64, sum [32]byte) (bool, error) {
-	f, err := r.c.Open(p)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil || st.Size() != size {
-		return false, err
-	}
-	h := sha256.New()
-	if _, err := f.WriteTo(h); err != nil {
-		return false, err
-	}
-	return [32]byte(h.Sum(nil)) == sum, nil
-}
+// sameContent tells whether the files at a and b hold the same bytes.
+func (r *Repo) sameContent(a, b string) (bool, error) { return repository.SameFiles(r.c.Open, a, b) }
 
 // Get implements repository.Repository.
 func (r *Repo) Get(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
