@@ -304,7 +304,7 @@ func TestQEMUGuestShipsDirectlyToMinIO(t *testing.T) {
 	h := &harness{store: smem.New(), events: make(chan walbackup.Event, 1024)}
 	h.list = h.store
 	job, err := walbackup.NewJob(walbackup.Config{
-		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1", Address: vm.SSHAddr, Instances: []string{testenv.GuestReleaseDataDir, debianDataDir}}},
+		Name: "Daily DB Job", Machines: []walbackup.Machine{{ID: "vm1", Address: vm.SSHAddr}},
 		LogBackupInterval: walbackup.DefaultLogBackupInterval, WALDir: testenv.GuestTempDir + "/wal",
 		Hypervisor: fakeImages(nil, nil), Guests: countingDeployer{deployer, &c}, Repository: countingS3{repo, &c}, Sessions: h.store,
 		Clock: clock.New(), Logger: testenv.Logger(t), Observer: func(e walbackup.Event) { h.events <- e },
