@@ -423,6 +423,10 @@ func TestCommandRestores(t *testing.T) {
 		assert.Contains(t, stderr, "not a publication")
 		_, _, code = f.cli(t, "publish", "--cache", cache)
 		assert.Equal(t, exitUsage, code, "no port")
+		_, stderr, code = f.cli(t, "restore", "--onto", "nosuch", "--to", cache, "--port", "5999")
+		assert.Equal(t, exitUsage, code)
+		assert.Contains(t, stderr, `has no machine "nosuch" (machines: db1)`)
+		assert.NoDirExists(t, cache)
 	})
 
 	// Last: two more restore points (an incremental one, then a full one),

@@ -85,7 +85,7 @@ func newRestoreCmd(g *globals) *cobra.Command {
 	var srv serverFlags
 	var tf targetFlags
 	var (
-		restorePoint, to        string
+		restorePoint, to, onto  string
 		inPlace, force, noStart bool
 		tablespaces             []string
 	)
@@ -148,6 +148,14 @@ data directory moved aside (kept, never deleted). That happens only with
 			defer e.Close()
 			req := walbackup.RestoreRequest{Machine: m.ID, SystemID: pick.systemID, DataDir: pick.dataDir, Target: target, RestorePoint: restorePoint}
 			dest := walbackup.RestoreTo{Image: to, Guest: m, Recovery: opts, Tablespaces: mapping}
+			if onto != "" {
+				if inPlace {
+					return usageErrorf("--onto restores beside, with --to: --in-place replaces the instance on its own machine")
+				}
+				if dest.Guest, err = (&pickFlags{machine: onto}).pick(b); err != nil {
+					return err
+				}
+			}
 			if noStart {
 				dest.Guest = walbackup.Machine{}
 			}
@@ -196,6 +204,7 @@ data directory moved aside (kept, never deleted). That happens only with
 	f := cmd.Flags()
 	tf.add(cmd, &restorePoint)
 	f.StringVar(&to, "to", "", "restore into this new directory")
+	f.StringVar(&onto, "onto", "", "restore onto this other machine of the job (its release is checked first), into --to there")
 	f.BoolVar(&inPlace, "in-place", false, "replace the running instance (needs --force)")
 	f.BoolVar(&force, "force", false, "allow --in-place")
 	f.BoolVar(&noStart, "no-start", false, "with --to: restore the files only, do not start PostgreSQL")
