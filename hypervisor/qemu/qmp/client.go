@@ -76,13 +76,23 @@ func newClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	return c, nil
 }
 
+// maxEarlyEvents bounds the events handshake skips before the greeting.
+const maxEarlyEvents = 64
+
 func handshake(conn net.Conn, dec *decoder) (Version, error) {
 	m, err := dec.next()
+	// An event QEMU emitted as the previous client left can reach the new
+	// one ahead of its greeting (seen under load, as a block job ended):
+	// nothing of this connection's, so it is skipped.
+	for skipped := 0; err == nil && m.kind == kindEvent && skipped < maxEarlyEvents; skipped++ {
+		m, err = dec.next()
+	}
 	if err != nil {
 		return Version{}, fmt.Errorf("read greeting: %w", err)
 	}
 	if m.kind != kindGreeting {
-		return Version{}, fmt.Errorf("%w: first message is not the greeting", ErrProtocol)
+		what := map[kind]string{kindReturn: "a command's return", kindError: "an error", kindEvent: "event " + m.Event}[m.kind]
+		return Version{}, fmt.Errorf("%w: first message is not the greeting but %s", ErrProtocol, what)
 	}
 	ver := m.version()
 	if _, err := conn.Write([]byte(`{"execute":"qmp_capabilities","id":"0"}` + "\r\n")); err != nil {

@@ -271,6 +271,17 @@ func TestQMPDialRefusesBadGreetingAndHonoursContext(t *testing.T) {
 		_, err := Dial(context.Background(), f.path)
 		require.ErrorIs(t, err, ErrProtocol)
 	})
+	t.Run("events before the greeting", func(t *testing.T) {
+		// What a previous client left behind is skipped, within bounds.
+		event := `{"event": "JOB_STATUS_CHANGE", "data": {"id": "j", "status": "concluded"}, "timestamp": {"seconds": 1, "microseconds": 2}}` + "\r\n"
+		f := startFakeGreeting(t, strings.Repeat(event, 3)+greeting, nil)
+		c, err := Dial(context.Background(), f.path)
+		require.NoError(t, err)
+		require.NoError(t, c.Close())
+		f = startFakeGreeting(t, strings.Repeat(event, maxEarlyEvents+1)+greeting, nil)
+		_, err = Dial(context.Background(), f.path)
+		require.ErrorIs(t, err, ErrProtocol)
+	})
 	t.Run("not JSON", func(t *testing.T) {
 		f := startFakeGreeting(t, "HTTP/1.1 200 OK\r\n", nil)
 		_, err := Dial(context.Background(), f.path)
