@@ -1,9 +1,11 @@
 package testenv
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -31,4 +33,23 @@ func LoggerAt(t testing.TB, level slog.Level) *slog.Logger {
 // scan what was logged.
 func LoggerTo(t testing.TB, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.MultiWriter(tWriter{t}, w), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// SyncBuffer collects output (logs, a child's stdout) from several
+// goroutines; String reads what arrived so far.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
