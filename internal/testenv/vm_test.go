@@ -162,3 +162,20 @@ func TestVMImageRemoveBuildUnmounts(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotContains(t, string(mounts), "img.tmp-1")
 }
+
+// The serial log of the CI guest that hung in boot, and a short lockup
+// that a busy host explains.
+func TestGuestStuckOnlyForLastingLockups(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(text), 0o644))
+		return p
+	}
+	hung := write("hung.log", "[  200.500709]  </TASK>\n"+
+		"[  228.500697] watchdog: BUG: soft lockup - CPU#0 stuck for 208s! [cryptomgr_test:52]\n")
+	brief := write("brief.log", "[   40.1] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [systemd:1]\n")
+	assert.Equal(t, "soft lockup - CPU#0 stuck for 208s", guestStuck(hung))
+	assert.Empty(t, guestStuck(brief))
+	assert.Empty(t, guestStuck(filepath.Join(dir, "absent.log")))
+}
