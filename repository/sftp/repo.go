@@ -56,6 +56,7 @@ type Repo struct {
 	root      string
 	fsync     bool
 	hardlink  bool
+	packet    int // bytes of data per read or write request
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -80,12 +81,12 @@ func New(ctx context.Context, cfg Config) (*Repo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open sftp repository %s: %w", cfg.Addr, err)
 	}
-	c, err := sftp.NewClient(client, sftp.UseConcurrentWrites(true))
+	c, packet, err := startSFTP(client)
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("open sftp repository %s: start sftp: %w", cfg.Addr, err)
 	}
-	r := &Repo{ssh: client, c: c, root: cfg.Root}
+	r := &Repo{ssh: client, c: c, root: cfg.Root, packet: packet}
 	if v, ok := c.HasExtension("fsync@openssh.com"); ok && v == "1" {
 		r.fsync = true
 	}
@@ -97,6 +98,32 @@ func New(ctx context.Context, cfg Config) (*Repo, error) {
 		return nil, fmt.Errorf("open sftp repository %s: create %s: %w", cfg.Addr, cfg.Root, err)
 	}
 	return r, nil
+}
+
+// openSSHPacket is the most data OpenSSH's sftp-server takes or gives in
+// one read or write (SFTP_MAX_MSG_LENGTH less its 1 KiB of headroom); a
+// server announces such limits with limits@openssh.com.
+const openSSHPacket = 255 << 10
+
+// startSFTP opens the SFTP subsystem with the protocol's 32 KiB packets
+// and, on a server that announces OpenSSH's limits, again with packets of
+// openSSHPacket: each packet is a round of the server's loop, and reads
+// back run about a quarter faster (BenchmarkStreamSFTP).
+func startSFTP(client *ssh.Client) (*sftp.Client, int, error) {
+	const small = 32 << 10
+	c, err := sftp.NewClient(client, sftp.UseConcurrentWrites(true), sftp.MaxPacket(small))
+	if err != nil {
+		return nil, 0, err
+	}
+	if _, ok := c.HasExtension("limits@openssh.com"); !ok {
+		return c, small, nil
+	}
+	big, err := sftp.NewClient(client, sftp.UseConcurrentWrites(true), sftp.MaxPacketUnchecked(openSSHPacket))
+	c.Close()
+	if err != nil {
+		return nil, 0, err
+	}
+	return big, openSSHPacket, nil
 }
 
 // Close ends the SFTP session and the connection. Idempotent.
