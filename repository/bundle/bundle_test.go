@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/klauspost/compress/s2"
@@ -672,4 +674,28 @@ func TestS2Frames(t *testing.T) {
 		require.ErrorAs(t, err, &ce)
 		assert.Contains(t, ce.Reason, "frame header does not match the index")
 	})
+}
+
+// The read-back's sum and size are the whole stream's, whatever the reads
+// return at a time and across several buffers, and a failing read is
+// reported, not taken for the end.
+func TestReadBackHashesEveryByte(t *testing.T) {
+	data := make([]byte, 9<<20+12345)
+	rand.NewChaCha8([32]byte{1}).Read(data)
+	for name, r := range map[string]io.Reader{
+		"whole":  bytes.NewReader(data),
+		"halves": iotest.HalfReader(bytes.NewReader(data)),
+	} {
+		n, sum, err := bundle.ReadBack(r)
+		require.NoError(t, err, name)
+		assert.Equal(t, int64(len(data)), n, name)
+		assert.Equal(t, sha256.Sum256(data), sum, name)
+	}
+	n, sum, err := bundle.ReadBack(bytes.NewReader(nil))
+	require.NoError(t, err)
+	assert.Zero(t, n)
+	assert.Equal(t, sha256.Sum256(nil), sum)
+	broken := errors.New("connection lost")
+	_, _, err = bundle.ReadBack(io.MultiReader(bytes.NewReader(data[:5<<20]), iotest.ErrReader(broken)))
+	assert.ErrorIs(t, err, broken)
 }

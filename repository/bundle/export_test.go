@@ -19,3 +19,6 @@ func Assemble(frame []byte, name string, rawSize int64, sum [32]byte) []byte {
 	out := append(append(append(hb, frame...), idx...), t.marshal()...)
 	return out
 }
+
+// ReadBack is readBack, for its tests.
+var ReadBack = readBack

@@ -105,6 +105,10 @@ func New(ctx context.Context, cfg Config) (*Repo, error) {
 // server announces such limits with limits@openssh.com.
 const openSSHPacket = 255 << 10
 
+// writeWindow is how many bytes of a Put are in flight at most: 64
+// requests of 32 KiB, or 16 of OpenSSH's 255 KiB.
+const writeWindow = 4 << 20
+
 // startSFTP opens the SFTP subsystem with the protocol's 32 KiB packets
 // and, on a server that announces OpenSSH's limits, again with packets of
 // openSSHPacket: each packet is a round of the server's loop, and reads
@@ -244,7 +248,8 @@ func (r *Repo) writeTemp(ctx context.Context, dir string, rd io.Reader) (tmp str
 	}
 	// Writes in flight at once: File.ReadFrom does so only for a reader
 	// whose size it can tell, and waits out each 32 KiB write otherwise.
-	_, err = f.ReadFromWithConcurrency(repository.ContextReader(ctx, rd), 0)
+	// writeWindow bounds the memory they hold.
+	_, err = f.ReadFromWithConcurrency(repository.ContextReader(ctx, rd), max(1, min(64, writeWindow/r.packet)))
 	if err != nil {
 		return "", err
 	}

@@ -31,7 +31,7 @@ func BenchmarkStreamSFTP(b *testing.B) {
 			}
 		}
 	})
-	for _, bs := range []int{32 << 10, 2 << 20} {
+	for _, bs := range []int{32 << 10, 2 << 20, 8 << 20} {
 		b.Run(fmt.Sprintf("read-%dk", bs>>10), func(b *testing.B) {
 			b.SetBytes(size)
 			for i := 0; i < b.N; i++ {
