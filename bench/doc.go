@@ -5,7 +5,9 @@
 // into fs and SFTP repositories, and directly from the guest into MinIO
 // over TLS, against pgBackRest's asynchronous push into posix, through a
 // repository host over SSH and into the same MinIO, with each side's CPU
-// time and peak memory; restore_command
+// time and peak memory (guest CPU is the machine's less the host process,
+// MinIO and the sshd of the SFTP store and pgBackRest's repository host;
+// that repository host counts as pgBackRest's host CPU); restore_command
 // fetches against pgBackRest's asynchronous archive-get. Each benchmark runs
 // its contenders in turning order, round after round, in one run (these
 // machines are noisy, so pairs are compared within a run), and appends its

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/pglogship/pglogship/clock"
 	"github.com/pglogship/pglogship/guest"
@@ -33,7 +32,7 @@ import (
 // ours, the runtime deployed over SSH (OpenSSH on loopback) compressing in
 // the guest and ShipOnce writing one bundle, read back and verified before
 // the guest deletes the files, into a file-system repository and into an
-// SFTP repository (the same sshd); against pgBackRest's asynchronous
+// SFTP repository (on an sshd of its own, the store); against pgBackRest's asynchronous
 // archive-push (process-max=2, zst) into a posix repository, the archiver's
 // calls made one after another for every .ready segment.
 func BenchmarkShip(b *testing.B) {
@@ -72,8 +71,12 @@ func BenchmarkShip(b *testing.B) {
 	must(b, err)
 	fsRepo, err := fs.New(fs.Config{Root: b.TempDir()})
 	must(b, err)
-	sftpRepo, err := sftp.New(ctx, sftp.Config{Addr: sshd.Addr, User: sshd.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(sshd.ClientSigner)},
-		HostKeyCallback: cc.HostKeyCallback, Root: filepath.Join(testenv.UserDir(b, sshd.User), "repo")})
+	// The SFTP store and pgBackRest's repository host are behind an sshd
+	// of their own, so that their CPU is told apart from the guest's.
+	storeSSHD := testenv.StartSSHD(b, testenv.SSHDConfig{User: pg.OSUser})
+	storeCC := storeSSHD.ClientConfig(b)
+	sftpRepo, err := sftp.New(ctx, sftp.Config{Addr: storeSSHD.Addr, User: storeSSHD.User, Auth: storeCC.Auth,
+		HostKeyCallback: storeCC.HostKeyCallback, Root: filepath.Join(testenv.UserDir(b, storeSSHD.User), "repo")})
 	must(b, err)
 	defer sftpRepo.Close()
 	// MinIO over TLS (pgBackRest speaks S3 over TLS only): ours ships
@@ -89,15 +92,21 @@ func BenchmarkShip(b *testing.B) {
 	}
 	direct, directS2 := directOf(zs), directOf(s2s)
 	// CPU of the guest side: everything the machine ran but the host
-	// process and the store.
-	type cpuMark struct{ machine, host, store time.Duration }
+	// process and the stores (MinIO; the SFTP server's sshd). Through
+	// pgBackRest's repository host, that sshd runs the host's side.
+	type cpuMark struct{ machine, host, store, sshStore time.Duration }
 	markCPU := func() cpuMark {
-		return cpuMark{machineCPU(), testenv.CPUTime([]int{os.Getpid()}, ""), testenv.CPUTime([]int{m.PID}, "")}
+		return cpuMark{machineCPU(), testenv.CPUTime([]int{os.Getpid()}, ""), testenv.CPUTime([]int{m.PID}, ""),
+			testenv.TreeCPUTime(storeSSHD.PID)}
 	}
-	since := func(res *result, c cpuMark) {
+	since := func(res *result, c cpuMark, sshIsHost bool) {
 		now := markCPU()
 		res.hostCPU = now.host - c.host
-		res.guestCPU = (now.machine - c.machine) - res.hostCPU - (now.store - c.store)
+		behindSSH := now.sshStore - c.sshStore
+		res.guestCPU = (now.machine - c.machine) - res.hostCPU - (now.store - c.store) - behindSSH
+		if sshIsHost {
+			res.hostCPU += behindSSH
+		}
 	}
 
 	runs := 0
@@ -124,7 +133,7 @@ func BenchmarkShip(b *testing.B) {
 		got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Time: start, Direct: d})
 		res := result{elapsed: time.Since(start), stored: got.StoredBytes}
 		stopPerf()
-		since(&res, cpu)
+		since(&res, cpu, false)
 		b.Logf("CPU: host process %v, runtime %v, guest side %v", testenv.CPUTime([]int{os.Getpid()}, "")-hostCPU,
 			testenv.CPUTime(nil, baseDir)-rtCPU, res.guestCPU)
 		if sample {
@@ -174,7 +183,7 @@ func BenchmarkShip(b *testing.B) {
 		cpu := markCPU()
 		res := runScript(b, pg, data, script.String(), repo, sample)
 		pb.WaitExited(b, repo)
-		since(&res, cpu)
+		since(&res, cpu, false)
 		res.stored = duSize(b, filepath.Join(repo, "archive"))
 		return res
 	}
@@ -184,7 +193,7 @@ func BenchmarkShip(b *testing.B) {
 	var pbHost *testenv.PgBackRest
 	var hostRepo string
 	if withPeer {
-		pbHost, hostRepo = repoHostPeer(b, pg, sshd)
+		pbHost, hostRepo = repoHostPeer(b, pg, storeSSHD)
 	}
 	pushHost := func(sample bool) result {
 		markReady(b, pg, data, segs)
@@ -193,7 +202,7 @@ func BenchmarkShip(b *testing.B) {
 		res := runScript(b, pg, data, script, spool, sample)
 		pbHost.WaitExited(b, spool)
 		pbHost.WaitExited(b, hostRepo)
-		since(&res, cpu)
+		since(&res, cpu, true)
 		archive := filepath.Join(hostRepo, "archive", "repohost")
 		res.stored = duSize(b, archive)
 		wals, err := filepath.Glob(filepath.Join(archive, "*", "0000*"))
@@ -227,7 +236,7 @@ func BenchmarkShip(b *testing.B) {
 		cpu := markCPU()
 		res := runScript(b, pg, data, script, spool, sample)
 		pbS3.WaitExited(b, spool)
-		since(&res, cpu)
+		since(&res, cpu, false)
 		for o := range m.Client(b).ListObjectsIter(ctx, bucket, minio.ListObjectsOptions{Prefix: strings.TrimPrefix(path, "/") + "/archive/", Recursive: true}) {
 			must(b, o.Err)
 			res.stored += o.Size

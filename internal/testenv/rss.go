@@ -85,6 +85,55 @@ func vmRSS(pid int) int64 {
 	return 0
 }
 
+// TreeCPUTime sums the CPU time used so far by pid and its descendants,
+// those that have exited and been waited for included: the difference of
+// two calls is what the tree used in between (sshd and the connections it
+// forks, each in a session of its own).
+func TreeCPUTime(pid int) time.Duration {
+	entries, _ := os.ReadDir("/proc")
+	type proc struct {
+		ppid  int
+		ticks int64
+	}
+	procs := map[int]proc{}
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// After the command's closing parenthesis: ppid is the 2nd field;
+		// utime, stime, cutime and cstime the 12th to 15th.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) < 15 {
+			continue
+		}
+		p := proc{}
+		p.ppid, _ = strconv.Atoi(f[1])
+		for _, v := range f[11:15] {
+			t, _ := strconv.ParseInt(v, 10, 64)
+			p.ticks += t
+		}
+		procs[n] = p
+	}
+	var ticks int64
+	for n, p := range procs {
+		for a := n; a > 1; a = procs[a].ppid {
+			if a == pid {
+				ticks += p.ticks
+				break
+			}
+			if _, ok := procs[a]; !ok {
+				break
+			}
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
 // CPUTime sums the user and system CPU time used so far by every process
 // whose command line holds marker, and by pids.
 func CPUTime(pids []int, marker string) time.Duration {

@@ -41,6 +41,7 @@ type SSHD struct {
 	ClientKeyFile  string // OpenSSH private key of ClientSigner (0600)
 	authorizedKeys string
 	LogFile        string // sshd's stderr (LogLevel VERBOSE)
+	PID            int    // the listening sshd; connections run in its descendants
 }
 
 // sshdReadyTimeout bounds how long StartSSHD waits for a successful login.
@@ -148,6 +149,7 @@ func (s *SSHD) start(t testing.TB, sshdPath, configFile string, logf *os.File) (
 	if err != nil {
 		return false, err
 	}
+	s.PID = proc.pid()
 
 	clientConfig := s.ClientConfig(t)
 	clientConfig.Timeout = 2 * time.Second
