@@ -106,8 +106,9 @@ func New(ctx context.Context, cfg Config) (*Repo, error) {
 const openSSHPacket = 255 << 10
 
 // writeWindow is how many bytes of a Put are in flight at most: 64
-// requests of 32 KiB, or 16 of OpenSSH's 255 KiB.
-const writeWindow = 4 << 20
+// requests of 32 KiB, or 8 of OpenSSH's 255 KiB (with 4 MiB, the host's
+// peak memory shipping into SFTP passed 64 MiB).
+const writeWindow = 2 << 20
 
 // startSFTP opens the SFTP subsystem with the protocol's 32 KiB packets
 // and, on a server that announces OpenSSH's limits, again with packets of
