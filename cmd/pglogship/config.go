@@ -77,12 +77,31 @@ type JobConfig struct {
 	FullImageEvery int      `toml:"full_image_every" json:"full_image_every,omitempty"`
 	// KeyFile or KeyEnv hold the key (64 hex digits: 32 bytes) that
 	// encrypts the job's bundles and images; none: not encrypted.
-	KeyFile   string          `toml:"key_file" json:"key_file,omitempty"`
-	KeyEnv    string          `toml:"key_env" json:"key_env,omitempty"`
-	Retention RetentionConfig `toml:"retention" json:"retention"`
-	Guest     GuestConfig     `toml:"guest" json:"guest"`
-	Machines  []MachineConfig `toml:"machine" json:"machines"`
+	KeyFile    string           `toml:"key_file" json:"key_file,omitempty"`
+	KeyEnv     string           `toml:"key_env" json:"key_env,omitempty"`
+	Retention  RetentionConfig  `toml:"retention" json:"retention"`
+	Hypervisor HypervisorConfig `toml:"hypervisor" json:"hypervisor"`
+	Guest      GuestConfig      `toml:"guest" json:"guest"`
+	Machines   []MachineConfig  `toml:"machine" json:"machines"`
 }
+
+// HypervisorConfig says how the job images its machines: "physical" (the
+// default; file-level images of each cluster, hypervisor/physical) or
+// "qemu" (the VM's whole disk through its QMP monitor, hypervisor/qemu).
+// The other keys are QEMU's (qemu.Config).
+type HypervisorConfig struct {
+	Type              string   `toml:"type" json:"type,omitempty"`
+	WorkDir           string   `toml:"work_dir" json:"work_dir,omitempty"`   // backup targets and restore chains, on this host
+	QemuImg           string   `toml:"qemu_img" json:"qemu_img,omitempty"`   // default qemu-img from PATH
+	JobSpeed          int64    `toml:"job_speed" json:"job_speed,omitempty"` // bytes per second per backup job; 0: no limit
+	GuestAgentTimeout duration `toml:"guest_agent_timeout" json:"guest_agent_timeout,omitempty"`
+	// Quiesce freezes the guest's file systems through its agent around
+	// each snapshot (machines with guest_agent_socket; walbackup.Config.Quiesce).
+	Quiesce bool `toml:"quiesce" json:"quiesce,omitempty"`
+}
+
+// qemu reports whether the job images QEMU VMs.
+func (h HypervisorConfig) qemu() bool { return h.Type == "qemu" }
 
 // RetentionConfig is walbackup.Retention.
 type RetentionConfig struct {
@@ -129,6 +148,13 @@ type MachineConfig struct {
 	Instances      []string `toml:"instances" json:"instances,omitempty"`
 	AllInstances   bool     `toml:"all_instances" json:"all_instances,omitempty"`
 	RepositoryPath string   `toml:"repository_path" json:"repository_path,omitempty"`
+	// QEMU VMs only (qemu.VM): the QMP monitor QEMU gives pglogship
+	// (-qmp unix:PATH,server=on,wait=off), required; the guest agent's
+	// socket, for freezing file systems around the snapshot; the disk's
+	// qcow2 node name (default qemu.DefaultNode).
+	QMPSocket        string `toml:"qmp_socket" json:"qmp_socket,omitempty"`
+	GuestAgentSocket string `toml:"guest_agent_socket" json:"guest_agent_socket,omitempty"`
+	Node             string `toml:"node" json:"node,omitempty"`
 }
 
 // duration is a time.Duration written as "15m" in the file and in JSON.
@@ -271,6 +297,9 @@ func (c *Config) validate() error {
 				return configErrorf("%s: [[job.machine]] %d needs id", where, k+1)
 			}
 		}
+		if err := j.Hypervisor.validate(where, j.Machines); err != nil {
+			return err
+		}
 		switch j.Shipping {
 		case "", "auto", "direct", "host":
 		default:
@@ -287,6 +316,40 @@ func (c *Config) validate() error {
 		if _, err := parseSchedule(j.Schedule); err != nil {
 			return configErrorf("%s: schedule: %v", where, err)
 		}
+	}
+	return nil
+}
+
+// validate checks the [job.hypervisor] section and the machines' keys
+// that belong to it.
+func (h HypervisorConfig) validate(where string, machines []MachineConfig) error {
+	switch h.Type {
+	case "", "physical":
+		switch {
+		case h.WorkDir != "" || h.QemuImg != "" || h.JobSpeed != 0 || h.GuestAgentTimeout.Duration != 0 || h.Quiesce:
+			return configErrorf("%s: [job.hypervisor] work_dir, qemu_img, job_speed, guest_agent_timeout and quiesce are for type \"qemu\"", where)
+		}
+		for _, m := range machines {
+			if m.QMPSocket != "" || m.GuestAgentSocket != "" || m.Node != "" {
+				return configErrorf("%s: machine %q: qmp_socket, guest_agent_socket and node are for QEMU VMs: set [job.hypervisor] type = \"qemu\"",
+					where, m.ID)
+			}
+		}
+	case "qemu":
+		if h.WorkDir == "" {
+			return configErrorf("%s: [job.hypervisor] type qemu needs work_dir (a directory on this host for backup targets and restore chains)", where)
+		}
+		if h.JobSpeed < 0 || h.GuestAgentTimeout.Duration < 0 {
+			return configErrorf("%s: [job.hypervisor] job_speed and guest_agent_timeout cannot be negative", where)
+		}
+		for _, m := range machines {
+			if m.QMPSocket == "" {
+				return configErrorf("%s: machine %q needs qmp_socket: the unix socket of a QMP monitor QEMU gives pglogship (-qmp unix:PATH,server=on,wait=off)",
+					where, m.ID)
+			}
+		}
+	default:
+		return configErrorf("%s: [job.hypervisor] type %q: use physical or qemu", where, h.Type)
 	}
 	return nil
 }

@@ -46,7 +46,7 @@ with --pg-dump-bin-dir).`,
 			if out, err = filepath.Abs(out); err != nil {
 				return usageErrorf("--out: %v", err)
 			}
-			e, b, to, prog, err := g.openScratch(ctx, &pick, &srv, scratch)
+			e, b, to, prog, err := g.openScratch(ctx, "export", &pick, &srv, scratch)
 			if err != nil {
 				return err
 			}

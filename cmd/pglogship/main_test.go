@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -633,6 +634,14 @@ id = "db1"
 		{"secret not set", []string{"-c", good, "info"}, exitConfig, []string{"NO_SUCH_DSN is not set"}},
 		{"interval too short", []string{"-c", write("iv.toml", strings.Replace(mustRead(t, good), "name = \"j\"", "name = \"j\"\ninterval = \"30s\"", 1)),
 			"info"}, exitConfig, []string{`job "j": interval 30s`, "1m to 8h0m0s"}},
+		{"qemu without work_dir", []string{"-c", write("qemu1.toml", mustRead(t, good)+"qmp_socket = \"/run/q.sock\"\n[job.hypervisor]\ntype = \"qemu\"\n"),
+			"info"}, exitConfig, []string{`job "j": [job.hypervisor] type qemu needs work_dir`}},
+		{"qemu machine without qmp_socket", []string{"-c", write("qemu2.toml", mustRead(t, good)+"[job.hypervisor]\ntype = \"qemu\"\nwork_dir = \"/tmp/w\"\n"),
+			"info"}, exitConfig, []string{`machine "db1" needs qmp_socket`, "-qmp unix:PATH"}},
+		{"qmp_socket on a physical job", []string{"-c", write("qemu3.toml", mustRead(t, good)+"qmp_socket = \"/run/q.sock\"\n"),
+			"info"}, exitConfig, []string{`machine "db1": qmp_socket, guest_agent_socket and node are for QEMU VMs`, `type = "qemu"`}},
+		{"unknown hypervisor", []string{"-c", write("qemu4.toml", mustRead(t, good)+"[job.hypervisor]\ntype = \"xen\"\n"),
+			"info"}, exitConfig, []string{`[job.hypervisor] type "xen": use physical or qemu`}},
 		// The environment overrides the file; the store's password stays out of the error.
 		{"store unreachable", []string{"-c", good, "info"}, exitFailed,
 			[]string{"session store (host=127.0.0.1 port=1 user=pglogship dbname=db password=REDACTED)", "check [store]"}},
@@ -654,6 +663,82 @@ id = "db1"
 			}
 			assert.NotContains(t, o.String()+e.String(), "s3cret")
 		})
+	}
+}
+
+// A QEMU job from the file: its parent session, run by the job the
+// command builds from the file, images a VM's disk through the QMP monitor
+// named there (a bare QEMU: no guest OS, so PostgreSQL in backup mode
+// around the snapshot is the local one). info lists the restore point,
+// verify reads the image, and restore --no-start writes the disk exactly
+// as it was at the snapshot; what needs a booted VM is refused.
+func TestCommandQEMUJob(t *testing.T) {
+	// Not parallel: the job is built in this process, and the key comes
+	// from the environment (t.Setenv).
+	f := newFixture(t, "1h")
+	ctx := context.Background()
+	q := testenv.StartBareQEMU(t, testenv.BareQEMUConfig{DiskSize: 64 << 20})
+	q.Write(t, 0xa5, 0, 4<<20)
+	extra := fmt.Sprintf("qmp_socket = %q\nnode = %q\n\n[job.hypervisor]\ntype = \"qemu\"\nwork_dir = %q\n", q.QMPSocket, q.Node, t.TempDir())
+	cfg, err := os.OpenFile(f.config, os.O_APPEND|os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = cfg.WriteString(extra)
+	require.NoError(t, err)
+	require.NoError(t, cfg.Close())
+	for _, kv := range f.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+
+	bin := binary(t)
+	executable = func() (string, error) { return bin, nil } // not this test binary
+	t.Cleanup(func() { executable = os.Executable })
+	var logs syncBuffer
+	g := &globals{config: f.config, stdout: &logs, stderr: &logs}
+	e, err := g.open(ctx, slog.LevelInfo, nil, nil)
+	require.NoError(t, err)
+	require.Len(t, e.jobs, 1)
+	job := e.jobs[0].job
+	f.pg.Exec(t, "postgres", "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 100)")
+	require.NoError(t, job.Enable(ctx))
+	require.NoError(t, job.StartParent(ctx))
+	atSnapshot := filepath.Join(t.TempDir(), "at-snapshot.qcow2")
+	q.CopyDisk(t, atSnapshot) // the VM is paused: nothing was written since
+	q.Write(t, 0x5a, 1<<20, 1<<20)
+	f.pg.SwitchWAL(t, 1)
+	require.NoError(t, job.Disable(ctx))
+	e.Close()
+	f.keep(logs.String())
+
+	stdout, _, code := f.cli(t, "info", "--json")
+	require.Equal(t, exitOK, code)
+	var info infoJSON
+	require.NoError(t, json.Unmarshal([]byte(stdout), &info))
+	require.Len(t, info.Jobs, 1)
+	require.Len(t, info.Jobs[0].Machines, 1)
+	require.Len(t, info.Jobs[0].Machines[0].Instances, 1)
+	inst := info.Jobs[0].Machines[0].Instances[0]
+	require.Len(t, inst.RestorePoints, 1)
+	assert.True(t, inst.Chain.OK)
+
+	_, _, code = f.cli(t, "verify")
+	require.Equal(t, exitOK, code, "verify reads the disk image")
+
+	restored := filepath.Join(t.TempDir(), "restored.qcow2")
+	_, _, code = f.cli(t, "restore", "--to", restored, "--no-start")
+	require.Equal(t, exitOK, code)
+	assert.True(t, q.Identical(t, restored, atSnapshot), "the restored disk is the disk at the snapshot")
+	assert.False(t, q.Identical(t, restored, q.Disk), "and not the disk as written after it")
+
+	for _, args := range [][]string{
+		{"restore", "--to", filepath.Join(t.TempDir(), "x"), "--port", "5999"},
+		{"drill", "--scratch", filepath.Join(t.TempDir(), "d")},
+		{"publish", "--cache", filepath.Join(t.TempDir(), "p"), "--port", "5999"},
+	} {
+		_, stderr, code := f.cli(t, args...)
+		assert.Equal(t, exitUsage, code, args)
+		assert.Contains(t, stderr, "images QEMU VMs", args)
+		assert.Contains(t, stderr, "--no-start", args)
 	}
 }
 

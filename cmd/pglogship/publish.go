@@ -49,6 +49,9 @@ that also works after a crash of the host that published it.`,
 				return err
 			}
 			defer e.Close()
+			if err := b.startsServer("publish"); err != nil {
+				return err
+			}
 			pub, err := b.job.Publish(ctx, walbackup.PublishRequest{Machine: m.ID, SystemID: pick.systemID, DataDir: pick.dataDir,
 				Target: target, RestorePoint: restorePoint, Cache: cache, Guest: m, Recovery: opts})
 			prog.finish()

@@ -146,6 +146,11 @@ data directory moved aside (kept, never deleted). That happens only with
 				return err
 			}
 			defer e.Close()
+			if !noStart {
+				if err := b.startsServer("restore without --no-start"); err != nil {
+					return err
+				}
+			}
 			req := walbackup.RestoreRequest{Machine: m.ID, SystemID: pick.systemID, DataDir: pick.dataDir, Target: target, RestorePoint: restorePoint}
 			dest := walbackup.RestoreTo{Image: to, Guest: m, Recovery: opts, Tablespaces: mapping}
 			if onto != "" {
@@ -336,7 +341,7 @@ func newDrillCmd(g *globals) *cobra.Command {
 			if scratch == "" {
 				return usageErrorf("--scratch DIR is required: a new directory for the drill's copy (removed afterwards)")
 			}
-			e, b, to, prog, err := g.openScratch(ctx, &pick, &srv, scratch)
+			e, b, to, prog, err := g.openScratch(ctx, "drill", &pick, &srv, scratch)
 			if err != nil {
 				return err
 			}
@@ -379,8 +384,9 @@ func newDrillCmd(g *globals) *cobra.Command {
 
 // openScratch opens the machine pick names and says where a scratch
 // server (a drill's, an export's) goes: into dir, started there as srv
-// says, on a free port when srv names none.
-func (g *globals) openScratch(ctx context.Context, pick *pickFlags, srv *serverFlags, dir string) (*env, *builtJob, walbackup.RestoreTo, *progress, error) {
+// says, on a free port when srv names none. what names the command, which
+// a QEMU job refuses (builtJob.startsServer).
+func (g *globals) openScratch(ctx context.Context, what string, pick *pickFlags, srv *serverFlags, dir string) (*env, *builtJob, walbackup.RestoreTo, *progress, error) {
 	var to walbackup.RestoreTo
 	var err error
 	if to.Image, err = filepath.Abs(dir); err != nil {
@@ -395,6 +401,12 @@ func (g *globals) openScratch(ctx context.Context, pick *pickFlags, srv *serverF
 		}
 	}
 	e, b, m, prog, err := g.openMachine(ctx, pick)
+	if err == nil {
+		if err = b.startsServer(what); err != nil {
+			e.Close()
+			return nil, nil, to, nil, err
+		}
+	}
 	to.Guest = m
 	return e, b, to, prog, err
 }

@@ -20,7 +20,9 @@ import (
 	"github.com/pglogship/pglogship/guest/local"
 	"github.com/pglogship/pglogship/guest/runtime"
 	guestssh "github.com/pglogship/pglogship/guest/ssh"
+	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/hypervisor/physical"
+	"github.com/pglogship/pglogship/hypervisor/qemu"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/fs"
@@ -51,6 +53,17 @@ type builtJob struct {
 	job    *walbackup.Job
 	guests guest.Deployer
 	auth   repository.Authenticator // the key of an encrypted job; nil
+}
+
+// startsServer refuses what would start PostgreSQL on a restored image of
+// a QEMU job: that needs a VM booted from the restored disk, which the
+// command does not start.
+func (b *builtJob) startsServer(what string) error {
+	if !b.cfg.Hypervisor.qemu() {
+		return nil
+	}
+	return usageErrorf("job %q images QEMU VMs: %s needs a VM booted from the restored disk, which this command does not start; "+
+		"restore the disk with restore --to FILE.qcow2 --no-start, boot a VM from it, and recover it there (examples/qemu-vm shows how)", b.cfg.Name, what)
 }
 
 func (e *env) Close() {
@@ -142,13 +155,11 @@ func (e *env) buildJob(jc *JobConfig) (*builtJob, error) {
 		return nil, err
 	}
 	var machines []walbackup.Machine
-	var pm []physical.Machine
 	for _, m := range jc.Machines {
 		machines = append(machines, walbackup.Machine{ID: m.ID, Address: m.Address, Instances: m.Instances, AllInstances: m.AllInstances,
 			RepositoryPath: m.RepositoryPath})
-		pm = append(pm, physical.Machine{ID: m.ID, Address: m.Address})
 	}
-	hv, err := physical.New(physical.Config{Machines: pm, Guests: guests, Key: key, Clock: e.clk, Logger: e.logger})
+	hv, err := e.hypervisor(jc, guests, key)
 	if err != nil {
 		return nil, configErrorf("%s: %v", where, err)
 	}
@@ -162,9 +173,9 @@ func (e *env) buildJob(jc *JobConfig) (*builtJob, error) {
 		Name: name, Machines: machines, Schedule: sched, SkipMissedRun: jc.SkipMissedRun, LogBackupInterval: interval,
 		WALDir: jc.WALDir, Hypervisor: hv, Guests: guests, Repository: e.repo, Sessions: e.store, Key: key,
 		Retention:      walbackup.Retention{RestorePoints: jc.Retention.RestorePoints, ImageDays: jc.Retention.ImageDays, WALDays: jc.Retention.WALDays},
-		FullImageEvery: jc.FullImageEvery,
-		Shipping:       walbackup.Shipping{Mode: walbackup.ShippingMode(jc.Shipping), Compression: guest.Codec(jc.Compression)},
-		Clock:          e.clk, Logger: e.logger.With("job", name),
+		FullImageEvery: jc.FullImageEvery, Quiesce: jc.Hypervisor.Quiesce,
+		Shipping: walbackup.Shipping{Mode: walbackup.ShippingMode(jc.Shipping), Compression: guest.Codec(jc.Compression)},
+		Clock:    e.clk, Logger: e.logger.With("job", name),
 	}
 	if e.observe != nil {
 		cfg.Observer = func(ev walbackup.Event) { e.observe(name, ev) }
@@ -183,6 +194,25 @@ func (e *env) buildJob(jc *JobConfig) (*builtJob, error) {
 	return b, nil
 }
 
+// hypervisor makes the job's hypervisor: file-level images of each
+// cluster, or QEMU VMs' disks.
+func (e *env) hypervisor(jc *JobConfig, guests guest.Deployer, key *bundle.Key) (hypervisor.Hypervisor, error) {
+	if !jc.Hypervisor.qemu() {
+		var pm []physical.Machine
+		for _, m := range jc.Machines {
+			pm = append(pm, physical.Machine{ID: m.ID, Address: m.Address})
+		}
+		return physical.New(physical.Config{Machines: pm, Guests: guests, Key: key, Clock: e.clk, Logger: e.logger})
+	}
+	var vms []qemu.VM
+	for _, m := range jc.Machines {
+		vms = append(vms, qemu.VM{ID: m.ID, QMPSocket: m.QMPSocket, GuestAgentSocket: m.GuestAgentSocket, SSHAddr: m.Address, Node: m.Node})
+	}
+	h := jc.Hypervisor
+	return qemu.New(qemu.Config{VMs: vms, WorkDir: h.WorkDir, QemuImg: h.QemuImg, JobSpeed: h.JobSpeed,
+		GuestAgentTimeout: h.GuestAgentTimeout.Duration, Key: key, Clock: e.clk, Logger: e.logger})
+}
+
 // jobKey reads the job's encryption key, if it has one.
 func jobKey(jc *JobConfig, where string) (*bundle.Key, error) {
 	s, err := secret(jc.KeyFile, jc.KeyEnv, where+": key_file/key_env")
@@ -196,6 +226,11 @@ func jobKey(jc *JobConfig, where string) (*bundle.Key, error) {
 	return bundle.NewKey(b)
 }
 
+// executable is the runtime local guests run (with the argument
+// "runtime"): this executable; tests that build jobs in their own
+// process name the built command instead.
+var executable = os.Executable
+
 // deployer makes the job's guest access: local runtimes are this
 // executable run with the argument "runtime".
 func (e *env) deployer(jc *JobConfig) (guest.Deployer, error) {
@@ -206,7 +241,7 @@ func (e *env) deployer(jc *JobConfig) (guest.Deployer, error) {
 	}
 	switch jc.Guest.Type {
 	case "local":
-		self, err := os.Executable()
+		self, err := executable()
 		if err != nil {
 			return nil, err
 		}
@@ -219,7 +254,7 @@ func (e *env) deployer(jc *JobConfig) (guest.Deployer, error) {
 		}
 		bins := e.cfg.RuntimeBinaries
 		if len(bins) == 0 {
-			self, err := os.Executable()
+			self, err := executable()
 			if err != nil {
 				return nil, err
 			}
