@@ -107,6 +107,12 @@ func newFixtureOn(t *testing.T, interval, repoSection string) *fixture {
 	t.Helper()
 	testenv.SkipIfShort(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{Settings: map[string]string{"track_commit_timestamp": "on"}})
+	return newFixtureWith(t, pg, interval, repoSection)
+}
+
+// newFixtureWith is newFixtureOn on a server of the caller's.
+func newFixtureWith(t *testing.T, pg *testenv.Postgres, interval, repoSection string) *fixture {
+	t.Helper()
 	dir := t.TempDir()
 	f := &fixture{pg: pg, dir: dir, repo: filepath.Join(dir, "repository"), walDir: filepath.Join(testenv.UserDir(t, pg.OSUser), "wal"),
 		storeDS: pg.ConnString("postgres"), config: filepath.Join(dir, "pglogship.toml")}
@@ -230,16 +236,7 @@ func TestCommandRestores(t *testing.T) {
 	require.Equal(t, exitOK, code, "check passes before anything ran")
 
 	job := f.job(t, store)
-	pg.Exec(t, "postgres", "CREATE TABLE batches (batch int, n int)")
-	require.NoError(t, job.Enable(ctx))
-	pg.Exec(t, "postgres", "INSERT INTO batches SELECT 1, generate_series(1, 100)")
-	require.NoError(t, job.StartParent(ctx))
-	pg.Exec(t, "postgres", "INSERT INTO batches SELECT 2, generate_series(1, 100)")
-	target := pg.Psql(t, "postgres", "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-	time.Sleep(10 * time.Millisecond) // batch 3 commits strictly after the target
-	pg.Exec(t, "postgres", "INSERT INTO batches SELECT 3, generate_series(1, 100)")
-	pg.SwitchWAL(t, 1)
-	require.NoError(t, job.Disable(ctx)) // a last ship: everything archived is in the repository
+	target := threeBatches(t, pg, job)
 
 	t.Run("info", func(t *testing.T) {
 		stdout, _, code := f.cli(t, "info", "--json")
@@ -297,15 +294,8 @@ func TestCommandRestores(t *testing.T) {
 	})
 
 	t.Run("check verify expire", func(t *testing.T) {
-		stdout, _, code := f.cli(t, "check", "--json")
-		require.Equal(t, exitOK, code)
-		var checks []checkJSON
-		require.NoError(t, json.Unmarshal([]byte(stdout), &checks))
-		require.Len(t, checks, 3, "store, repository, one guest")
-		for _, c := range checks {
-			assert.True(t, c.OK, "%+v", c)
-		}
-		stdout, _, code = f.cli(t, "verify", "--json")
+		f.checkPasses(t)
+		stdout, _, code := f.cli(t, "verify", "--json")
 		require.Equal(t, exitOK, code)
 		var v []verifyJSON
 		require.NoError(t, json.Unmarshal([]byte(stdout), &v))
@@ -740,6 +730,124 @@ func TestCommandQEMUJob(t *testing.T) {
 		assert.Contains(t, stderr, "images QEMU VMs", args)
 		assert.Contains(t, stderr, "--no-start", args)
 	}
+}
+
+// An SSH guest and an SFTP repository, both through a real OpenSSH with
+// verified host keys: check deploys the runtime (this command, sent over
+// SSH) and probes the SFTP store, the job the command builds takes a
+// restore point and ships WAL into it over both, and info, verify and a
+// restore of the image to a time read it back.
+func TestCommandSSHGuestAndSFTPRepository(t *testing.T) {
+	// Not parallel: the job is built in this process (t.Setenv, executable).
+	testenv.SkipIfShort(t)
+	pg := testenv.StartPostgres(t, testenv.PostgresConfig{Settings: map[string]string{"track_commit_timestamp": "on"}})
+	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{User: pg.OSUser})
+	home := testenv.UserDir(t, pg.OSUser)
+	repoRoot := filepath.Join(home, "sftp-repo")
+	f := newFixtureWith(t, pg, "1h", fmt.Sprintf("[repository]\ntype = \"sftp\"\naddress = %q\nuser = %q\nkey_file = %q\nknown_hosts = %q\npath = %q\n",
+		sshd.Addr, sshd.User, sshd.ClientKeyFile, sshd.KnownHostsFile, repoRoot))
+	conf := mustRead(t, f.config)
+	for old, new := range map[string]string{
+		"[job.guest]\ntype = \"local\"\n": "[job.guest]\ntype = \"ssh\"\n",
+		"[[job.machine]]\nid = \"db1\"\n": fmt.Sprintf("[job.guest.ssh]\nuser = %q\nkey_file = %q\nknown_hosts = %q\nbase_dir = %q\n\n[[job.machine]]\nid = \"db1\"\naddress = %q\n",
+			sshd.User, sshd.ClientKeyFile, sshd.KnownHostsFile, filepath.Join(home, "runtimes"), sshd.Addr),
+	} {
+		require.Equal(t, 1, strings.Count(conf, old), old)
+		conf = strings.Replace(conf, old, new, 1)
+	}
+	require.NoError(t, os.WriteFile(f.config, []byte(conf), 0o600))
+	ctx := context.Background()
+
+	f.checkPasses(t)
+
+	bin := binary(t)
+	executable = func() (string, error) { return bin, nil } // the runtime sent over SSH
+	t.Cleanup(func() { executable = os.Executable })
+	for _, kv := range f.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	var logs syncBuffer
+	g := &globals{config: f.config, stdout: &logs, stderr: &logs}
+	e, err := g.open(ctx, slog.LevelInfo, nil, nil)
+	require.NoError(t, err)
+	target := threeBatches(t, pg, e.jobs[0].job)
+	e.Close()
+	f.keep(logs.String())
+	var objects []string
+	require.NoError(t, filepath.WalkDir(repoRoot, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			objects = append(objects, strings.TrimPrefix(p, repoRoot+"/"))
+		}
+		return err
+	}))
+	t.Logf("in the SFTP server's folder: %q", objects)
+	var restorePoints, walBundles int
+	for _, o := range objects {
+		switch {
+		case strings.Contains(o, "/restorepoints/") && strings.HasSuffix(o, "/manifest.json"):
+			restorePoints++
+		case strings.Contains(o, "/wal/") && strings.HasSuffix(o, ".bundle"):
+			walBundles++
+		}
+	}
+	assert.Equal(t, 1, restorePoints, "the image went into the SFTP server's folder")
+	assert.Positive(t, walBundles, "and WAL shipped over SSH")
+
+	stdout, _, code := f.cli(t, "info", "--json")
+	require.Equal(t, exitOK, code)
+	var info infoJSON
+	require.NoError(t, json.Unmarshal([]byte(stdout), &info))
+	inst := info.Jobs[0].Machines[0].Instances[0]
+	require.Len(t, inst.RestorePoints, 1)
+	require.NotNil(t, inst.Restorable)
+	want, err := parseTime(target)
+	require.NoError(t, err)
+	assert.True(t, inst.Restorable.ToTime.After(want), "the restorable interval reaches past the target")
+
+	_, _, code = f.cli(t, "verify")
+	require.Equal(t, exitOK, code, "verify reads everything back over SFTP")
+	// A physical image is restored on the host running pglogship
+	// (walbackup.RestoreTo.Image), here the guest's own machine.
+	dir := filepath.Join(t.TempDir(), "image")
+	_, _, code = f.cli(t, "restore", "--time", target, "--to", dir, "--no-start")
+	require.Equal(t, exitOK, code)
+	assert.Equal(t, pg.Psql(t, "postgres", "SHOW server_version_num")[:2], strings.TrimSpace(mustRead(t, filepath.Join(dir, "PG_VERSION"))))
+	assert.FileExists(t, filepath.Join(dir, "global", "pg_control"))
+}
+
+// checkPasses runs check --json: the store, the repository and the one
+// guest all pass.
+func (f *fixture) checkPasses(t *testing.T) {
+	t.Helper()
+	stdout, _, code := f.cli(t, "check", "--json")
+	require.Equal(t, exitOK, code)
+	var checks []checkJSON
+	require.NoError(t, json.Unmarshal([]byte(stdout), &checks))
+	require.Len(t, checks, 3, "store, repository, one guest")
+	for _, c := range checks {
+		assert.True(t, c.OK, "%+v", c)
+	}
+}
+
+// threeBatches enables job and writes three batches of 100 rows into
+// table batches: the first before a restore point, the second after it and
+// before the returned time, the third after that time; then it disables
+// job, whose last ship leaves everything archived in the repository.
+func threeBatches(t *testing.T, pg *testenv.Postgres, job *walbackup.Job) (target string) {
+	t.Helper()
+	ctx := context.Background()
+	pg.Exec(t, "postgres", "CREATE TABLE batches (batch int, n int)")
+	require.NoError(t, job.Enable(ctx))
+	pg.Exec(t, "postgres", "INSERT INTO batches SELECT 1, generate_series(1, 100)")
+	require.NoError(t, job.StartParent(ctx))
+	pg.Exec(t, "postgres", "INSERT INTO batches SELECT 2, generate_series(1, 100)")
+	target = pg.Psql(t, "postgres", "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+	time.Sleep(10 * time.Millisecond) // batch 3 commits strictly after the target
+	pg.Exec(t, "postgres", "INSERT INTO batches SELECT 3, generate_series(1, 100)")
+	pg.SwitchWAL(t, 1)
+	require.NoError(t, job.Disable(ctx))
+	return target
 }
 
 func mustRead(t *testing.T, p string) string {

@@ -253,14 +253,15 @@ func (e *env) deployer(jc *JobConfig) (guest.Deployer, error) {
 			return nil, err
 		}
 		bins := e.cfg.RuntimeBinaries
-		if len(bins) == 0 {
+		var args []string
+		if len(bins) == 0 { // this executable, run as the runtime
 			self, err := executable()
 			if err != nil {
 				return nil, err
 			}
-			bins = map[string]string{goruntime.GOARCH: self}
+			bins, args = map[string]string{goruntime.GOARCH: self}, []string{runtimeArg}
 		}
-		d, err := guestssh.New(guestssh.Config{User: sc.User, Auth: auth, HostKeyCallback: hostKeys, Binaries: bins, BaseDir: sc.BaseDir,
+		d, err := guestssh.New(guestssh.Config{User: sc.User, Auth: auth, HostKeyCallback: hostKeys, Binaries: bins, Args: args, BaseDir: sc.BaseDir,
 			Conn: conn, Logger: e.logger})
 		if err != nil {
 			return nil, configErrorf("job %q: [job.guest.ssh]: %v", jc.Name, err)

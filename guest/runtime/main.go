@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -37,7 +38,7 @@ func Main() int {
 	fs := flag.NewFlagSet("pglogship-runtime", flag.ContinueOnError)
 	lock := fs.String("lock", "", "lock this file while running")
 	clean := fs.String("clean", "", "remove stale runtime folders under this folder")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	if err := fs.Parse(flagArgs(os.Args[1:])); err != nil {
 		return 2
 	}
 	if rest := fs.Args(); len(rest) >= 4 && rest[len(rest)-4] == "fetch" {
@@ -83,6 +84,17 @@ func Main() int {
 		return 1
 	}
 	return 0
+}
+
+// flagArgs drops the words before the first flag: a host program that
+// reuses its own executable selects the runtime with them (selfCommand),
+// and its deployer puts the runtime's flags after them. Fetch mode has no
+// flags and keeps every word.
+func flagArgs(args []string) []string {
+	if i := slices.IndexFunc(args, func(a string) bool { return strings.HasPrefix(a, "-") }); i > 0 {
+		return args[i:]
+	}
+	return args
 }
 
 // selfCommand returns the command that runs this program again as the

@@ -58,6 +58,10 @@ type Config struct {
 	// Binaries maps a GOARCH ("amd64", "arm64") to the local path of the
 	// runtime built for it (CGO_ENABLED=0 go build ./cmd/pglogship-runtime).
 	Binaries map[string]string
+	// Args go before the runtime's own flags, for a host program that
+	// sends its own executable and selects the runtime with them (the
+	// pglogship command's "runtime").
+	Args []string
 	// BaseDir is the guest folder that holds runtime folders: absolute, or
 	// relative to the login user's home; letters, digits and /._- only.
 	// It must be the login user's, not a symbolic link, and writable by no
@@ -205,7 +209,11 @@ func (d *Deployer) deploy(ctx context.Context, client *ssh.Client, t guest.Targe
 		removeDir()
 		return nil, err
 	}
-	cmd := "exec " + sshutil.Quote(exe) + " -lock " + sshutil.Quote(path.Join(dir, runtime.LockFile)) + " -clean " + sshutil.Quote(base)
+	cmd := "exec " + sshutil.Quote(exe)
+	for _, a := range d.cfg.Args {
+		cmd += " " + sshutil.Quote(a)
+	}
+	cmd += " -lock " + sshutil.Quote(path.Join(dir, runtime.LockFile)) + " -clean " + sshutil.Quote(base)
 	if err := sess.Start(cmd); err != nil {
 		sess.Close()
 		removeDir()
