@@ -325,8 +325,7 @@ func (c *Config) validate() error {
 func (h HypervisorConfig) validate(where string, machines []MachineConfig) error {
 	switch h.Type {
 	case "", "physical":
-		switch {
-		case h.WorkDir != "" || h.QemuImg != "" || h.JobSpeed != 0 || h.GuestAgentTimeout.Duration != 0 || h.Quiesce:
+		if h.WorkDir != "" || h.QemuImg != "" || h.JobSpeed != 0 || h.GuestAgentTimeout.Duration != 0 || h.Quiesce {
 			return configErrorf("%s: [job.hypervisor] work_dir, qemu_img, job_speed, guest_agent_timeout and quiesce are for type \"qemu\"", where)
 		}
 		for _, m := range machines {

@@ -72,6 +72,10 @@ type globals struct {
 
 	stdout, stderr io.Writer
 	ran            bool // a command's own code started: errors before are usage errors
+	// runtimeBinary is the runtime local guests run, and SSH guests by
+	// default; empty: this executable. Tests that build jobs in their own
+	// process name the built command.
+	runtimeBinary string
 }
 
 func execute(args []string, stdout, stderr io.Writer) int {
@@ -168,7 +172,7 @@ func (g *globals) setup(defaultLevel slog.Level) (*env, error) {
 	default:
 		return nil, configErrorf("%s: [log] format %q: use text or json", cfg.path, cfg.Log.Format)
 	}
-	return &env{cfg: cfg, logger: slog.New(h), clk: clock.New()}, nil
+	return &env{cfg: cfg, logger: slog.New(h), clk: clock.New(), runtimeBinary: g.runtimeBinary}, nil
 }
 
 // open is setup, the store, the repository and the jobs, whose events go

@@ -663,8 +663,7 @@ id = "db1"
 // verify reads the image, and restore --no-start writes the disk exactly
 // as it was at the snapshot; what needs a booted VM is refused.
 func TestCommandQEMUJob(t *testing.T) {
-	// Not parallel: the job is built in this process, and the key comes
-	// from the environment (t.Setenv).
+	// Not parallel: openInProcess sets the environment.
 	f := newFixture(t, "1h")
 	ctx := context.Background()
 	q := testenv.StartBareQEMU(t, testenv.BareQEMUConfig{DiskSize: 64 << 20})
@@ -675,18 +674,7 @@ func TestCommandQEMUJob(t *testing.T) {
 	_, err = cfg.WriteString(extra)
 	require.NoError(t, err)
 	require.NoError(t, cfg.Close())
-	for _, kv := range f.env {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-
-	bin := binary(t)
-	executable = func() (string, error) { return bin, nil } // not this test binary
-	t.Cleanup(func() { executable = os.Executable })
-	var logs syncBuffer
-	g := &globals{config: f.config, stdout: &logs, stderr: &logs}
-	e, err := g.open(ctx, slog.LevelInfo, nil, nil)
-	require.NoError(t, err)
+	e := f.openInProcess(t)
 	require.Len(t, e.jobs, 1)
 	job := e.jobs[0].job
 	f.pg.Exec(t, "postgres", "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 100)")
@@ -698,7 +686,6 @@ func TestCommandQEMUJob(t *testing.T) {
 	f.pg.SwitchWAL(t, 1)
 	require.NoError(t, job.Disable(ctx))
 	e.Close()
-	f.keep(logs.String())
 
 	stdout, _, code := f.cli(t, "info", "--json")
 	require.Equal(t, exitOK, code)
@@ -738,7 +725,7 @@ func TestCommandQEMUJob(t *testing.T) {
 // restore point and ships WAL into it over both, and info, verify and a
 // restore of the image to a time read it back.
 func TestCommandSSHGuestAndSFTPRepository(t *testing.T) {
-	// Not parallel: the job is built in this process (t.Setenv, executable).
+	// Not parallel: openInProcess sets the environment.
 	testenv.SkipIfShort(t)
 	pg := testenv.StartPostgres(t, testenv.PostgresConfig{Settings: map[string]string{"track_commit_timestamp": "on"}})
 	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{User: pg.OSUser})
@@ -756,24 +743,12 @@ func TestCommandSSHGuestAndSFTPRepository(t *testing.T) {
 		conf = strings.Replace(conf, old, new, 1)
 	}
 	require.NoError(t, os.WriteFile(f.config, []byte(conf), 0o600))
-	ctx := context.Background()
 
 	f.checkPasses(t)
 
-	bin := binary(t)
-	executable = func() (string, error) { return bin, nil } // the runtime sent over SSH
-	t.Cleanup(func() { executable = os.Executable })
-	for _, kv := range f.env {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	var logs syncBuffer
-	g := &globals{config: f.config, stdout: &logs, stderr: &logs}
-	e, err := g.open(ctx, slog.LevelInfo, nil, nil)
-	require.NoError(t, err)
+	e := f.openInProcess(t)
 	target := threeBatches(t, pg, e.jobs[0].job)
 	e.Close()
-	f.keep(logs.String())
 	var objects []string
 	require.NoError(t, filepath.WalkDir(repoRoot, func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
@@ -814,6 +789,25 @@ func TestCommandSSHGuestAndSFTPRepository(t *testing.T) {
 	require.Equal(t, exitOK, code)
 	assert.Equal(t, pg.Psql(t, "postgres", "SHOW server_version_num")[:2], strings.TrimSpace(mustRead(t, filepath.Join(dir, "PG_VERSION"))))
 	assert.FileExists(t, filepath.Join(dir, "global", "pg_control"))
+}
+
+// openInProcess opens the configuration's store, repository and jobs in
+// this process, as the command does, for what it does not do (a parent
+// session on demand). Its guests run the built command as the runtime,
+// and the fixture's environment is set for the test (so it cannot be
+// parallel). What it logs is kept for the secret search.
+func (f *fixture) openInProcess(t *testing.T) *env {
+	t.Helper()
+	for _, kv := range f.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	var logs syncBuffer
+	t.Cleanup(func() { f.keep(logs.String()) })
+	g := &globals{config: f.config, stdout: &logs, stderr: &logs, runtimeBinary: binary(t)}
+	e, err := g.open(context.Background(), slog.LevelInfo, nil, nil)
+	require.NoError(t, err)
+	return e
 }
 
 // checkPasses runs check --json: the store, the repository and the one

@@ -35,9 +35,10 @@ import (
 // env is what a command works with: the configuration and what it opened.
 // Close releases it.
 type env struct {
-	cfg    *Config
-	logger *slog.Logger
-	clk    clock.Clock
+	cfg           *Config
+	logger        *slog.Logger
+	clk           clock.Clock
+	runtimeBinary string // globals.runtimeBinary
 
 	store *postgres.Store
 	repo  repository.Repository
@@ -226,10 +227,14 @@ func jobKey(jc *JobConfig, where string) (*bundle.Key, error) {
 	return bundle.NewKey(b)
 }
 
-// executable is the runtime local guests run (with the argument
-// "runtime"): this executable; tests that build jobs in their own
-// process name the built command instead.
-var executable = os.Executable
+// runtimeExecutable is the program guests run as the runtime, with the
+// argument "runtime": this executable unless globals named another.
+func (e *env) runtimeExecutable() (string, error) {
+	if e.runtimeBinary != "" {
+		return e.runtimeBinary, nil
+	}
+	return os.Executable()
+}
 
 // deployer makes the job's guest access: local runtimes are this
 // executable run with the argument "runtime".
@@ -241,7 +246,7 @@ func (e *env) deployer(jc *JobConfig) (guest.Deployer, error) {
 	}
 	switch jc.Guest.Type {
 	case "local":
-		self, err := executable()
+		self, err := e.runtimeExecutable()
 		if err != nil {
 			return nil, err
 		}
@@ -255,7 +260,7 @@ func (e *env) deployer(jc *JobConfig) (guest.Deployer, error) {
 		bins := e.cfg.RuntimeBinaries
 		var args []string
 		if len(bins) == 0 { // this executable, run as the runtime
-			self, err := executable()
+			self, err := e.runtimeExecutable()
 			if err != nil {
 				return nil, err
 			}

@@ -101,22 +101,13 @@ func TreeCPUTime(pid int) time.Duration {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// After the command's closing parenthesis: ppid is the 2nd field;
-		// utime, stime, cutime and cstime the 12th to 15th.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		f := statFields(e.Name())
 		if len(f) < 15 {
 			continue
 		}
 		p := proc{}
 		p.ppid, _ = strconv.Atoi(f[1])
-		for _, v := range f[11:15] {
-			t, _ := strconv.ParseInt(v, 10, 64)
-			p.ticks += t
-		}
+		p.ticks = sumTicks(f[11:15]) // utime, stime, cutime, cstime
 		procs[n] = p
 	}
 	var ticks int64
@@ -134,23 +125,32 @@ func TreeCPUTime(pid int) time.Duration {
 	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
 
+// statFields returns the fields of /proc/<pid>/stat after the command's
+// closing parenthesis (state first, then ppid; utime is the 12th), or nil.
+func statFields(pid string) []string {
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+}
+
+func sumTicks(fields []string) int64 {
+	var ticks int64
+	for _, v := range fields {
+		t, _ := strconv.ParseInt(v, 10, 64)
+		ticks += t
+	}
+	return ticks
+}
+
 // CPUTime sums the user and system CPU time used so far by every process
 // whose command line holds marker, and by pids.
 func CPUTime(pids []int, marker string) time.Duration {
 	var ticks int64
 	add := func(pid string) {
-		b, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
-		if err != nil {
-			return
-		}
-		// Fields after the command's closing parenthesis: utime and stime
-		// are the 12th and 13th.
-		i := strings.LastIndexByte(string(b), ')')
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 12 {
-			u, _ := strconv.ParseInt(f[11], 10, 64)
-			s, _ := strconv.ParseInt(f[12], 10, 64)
-			ticks += u + s
+		if f := statFields(pid); len(f) > 12 {
+			ticks += sumTicks(f[11:13]) // utime, stime
 		}
 	}
 	for _, p := range pids {

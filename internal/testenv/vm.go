@@ -193,9 +193,10 @@ func StartVM(t testing.TB, cfg VMConfig) *VM {
 		if errors.Is(err, errGuestHung) && i < attempts {
 			// An emulator hang, not the image's fault: the guest is cut
 			// off like a power cut and booted again on the same disk.
-			t.Logf("testenv: vm %s: %v; booting it again (serial log kept as %s)", v.SSHAddr, err, v.SerialLog+"."+strconv.Itoa(i))
+			kept := v.SerialLog + "." + strconv.Itoa(i)
+			t.Logf("testenv: vm %s: %v; booting it again (serial log kept as %s)", v.SSHAddr, err, kept)
 			v.kill()
-			if err := os.Rename(v.SerialLog, v.SerialLog+"."+strconv.Itoa(i)); err != nil {
+			if err := os.Rename(v.SerialLog, kept); err != nil {
 				t.Fatalf("testenv: %v", err)
 			}
 			v.done = nil
