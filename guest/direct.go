@@ -1,6 +1,8 @@
 package guest
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
 	"errors"
 	"fmt"
@@ -68,24 +70,28 @@ type StageRequest struct {
 	// Raw stages the one named timeline history file as it is, not a
 	// bundle: history files are stored as objects of their own.
 	Raw bool `json:"raw,omitempty"`
+	// Checksum is the algorithm of Staged.Sum: SHA-256 (the default) where
+	// the store checks it (S3) and for a history file, XXH3 where only
+	// the host reads the object back.
+	Checksum checksum.Algorithm `json:"checksum,omitempty"`
 }
 
 // Staged is a bundle ready in the guest.
 type Staged struct {
 	Object   string           `json:"object"`
-	Size     int64            `json:"size"`   // of the bundle
-	SHA256   [32]byte         `json:"sha256"` // of the bundle's bytes
+	Size     int64            `json:"size"` // of the bundle
+	Sum      checksum.Sum     `json:"sum"`  // of the bundle's bytes, as the request asked
 	Files    []BundleFile     `json:"files"`
 	Unknown  []UnknownSummary `json:"unknown,omitempty"`
 	RawBytes int64            `json:"raw_bytes"`
 }
 
 // BundleFile is one file in a bundle: its size as PostgreSQL wrote it
-// and the SHA-256 of that content.
+// and the checksum of that content, in the bundle's algorithm.
 type BundleFile struct {
-	Name    string   `json:"name"`
-	RawSize int64    `json:"raw_size"`
-	SHA256  [32]byte `json:"sha256"`
+	Name    string       `json:"name"`
+	RawSize int64        `json:"raw_size"`
+	Sum     checksum.Sum `json:"sum"`
 }
 
 // UnknownSummary is a bundled segment whose WAL summary covers only its

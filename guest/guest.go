@@ -1,6 +1,8 @@
 package guest
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
 	"errors"
 	"fmt"
@@ -235,10 +237,11 @@ type Frame struct {
 	// Data yields the encoded content. It is valid only until the callback
 	// returns.
 	Data io.Reader
-	// Checksum returns the raw size and the SHA-256 of the raw content as
-	// the guest read it. The guest knows them only at the end of the file,
+	// Checksum returns the raw size and the checksum of the raw content
+	// as the guest read it (XXH3 for WAL from the temporary folder, SHA-256
+	// for other files). The guest knows them only at the end of the file,
 	// so they are valid once Data has returned io.EOF.
-	Checksum func() (rawSize int64, sha256 [32]byte)
+	Checksum func() (rawSize int64, sum checksum.Sum)
 }
 
 // MinVersion is the oldest PostgreSQL (server_version_num) supported;

@@ -1,6 +1,8 @@
 package guest
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
 	"errors"
 	"io"
@@ -51,13 +53,14 @@ type FetchFunc func(ctx context.Context, name string, w io.Writer) error
 // the file as a zstd stream (a repository stores it so) may then hand the
 // stream over as it is, instead of decompressing it only for the link to
 // compress it again: it calls Zstd once, before writing anything to the
-// receiver itself, with the size and SHA-256 of the raw content as stored
-// with the file, and writes the stream (at most a window of MaxZstdWindow)
-// to the writer Zstd returns. The receiver decompresses it and checks size
-// and SHA-256 before the file is used; a mismatch fails that file's fetch.
+// receiver itself, with the size and XXH3 checksum of the raw content as
+// stored with the file, and writes the stream (at most a window of
+// MaxZstdWindow) to the writer Zstd returns. The receiver decompresses it
+// and checks size and checksum before the file is used; a mismatch, or a
+// checksum of another algorithm, fails that file's fetch.
 type ZstdReceiver interface {
 	io.Writer
-	Zstd(rawSize int64, sha256 [32]byte) io.Writer
+	Zstd(rawSize int64, sum checksum.Sum) io.Writer
 }
 
 // MaxZstdWindow is the largest zstd window a ZstdReceiver's receiver

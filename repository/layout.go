@@ -91,8 +91,8 @@ func (i Instance) HistoryName(name string) string { return i.Prefix() + "/wal/hi
 
 // ConflictName is where a WAL file is kept aside when the repository holds
 // another content under its name (a split brain): a bundle of that one file,
-// named after the file and the first 8 bytes of its SHA-256. Recovery never
-// reads it; an operator does.
+// named after the file and the first 8 bytes of its checksum (XXH3, as
+// the guest summed it). Recovery never reads it; an operator does.
 func (i Instance) ConflictName(name string, sum [32]byte) string {
 	return i.Prefix() + "/wal/conflicts/" + name + "_" + hex.EncodeToString(sum[:8]) + ".bundle"
 }

@@ -14,24 +14,12 @@ const maxHistory = 1 << 20
 
 // decode returns the raw content of a small frame.
 func decode(f guest.Frame) ([]byte, error) {
-	r := f.Data
-	switch f.Codec {
-	case guest.CodecZstd:
-		dec, err := zpool.GetDecoder(f.Data)
-		if err != nil {
-			return nil, err
-		}
-		defer zpool.PutDecoder(dec)
-		r = dec
-	case guest.CodecS2:
-		dec := zpool.GetS2Reader(f.Data)
-		defer zpool.PutS2Reader(dec)
-		r = dec
-	case guest.CodecNone:
-	default:
-		return nil, fmt.Errorf("%s: the guest sent unknown codec %q", f.Name, f.Codec)
-	}
-	b, err := io.ReadAll(io.LimitReader(r, maxHistory+1))
+	var b []byte
+	err := decoded(f, func(r io.Reader) error {
+		var err error
+		b, err = io.ReadAll(io.LimitReader(r, maxHistory+1))
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -39,4 +27,24 @@ func decode(f guest.Frame) ([]byte, error) {
 		return nil, fmt.Errorf("%s is larger than %d bytes", f.Name, maxHistory)
 	}
 	return b, nil
+}
+
+// decoded calls fn with a reader of the frame's raw content.
+func decoded(f guest.Frame, fn func(io.Reader) error) error {
+	switch f.Codec {
+	case guest.CodecZstd:
+		dec, err := zpool.GetDecoder(f.Data)
+		if err != nil {
+			return err
+		}
+		defer zpool.PutDecoder(dec)
+		return fn(dec)
+	case guest.CodecS2:
+		dec := zpool.GetS2Reader(f.Data)
+		defer zpool.PutS2Reader(dec)
+		return fn(dec)
+	case guest.CodecNone:
+		return fn(f.Data)
+	}
+	return fmt.Errorf("%s: the guest sent unknown codec %q", f.Name, f.Codec)
 }

@@ -1,8 +1,9 @@
 package walbackup
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -158,9 +159,19 @@ type Direct struct {
 // cleanupTimeout bounds removing a staged bundle or an unverified object.
 const cleanupTimeout = time.Minute
 
+// checksum is the algorithm the guest sums a bundle's bytes with: SHA-256
+// for a store that checks it as it stores (an authorised request carries
+// it), otherwise XXH3, which only the host's read-back checks.
+func (d *Direct) checksum() checksum.Algorithm {
+	if d.Uploads != nil {
+		return checksum.SHA256
+	}
+	return checksum.XXH3
+}
+
 // destination returns where the guest sends object (of size bytes with
-// SHA-256 sum): an authorised request, or its own folder.
-func (d *Direct) destination(ctx context.Context, object string, size int64, sum [32]byte) (guest.Destination, error) {
+// checksum sum): an authorised request, or its own folder.
+func (d *Direct) destination(ctx context.Context, object string, size int64, sum checksum.Sum) (guest.Destination, error) {
 	if d.fence != nil {
 		if err := d.fence(ctx); err != nil {
 			return guest.Destination{}, err
@@ -169,7 +180,10 @@ func (d *Direct) destination(ctx context.Context, object string, size int64, sum
 	if d.Uploads == nil {
 		return guest.Destination{Dir: d.Dir, SFTP: d.SFTP, Via: d.Via}, nil
 	}
-	a, err := d.Uploads.AuthorizePut(ctx, object, size, sum, d.TTL)
+	if sum.Algorithm != checksum.SHA256 {
+		return guest.Destination{}, fmt.Errorf("authorise %s: the guest summed it with %v, the store checks SHA-256", object, sum.Algorithm)
+	}
+	a, err := d.Uploads.AuthorizePut(ctx, object, size, sum.Digest, d.TTL)
 	if err != nil {
 		return guest.Destination{}, err
 	}
@@ -235,10 +249,11 @@ func shipHistoryDirect(ctx context.Context, d *Direct, repo repository.Repositor
 		defer cancel()
 		_ = d.Guest.DropBundle(cctx, obj)
 	}()
-	if len(staged.Files) != 1 || staged.Files[0].Name != name || staged.Files[0].RawSize != staged.Size || staged.Files[0].SHA256 != staged.SHA256 {
+	if len(staged.Files) != 1 || staged.Files[0].Name != name || staged.Files[0].RawSize != staged.Size ||
+		staged.Files[0].Sum != staged.Sum || staged.Sum.Algorithm != checksum.SHA256 {
 		return 0, fmt.Errorf("stage %s in the guest: it staged something else", name)
 	}
-	to, err := d.destination(ctx, obj, staged.Size, staged.SHA256)
+	to, err := d.destination(ctx, obj, staged.Size, staged.Sum)
 	if err != nil {
 		return 0, fmt.Errorf("authorise %s: %w", obj, err)
 	}
@@ -248,7 +263,7 @@ func shipHistoryDirect(ctx context.Context, d *Direct, repo repository.Repositor
 	}
 	back, err := readHistoryObject(ctx, repo, obj, name, nil)
 	switch {
-	case err == nil && int64(len(back)) == staged.Size && sha256.Sum256(back) == staged.SHA256:
+	case err == nil && int64(len(back)) == staged.Size && checksum.Of(checksum.SHA256, back) == staged.Sum:
 		return staged.Size, nil
 	case err == nil && sendErr != nil:
 		return 0, fmt.Errorf("store %s: %w", obj, repository.ErrConflict) // other lines under its name
@@ -271,7 +286,7 @@ type directBundle struct {
 func shipDirectBundle(ctx context.Context, d *Direct, repo repository.Repository, inst repository.Instance, tli uint32,
 	names []string, sizes map[string]int64, opts ShipOptions) (directBundle, error) {
 	obj := inst.NewBundleName(tli, names[0], names[len(names)-1])
-	staged, err := d.Guest.StageBundle(ctx, guest.StageRequest{Object: obj, Names: names, Created: opts.Time})
+	staged, err := d.Guest.StageBundle(ctx, guest.StageRequest{Object: obj, Names: names, Created: opts.Time, Checksum: d.checksum()})
 	if err != nil {
 		return directBundle{}, fmt.Errorf("bundle %s..%s in the guest: %w", names[0], names[len(names)-1], err)
 	}
@@ -284,7 +299,7 @@ func shipDirectBundle(ctx context.Context, d *Direct, repo repository.Repository
 	if err != nil {
 		return directBundle{}, err
 	}
-	to, err := d.destination(ctx, obj, staged.Size, staged.SHA256)
+	to, err := d.destination(ctx, obj, staged.Size, staged.Sum)
 	if err != nil {
 		return directBundle{}, fmt.Errorf("authorise %s: %w", obj, err)
 	}
@@ -309,17 +324,17 @@ func shipDirectBundle(ctx context.Context, d *Direct, repo repository.Repository
 // verifyDirect checks a directly sent bundle: its size and SHA-256 as the
 // store computed them (S3) or as read back (a file system), and its index
 // against the files the guest staged.
-func verifyDirect(ctx context.Context, d *Direct, repo repository.Repository, obj string, staged guest.Staged, want map[string][32]byte) error {
+func verifyDirect(ctx context.Context, d *Direct, repo repository.Repository, obj string, staged guest.Staged, want map[string]checksum.Sum) error {
 	if d.Uploads == nil {
-		return bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.SHA256)
+		return bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.Sum)
 	}
 	st, sum, err := d.Uploads.StoredChecksum(ctx, obj)
 	if err != nil {
 		return err
 	}
-	if st.Size != staged.Size || sum != staged.SHA256 {
-		return fmt.Errorf("%w: the store holds %d bytes with SHA-256 %x, the guest staged %d bytes with %x",
-			ErrChecksum, st.Size, sum, staged.Size, staged.SHA256)
+	if st.Size != staged.Size || checksum.OfSHA256(sum) != staged.Sum {
+		return fmt.Errorf("%w: the store holds %d bytes with SHA-256 %x, the guest staged %d bytes with %v",
+			ErrChecksum, st.Size, sum, staged.Size, staged.Sum)
 	}
 	return bundle.VerifyIndex(ctx, repo, obj, st.Size, nil, want)
 }
@@ -333,19 +348,19 @@ func probeFailure(err error) string {
 }
 
 // checkStaged checks that a bundle the guest built holds names, in order,
-// with the sizes the guest listed, and returns each file's SHA-256 and
+// with the sizes the guest listed, and returns each file's checksum and
 // their raw bytes.
-func checkStaged(obj string, names []string, sizes map[string]int64, staged guest.Staged) (map[string][32]byte, int64, error) {
+func checkStaged(obj string, names []string, sizes map[string]int64, staged guest.Staged) (map[string]checksum.Sum, int64, error) {
 	if len(staged.Files) != len(names) || staged.Object != obj {
 		return nil, 0, fmt.Errorf("bundle %s: the guest bundled %d of %d files", obj, len(staged.Files), len(names))
 	}
-	want := make(map[string][32]byte, len(staged.Files))
+	want := make(map[string]checksum.Sum, len(staged.Files))
 	var raw int64
 	for i, f := range staged.Files {
 		if f.Name != names[i] || f.RawSize != sizes[f.Name] {
 			return nil, 0, fmt.Errorf("bundle %s: the guest bundled %s (%d bytes) where %s was due", obj, f.Name, f.RawSize, names[i])
 		}
-		want[f.Name] = f.SHA256
+		want[f.Name] = f.Sum
 		raw += f.RawSize
 	}
 	return want, raw, nil

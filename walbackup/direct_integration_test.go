@@ -233,7 +233,7 @@ type faultyGuest struct {
 func (g *faultyGuest) StageBundle(ctx context.Context, req guest.StageRequest) (guest.Staged, error) {
 	s, err := g.DirectShipper.StageBundle(ctx, req)
 	if err == nil && g.lie {
-		s.Files[0].SHA256[0] ^= 1
+		s.Files[0].Sum.Digest[0] ^= 1
 	}
 	return s, err
 }
@@ -285,7 +285,7 @@ func TestDirectShippingFaults(t *testing.T) {
 	t.Run("a bundle that is not what the guest reported", func(t *testing.T) {
 		_, err := walbackup.ShipOnce(ctx, rt, repo, inst, direct(&faultyGuest{lie: true}, time.Minute))
 		require.Error(t, err)
-		assert.Contains(t, err.Error(), "sha256 differs")
+		assert.Contains(t, err.Error(), "checksum differs")
 		assert.Equal(t, before, waiting(), "the WAL stays in the guest")
 		assert.Empty(t, m.Keys(t, bucket), "the unverified bundle was deleted")
 	})

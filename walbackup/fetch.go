@@ -9,6 +9,7 @@ import (
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/wal"
 )
 
@@ -101,8 +102,10 @@ func (x *walIndex) fetch(ctx context.Context, name string, w io.Writer) error {
 	case !ok:
 		return fmt.Errorf("fetch wal %s: %w", name, repository.ErrNotFound)
 	}
-	if zr, isZ := w.(guest.ZstdReceiver); isZ && e.Codec == bundle.Zstd {
-		_, err = r.WriteCompressed(ctx, name, zr.Zstd(e.RawSize, e.SHA256))
+	// Receivers check XXH3 only: a file of an older bundle (SHA-256) is
+	// checked here as it is decompressed, and summed again on the way.
+	if zr, isZ := w.(guest.ZstdReceiver); isZ && e.Codec == bundle.Zstd && e.Sum.Algorithm == checksum.XXH3 {
+		_, err = r.WriteCompressed(ctx, name, zr.Zstd(e.RawSize, e.Sum))
 	} else {
 		_, err = r.WriteFile(ctx, name, w)
 	}

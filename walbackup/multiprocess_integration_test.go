@@ -1,9 +1,10 @@
 package walbackup_test
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -234,7 +235,7 @@ func TestSeparateHostProcessesShareJobs(t *testing.T) {
 		dir   string
 		inst  guest.Instance
 		next  wal.FileName
-		wrote map[string][32]byte
+		wrote map[string]checksum.Sum
 	}
 	type realGuest struct {
 		pg     *testenv.Postgres
@@ -254,7 +255,7 @@ func TestSeparateHostProcessesShareJobs(t *testing.T) {
 		name := fmt.Sprintf("fleet-%02d", i)
 		names = append(names, name)
 		if i < dirJobs {
-			g := &dirGuest{dir: filepath.Join(tmp, "guests", name), wrote: map[string][32]byte{},
+			g := &dirGuest{dir: filepath.Join(tmp, "guests", name), wrote: map[string]checksum.Sum{},
 				inst: guest.Instance{Version: 150000, WALLevel: "replica", ArchiveMode: "on", SystemID: uint64(7000 + i), Timeline: 1,
 					WALSegmentSize: 16 << 20},
 				next: wal.FileName{Kind: wal.Segment, Timeline: 1, Log: 0, Seg: 1}}
@@ -284,7 +285,7 @@ func TestSeparateHostProcessesShareJobs(t *testing.T) {
 			payload := []byte(fmt.Sprintf("%d %s", g.inst.SystemID, g.next))
 			data := guesttest.Segment(g.next, g.inst.WALSegmentSize, g.inst.SystemID, g.inst.Version, payload)
 			require.NoError(t, guesttest.PutDirWAL(g.dir, g.next.String(), data))
-			g.wrote[g.next.String()] = sha256.Sum256(data)
+			g.wrote[g.next.String()] = checksum.Of(checksum.XXH3, data)
 			g.next = g.next.Next(g.inst.WALSegmentSize)
 		}
 		for _, g := range reals {
@@ -579,18 +580,18 @@ func TestSeparateHostProcessesShareJobs(t *testing.T) {
 
 	// From the repository: nothing lost, nothing stored twice with two
 	// contents.
-	stored := func(inst repository.Instance) map[string][32]byte {
+	stored := func(inst repository.Instance) map[string]checksum.Sum {
 		refs, err := repository.Bundles(ctx, repo, inst, 1)
 		require.NoError(t, err)
-		got := map[string][32]byte{}
+		got := map[string]checksum.Sum{}
 		for _, ref := range refs {
 			r, err := bundle.Open(ctx, repo, ref.Object.Name, ref.Object.Size, nil)
 			require.NoError(t, err)
 			for _, e := range r.Entries() {
 				if prev, ok := got[e.Name]; ok {
-					require.Equal(t, prev, e.SHA256, "%s stored twice with different content", e.Name)
+					require.Equal(t, prev, e.Sum, "%s stored twice with different content", e.Name)
 				}
-				got[e.Name] = e.SHA256
+				got[e.Name] = e.Sum
 			}
 		}
 		return got

@@ -1,6 +1,8 @@
 package walbackup
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -641,7 +643,7 @@ type countingZstd struct {
 	zr guest.ZstdReceiver
 }
 
-func (c countingZstd) Zstd(rawSize int64, sum [32]byte) io.Writer {
+func (c countingZstd) Zstd(rawSize int64, sum checksum.Sum) io.Writer {
 	return &countingWriter{w: c.zr.Zstd(rawSize, sum), total: &c.n}
 }
 

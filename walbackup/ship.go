@@ -1,9 +1,10 @@
 package walbackup
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -109,7 +110,7 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		}
 		if errors.Is(err, repository.ErrConflict) {
 			// Another history of the same timeline: keep this one aside.
-			_, err = compareStored(ctx, rt, repo, inst, name, [32]byte{}, opts)
+			_, err = compareStored(ctx, rt, repo, inst, name, checksum.Sum{}, opts)
 			if errors.Is(err, ErrSplitBrain) {
 				conflicts = append(conflicts, err)
 				shipped = append(shipped, name)
@@ -206,16 +207,16 @@ func removeShipped(ctx context.Context, rt guest.Runtime, names []string) error 
 // Only names up to the newest bundle's last one can be stored, so shipping
 // new WAL costs one listing.
 func storedSums(ctx context.Context, repo repository.Repository, inst repository.Instance, tli uint32, names []string,
-	key *bundle.Key) (fresh []string, known map[string][32]byte, err error) {
+	key *bundle.Key) (fresh []string, known map[string]checksum.Sum, err error) {
 	x := newWALIndex(repo, inst, key)
-	known = map[string][32]byte{}
+	known = map[string]checksum.Sum{}
 	for _, name := range names {
 		_, e, ok, _, err := x.find(ctx, tli, name)
 		if err != nil {
 			return nil, nil, err
 		}
 		if ok {
-			known[name] = e.SHA256
+			known[name] = e.Sum
 		} else {
 			fresh = append(fresh, name)
 		}
@@ -228,32 +229,43 @@ func storedSums(ctx context.Context, repo repository.Repository, inst repository
 // kept aside in the repository (verified) and the error matches
 // ErrSplitBrain; either way the guest's file may then go.
 func compareStored(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, name string,
-	stored [32]byte, opts ShipOptions) (bool, error) {
-	var sum [32]byte
+	stored checksum.Sum, opts ShipOptions) (bool, error) {
+	var sum, same checksum.Sum // the guest's, and in the stored copy's algorithm
 	err := rt.Read(ctx, []string{name}, func(f guest.Frame) error {
-		if _, err := io.Copy(io.Discard, f.Data); err != nil {
+		var err error
+		if stored.IsZero() || stored.Algorithm == walbundle.Checksum {
+			_, err = io.Copy(io.Discard, f.Data)
+		} else { // an older copy's SHA-256: summed here
+			h := checksum.New(stored.Algorithm)
+			err = decoded(f, func(r io.Reader) error { _, err := io.Copy(h, r); return err })
+			same = h.Sum()
+		}
+		if err != nil {
 			return err
 		}
 		_, sum = f.Checksum()
+		if same.IsZero() {
+			same = sum
+		}
 		return nil
 	})
 	if err != nil {
 		return false, fmt.Errorf("compare %s with the stored copy: %w", name, err)
 	}
-	if sum == stored {
+	if same == stored {
 		return true, nil
 	}
-	aside := inst.ConflictName(name, sum)
+	aside := inst.ConflictName(name, sum.Digest)
 	if err := keepAside(ctx, rt, repo, aside, name, sum, opts); err != nil {
 		return false, fmt.Errorf("keep %s aside: %w", name, err)
 	}
-	return false, fmt.Errorf("%w: %s: the repository holds SHA-256 %x, the guest archived %x (kept aside as %s)",
-		ErrSplitBrain, name, stored, sum, aside)
+	return false, fmt.Errorf("%w: %s: the repository holds %v, the guest archived %v (kept aside as %s)",
+		ErrSplitBrain, name, stored, same, aside)
 }
 
 // keepAside stores one guest file as a bundle of its own and reads it back;
 // the file must still have the checksum it was compared with.
-func keepAside(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj, name string, sum [32]byte, opts ShipOptions) error {
+func keepAside(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj, name string, sum checksum.Sum, opts ShipOptions) error {
 	_, want, _, _, err := writeBundle(ctx, rt, repo, obj, []string{name}, opts)
 	if err == nil && want[name] != sum {
 		err = fmt.Errorf("%w: %s changed while it was kept aside", ErrChecksum, name)
@@ -307,12 +319,14 @@ func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repositor
 
 // streamBundle has the guest build the bundle obj of names and stream it
 // here, stores it as it comes, and reads it back: the stored bytes against
-// the SHA-256 the guest made of the bundle (so they arrived as sent), and
+// the checksum the guest made of the bundle (so they arrived as sent), and
 // its index against the files the guest reported.
 func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.Repository, obj string, names []string,
 	sizes map[string]int64, opts ShipOptions) (raw, stored int64, unknown []UnknownSummary, err error) {
 	var putErr error
-	staged, err := bs.StreamBundle(ctx, guest.StageRequest{Object: obj, Names: names, Created: opts.Time}, func(r io.Reader) error {
+	// The guest sums the bundle's bytes with XXH3: only this host checks it.
+	req := guest.StageRequest{Object: obj, Names: names, Created: opts.Time, Checksum: checksum.XXH3}
+	staged, err := bs.StreamBundle(ctx, req, func(r io.Reader) error {
 		putErr = repo.Put(ctx, obj, r)
 		return putErr
 	})
@@ -326,7 +340,7 @@ func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.
 	if err != nil {
 		return 0, 0, nil, err
 	}
-	if err := bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.SHA256); err != nil {
+	if err := bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.Sum); err != nil {
 		return 0, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
 	}
 	return raw, staged.Size, staged.Unknown, nil
@@ -334,13 +348,13 @@ func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.
 
 // writeBundle streams the guest files names into the bundle obj, each
 // checked against the guest's checksum, and reads it back. It returns the
-// raw bytes, each file's SHA-256 and the bundle's size.
+// raw bytes, each file's checksum and the bundle's size.
 func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj string, names []string,
-	opts ShipOptions) (raw int64, want map[string][32]byte, stored int64, unknown []UnknownSummary, err error) {
-	want = make(map[string][32]byte, len(names))
+	opts ShipOptions) (raw int64, want map[string]checksum.Sum, stored int64, unknown []UnknownSummary, err error) {
+	want = make(map[string]checksum.Sum, len(names))
 	pr, pw := io.Pipe()
 	readErr := make(chan error, 1)
-	written := sha256.New() // of the object, for the read-back
+	written := checksum.New(checksum.XXH3) // of the object, for the read-back on this host
 	go func() {
 		err := func() error {
 			b, err := walbundle.New(io.MultiWriter(pw, written), obj, opts.Key, opts.Time, opts.tap)
@@ -383,7 +397,7 @@ func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 	if err != nil {
 		return 0, nil, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
 	}
-	if err := bundle.VerifyStored(ctx, repo, obj, st.Size, opts.Key, want, [32]byte(written.Sum(nil))); err != nil {
+	if err := bundle.VerifyStored(ctx, repo, obj, st.Size, opts.Key, want, written.Sum()); err != nil {
 		return 0, nil, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
 	}
 	return raw, want, st.Size, unknown, nil
@@ -400,7 +414,7 @@ func shipHistory(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 			return err
 		}
 		size, s := f.Checksum()
-		if int64(len(b)) != size || sha256.Sum256(b) != s {
+		if int64(len(b)) != size || checksum.Of(s.Algorithm, b) != s {
 			return fmt.Errorf("%w: %s", ErrChecksum, name)
 		}
 		content = b

@@ -1,9 +1,10 @@
 package walbackup_test
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -59,14 +60,14 @@ func stored(t testing.TB, repo repository.Repository, inst repository.Instance, 
 
 // storedSums is stored by the bundles' indexes: each file's SHA-256, one
 // per name, without reading the content.
-func storedSums(t testing.TB, repo repository.Repository, inst repository.Instance, tli uint32) map[string][32]byte {
+func storedSums(t testing.TB, repo repository.Repository, inst repository.Instance, tli uint32) map[string]checksum.Sum {
 	t.Helper()
-	out := map[string][32]byte{}
+	out := map[string]checksum.Sum{}
 	eachEntry(t, repo, inst, tli, func(_ *bundle.Reader, e bundle.Entry) {
 		if prev, ok := out[e.Name]; ok {
-			require.Equal(t, prev, e.SHA256, "%s stored twice with different content", e.Name)
+			require.Equal(t, prev, e.Sum, "%s stored twice with different content", e.Name)
 		}
-		out[e.Name] = e.SHA256
+		out[e.Name] = e.Sum
 	})
 	return out
 }
@@ -207,7 +208,7 @@ func TestShipOnceHistoryConflict(t *testing.T) {
 	b, _ := io.ReadAll(rc)
 	rc.Close()
 	assert.Equal(t, "another branch", string(b), "the stored history stays")
-	_, err = repo.Stat(ctx, inst.ConflictName("00000002.history", sha256.Sum256([]byte("1\t0/5000000\tthis branch\n"))))
+	_, err = repo.Stat(ctx, inst.ConflictName("00000002.history", xxh3Of("1\t0/5000000\tthis branch\n").Digest))
 	require.NoError(t, err, "the guest's history is kept aside")
 }
 
@@ -226,14 +227,14 @@ func TestShipOnceSegmentSplitBrain(t *testing.T) {
 	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.ErrorIs(t, err, walbackup.ErrSplitBrain)
 	assert.Contains(t, err.Error(), seg(1, 2))
-	assert.Contains(t, err.Error(), fmt.Sprintf("%x", sha256.Sum256([]byte("two"))), "the stored copy's checksum")
+	assert.Contains(t, err.Error(), xxh3Of("two").String(), "the stored copy's checksum")
 	assert.Contains(t, err.Error(), "kept aside as")
 	assert.Equal(t, 1, got.Files, "the rest of the batch shipped")
 	assert.Empty(t, g.Waiting(), "the guest's copy is safe in the repository, so it left the guest")
 	in := stored(t, repo, inst, 1)
 	assert.Equal(t, []byte("two"), in[seg(1, 2)], "the stored copy stays")
 	assert.Equal(t, []byte("three"), in[seg(1, 3)])
-	aside := inst.ConflictName(seg(1, 2), sha256.Sum256([]byte("two, as the other primary wrote it")))
+	aside := inst.ConflictName(seg(1, 2), xxh3Of("two, as the other primary wrote it").Digest)
 	st, err := repo.Stat(ctx, aside)
 	require.NoError(t, err)
 	r, err := bundle.Open(ctx, repo, aside, st.Size, nil)
@@ -296,11 +297,11 @@ type zstdReceiver struct {
 	bytes.Buffer              // raw bytes
 	stream       bytes.Buffer // a zstd stream
 	size         int64        // as announced with it
-	sum          [32]byte
+	sum          checksum.Sum
 	streams      int
 }
 
-func (z *zstdReceiver) Zstd(rawSize int64, sum [32]byte) io.Writer {
+func (z *zstdReceiver) Zstd(rawSize int64, sum checksum.Sum) io.Writer {
 	z.size, z.sum = rawSize, sum
 	z.streams++
 	return &z.stream
@@ -318,7 +319,8 @@ func (z *zstdReceiver) content(t *testing.T) []byte {
 	raw, err := dec.DecodeAll(z.stream.Bytes(), nil)
 	require.NoError(t, err)
 	require.Equal(t, z.size, int64(len(raw)))
-	require.Equal(t, z.sum, sha256.Sum256(raw))
+	require.Equal(t, checksum.XXH3, z.sum.Algorithm, "receivers check XXH3")
+	require.Equal(t, z.sum, checksum.Of(checksum.XXH3, raw))
 	return raw
 }
 
@@ -402,4 +404,48 @@ func TestShipOnceSealsHistoryFiles(t *testing.T) {
 	require.ErrorIs(t, walbackup.FetchWAL(ctx, repo, planted, "00000003.history", key, io.Discard), bundle.ErrNotEncrypted)
 	require.NoError(t, repo.Put(ctx, planted.HistoryName("00000002.history"), bytes.NewReader(b)))
 	require.ErrorIs(t, walbackup.FetchWAL(ctx, repo, planted, "00000002.history", key, io.Discard), bundle.ErrCorrupt)
+}
+
+// xxh3Of is the checksum a WAL bundle holds of content.
+func xxh3Of(content string) checksum.Sum { return checksum.Of(checksum.XXH3, []byte(content)) }
+
+// WAL shipped by an earlier release lies in bundles of SHA-256 sums, which
+// the guest's XXH3 of a file offered again cannot be compared with: the
+// host sums the guest's copy with SHA-256 itself. The same content then
+// leaves the guest without being stored again; other content is a split
+// brain, reported with the stored copy's SHA-256.
+func TestShipOnceComparesWithOlderSHA256Copies(t *testing.T) {
+	ctx := context.Background()
+	repo := memory.New()
+	obj := inst.NewBundleName(1, seg(1, 1), seg(1, 2))
+	var buf bytes.Buffer
+	w, err := bundle.NewWriter(&buf, obj, nil) // as earlier releases wrote WAL
+	require.NoError(t, err)
+	for _, f := range []struct{ name, content string }{{seg(1, 1), "one"}, {seg(1, 2), "two"}} {
+		_, err = w.Add(f.name, bundle.Raw, strings.NewReader(f.content))
+		require.NoError(t, err)
+	}
+	_, err = w.Close()
+	require.NoError(t, err)
+	require.NoError(t, repo.Put(ctx, obj, &buf))
+
+	g, rt := fakeGuest(t, map[string][]byte{seg(1, 1): []byte("one"), seg(1, 2): []byte("two, as the other primary wrote it"),
+		seg(1, 3): []byte("three")})
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
+	require.ErrorIs(t, err, walbackup.ErrSplitBrain)
+	assert.Contains(t, err.Error(), seg(1, 2))
+	assert.Contains(t, err.Error(), checksum.Of(checksum.SHA256, []byte("two")).String(), "the stored copy's checksum")
+	assert.NotContains(t, err.Error(), seg(1, 1), "the same content is no split brain")
+	assert.Equal(t, 2, got.Files, "the new segment, and the one stored before that left the guest")
+	assert.Empty(t, g.Waiting(), "every file is safe in the repository")
+	sums := storedSums(t, repo, inst, 1)
+	assert.Equal(t, checksum.Of(checksum.SHA256, []byte("one")), sums[seg(1, 1)], "not stored again")
+	assert.Equal(t, xxh3Of("three"), sums[seg(1, 3)], "new WAL sums with XXH3")
+	in := stored(t, repo, inst, 1)
+	assert.Equal(t, []byte("two"), in[seg(1, 2)], "the stored copy stays")
+
+	var z zstdReceiver
+	require.NoError(t, walbackup.FetchWAL(ctx, repo, inst, seg(1, 1), nil, &z))
+	assert.Equal(t, []byte("one"), z.content(t))
+	assert.Zero(t, z.streams, "a file of an older bundle goes decompressed, checked here")
 }

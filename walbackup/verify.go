@@ -1,6 +1,8 @@
 package walbackup
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -154,7 +156,9 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 		if err != nil {
 			return err
 		}
-		sums := map[string][32]byte{}
+		// Copies of a file compare by the XXH3 of their content, computed
+		// here: bundles of older releases sum with SHA-256.
+		sums := map[string]checksum.Sum{}
 		for _, ref := range refs {
 			rep.Bundles++
 			rep.Bytes += ref.Object.Size
@@ -166,18 +170,26 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 			// One pass over the bundle verifies every frame's chunks and
 			// footer checksum.
 			for _, e := range b.Entries() {
-				if _, err := b.WriteFile(ctx, e.Name, io.Discard); err != nil {
+				content := e.Sum
+				if content.Algorithm != checksum.XXH3 {
+					h := checksum.New(checksum.XXH3)
+					_, err = b.WriteFile(ctx, e.Name, h)
+					content = h.Sum()
+				} else {
+					_, err = b.WriteFile(ctx, e.Name, io.Discard)
+				}
+				if err != nil {
 					problem(ProblemCorrupt, ref.Object.Name, e.Name, "%v", err)
 					continue
 				}
-				if prev, ok := sums[e.Name]; ok && prev != e.SHA256 {
+				if prev, ok := sums[e.Name]; ok && prev != content {
 					problem(ProblemConflict, ref.Object.Name, e.Name, "stored again with other content (a split brain?)")
 					continue
 				}
 				if _, ok := sums[e.Name]; !ok {
 					rep.WALFiles++
 				}
-				sums[e.Name] = e.SHA256
+				sums[e.Name] = content
 			}
 		}
 		// Continuity: from the earliest segment a restore point needs on

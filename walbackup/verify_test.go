@@ -99,6 +99,28 @@ func TestVerify(t *testing.T) {
 		assert.Equal(t, walbackup.ProblemConflict, rep.Problems[0].Kind)
 		assert.Equal(t, seg4, rep.Problems[0].Segment)
 	})
+	t.Run("the same content in a bundle of SHA-256 sums", func(t *testing.T) {
+		// As an earlier release shipped it again: a copy, not a conflict.
+		h := twoRestorePoints(t)
+		ctx := context.Background()
+		ref := bundleHolding(t, h, seg4)
+		r, err := bundle.Open(ctx, h.repo, ref.Object.Name, ref.Object.Size, nil)
+		require.NoError(t, err)
+		var content bytes.Buffer
+		_, err = r.WriteFile(ctx, seg4, &content)
+		require.NoError(t, err)
+		var buf bytes.Buffer
+		w, err := bundle.NewWriter(&buf, "planted", nil)
+		require.NoError(t, err)
+		_, err = w.Add(seg4, bundle.Raw, &content)
+		require.NoError(t, err)
+		_, err = w.Close()
+		require.NoError(t, err)
+		require.NoError(t, h.repo.Put(ctx, inst42.NewBundleName(1, seg4, seg4), &buf))
+		rep := verify(t, h)
+		assert.True(t, rep.OK(), "%v", rep.Problems)
+		assert.Equal(t, 9, rep.WALFiles, "counted once")
+	})
 	t.Run("an image object changed", func(t *testing.T) {
 		h := twoRestorePoints(t)
 		ids, err := repository.RestorePointIDs(context.Background(), h.repo, inst42)

@@ -10,9 +10,10 @@
 package guesttest
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -409,11 +410,11 @@ func (r *runtime) Read(ctx context.Context, names []string, fn func(guest.Frame)
 }
 
 // rawFrame is a file's frame as the fakes send it: not compressed, with
-// its checksum known from the start.
+// its checksum (of WAL, as the runtime sums it) known from the start.
 func rawFrame(name string, data []byte) guest.Frame {
-	size, sum := int64(len(data)), sha256.Sum256(data)
+	size, sum := int64(len(data)), checksum.Of(checksum.XXH3, data)
 	return guest.Frame{Name: name, Codec: guest.CodecNone, Data: bytes.NewReader(data),
-		Checksum: func() (int64, [32]byte) { return size, sum }}
+		Checksum: func() (int64, checksum.Sum) { return size, sum }}
 }
 
 func (r *runtime) Remove(ctx context.Context, names []string) error {

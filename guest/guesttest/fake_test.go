@@ -1,8 +1,9 @@
 package guesttest_test
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
-	"crypto/sha256"
 	"errors"
 	"io"
 	"testing"
@@ -40,7 +41,7 @@ func TestDeployShipRemoveClose(t *testing.T) {
 		data, err := io.ReadAll(f.Data)
 		require.NoError(t, err)
 		size, sum := f.Checksum()
-		assert.Equal(t, sha256.Sum256(data), sum)
+		assert.Equal(t, checksum.Of(checksum.XXH3, data), sum)
 		assert.Equal(t, int64(len(data)), size)
 		got = append(got, string(data))
 		return nil

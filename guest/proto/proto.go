@@ -102,11 +102,12 @@ type FileStart struct {
 }
 
 // FileEnd ends a streamed file with what the runtime computed over the raw
-// bytes it read.
+// bytes it read: their size and checksum ("<algorithm>:<hex>", as
+// repository/checksum writes it).
 type FileEnd struct {
 	Name    string `json:"name"`
 	RawSize int64  `json:"raw_size"`
-	SHA256  string `json:"sha256"`
+	Sum     string `json:"sum"`
 }
 
 // Call is a request from the runtime to the host, made while the host's
@@ -118,13 +119,14 @@ type Call struct {
 	Args json.RawMessage `json:"args,omitempty"`
 }
 
-// CallEnd completes the answer to a Call: on success RawSize and SHA256
-// describe the raw bytes the CallData frames carried (before their codec);
+// CallEnd completes the answer to a Call: on success RawSize and Sum (as
+// in FileEnd) describe the raw bytes the CallData frames carried (before
+// their codec);
 // on failure Error says why and Code may name a sentinel.
 type CallEnd struct {
 	ID      uint64 `json:"id"`
 	RawSize int64  `json:"raw_size,omitempty"`
-	SHA256  string `json:"sha256,omitempty"`
+	Sum     string `json:"sum,omitempty"`
 	Error   string `json:"error,omitempty"`
 	Code    string `json:"code,omitempty"`
 }

@@ -16,7 +16,7 @@ func TestRoundTrip(t *testing.T) {
 	require.NoError(t, w.WriteJSON(TypeRequest, Request{ID: 7, Op: "scan"}))
 	data := bytes.Repeat([]byte{0xAB}, MaxData)
 	require.NoError(t, w.Write(TypeData, data))
-	require.NoError(t, w.WriteJSON(TypeFileEnd, FileEnd{Name: "000000010000000000000001", RawSize: 16 << 20, SHA256: "ab"}))
+	require.NoError(t, w.WriteJSON(TypeFileEnd, FileEnd{Name: "000000010000000000000001", RawSize: 16 << 20, Sum: "ab"}))
 
 	r := NewReader(&buf)
 	var req Request
@@ -113,7 +113,7 @@ func TestCallFrames(t *testing.T) {
 	data := bytes.Repeat([]byte{0xCD}, CallDataMax)
 	require.NoError(t, w.WriteCallData(3, data))
 	require.NoError(t, w.WriteCallData(1<<40, nil))
-	require.NoError(t, w.WriteJSON(TypeCallEnd, CallEnd{ID: 3, RawSize: 5, SHA256: "ab"}))
+	require.NoError(t, w.WriteJSON(TypeCallEnd, CallEnd{ID: 3, RawSize: 5, Sum: "ab"}))
 	require.ErrorIs(t, w.WriteCallData(3, make([]byte, CallDataMax+1)), ErrProtocol)
 
 	r := NewReader(&buf)
@@ -136,7 +136,7 @@ func TestCallFrames(t *testing.T) {
 	assert.Empty(t, got)
 	var end CallEnd
 	require.NoError(t, r.ReadJSON(TypeCallEnd, &end))
-	assert.Equal(t, CallEnd{ID: 3, RawSize: 5, SHA256: "ab"}, end)
+	assert.Equal(t, CallEnd{ID: 3, RawSize: 5, Sum: "ab"}, end)
 	_, _, err = CallData([]byte{1, 2, 3})
 	require.ErrorIs(t, err, ErrProtocol, "no room for the id")
 }

@@ -1,13 +1,12 @@
 package remote
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"sync"
 
@@ -156,7 +155,7 @@ func (s *callServer) serveFetch(ctx context.Context, id uint64, name string) {
 type fetchSink struct {
 	wire   io.Writer
 	enc    *zstd.Encoder // made on the first raw write
-	sum    hash.Hash
+	sum    checksum.Hash
 	n      int64
 	stored *proto.CallEnd // set by Zstd
 }
@@ -171,7 +170,7 @@ func (f *fetchSink) Write(p []byte) (int, error) {
 		return 0, errZstdLate
 	}
 	if f.enc == nil {
-		f.enc, f.sum = zpool.GetEncoder(f.wire), sha256.New()
+		f.enc, f.sum = zpool.GetEncoder(f.wire), checksum.New(checksum.XXH3)
 	}
 	n, err := f.enc.Write(p)
 	f.sum.Write(p[:n])
@@ -180,11 +179,14 @@ func (f *fetchSink) Write(p []byte) (int, error) {
 }
 
 // Zstd implements guest.ZstdReceiver.
-func (f *fetchSink) Zstd(rawSize int64, sum [32]byte) io.Writer {
-	if f.enc != nil || f.stored != nil {
+func (f *fetchSink) Zstd(rawSize int64, sum checksum.Sum) io.Writer {
+	switch {
+	case f.enc != nil || f.stored != nil:
 		return failWriter{errZstdLate}
+	case sum.Algorithm != checksum.XXH3:
+		return failWriter{fmt.Errorf("fetch: a %v checksum; the runtime checks XXH3", sum.Algorithm)}
 	}
-	f.stored = &proto.CallEnd{RawSize: rawSize, SHA256: hex.EncodeToString(sum[:])}
+	f.stored = &proto.CallEnd{RawSize: rawSize, Sum: sum.String()}
 	return f.wire
 }
 
@@ -195,11 +197,11 @@ func (f *fetchSink) close() (proto.CallEnd, error) {
 	case f.stored != nil:
 		return *f.stored, nil
 	case f.enc == nil: // an empty file
-		f.enc, f.sum = zpool.GetEncoder(f.wire), sha256.New()
+		f.enc, f.sum = zpool.GetEncoder(f.wire), checksum.New(checksum.XXH3)
 	}
 	err := f.enc.Close()
 	zpool.PutEncoder(f.enc)
-	return proto.CallEnd{RawSize: f.n, SHA256: hex.EncodeToString(f.sum.Sum(nil))}, err
+	return proto.CallEnd{RawSize: f.n, Sum: f.sum.Sum().String()}, err
 }
 
 type failWriter struct{ err error }

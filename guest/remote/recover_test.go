@@ -1,10 +1,10 @@
 package remote
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,8 +63,9 @@ func fakeRecoveringRuntime(t *testing.T, r *proto.Reader, w *proto.Writer, names
 				raw, err = dec.DecodeAll(data[end.ID].Bytes(), nil)
 				require.NoError(t, err)
 			}
-			sum := sha256.Sum256(raw)
-			assert.Equal(t, end.SHA256, hex.EncodeToString(sum[:]), name)
+			sum, err := checksum.Parse(end.Sum)
+			require.NoError(t, err, name)
+			assert.Equal(t, checksum.Of(sum.Algorithm, raw), sum, name)
 			assert.Equal(t, end.RawSize, int64(len(raw)), name)
 			got[name] = string(raw)
 		default:
@@ -104,13 +105,14 @@ func TestRecoverAnswersCalls(t *testing.T) {
 	}
 	const held = "000000010000000000000003"
 	// stored is held compressed, and handed over as it is; late announces
-	// its stream after writing raw bytes.
-	const stored, late = "000000010000000000000004", "000000010000000000000005"
+	// its stream after writing raw bytes; oldSum announces one with a
+	// SHA-256, which the runtime does not check.
+	const stored, late, oldSum = "000000010000000000000004", "000000010000000000000005", "000000010000000000000006"
 	storedData := bytes.Repeat([]byte("stored "), 100000)
 	enc, err := zstd.NewWriter(nil)
 	require.NoError(t, err)
 	storedStream := enc.EncodeAll(storedData, nil)
-	names := []string{"000000010000000000000001", "000000010000000000000002", "00000002.history", held, "000000010000000000000009", stored, late}
+	names := []string{"000000010000000000000001", "000000010000000000000002", "00000002.history", held, "000000010000000000000009", stored, late, oldSum}
 	var mu sync.Mutex
 	running, most := 0, 0
 	all := make(chan struct{})
@@ -134,12 +136,15 @@ func TestRecoverAnswersCalls(t *testing.T) {
 			<-ctx.Done()
 			return ctx.Err()
 		case stored:
-			_, err := zr.Zstd(int64(len(storedData)), sha256.Sum256(storedData)).Write(storedStream)
+			_, err := zr.Zstd(int64(len(storedData)), checksum.Of(checksum.XXH3, storedData)).Write(storedStream)
+			return err
+		case oldSum:
+			_, err := zr.Zstd(int64(len(storedData)), checksum.Of(checksum.SHA256, storedData)).Write(storedStream)
 			return err
 		case late:
 			_, err := io.WriteString(w, "raw")
 			if err == nil {
-				_, err = zr.Zstd(1, [32]byte{}).Write(storedStream)
+				_, err = zr.Zstd(1, checksum.Sum{}).Write(storedStream)
 			}
 			return err
 		}
@@ -171,6 +176,7 @@ func TestRecoverAnswersCalls(t *testing.T) {
 	}
 	assert.Equal(t, string(storedData), got[stored], "the stored stream went as it was, with its size and checksum")
 	assert.Equal(t, "error ", got[late], "a stream after raw bytes is refused")
+	assert.Equal(t, "error ", got[oldSum], "a stream with a SHA-256 is refused")
 	assert.Equal(t, "error no_such_wal", got["000000010000000000000009"])
 	assert.Equal(t, "error ", got[held], "the cancelled fetch ended with its error")
 }

@@ -6,8 +6,9 @@
 package remote
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -393,7 +394,7 @@ type fileReader struct {
 	name string
 	buf  []byte
 	end  *proto.FileEnd
-	sum  [32]byte
+	sum  checksum.Sum
 	err  error
 }
 
@@ -413,15 +414,14 @@ func (f *fileReader) Read(p []byte) (int, error) {
 			f.buf = append(f.buf[:0], data...)
 		case typ == proto.TypeFileEnd:
 			var end proto.FileEnd
-			sum, herr := []byte(nil), proto.DecodeJSON(data, &end)
+			herr := proto.DecodeJSON(data, &end)
 			if herr == nil {
-				sum, herr = hex.DecodeString(end.SHA256)
+				f.sum, herr = checksum.Parse(end.Sum)
 			}
-			if herr != nil || len(sum) != 32 || end.Name != f.name {
+			if herr != nil || end.Name != f.name {
 				f.err = f.rt.fail(fmt.Errorf("%w: bad file end for %s", proto.ErrProtocol, f.name))
 				continue
 			}
-			copy(f.sum[:], sum)
 			f.end = &end
 		case typ == proto.TypeResponse:
 			// The guest gave up on the file midway and said why.
@@ -442,9 +442,9 @@ func (f *fileReader) drain() error {
 	return err
 }
 
-func (f *fileReader) checksum() (int64, [32]byte) {
+func (f *fileReader) checksum() (int64, checksum.Sum) {
 	if f.end == nil {
-		return -1, [32]byte{}
+		return -1, checksum.Sum{}
 	}
 	return f.end.RawSize, f.sum
 }

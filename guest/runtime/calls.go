@@ -1,9 +1,9 @@
 package runtime
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -151,7 +151,7 @@ func (c *hostCalls) register(call *hostCall) (uint64, error) {
 }
 
 // Fetch is a guest.FetchFunc that asks the host. The answer is
-// decompressed into w and checked against the size and SHA-256 the host
+// decompressed into w and checked against the size and checksum the host
 // sent before Fetch returns nil.
 func (c *hostCalls) Fetch(ctx context.Context, name string, w io.Writer) error {
 	pr, pw := io.Pipe()
@@ -188,11 +188,17 @@ func (c *hostCalls) Fetch(ctx context.Context, name string, w io.Writer) error {
 		return err
 	}
 	defer zpool.PutDecoder(dec)
-	sum := sha256.New()
+	// The host answers with XXH3 (guest.ZstdReceiver).
+	sum := checksum.New(checksum.XXH3)
 	n, err := io.Copy(io.MultiWriter(w, sum), dec)
 	c.mu.Lock()
 	end := call.end
 	c.mu.Unlock()
+	want, perr := checksum.Parse(end.Sum)
+	if perr == nil && want.Algorithm != checksum.XXH3 {
+		perr = fmt.Errorf("a %v checksum, not XXH3", want.Algorithm)
+	}
+	got := sum.Sum()
 	switch {
 	case end.Error != "":
 		return fmt.Errorf("fetch %s from the host: %w", name, CodeError(end.Error, end.Code))
@@ -200,9 +206,11 @@ func (c *hostCalls) Fetch(ctx context.Context, name string, w io.Writer) error {
 		return fmt.Errorf("fetch %s from the host: %w", name, err)
 	case end.ID != id:
 		return fmt.Errorf("fetch %s from the host: %w: the answer ended without a checksum", name, proto.ErrProtocol)
-	case n != end.RawSize || hex.EncodeToString(sum.Sum(nil)) != end.SHA256:
-		return fmt.Errorf("fetch %s from the host: received %d bytes with SHA-256 %x, the host sent %d bytes with %s",
-			name, n, sum.Sum(nil), end.RawSize, end.SHA256)
+	case perr != nil:
+		return fmt.Errorf("fetch %s from the host: %w: %v", name, proto.ErrProtocol, perr)
+	case n != end.RawSize || got != want:
+		return fmt.Errorf("fetch %s from the host: received %d bytes with checksum %v, the host sent %d bytes with %v",
+			name, n, got, end.RawSize, want)
 	}
 	return nil
 }

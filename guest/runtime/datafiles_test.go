@@ -1,6 +1,8 @@
 package runtime
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -154,8 +156,7 @@ func TestSendDataFiles(t *testing.T) {
 		content, err := os.ReadFile(filepath.Join(dataDir, want))
 		require.NoError(t, err)
 		assert.Equal(t, content, raw)
-		sum := sha256.Sum256(content)
-		assert.Equal(t, hex.EncodeToString(sum[:]), end.SHA256)
+		assert.Equal(t, checksum.Of(checksum.SHA256, content).String(), end.Sum, "data files sum with SHA-256")
 	}
 
 	wire.Reset()

@@ -1,6 +1,8 @@
 package runtime
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -78,6 +80,9 @@ func (s *server) stage(ctx context.Context, req guest.StageRequest) (guest.Stage
 	if len(req.Names) == 0 {
 		return guest.Staged{}, errors.New("stage a bundle: no files")
 	}
+	if !req.Checksum.Valid() || req.Raw && req.Checksum != checksum.SHA256 {
+		return guest.Staged{}, fmt.Errorf("stage a bundle: checksum %v refused (history files sum with SHA-256)", req.Checksum)
+	}
 	if req.Raw {
 		return s.stageRaw(req)
 	}
@@ -126,7 +131,7 @@ func (s *server) stageRaw(req guest.StageRequest) (guest.Staged, error) {
 	}
 	sum := sha256.Sum256(b)
 	n := int64(len(b))
-	return guest.Staged{Object: req.Object, Size: n, SHA256: sum, Files: []guest.BundleFile{{Name: name, RawSize: n, SHA256: sum}},
+	return guest.Staged{Object: req.Object, Size: n, Sum: checksum.OfSHA256(sum), Files: []guest.BundleFile{{Name: name, RawSize: n, Sum: checksum.OfSHA256(sum)}},
 		RawBytes: n}, nil
 }
 
@@ -138,7 +143,10 @@ const maxHistorySize = 1 << 20
 // once its header matches the cluster, and says what it holds: the
 // pipeline stage and stream share.
 func (s *server) build(ctx context.Context, w io.Writer, req guest.StageRequest) (guest.Staged, error) {
-	h := sha256.New()
+	if !req.Checksum.Valid() {
+		return guest.Staged{}, fmt.Errorf("bundle: unknown checksum %v", req.Checksum)
+	}
+	h := checksum.New(req.Checksum)
 	cw := &countingWriter{w: io.MultiWriter(w, h)}
 	b, err := walbundle.New(cw, req.Object, nil, req.Created, nil)
 	if err != nil {
@@ -157,7 +165,7 @@ func (s *server) build(ctx context.Context, w io.Writer, req guest.StageRequest)
 	if err != nil {
 		return guest.Staged{}, err
 	}
-	return guest.Staged{Object: req.Object, Size: cw.n, SHA256: [32]byte(h.Sum(nil)), Files: res.Files, Unknown: res.Unknown,
+	return guest.Staged{Object: req.Object, Size: cw.n, Sum: h.Sum(), Files: res.Files, Unknown: res.Unknown,
 		RawBytes: res.RawBytes}, nil
 }
 
@@ -167,6 +175,9 @@ func (s *server) build(ctx context.Context, w io.Writer, req guest.StageRequest)
 func (s *server) stream(ctx context.Context, req guest.StageRequest) (guest.Staged, error) {
 	if err := repository.ValidName(req.Object); err != nil {
 		return guest.Staged{}, err
+	}
+	if !req.Checksum.Valid() || req.Raw {
+		return guest.Staged{}, fmt.Errorf("stream a bundle: checksum %v or a history file refused", req.Checksum)
 	}
 	chk := &Sender{inst: s.inst}
 	for _, name := range req.Names {
@@ -187,7 +198,7 @@ func (s *server) stream(ctx context.Context, req guest.StageRequest) (guest.Stag
 	if err != nil {
 		return guest.Staged{}, err
 	}
-	end := proto.FileEnd{Name: req.Object, RawSize: staged.Size, SHA256: hex.EncodeToString(staged.SHA256[:])}
+	end := proto.FileEnd{Name: req.Object, RawSize: staged.Size, Sum: staged.Sum.String()}
 	if err := s.w.WriteJSON(proto.TypeFileEnd, end); err != nil {
 		return guest.Staged{}, err
 	}

@@ -1,10 +1,10 @@
 package runtime
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -201,6 +201,7 @@ func TestSpoolFollowsTheTimeline(t *testing.T) {
 type fakeHost struct {
 	a       *archive
 	corrupt string // a file whose checksum it gets wrong
+	sha256  string // a file it sums with SHA-256, which the runtime does not check
 	w       *proto.Writer
 	wmu     sync.Mutex
 	wg      sync.WaitGroup
@@ -248,10 +249,12 @@ func (h *fakeHost) send(id uint64, name string) {
 		h.wmu.Unlock()
 		compressed = compressed[n:]
 	}
-	sum := sha256.Sum256(raw.Bytes())
-	end := proto.CallEnd{ID: id, RawSize: int64(raw.Len()), SHA256: hex.EncodeToString(sum[:])}
-	if name == h.corrupt {
-		end.SHA256 = hex.EncodeToString(make([]byte, 32))
+	end := proto.CallEnd{ID: id, RawSize: int64(raw.Len()), Sum: checksum.Of(checksum.XXH3, raw.Bytes()).String()}
+	switch name {
+	case h.corrupt:
+		end.Sum = checksum.Sum{Algorithm: checksum.XXH3}.String()
+	case h.sha256:
+		end.Sum = checksum.Of(checksum.SHA256, raw.Bytes()).String()
 	}
 	if err != nil {
 		end = proto.CallEnd{ID: id, Error: err.Error(), Code: ErrorCode(err)}
@@ -267,11 +270,11 @@ func (h *fakeHost) send(id uint64, name string) {
 // the end call waits for every answer.
 func TestHostCalls(t *testing.T) {
 	ctx := context.Background()
-	names := segs(1, 1, 6)
+	names := segs(1, 1, 7)
 	a := newArchive(names...)
 	hostIn, rtOut := io.Pipe()
 	rtIn, hostOut := io.Pipe()
-	h := &fakeHost{a: a, corrupt: names[5], w: proto.NewWriter(hostOut)}
+	h := &fakeHost{a: a, corrupt: names[5], sha256: names[6], w: proto.NewWriter(hostOut)}
 	hostDone := make(chan struct{})
 	go func() { defer close(hostDone); h.serve(t, proto.NewReader(hostIn)) }()
 	var broken bool
@@ -292,14 +295,16 @@ func TestHostCalls(t *testing.T) {
 	err := c.Fetch(ctx, segs(1, 30, 1)[0], io.Discard)
 	require.ErrorIs(t, err, guest.ErrNoSuchWAL)
 	err = c.Fetch(ctx, names[5], io.Discard)
-	require.ErrorContains(t, err, "SHA-256")
+	require.ErrorContains(t, err, "received 1048576 bytes with checksum", "a wrong checksum fails the fetch")
+	err = c.Fetch(ctx, names[6], io.Discard)
+	require.ErrorContains(t, err, "a sha256 checksum, not XXH3")
 
 	hold := make(chan struct{})
 	a.hold[names[0]] = hold
 	cctx, cancel := context.WithCancel(ctx)
 	fetched := make(chan error)
 	go func() { fetched <- c.Fetch(cctx, names[0], io.Discard) }()
-	require.Eventually(t, func() bool { return len(a.askedFor()) == 8 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return len(a.askedFor()) == 9 }, 10*time.Second, time.Millisecond)
 	cancel()
 	require.ErrorIs(t, <-fetched, context.Canceled)
 	close(hold)

@@ -1,9 +1,11 @@
 package runtime
 
 import (
+	"github.com/pglogship/pglogship/internal/walbundle"
+
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -55,7 +57,7 @@ func (s *Sender) Send(dir, name string) error {
 		return err
 	}
 	defer f.Close()
-	return s.Stream(name, f)
+	return s.stream(name, f, walbundle.Checksum)
 }
 
 // open opens dir/name for sending, a segment (or .partial) only once its
@@ -82,7 +84,10 @@ func (s *Sender) open(dir, name string) (*os.File, error) {
 // Data frames of at most MaxData, and a FileEnd with the size and SHA-256 of
 // the raw bytes. An error after FileStart leaves the host with an
 // unfinished file, which it must discard.
-func (s *Sender) Stream(name string, r io.Reader) error {
+func (s *Sender) Stream(name string, r io.Reader) error { return s.stream(name, r, checksum.SHA256) }
+
+// stream is Stream with the checksum's algorithm.
+func (s *Sender) stream(name string, r io.Reader, alg checksum.Algorithm) error {
 	enc, codec, put := s.encoder(s)
 	defer put()
 	if err := s.w.WriteJSON(proto.TypeFileStart, proto.FileStart{Name: name, Codec: string(codec)}); err != nil {
@@ -92,7 +97,7 @@ func (s *Sender) Stream(name string, r io.Reader) error {
 		s.hash = asyncw.New(256<<10, 4)
 		s.chunks = proto.NewChunker(proto.MaxData, func(b []byte) error { return s.w.Write(proto.TypeData, b) })
 	}
-	sum := sha256.New()
+	sum := checksum.New(alg)
 	s.hash.Reset(sum)
 	n, err := io.Copy(io.MultiWriter(enc, s.hash), r)
 	if herr := s.hash.Close(); err == nil {
@@ -107,7 +112,7 @@ func (s *Sender) Stream(name string, r io.Reader) error {
 	if err := s.chunks.Flush(); err != nil {
 		return err
 	}
-	return s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: name, RawSize: n, SHA256: hex.EncodeToString(sum.Sum(nil))})
+	return s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: name, RawSize: n, Sum: sum.Sum().String()})
 }
 
 func (s *Sender) check(f *os.File, name string) error {
@@ -138,7 +143,7 @@ type packed struct {
 	codec guest.Codec
 	buf   *bytes.Buffer // holds data; back to packBuffers once sent
 	raw   int64
-	sum   [32]byte
+	sum   checksum.Sum
 	err   error // from opening, checking or reading: nothing was sent
 }
 
@@ -189,7 +194,7 @@ func (s *Sender) SendAll(dir string, names []string, workers int) error {
 			}
 			b = b[k:]
 		}
-		if err := s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: n, RawSize: p.raw, SHA256: hex.EncodeToString(p.sum[:])}); err != nil {
+		if err := s.w.WriteJSON(proto.TypeFileEnd, proto.FileEnd{Name: n, RawSize: p.raw, Sum: p.sum.String()}); err != nil {
 			return err
 		}
 		putPackBuffer(p.buf)
@@ -208,7 +213,7 @@ func (s *Sender) pack(dir, name string) (p packed) {
 	buf := getPackBuffer()
 	enc, codec, put := s.encoder(buf)
 	defer put()
-	sum := sha256.New()
+	sum := checksum.New(walbundle.Checksum)
 	n, err := io.Copy(io.MultiWriter(enc, sum), f)
 	if err == nil {
 		err = enc.Close()
@@ -218,7 +223,7 @@ func (s *Sender) pack(dir, name string) (p packed) {
 		return packed{err: fmt.Errorf("send %s: %w", name, err)}
 	}
 	p = packed{data: buf.Bytes(), codec: codec, buf: buf, raw: n}
-	copy(p.sum[:], sum.Sum(nil))
+	p.sum = sum.Sum()
 	return p
 }
 

@@ -1,11 +1,12 @@
 package runtime
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"io"
 	"os"
 	"path/filepath"
@@ -77,8 +78,7 @@ func TestSendRealSegments(t *testing.T) {
 		assert.Equal(t, filepath.Base(p), start.Name)
 		assert.Equal(t, "zstd", start.Codec)
 		assert.True(t, bytes.Equal(want, raw), "%s byte-identical", start.Name)
-		sum := sha256.Sum256(want)
-		assert.Equal(t, hex.EncodeToString(sum[:]), end.SHA256)
+		assert.Equal(t, checksum.Of(checksum.XXH3, want).String(), end.Sum, "WAL sums with XXH3")
 		assert.Equal(t, int64(len(want)), end.RawSize)
 	}
 }
@@ -139,8 +139,7 @@ func TestSendAllInOrder(t *testing.T) {
 			require.Equal(t, n, start.Name)
 			require.Equal(t, string(codec), start.Codec)
 			require.True(t, bytes.Equal(want, raw), "%s byte-identical", n)
-			sum := sha256.Sum256(want)
-			require.Equal(t, hex.EncodeToString(sum[:]), end.SHA256)
+			require.Equal(t, checksum.Of(checksum.XXH3, want).String(), end.Sum)
 		}
 		require.Zero(t, wire.Len(), "nothing more")
 	}
@@ -185,8 +184,8 @@ func TestStageRaw(t *testing.T) {
 	require.NoError(t, err)
 	sum := sha256.Sum256(content)
 	assert.Equal(t, int64(len(content)), got.Size)
-	assert.Equal(t, sum, got.SHA256)
-	assert.Equal(t, []guest.BundleFile{{Name: "00000002.history", RawSize: int64(len(content)), SHA256: sum}}, got.Files)
+	assert.Equal(t, checksum.OfSHA256(sum), got.Sum)
+	assert.Equal(t, []guest.BundleFile{{Name: "00000002.history", RawSize: int64(len(content)), Sum: checksum.OfSHA256(sum)}}, got.Files, "history objects sum with SHA-256")
 	staged, err := os.ReadFile(s.stagedPath(got.Object))
 	require.NoError(t, err)
 	assert.Equal(t, content, staged)
@@ -202,4 +201,49 @@ func TestStageRaw(t *testing.T) {
 	}
 	_, err = os.Stat(s.stagedPath("jobs/j/m/1/wal/history/x"))
 	assert.True(t, os.IsNotExist(err), "nothing staged")
+}
+
+// A staged bundle's bytes are summed with the algorithm the host asks for
+// (SHA-256 for a store that checks it, XXH3 for the host's read-back), its
+// files always with XXH3; an unknown algorithm, or XXH3 for a history
+// file, is refused before anything is staged.
+func TestStageSumsTheBundleAsAsked(t *testing.T) {
+	testenv.SkipIfShort(t)
+	segs := testenv.WALCorpus(t, 64)[:2]
+	head, err := os.ReadFile(segs[0])
+	require.NoError(t, err)
+	dir := t.TempDir()
+	s := &server{dir: dir, codec: guest.CodecZstd,
+		inst: guest.Instance{Version: 150018, WALSegmentSize: 16 << 20, SystemID: binary.LittleEndian.Uint64(head[24:])}}
+	var names []string
+	contents := map[string][]byte{}
+	for _, p := range segs {
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.Base(p)), b, 0o600))
+		names = append(names, filepath.Base(p))
+		contents[filepath.Base(p)] = b
+	}
+	ctx := context.Background()
+	for _, alg := range []checksum.Algorithm{checksum.SHA256, checksum.XXH3} {
+		obj := "jobs/j/m/1/wal/00000001/" + alg.String() + ".bundle"
+		got, err := s.stage(ctx, guest.StageRequest{Object: obj, Names: names, Checksum: alg})
+		require.NoError(t, err)
+		staged, err := os.ReadFile(s.stagedPath(obj))
+		require.NoError(t, err)
+		assert.Equal(t, checksum.Of(alg, staged), got.Sum, "the staged bytes' %v", alg)
+		require.Len(t, got.Files, 2)
+		for _, f := range got.Files {
+			assert.Equal(t, checksum.Of(checksum.XXH3, contents[f.Name]), f.Sum, f.Name)
+		}
+	}
+	for name, req := range map[string]guest.StageRequest{
+		"unknown algorithm":      {Object: "jobs/j/m/1/wal/00000001/x.bundle", Names: names, Checksum: 9},
+		"a history file by XXH3": {Object: "jobs/j/m/1/wal/history/x", Names: []string{"00000002.history"}, Raw: true, Checksum: checksum.XXH3},
+	} {
+		_, err := s.stage(ctx, req)
+		assert.ErrorContains(t, err, "refused", name)
+		_, err = os.Stat(s.stagedPath(req.Object))
+		assert.True(t, os.IsNotExist(err), "%s: nothing staged", name)
+	}
 }

@@ -241,13 +241,13 @@ func (e *export) streamFiles(ctx context.Context, out io.Writer, vanished map[st
 				return err
 			}
 			size, sha := f.Checksum()
-			if size != be.RawSize || sha != be.SHA256 {
+			if size != be.RawSize || sha != be.Sum {
 				return fmt.Errorf("%w: %s: the guest read %d bytes, the bundle got %d", ErrChecksum, f.Name, size, be.RawSize)
 			}
 			got[f.Name] = true
 			ent := &e.entries[i]
-			done += ent.Size // as listed, so that done reaches total
-			ent.Size, ent.SHA256, ent.Image = be.RawSize, hex.EncodeToString(be.SHA256[:]), e.prefix
+			done += ent.Size                                                     // as listed, so that done reaches total
+			ent.Size, ent.SHA256, ent.Image = be.RawSize, be.Sum.Hex(), e.prefix // image bundles sum with SHA-256
 			e.progress(hypervisor.Progress{Done: done, Total: e.total})
 			return nil
 		})

@@ -1,8 +1,9 @@
 package physical
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -335,7 +336,7 @@ func (r *restorer) file(ctx context.Context, e IndexEntry) error {
 	if err != nil {
 		return err
 	}
-	if be.RawSize != e.Size || hex.EncodeToString(be.SHA256[:]) != e.SHA256 {
+	if be.RawSize != e.Size || be.Sum.Algorithm != checksum.SHA256 || be.Sum.Hex() != e.SHA256 {
 		return fmt.Errorf("%w: %s in image %s is not the file the index records", ErrChecksum, e.Path, e.Image)
 	}
 	return r.setAttrs(e)

@@ -1,6 +1,8 @@
 package physical_test
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -75,12 +77,12 @@ func (f *fakeFiles) ReadDataFiles(_ context.Context, paths []string, fn func(gue
 			vanished = append(vanished, p)
 			continue
 		}
-		sum := sha256.Sum256(b)
+		sum := checksum.Of(checksum.SHA256, b)
 		if p == f.lieAbout {
-			sum[0] ^= 1
+			sum.Digest[0] ^= 1
 		}
 		err := fn(guest.Frame{Name: p, Codec: guest.CodecNone, Data: bytes.NewReader(b),
-			Checksum: func() (int64, [32]byte) { return int64(len(b)), sum }})
+			Checksum: func() (int64, checksum.Sum) { return int64(len(b)), sum }})
 		if err != nil {
 			return nil, err
 		}

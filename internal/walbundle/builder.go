@@ -5,6 +5,8 @@
 package walbundle
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,10 +39,14 @@ type Builder struct {
 // make a segment unreadable); nil leaves it alone.
 type Filter func(segment string, w io.Writer) io.Writer
 
+// Checksum is the algorithm of WAL files' checksums in the bundles New
+// writes: what the guest computes of each file it sends or bundles.
+const Checksum = checksum.XXH3
+
 // New starts a bundle for the object name on w, sealed with key when set,
 // recording created as its creation time.
 func New(w io.Writer, object string, key *bundle.Key, created time.Time, filter Filter) (*Builder, error) {
-	bw, err := bundle.NewWriter(w, object, key)
+	bw, err := bundle.NewWriterWith(w, object, key, Checksum)
 	if err != nil {
 		return nil, err
 	}
@@ -51,9 +57,9 @@ func New(w io.Writer, object string, key *bundle.Key, created time.Time, filter 
 }
 
 // Add bundles the file name from r, encoded as codec. claim, when set,
-// is the sender's raw size and SHA-256 (valid once r is drained), which
+// is the sender's raw size and checksum (valid once r is drained), which
 // must match what was bundled.
-func (b *Builder) Add(name string, codec bundle.Codec, r io.Reader, claim func() (int64, [32]byte)) (File, error) {
+func (b *Builder) Add(name string, codec bundle.Codec, r io.Reader, claim func() (int64, checksum.Sum)) (File, error) {
 	var e bundle.Entry
 	var err error
 	if codec != bundle.Raw && claim != nil {
@@ -65,7 +71,7 @@ func (b *Builder) Add(name string, codec bundle.Codec, r io.Reader, claim func()
 		return File{}, err
 	}
 	if claim != nil {
-		if size, sum := claim(); size != e.RawSize || sum != e.SHA256 {
+		if size, sum := claim(); size != e.RawSize || sum != e.Sum {
 			return File{}, fmt.Errorf("%w: %s", ErrChecksum, name)
 		}
 	}
@@ -84,7 +90,7 @@ func (b *Builder) added(e bundle.Entry) (File, error) {
 	if u != nil {
 		b.unknown = append(b.unknown, *u)
 	}
-	f := File{Name: e.Name, RawSize: e.RawSize, SHA256: e.SHA256}
+	f := File{Name: e.Name, RawSize: e.RawSize, Sum: e.Sum}
 	b.files = append(b.files, f)
 	b.raw += e.RawSize
 	return f, nil
@@ -110,12 +116,12 @@ type Result struct {
 	RawBytes int64     `json:"raw_bytes"`
 }
 
-// Sums maps each bundled file to its SHA-256, as bundle.VerifyStored
+// Sums maps each bundled file to its checksum, as bundle.VerifyStored
 // wants them.
-func (r Result) Sums() map[string][32]byte {
-	m := make(map[string][32]byte, len(r.Files))
+func (r Result) Sums() map[string]checksum.Sum {
+	m := make(map[string]checksum.Sum, len(r.Files))
 	for _, f := range r.Files {
-		m[f.Name] = f.SHA256
+		m[f.Name] = f.Sum
 	}
 	return m
 }

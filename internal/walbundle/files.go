@@ -1,8 +1,9 @@
 package walbundle
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"sync"
@@ -21,7 +22,7 @@ type Source func(name string) (io.ReadCloser, error)
 type packed struct {
 	frame *[]byte // the compressed file; back to the pool once written
 	raw   int64
-	sum   [32]byte
+	sum   checksum.Sum
 	err   error
 }
 
@@ -80,7 +81,7 @@ func (b *Builder) AddFiles(ctx context.Context, names []string, open Source, wor
 				enc = w
 			} else {
 				// zpool's settings, without the frame's own checksum: the
-				// SHA-256 covers the file, and xxhash would cost a tenth more.
+				// file's checksum covers it.
 				z, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest),
 					zstd.WithWindowSize(1<<20), zstd.WithEncoderCRC(false))
 				defer z.Close()
@@ -132,7 +133,8 @@ type encoder interface {
 	Reset(io.Writer)
 }
 
-// pack streams one file through SHA-256 and the encoder into one frame.
+// pack streams one file through its checksum and the encoder into one
+// frame.
 func pack(name string, open Source, enc encoder, buf []byte) packed {
 	p := packed{frame: frames.Get().(*[]byte)}
 	*p.frame = (*p.frame)[:0]
@@ -143,7 +145,7 @@ func pack(name string, open Source, enc encoder, buf []byte) packed {
 	}
 	defer r.Close()
 	enc.Reset(frameWriter{p.frame})
-	h := sha256.New()
+	h := checksum.New(Checksum)
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
@@ -166,7 +168,7 @@ func pack(name string, open Source, enc encoder, buf []byte) packed {
 		p.err = err
 		return p
 	}
-	p.sum = [32]byte(h.Sum(nil))
+	p.sum = h.Sum()
 	return p
 }
 

@@ -1,9 +1,10 @@
 package walbundle_test
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -61,7 +62,8 @@ func TestAddFiles(t *testing.T) {
 		for i, e := range r.Entries() {
 			require.Equal(t, names[i], e.Name, "in the order given")
 			require.Equal(t, run.codec, e.Codec)
-			require.Equal(t, sha256.Sum256(files[e.Name]), res.Files[i].SHA256)
+			require.Equal(t, checksum.Of(checksum.XXH3, files[e.Name]), res.Files[i].Sum)
+			require.Equal(t, res.Files[i].Sum, e.Sum, "the index holds the guest's XXH3")
 			var out bytes.Buffer
 			_, err := r.WriteFile(ctx, e.Name, &out)
 			require.NoError(t, err)

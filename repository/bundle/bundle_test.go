@@ -1,6 +1,8 @@
 package bundle_test
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -74,7 +76,7 @@ func write(t testing.TB, files []file, k *bundle.Key, codec bundle.Codec) []byte
 		e, err := w.Add(f.name, codec, in)
 		require.NoError(t, err)
 		assert.Equal(t, int64(len(f.data)), e.RawSize)
-		assert.Equal(t, sha256.Sum256(f.data), e.SHA256)
+		assert.Equal(t, sha(f.data), e.Sum)
 	}
 	_, err = w.Close()
 	require.NoError(t, err)
@@ -179,14 +181,14 @@ func TestBitFlipDetected(t *testing.T) {
 // stream whose content does not match its checksum.
 func TestAddCompressedZstd(t *testing.T) {
 	data := walLike(1, 200000)
-	sum := sha256.Sum256(data)
-	claim := func() (int64, [32]byte) { return int64(len(data)), sum }
+	sum := sha(data)
+	claim := func() (int64, checksum.Sum) { return int64(len(data)), sum }
 	compress := func(crc bool) []byte {
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderCRC(crc))
 		require.NoError(t, err)
 		return enc.EncodeAll(data, nil)
 	}
-	add := func(stream []byte, claim func() (int64, [32]byte)) (bundle.Entry, error) {
+	add := func(stream []byte, claim func() (int64, checksum.Sum)) (bundle.Entry, error) {
 		w, err := bundle.NewWriter(io.Discard, "b", nil)
 		require.NoError(t, err)
 		return w.AddCompressed(segName(1), bundle.Zstd, bytes.NewReader(stream), claim)
@@ -194,14 +196,14 @@ func TestAddCompressedZstd(t *testing.T) {
 
 	e, err := add(compress(true), claim)
 	require.NoError(t, err)
-	assert.Equal(t, sum, e.SHA256)
+	assert.Equal(t, sum, e.Sum)
 	assert.Equal(t, int64(len(data)), e.RawSize)
 
 	// No content checksum: the SHA-256 is computed, so a wrong claim shows.
-	wrong := func() (int64, [32]byte) { return int64(len(data)), [32]byte{1} }
+	wrong := func() (int64, checksum.Sum) { return int64(len(data)), checksum.Sum{Digest: [32]byte{1}} }
 	e, err = add(compress(false), wrong)
 	require.NoError(t, err)
-	assert.Equal(t, sum, e.SHA256, "computed, not claimed")
+	assert.Equal(t, sum, e.Sum, "computed, not claimed")
 
 	// Content changed after the encoder summed it: the checksum fails.
 	stream := compress(true)
@@ -236,7 +238,7 @@ func TestWriteCompressed(t *testing.T) {
 				require.NoError(t, err)
 				assert.True(t, bytes.Equal(f.data, raw), f.name)
 				assert.Equal(t, int64(len(raw)), e.RawSize)
-				assert.Equal(t, sha256.Sum256(raw), e.SHA256)
+				assert.Equal(t, sha(raw), e.Sum)
 			}
 			small := write(t, files[1:], k, bundle.Raw)
 			for _, e := range func() []bundle.Entry {
@@ -376,11 +378,11 @@ func TestVerify(t *testing.T) {
 	files := []file{{segName(1), walLike(1, 5000)}, {segName(2), walLike(2, 7000)}}
 	data := write(t, files, nil, bundle.Raw)
 	repo := store(t, data)
-	want := map[string][32]byte{segName(1): sha256.Sum256(files[0].data), segName(2): sha256.Sum256(files[1].data)}
+	want := map[string]checksum.Sum{segName(1): sha(files[0].data), segName(2): sha(files[1].data)}
 	ctx := context.Background()
 	require.NoError(t, bundle.Verify(ctx, repo, "b", int64(len(data)), nil, want))
 
-	wrong := map[string][32]byte{segName(1): want[segName(1)], segName(2): {1}}
+	wrong := map[string]checksum.Sum{segName(1): want[segName(1)], segName(2): {Digest: [32]byte{1}}}
 	err := bundle.Verify(ctx, repo, "b", int64(len(data)), nil, wrong)
 	require.ErrorIs(t, err, bundle.ErrCorrupt)
 	require.ErrorContains(t, err, segName(2), "the mismatching segment is named")
@@ -391,7 +393,7 @@ func TestVerify(t *testing.T) {
 	flipped := bytes.Clone(data)
 	flipped[100] ^= 1
 	repo2 := store(t, flipped)
-	want[segName(2)] = sha256.Sum256(files[1].data)
+	want[segName(2)] = sha(files[1].data)
 	require.ErrorIs(t, bundle.Verify(ctx, repo2, "b", int64(len(flipped)), nil, want), bundle.ErrCorrupt)
 }
 
@@ -401,19 +403,23 @@ func TestVerify(t *testing.T) {
 func TestVerifyStored(t *testing.T) {
 	files := []file{{segName(1), walLike(1, 5000)}, {segName(2), walLike(2, 7000)}}
 	data := write(t, files, nil, bundle.Raw)
-	sum := sha256.Sum256(data)
-	want := map[string][32]byte{segName(1): sha256.Sum256(files[0].data), segName(2): sha256.Sum256(files[1].data)}
+	sum := sha(data)
+	want := map[string]checksum.Sum{segName(1): sha(files[0].data), segName(2): sha(files[1].data)}
 	ctx := context.Background()
 	size := int64(len(data))
 	require.NoError(t, bundle.VerifyStored(ctx, store(t, data), "b", size, nil, want, sum))
+	xsum := checksum.Of(checksum.XXH3, data) // what the host sums what it writes with
+	require.NoError(t, bundle.VerifyStored(ctx, store(t, data), "b", size, nil, want, xsum))
 
 	for _, at := range []int{40, len(data) / 2, len(data) - 200} {
 		flipped := bytes.Clone(data)
 		flipped[at] ^= 0x10
-		err := bundle.VerifyStored(ctx, store(t, flipped), "b", size, nil, want, sum)
-		require.ErrorIs(t, err, bundle.ErrCorrupt, "byte %d of %d flipped", at, len(data))
+		for _, s := range []checksum.Sum{sum, xsum} {
+			err := bundle.VerifyStored(ctx, store(t, flipped), "b", size, nil, want, s)
+			require.ErrorIs(t, err, bundle.ErrCorrupt, "byte %d of %d flipped, %v", at, len(data), s.Algorithm)
+		}
 	}
-	wrong := map[string][32]byte{segName(1): want[segName(1)], segName(2): {1}}
+	wrong := map[string]checksum.Sum{segName(1): want[segName(1)], segName(2): {Digest: [32]byte{1}}}
 	require.ErrorContains(t, bundle.VerifyStored(ctx, store(t, data), "b", size, nil, wrong, sum), segName(2))
 	delete(want, segName(2))
 	require.ErrorContains(t, bundle.VerifyStored(ctx, store(t, data), "b", size, nil, want, sum), "holds 2 files")
@@ -542,20 +548,20 @@ func TestAddEncoded(t *testing.T) {
 		var buf bytes.Buffer
 		w, err := bundle.NewWriter(&buf, "b", k)
 		require.NoError(t, err)
-		e, err := w.AddEncoded(segName(1), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), sha256.Sum256(data))
+		e, err := w.AddEncoded(segName(1), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), sha(data))
 		require.NoError(t, err)
 		assert.Equal(t, int64(len(data)), e.RawSize)
-		bad := sha256.Sum256(data)
-		bad[0] ^= 1
+		bad := sha(data)
+		bad.Digest[0] ^= 1
 		_, err = w.AddEncoded(segName(2), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), bad)
 		require.NoError(t, err)
-		_, err = w.AddEncoded(segName(1), bundle.Zstd, nil, 0, [32]byte{})
+		_, err = w.AddEncoded(segName(1), bundle.Zstd, nil, 0, checksum.Sum{})
 		require.ErrorContains(t, err, "repeated name")
 
 		buf.Reset()
 		w, err = bundle.NewWriter(&buf, "b", k)
 		require.NoError(t, err)
-		_, err = w.AddEncoded(segName(1), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), sha256.Sum256(data))
+		_, err = w.AddEncoded(segName(1), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), sha(data))
 		require.NoError(t, err)
 		_, err = w.AddEncoded(segName(2), bundle.Zstd, enc.EncodeAll(data, nil), int64(len(data)), bad)
 		require.NoError(t, err)
@@ -599,19 +605,19 @@ func TestS2Frames(t *testing.T) {
 			require.NoError(t, err)
 			for i, f := range files {
 				stream := s2Stream(t, f.data, 0)
-				sum := sha256.Sum256(f.data)
+				sum := sha(f.data)
 				var e bundle.Entry
 				switch i {
 				case 0:
 					e, err = w.Add(f.name, bundle.S2, bytes.NewReader(stream))
 				case 1:
-					e, err = w.AddCompressed(f.name, bundle.S2, bytes.NewReader(stream), func() (int64, [32]byte) { return int64(len(f.data)), sum })
+					e, err = w.AddCompressed(f.name, bundle.S2, bytes.NewReader(stream), func() (int64, checksum.Sum) { return int64(len(f.data)), sum })
 				default:
 					e, err = w.AddEncoded(f.name, bundle.S2, stream, int64(len(f.data)), sum)
 				}
 				require.NoError(t, err)
 				assert.Equal(t, bundle.S2, e.Codec)
-				assert.Equal(t, sum, e.SHA256)
+				assert.Equal(t, sum, e.Sum)
 				assert.Equal(t, int64(len(f.data)), e.RawSize)
 			}
 			_, err = w.Close()
@@ -631,14 +637,14 @@ func TestS2Frames(t *testing.T) {
 				require.NoError(t, err)
 				assert.True(t, bytes.Equal(f.data, got), f.name)
 			}
-			require.NoError(t, bundle.Verify(ctx, store(t, b), "b", int64(len(b)), k, map[string][32]byte{
-				files[0].name: sha256.Sum256(files[0].data), files[1].name: sha256.Sum256(files[1].data), files[2].name: sha256.Sum256(files[2].data)}))
+			require.NoError(t, bundle.Verify(ctx, store(t, b), "b", int64(len(b)), k, map[string]checksum.Sum{
+				files[0].name: sha(files[0].data), files[1].name: sha(files[1].data), files[2].name: sha(files[2].data)}))
 		})
 	}
 
 	data := walLike(5, 300000)
-	sum := sha256.Sum256(data)
-	claim := func() (int64, [32]byte) { return int64(len(data)), sum }
+	sum := sha(data)
+	claim := func() (int64, checksum.Sum) { return int64(len(data)), sum }
 	add := func(stream []byte) error {
 		w, err := bundle.NewWriter(io.Discard, "b", nil)
 		require.NoError(t, err)
@@ -656,10 +662,10 @@ func TestS2Frames(t *testing.T) {
 	})
 	t.Run("blocks over a reader's limit", func(t *testing.T) {
 		big := walLike(6, 3<<20)
-		sum := sha256.Sum256(big)
+		sum := sha(big)
 		w, err := bundle.NewWriter(io.Discard, "b", nil)
 		require.NoError(t, err)
-		_, err = w.AddCompressed(segName(1), bundle.S2, bytes.NewReader(s2Stream(t, big, 4<<20)), func() (int64, [32]byte) { return int64(len(big)), sum })
+		_, err = w.AddCompressed(segName(1), bundle.S2, bytes.NewReader(s2Stream(t, big, 4<<20)), func() (int64, checksum.Sum) { return int64(len(big)), sum })
 		require.ErrorContains(t, err, "decompress")
 	})
 	t.Run("frame codec differs from the index", func(t *testing.T) {
@@ -682,20 +688,112 @@ func TestS2Frames(t *testing.T) {
 func TestReadBackHashesEveryByte(t *testing.T) {
 	data := make([]byte, 9<<20+12345)
 	rand.NewChaCha8([32]byte{1}).Read(data)
-	for name, r := range map[string]io.Reader{
-		"whole":  bytes.NewReader(data),
-		"halves": iotest.HalfReader(bytes.NewReader(data)),
-	} {
-		n, sum, err := bundle.ReadBack(r)
-		require.NoError(t, err, name)
-		assert.Equal(t, int64(len(data)), n, name)
-		assert.Equal(t, sha256.Sum256(data), sum, name)
+	for _, alg := range []checksum.Algorithm{checksum.SHA256, checksum.XXH3} {
+		for name, r := range map[string]io.Reader{
+			"whole":  bytes.NewReader(data),
+			"halves": iotest.HalfReader(bytes.NewReader(data)),
+		} {
+			n, sum, err := bundle.ReadBack(r, alg)
+			require.NoError(t, err, name)
+			assert.Equal(t, int64(len(data)), n, name)
+			assert.Equal(t, checksum.Of(alg, data), sum, name)
+		}
+		n, sum, err := bundle.ReadBack(bytes.NewReader(nil), alg)
+		require.NoError(t, err)
+		assert.Zero(t, n)
+		assert.Equal(t, checksum.Of(alg, nil), sum)
 	}
-	n, sum, err := bundle.ReadBack(bytes.NewReader(nil))
-	require.NoError(t, err)
-	assert.Zero(t, n)
-	assert.Equal(t, sha256.Sum256(nil), sum)
 	broken := errors.New("connection lost")
-	_, _, err = bundle.ReadBack(io.MultiReader(bytes.NewReader(data[:5<<20]), iotest.ErrReader(broken)))
+	_, _, err := bundle.ReadBack(io.MultiReader(bytes.NewReader(data[:5<<20]), iotest.ErrReader(broken)), checksum.XXH3)
 	assert.ErrorIs(t, err, broken)
+}
+
+// sha is the checksum of b in bundles of NewWriter.
+func sha(b []byte) checksum.Sum { return checksum.Of(checksum.SHA256, b) }
+
+// A bundle whose files sum with XXH3 (WAL, from this release on) says so
+// in its header and index, and reading and verifying check its files with
+// XXH3, sealed or not: a wrong sum shows, and sums of SHA-256 do not
+// match. A writer refuses sums of the other algorithm. Bundles of SHA-256
+// sums, every earlier release's, are what the tests above write and read.
+func TestXXH3Bundles(t *testing.T) {
+	ctx := context.Background()
+	xx := func(b []byte) checksum.Sum { return checksum.Of(checksum.XXH3, b) }
+	files := []file{{segName(1), walLike(1, 300000)}, {segName(2), walLike(2, 200000)}, {segName(3), walLike(3, 100000)}, {segName(4), walLike(4, 50000)}}
+	crc, err := zstd.NewWriter(nil, zstd.WithEncoderCRC(true))
+	require.NoError(t, err)
+	for _, k := range []*bundle.Key{nil, key(t, 3)} {
+		t.Run(fmt.Sprintf("encrypted=%v", k != nil), func(t *testing.T) {
+			var buf bytes.Buffer
+			w, err := bundle.NewWriterWith(&buf, "b", k, checksum.XXH3)
+			require.NoError(t, err)
+			claim := func(f file) func() (int64, checksum.Sum) {
+				return func() (int64, checksum.Sum) { return int64(len(f.data)), xx(f.data) }
+			}
+			var e bundle.Entry
+			for i, f := range files {
+				switch i {
+				case 0: // summed by the writer
+					e, err = w.Add(f.name, bundle.Raw, bytes.NewReader(f.data))
+				case 1: // the sender's sum, proven by the frame's own checksum
+					e, err = w.AddCompressed(f.name, bundle.Zstd, bytes.NewReader(crc.EncodeAll(f.data, nil)), claim(f))
+				case 2: // the guest's own
+					e, err = w.AddEncoded(f.name, bundle.Zstd, crc.EncodeAll(f.data, nil), int64(len(f.data)), xx(f.data))
+				case 3: // a wrong one, caught when read
+					bad := xx(f.data)
+					bad.Digest[3] ^= 1
+					e, err = w.AddEncoded(f.name, bundle.Zstd, crc.EncodeAll(f.data, nil), int64(len(f.data)), bad)
+				}
+				require.NoError(t, err, f.name)
+				if i < 3 {
+					assert.Equal(t, xx(f.data), e.Sum, f.name)
+				}
+			}
+			_, err = w.Close()
+			require.NoError(t, err)
+			data := buf.Bytes()
+			assert.Equal(t, byte(2), data[9]&2, "the header says XXH3")
+			if k == nil {
+				assert.Contains(t, string(data), `"xxh3":"`+xx(files[0].data).Hex()+`"`)
+				assert.NotContains(t, string(data), `"sha256"`)
+			}
+			repo := store(t, data)
+			r, err := bundle.Open(ctx, repo, "b", int64(len(data)), k)
+			require.NoError(t, err)
+			for i, e := range r.Entries()[:3] {
+				assert.Equal(t, xx(files[i].data), e.Sum)
+			}
+			names := []string{segName(1), segName(2), segName(3)}
+			got, err := readAll(t, repo, int64(len(data)), k, names)
+			require.NoError(t, err)
+			for _, f := range files[:3] {
+				assert.Equal(t, f.data, got[f.name], f.name)
+			}
+			_, err = readAll(t, repo, int64(len(data)), k, []string{segName(4)})
+			require.ErrorIs(t, err, bundle.ErrCorrupt)
+			require.ErrorContains(t, err, "xxh3 checksum mismatch")
+
+			want := map[string]checksum.Sum{}
+			for _, e := range r.Entries() {
+				want[e.Name] = e.Sum
+			}
+			require.NoError(t, bundle.VerifyIndex(ctx, repo, "b", int64(len(data)), k, want))
+			want[segName(1)] = sha(files[0].data)
+			require.ErrorIs(t, bundle.VerifyIndex(ctx, repo, "b", int64(len(data)), k, want), bundle.ErrCorrupt,
+				"the SHA-256 of the same content is not its XXH3")
+		})
+	}
+
+	f := files[0]
+	w, err := bundle.NewWriterWith(io.Discard, "b", nil, checksum.XXH3)
+	require.NoError(t, err)
+	_, err = w.AddEncoded(f.name, bundle.Zstd, crc.EncodeAll(f.data, nil), int64(len(f.data)), sha(f.data))
+	require.ErrorContains(t, err, "a sha256 checksum for a bundle of xxh3 ones")
+	w, err = bundle.NewWriterWith(io.Discard, "b", nil, checksum.XXH3)
+	require.NoError(t, err)
+	_, err = w.AddCompressed(f.name, bundle.Zstd, bytes.NewReader(crc.EncodeAll(f.data, nil)),
+		func() (int64, checksum.Sum) { return int64(len(f.data)), sha(f.data) })
+	require.ErrorContains(t, err, "the sender's checksum is sha256, the bundle's xxh3")
+	_, err = bundle.NewWriterWith(io.Discard, "b", nil, checksum.Algorithm(7))
+	require.ErrorContains(t, err, "unknown checksum")
 }

@@ -2,13 +2,13 @@ package bundle
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"time"
 
 	"github.com/pglogship/pglogship/internal/zpool"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // Layout constants; docs/repository-format.md is the normative description.
@@ -22,6 +22,9 @@ const (
 	indexVersion = 1
 
 	flagEncrypted = 1
+	// flagXXH3: the files' checksums (index and footers) are XXH3-128;
+	// without it they are SHA-256.
+	flagXXH3 = 2
 
 	headerSize  = 32 // magic 8, version 1, flags 1, reserved 2, key check 8, bundle id 12
 	trailerSize = 56 // index offset 8, index length 8, sha256 32, magic 8
@@ -34,7 +37,8 @@ const (
 	finalBit = 1 << 31
 
 	maxName = 1024
-	// footerSize is raw size 8 + sha256 32, before sealing.
+	// footerSize is raw size 8 + checksum 32 (XXH3: 16 and 16 zero
+	// bytes), before sealing.
 	footerSize = 40
 	// footerChunk is the chunk number used for the footer's nonce.
 	footerChunk = ^uint32(0)
@@ -52,11 +56,11 @@ const MaxWindow = zpool.MaxWindow
 
 // Entry describes one file in a bundle.
 type Entry struct {
-	Name    string   // WAL file name
-	RawSize int64    // size of the file as PostgreSQL wrote it
-	SHA256  [32]byte // of the raw content
-	Offset  int64    // where its frame starts in the bundle
-	Length  int64    // the frame's length in bytes
+	Name    string       // WAL file name
+	RawSize int64        // size of the file as PostgreSQL wrote it
+	Sum     checksum.Sum // of the raw content; the bundle's algorithm
+	Offset  int64        // where its frame starts in the bundle
+	Length  int64        // the frame's length in bytes
 	// Codec is how the frame's payload is compressed: Zstd or S2.
 	Codec Codec
 	// Meta is what the writer said about the file (Writer.SetMeta), a JSON
@@ -73,7 +77,8 @@ type indexJSON struct {
 type entryJSON struct {
 	Name    string          `json:"name"`
 	RawSize int64           `json:"raw_size"`
-	SHA256  string          `json:"sha256"`
+	SHA256  string          `json:"sha256,omitempty"` // hex, in a bundle without flagXXH3
+	XXH3    string          `json:"xxh3,omitempty"`   // hex, in a bundle with it
 	Offset  int64           `json:"offset"`
 	Length  int64           `json:"length"`
 	Meta    json.RawMessage `json:"meta,omitempty"`
@@ -87,7 +92,12 @@ func encodeIndex(entries []Entry, created time.Time) ([]byte, error) {
 		idx.Created = created.UTC().Format(time.RFC3339Nano)
 	}
 	for i, e := range entries {
-		idx.Files[i] = entryJSON{e.Name, e.RawSize, hex.EncodeToString(e.SHA256[:]), e.Offset, e.Length, e.Meta, ""}
+		idx.Files[i] = entryJSON{Name: e.Name, RawSize: e.RawSize, Offset: e.Offset, Length: e.Length, Meta: e.Meta}
+		if e.Sum.Algorithm == checksum.XXH3 {
+			idx.Files[i].XXH3 = e.Sum.Hex()
+		} else {
+			idx.Files[i].SHA256 = e.Sum.Hex()
+		}
 		if e.Codec == S2 {
 			idx.Files[i].Codec = codecNameS2
 		}
@@ -97,7 +107,7 @@ func encodeIndex(entries []Entry, created time.Time) ([]byte, error) {
 
 // decodeIndex parses and checks an index against the bundle's size: frames
 // must lie between the header and the index, in order, without overlap.
-func decodeIndex(b []byte, indexOffset int64) ([]Entry, time.Time, error) {
+func decodeIndex(b []byte, indexOffset int64, alg checksum.Algorithm) ([]Entry, time.Time, error) {
 	var idx indexJSON
 	if err := json.Unmarshal(b, &idx); err != nil {
 		return nil, time.Time{}, fmt.Errorf("index: %v", err)
@@ -120,19 +130,23 @@ func decodeIndex(b []byte, indexOffset int64) ([]Entry, time.Time, error) {
 		if f.Codec == codecNameS2 {
 			e.Codec = S2
 		}
-		sum, err := hex.DecodeString(f.SHA256)
+		digest, other := f.SHA256, f.XXH3
+		if alg == checksum.XXH3 {
+			digest, other = f.XXH3, f.SHA256
+		}
+		sum, err := checksum.FromHex(alg, digest)
 		switch {
 		case f.Codec != "" && f.Codec != codecNameS2:
 			return nil, time.Time{}, fmt.Errorf("index entry %d (%s): unknown codec %q", i, f.Name, f.Codec)
-		case err != nil || len(sum) != 32:
-			return nil, time.Time{}, fmt.Errorf("index entry %d: bad sha256", i)
+		case err != nil || other != "":
+			return nil, time.Time{}, fmt.Errorf("index entry %d: bad %v checksum", i, alg)
 		case f.Name == "" || len(f.Name) > maxName || seen[f.Name]:
 			return nil, time.Time{}, fmt.Errorf("index entry %d: bad or repeated name %q", i, f.Name)
 		case f.RawSize < 0 || f.Offset != next || f.Length <= 0 || f.Length > indexOffset-f.Offset:
 			return nil, time.Time{}, fmt.Errorf("index entry %d (%s): frame outside the bundle", i, f.Name)
 		}
 		seen[f.Name] = true
-		copy(e.SHA256[:], sum)
+		e.Sum = sum
 		entries[i] = e
 		next = f.Offset + f.Length
 	}
@@ -147,6 +161,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type header struct {
 	version   byte
 	encrypted bool
+	sums      checksum.Algorithm // of the files
 	keyCheck  [8]byte
 	id        [12]byte
 }
@@ -156,7 +171,10 @@ func (h header) marshal() []byte {
 	copy(b, headerMagic)
 	b[8] = version
 	if h.encrypted {
-		b[9] = flagEncrypted
+		b[9] |= flagEncrypted
+	}
+	if h.sums == checksum.XXH3 {
+		b[9] |= flagXXH3
 	}
 	copy(b[12:20], h.keyCheck[:])
 	copy(b[20:32], h.id[:])
@@ -172,10 +190,13 @@ func parseHeader(b []byte) (header, error) {
 		return h, fmt.Errorf("bundle version %d, want %d", b[8], version)
 	}
 	h.version = b[8]
-	if b[9]&^flagEncrypted != 0 || b[10] != 0 || b[11] != 0 {
+	if b[9]&^(flagEncrypted|flagXXH3) != 0 || b[10] != 0 || b[11] != 0 {
 		return h, fmt.Errorf("unknown header flags")
 	}
 	h.encrypted = b[9]&flagEncrypted != 0
+	if b[9]&flagXXH3 != 0 {
+		h.sums = checksum.XXH3
+	}
 	copy(h.keyCheck[:], b[12:20])
 	copy(h.id[:], b[20:32])
 	if !h.encrypted && h.keyCheck != [8]byte{} {

@@ -52,7 +52,7 @@ func FuzzFrame(f *testing.F) {
 		if len(frame) == 0 || rawSize < 0 {
 			return
 		}
-		data := bundle.Assemble(frame, segName(1), rawSize, e.SHA256)
+		data := bundle.Assemble(frame, segName(1), rawSize, e.Sum)
 		r, err := bundle.Open(context.Background(), store(t, data), "b", int64(len(data)), nil)
 		require.NoError(t, err, "the harness builds a valid envelope")
 		_, _ = r.WriteFile(context.Background(), segName(1), io.Discard)

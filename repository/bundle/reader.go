@@ -14,6 +14,7 @@ import (
 
 	"github.com/pglogship/pglogship/internal/zpool"
 	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // Getter is the part of a repository a reader needs: ranged reads.
@@ -95,7 +96,7 @@ func Open(ctx context.Context, src Getter, name string, size int64, key *Key) (*
 			return nil, r.corrupt("", "index authentication failed (sealed for another object name, or altered)")
 		}
 	}
-	if r.entries, r.created, err = decodeIndex(idx, t.indexOffset); err != nil {
+	if r.entries, r.created, err = decodeIndex(idx, t.indexOffset, r.hdr.sums); err != nil {
 		return nil, r.corrupt("", err.Error())
 	}
 	r.byName = make(map[string]int, len(r.entries))
@@ -209,7 +210,7 @@ func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer, decompress bo
 
 	cr := &chunkReader{r: r, in: in, fh: fh, nonce: nonce, entry: e}
 	out := &errWriter{w: w}
-	sum := sha256.New()
+	sum := checksum.New(r.hdr.sums)
 	var n int64
 	var err error
 	switch {
@@ -252,12 +253,12 @@ func (r *Reader) readFrame(e Entry, in *bufio.Reader, w io.Writer, decompress bo
 	}
 	raw := int64(binary.BigEndian.Uint64(footer))
 	switch {
-	case raw != e.RawSize || !bytes.Equal(footer[8:], e.SHA256[:]):
+	case raw != e.RawSize || !bytes.Equal(footer[8:], e.Sum.Digest[:]):
 		return bad("frame footer does not match the index")
 	case decompress && n != e.RawSize:
 		return bad("size %d, want %d", n, e.RawSize)
-	case decompress && !bytes.Equal(sum.Sum(nil), e.SHA256[:]):
-		return bad("sha256 mismatch")
+	case decompress && sum.Sum() != e.Sum:
+		return bad("%v checksum mismatch", e.Sum.Algorithm)
 	}
 	if extra, _ := in.Peek(1); len(extra) > 0 {
 		return bad("bytes after the frame")

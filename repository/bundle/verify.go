@@ -2,17 +2,18 @@ package bundle
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"sort"
 	"sync"
+
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // Verify reads a stored bundle back completely and checks that it holds
-// exactly the files in want, each with the SHA-256 its sender computed,
+// exactly the files in want, each with the checksum its sender computed,
 // decompressing and summing every file again.
-func Verify(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string][32]byte) error {
+func Verify(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string]checksum.Sum) error {
 	r, err := open(ctx, src, name, size, key, want)
 	if err != nil {
 		return err
@@ -28,11 +29,12 @@ func Verify(ctx context.Context, src Getter, name string, size int64, key *Key, 
 // VerifyStored is the read-back that must succeed before shipped WAL may
 // be deleted at its source: it checks a bundle just written against what
 // its Writer produced. The stored object must be byte for byte what was
-// written (size bytes with SHA-256 sum) and its index must list exactly the
-// files in want with the SHA-256 their sender computed. It reads the object
-// once and decompresses nothing: Writer.Add already checked each file's
-// content, decompressing it, against the checksum its Entry reports.
-func VerifyStored(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string][32]byte, sum [32]byte) error {
+// written (size bytes with checksum sum, of either algorithm) and its index
+// must list exactly the files in want with the checksums their sender
+// computed. It reads the object once and decompresses nothing: Writer.Add
+// already checked each file's content, decompressing it, against the
+// checksum its Entry reports.
+func VerifyStored(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string]checksum.Sum, sum checksum.Sum) error {
 	if _, err := open(ctx, src, name, size, key, want); err != nil {
 		return err
 	}
@@ -41,7 +43,7 @@ func VerifyStored(ctx context.Context, src Getter, name string, size int64, key 
 		return fmt.Errorf("verify bundle %s: %w", name, err)
 	}
 	defer rc.Close()
-	n, got, err := readBack(rc)
+	n, got, err := readBack(rc, sum.Algorithm)
 	if err != nil {
 		return fmt.Errorf("verify bundle %s: %w", name, err)
 	}
@@ -51,10 +53,11 @@ func VerifyStored(ctx context.Context, src Getter, name string, size int64, key 
 	return nil
 }
 
-// readBack returns the size and SHA-256 of what r holds. It reads the next
-// buffer while the last one is hashed, in large reads: a store that reads
-// at an offset (SFTP) keeps many requests in flight for each.
-func readBack(r io.Reader) (int64, [32]byte, error) {
+// readBack returns the size and checksum (of algorithm alg) of what r
+// holds. It reads the next buffer while the last one is hashed, in large
+// reads: a store that reads at an offset (SFTP) keeps many requests in
+// flight for each.
+func readBack(r io.Reader, alg checksum.Algorithm) (int64, checksum.Sum, error) {
 	bufs := readBackBuffers.Get().(*[2][]byte)
 	defer readBackBuffers.Put(bufs)
 	type chunk struct {
@@ -81,7 +84,7 @@ func readBack(r io.Reader) (int64, [32]byte, error) {
 			}
 		}
 	}()
-	h := sha256.New()
+	h := checksum.New(alg)
 	var n int64
 	for c := range full {
 		if c.err != nil {
@@ -89,7 +92,7 @@ func readBack(r io.Reader) (int64, [32]byte, error) {
 			if c.err == io.EOF {
 				c.err = nil
 			}
-			return n, [32]byte(h.Sum(nil)), c.err
+			return n, h.Sum(), c.err
 		}
 		h.Write(c.b)
 		n += int64(len(c.b))
@@ -110,7 +113,7 @@ var readBackBuffers = sync.Pool{New: func() any {
 const readBackBuffer = 2 << 20
 
 // open opens a bundle and checks that its index lists exactly want.
-func open(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string][32]byte) (*Reader, error) {
+func open(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string]checksum.Sum) (*Reader, error) {
 	r, err := Open(ctx, src, name, size, key)
 	if err != nil {
 		return nil, err
@@ -129,8 +132,8 @@ func open(ctx context.Context, src Getter, name string, size int64, key *Key, wa
 		if !ok {
 			return nil, fmt.Errorf("verify bundle %s: unexpected file %s", name, e.Name)
 		}
-		if sum != e.SHA256 {
-			return nil, &CorruptError{Bundle: name, File: e.Name, Reason: "sha256 differs from the sender's"}
+		if sum != e.Sum {
+			return nil, &CorruptError{Bundle: name, File: e.Name, Reason: "checksum differs from the sender's"}
 		}
 	}
 	return r, nil
@@ -140,7 +143,7 @@ func open(ctx context.Context, src Getter, name string, size int64, key *Key, wa
 // with key and that its index lists exactly the files of want with their
 // SHA-256, without reading the files: for a store that checked the
 // object's own checksum as it stored it.
-func VerifyIndex(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string][32]byte) error {
+func VerifyIndex(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string]checksum.Sum) error {
 	_, err := open(ctx, src, name, size, key, want)
 	return err
 }

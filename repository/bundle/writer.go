@@ -18,6 +18,7 @@ import (
 	"github.com/pglogship/pglogship/internal/asyncw"
 	"github.com/pglogship/pglogship/internal/zpool"
 	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // Codec says how the bytes given to Writer.Add are encoded.
@@ -68,10 +69,21 @@ func (c *countWriter) Write(p []byte) (int, error) {
 
 // NewWriter starts a bundle on w and writes its header. object is the
 // name the bundle is stored as: a sealed bundle opens only under it. key
-// may be nil for a bundle that is not encrypted.
+// may be nil for a bundle that is not encrypted. Its files' checksums are
+// SHA-256.
 func NewWriter(w io.Writer, object string, key *Key) (*Writer, error) {
+	return NewWriterWith(w, object, key, checksum.SHA256)
+}
+
+// NewWriterWith is NewWriter with the algorithm of the files' checksums:
+// every sum given to or computed by the Writer is one of sums.
+func NewWriterWith(w io.Writer, object string, key *Key, sums checksum.Algorithm) (*Writer, error) {
+	if !sums.Valid() {
+		return nil, fmt.Errorf("bundle writer: unknown checksum %v", sums)
+	}
 	bw := &Writer{out: &countWriter{w: bufio.NewWriterSize(w, 256<<10)}, key: key, object: object, names: map[string]bool{},
 		chunk: make([]byte, 0, ChunkSize)}
+	bw.hdr.sums = sums
 	if _, err := rand.Read(bw.hdr.id[:]); err != nil {
 		return nil, err
 	}
@@ -92,7 +104,7 @@ func NewWriter(w io.Writer, object string, key *Key) (*Writer, error) {
 }
 
 // Add appends the file name, reading its content from r encoded as codec. It
-// returns the file's entry: raw size and SHA-256 are computed here from the
+// returns the file's entry: raw size and checksum are computed here from the
 // raw bytes (for Zstd input, by decompressing), so the caller can compare
 // them with what the sender claimed. Names must be unique in a bundle.
 func (w *Writer) Add(name string, codec Codec, r io.Reader) (Entry, error) {
@@ -101,7 +113,7 @@ func (w *Writer) Add(name string, codec Codec, r io.Reader) (Entry, error) {
 
 // addChecked checks the writer's state and the name, then adds the file;
 // claim is AddZstd's.
-func (w *Writer) addChecked(name string, codec Codec, r io.Reader, claim func() (int64, [32]byte)) (Entry, error) {
+func (w *Writer) addChecked(name string, codec Codec, r io.Reader, claim func() (int64, checksum.Sum)) (Entry, error) {
 	return w.addFrame(name, func() (Entry, error) { return w.add(name, codec, r, claim) })
 }
 
@@ -128,15 +140,16 @@ func (w *Writer) addFrame(name string, add func() (Entry, error)) (Entry, error)
 }
 
 // AddCompressed appends the file name given as a Zstd or S2 stream, as Add
-// does, when its sender already computed the raw content's SHA-256: claim
-// returns it (and the raw size) once r is drained. If the stream carries
-// checksums of the raw bytes (a zstd frame's xxhash64, an S2 block's
-// CRC-32C, computed by the sender's encoder over the bytes it summed),
-// decompressing checks them, which proves the raw content is what the
-// sender summed: the entry then takes the claimed SHA-256 instead of
-// computing it again. Without them it is computed, as Add does. The caller
-// still compares the entry with what the sender claimed.
-func (w *Writer) AddCompressed(name string, codec Codec, r io.Reader, claim func() (int64, [32]byte)) (Entry, error) {
+// does, when its sender already computed the raw content's checksum, with
+// the bundle's algorithm: claim returns it (and the raw size) once r is
+// drained. If the stream carries checksums of the raw bytes (a zstd
+// frame's xxhash64, an S2 block's CRC-32C, computed by the sender's
+// encoder over the bytes it summed), decompressing checks them, which
+// proves the raw content is what the sender summed: the entry then takes
+// the claimed sum instead of computing it again. Without them it is
+// computed, as Add does. The caller still compares the entry with what the
+// sender claimed.
+func (w *Writer) AddCompressed(name string, codec Codec, r io.Reader, claim func() (int64, checksum.Sum)) (Entry, error) {
 	switch {
 	case claim == nil:
 		return Entry{}, errors.New("bundle AddCompressed: no claim")
@@ -147,13 +160,16 @@ func (w *Writer) AddCompressed(name string, codec Codec, r io.Reader, claim func
 }
 
 // AddEncoded appends the file name given whole as one Zstd or S2 stream,
-// with the raw size and SHA-256 its caller computed from the raw bytes it
+// with the raw size and checksum its caller computed from the raw bytes it
 // compressed: nothing is decompressed or checked, so only a writer that
 // read the file itself may call it (the guest bundling its own WAL). The
 // tap does not see the file.
-func (w *Writer) AddEncoded(name string, codec Codec, frame []byte, rawSize int64, sum [32]byte) (Entry, error) {
-	if codec != Zstd && codec != S2 {
+func (w *Writer) AddEncoded(name string, codec Codec, frame []byte, rawSize int64, sum checksum.Sum) (Entry, error) {
+	switch {
+	case codec != Zstd && codec != S2:
 		return Entry{}, fmt.Errorf("bundle AddEncoded: codec %d is not a compressed one", codec)
+	case sum.Algorithm != w.hdr.sums:
+		return Entry{}, fmt.Errorf("bundle AddEncoded: a %v checksum for a bundle of %v ones", sum.Algorithm, w.hdr.sums)
 	}
 	return w.addFrame(name, func() (Entry, error) {
 		e, cw, err := w.beginFrame(name, codec)
@@ -184,16 +200,16 @@ func (w *Writer) beginFrame(name string, codec Codec) (Entry, *chunkWriter, erro
 	return e, &chunkWriter{w: w, fh: fh, nonce: nonce}, nil
 }
 
-// endFrame ends the payload and writes the footer (raw size and SHA-256,
+// endFrame ends the payload and writes the footer (raw size and checksum,
 // sealed with a key), completing e.
-func (w *Writer) endFrame(e *Entry, cw *chunkWriter, raw int64, sum [32]byte) error {
+func (w *Writer) endFrame(e *Entry, cw *chunkWriter, raw int64, sum checksum.Sum) error {
 	if err := cw.finish(); err != nil {
 		return err
 	}
-	e.RawSize, e.SHA256 = raw, sum
+	e.RawSize, e.Sum = raw, sum
 	footer := make([]byte, 0, footerSize)
 	footer = binary.BigEndian.AppendUint64(footer, uint64(raw))
-	footer = append(footer, sum[:]...)
+	footer = append(footer, sum.Digest[:]...)
 	if w.key != nil {
 		footer = w.key.aead.Seal(nil, chunkNonce(cw.nonce, footerChunk), footer, chunkAAD(w.hdr.id, cw.fh, footerChunk, true))
 	}
@@ -204,7 +220,7 @@ func (w *Writer) endFrame(e *Entry, cw *chunkWriter, raw int64, sum [32]byte) er
 	return nil
 }
 
-func (w *Writer) add(name string, codec Codec, r io.Reader, claim func() (int64, [32]byte)) (Entry, error) {
+func (w *Writer) add(name string, codec Codec, r io.Reader, claim func() (int64, checksum.Sum)) (Entry, error) {
 	stored := codec
 	if codec == Raw {
 		stored = Zstd
@@ -213,7 +229,7 @@ func (w *Writer) add(name string, codec Codec, r io.Reader, claim func() (int64,
 	if err != nil {
 		return e, err
 	}
-	sum := sha256.New()
+	sum := checksum.New(w.hdr.sums)
 	var tap io.Writer
 	if w.tap != nil {
 		tap = w.tap(name)
@@ -287,11 +303,13 @@ func (w *Writer) add(name string, codec Codec, r io.Reader, claim func() (int64,
 	default:
 		return e, fmt.Errorf("unknown codec %d", codec)
 	}
-	sha := [32]byte(sum.Sum(nil))
+	got := sum.Sum()
 	if trusted {
-		_, sha = claim()
+		if _, got = claim(); got.Algorithm != w.hdr.sums {
+			return e, fmt.Errorf("the sender's checksum is %v, the bundle's %v", got.Algorithm, w.hdr.sums)
+		}
 	}
-	return e, w.endFrame(&e, cw, raw, sha)
+	return e, w.endFrame(&e, cw, raw, got)
 }
 
 // chunkWriter cuts a frame's payload into length-prefixed chunks, sealing
