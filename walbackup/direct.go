@@ -322,7 +322,8 @@ func shipDirectBundle(ctx context.Context, d *Direct, repo repository.Repository
 }
 
 // verifyDirect checks a directly sent bundle: its size and SHA-256 as the
-// store computed them (S3) or as read back (a file system), and its index
+// store computed them (S3), or its size and XXH3 as read back (a file
+// system, SFTP), and its index
 // against the files the guest staged.
 func verifyDirect(ctx context.Context, d *Direct, repo repository.Repository, obj string, staged guest.Staged, want map[string]checksum.Sum) error {
 	if d.Uploads == nil {

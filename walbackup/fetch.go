@@ -15,15 +15,17 @@ import (
 
 // FetchWAL writes the WAL file name of inst (a segment, .partial, .backup
 // or .history file) from the repository to w, as recovery's
-// restore_command asks for it. Its content is checked against the SHA-256
+// restore_command asks for it. Its content is checked against the checksum
 // stored with it before FetchWAL returns nil; on an error w may hold part
 // of it and must be discarded. A file the repository does not hold gives an
 // error matching repository.ErrNotFound: recovery asks for files past the
 // end of the archive, so that is normal at the end of a restore.
 //
-// When w is a guest.ZstdReceiver, a file stored compressed goes to it as
-// stored, with its size and SHA-256: not decompressed here, the receiver
-// checks it (every chunk is still checked here as it streams).
+// When w is a guest.ZstdReceiver, a file stored compressed with an XXH3
+// goes to it as stored, with its size and checksum: not decompressed here,
+// the receiver checks it (every chunk is still checked here as it
+// streams). A file of a bundle of SHA-256 sums (written before XXH3) is
+// decompressed and checked here.
 func FetchWAL(ctx context.Context, repo repository.Repository, inst repository.Instance, name string, key *bundle.Key, w io.Writer) error {
 	return newWALIndex(repo, inst, key).fetch(ctx, name, w)
 }

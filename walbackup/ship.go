@@ -203,7 +203,7 @@ func removeShipped(ctx context.Context, rt guest.Runtime, names []string) error 
 }
 
 // storedSums splits a timeline's batch into the names the repository does
-// not hold yet and those it does, with the SHA-256 of the stored copy.
+// not hold yet and those it does, with the checksum of the stored copy.
 // Only names up to the newest bundle's last one can be stored, so shipping
 // new WAL costs one listing.
 func storedSums(ctx context.Context, repo repository.Repository, inst repository.Instance, tli uint32, names []string,
@@ -244,7 +244,11 @@ func compareStored(ctx context.Context, rt guest.Runtime, repo repository.Reposi
 			return err
 		}
 		_, sum = f.Checksum()
-		if same.IsZero() {
+		switch {
+		case !stored.IsZero() && stored.Algorithm == walbundle.Checksum && sum.Algorithm != stored.Algorithm:
+			// Not comparable: never taken for other content.
+			return fmt.Errorf("the guest summed %s with %v, WAL sums with %v", name, sum.Algorithm, stored.Algorithm)
+		case same.IsZero():
 			same = sum
 		}
 		return nil

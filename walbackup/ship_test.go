@@ -58,7 +58,7 @@ func stored(t testing.TB, repo repository.Repository, inst repository.Instance, 
 	return out
 }
 
-// storedSums is stored by the bundles' indexes: each file's SHA-256, one
+// storedSums is stored by the bundles' indexes: each file's checksum, one
 // per name, without reading the content.
 func storedSums(t testing.TB, repo repository.Repository, inst repository.Instance, tli uint32) map[string]checksum.Sum {
 	t.Helper()

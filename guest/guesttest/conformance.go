@@ -35,7 +35,7 @@ type Harness struct {
 // RunConformance checks a guest.Deployer and its Runtime against the
 // contract: deploy and close (idempotent, ErrClosed after), the instance
 // Scan reports, PrepareArchive idempotent, Ready in WAL order, Read in the
-// asked order with the raw size and SHA-256 of what was read and the
+// asked order with the raw size and XXH3 of what was read and the
 // callback's error returned as is, Remove idempotent, independent
 // runtimes, and backup mode where the runtime has it.
 func RunConformance(t *testing.T, h Harness) {

@@ -33,7 +33,11 @@ import (
 // Version is the protocol version this package speaks.
 // 2: a destination may name a log shipping server (guest.Destination.Via),
 // which a runtime of version 1 would ignore and connect directly.
-const Version = 2
+// 3: checksums travel as "<algorithm>:<hex>" in a "sum" field (FileEnd,
+// CallEnd, staged bundles and their files), WAL's in XXH3, and a stage
+// request names the algorithm of its bundle's; version 2 sent SHA-256
+// hex as "sha256".
+const Version = 3
 
 // Limits that bound what a peer can make the other allocate.
 const (

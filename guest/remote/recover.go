@@ -27,7 +27,7 @@ const maxCalls = 64
 
 // Recover implements guest.Recoverer. While the guest recovers, each file
 // it asks for is fetched with fetch, in parallel with the others, and
-// streamed back zstd-compressed with the SHA-256 of its raw bytes. fetch
+// streamed back zstd-compressed with the XXH3 of its raw bytes. fetch
 // must not be nil.
 func (rt *Runtime) Recover(ctx context.Context, cfg guest.RecoveryConfig, fetch guest.FetchFunc) (guest.RecoveryResult, error) {
 	if fetch == nil {

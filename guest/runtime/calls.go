@@ -19,7 +19,7 @@ const (
 	// CallFetch asks for a WAL file: FetchCallArgs; the answer is the
 	// file, zstd-compressed (by the host, or as the repository stores it;
 	// a window of at most guest.MaxZstdWindow), in CallData frames, and a
-	// CallEnd with the size and SHA-256 of the raw bytes, or with the
+	// CallEnd with the size and XXH3 of the raw bytes, or with the
 	// error (code "no_such_wal" when the archive does not hold it).
 	CallFetch = "fetch"
 	// CallCancel withdraws a fetch: CancelCallArgs. Its CallEnd still

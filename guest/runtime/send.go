@@ -23,7 +23,7 @@ import (
 // guest, through fixed-size buffers. Not safe for concurrent use.
 type Sender struct {
 	w      *proto.Writer
-	hash   *asyncw.Writer // SHA-256 on another core while Stream compresses; made by Stream
+	hash   *asyncw.Writer // the checksum on another core while Stream compresses; made by Stream
 	chunks *proto.Chunker // made by Stream
 	inst   guest.Instance
 	codec  guest.Codec // CodecZstd or CodecS2; empty means zstd

@@ -1,6 +1,8 @@
 package physical
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -241,7 +243,7 @@ func (e *export) streamFiles(ctx context.Context, out io.Writer, vanished map[st
 				return err
 			}
 			size, sha := f.Checksum()
-			if size != be.RawSize || sha != be.Sum {
+			if size != be.RawSize || sha != be.Sum || be.Sum.Algorithm != checksum.SHA256 {
 				return fmt.Errorf("%w: %s: the guest read %d bytes, the bundle got %d", ErrChecksum, f.Name, size, be.RawSize)
 			}
 			got[f.Name] = true

@@ -154,7 +154,7 @@ func (r *Reader) WriteFile(ctx context.Context, name string, w io.Writer) (Entry
 // for a receiver that decompresses it anyway, such as a guest across a
 // link. Every chunk is checked as it streams and the frame's footer against
 // the index at the end, but not the content: whoever decompresses the
-// stream must check its size and SHA-256 against the Entry (the same as
+// stream must check its size and checksum against the Entry (the same as
 // Reader.Entry's) before using it. On an error, what was written to w must
 // be discarded; a failed check gives a *CorruptError naming the file.
 func (r *Reader) WriteCompressed(ctx context.Context, name string, w io.Writer) (Entry, error) {

@@ -35,6 +35,9 @@ func Verify(ctx context.Context, src Getter, name string, size int64, key *Key, 
 // already checked each file's content, decompressing it, against the
 // checksum its Entry reports.
 func VerifyStored(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string]checksum.Sum, sum checksum.Sum) error {
+	if !sum.Algorithm.Valid() {
+		return fmt.Errorf("verify bundle %s: unknown checksum %v", name, sum.Algorithm)
+	}
 	if _, err := open(ctx, src, name, size, key, want); err != nil {
 		return err
 	}
@@ -58,6 +61,7 @@ func VerifyStored(ctx context.Context, src Getter, name string, size int64, key 
 // reads: a store that reads at an offset (SFTP) keeps many requests in
 // flight for each.
 func readBack(r io.Reader, alg checksum.Algorithm) (int64, checksum.Sum, error) {
+	h := checksum.New(alg) // first: it panics on an unknown algorithm
 	bufs := readBackBuffers.Get().(*[2][]byte)
 	defer readBackBuffers.Put(bufs)
 	type chunk struct {
@@ -84,7 +88,6 @@ func readBack(r io.Reader, alg checksum.Algorithm) (int64, checksum.Sum, error) 
 			}
 		}
 	}()
-	h := checksum.New(alg)
 	var n int64
 	for c := range full {
 		if c.err != nil {
@@ -141,7 +144,7 @@ func open(ctx context.Context, src Getter, name string, size int64, key *Key, wa
 
 // VerifyIndex checks that the stored bundle name (of size bytes) opens
 // with key and that its index lists exactly the files of want with their
-// SHA-256, without reading the files: for a store that checked the
+// checksums, without reading the files: for a store that checked the
 // object's own checksum as it stored it.
 func VerifyIndex(ctx context.Context, src Getter, name string, size int64, key *Key, want map[string]checksum.Sum) error {
 	_, err := open(ctx, src, name, size, key, want)

@@ -356,7 +356,7 @@ func (c *chunkWriter) emit(final bool) error {
 	}
 	if c.w.key == nil {
 		// Without GCM, a CRC guards the stored bytes: a flip in a part of
-		// the zstd stream that decodes the same would pass the SHA-256.
+		// the zstd stream that decodes the same would pass the checksum.
 		crc := crc32.Update(crc32.Checksum(l[:], castagnoli), castagnoli, data)
 		if _, err := c.w.out.Write(binary.BigEndian.AppendUint32(nil, crc)); err != nil {
 			return err
