@@ -1,6 +1,8 @@
 package local_test
 
 import (
+	"github.com/pglogship/pglogship/repository/checksum"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -87,7 +89,7 @@ func TestDeployShipRemoveClose(t *testing.T) {
 		require.NoError(t, err)
 		assert.True(t, bytes.Equal(want, raw.Bytes()), "%s byte-identical to the archived file", f.Name)
 		assert.Equal(t, int64(len(want)), size)
-		assert.Equal(t, sha256.Sum256(want), sum)
+		assert.Equal(t, checksum.Of(checksum.XXH3, want), sum, "WAL sums with XXH3")
 		got++
 		return nil
 	})
@@ -257,7 +259,7 @@ func TestDataFilesOverTheWire(t *testing.T) {
 		assert.Equal(t, want, raw, f.Name)
 		size, sum := f.Checksum()
 		assert.Equal(t, int64(len(want)), size)
-		assert.Equal(t, sha256.Sum256(want), sum)
+		assert.Equal(t, checksum.Of(checksum.SHA256, want), sum, "data files sum with SHA-256")
 		got = append(got, f.Name)
 		return nil
 	})
