@@ -1,8 +1,6 @@
 package guest
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/wal"
 )
 

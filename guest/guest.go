@@ -1,14 +1,13 @@
 package guest
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/wal"
 )
 

@@ -1,14 +1,13 @@
 package guest
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"errors"
 	"io"
 	"time"
 
 	"github.com/pglogship/pglogship/internal/zpool"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/wal"
 )
 

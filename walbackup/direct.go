@@ -1,8 +1,6 @@
 package walbackup
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +10,7 @@ import (
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // ShippingMode says which path a job's WAL takes to the repository.

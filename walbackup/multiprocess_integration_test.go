@@ -1,8 +1,6 @@
 package walbackup_test
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bufio"
 	"context"
 	"encoding/json"
@@ -26,6 +24,7 @@ import (
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/repository/s3"
 	"github.com/pglogship/pglogship/session"
 	"github.com/pglogship/pglogship/session/postgres"

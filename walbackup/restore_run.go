@@ -1,8 +1,6 @@
 package walbackup
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"encoding/json"
@@ -20,6 +18,7 @@ import (
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/wal"
 )
 

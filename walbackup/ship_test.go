@@ -1,8 +1,6 @@
 package walbackup_test
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"errors"
@@ -19,6 +17,7 @@ import (
 	"github.com/pglogship/pglogship/guest/guesttest"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/repository/memory"
 	"github.com/pglogship/pglogship/walbackup"
 )

@@ -1,8 +1,6 @@
 package walbackup
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bufio"
 	"bytes"
 	"context"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/wal"
 )
 
@@ -170,14 +169,9 @@ func (j *Job) verifyInstance(ctx context.Context, inst repository.Instance, rep 
 			// One pass over the bundle verifies every frame's chunks and
 			// footer checksum.
 			for _, e := range b.Entries() {
-				content := e.Sum
-				if content.Algorithm != checksum.XXH3 {
-					h := checksum.New(checksum.XXH3)
-					_, err = b.WriteFile(ctx, e.Name, h)
-					content = h.Sum()
-				} else {
-					_, err = b.WriteFile(ctx, e.Name, io.Discard)
-				}
+				h := checksum.New(checksum.XXH3)
+				_, err = b.WriteFile(ctx, e.Name, h)
+				content := h.Sum()
 				if err != nil {
 					problem(ProblemCorrupt, ref.Object.Name, e.Name, "%v", err)
 					continue

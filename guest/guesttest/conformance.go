@@ -1,8 +1,6 @@
 package guesttest
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"errors"
@@ -15,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pglogship/pglogship/guest"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // Harness gives RunConformance a deployer to check and a way to make the

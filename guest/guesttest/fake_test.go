@@ -1,8 +1,6 @@
 package guesttest_test
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"errors"
 	"io"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/guesttest"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 var pg15 = guest.Instance{Version: 150018, SystemID: 7, WALLevel: "replica", ArchiveMode: "on", Timeline: 1}

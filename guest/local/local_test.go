@@ -1,8 +1,6 @@
 package local_test
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -24,6 +22,7 @@ import (
 	"github.com/pglogship/pglogship/guest/local"
 	"github.com/pglogship/pglogship/guest/runtime"
 	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/wal"
 )
 

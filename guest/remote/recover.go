@@ -1,8 +1,6 @@
 package remote
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +14,7 @@ import (
 	"github.com/pglogship/pglogship/guest/proto"
 	"github.com/pglogship/pglogship/guest/runtime"
 	"github.com/pglogship/pglogship/internal/zpool"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/wal"
 )
 

@@ -1,8 +1,6 @@
 package remote
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"encoding/json"
@@ -19,6 +17,7 @@ import (
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
 	"github.com/pglogship/pglogship/guest/runtime"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // fakeRecoveringRuntime plays the runtime's side of OpRecover: it asks

@@ -6,8 +6,6 @@
 package remote
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +16,7 @@ import (
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
 	"github.com/pglogship/pglogship/guest/runtime"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 var (

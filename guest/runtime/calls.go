@@ -1,8 +1,6 @@
 package runtime
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/pglogship/pglogship/guest/proto"
 	"github.com/pglogship/pglogship/internal/zpool"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // Calls the runtime makes to the host during OpRecover (proto.Call.Op).

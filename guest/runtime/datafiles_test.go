@@ -1,8 +1,6 @@
 package runtime
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/guest/proto"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // fakeCluster lays out a data directory with one tablespace, files a base

@@ -1,8 +1,6 @@
 package runtime
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -28,6 +26,7 @@ import (
 	"github.com/pglogship/pglogship/internal/sshutil"
 	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
+	"github.com/pglogship/pglogship/repository/checksum"
 	sftprepo "github.com/pglogship/pglogship/repository/sftp"
 	"github.com/pglogship/pglogship/wal"
 )
@@ -129,9 +128,9 @@ func (s *server) stageRaw(req guest.StageRequest) (guest.Staged, error) {
 	if err := os.WriteFile(s.stagedPath(req.Object), b, 0o600); err != nil {
 		return guest.Staged{}, fmt.Errorf("stage %s: %w", name, err)
 	}
-	sum := sha256.Sum256(b)
+	sum := checksum.Of(checksum.SHA256, b)
 	n := int64(len(b))
-	return guest.Staged{Object: req.Object, Size: n, Sum: checksum.OfSHA256(sum), Files: []guest.BundleFile{{Name: name, RawSize: n, Sum: checksum.OfSHA256(sum)}},
+	return guest.Staged{Object: req.Object, Size: n, Sum: sum, Files: []guest.BundleFile{{Name: name, RawSize: n, Sum: sum}},
 		RawBytes: n}, nil
 }
 
@@ -143,10 +142,7 @@ const maxHistorySize = 1 << 20
 // once its header matches the cluster, and says what it holds: the
 // pipeline stage and stream share.
 func (s *server) build(ctx context.Context, w io.Writer, req guest.StageRequest) (guest.Staged, error) {
-	if !req.Checksum.Valid() {
-		return guest.Staged{}, fmt.Errorf("bundle: unknown checksum %v", req.Checksum)
-	}
-	h := checksum.New(req.Checksum)
+	h := checksum.New(req.Checksum) // stage and stream checked it
 	cw := &countingWriter{w: io.MultiWriter(w, h)}
 	b, err := walbundle.New(cw, req.Object, nil, req.Created, nil)
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 // guest, through fixed-size buffers. Not safe for concurrent use.
 type Sender struct {
 	w      *proto.Writer
-	hash   *asyncw.Writer // the checksum on another core while Stream compresses; made by Stream
+	hash   *asyncw.Writer // SHA-256 on another core while Stream compresses; made by Stream
 	chunks *proto.Chunker // made by Stream
 	inst   guest.Instance
 	codec  guest.Codec // CodecZstd or CodecS2; empty means zstd
@@ -98,10 +98,18 @@ func (s *Sender) stream(name string, r io.Reader, alg checksum.Algorithm) error 
 		s.chunks = proto.NewChunker(proto.MaxData, func(b []byte) error { return s.w.Write(proto.TypeData, b) })
 	}
 	sum := checksum.New(alg)
-	s.hash.Reset(sum)
-	n, err := io.Copy(io.MultiWriter(enc, s.hash), r)
-	if herr := s.hash.Close(); err == nil {
-		err = herr
+	// SHA-256 runs on another core; XXH3 costs less than handing it over.
+	async := alg == checksum.SHA256
+	var hw io.Writer = sum
+	if async {
+		s.hash.Reset(sum)
+		hw = s.hash
+	}
+	n, err := io.Copy(io.MultiWriter(enc, hw), r)
+	if async {
+		if herr := s.hash.Close(); err == nil {
+			err = herr
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("send %s: %w", name, err)

@@ -1,8 +1,6 @@
 package physical
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -19,6 +17,7 @@ import (
 	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // Limits of one ReadDataFiles call during Export: after a failure the rest

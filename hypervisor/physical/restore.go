@@ -1,8 +1,6 @@
 package physical
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // Restore implements hypervisor.Hypervisor: RestoreTablespaces with every

@@ -1,8 +1,6 @@
 package physical_test
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -24,6 +22,7 @@ import (
 	"github.com/pglogship/pglogship/hypervisor/physical"
 	"github.com/pglogship/pglogship/internal/testenv"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/repository/memory"
 )
 

@@ -5,8 +5,6 @@
 package walbundle
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/wal"
 )
 

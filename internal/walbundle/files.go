@@ -1,8 +1,6 @@
 package walbundle
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"context"
 	"fmt"
 	"io"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/pglogship/pglogship/internal/zpool"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 )
 
 // Source opens a file to bundle by name; its content must hold still

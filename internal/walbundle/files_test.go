@@ -1,8 +1,6 @@
 package walbundle_test
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"errors"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/repository/memory"
 )
 

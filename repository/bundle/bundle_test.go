@@ -1,8 +1,6 @@
 package bundle_test
 
 import (
-	"github.com/pglogship/pglogship/repository/checksum"
-
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
+	"github.com/pglogship/pglogship/repository/checksum"
 	"github.com/pglogship/pglogship/repository/memory"
 )
 
