@@ -14,7 +14,7 @@
 // rows to the summary table named by PGLOGSHIP_BENCH_TABLE.
 //
 // Profiling BenchmarkShip: PGLOGSHIP_BENCH_ONLY=text runs only the
-// contenders whose name holds text (rounds as usual, no table, no memory
-// rounds), and PGLOGSHIP_BENCH_PERF=folder records each of our ships there
+// contenders whose name holds text, or one of texts separated by "|"
+// (rounds as usual, no table, no memory rounds), and PGLOGSHIP_BENCH_PERF=folder records each of our ships there
 // (perf of the whole machine, pprof of the host process).
 package bench

@@ -542,7 +542,7 @@ func unreachable(err error) bool {
 func (j *Job) shipMachine(ctx context.Context, ms *machineState) (Shipped, error) {
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	opts := ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), tap: j.cfg.summaryFilter}
+	opts := ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), BundleBytes: j.cfg.Shipping.HostBundleBytes, tap: j.cfg.summaryFilter}
 	if ms.direct != nil {
 		d := *ms.direct
 		d.Guest = watchedDirect{d.Guest, w}

@@ -38,6 +38,10 @@ const (
 	// DefaultDirectBundleBytes caps the raw WAL of one directly shipped
 	// bundle, which is one upload and one staged file in the guest.
 	DefaultDirectBundleBytes = 1 << 30
+	// DefaultHostBundleBytes caps the raw WAL of one bundle shipped
+	// through the host: a large backlog goes in several, so a failure
+	// late in it ships again only the bundles not yet verified.
+	DefaultHostBundleBytes = 1 << 30
 )
 
 // Shipping configures how WAL travels from the guests to the repository.
@@ -64,6 +68,9 @@ type Shipping struct {
 	// DirectBundleBytes caps the raw WAL per directly shipped bundle; 0
 	// means DefaultDirectBundleBytes.
 	DirectBundleBytes int64
+	// HostBundleBytes caps the raw WAL per bundle shipped through the
+	// host; 0 means DefaultHostBundleBytes.
+	HostBundleBytes int64
 	// Server names a log shipping server other than the host, for modes
 	// auto (when the guest cannot reach the repository itself) and host:
 	// the guest logs into it over SSH with a key of its own and the server
@@ -96,6 +103,9 @@ func (s *Shipping) setDefaults() {
 	if s.DirectBundleBytes == 0 {
 		s.DirectBundleBytes = DefaultDirectBundleBytes
 	}
+	if s.HostBundleBytes == 0 {
+		s.HostBundleBytes = DefaultHostBundleBytes
+	}
 }
 
 func (s *Shipping) validate(c *Config) error {
@@ -108,6 +118,8 @@ func (s *Shipping) validate(c *Config) error {
 		return fmt.Errorf("shipping authorisation lifetime %s: must be at most an hour", s.AuthorizationTTL)
 	case s.DirectBundleBytes < 0:
 		return errors.New("direct bundle size cannot be negative")
+	case s.HostBundleBytes < 0:
+		return errors.New("host bundle size cannot be negative")
 	case s.Server != nil && s.Mode == ShipDirect:
 		return fmt.Errorf("shipping mode direct: the guest connects to the repository itself, so a log shipping server (%s) is never used; use mode auto or host with it", s.Server)
 	case s.Server != nil && c.Key != nil:

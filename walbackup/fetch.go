@@ -62,11 +62,11 @@ func (x *walIndex) find(ctx context.Context, tli uint32, name string) (r *bundle
 		}
 		x.refs[tli], listed = refs, true
 	}
-	// Newest bundle first: after a crash a file can be in two bundles, and
-	// a later copy is as good as an earlier one (both were verified).
-	covering := repository.Covering(refs, name)
-	for i := len(covering) - 1; i >= 0; i-- {
-		ref := covering[i]
+	// After a crash a file can be in two bundles: the one made last wins
+	// (a copy is stored again only when the one before failed its check),
+	// and on equal times the last listed.
+	var best *bundle.Reader
+	for _, ref := range repository.Covering(refs, name) {
 		r := x.opened[ref.Object.Name]
 		if r == nil {
 			if r, err = bundle.Open(ctx, x.repo, ref.Object.Name, ref.Object.Size, x.key); err != nil {
@@ -74,11 +74,32 @@ func (x *walIndex) find(ctx context.Context, tli uint32, name string) (r *bundle
 			}
 			x.opened[ref.Object.Name] = r
 		}
-		if e, ok := r.Entry(name); ok {
-			return r, e, true, listed, nil
+		if _, ok := r.Entry(name); ok && (best == nil || !r.Created().Before(best.Created())) {
+			best = r
 		}
 	}
-	return nil, e, false, listed, nil
+	if best == nil {
+		return nil, e, false, listed, nil
+	}
+	e, _ = best.Entry(name)
+	return best, e, true, listed, nil
+}
+
+// check reads the newest stored copy of name, a WAL file of timeline
+// tli, through its checksum; a copy that fails it gives an error matching
+// bundle.ErrCorrupt.
+func (x *walIndex) check(ctx context.Context, tli uint32, name string) error {
+	r, _, ok, _, err := x.find(ctx, tli, name)
+	if err == nil && !ok {
+		err = fmt.Errorf("%s: %w", name, repository.ErrNotFound)
+	}
+	if err == nil {
+		_, err = r.WriteFile(ctx, name, io.Discard)
+	}
+	if err != nil {
+		return fmt.Errorf("check the stored copy of %s: %w", name, err)
+	}
+	return nil
 }
 
 // fetch is FetchWAL through the index. A name it does not find in the

@@ -18,6 +18,7 @@ import (
 	"github.com/pglogship/pglogship/hypervisor"
 	"github.com/pglogship/pglogship/hypervisor/hypervisortest"
 	"github.com/pglogship/pglogship/internal/testenv"
+	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/memory"
 	"github.com/pglogship/pglogship/session"
@@ -351,6 +352,8 @@ func TestShippingModeRefused(t *testing.T) {
 		{func(c *walbackup.Config) { c.Shipping.Compression = "lz4" }, `shipping compression "lz4": must be "zstd" or "s2"`},
 		{func(c *walbackup.Config) { c.Shipping.Compression = guest.CodecNone }, `shipping compression "none": must be "zstd" or "s2"`},
 		{func(c *walbackup.Config) { c.Shipping.AuthorizationTTL = 2 * time.Hour }, "at most an hour"},
+		{func(c *walbackup.Config) { c.Shipping.DirectBundleBytes = -1 }, "direct bundle size cannot be negative"},
+		{func(c *walbackup.Config) { c.Shipping.HostBundleBytes = -1 }, "host bundle size cannot be negative"},
 		{func(c *walbackup.Config) { c.Shipping.Mode, c.Key = walbackup.ShipDirect, key }, "with a key the WAL must go through it"},
 		{func(c *walbackup.Config) { c.Shipping.Mode = walbackup.ShipDirect }, "machine vm1 has no RepositoryPath"},
 		{func(c *walbackup.Config) {
@@ -392,4 +395,30 @@ func TestShippingModeRefused(t *testing.T) {
 		_, err := walbackup.NewJob(cfg)
 		require.NoError(t, err)
 	}
+}
+
+// Shipping.HostBundleBytes reaches the ships: a backlog goes in bundles of
+// at most that much WAL (here one file each; the default would take all).
+func TestChildShipsInBundlesOfHostBundleBytes(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, func(c *walbackup.Config) { c.Shipping.HostBundleBytes = 1 })
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	for i := 0; i < 5; i++ {
+		h.addWAL()
+	}
+	evs := h.step(t, 15*time.Minute)
+	require.NotEmpty(t, evs)
+	assert.Equal(t, walbackup.EventBatchShipped, evs[0].Kind)
+	assert.Equal(t, 5, evs[0].Files)
+	assert.Empty(t, h.guest.Waiting())
+	bundles := 0
+	require.NoError(t, h.repo.List(ctx, "", func(o repository.Object) error {
+		if strings.HasSuffix(o.Name, ".bundle") {
+			bundles++
+		}
+		return nil
+	}))
+	assert.Equal(t, 5, bundles)
+	require.NoError(t, h.job.Disable(ctx))
 }

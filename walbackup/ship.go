@@ -62,16 +62,21 @@ type ShipOptions struct {
 	// Time is when the batch is shipped, recorded in each bundle for
 	// retention by age; the job passes its clock's time.
 	Time time.Time
+	// BundleBytes caps the raw WAL per bundle shipped through the host
+	// (Shipping.HostBundleBytes); 0 means DefaultHostBundleBytes.
+	BundleBytes int64
 
 	tap walbundle.Filter // tests: what the summarizer reads
 }
 
-// ShipOnce moves the WAL waiting in one guest into the repository: one
-// bundle per timeline (history files as their own objects), each read back
-// and verified against the checksums the guest computed, and only then are
-// the files removed from the guest. On any error nothing is removed, so the
-// files are shipped again next time; a bundle already written then simply
-// overlaps the next one, which readers accept.
+// ShipOnce moves the WAL waiting in one guest into the repository: bundles
+// per timeline of at most opts.BundleBytes (or Direct.MaxBytes) of raw WAL
+// (history files as their own objects), each read back and verified against
+// the checksums the guest computed, and only then are its files removed
+// from the guest. On an error, the files of the bundles verified before it
+// leave the guest and the rest are shipped again next time; a bundle that
+// fails its verification is deleted, and one stored but never verified
+// (the host stopped) simply overlaps the next one, which readers accept.
 func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, opts ShipOptions) (Shipped, error) {
 	var out Shipped
 	files, err := rt.Ready(ctx)
@@ -126,7 +131,7 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 	for _, tli := range order {
 		// Names the repository may hold already (shipped before a crash, or
 		// a split brain) are compared, not stored again.
-		names, known, err := storedSums(ctx, repo, inst, tli, groups[tli], opts.Key)
+		names, known, x, err := storedSums(ctx, repo, inst, tli, groups[tli], opts.Key)
 		if err != nil {
 			return out, err
 		}
@@ -135,6 +140,16 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 			if err != nil && !errors.Is(err, ErrSplitBrain) {
 				return out, err
 			}
+			if same {
+				// Its bundle may never have been read back (the host
+				// stopped before): the stored bytes decide.
+				if err := x.check(ctx, tli, name); errors.Is(err, bundle.ErrCorrupt) {
+					names = append(names, name) // stored again, in a newer bundle
+					continue
+				} else if err != nil {
+					return out, err
+				}
+			}
 			if err != nil {
 				conflicts = append(conflicts, err)
 			} else if same {
@@ -142,41 +157,32 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 			}
 			shipped = append(shipped, name) // stored, or kept aside
 		}
+		slices.Sort(names)
 		if len(names) == 0 {
 			continue
 		}
+		var sent []directBundle
 		if opts.Direct != nil {
-			sent, err := shipDirect(ctx, opts.Direct, repo, inst, tli, names, sizes, opts)
-			for _, b := range sent {
-				// Verified: these leave the guest even if a later bundle failed.
-				out.Unsummarized = append(out.Unsummarized, b.unknown...)
-				for _, n := range b.names {
-					out.add(n, 0, 0)
-				}
-				out.RawBytes += b.raw
-				out.StoredBytes += b.stored
-				out.Objects = append(out.Objects, b.object)
-				shipped = append(shipped, b.names...)
-			}
+			sent, err = shipDirect(ctx, opts.Direct, repo, inst, tli, names, sizes, opts)
 			out.Direct = true
-			if err != nil {
-				out.Names = slices.Sorted(slices.Values(shipped))
-				return out, errors.Join(err, removeShipped(ctx, rt, shipped))
+		} else {
+			sent, err = shipBundles(ctx, rt, repo, inst, tli, names, sizes, opts)
+		}
+		for _, b := range sent {
+			// Verified: these leave the guest even if a later bundle failed.
+			out.Unsummarized = append(out.Unsummarized, b.unknown...)
+			for _, n := range b.names {
+				out.add(n, 0, 0)
 			}
-			continue
+			out.RawBytes += b.raw
+			out.StoredBytes += b.stored
+			out.Objects = append(out.Objects, b.object)
+			shipped = append(shipped, b.names...)
 		}
-		obj, raw, stored, unknown, err := shipBundle(ctx, rt, repo, inst, tli, names, sizes, opts)
 		if err != nil {
-			return out, err
+			out.Names = slices.Sorted(slices.Values(shipped))
+			return out, errors.Join(err, removeShipped(ctx, rt, shipped))
 		}
-		out.Unsummarized = append(out.Unsummarized, unknown...)
-		for _, n := range names {
-			out.add(n, 0, 0)
-		}
-		out.RawBytes += raw
-		out.StoredBytes += stored
-		out.Objects = append(out.Objects, obj)
-		shipped = append(shipped, names...)
 	}
 	if len(shipped) == 0 {
 		return out, nil
@@ -206,13 +212,13 @@ func removeShipped(ctx context.Context, rt guest.Runtime, names []string) error 
 // Only names up to the newest bundle's last one can be stored, so shipping
 // new WAL costs one listing.
 func storedSums(ctx context.Context, repo repository.Repository, inst repository.Instance, tli uint32, names []string,
-	key *bundle.Key) (fresh []string, known map[string]checksum.Sum, err error) {
-	x := newWALIndex(repo, inst, key)
+	key *bundle.Key) (fresh []string, known map[string]checksum.Sum, x *walIndex, err error) {
+	x = newWALIndex(repo, inst, key)
 	known = map[string]checksum.Sum{}
 	for _, name := range names {
 		_, e, ok, _, err := x.find(ctx, tli, name)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if ok {
 			known[name] = e.Sum
@@ -220,7 +226,7 @@ func storedSums(ctx context.Context, repo repository.Repository, inst repository
 			fresh = append(fresh, name)
 		}
 	}
-	return fresh, known, nil
+	return fresh, known, x, nil
 }
 
 // compareStored reads a guest file whose name the repository holds and
@@ -269,8 +275,8 @@ func compareStored(ctx context.Context, rt guest.Runtime, repo repository.Reposi
 // keepAside stores one guest file as a bundle of its own and reads it back;
 // the file must still have the checksum it was compared with.
 func keepAside(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj, name string, sum checksum.Sum, opts ShipOptions) error {
-	_, want, _, _, err := writeBundle(ctx, rt, repo, obj, []string{name}, opts)
-	if err == nil && want[name] != sum {
+	w, err := writeBundle(ctx, rt, repo, obj, []string{name}, opts)
+	if err == nil && w.want[name] != sum {
 		err = fmt.Errorf("%w: %s changed while it was kept aside", ErrChecksum, name)
 	}
 	return err
@@ -301,31 +307,99 @@ func (s *Shipped) add(name string, raw, stored int64) {
 	}
 }
 
-// shipBundle moves the files into one bundle and verifies it: built in
-// the guest and streamed through the host when the runtime can (the same
-// pipeline as direct shipping), else built here from the files the guest
-// streams (a job with a key seals bundles on the host; tests that filter
-// what the summarizer reads need it here).
-func shipBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance,
-	tli uint32, names []string, sizes map[string]int64, opts ShipOptions) (obj string, raw, stored int64, unknown []UnknownSummary, err error) {
-	obj = inst.NewBundleName(tli, names[0], names[len(names)-1])
+// shipBundles ships one timeline's new files through the host in bundles
+// of at most opts.BundleBytes of raw WAL, each streamed while the one
+// before is read back: the read-back of a bundle (a second trip over the
+// network for a remote store) then costs the time of the last one only.
+// It returns the bundles stored and verified; on error, those stay
+// counted (their WAL is in the repository) and the rest waits in the guest.
+func shipBundles(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, tli uint32,
+	names []string, sizes map[string]int64, opts ShipOptions) ([]directBundle, error) {
+	limit := opts.BundleBytes
+	if limit <= 0 {
+		limit = DefaultHostBundleBytes
+	}
+	var out []directBundle
+	var pending *directBundle // stored, being read back
+	verified := make(chan error, 1)
+	wait := func() error {
+		if pending == nil {
+			return nil
+		}
+		err := <-verified
+		if err == nil {
+			out = append(out, *pending)
+		}
+		pending = nil
+		return err
+	}
+	for len(names) > 0 {
+		n, raw := 0, int64(0)
+		for n < len(names) && (n == 0 || raw+sizes[names[n]] <= limit) {
+			raw += sizes[names[n]]
+			n++
+		}
+		b, verify, err := storeBundle(ctx, rt, repo, inst, tli, names[:n], sizes, opts)
+		if werr := wait(); err == nil {
+			err = werr
+		} else if werr != nil {
+			err = errors.Join(err, werr)
+		}
+		if err != nil {
+			return out, err
+		}
+		pending = &b
+		go func() { verified <- deleteUnverified(ctx, repo, b.object, verify(ctx)) }()
+		names = names[n:]
+	}
+	return out, wait()
+}
+
+// deleteUnverified deletes obj when its read-back failed (err), as direct
+// shipping does: nothing unverified stays for a restore or the next ship to
+// trust; its files wait in the guest and ship again.
+func deleteUnverified(ctx context.Context, repo repository.Repository, obj string, err error) error {
+	if err == nil || errors.Is(err, repository.ErrNotFound) {
+		return err
+	}
+	if derr := repo.Delete(ctx, obj); derr != nil && !errors.Is(derr, repository.ErrNotFound) {
+		err = errors.Join(err, fmt.Errorf("delete the unverified %s: %w", obj, derr))
+	}
+	return err
+}
+
+// storeBundle moves the files into one bundle and returns what verifies
+// it: built in the guest and streamed through the host when the runtime
+// can (the same pipeline as direct shipping), else built here from the
+// files the guest streams (a job with a key seals bundles on the host;
+// tests that filter what the summarizer reads need it here).
+func storeBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance,
+	tli uint32, names []string, sizes map[string]int64, opts ShipOptions) (directBundle, func(context.Context) error, error) {
+	obj := inst.NewBundleName(tli, names[0], names[len(names)-1])
+	var b directBundle
+	var verify func(context.Context) error
+	var err error
 	if bs, ok := streamerOf(rt); ok && opts.Key == nil && opts.tap == nil {
-		raw, stored, unknown, err = streamBundle(ctx, bs, repo, obj, names, sizes, opts)
+		b, verify, err = streamBundle(ctx, bs, repo, obj, names, sizes, opts)
 	} else {
-		raw, _, stored, unknown, err = writeBundle(ctx, rt, repo, obj, names, opts)
+		var w written
+		w, err = storeWritten(ctx, rt, repo, obj, names, opts)
+		b = directBundle{object: obj, names: names, raw: w.raw, stored: w.stored, unknown: w.unknown}
+		verify = w.verify
 	}
 	if err != nil {
-		return "", 0, 0, nil, err
+		return directBundle{}, nil, err
 	}
-	return obj, raw, stored, unknown, nil
+	return b, verify, nil
 }
 
 // streamBundle has the guest build the bundle obj of names and stream it
-// here, stores it as it comes, and reads it back: the stored bytes against
-// the checksum the guest made of the bundle (so they arrived as sent), and
-// its index against the files the guest reported.
+// here and stores it as it comes. The function it returns reads it back:
+// the stored bytes against the checksum the guest made of the bundle (so
+// they arrived as sent), and its index against the files the guest
+// reported.
 func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.Repository, obj string, names []string,
-	sizes map[string]int64, opts ShipOptions) (raw, stored int64, unknown []UnknownSummary, err error) {
+	sizes map[string]int64, opts ShipOptions) (directBundle, func(context.Context) error, error) {
 	var putErr error
 	// The guest sums the bundle's bytes with XXH3: only this host checks it.
 	req := guest.StageRequest{Object: obj, Names: names, Created: opts.Time, Checksum: checksum.XXH3}
@@ -335,32 +409,55 @@ func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.
 	})
 	switch {
 	case putErr != nil:
-		return 0, 0, nil, fmt.Errorf("store %s: %w", obj, putErr)
+		return directBundle{}, nil, fmt.Errorf("store %s: %w", obj, putErr)
 	case err != nil:
-		return 0, 0, nil, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
+		return directBundle{}, nil, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
 	}
 	want, raw, err := checkStaged(obj, names, sizes, staged)
 	if err != nil {
-		return 0, 0, nil, err
+		return directBundle{}, nil, err
 	}
-	if err := bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.Sum); err != nil {
-		return 0, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
+	verify := func(ctx context.Context) error {
+		if err := bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.Sum); err != nil {
+			return fmt.Errorf("read back %s: %w", obj, err)
+		}
+		return nil
 	}
-	return raw, staged.Size, staged.Unknown, nil
+	return directBundle{object: obj, names: names, raw: raw, stored: staged.Size, unknown: staged.Unknown}, verify, nil
 }
 
-// writeBundle streams the guest files names into the bundle obj, each
-// checked against the guest's checksum, and reads it back. It returns the
-// raw bytes, each file's checksum and the bundle's size.
+// written is a bundle storeWritten stored, not yet read back.
+type written struct {
+	raw, stored int64
+	want        map[string]checksum.Sum // each file's checksum
+	unknown     []UnknownSummary
+	verify      func(context.Context) error // reads it back
+}
+
+// writeBundle stores the guest files names as the bundle obj and reads it
+// back.
 func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj string, names []string,
-	opts ShipOptions) (raw int64, want map[string]checksum.Sum, stored int64, unknown []UnknownSummary, err error) {
-	want = make(map[string]checksum.Sum, len(names))
+	opts ShipOptions) (written, error) {
+	w, err := storeWritten(ctx, rt, repo, obj, names, opts)
+	if err == nil {
+		err = w.verify(ctx)
+	}
+	return w, err
+}
+
+// storeWritten streams the guest files names into the bundle obj, each
+// checked against the guest's checksum.
+func storeWritten(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj string, names []string,
+	opts ShipOptions) (written, error) {
+	var raw int64
+	var want map[string]checksum.Sum
+	var unknown []UnknownSummary
 	pr, pw := io.Pipe()
 	readErr := make(chan error, 1)
-	written := checksum.New(checksum.XXH3) // of the object, for the read-back on this host
+	sum := checksum.New(checksum.XXH3) // of the object, for the read-back on this host
 	go func() {
 		err := func() error {
-			b, err := walbundle.New(io.MultiWriter(pw, written), obj, opts.Key, opts.Time, opts.tap)
+			b, err := walbundle.New(io.MultiWriter(pw, sum), obj, opts.Key, opts.Time, opts.tap)
 			if err != nil {
 				return err
 			}
@@ -391,19 +488,23 @@ func writeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 	putErr := repo.Put(ctx, obj, pr)
 	pr.CloseWithError(putErr) // unblocks the reader if Put gave up
 	if err := <-readErr; err != nil {
-		return 0, nil, 0, nil, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
+		return written{}, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
 	}
 	if putErr != nil {
-		return 0, nil, 0, nil, fmt.Errorf("store %s: %w", obj, putErr)
+		return written{}, fmt.Errorf("store %s: %w", obj, putErr)
 	}
 	st, err := repo.Stat(ctx, obj)
 	if err != nil {
-		return 0, nil, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
+		return written{}, fmt.Errorf("read back %s: %w", obj, err)
 	}
-	if err := bundle.VerifyStored(ctx, repo, obj, st.Size, opts.Key, want, written.Sum()); err != nil {
-		return 0, nil, 0, nil, fmt.Errorf("read back %s: %w", obj, err)
+	whole := sum.Sum()
+	verify := func(ctx context.Context) error {
+		if err := bundle.VerifyStored(ctx, repo, obj, st.Size, opts.Key, want, whole); err != nil {
+			return fmt.Errorf("read back %s: %w", obj, err)
+		}
+		return nil
 	}
-	return raw, want, st.Size, unknown, nil
+	return written{raw: raw, stored: st.Size, want: want, unknown: unknown, verify: verify}, nil
 }
 
 // shipHistory stores a timeline history file as its own object (sealed
