@@ -344,6 +344,7 @@ func (j *Job) shipAll(ctx context.Context, cs *childSession, due time.Time, retr
 			j.count(cs, ms, got) // verified and gone from the guest before the failure
 			j.cfg.Observer(Event{Kind: EventBatchShipped, Session: cs.snapshot(), Machine: ms.m.ID, Instance: ms.dataDir, Files: got.Files,
 				Bytes: got.RawBytes, Lag: j.cfg.Clock.Now().Sub(due), Direct: got.Direct, Server: viaOf(got, ms)})
+			j.checkGaps(ctx, cs, ms, got.Names) // so the retry continues from these
 		}
 		if errors.Is(err, ErrSplitBrain) {
 			// Not a reason to retry: what could ship did, the rest is
@@ -542,7 +543,7 @@ func unreachable(err error) bool {
 func (j *Job) shipMachine(ctx context.Context, ms *machineState) (Shipped, error) {
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	opts := ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), BundleBytes: j.cfg.Shipping.HostBundleBytes, tap: j.cfg.summaryFilter}
+	opts := ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), BundleBytes: j.cfg.Shipping.HostBundleBytes, Clock: j.cfg.Clock, tap: j.cfg.summaryFilter}
 	if ms.direct != nil {
 		d := *ms.direct
 		d.Guest = watchedDirect{d.Guest, w}

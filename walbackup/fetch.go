@@ -2,9 +2,11 @@ package walbackup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/repository"
@@ -65,13 +67,19 @@ func (x *walIndex) find(ctx context.Context, tli uint32, name string) (r *bundle
 	// After a crash a file can be in two bundles: the one made last wins
 	// (a copy is stored again only when the one before failed its check),
 	// and on equal times the last listed.
+	// An index that cannot be read is an error only when no other bundle
+	// holds the file.
 	var best *bundle.Reader
+	var openErr error
 	for _, ref := range repository.Covering(refs, name) {
 		r := x.opened[ref.Object.Name]
 		if r == nil {
-			if r, err = bundle.Open(ctx, x.repo, ref.Object.Name, ref.Object.Size, x.key); err != nil {
-				return nil, e, false, listed, fmt.Errorf("read the index of %s: %w", ref.Object.Name, err)
+			o, err := bundle.Open(ctx, x.repo, ref.Object.Name, ref.Object.Size, x.key)
+			if err != nil {
+				openErr = errors.Join(openErr, fmt.Errorf("read the index of %s: %w", ref.Object.Name, err))
+				continue
 			}
+			r = o
 			x.opened[ref.Object.Name] = r
 		}
 		if _, ok := r.Entry(name); ok && (best == nil || !r.Created().Before(best.Created())) {
@@ -79,16 +87,16 @@ func (x *walIndex) find(ctx context.Context, tli uint32, name string) (r *bundle
 		}
 	}
 	if best == nil {
-		return nil, e, false, listed, nil
+		return nil, e, false, listed, openErr
 	}
 	e, _ = best.Entry(name)
 	return best, e, true, listed, nil
 }
 
-// check reads the newest stored copy of name, a WAL file of timeline
-// tli, through its checksum; a copy that fails it gives an error matching
-// bundle.ErrCorrupt.
-func (x *walIndex) check(ctx context.Context, tli uint32, name string) error {
+// check reads the stored copy of name that readers take, a WAL file of
+// timeline tli, through its checksum, and returns when its bundle was made;
+// a copy that fails gives an error matching bundle.ErrCorrupt.
+func (x *walIndex) check(ctx context.Context, tli uint32, name string) (time.Time, error) {
 	r, _, ok, _, err := x.find(ctx, tli, name)
 	if err == nil && !ok {
 		err = fmt.Errorf("%s: %w", name, repository.ErrNotFound)
@@ -97,9 +105,13 @@ func (x *walIndex) check(ctx context.Context, tli uint32, name string) error {
 		_, err = r.WriteFile(ctx, name, io.Discard)
 	}
 	if err != nil {
-		return fmt.Errorf("check the stored copy of %s: %w", name, err)
+		var created time.Time
+		if r != nil {
+			created = r.Created()
+		}
+		return created, fmt.Errorf("check the stored copy of %s: %w", name, err)
 	}
-	return nil
+	return r.Created(), nil
 }
 
 // fetch is FetchWAL through the index. A name it does not find in the

@@ -512,7 +512,7 @@ func (j *Job) ship(ctx context.Context, m Machine, rt guest.Runtime, inst reposi
 	}
 	wctx, w, cancel := watch(ctx, j.cfg.Clock, j.cfg.OperationTimeout)
 	defer cancel()
-	opts := ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), BundleBytes: j.cfg.Shipping.HostBundleBytes, tap: j.cfg.summaryFilter}
+	opts := ShipOptions{Key: j.cfg.Key, Time: j.cfg.Clock.Now(), BundleBytes: j.cfg.Shipping.HostBundleBytes, Clock: j.cfg.Clock, tap: j.cfg.summaryFilter}
 	if d != nil {
 		d.Guest = watchedDirect{d.Guest, w}
 		opts.Direct = d

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pglogship/pglogship/clock"
 	"github.com/pglogship/pglogship/guest"
 	"github.com/pglogship/pglogship/internal/walbundle"
 	"github.com/pglogship/pglogship/repository"
@@ -65,6 +66,9 @@ type ShipOptions struct {
 	// BundleBytes caps the raw WAL per bundle shipped through the host
 	// (Shipping.HostBundleBytes); 0 means DefaultHostBundleBytes.
 	BundleBytes int64
+	// Clock bounds the deletion of a bundle that failed its read-back
+	// once ctx is done (cleanupTimeout); nil: the deletion ends with ctx.
+	Clock clock.Clock
 
 	tap walbundle.Filter // tests: what the summarizer reads
 }
@@ -74,9 +78,12 @@ type ShipOptions struct {
 // (history files as their own objects), each read back and verified against
 // the checksums the guest computed, and only then are its files removed
 // from the guest. On an error, the files of the bundles verified before it
-// leave the guest and the rest are shipped again next time; a bundle that
-// fails its verification is deleted, and one stored but never verified
-// (the host stopped) simply overlaps the next one, which readers accept.
+// leave the guest and the rest are shipped again next time (a copy kept
+// aside after a split brain stays too, so the next ship reports it again);
+// a bundle that fails its verification is deleted. Files the repository
+// holds already (a bundle stored but never verified: the host stopped) are
+// compared with the guest's and read through their checksum before they
+// leave the guest; a stored copy that fails is stored again.
 func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, opts ShipOptions) (Shipped, error) {
 	var out Shipped
 	files, err := rt.Ready(ctx)
@@ -104,6 +111,19 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 	}
 	var shipped []string
 	var conflicts []error
+	aside := map[string]bool{} // kept aside after a split brain
+	fail := func(err error) (Shipped, error) {
+		// What was verified leaves the guest; what was kept aside stays,
+		// so the next ship reports its split brain again.
+		var gone []string
+		for _, n := range shipped {
+			if !aside[n] {
+				gone = append(gone, n)
+			}
+		}
+		out.Names = slices.Sorted(slices.Values(gone))
+		return out, errors.Join(err, removeShipped(ctx, rt, gone))
+	}
 	for _, name := range histories {
 		var n int64
 		var err error
@@ -118,11 +138,12 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 			if errors.Is(err, ErrSplitBrain) {
 				conflicts = append(conflicts, err)
 				shipped = append(shipped, name)
+				aside[name] = true
 				continue
 			}
 		}
 		if err != nil {
-			return out, err
+			return fail(err)
 		}
 		out.add(name, n, n)
 		out.Objects = append(out.Objects, inst.HistoryName(name))
@@ -133,55 +154,73 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 		// a split brain) are compared, not stored again.
 		names, known, x, err := storedSums(ctx, repo, inst, tli, groups[tli], opts.Key)
 		if err != nil {
-			return out, err
+			return fail(err)
 		}
+		var again []string // stored before, but the stored copy is corrupt
+		var corrupt time.Time
 		for _, name := range slices.Sorted(maps.Keys(known)) {
 			same, err := compareStored(ctx, rt, repo, inst, name, known[name], opts)
 			if err != nil && !errors.Is(err, ErrSplitBrain) {
-				return out, err
+				return fail(err)
 			}
 			if same {
 				// Its bundle may never have been read back (the host
 				// stopped before): the stored bytes decide.
-				if err := x.check(ctx, tli, name); errors.Is(err, bundle.ErrCorrupt) {
-					names = append(names, name) // stored again, in a newer bundle
+				created, err := x.check(ctx, tli, name)
+				if errors.Is(err, bundle.ErrCorrupt) {
+					again = append(again, name)
+					if created.After(corrupt) {
+						corrupt = created
+					}
 					continue
-				} else if err != nil {
-					return out, err
+				}
+				if err != nil {
+					return fail(err)
 				}
 			}
 			if err != nil {
 				conflicts = append(conflicts, err)
+				aside[name] = true
 			} else if same {
 				out.add(name, 0, 0)
 			}
 			shipped = append(shipped, name) // stored, or kept aside
 		}
-		slices.Sort(names)
-		if len(names) == 0 {
-			continue
+		batches := [][]string{names}
+		if len(again) > 0 {
+			// In bundles of their own, made after the corrupt copy's, which
+			// readers then take (the bundle made last wins).
+			batches = [][]string{again, names}
 		}
-		var sent []directBundle
-		if opts.Direct != nil {
-			sent, err = shipDirect(ctx, opts.Direct, repo, inst, tli, names, sizes, opts)
-			out.Direct = true
-		} else {
-			sent, err = shipBundles(ctx, rt, repo, inst, tli, names, sizes, opts)
-		}
-		for _, b := range sent {
-			// Verified: these leave the guest even if a later bundle failed.
-			out.Unsummarized = append(out.Unsummarized, b.unknown...)
-			for _, n := range b.names {
-				out.add(n, 0, 0)
+		for i, batch := range batches {
+			if len(batch) == 0 {
+				continue
 			}
-			out.RawBytes += b.raw
-			out.StoredBytes += b.stored
-			out.Objects = append(out.Objects, b.object)
-			shipped = append(shipped, b.names...)
-		}
-		if err != nil {
-			out.Names = slices.Sorted(slices.Values(shipped))
-			return out, errors.Join(err, removeShipped(ctx, rt, shipped))
+			o := opts
+			if i == 0 && len(again) > 0 && !o.Time.After(corrupt) {
+				o.Time = corrupt.Add(time.Millisecond)
+			}
+			var sent []directBundle
+			if o.Direct != nil {
+				sent, err = shipDirect(ctx, o.Direct, repo, inst, tli, batch, sizes, o)
+				out.Direct = true
+			} else {
+				sent, err = shipBundles(ctx, rt, repo, inst, tli, batch, sizes, o)
+			}
+			for _, b := range sent {
+				// Verified: these leave the guest even if a later bundle failed.
+				out.Unsummarized = append(out.Unsummarized, b.unknown...)
+				for _, n := range b.names {
+					out.add(n, 0, 0)
+				}
+				out.RawBytes += b.raw
+				out.StoredBytes += b.stored
+				out.Objects = append(out.Objects, b.object)
+				shipped = append(shipped, b.names...)
+			}
+			if err != nil {
+				return fail(err)
+			}
 		}
 	}
 	if len(shipped) == 0 {
@@ -276,9 +315,31 @@ func compareStored(ctx context.Context, rt guest.Runtime, repo repository.Reposi
 // the file must still have the checksum it was compared with.
 func keepAside(ctx context.Context, rt guest.Runtime, repo repository.Repository, obj, name string, sum checksum.Sum, opts ShipOptions) error {
 	w, err := writeBundle(ctx, rt, repo, obj, []string{name}, opts)
+	if errors.Is(err, repository.ErrConflict) {
+		// Kept aside by an earlier ship (the copy stayed in the guest):
+		// the name is the content's, so the stored copy must be this one.
+		return keptAside(ctx, repo, obj, name, sum, opts.Key)
+	}
 	if err == nil && w.want[name] != sum {
 		err = fmt.Errorf("%w: %s changed while it was kept aside", ErrChecksum, name)
 	}
+	return err
+}
+
+// keptAside checks that obj holds name with checksum sum, read through it.
+func keptAside(ctx context.Context, repo repository.Repository, obj, name string, sum checksum.Sum, key *bundle.Key) error {
+	st, err := repo.Stat(ctx, obj)
+	if err != nil {
+		return err
+	}
+	r, err := bundle.Open(ctx, repo, obj, st.Size, key)
+	if err != nil {
+		return err
+	}
+	if e, ok := r.Entry(name); !ok || e.Sum != sum {
+		return fmt.Errorf("%s holds another copy of %s: %w", obj, name, repository.ErrConflict)
+	}
+	_, err = r.WriteFile(ctx, name, io.Discard)
 	return err
 }
 
@@ -349,18 +410,23 @@ func shipBundles(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 			return out, err
 		}
 		pending = &b
-		go func() { verified <- deleteUnverified(ctx, repo, b.object, verify(ctx)) }()
+		go func() { verified <- deleteUnverified(ctx, opts.Clock, repo, b.object, verify(ctx)) }()
 		names = names[n:]
 	}
 	return out, wait()
 }
 
-// deleteUnverified deletes obj when its read-back failed (err), as direct
-// shipping does: nothing unverified stays for a restore or the next ship to
-// trust; its files wait in the guest and ship again.
-func deleteUnverified(ctx context.Context, repo repository.Repository, obj string, err error) error {
+// deleteUnverified deletes obj when it failed a check after it was stored
+// (err), as direct shipping does: nothing unverified stays for a restore or
+// the next ship to trust; its files wait in the guest and ship again.
+func deleteUnverified(ctx context.Context, clk clock.Clock, repo repository.Repository, obj string, err error) error {
 	if err == nil || errors.Is(err, repository.ErrNotFound) {
 		return err
+	}
+	if clk != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = clock.WithTimeout(clk, context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
 	}
 	if derr := repo.Delete(ctx, obj); derr != nil && !errors.Is(derr, repository.ErrNotFound) {
 		err = errors.Join(err, fmt.Errorf("delete the unverified %s: %w", obj, derr))
@@ -415,7 +481,7 @@ func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.
 	}
 	want, raw, err := checkStaged(obj, names, sizes, staged)
 	if err != nil {
-		return directBundle{}, nil, err
+		return directBundle{}, nil, deleteUnverified(ctx, opts.Clock, repo, obj, err)
 	}
 	verify := func(ctx context.Context) error {
 		if err := bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.Sum); err != nil {
@@ -495,7 +561,7 @@ func storeWritten(ctx context.Context, rt guest.Runtime, repo repository.Reposit
 	}
 	st, err := repo.Stat(ctx, obj)
 	if err != nil {
-		return written{}, fmt.Errorf("read back %s: %w", obj, err)
+		return written{}, deleteUnverified(ctx, opts.Clock, repo, obj, fmt.Errorf("read back %s: %w", obj, err))
 	}
 	whole := sum.Sum()
 	verify := func(ctx context.Context) error {

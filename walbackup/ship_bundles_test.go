@@ -207,7 +207,9 @@ func TestShipOnceChecksTheStoredCopyBeforeTheGuestLetsGo(t *testing.T) {
 		}
 		return nil
 	})
-	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Time: time.Unix(1e8, 0)})
+	// Both ships at the same (zero) time: the copy stored again must still
+	// be the one readers take.
+	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.Error(t, err)
 	require.Len(t, g.Waiting(), 2)
 	g.SetFault(nil)
@@ -231,7 +233,7 @@ func TestShipOnceChecksTheStoredCopyBeforeTheGuestLetsGo(t *testing.T) {
 	require.NoError(t, repo.Delete(ctx, obj))
 	require.NoError(t, repo.Put(ctx, obj, bytes.NewReader(b)))
 
-	got, err = walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{Time: time.Unix(1e9, 0)})
+	got, err = walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, 2, got.Files)
 	assert.Empty(t, g.Waiting())
@@ -242,4 +244,64 @@ func TestShipOnceChecksTheStoredCopyBeforeTheGuestLetsGo(t *testing.T) {
 		require.NoError(t, walbackup.FetchWAL(ctx, repo, inst, n, nil, &buf), n)
 		assert.Equal(t, want, buf.Bytes(), n)
 	}
+}
+
+// A bundle whose index cannot be read does not hide the copies other
+// bundles hold; with no other copy, its error is the answer.
+func TestFetchWALSkipsAnUnreadableOverlappingBundle(t *testing.T) {
+	ctx := context.Background()
+	files := map[string][]byte{seg(1, 1): []byte("one"), seg(1, 2): []byte("two")}
+	_, rt := fakeGuest(t, files)
+	repo := memory.New()
+	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
+	require.NoError(t, err)
+	junk := inst.WALFolder(1) + seg(1, 1) + "_" + seg(1, 3) + "_0badf00d.bundle"
+	require.NoError(t, repo.Put(ctx, junk, strings.NewReader("not a bundle")))
+	for n, want := range files {
+		var buf bytes.Buffer
+		require.NoError(t, walbackup.FetchWAL(ctx, repo, inst, n, nil, &buf), n)
+		assert.Equal(t, want, buf.Bytes(), n)
+	}
+	err = walbackup.FetchWAL(ctx, repo, inst, seg(1, 3), nil, io.Discard)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "0badf00d", "the only bundle that could hold it is named")
+}
+
+// A ship that fails after a split brain keeps the guest's conflicting
+// copy (kept aside in the repository too) in the guest, so the next ship
+// reports the split brain again instead of losing the alert; the verified
+// files leave the guest.
+func TestShipOnceFailureAfterASplitBrainKeepsTheConflictInTheGuest(t *testing.T) {
+	ctx := context.Background()
+	mem := memory.New()
+	g, rt := fakeGuest(t, map[string][]byte{seg(1, 1): []byte("one")})
+	_, err := walbackup.ShipOnce(ctx, rt, mem, inst, walbackup.ShipOptions{})
+	require.NoError(t, err)
+	g.AddWAL(seg(1, 1), []byte("one, as the other primary wrote it"))
+	g.AddWAL(seg(1, 2), []byte("two"))
+	g.AddWAL(seg(1, 3), []byte("three"))
+	down := errors.New("repository unreachable")
+	var mu sync.Mutex
+	puts := 0
+	mem.SetFault(func(op memory.Op, name string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if op != memory.OpPut || !strings.HasPrefix(name, inst.WALFolder(1)) {
+			return nil
+		}
+		if puts++; puts == 2 {
+			return down // the second new bundle
+		}
+		return nil
+	})
+	got, err := walbackup.ShipOnce(ctx, rt, mem, inst, walbackup.ShipOptions{BundleBytes: 1})
+	require.ErrorIs(t, err, down)
+	assert.Equal(t, []string{seg(1, 2)}, got.Names, "the verified bundle's file left the guest")
+	assert.Equal(t, []string{seg(1, 1), seg(1, 3)}, g.Waiting(), "the conflicting copy and the unshipped file stay")
+
+	mem.SetFault(nil)
+	got, err = walbackup.ShipOnce(ctx, rt, mem, inst, walbackup.ShipOptions{})
+	require.ErrorIs(t, err, walbackup.ErrSplitBrain, "reported again")
+	assert.Equal(t, 1, got.Files)
+	assert.Empty(t, g.Waiting())
 }
