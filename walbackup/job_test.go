@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -420,5 +421,48 @@ func TestChildShipsInBundlesOfHostBundleBytes(t *testing.T) {
 		return nil
 	}))
 	assert.Equal(t, 5, bundles)
+	require.NoError(t, h.job.Disable(ctx))
+}
+
+// A ship that stops after some bundles were verified counts them, and the
+// retry goes on from there without taking them for a gap.
+func TestPartialShipLeavesNoFalseGap(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, func(c *walbackup.Config) { c.Shipping.HostBundleBytes = 1 })
+	require.NoError(t, h.job.Enable(ctx))
+	h.idle(t)
+	h.addWAL()
+	h.addWAL()
+	h.step(t, 15*time.Minute)
+	require.Empty(t, h.guest.Waiting())
+
+	var mu sync.Mutex
+	puts := 0
+	h.repo.SetFault(func(op memory.Op, name string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if op == memory.OpPut && strings.Contains(name, "/wal/00000001/") {
+			if puts++; puts == 2 {
+				return errors.New("repository unreachable")
+			}
+		}
+		return nil
+	})
+	for i := 0; i < 3; i++ {
+		h.addWAL()
+	}
+	var failed, partial bool
+	for _, e := range h.step(t, time.Hour) {
+		require.NotContains(t, e.Message, "gap")
+		if e.Kind == walbackup.EventWarning && strings.Contains(e.Message, "repository unreachable") {
+			failed = true
+		}
+		if e.Kind == walbackup.EventBatchShipped && e.Files == 1 && !failed {
+			partial = true
+		}
+	}
+	assert.True(t, failed, "the second bundle failed")
+	assert.True(t, partial, "the first bundle counted before the failure")
+	assert.Empty(t, h.guest.Waiting(), "the retry shipped the rest")
 	require.NoError(t, h.job.Disable(ctx))
 }
