@@ -227,14 +227,10 @@ func (d *Direct) probe(ctx context.Context) error {
 // they hold; on error, those before it stay counted (their WAL is in the
 // repository) and the rest waits in the guest.
 func shipDirect(ctx context.Context, d *Direct, repo repository.Repository, inst repository.Instance, tli uint32,
-	names []string, sizes map[string]int64, opts ShipOptions) ([]directBundle, error) {
-	var out []directBundle
+	names []string, sizes map[string]int64, opts ShipOptions) ([]shippedBundle, error) {
+	var out []shippedBundle
 	for len(names) > 0 {
-		n, raw := 0, int64(0)
-		for n < len(names) && (n == 0 || raw+sizes[names[n]] <= d.MaxBytes) {
-			raw += sizes[names[n]]
-			n++
-		}
+		n := nextBundle(names, sizes, d.MaxBytes)
 		b, err := shipDirectBundle(ctx, d, repo, inst, tli, names[:n], sizes, opts)
 		if err != nil {
 			return out, err
@@ -282,8 +278,8 @@ func shipHistoryDirect(ctx context.Context, d *Direct, repo repository.Repositor
 	return 0, fmt.Errorf("read back %s: %w", obj, errors.Join(err, ErrChecksum))
 }
 
-// directBundle is one bundle the guest sent and the host verified.
-type directBundle struct {
+// shippedBundle is one bundle stored and verified.
+type shippedBundle struct {
 	object  string
 	names   []string
 	raw     int64
@@ -295,11 +291,11 @@ type directBundle struct {
 // what the repository stored. A bundle that fails verification is
 // deleted: nothing unverified stays to be read by a restore.
 func shipDirectBundle(ctx context.Context, d *Direct, repo repository.Repository, inst repository.Instance, tli uint32,
-	names []string, sizes map[string]int64, opts ShipOptions) (directBundle, error) {
+	names []string, sizes map[string]int64, opts ShipOptions) (shippedBundle, error) {
 	obj := inst.NewBundleName(tli, names[0], names[len(names)-1])
 	staged, err := d.Guest.StageBundle(ctx, guest.StageRequest{Object: obj, Names: names, Created: opts.Time, Checksum: d.checksum()})
 	if err != nil {
-		return directBundle{}, fmt.Errorf("bundle %s..%s in the guest: %w", names[0], names[len(names)-1], err)
+		return shippedBundle{}, fmt.Errorf("bundle %s..%s in the guest: %w", names[0], names[len(names)-1], err)
 	}
 	defer func() {
 		cctx, cancel := clock.WithTimeout(d.Clock, context.WithoutCancel(ctx), cleanupTimeout)
@@ -308,14 +304,14 @@ func shipDirectBundle(ctx context.Context, d *Direct, repo repository.Repository
 	}()
 	want, raw, err := checkStaged(obj, names, sizes, staged)
 	if err != nil {
-		return directBundle{}, err
+		return shippedBundle{}, err
 	}
 	to, err := d.destination(ctx, obj, staged.Size, staged.Sum)
 	if err != nil {
-		return directBundle{}, fmt.Errorf("authorise %s: %w", obj, err)
+		return shippedBundle{}, fmt.Errorf("authorise %s: %w", obj, err)
 	}
 	if err := d.Guest.SendBundle(ctx, obj, to); err != nil && !errors.Is(err, guest.ErrObjectExists) {
-		return directBundle{}, fmt.Errorf("send %s from the guest: %w", obj, err)
+		return shippedBundle{}, fmt.Errorf("send %s from the guest: %w", obj, err)
 	}
 	// Sent, or already there (an earlier send's answer was lost): what the
 	// store holds decides.
@@ -327,9 +323,9 @@ func shipDirectBundle(ctx context.Context, d *Direct, repo repository.Repository
 				err = errors.Join(err, fmt.Errorf("delete the unverified %s: %w", obj, derr))
 			}
 		}
-		return directBundle{}, fmt.Errorf("verify %s: %w", obj, err)
+		return shippedBundle{}, fmt.Errorf("verify %s: %w", obj, err)
 	}
-	return directBundle{object: obj, names: names, raw: raw, stored: staged.Size, unknown: staged.Unknown}, nil
+	return shippedBundle{object: obj, names: names, raw: raw, stored: staged.Size, unknown: staged.Unknown}, nil
 }
 
 // verifyDirect checks a directly sent bundle: its size and SHA-256 as the

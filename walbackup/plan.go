@@ -274,7 +274,8 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 		after := !iv.Latest.Time.IsZero() && iv.Latest.Time.Before(t.time)
 		// Commit times are the guest's clock: only a target after the
 		// last commit known is judged by the host's.
-		if now := j.cfg.Clock.Now(); after && t.time.After(now) {
+		now := j.cfg.Clock.Now()
+		if after && t.time.After(now) {
 			return nil, outside("it is in the future (now is " + now.UTC().Format(time.RFC3339Nano) + ")")
 		}
 		if after && firstUnknown == 0 {

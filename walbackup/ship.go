@@ -186,21 +186,9 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 			}
 			shipped = append(shipped, name) // stored, or kept aside
 		}
-		batches := [][]string{names}
-		if len(again) > 0 {
-			// In bundles of their own, made after the corrupt copy's, which
-			// readers then take (the bundle made last wins).
-			batches = [][]string{again, names}
-		}
-		for i, batch := range batches {
-			if len(batch) == 0 {
-				continue
-			}
-			o := opts
-			if i == 0 && len(again) > 0 && !o.Time.After(corrupt) {
-				o.Time = corrupt.Add(time.Millisecond)
-			}
-			var sent []directBundle
+		ship := func(batch []string, o ShipOptions) error {
+			var sent []shippedBundle
+			var err error
 			if o.Direct != nil {
 				sent, err = shipDirect(ctx, o.Direct, repo, inst, tli, batch, sizes, o)
 				out.Direct = true
@@ -218,7 +206,21 @@ func ShipOnce(ctx context.Context, rt guest.Runtime, repo repository.Repository,
 				out.Objects = append(out.Objects, b.object)
 				shipped = append(shipped, b.names...)
 			}
-			if err != nil {
+			return err
+		}
+		if len(again) > 0 {
+			// In bundles of their own, made after the corrupt copy's, which
+			// readers then take (the bundle made last wins).
+			o := opts
+			if !o.Time.After(corrupt) {
+				o.Time = corrupt.Add(time.Millisecond)
+			}
+			if err := ship(again, o); err != nil {
+				return fail(err)
+			}
+		}
+		if len(names) > 0 {
+			if err := ship(names, opts); err != nil {
 				return fail(err)
 			}
 		}
@@ -375,13 +377,13 @@ func (s *Shipped) add(name string, raw, stored int64) {
 // It returns the bundles stored and verified; on error, those stay
 // counted (their WAL is in the repository) and the rest waits in the guest.
 func shipBundles(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance, tli uint32,
-	names []string, sizes map[string]int64, opts ShipOptions) ([]directBundle, error) {
+	names []string, sizes map[string]int64, opts ShipOptions) ([]shippedBundle, error) {
 	limit := opts.BundleBytes
 	if limit <= 0 {
 		limit = DefaultHostBundleBytes
 	}
-	var out []directBundle
-	var pending *directBundle // stored, being read back
+	var out []shippedBundle
+	var pending *shippedBundle // stored, being read back
 	verified := make(chan error, 1)
 	wait := func() error {
 		if pending == nil {
@@ -395,11 +397,7 @@ func shipBundles(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 		return err
 	}
 	for len(names) > 0 {
-		n, raw := 0, int64(0)
-		for n < len(names) && (n == 0 || raw+sizes[names[n]] <= limit) {
-			raw += sizes[names[n]]
-			n++
-		}
+		n := nextBundle(names, sizes, limit)
 		b, verify, err := storeBundle(ctx, rt, repo, inst, tli, names[:n], sizes, opts)
 		if werr := wait(); err == nil {
 			err = werr
@@ -414,6 +412,17 @@ func shipBundles(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 		names = names[n:]
 	}
 	return out, wait()
+}
+
+// nextBundle tells how many of names (at least one) go into the next
+// bundle of at most limit bytes of raw WAL.
+func nextBundle(names []string, sizes map[string]int64, limit int64) int {
+	n, raw := 0, int64(0)
+	for n < len(names) && (n == 0 || raw+sizes[names[n]] <= limit) {
+		raw += sizes[names[n]]
+		n++
+	}
+	return n
 }
 
 // deleteUnverified deletes obj when it failed a check after it was stored
@@ -440,23 +449,13 @@ func deleteUnverified(ctx context.Context, clk clock.Clock, repo repository.Repo
 // files the guest streams (a job with a key seals bundles on the host;
 // tests that filter what the summarizer reads need it here).
 func storeBundle(ctx context.Context, rt guest.Runtime, repo repository.Repository, inst repository.Instance,
-	tli uint32, names []string, sizes map[string]int64, opts ShipOptions) (directBundle, func(context.Context) error, error) {
+	tli uint32, names []string, sizes map[string]int64, opts ShipOptions) (shippedBundle, func(context.Context) error, error) {
 	obj := inst.NewBundleName(tli, names[0], names[len(names)-1])
-	var b directBundle
-	var verify func(context.Context) error
-	var err error
 	if bs, ok := streamerOf(rt); ok && opts.Key == nil && opts.tap == nil {
-		b, verify, err = streamBundle(ctx, bs, repo, obj, names, sizes, opts)
-	} else {
-		var w written
-		w, err = storeWritten(ctx, rt, repo, obj, names, opts)
-		b = directBundle{object: obj, names: names, raw: w.raw, stored: w.stored, unknown: w.unknown}
-		verify = w.verify
+		return streamBundle(ctx, bs, repo, obj, names, sizes, opts)
 	}
-	if err != nil {
-		return directBundle{}, nil, err
-	}
-	return b, verify, nil
+	w, err := storeWritten(ctx, rt, repo, obj, names, opts)
+	return w.shippedBundle, w.verify, err
 }
 
 // streamBundle has the guest build the bundle obj of names and stream it
@@ -465,7 +464,7 @@ func storeBundle(ctx context.Context, rt guest.Runtime, repo repository.Reposito
 // they arrived as sent), and its index against the files the guest
 // reported.
 func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.Repository, obj string, names []string,
-	sizes map[string]int64, opts ShipOptions) (directBundle, func(context.Context) error, error) {
+	sizes map[string]int64, opts ShipOptions) (shippedBundle, func(context.Context) error, error) {
 	var putErr error
 	// The guest sums the bundle's bytes with XXH3: only this host checks it.
 	req := guest.StageRequest{Object: obj, Names: names, Created: opts.Time, Checksum: checksum.XXH3}
@@ -475,13 +474,13 @@ func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.
 	})
 	switch {
 	case putErr != nil:
-		return directBundle{}, nil, fmt.Errorf("store %s: %w", obj, putErr)
+		return shippedBundle{}, nil, fmt.Errorf("store %s: %w", obj, putErr)
 	case err != nil:
-		return directBundle{}, nil, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
+		return shippedBundle{}, nil, fmt.Errorf("ship %s..%s: %w", names[0], names[len(names)-1], err)
 	}
 	want, raw, err := checkStaged(obj, names, sizes, staged)
 	if err != nil {
-		return directBundle{}, nil, deleteUnverified(ctx, opts.Clock, repo, obj, err)
+		return shippedBundle{}, nil, deleteUnverified(ctx, opts.Clock, repo, obj, err)
 	}
 	verify := func(ctx context.Context) error {
 		if err := bundle.VerifyStored(ctx, repo, obj, staged.Size, nil, want, staged.Sum); err != nil {
@@ -489,15 +488,14 @@ func streamBundle(ctx context.Context, bs guest.BundleStreamer, repo repository.
 		}
 		return nil
 	}
-	return directBundle{object: obj, names: names, raw: raw, stored: staged.Size, unknown: staged.Unknown}, verify, nil
+	return shippedBundle{object: obj, names: names, raw: raw, stored: staged.Size, unknown: staged.Unknown}, verify, nil
 }
 
 // written is a bundle storeWritten stored, not yet read back.
 type written struct {
-	raw, stored int64
-	want        map[string]checksum.Sum // each file's checksum
-	unknown     []UnknownSummary
-	verify      func(context.Context) error // reads it back
+	shippedBundle
+	want   map[string]checksum.Sum     // each file's checksum
+	verify func(context.Context) error // reads it back
 }
 
 // writeBundle stores the guest files names as the bundle obj and reads it
@@ -570,7 +568,8 @@ func storeWritten(ctx context.Context, rt guest.Runtime, repo repository.Reposit
 		}
 		return nil
 	}
-	return written{raw: raw, stored: st.Size, want: want, unknown: unknown, verify: verify}, nil
+	b := shippedBundle{object: obj, names: names, raw: raw, stored: st.Size, unknown: unknown}
+	return written{shippedBundle: b, want: want, verify: verify}, nil
 }
 
 // shipHistory stores a timeline history file as its own object (sealed

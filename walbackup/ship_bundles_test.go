@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pglogship/pglogship/guest/guesttest"
 	"github.com/pglogship/pglogship/repository"
 	"github.com/pglogship/pglogship/repository/bundle"
 	"github.com/pglogship/pglogship/repository/memory"
@@ -201,12 +200,7 @@ func TestShipOnceChecksTheStoredCopyBeforeTheGuestLetsGo(t *testing.T) {
 	files := map[string][]byte{seg(1, 1): bytes.Repeat([]byte("one"), 1000), seg(1, 2): bytes.Repeat([]byte("two"), 1000)}
 	g, rt := fakeGuest(t, files)
 	repo := memory.New()
-	g.SetFault(func(op guesttest.Op, _ string) error {
-		if op == guesttest.OpRemove {
-			return errors.New("guest went away")
-		}
-		return nil
-	})
+	failRemoves(g)
 	// Both ships at the same (zero) time: the copy stored again must still
 	// be the one readers take.
 	got, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})

@@ -173,12 +173,7 @@ func TestShipOnceRemoveFailsThenRetry(t *testing.T) {
 	ctx := context.Background()
 	g, rt := fakeGuest(t, map[string][]byte{seg(1, 1): []byte("one"), seg(1, 2): []byte("two")})
 	repo := memory.New()
-	g.SetFault(func(op guesttest.Op, _ string) error {
-		if op == guesttest.OpRemove {
-			return errors.New("guest went away")
-		}
-		return nil
-	})
+	failRemoves(g)
 	_, err := walbackup.ShipOnce(ctx, rt, repo, inst, walbackup.ShipOptions{})
 	require.Error(t, err)
 	assert.Len(t, g.Waiting(), 2)
@@ -191,6 +186,17 @@ func TestShipOnceRemoveFailsThenRetry(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, refs, 1, "the retry compared the stored copies instead of storing them again")
 	assert.Len(t, stored(t, repo, inst, 1), 2)
+}
+
+// failRemoves makes the guest fail to remove files, as if it went away
+// after the bundle was stored; g.SetFault(nil) ends it.
+func failRemoves(g *guesttest.Guest) {
+	g.SetFault(func(op guesttest.Op, _ string) error {
+		if op == guesttest.OpRemove {
+			return errors.New("guest went away")
+		}
+		return nil
+	})
 }
 
 func TestShipOnceHistoryConflict(t *testing.T) {
