@@ -128,7 +128,9 @@ type RunnerEvent struct {
 // to take at their next polls. A job left free for a lease's time to live
 // while the processes present are at their shares (one that does not list
 // it, say) runs beyond the share rather than nowhere, with a warning, and
-// is never handed over for it. Without a Roster jobs spread only loosely:
+// is never handed over for it; that wait starts again whenever the share
+// changes, so the jobs of a process that left go to those below the new
+// share first. Without a Roster jobs spread only loosely:
 // each Runner takes what is free when it polls, starting at a place in
 // the list of its own.
 type Runner struct {
@@ -322,6 +324,14 @@ func (r *Runner) poll(ctx context.Context) time.Time {
 	var fresh bool
 	r.share, fresh = r.fairShare(pctx, start, views)
 	if fresh {
+		if r.share != r.lastShare {
+			// Jobs move when shares do: a job the old share kept this
+			// Runner from may have run elsewhere until now, so the wait
+			// before running it beyond the share starts again.
+			for _, rj := range r.jobs {
+				rj.capped = time.Time{}
+			}
+		}
 		r.lastShare = r.share
 	}
 	r.holding = 0

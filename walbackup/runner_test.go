@@ -461,6 +461,53 @@ func TestRunnersShareJobsEvenly(t *testing.T) {
 	}
 }
 
+// When a process leaves, its jobs go to the processes below their new
+// share: one that reaches its share waits a lease's time to live before it
+// takes another beyond it, however long the share had kept it from that
+// job before (those runs were held elsewhere then). Here host-2 is the one
+// Runner; host-1 and host-3 are announcements and leases written straight
+// into the store, and host-3 leaves at each phase of host-2's polls.
+func TestRunnerWaitsBeforeGoingBeyondAShareThatGrew(t *testing.T) {
+	for _, batch := range []bool{false, true} {
+		for _, phase := range []time.Duration{0, 10 * time.Second, 20 * time.Second, 30 * time.Second} {
+			t.Run(fmt.Sprintf("batch=%t/phase=%v", batch, phase), func(t *testing.T) {
+				ctx := context.Background()
+				f := newFleet(testenv.LoggerAt(t, slog.LevelError))
+				w := newWorld(f, 12)
+				w.batch, w.roster = batch, true
+				store := smem.New()
+				ghosts := map[string][]session.Lease{}
+				for i, name := range w.names {
+					require.NoError(t, store.SetJobEnabled(ctx, name, true))
+					holder := map[int]string{0: "host-1", 2: "host-3"}[i/4]
+					if holder == "" {
+						continue
+					}
+					l, ok, err := store.AcquireLease(ctx, name, holder, f.clk.Now(), 24*time.Hour)
+					require.NoError(t, err)
+					require.True(t, ok)
+					ghosts[holder] = append(ghosts[holder], l)
+				}
+				for holder := range ghosts {
+					require.NoError(t, store.Announce(ctx, holder, f.clk.Now().Add(24*time.Hour)))
+				}
+				p2 := w.process(t, "host-2", store, 0)
+				f.step(t, 2*time.Minute+phase)
+				require.Equal(t, w.names[4:8], p2.runner.Running(), "host-2 runs its share, the jobs nobody held")
+
+				for _, l := range ghosts["host-3"] {
+					require.NoError(t, store.ReleaseLease(ctx, l))
+				}
+				require.NoError(t, store.Withdraw(ctx, "host-3"))
+				f.step(t, walbackup.DefaultLeaseTTL/2)
+				assert.Len(t, p2.runner.Running(), 6, "host-2 took its new share, and no more yet")
+				f.step(t, walbackup.DefaultLeaseTTL+walbackup.DefaultLeaseTTL/3)
+				assert.Len(t, p2.runner.Running(), 8, "then what nobody took in a lease's time to live, beyond its share")
+			})
+		}
+	}
+}
+
 // A process that does not list every job (a configuration mistake) counts
 // as present: the other keeps to its share at first, then, once a job was
 // left free for a lease's time to live, runs it beyond its share rather
