@@ -3,7 +3,7 @@
 // cached by internal/testenv): the archive_command against cp plus sync and
 // pgBackRest's archive-push; shipping a backlog through the host over SSH
 // into fs and SFTP repositories, and directly from the guest into MinIO
-// over TLS, against pgBackRest's asynchronous push into posix, through a
+// over TLS and into that SFTP store over an account of its own, against pgBackRest's asynchronous push into posix, through a
 // repository host over SSH and into the same MinIO, with each side's CPU
 // time and peak memory (guest CPU is the machine's less the host process,
 // MinIO and the sshd of the SFTP store and pgBackRest's repository host;

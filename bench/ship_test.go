@@ -32,7 +32,9 @@ import (
 // ours, the runtime deployed over SSH (OpenSSH on loopback) compressing in
 // the guest and ShipOnce writing one bundle, read back and verified before
 // the guest deletes the files, into a file-system repository and into an
-// SFTP repository (on an sshd of its own, the store); against pgBackRest's asynchronous
+// SFTP repository (on an sshd of its own, the store), and directly from the
+// guest into MinIO and into that SFTP store (over an account of the
+// guest's own); against pgBackRest's asynchronous
 // archive-push (process-max=2, zst) into a posix repository, the archiver's
 // calls made one after another for every .ready segment.
 func BenchmarkShip(b *testing.B) {
@@ -75,8 +77,9 @@ func BenchmarkShip(b *testing.B) {
 	// of their own, so that their CPU is told apart from the guest's.
 	storeSSHD := testenv.StartSSHD(b, testenv.SSHDConfig{User: pg.OSUser})
 	storeCC := storeSSHD.ClientConfig(b)
+	sftpRoot := filepath.Join(testenv.UserDir(b, storeSSHD.User), "repo")
 	sftpRepo, err := sftp.New(ctx, sftp.Config{Addr: storeSSHD.Addr, User: storeSSHD.User, Auth: storeCC.Auth,
-		HostKeyCallback: storeCC.HostKeyCallback, Root: filepath.Join(testenv.UserDir(b, storeSSHD.User), "repo")})
+		HostKeyCallback: storeCC.HostKeyCallback, Root: sftpRoot})
 	must(b, err)
 	defer sftpRepo.Close()
 	// MinIO over TLS (pgBackRest speaks S3 over TLS only): ours ships
@@ -91,6 +94,18 @@ func BenchmarkShip(b *testing.B) {
 			MaxBytes: walbackup.DefaultDirectBundleBytes, Clock: clock.New()}
 	}
 	direct, directS2 := directOf(zs), directOf(s2s)
+	// Direct into SFTP: the guest writes over an account of its own on
+	// the store (a key of its own, the store's host key pinned); this
+	// host only reads back, through sftpRepo.
+	guestKey := filepath.Join(testenv.UserDir(b, pg.OSUser), "guest_sftp_key")
+	storeSSHD.AddClientKey(b, guestKey)
+	chownTo(b, pg, guestKey)
+	sftpOf := func(sd side) *walbackup.Direct {
+		return &walbackup.Direct{Guest: sd.rt.(guest.DirectShipper), SFTP: &guest.SFTPAccess{Addr: storeSSHD.Addr, User: storeSSHD.User,
+			KeyFile: guestKey, KnownHosts: storeSSHD.KnownHostsLine, Root: sftpRoot},
+			MaxBytes: walbackup.DefaultDirectBundleBytes, Clock: clock.New()}
+	}
+	directSFTP, directSFTPS2 := sftpOf(zs), sftpOf(s2s)
 	// CPU of the guest side: everything the machine ran but the host
 	// process and the stores (MinIO; the SFTP server's sshd). Through
 	// pgBackRest's repository host, that sshd runs the host's side.
@@ -245,34 +260,38 @@ func BenchmarkShip(b *testing.B) {
 	}
 
 	// Ours with each codec, zstd (the default) and S2; then the peers.
-	names := []string{"pglogship over SSH -> fs", "pglogship over SSH -> SFTP", "pglogship direct -> MinIO (TLS)",
-		"pglogship S2 over SSH -> fs", "pglogship S2 over SSH -> SFTP", "pglogship S2 direct -> MinIO (TLS)",
+	names := []string{"pglogship over SSH -> fs", "pglogship over SSH -> SFTP", "pglogship direct -> MinIO (TLS)", "pglogship direct -> SFTP",
+		"pglogship S2 over SSH -> fs", "pglogship S2 over SSH -> SFTP", "pglogship S2 direct -> MinIO (TLS)", "pglogship S2 direct -> SFTP",
 		"pgBackRest async push -> posix", "pgBackRest async via repo host (SSH)", "pgBackRest async push -> MinIO (TLS)"}
 	ours := []func(sample bool) result{
 		func(sample bool) result { return ship(zs, fsRepo, nil, sample) },
 		func(sample bool) result { return ship(zs, sftpRepo, nil, sample) },
 		func(sample bool) result { return ship(zs, s3Repo, direct, sample) },
+		func(sample bool) result { return ship(zs, sftpRepo, directSFTP, sample) },
 		func(sample bool) result { return ship(s2s, fsRepo, nil, sample) },
 		func(sample bool) result { return ship(s2s, sftpRepo, nil, sample) },
 		func(sample bool) result { return ship(s2s, s3Repo, directS2, sample) },
+		func(sample bool) result { return ship(s2s, sftpRepo, directSFTPS2, sample) },
 	}
+	posix, viaHost, intoS3 := len(ours), len(ours)+1, len(ours)+2 // the peers' places in names
 	var cs []contender
 	for i, f := range ours {
 		cs = append(cs, contender{names[i], func(int) result { return f(false) }})
 	}
-	cs = append(cs, contender{names[6], func(int) result { return push(false) }},
-		contender{names[7], func(int) result { return pushHost(false) }},
-		contender{names[8], func(int) result { return pushS3(false) }})
+	cs = append(cs, contender{names[posix], func(int) result { return push(false) }},
+		contender{names[viaHost], func(int) result { return pushHost(false) }},
+		contender{names[intoS3], func(int) result { return pushS3(false) }})
 	// Each of ours against the peers doing the same: through a host into
 	// a repository (pgBackRest's posix repository and its repository host
-	// over SSH), or straight into the store.
+	// over SSH), or straight into the store (MinIO; pgBackRest 2.45 has no
+	// SFTP repositories, so direct into SFTP faces the first two).
 	peersOf := map[string][]string{}
 	for i := range ours {
-		switch i % 3 {
+		switch i % 4 {
 		case 2:
-			peersOf[names[i]] = []string{names[8]}
+			peersOf[names[i]] = []string{names[intoS3]}
 		default:
-			peersOf[names[i]] = []string{names[6], names[7]}
+			peersOf[names[i]] = []string{names[posix], names[viaHost]}
 		}
 	}
 	if !withPeer {
@@ -315,9 +334,9 @@ func BenchmarkShip(b *testing.B) {
 			names[i], mib(first.hostKiB), mib(all.hostKiB), volumeRounds, mib(first.guestKiB), mib(all.guestKiB))
 	}
 	if withPeer {
-		tallies[names[6]].peak = push(true).peakKiB
-		tallies[names[7]].peak = pushHost(true).peakKiB
-		tallies[names[8]].peak = pushS3(true).peakKiB
+		tallies[names[posix]].peak = push(true).peakKiB
+		tallies[names[viaHost]].peak = pushHost(true).peakKiB
+		tallies[names[intoS3]].peak = pushS3(true).peakKiB
 	}
 
 	gib := float64(raw) / (1 << 30)
