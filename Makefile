@@ -17,20 +17,11 @@ setup:
 	@scripts/setup
 
 ## test: everything CI runs: setup, formatting, vet, staticcheck, all tests
-## with -race; the QEMU VM tests (build tag !race) run without the race
-## detector, under which compressing a VM's disk takes minutes. They run
-## beside walbackup's -race tests, whose waits on real servers and clocks
-## leave about a third of the CPU idle; their output follows.
+## with -race; the QEMU VM tests (build tag !race) run in the second go test,
+## without the race detector, under which compressing a VM's disk takes minutes.
 test: setup check
-	go test -race -count=1 -timeout 45m $$(go list ./... | grep -v '/walbackup$$')
-	@qemu_log=$$(mktemp); \
-	echo "go test -count=1 -timeout 30m -run '^TestQEMU' ./walbackup/ ./examples/qemu-vm/ (beside the next one; its output after it)"; \
-	go test -count=1 -timeout 30m -run '^TestQEMU' ./walbackup/ ./examples/qemu-vm/ > $$qemu_log 2>&1 & qemu=$$!; \
-	echo "go test -race -count=1 -timeout 45m ./walbackup/"; \
-	go test -race -count=1 -timeout 45m ./walbackup/; rc=$$?; \
-	wait $$qemu; qrc=$$?; \
-	echo "--- the QEMU tests (exit status $$qrc):"; cat $$qemu_log; rm -f $$qemu_log; \
-	[ $$rc -eq 0 ] && [ $$qrc -eq 0 ]
+	go test -race -count=1 -timeout 45m ./...
+	go test -count=1 -timeout 30m -run '^TestQEMU' ./walbackup/ ./examples/qemu-vm/
 
 check: fmt vet staticcheck
 

@@ -1,6 +1,6 @@
 // The QEMU tests run without the race detector: under it, compressing a
-// VM's disk image alone takes minutes. make test runs them in a plain go
-// test of their own, beside walbackup's -race run (see the Makefile).
+// VM's disk image alone takes minutes. make test runs them in a second,
+// plain go test (see the Makefile).
 
 //go:build !race
 
