@@ -275,7 +275,7 @@ func (j *Job) Plan(ctx context.Context, req RestoreRequest) (*Plan, error) {
 		// Commit times are the guest's clock: only a target after the
 		// last commit known is judged by the host's.
 		now := j.cfg.Clock.Now()
-		if after && t.time.After(now) {
+		if after && now.Before(t.time) {
 			return nil, outside("it is in the future (now is " + now.UTC().Format(time.RFC3339Nano) + ")")
 		}
 		if after && firstUnknown == 0 {
