@@ -33,10 +33,10 @@ import (
 // the guest and ShipOnce writing one bundle, read back and verified before
 // the guest deletes the files, into a file-system repository and into an
 // SFTP repository (on an sshd of its own, the store), and directly from the
-// guest into MinIO and into that SFTP store (over an account of the
-// guest's own); against pgBackRest's asynchronous
-// archive-push (process-max=2, zst) into a posix repository, the archiver's
-// calls made one after another for every .ready segment.
+// guest into MinIO and into that SFTP store (over an account of the guest's
+// own); against pgBackRest's asynchronous archive-push (process-max=2, zst)
+// into a posix repository, the archiver's calls made one after another for
+// every .ready segment.
 func BenchmarkShip(b *testing.B) {
 	ctx := context.Background()
 	segs := testenv.WALCorpus(b, corpusSegments)
@@ -93,7 +93,6 @@ func BenchmarkShip(b *testing.B) {
 		return &walbackup.Direct{Guest: sd.rt.(guest.DirectShipper), Uploads: s3Repo, TTL: walbackup.DefaultAuthorizationTTL,
 			MaxBytes: walbackup.DefaultDirectBundleBytes, Clock: clock.New()}
 	}
-	direct, directS2 := directOf(zs), directOf(s2s)
 	// Direct into SFTP: the guest writes over an account of its own on
 	// the store (a key of its own, the store's host key pinned); this
 	// host only reads back, through sftpRepo.
@@ -105,7 +104,6 @@ func BenchmarkShip(b *testing.B) {
 			KeyFile: guestKey, KnownHosts: storeSSHD.KnownHostsLine, Root: sftpRoot},
 			MaxBytes: walbackup.DefaultDirectBundleBytes, Clock: clock.New()}
 	}
-	directSFTP, directSFTPS2 := sftpOf(zs), sftpOf(s2s)
 	// CPU of the guest side: everything the machine ran but the host
 	// process and the stores (MinIO; the SFTP server's sshd). Through
 	// pgBackRest's repository host, that sshd runs the host's side.
@@ -259,41 +257,49 @@ func BenchmarkShip(b *testing.B) {
 		return res
 	}
 
-	// Ours with each codec, zstd (the default) and S2; then the peers.
-	names := []string{"pglogship over SSH -> fs", "pglogship over SSH -> SFTP", "pglogship direct -> MinIO (TLS)", "pglogship direct -> SFTP",
-		"pglogship S2 over SSH -> fs", "pglogship S2 over SSH -> SFTP", "pglogship S2 direct -> MinIO (TLS)", "pglogship S2 direct -> SFTP",
-		"pgBackRest async push -> posix", "pgBackRest async via repo host (SSH)", "pgBackRest async push -> MinIO (TLS)"}
-	ours := []func(sample bool) result{
-		func(sample bool) result { return ship(zs, fsRepo, nil, sample) },
-		func(sample bool) result { return ship(zs, sftpRepo, nil, sample) },
-		func(sample bool) result { return ship(zs, s3Repo, direct, sample) },
-		func(sample bool) result { return ship(zs, sftpRepo, directSFTP, sample) },
-		func(sample bool) result { return ship(s2s, fsRepo, nil, sample) },
-		func(sample bool) result { return ship(s2s, sftpRepo, nil, sample) },
-		func(sample bool) result { return ship(s2s, s3Repo, directS2, sample) },
-		func(sample bool) result { return ship(s2s, sftpRepo, directSFTPS2, sample) },
+	// Ours with each codec, zstd (the default) and S2, into each
+	// destination, against the peers doing the same: through a host into a
+	// repository (pgBackRest's posix repository and its repository host
+	// over SSH), or straight into the store (MinIO; pgBackRest 2.45 has no
+	// SFTP repositories, so direct into SFTP faces the first two).
+	peers := []string{"pgBackRest async push -> posix", "pgBackRest async via repo host (SSH)", "pgBackRest async push -> MinIO (TLS)"}
+	throughHost, intoMinIO := peers[:2], peers[2:]
+	dests := []struct {
+		name   string
+		repo   repository.Repository
+		direct func(side) *walbackup.Direct // nil: through the host
+		peers  []string
+	}{
+		{"over SSH -> fs", fsRepo, nil, throughHost},
+		{"over SSH -> SFTP", sftpRepo, nil, throughHost},
+		{"direct -> MinIO (TLS)", s3Repo, directOf, intoMinIO},
+		{"direct -> SFTP", sftpRepo, sftpOf, throughHost},
 	}
-	posix, viaHost, intoS3 := len(ours), len(ours)+1, len(ours)+2 // the peers' places in names
+	var names []string
+	var ours []func(sample bool) result
+	peersOf := map[string][]string{}
+	for _, c := range []struct {
+		prefix string
+		sd     side
+	}{{"pglogship ", zs}, {"pglogship S2 ", s2s}} {
+		for _, d := range dests {
+			var direct *walbackup.Direct
+			if d.direct != nil {
+				direct = d.direct(c.sd)
+			}
+			names = append(names, c.prefix+d.name)
+			peersOf[c.prefix+d.name] = d.peers
+			ours = append(ours, func(sample bool) result { return ship(c.sd, d.repo, direct, sample) })
+		}
+	}
+	names = append(names, peers...)
 	var cs []contender
 	for i, f := range ours {
 		cs = append(cs, contender{names[i], func(int) result { return f(false) }})
 	}
-	cs = append(cs, contender{names[posix], func(int) result { return push(false) }},
-		contender{names[viaHost], func(int) result { return pushHost(false) }},
-		contender{names[intoS3], func(int) result { return pushS3(false) }})
-	// Each of ours against the peers doing the same: through a host into
-	// a repository (pgBackRest's posix repository and its repository host
-	// over SSH), or straight into the store (MinIO; pgBackRest 2.45 has no
-	// SFTP repositories, so direct into SFTP faces the first two).
-	peersOf := map[string][]string{}
-	for i := range ours {
-		switch i % 4 {
-		case 2:
-			peersOf[names[i]] = []string{names[intoS3]}
-		default:
-			peersOf[names[i]] = []string{names[posix], names[viaHost]}
-		}
-	}
+	cs = append(cs, contender{peers[0], func(int) result { return push(false) }},
+		contender{peers[1], func(int) result { return pushHost(false) }},
+		contender{peers[2], func(int) result { return pushS3(false) }})
 	if !withPeer {
 		names, cs = names[:len(ours)], cs[:len(ours)]
 	}
@@ -334,9 +340,9 @@ func BenchmarkShip(b *testing.B) {
 			names[i], mib(first.hostKiB), mib(all.hostKiB), volumeRounds, mib(first.guestKiB), mib(all.guestKiB))
 	}
 	if withPeer {
-		tallies[names[posix]].peak = push(true).peakKiB
-		tallies[names[viaHost]].peak = pushHost(true).peakKiB
-		tallies[names[intoS3]].peak = pushS3(true).peakKiB
+		tallies[peers[0]].peak = push(true).peakKiB
+		tallies[peers[1]].peak = pushHost(true).peakKiB
+		tallies[peers[2]].peak = pushS3(true).peakKiB
 	}
 
 	gib := float64(raw) / (1 << 30)
